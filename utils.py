@@ -2,5 +2,8 @@
 
 
 class UserError(Exception):
-  """Bad input from the user: the message is one line that names the problem
-  and what to do. Entry scripts print it and exit with status 2."""
+    """Bad input from the user.
+
+    The message is one line that names the problem and what to do. Entry
+    scripts print it and exit with status 2.
+    """
