@@ -1,0 +1,254 @@
+"""Datasets as NumPy arrays, class-balanced subsets and epoch batching.
+
+Images are float32 in [0, 1], laid out N x H x W x C (NHWC); labels are int32
+class indices. Files are read through torchvision's dataset classes, which
+know the on-disk formats; nothing is normalised or augmented.
+"""
+import gzip
+import os
+import shutil
+
+import numpy as np
+
+from utils import UserError
+
+DATASETS = {'cifar10': 10, 'cifar100': 100, 'fashion_mnist': 10, 'mnist': 10}
+
+DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+
+# Name of the torchvision class for each dataset, and the folder under
+# data_path that it reads (what a user must put there to work offline).
+_TORCHVISION = {
+    'cifar10': ('CIFAR10', 'cifar-10-batches-py'),
+    'cifar100': ('CIFAR100', 'cifar-100-python'),
+    'fashion_mnist': ('FashionMNIST', 'FashionMNIST/raw'),
+    'mnist': ('MNIST', 'MNIST/raw'),
+}
+
+_IDX_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
+              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+
+
+def n_classes(name):
+    """Number of classes of dataset `name` (a key of DATASETS)."""
+    _check_name(name)
+    return DATASETS[name]
+
+
+def _check_name(name):
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}: choose one of "
+                        f"{', '.join(sorted(DATASETS))}")
+
+
+def load_split(name, data_path='./data', train=True):
+    """Loads a whole split of a dataset.
+
+    Args:
+      name: a key of DATASETS.
+      data_path: the folder torchvision's files live in (or are downloaded
+        to).
+      train: the training split if True, else the test split.
+
+    Returns:
+      images: float32 (N, H, W, C) in [0, 1]; CIFAR (N, 32, 32, 3), MNIST
+        and Fashion-MNIST (N, 28, 28, 1).
+      labels: int32 (N,).
+
+    Raises:
+      UserError: unknown name, or the files are absent and cannot be had.
+    """
+    _check_name(name)
+    dataset = _open_torchvision(name, data_path, train)
+    return _pixels_to_float(dataset.data), _labels_to_int32(dataset.targets)
+
+
+def _open_torchvision(name, data_path, train):
+    """The torchvision dataset object, trying local files before the net."""
+    # Imported here: torch is slow to import and only this function needs it.
+    import torchvision.datasets
+
+    class_name, folder = _TORCHVISION[name]
+    dataset_class = getattr(torchvision.datasets, class_name)
+    try:
+        return dataset_class(data_path, train=train, download=False)
+    except RuntimeError:
+        pass  # Not there (torchvision's way of saying so): look elsewhere.
+    if name == 'fashion_mnist' and os.path.isdir(DEBIAN_FASHION_MNIST):
+        _install_debian_fashion_mnist(data_path)
+        return dataset_class(data_path, train=train, download=False)
+    try:
+        return dataset_class(data_path, train=train, download=True)
+    # Offline, a download fails in many ways (URLError, OSError, bad md5...).
+    except Exception as error:
+        raise UserError(
+            f"dataset {name} not found under {data_path} and it could not be "
+            f"downloaded ({type(error).__name__}; offline?): place "
+            f"torchvision's {folder} folder under {data_path} or pass "
+            f"--data_path") from error
+
+
+def _install_debian_fashion_mnist(data_path):
+    """Decompresses Debian's Fashion-MNIST into data_path/FashionMNIST/raw.
+
+    torchvision reads the four decompressed idx files there without checking
+    checksums. Copying the gz files instead would not do: Debian recompressed
+    them, so their md5s differ from torchvision's and it would try the net.
+    """
+    raw = os.path.join(os.path.expanduser(data_path), 'FashionMNIST', 'raw')
+    try:
+        os.makedirs(raw, exist_ok=True)
+        for file_name in _IDX_FILES:
+            _gunzip(os.path.join(DEBIAN_FASHION_MNIST, file_name + '.gz'),
+                    os.path.join(raw, file_name))
+    except OSError as error:
+        raise UserError(f"cannot copy {DEBIAN_FASHION_MNIST} into {raw} "
+                        f"({error}): make {data_path} writable or pass "
+                        f"another --data_path") from error
+
+
+def _gunzip(source, target):
+    """Decompresses `source` to `target`, leaving no partial `target`."""
+    # torchvision only checks that the file exists, so a half-written one
+    # left by an interrupted copy would be read as data.
+    partial = target + '.partial'
+    with gzip.open(source, 'rb') as reader, open(partial, 'wb') as writer:
+        shutil.copyfileobj(reader, writer)
+    os.replace(partial, target)
+
+
+def _pixels_to_float(pixels):
+    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, H, W, C) in [0, 1]."""
+    images = np.asarray(pixels).astype(np.float32)
+    images /= 255
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    return images
+
+
+def _labels_to_int32(targets):
+    """A list or tensor of class indices -> int32 (N,)."""
+    return np.asarray(targets).astype(np.int32)
+
+
+def balanced_subset_indices(labels, size, seed):
+    """Indices of a class-balanced subset, chosen at random.
+
+    Args:
+      labels: int (N,) class indices in [0, C), C = labels.max() + 1.
+      size: total subset size, a positive multiple of C.
+      seed: non-negative int for np.random.default_rng.
+
+    Returns:
+      int64 (size,): size // C distinct indices of each class, grouped in
+      class order (all of class 0, then class 1, ...), ascending within a
+      class.
+
+    Raises:
+      UserError: size is not a positive multiple of C, or a class has fewer
+        than size // C images.
+    """
+    labels = np.asarray(labels)
+    num_classes = int(labels.max()) + 1
+    if size <= 0 or size % num_classes:
+        raise UserError(f"subset size {size} is not a positive multiple of "
+                        f"the {num_classes} classes: pick a multiple of "
+                        f"{num_classes}")
+    per_class = size // num_classes
+    rng = np.random.default_rng(seed)
+    chosen = [_choose_from_class(labels, label, per_class, rng)
+              for label in range(num_classes)]
+    return np.concatenate(chosen).astype(np.int64)
+
+
+def _choose_from_class(labels, label, count, rng):
+    """`count` sorted indices drawn without replacement from class `label`."""
+    members = np.flatnonzero(labels == label)
+    if len(members) < count:
+        raise UserError(f"class {label} has {len(members)} images, fewer "
+                        f"than the {count} per class asked for: pick a "
+                        f"smaller subset size")
+    return np.sort(rng.choice(members, size=count, replace=False))
+
+
+def subset(images, labels, size, seed):
+    """A class-balanced subset of (images, labels), or both unchanged.
+
+    Args:
+      images: (N, ...) array.
+      labels: int (N,).
+      size: subset size (see balanced_subset_indices), or None for all.
+      seed: non-negative int.
+
+    Returns:
+      (images[idx], labels[idx]) with idx from balanced_subset_indices, or
+      the inputs themselves when size is None.
+    """
+    if size is None:
+        return images, labels
+    idx = balanced_subset_indices(labels, size, seed)
+    return images[idx], labels[idx]
+
+
+def n_batches(n, batch_size):
+    """Number of batches of `batch_size` covering `n` items: ceil(n / bs)."""
+    return -(-n // batch_size)
+
+
+def train_batches(images, labels, batch_size, seed, epoch, start_step=0):
+    """One shuffled epoch of training batches.
+
+    The order is a permutation drawn from np.random.default_rng([seed,
+    epoch]), so any epoch's order can be rebuilt alone (resuming mid-epoch
+    relies on this).
+
+    Args:
+      images: (N, ...) array.
+      labels: (N,) array.
+      batch_size: images per batch; the last batch may be shorter.
+      seed, epoch: non-negative ints.
+      start_step: batches of this epoch to skip (never gathered).
+
+    Yields:
+      (step, x, y): step, the batch's index within the epoch, from
+      start_step up; x (B, ...) and y (B,) copies, B <= batch_size.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(len(labels))
+    for step in range(start_step, n_batches(len(labels), batch_size)):
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        yield step, images[idx], labels[idx]
+
+
+def test_batches(images, labels, batch_size):
+    """Batches in order, the last one possibly shorter.
+
+    Args:
+      images: (N, ...) array.
+      labels: (N,) array.
+      batch_size: images per batch.
+
+    Yields:
+      (x, y): views x (B, ...) and y (B,), B <= batch_size.
+    """
+    for start in range(0, len(labels), batch_size):
+        stop = start + batch_size
+        yield images[start:stop], labels[start:stop]
+
+
+def to_nchw(images):
+    """(N, H, W, C) -> C-contiguous (N, C, H, W), same dtype."""
+    _check_4d(images, '(N, H, W, C)')
+    return np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2)))
+
+
+def to_nhwc(images):
+    """(N, C, H, W) -> C-contiguous (N, H, W, C), same dtype."""
+    _check_4d(images, '(N, C, H, W)')
+    return np.ascontiguousarray(np.transpose(images, (0, 2, 3, 1)))
+
+
+def _check_4d(images, layout):
+    shape = np.shape(images)
+    if len(shape) != 4:
+        raise UserError(f"expected images of shape {layout}, got shape "
+                        f"{shape}: pass a batch of images")

@@ -1,0 +1,177 @@
+"""Models: shapes, parameter counts, and the linearization against references."""
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import models
+from nt_compat import nt
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def resnet18_param_count(width, n_classes, in_channels=3):
+    """Parameters of the CIFAR ResNet-18, counted by hand from its layers."""
+    bn = lambda c: 2 * c  # scale and offset
+    conv = lambda k, cin, cout: k * k * cin * cout
+    total = conv(3, in_channels, width) + bn(width)
+    c_in = width
+    for stage in range(4):
+        c = width * 2 ** stage
+        # Block 0: two 3x3 convs; a 1x1 projection where the shape changes.
+        total += conv(3, c_in, c) + bn(c) + conv(3, c, c) + bn(c)
+        if stage > 0:
+            total += conv(1, c_in, c) + bn(c)
+        total += 2 * (conv(3, c, c) + bn(c))  # block 1
+        c_in = c
+    return total + c_in * n_classes + n_classes
+
+
+def shape_params(name, n_classes, width=64):
+    model = models.get_model(name, n_classes, width)
+    x = jnp.zeros((1, *IMAGE_SHAPE))
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, True))
+
+
+@pytest.mark.parametrize("width,n_classes", [(64, 10), (8, 100), (4, 10)])
+def test_resnet18_parameter_count(width, n_classes):
+    params, state = shape_params("resnet18", n_classes, width)
+    assert models.count_params(params) == resnet18_param_count(width, n_classes)
+    # A running mean and variance for each of the 20 batch norms.
+    assert len(state) == 2 * 20
+
+
+def test_full_resnet18_matches_known_size():
+    params, _ = shape_params("resnet18", 10)
+    assert models.count_params(params) == 11_173_962
+
+
+@pytest.mark.parametrize("name,hidden", [("mlp_skinny", 256), ("mlp_wide", 2048)])
+def test_mlp_parameter_count(name, hidden):
+    params, state = shape_params(name, 10)
+    d = int(np.prod(IMAGE_SHAPE))
+    expected = d * hidden + hidden + hidden * hidden + hidden + hidden * 10 + 10
+    assert models.count_params(params) == expected
+    assert state == {}
+
+
+def test_unknown_model_is_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get_model("vgg", 10)
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet():
+    """A width-4 ResNet-18 with non-trivial weights and batch-norm state."""
+    model = models.get_model("resnet18", 10, width=4)
+    params, state = models.init_model(model, 0, IMAGE_SHAPE)
+    images = jax.random.uniform(jax.random.PRNGKey(1), (6, *IMAGE_SHAPE))
+    # Non-zero last layer and running statistics from one training pass.
+    params = jax.tree_util.tree_map(
+        lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
+        params)
+    _, state = model.apply(params, state, None, images, True)
+    return model, params, state, images
+
+
+def test_resnet_logits_zero_at_init_and_shape():
+    model = models.get_model("resnet18", 10, width=4)
+    params, state = models.init_model(model, 3, IMAGE_SHAPE)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (5, *IMAGE_SHAPE))
+    logits, _ = model.apply(params, state, None, x, False)
+    assert logits.shape == (5, 10)
+    np.testing.assert_array_equal(np.asarray(logits), 0.0)
+
+
+def test_resnet_has_no_max_pool_and_keeps_resolution(tiny_resnet):
+    model, params, state, images = tiny_resnet
+    jaxpr = jax.make_jaxpr(
+        lambda x: model.apply(params, state, None, x, False))(images)
+    primitives = {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+    assert "reduce_window_max" not in primitives
+    # The stem keeps 32x32: the first convolution's output has the input's
+    # spatial size.
+    conv_shapes = [e.outvars[0].aval.shape for e in jaxpr.jaxpr.eqns
+                   if str(e.primitive) == "conv_general_dilated"]
+    assert conv_shapes[0] == (6, 32, 32, 4)
+    assert conv_shapes[-1][1:3] == (4, 4)
+
+
+def test_eval_mode_leaves_state_unchanged(tiny_resnet):
+    model, params, state, images = tiny_resnet
+    _, new_state = model.apply(params, state, None, images, False)
+    assert jax.tree_util.tree_all(
+        jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), state,
+                               new_state))
+
+
+def perturbation(params, seed):
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        treedef, [jax.random.normal(k, p.shape, p.dtype)
+                  for k, p in zip(keys, leaves)])
+
+
+def axpy(a, x, y):
+    return jax.tree_util.tree_map(lambda xi, yi: a * xi + yi, x, y)
+
+
+def test_linearization_error_falls_quadratically(tiny_resnet):
+    model, params, state, images = tiny_resnet
+    with jax.experimental.enable_x64():
+        to64 = lambda t: jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, jnp.float64), t)
+        params64, state64 = to64(params), to64(state)
+        x64 = jnp.asarray(images, jnp.float64)
+        delta = perturbation(params64, 7)
+        errors = []
+        for t in (1e-4, 5e-5, 2.5e-5):
+            moved = axpy(t, delta, params64)
+            exact, _ = model.apply(moved, state64, None, x64, False)
+            f, df, _ = models.linearized_parts(model.apply, params64, moved,
+                                               state64, x64)
+            errors.append(float(jnp.max(jnp.abs(exact - (f + df)))))
+    ratios = [errors[0] / errors[1], errors[1] / errors[2]]
+    assert errors[0] > 0
+    for r in ratios:
+        assert 3.0 < r < 5.0, (errors, ratios)
+
+
+def test_linearization_matches_neural_tangents(tiny_resnet):
+    model, params, state, images = tiny_resnet
+    f_apply = lambda p, x: model.apply(p, state, None, x, False)[0]
+    moved = axpy(0.01, perturbation(params, 3), params)
+    reference = nt.linearize(f_apply, params)(moved, images)
+    f, df, _ = models.linearized_parts(model.apply, params, moved, state,
+                                       images)
+    np.testing.assert_allclose(np.asarray(f + df), np.asarray(reference),
+                               rtol=1e-5, atol=1e-6)
+    f0 = f_apply(params, images)
+    np.testing.assert_array_equal(np.asarray(f), np.asarray(f0))
+
+
+def test_centered_linearization_is_exactly_zero_at_start(tiny_resnet):
+    model, params, state, images = tiny_resnet
+    centered = models.Dynamics(linear=True, centering=True)
+    logits, _ = centered.logits(model.apply, params, params, state, images)
+    np.testing.assert_array_equal(np.asarray(logits), 0.0)
+    uncentered = models.Dynamics(linear=True, centering=False)
+    logits, _ = uncentered.logits(model.apply, params, params, state, images)
+    f0, _ = model.apply(params, state, None, images, False)
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(f0))
+
+
+def test_standard_dynamics_parts(tiny_resnet):
+    model, params, state, images = tiny_resnet
+    moved = axpy(0.01, perturbation(params, 4), params)
+    f_moved, _ = model.apply(moved, state, None, images, False)
+    f0, _ = model.apply(params, state, None, images, False)
+    f, df, _ = models.STANDARD.parts(model.apply, params, moved, state, images)
+    np.testing.assert_array_equal(np.asarray(f), np.asarray(f_moved))
+    np.testing.assert_array_equal(np.asarray(df), 0.0)
+    centered = models.Dynamics(linear=False, centering=True)
+    logits, _ = centered.logits(model.apply, params, moved, state, images)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(f_moved - f0),
+                               atol=1e-6)
