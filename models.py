@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from utils import UserError
+
 MODELS = ("resnet18", "mlp_skinny", "mlp_wide")
 MLP_WIDTHS = {"mlp_skinny": 256, "mlp_wide": 2048}
 
@@ -174,3 +176,68 @@ class Dynamics:
 
 
 STANDARD = Dynamics(linear=False, centering=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a checkpoint's parameters belong to; stored in its `meta`."""
+    model: str = "resnet18"
+    width: int = 64
+    dataset: str = "cifar10"
+    n_classes: int = 10
+
+    def build(self) -> hk.TransformedWithState:
+        return get_model(self.model, self.n_classes, self.width)
+
+    def as_meta(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve_spec(meta: dict, n_classes_of: Callable[[str], int], *,
+                 model: str | None = None, width: int | None = None,
+                 dataset: str | None = None, source: str = "checkpoint"
+                 ) -> ModelSpec:
+    """The model spec from a checkpoint's `meta` and the user's flags.
+
+    Flags left as None take the checkpoint's values, or the paper's defaults
+    when `meta` lacks them (checkpoints of the original code have no meta).
+    A flag that contradicts `meta` raises UserError.
+
+    Args:
+      meta: the checkpoint's 'meta' dict ({} when absent).
+      n_classes_of: maps a dataset name to its class count (data.n_classes).
+      source: the checkpoint's path, for error messages.
+    """
+    defaults = ModelSpec()
+    chosen = {}
+    for key, flag in (("model", model), ("width", width), ("dataset", dataset)):
+        recorded = meta.get(key)
+        if flag is not None and recorded is not None and flag != recorded:
+            raise UserError(
+                f"--{key} {flag} contradicts {source}, which was trained with "
+                f"{key} {recorded}: drop the flag or pick another checkpoint")
+        chosen[key] = next(v for v in (flag, recorded, getattr(defaults, key))
+                           if v is not None)
+    n_classes = meta.get("n_classes") or n_classes_of(chosen["dataset"])
+    return ModelSpec(chosen["model"], int(chosen["width"]), chosen["dataset"],
+                     int(n_classes))
+
+
+def check_params_fit(spec: ModelSpec, params, net_state, image_shape: tuple,
+                     source: str = "checkpoint") -> None:
+    """Raises UserError unless `params`/`net_state` have the shapes of `spec`.
+
+    `image_shape` is (H, W, C). Only shapes are compared, so this costs no
+    compilation.
+    """
+    model = spec.build()
+    dummy = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    want_params, want_state = jax.eval_shape(
+        lambda x: model.init(jax.random.PRNGKey(0), x, True), dummy)
+    shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
+    if (shapes(want_params) != shapes(params)
+            or shapes(want_state) != shapes(net_state)):
+        raise UserError(
+            f"{source} does not hold a {spec.model} of width {spec.width} with "
+            f"{spec.n_classes} classes for {spec.dataset} images: pass the "
+            "--model/--width/--dataset it was trained with")
