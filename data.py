@@ -14,6 +14,9 @@ from utils import UserError
 
 DATASETS = {'cifar10': 10, 'cifar100': 100, 'fashion_mnist': 10, 'mnist': 10}
 
+# (H, W, C) of each dataset's images.
+IMAGE_SHAPES = {'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3),
+                'fashion_mnist': (28, 28, 1), 'mnist': (28, 28, 1)}
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 
 # Name of the torchvision class for each dataset, and the folder under

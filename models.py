@@ -155,7 +155,12 @@ class Dynamics:
         """(logits (B, K), new_state) of the trainable `params`."""
         f, df, new_state = self.parts(apply_fn, params0, params, state,
                                       images, is_training)
-        return (df if self.centering else f + df), new_state
+        return self.combine(f, df), new_state
+
+    def combine(self, f, df):
+        """The logits these dynamics classify with: df if centered, else
+        f + df; (B, K) NumPy or JAX arrays -> (B, K)."""
+        return df if self.centering else f + df
 
     def parts(self, apply_fn, params0, params, state, images,
               is_training: bool = False):
@@ -170,8 +175,9 @@ class Dynamics:
         logits, new_state = apply_fn(params, state, None, images, is_training)
         if not self.centering:
             return logits, jnp.zeros_like(logits), new_state
+        # No stop_gradient on f0: it depends on params0 alone, and PGD
+        # needs its gradient with respect to the images.
         f0, _ = apply_fn(params0, state, None, images, is_training)
-        f0 = jax.lax.stop_gradient(f0)
         return f0, logits - f0, new_state
 
 

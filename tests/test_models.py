@@ -175,3 +175,19 @@ def test_standard_dynamics_parts(tiny_resnet):
     logits, _ = centered.logits(model.apply, params, moved, state, images)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(f_moved - f0),
                                atol=1e-6)
+
+
+def test_standard_centered_logits_have_the_right_input_gradient(tiny_resnet):
+    """PGD differentiates the centered logits with respect to the images."""
+    model, params, state, images = tiny_resnet
+    moved = axpy(0.01, perturbation(params, 5), params)
+    centered = models.Dynamics(linear=False, centering=True)
+
+    def total(x, p):
+        return jnp.sum(model.apply(p, state, None, x, False)[0][:, 0])
+
+    got = jax.grad(lambda x: jnp.sum(centered.logits(
+        model.apply, params, moved, state, x)[0][:, 0]))(images)
+    expected = jax.grad(total)(images, moved) - jax.grad(total)(images, params)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected),
+                               rtol=1e-4, atol=1e-6)
