@@ -1,0 +1,198 @@
+"""visualize_ntk_features.py end to end on Fashion-MNIST with a small MLP:
+the files it writes, and one-line refusals of bad input that write nothing."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import data
+import features
+import models
+import utils
+import visualize_ntk_features
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO_ROOT, "visualize_ntk_features.py")
+CLASS_INDEX = 3
+SIZE = 20  # two images of each of the ten classes
+N_IMAGES = 2
+STEPS = 4
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(data.DEBIAN_FASHION_MNIST),
+    reason=f"Fashion-MNIST not found at {data.DEBIAN_FASHION_MNIST}")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A checkpoint of an untrained MLP and the kernel of logit CLASS_INDEX.
+
+    Returns a dict of paths: 'root', 'data', 'checkpoint', 'kernel' (in a
+    folder of its own, so that the checkpoint's folder holds no output).
+    """
+    root = tmp_path_factory.mktemp("visualize")
+    data_path = str(root / "data")
+    images, labels = data.load_split("fashion_mnist", data_path)
+    spec = models.ModelSpec("mlp_skinny", 64, "fashion_mnist", 10)
+    params, state = models.init_model(spec.build(), 0, images.shape[1:])
+    checkpoint = str(root / "model" / "parameters_final.pkl")
+    utils.save_checkpoint(checkpoint, params, params, state, spec.as_meta())
+
+    indices = data.balanced_subset_indices(labels, SIZE, seed=0)
+    flat, logit_fn = features.class_logit_fn(spec.build().apply, params,
+                                             state, CLASS_INDEX)
+    jacobian = jax.jacrev(lambda p: logit_fn(p, images[indices]))(flat)
+    kernel = {"kernel": np.asarray(jacobian @ jacobian.T, np.float32),
+              "labels": labels[indices], "indices": indices,
+              "class_index": CLASS_INDEX, "use_linear_params": False,
+              "model_path": checkpoint}
+    kernel_path = str(root / "kernels" / f"k_class_{CLASS_INDEX}_{SIZE}.pkl")
+    utils.atomic_pickle(kernel_path, kernel)
+    return dict(root=root, data=data_path, checkpoint=checkpoint,
+                kernel=kernel_path, kernel_record=kernel)
+
+
+def cli_args(paths, bonus_dir="out", **changes):
+    """Command-line arguments of a small run, with `changes` as flag: value
+    (a value of None drops the flag)."""
+    flags = {"model_path": paths["checkpoint"], "kernel_path": paths["kernel"],
+             "dataset_size": SIZE, "class_index": CLASS_INDEX,
+             "n_images": N_IMAGES, "steps": STEPS, "step_size": 0.01,
+             "data_path": paths["data"], "bonus_dir": bonus_dir,
+             "batch_size": 8}
+    flags.update(changes)
+    args = []
+    for name, value in flags.items():
+        if value is True:
+            args.append(f"--{name}")
+        elif value is not None:
+            args += [f"--{name}", str(value)]
+    return args
+
+
+def files_under(folder):
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def test_cli_writes_images_and_grid(run_dir):
+    out_dir = os.path.join(os.path.dirname(run_dir["checkpoint"]), "out")
+    result = subprocess.run(
+        [sys.executable, SCRIPT, *cli_args(run_dir)], cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr
+    stem = os.path.join(out_dir, f"ntk_eig_images_class_{CLASS_INDEX}_{SIZE}")
+    assert files_under(out_dir) == [os.path.basename(stem) + ".pkl",
+                                    os.path.basename(stem) + ".png"]
+
+    record = utils.load_pickle_arrays(
+        stem + ".pkl", ("pos_images", "neg_images", "w_image"))
+    assert record["pos_images"].shape == (N_IMAGES, 1, 28, 28)
+    assert record["neg_images"].shape == (N_IMAGES, 1, 28, 28)
+    assert record["w_image"].shape == (1, 28, 28)
+    for key in ("pos_images", "neg_images", "w_image"):
+        assert record[key].dtype == np.float32
+        assert record[key].min() >= 0.0 and record[key].max() <= 1.0
+    assert record["image_layout"] == "NCHW"
+    assert record["eigenvalues"].shape == (SIZE,)
+    assert record["pos_cosines"].shape == (N_IMAGES, STEPS + 1)
+    assert record["w_cosines"].shape == (STEPS + 1,)
+    assert record["jitter"] > 0
+    np.testing.assert_array_equal(record["indices"],
+                                  run_dir["kernel_record"]["indices"])
+    assert record["config"]["use_linear_params"] is False
+
+    with open(stem + ".png", "rb") as file:
+        png = file.read()
+    assert png.startswith(PNG_SIGNATURE)
+    import matplotlib.image
+    assert matplotlib.image.imread(stem + ".png").ndim == 3
+
+
+def write_kernel(run_dir, name, **changes):
+    """A copy of the good kernel file with `changes`; returns its path."""
+    record = dict(run_dir["kernel_record"], **changes)
+    path = str(run_dir["root"] / "kernels" / name)
+    utils.atomic_pickle(path, record)
+    return path
+
+
+def corrupt_file(run_dir, name):
+    path = run_dir["root"] / "kernels" / name
+    path.write_bytes(b"not a pickle at all")
+    return str(path)
+
+
+BAD_INPUTS = {
+    "size differs": lambda d: dict(dataset_size=30),
+    "class differs": lambda d: dict(class_index=4),
+    "combined kernel": lambda d: dict(kernel_path=write_kernel(
+        d, "combined.pkl", class_index=-1)),
+    "indices beyond the dataset": lambda d: dict(kernel_path=write_kernel(
+        d, "far.pkl", indices=d["kernel_record"]["indices"] + 10**6)),
+    "labels differ": lambda d: dict(kernel_path=write_kernel(
+        d, "relabelled.pkl", labels=(d["kernel_record"]["labels"] + 1) % 10)),
+    "too many images": lambda d: dict(n_images=SIZE + 1),
+    "missing kernel": lambda d: dict(kernel_path=d["kernel"] + ".absent"),
+    "default kernel path absent": lambda d: dict(kernel_path=None),
+    "corrupt kernel": lambda d: dict(kernel_path=corrupt_file(d, "bad.pkl")),
+    "missing checkpoint": lambda d: dict(model_path=str(d["root"] / "no.pkl")),
+    "corrupt checkpoint": lambda d: dict(
+        model_path=corrupt_file(d, "bad_checkpoint.pkl")),
+    "contradicting model flag": lambda d: dict(model="mlp_wide"),
+    "contradicting params flag": lambda d: dict(use_linear_params=True),
+    "class beyond the model": lambda d: dict(
+        class_index=12, kernel_path=write_kernel(d, "k12.pkl",
+                                                 class_index=12)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_and_writes_nothing(run_dir, case, capsys):
+    bonus_dir = f"bad_{case.replace(' ', '_')}"
+    args = cli_args(run_dir, bonus_dir=bonus_dir, **BAD_INPUTS[case](run_dir))
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(lambda: visualize_ntk_features.main(args))
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    out_dir = os.path.join(os.path.dirname(run_dir["checkpoint"]), bonus_dir)
+    assert not os.path.exists(out_dir)
+
+
+def test_kernel_of_other_parameters_writes_no_files(run_dir, capsys):
+    kernel = run_dir["kernel_record"]["kernel"]
+    path = write_kernel(run_dir, "scaled.pkl", kernel=3 * kernel)
+    args = cli_args(run_dir, bonus_dir="bad_scaled", kernel_path=path)
+    with pytest.raises(SystemExit):
+        utils.run_cli(lambda: visualize_ntk_features.main(args))
+    assert "not the kernel of this network" in capsys.readouterr().err
+    out_dir = os.path.join(os.path.dirname(run_dir["checkpoint"]),
+                           "bad_scaled")
+    assert files_under(out_dir) == []
+
+
+def test_cli_process_exits_2_on_bad_input(run_dir):
+    result = subprocess.run(
+        [sys.executable, SCRIPT,
+         *cli_args(run_dir, kernel_path=run_dir["kernel"] + ".absent")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: cannot read")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags", [["--class_index", "-1"],
+                                   ["--class_index", "x"], []])
+def test_bad_flags_are_one_line(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        utils.run_cli(lambda: visualize_ntk_features.main(
+            ["--model_path", "m.pkl", *flags]))
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
