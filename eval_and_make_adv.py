@@ -27,7 +27,6 @@ df = 0); with --linear its linearization around `params`, at `lin_params`
 With several files the per-file outputs get the suffix `_{i}` (i = the
 file's position on the command line).
 """
-import argparse
 import dataclasses
 import math
 import os
@@ -46,7 +45,7 @@ SHORT_BATCHES = 10
 
 def parse_args(argv=None):
     """The command line's flags (the original's, then ours)."""
-    parser = argparse.ArgumentParser(
+    parser = utils.ArgumentParser(
         description='Clean and PGD-Linf accuracy of a checkpoint, '
                     'adversarial examples and transfer tests.')
     parser.add_argument('--model_path', required=True,

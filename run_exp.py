@@ -1,13 +1,12 @@
 """Phase 1 (standard training), then phase 2 (training with the kernel of
 θ(t) frozen), then clean and PGD test accuracies. See README.md."""
-import argparse
 
 import experiment
 import utils
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = utils.ArgumentParser(description=__doc__)
     # The original's flags, with its defaults.
     p.add_argument("--standard_epochs", type=int, default=100,
                    help="phase-1 epochs (default 100)")

@@ -5,6 +5,7 @@ NumPy arrays, so that a notebook can read them with ``pickle.load``. Reading
 them back here goes through :func:`safe_load_pickle`, which refuses any pickle
 that asks for more than NumPy arrays, NumPy scalars, dtypes and containers.
 """
+import argparse
 import importlib
 import importlib.metadata
 import json
@@ -495,6 +496,13 @@ def load_checkpoint(path):
 # --------------------------------------------------------------------------
 # Entry scripts
 # --------------------------------------------------------------------------
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are UserErrors: one line, exit 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
 
 def run_cli(main_fn):
     """Run an entry script's ``main_fn()`` and turn user errors into exits.

@@ -28,15 +28,8 @@ def _at_least(minimum, kind):
     return parse
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are UserErrors: one line, exit 2."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
 def parse_args(argv=None):
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = utils.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_path", required=True,
                         help="checkpoint whose kernel was computed")
     parser.add_argument("--dataset_size", type=_at_least(1, int), default=500,
