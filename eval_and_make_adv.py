@@ -107,6 +107,8 @@ def check_args(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UserError(f'--{flag} must be >= 1, not {value}')
+    if args.random_seed < 0:
+        raise UserError(f'--random_seed must be >= 0, not {args.random_seed}')
 
 
 def load_model(args):
