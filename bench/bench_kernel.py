@@ -1,0 +1,205 @@
+"""Times the empirical NTK: ours (kernels.py) against the original's method.
+
+The original computes the kernel with neural-tangents'
+`empirical_kernel_fn(f, vmap_axes=0, implementation=NTK_VECTOR_PRODUCTS)` on
+4×4 blocks of images, in a Python double loop over the blocks on or above
+the diagonal (7,875 calls for N = 500). Here that function is jitted once
+and reused, the most favourable reading of the original. With class_index
+−1 its kernel is traced over logits with neural-tangents' default
+`trace_axes=(-1,)`, which divides by the number of logits K; it is
+multiplied by K to compare with our sum over logits.
+
+Both run in one process on the same randomly perturbed ResNet-18 (batch-norm
+running statistics set by one training-mode pass) and the same random
+CIFAR-shaped images in [0, 1]. Times include compilation. With
+`--original_blocks M` the original is timed on its first M blocks, after
+one warm-up block, and its time is scaled up to all blocks: those rows say
+"extrapolated", and their kernel difference is over the blocks computed.
+Peak memory is the process's maximum resident set size so far (the original
+runs last, so its figure is at least ours).
+
+  .venv/bin/python bench/bench_kernel.py --widths 8 --sizes 200
+  .venv/bin/python bench/bench_kernel.py --widths 64 --sizes 100 \
+      --original_blocks 16
+  .venv/bin/python bench/bench_kernel.py --widths 64 --sizes 500 \
+      --skip_original
+"""
+import argparse
+import os
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import kernels  # noqa: E402
+import models  # noqa: E402
+from nt_compat import nt  # noqa: E402
+
+IMAGE_SHAPE = (32, 32, 3)
+N_CLASSES = 10
+ORIGINAL_BLOCK = 4
+
+
+def perturbed_resnet(width, seed=0):
+    """(apply_fn, params, net_state): a ResNet-18 with every parameter
+    moved by N(0, 0.05²) and running statistics from one training pass."""
+    model = models.get_model("resnet18", N_CLASSES, width)
+    params, state = models.init_model(model, seed, IMAGE_SHAPE)
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+    params = jax.tree_util.tree_unflatten(treedef, [
+        p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    batch = jax.random.uniform(jax.random.PRNGKey(seed + 2),
+                               (64, *IMAGE_SHAPE))
+    _, state = model.apply(params, state, None, batch, True)
+    return model.apply, params, state
+
+
+def random_images(n, seed=0):
+    """float32 (n, 32, 32, 3) uniform in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(size=(n, *IMAGE_SHAPE)).astype(np.float32)
+
+
+def peak_rss_gib():
+    """Maximum resident set size of this process so far, GiB (Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def time_ours(apply_fn, params, state, images, class_index, implementation,
+              block_size, memory_gb):
+    """(seconds, kernel) of kernels.empirical_ntk, compilation included."""
+    started = time.perf_counter()
+    kernel = kernels.empirical_ntk(
+        apply_fn, params, state, images, class_index,
+        implementation=implementation, block_size=block_size,
+        memory_gb=memory_gb)
+    return time.perf_counter() - started, kernel
+
+
+def original_kernel_fn(apply_fn, state, class_index):
+    """The original's jitted (x1, x2, params) -> (4, 4) kernel block.
+
+    One logit for class_index ≥ 0; otherwise all logits, traced (mean) by
+    neural-tangents and rescaled to the sum.
+    """
+    def f(params, images):
+        logits, _ = apply_fn(params, state, None, images, False)
+        return logits if class_index < 0 else logits[:, class_index:
+                                                     class_index + 1]
+    kernel_fn = nt.empirical_kernel_fn(
+        f, vmap_axes=0,
+        implementation=nt.NtkImplementation.NTK_VECTOR_PRODUCTS)
+    scale = N_CLASSES if class_index < 0 else 1
+    return jax.jit(lambda x1, x2, p: scale * kernel_fn(x1, x2, "ntk", p))
+
+
+def time_original(apply_fn, params, state, images, class_index, max_blocks):
+    """(seconds, kernel, computed, extrapolated) of the original's loop.
+
+    Its double loop visits the (N/4)(N/4 + 1)/2 blocks on or above the
+    diagonal (7,875 calls for N = 500). With 0 < max_blocks < that count,
+    only the first max_blocks are timed, after one warm-up block, and the
+    time is scaled up to all blocks. `computed` (N, N) bool marks the
+    entries of `kernel` that were computed.
+    """
+    block_fn = original_kernel_fn(apply_fn, state, class_index)
+    starts = range(0, len(images), ORIGINAL_BLOCK)
+    pairs = [(i, j) for i in starts for j in starts if j >= i]
+    extrapolate = 0 < max_blocks < len(pairs)
+    if extrapolate:
+        block_fn(images[:4], images[:4], params).block_until_ready()
+    timed = pairs[:max_blocks] if extrapolate else pairs
+    kernel = np.zeros((len(images), len(images)), np.float32)
+    computed = np.zeros(kernel.shape, bool)
+    started = time.perf_counter()
+    for i, j in timed:
+        rows = slice(i, i + ORIGINAL_BLOCK)
+        cols = slice(j, j + ORIGINAL_BLOCK)
+        kernel[rows, cols] = block_fn(images[rows], images[cols], params)
+        computed[rows, cols] = True
+    seconds = time.perf_counter() - started
+    return seconds * len(pairs) / len(timed), kernel, computed, extrapolate
+
+
+def max_relative_difference(kernel, reference, where):
+    """max |K − K_ref| / max |K_ref| over the entries `where`."""
+    return float(np.abs(kernel - reference)[where].max()
+                 / np.abs(reference)[where].max())
+
+
+def bench_one(width, n, args):
+    """Markdown rows for one (width, N)."""
+    apply_fn, params, state = perturbed_resnet(width)
+    images = random_images(n)
+    n_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
+    classes = kernels.kernel_classes(args.class_index, N_CLASSES)
+    rows, ours = [], {}
+    for implementation in args.implementations:
+        plan = kernels.make_plan(n, n_params, classes, args.block_size, None,
+                                 args.memory_gb, implementation)
+        seconds, kernel = time_ours(apply_fn, params, state, images,
+                                    args.class_index, implementation,
+                                    args.block_size, args.memory_gb)
+        ours[implementation] = (seconds, kernel)
+        rows.append([width, n, f"ours: {implementation}",
+                     f"{plan.size}×{plan.size}", f"{seconds:.1f}", "",
+                     "", f"{peak_rss_gib():.2f}"])
+    if not args.skip_original and args.class_index != kernels.ALL_CLASSES:
+        seconds, reference, computed, extrapolated = time_original(
+            apply_fn, params, state, images, int(args.class_index),
+            args.original_blocks)
+        rows.append([width, n, "original: ntvp" + (
+            " (extrapolated)" if extrapolated else ""), "4×4",
+            f"{seconds:.1f}", "1", "", f"{peak_rss_gib():.2f}"])
+        for row, (ours_seconds, kernel) in zip(rows, ours.values()):
+            row[5] = f"{seconds / ours_seconds:.1f}"
+            difference = max_relative_difference(kernel, reference, computed)
+            row[6] = f"{difference:.1e}"
+    return rows
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--widths", type=int, nargs="+", default=[8, 64])
+    p.add_argument("--sizes", type=int, nargs="+", default=[200, 100],
+                   help="N for each width, in the same order")
+    p.add_argument("--class_index", type=kernels.parse_class_index,
+                   default=kernels.COMBINED)
+    p.add_argument("--implementations", nargs="+",
+                   choices=kernels.IMPLEMENTATIONS,
+                   default=[kernels.DEFAULT_IMPLEMENTATION])
+    p.add_argument("--block_size", type=int, default=None,
+                   help="ours: images per block (default: automatic)")
+    p.add_argument("--memory_gb", type=float,
+                   default=kernels.DEFAULT_MEMORY_GB)
+    p.add_argument("--original_blocks", type=int, default=0,
+                   help="time the original on this many 4×4 blocks and "
+                        "extrapolate (0: all blocks)")
+    p.add_argument("--skip_original", action="store_true")
+    args = p.parse_args(argv)
+    if len(args.widths) != len(args.sizes):
+        p.error("--widths and --sizes need the same number of values")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = jax.devices()[0].device_kind
+    print(f"device: {device}; class_index {args.class_index}; times include "
+          "compilation")
+    print("| width | N | method | blocks | seconds | speedup | "
+          "max rel. diff | peak RSS (GiB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for width, n in zip(args.widths, args.sizes):
+        for row in bench_one(width, n, args):
+            print("| " + " | ".join(str(cell) for cell in row) + " |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

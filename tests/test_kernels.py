@@ -1,0 +1,233 @@
+"""kernels: every implementation against J Jᵀ from jax.jacrev, block plans."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import kernels
+import models
+from utils import UserError
+
+N_IMAGES = 7  # blocks of 3: two full, one padded with two zero images
+BLOCK = 3
+N_CLASSES = 3
+PER_PASS = 2  # three classes in passes (0, 1), (2, 2): the last padded
+
+
+def perturb(params, seed, scale):
+    """params + scale·N(0, 1), leaf by leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(treedef, [
+        p + scale * jax.random.normal(k, p.shape)
+        for p, k in zip(leaves, keys)])
+
+
+def network(name, image_shape, width=2):
+    """(apply, params, lin_params, state, images): a non-zero last layer,
+    lin_params ≠ params, running statistics from one training pass."""
+    model = models.get_model(name, N_CLASSES, width)
+    params, state = models.init_model(model, 0, image_shape)
+    params = perturb(params, 1, 0.1)
+    lin_params = perturb(params, 2, 0.05)
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(3),
+                                           (N_IMAGES, *image_shape)))
+    _, state = model.apply(params, state, None, images + 0.5, True)
+    return model.apply, params, lin_params, state, images
+
+
+@functools.lru_cache(maxsize=None)
+def resnet():
+    return network("resnet18", (16, 16, 3))
+
+
+@functools.lru_cache(maxsize=None)
+def mlp():
+    return network("mlp_skinny", (6, 6, 1))
+
+
+def reference_kernels(apply_fn, trees, state, images):
+    """[(K, N, N) for each parameter tree in `trees`]: K_c = J_c J_cᵀ from
+    the full Jacobian of the flat θ (one compilation for all trees)."""
+    flats, unravel = zip(*map(ravel_pytree, trees))
+
+    @jax.jit
+    @jax.vmap
+    def jacobian(theta):  # (N, K, P)
+        return jax.jacrev(lambda t: apply_fn(unravel[0](t), state, None,
+                                             images, False)[0])(theta)
+
+    jacobians = np.asarray(jacobian(jnp.stack(flats)), np.float64)
+    return [np.einsum("ikp,jkp->kij", j, j) for j in jacobians]
+
+
+def expected(reference, class_index):
+    if class_index == kernels.ALL_CLASSES:
+        return reference
+    if class_index == kernels.COMBINED:
+        return reference.sum(axis=0)
+    return reference[class_index]
+
+
+def relative_error(got, want):
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+@functools.lru_cache(maxsize=None)
+def schedule(net, implementation):
+    """One block schedule (and its compiled functions) per network and
+    implementation, shared by the tests."""
+    apply_fn = {"resnet": resnet, "mlp": mlp}[net]()[0]
+    return kernels.block_schedule(apply_fn, implementation)
+
+
+def compute(net, implementation, class_index, use_lin_params=False):
+    apply_fn, params, lin_params, state, images = {"resnet": resnet,
+                                                   "mlp": mlp}[net]()
+    return kernels.empirical_ntk(
+        apply_fn, lin_params if use_lin_params else params, state, images,
+        class_index, implementation=implementation, block_size=BLOCK,
+        classes_per_pass=PER_PASS, schedule=schedule(net, implementation))
+
+
+@pytest.fixture(scope="module")
+def references():
+    out = {}
+    for name, net in (("resnet", resnet), ("mlp", mlp)):
+        apply_fn, params, lin_params, state, images = net()
+        out[name], out[name, "lin"] = reference_kernels(
+            apply_fn, [params, lin_params], state, images)
+    return out
+
+
+def last_layer_kernels(apply_fn, params, state, images, layer):
+    """(K, N, N) reference kernels of the parameters of `layer` alone."""
+    return reference_kernels(
+        lambda p, *args: apply_fn({**params, layer: p}, *args),
+        [params[layer]], state, images)[0]
+
+
+def test_networks_are_not_trivial(references):
+    """Not the last layer's kernel alone; lin_params and the running
+    statistics matter."""
+    apply_fn, params, _, state, images = resnet()
+    last = last_layer_kernels(apply_fn, params, state, images,
+                              "res_net18/~/logits")
+    assert relative_error(last, references["resnet"]) > 0.05
+    assert relative_error(references["resnet", "lin"],
+                          references["resnet"]) > 1e-3
+    means = [np.asarray(ema["average"]) for name, ema in state.items()
+             if name.endswith("mean_ema")]
+    assert means and all(np.abs(m).max() > 0 for m in means)
+
+
+@pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
+@pytest.mark.parametrize("class_index", [1, kernels.COMBINED,
+                                         kernels.ALL_CLASSES])
+def test_resnet_matches_reference(references, implementation, class_index):
+    got = compute("resnet", implementation, class_index)
+    want = expected(references["resnet"], class_index)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
+def test_mlp_matches_reference(references, implementation):
+    got = compute("mlp", implementation, kernels.ALL_CLASSES)
+    assert relative_error(got, references["mlp"]) < 1e-5
+
+
+@pytest.mark.parametrize("implementation", ["rows", "structured"])
+def test_kernel_at_lin_params(references, implementation):
+    got = compute("resnet", implementation, kernels.ALL_CLASSES,
+                  use_lin_params=True)
+    assert relative_error(got, references["resnet", "lin"]) < 1e-5
+
+
+@pytest.mark.parametrize("class_index", [2, kernels.COMBINED])
+def test_symmetric_and_positive_semidefinite(class_index):
+    kernel = compute("resnet", "rows", class_index)
+    np.testing.assert_array_equal(kernel, kernel.T)
+    eigenvalues = np.linalg.eigvalsh(kernel.astype(np.float64))
+    assert eigenvalues.min() >= -1e-5 * eigenvalues.max()
+
+
+def test_one_trace_serves_every_block():
+    """Tracing (hence compiling) does not grow with the number of blocks."""
+    apply_fn, params, _, state, images = resnet()
+    traces = []
+
+    def counting_apply(*args):
+        traces.append(1)
+        return apply_fn(*args)
+
+    schedule_ = kernels.block_schedule(counting_apply, "rows")
+    run = functools.partial(
+        kernels.empirical_ntk, counting_apply, params, state,
+        class_index=0, block_size=2, schedule=schedule_)
+    run(images=images[:2])  # one block
+    after_one_block = len(traces)
+    run(images=images)  # four blocks, ten of them computed
+    # The second run only evaluates the logit count's shape once more.
+    assert len(traces) == after_one_block + 1
+
+
+def test_plan_pads_blocks_and_passes():
+    plan = kernels.make_plan(7, 100, (0, 1, 2), block_size=3,
+                             classes_per_pass=2)
+    assert plan.size == 3 and plan.n_blocks == 3 and plan.n_upper_blocks == 6
+    assert plan.passes == ((0, 1), (2, 2))
+    blocks = plan.blocks(np.ones((7, 2, 2, 1), np.float32))
+    assert blocks.shape == (3, 3, 2, 2, 1)
+    assert blocks[2, :1].min() == 1 and blocks[2, 1:].max() == 0
+
+
+def test_plan_fits_memory_with_even_blocks():
+    n_params = 11_173_962  # ResNet-18 of width 64
+    largest = int(8.0 // kernels.jacobian_gib(n_params, 1))
+    plan = kernels.make_plan(500, n_params, tuple(range(10)), memory_gb=8.0)
+    assert plan.size <= largest
+    assert plan.n_blocks == -(-500 // largest)
+    assert plan.n_blocks * plan.size - 500 < plan.n_blocks  # least padding
+    assert plan.passes == tuple((c,) for c in range(10))
+    small = kernels.make_plan(200, 10_000, tuple(range(10)))
+    assert small.size == 200 and small.passes == (tuple(range(10)),)
+    assert kernels.make_plan(5, 10, (4,), block_size=64).size == 5
+    ntvp = kernels.make_plan(500, 10, (4,), implementation="ntvp")
+    assert ntvp.size == kernels.NTVP_BLOCK_SIZE
+
+
+def test_passes_balance_classes():
+    plan = kernels.make_plan(10, 10, tuple(range(10)), block_size=10,
+                             classes_per_pass=7)
+    assert plan.passes == ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+
+
+def test_class_index_choices():
+    assert kernels.kernel_classes(2, 3) == (2,)
+    assert kernels.kernel_classes(kernels.COMBINED, 3) == (0, 1, 2)
+    assert kernels.kernel_classes(kernels.ALL_CLASSES, 3) == (0, 1, 2)
+    for bad in (3, -2, "3"):
+        with pytest.raises(UserError, match="class_index"):
+            kernels.kernel_classes(bad, 3)
+    assert kernels.parse_class_index("all") == kernels.ALL_CLASSES
+    assert kernels.parse_class_index("-1") == kernels.COMBINED
+    with pytest.raises(UserError, match="class_index"):
+        kernels.parse_class_index("two")
+
+
+def test_unknown_implementation_is_refused():
+    with pytest.raises(ValueError, match="implementation"):
+        kernels.block_schedule(lambda *a: None, "auto")
+
+
+def test_gram_is_full_precision():
+    rng = np.random.default_rng(0)
+    j1 = rng.normal(size=(2, 3, 50)).astype(np.float32)
+    j2 = rng.normal(size=(2, 4, 50)).astype(np.float32)
+    want = np.einsum("gip,gjp->gij", j1.astype(np.float64), j2)
+    got = np.asarray(kernels.gram(jnp.asarray(j1), jnp.asarray(j2)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
