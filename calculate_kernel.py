@@ -25,13 +25,6 @@ import utils
 from utils import UserError
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are UserErrors: one line, exit 2."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
 def _positive(kind):
     """argparse type: `kind(text)`, refused unless > 0."""
     def parse(text):
@@ -43,7 +36,7 @@ def _positive(kind):
 
 
 def parse_args(argv=None):
-    parser = _Parser(description=__doc__.split("\n")[0])
+    parser = utils.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_path", required=True,
                         help="checkpoint (.pkl) to take the kernel of")
     parser.add_argument("--dataset_size", type=_positive(int), default=500,
@@ -108,22 +101,38 @@ def main(argv=None):
         show_progress=_show_progress(args.show_progress))
     seconds = time.perf_counter() - started
 
-    common = dict(labels=labels, indices=indices,
+    record = dict(labels=labels, indices=indices,
                   model_path=os.path.abspath(args.model_path),
                   use_linear_params=args.use_linear_params,
                   implementation=args.implementation,
                   random_seed=args.random_seed, **spec.as_meta())
-    for class_index, class_kernel in _by_class(args.class_index, kernel):
-        path = os.path.join(out_dir, features.kernel_file_name(
-            args.save_name, class_index, len(indices)))
-        utils.atomic_pickle(path, dict(kernel=class_kernel,
-                                       class_index=class_index, **common))
+    for path in _write_kernels(out_dir, args.save_name, args.class_index,
+                               kernel, record):
         print(f"wrote {path}: N = {len(indices)}, {seconds:.1f} s")
+
+
+def _write_kernels(out_dir, save_name, class_index, kernel, record):
+    """Writes one file per kernel of empirical_ntk's result, each `record`
+    plus 'kernel' and 'class_index'; returns their paths."""
+    if class_index == kernels.ALL_CLASSES:
+        by_class = list(enumerate(kernel))
+    else:
+        by_class = [(class_index, kernel)]
+    paths = []
+    for c, class_kernel in by_class:
+        path = os.path.join(out_dir, features.kernel_file_name(
+            save_name, c, len(class_kernel)))
+        utils.atomic_pickle(path, dict(record, kernel=class_kernel,
+                                       class_index=c))
+        paths.append(path)
+    return paths
 
 
 def _subset(args, spec):
     """(images (N, H, W, C), labels int64 (N,), indices int64 (N,)) of the
     class-balanced subset of the training split."""
+    if args.random_seed < 0:
+        raise UserError(f"--random_seed must be >= 0, not {args.random_seed}")
     train_images, train_labels = data.load_split(spec.dataset, args.data_path,
                                                  train=True)
     if args.dataset_size > len(train_labels):
@@ -139,13 +148,6 @@ def _subset(args, spec):
 def _show_progress(flag):
     """The --show_progress choice, or whether stderr is a terminal."""
     return sys.stderr.isatty() if flag is None else flag
-
-
-def _by_class(class_index, kernel):
-    """(class index, (N, N) kernel) pairs of empirical_ntk's result."""
-    if class_index == kernels.ALL_CLASSES:
-        return list(enumerate(kernel))
-    return [(class_index, kernel)]
 
 
 if __name__ == "__main__":

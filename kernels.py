@@ -35,8 +35,17 @@ Implementations (`implementation=`), measured in bench/bench_kernel.py:
   one forward and one backward pass per pair of images and logit, which is
   what makes the original code slow on CNNs.
 
-On a 2-core CPU, 'rows' was the fastest at every width tried (see the
-module's benchmark and BENCHMARKS.md); all four agree to float32 rounding.
+'rows' is the default because it was the fastest everywhere we measured
+(2-core Xeon CPU, compilation included, bench/bench_kernel.py): ResNet-18 of
+width 8, N = 200, summed kernel: rows 10 s, structured 14 s, jacobian 15 s
+(the original's 4×4 NTK-vector products: 148 s); width 64, N = 100, one
+class: rows 21 s, structured 24 s, jacobian 25 s. On blocks of 25 images
+(width 8, all logits) NTK-vector products took 6× longer per entry than
+structured derivatives. All four agree with J Jᵀ from `jax.jacrev` to
+float32 rounding (tests/test_kernels.py).
+
+Products run at full float32 precision (`jax.default_matmul_precision
+("highest")`), also on GPUs whose default would be TF32.
 """
 import dataclasses
 import itertools
@@ -47,7 +56,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from nt_compat import nt
 from utils import UserError
 
 COMBINED = -1  # class_index of the kernel summed over all logits
@@ -55,10 +63,13 @@ ALL_CLASSES = "all"  # class_index asking for every per-class kernel
 
 IMPLEMENTATIONS = ("rows", "jacobian", "ntvp", "structured")
 DEFAULT_IMPLEMENTATION = "rows"
+# Our names of neural-tangents' NtkImplementation members. neural-tangents
+# is imported only when one of them is used, so 'rows' also runs where it
+# cannot be (nt_compat's patches are made for the pinned JAX).
 _NT_IMPLEMENTATIONS = {
-    "jacobian": nt.NtkImplementation.JACOBIAN_CONTRACTION,
-    "ntvp": nt.NtkImplementation.NTK_VECTOR_PRODUCTS,
-    "structured": nt.NtkImplementation.STRUCTURED_DERIVATIVES,
+    "jacobian": "JACOBIAN_CONTRACTION",
+    "ntvp": "NTK_VECTOR_PRODUCTS",
+    "structured": "STRUCTURED_DERIVATIVES",
 }
 
 # Memory the Jacobians of a block may take by default, in GiB.
@@ -238,9 +249,11 @@ def nt_block_fn(apply_fn: Callable, implementation: str) -> BlockFn:
       (params, net_state, x1 (B, ...), x2 (B, ...), classes (G,) int) ->
       float32 (G, B, B), entry [g, i, j] = ∇θ f_g(x1_i) · ∇θ f_g(x2_j).
     """
+    from nt_compat import nt  # here: see _NT_IMPLEMENTATIONS
     ntk = nt.empirical_ntk_fn(
         _eval_logits(apply_fn), trace_axes=(), diagonal_axes=(-1,),
-        vmap_axes=0, implementation=_NT_IMPLEMENTATIONS[implementation])
+        vmap_axes=0, implementation=getattr(
+            nt.NtkImplementation, _NT_IMPLEMENTATIONS[implementation]))
 
     @jax.jit
     def block(params, net_state, x1, x2, classes):

@@ -37,7 +37,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import kernels  # noqa: E402
 import models  # noqa: E402
-from nt_compat import nt  # noqa: E402
 
 IMAGE_SHAPE = (32, 32, 3)
 N_CLASSES = 10
@@ -52,7 +51,8 @@ def perturbed_resnet(width, seed=0):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
     params = jax.tree_util.tree_unflatten(treedef, [
-        p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+        p + 0.05 * jax.random.normal(k, p.shape)
+        for p, k in zip(leaves, keys)])
     batch = jax.random.uniform(jax.random.PRNGKey(seed + 2),
                                (64, *IMAGE_SHAPE))
     _, state = model.apply(params, state, None, batch, True)
@@ -87,6 +87,8 @@ def original_kernel_fn(apply_fn, state, class_index):
     One logit for class_index ≥ 0; otherwise all logits, traced (mean) by
     neural-tangents and rescaled to the sum.
     """
+    from nt_compat import nt  # here: only the original needs it
+
     def f(params, images):
         logits, _ = apply_fn(params, state, None, images, False)
         return logits if class_index < 0 else logits[:, class_index:
@@ -132,34 +134,47 @@ def max_relative_difference(kernel, reference, where):
                  / np.abs(reference)[where].max())
 
 
+def ours_rows(width, apply_fn, params, state, images, args):
+    """(markdown rows, [(seconds, kernel)]) for each of our implementations."""
+    n_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
+    classes = kernels.kernel_classes(args.class_index, N_CLASSES)
+    rows, results = [], []
+    for implementation in args.implementations:
+        plan = kernels.make_plan(len(images), n_params, classes,
+                                 args.block_size, None, args.memory_gb,
+                                 implementation)
+        seconds, kernel = time_ours(apply_fn, params, state, images,
+                                    args.class_index, implementation,
+                                    args.block_size, args.memory_gb)
+        results.append((seconds, kernel))
+        rows.append([width, len(images), f"ours: {implementation}",
+                     f"{plan.size}×{plan.size}", f"{seconds:.1f}", "", "",
+                     f"{peak_rss_gib():.2f}"])
+    return rows, results
+
+
+def original_row(width, apply_fn, params, state, images, args, rows,
+                 results):
+    """The original's markdown row; fills speedup and difference in `rows`."""
+    seconds, reference, computed, extrapolated = time_original(
+        apply_fn, params, state, images, int(args.class_index),
+        args.original_blocks)
+    for row, (ours_seconds, kernel) in zip(rows, results):
+        row[5] = f"{seconds / ours_seconds:.1f}"
+        row[6] = f"{max_relative_difference(kernel, reference, computed):.1e}"
+    label = "original: ntvp" + (" (extrapolated)" if extrapolated else "")
+    return [width, len(images), label, "4×4", f"{seconds:.1f}", "1", "",
+            f"{peak_rss_gib():.2f}"]
+
+
 def bench_one(width, n, args):
     """Markdown rows for one (width, N)."""
     apply_fn, params, state = perturbed_resnet(width)
     images = random_images(n)
-    n_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
-    classes = kernels.kernel_classes(args.class_index, N_CLASSES)
-    rows, ours = [], {}
-    for implementation in args.implementations:
-        plan = kernels.make_plan(n, n_params, classes, args.block_size, None,
-                                 args.memory_gb, implementation)
-        seconds, kernel = time_ours(apply_fn, params, state, images,
-                                    args.class_index, implementation,
-                                    args.block_size, args.memory_gb)
-        ours[implementation] = (seconds, kernel)
-        rows.append([width, n, f"ours: {implementation}",
-                     f"{plan.size}×{plan.size}", f"{seconds:.1f}", "",
-                     "", f"{peak_rss_gib():.2f}"])
+    rows, results = ours_rows(width, apply_fn, params, state, images, args)
     if not args.skip_original and args.class_index != kernels.ALL_CLASSES:
-        seconds, reference, computed, extrapolated = time_original(
-            apply_fn, params, state, images, int(args.class_index),
-            args.original_blocks)
-        rows.append([width, n, "original: ntvp" + (
-            " (extrapolated)" if extrapolated else ""), "4×4",
-            f"{seconds:.1f}", "1", "", f"{peak_rss_gib():.2f}"])
-        for row, (ours_seconds, kernel) in zip(rows, ours.values()):
-            row[5] = f"{seconds / ours_seconds:.1f}"
-            difference = max_relative_difference(kernel, reference, computed)
-            row[6] = f"{difference:.1e}"
+        rows.append(original_row(width, apply_fn, params, state, images,
+                                 args, rows, results))
     return rows
 
 

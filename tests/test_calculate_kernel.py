@@ -10,6 +10,7 @@ import pytest
 
 import calculate_kernel
 import data
+import features
 import models
 import utils
 import test_kernels
@@ -103,6 +104,8 @@ def test_all_classes_one_file_each(run_dir):
                                       run_dir["labels"][indices])
         assert record["use_linear_params"] is False
         assert relative_error(record["kernel"], reference[c]) < 1e-5
+    # What visualize_ntk_features.py reads back.
+    features.load_class_kernel(os.path.join(folder, names[3]), 3, SIZE)
 
 
 def test_combined_kernel_at_lin_params(run_dir, capsys):
@@ -136,6 +139,7 @@ def run_cli(argv):
     ("--dataset_size", "0", "dataset_size"),
     ("--class_index", "10", "class_index"),
     ("--class_index", "first", "class_index"),
+    ("--random_seed", "-1", "random_seed"),
     ("--width", "4", "contradicts"),
     ("--model_path", "missing.pkl", "missing.pkl"),
 ])
