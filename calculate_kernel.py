@@ -25,21 +25,12 @@ import utils
 from utils import UserError
 
 
-def _positive(kind):
-    """argparse type: `kind(text)`, refused unless > 0."""
-    def parse(text):
-        value = kind(text)
-        if not value > 0:  # NaN too
-            raise argparse.ArgumentTypeError("must be positive")
-        return value
-    return parse
-
-
 def parse_args(argv=None):
+    positive_int = utils.number_flag(int, 1)
     parser = utils.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_path", required=True,
                         help="checkpoint (.pkl) to take the kernel of")
-    parser.add_argument("--dataset_size", type=_positive(int), default=500,
+    parser.add_argument("--dataset_size", type=positive_int, default=500,
                         help="images N, a multiple of the number of classes")
     parser.add_argument("--save_name", default="saved_kernel",
                         help="prefix of the output file names")
@@ -53,7 +44,7 @@ def parse_args(argv=None):
                              "is a terminal)")
     parser.add_argument("--model", choices=models.MODELS, default=None,
                         help="default: the checkpoint's, else resnet18")
-    parser.add_argument("--width", type=_positive(int), default=None,
+    parser.add_argument("--width", type=positive_int, default=None,
                         help="ResNet width; default: the checkpoint's, else "
                              "64")
     parser.add_argument("--dataset", choices=sorted(data.DATASETS),
@@ -70,10 +61,11 @@ def parse_args(argv=None):
     parser.add_argument("--implementation", choices=kernels.IMPLEMENTATIONS,
                         default=kernels.DEFAULT_IMPLEMENTATION,
                         help="how blocks are computed (see kernels.py)")
-    parser.add_argument("--block_size", type=_positive(int), default=None,
+    parser.add_argument("--block_size", type=positive_int, default=None,
                         help="images per block (default: as large as "
                              "--memory_gb allows; 4 for ntvp)")
-    parser.add_argument("--memory_gb", type=_positive(float),
+    positive_float = utils.number_flag(float, 0.0, strict=True)
+    parser.add_argument("--memory_gb", type=positive_float,
                         default=kernels.DEFAULT_MEMORY_GB,
                         help="GiB the Jacobians of a block may take")
     return parser.parse_args(argv)

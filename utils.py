@@ -504,6 +504,18 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
+def number_flag(kind, minimum, strict=False):
+    """An argparse type: `kind(text)`, refused below `minimum` (or at it,
+    when `strict`), NaN included."""
+    def parse(text):
+        value = kind(text)
+        if not (value > minimum if strict else value >= minimum):
+            bound = "greater than" if strict else "at least"
+            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}")
+        return value
+    return parse
+
+
 def run_cli(main_fn):
     """Run an entry script's ``main_fn()`` and turn user errors into exits.
 

@@ -18,39 +18,30 @@ import utils
 from utils import UserError
 
 
-def _at_least(minimum, kind):
-    """argparse type: `kind(text)`, refused below `minimum`."""
-    def parse(text):
-        value = kind(text)
-        if not value >= minimum:  # NaN too
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}")
-        return value
-    return parse
-
-
 def parse_args(argv=None):
+    positive_int = utils.number_flag(int, 1)
     parser = utils.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model_path", required=True,
                         help="checkpoint whose kernel was computed")
-    parser.add_argument("--dataset_size", type=_at_least(1, int), default=500,
+    parser.add_argument("--dataset_size", type=positive_int, default=500,
                         help="number of images N of the kernel")
     parser.add_argument("--save_name", default="ntk_eig_images",
                         help="prefix of the output file names")
-    parser.add_argument("--class_index", type=_at_least(0, int),
+    parser.add_argument("--class_index", type=utils.number_flag(int, 0),
                         required=True, help="the logit c of the kernel")
     parser.add_argument("--kernel_path", default=None,
                         help="kernel file (default: calculate_kernel.py's "
                              "saved_kernel_class_{c}_{N}.pkl in the output "
                              "folder)")
-    parser.add_argument("--n_images", type=_at_least(1, int), default=3,
+    parser.add_argument("--n_images", type=positive_int, default=3,
                         help="eigenvectors to visualise, largest first")
-    parser.add_argument("--steps", type=_at_least(0, int), default=600,
+    parser.add_argument("--steps", type=utils.number_flag(int, 0), default=600,
                         help="signed-gradient steps per image")
-    parser.add_argument("--step_size", type=_at_least(0.0, float),
+    parser.add_argument("--step_size", type=utils.number_flag(float, 0.0),
                         default=0.001, help="per-pixel step, pixels in [0, 1]")
     parser.add_argument("--model", choices=models.MODELS, default=None,
                         help="default: the checkpoint's")
-    parser.add_argument("--width", type=_at_least(1, int), default=None,
+    parser.add_argument("--width", type=positive_int, default=None,
                         help="ResNet width; default: the checkpoint's")
     parser.add_argument("--dataset", choices=sorted(data.DATASETS),
                         default=None, help="default: the checkpoint's")
@@ -62,7 +53,7 @@ def parse_args(argv=None):
                         action=argparse.BooleanOptionalAction, default=None,
                         help="use lin_params instead of params (default: as "
                              "the kernel file records, else params)")
-    parser.add_argument("--batch_size", type=_at_least(1, int), default=100,
+    parser.add_argument("--batch_size", type=positive_int, default=100,
                         help="images per vector-Jacobian product")
     return parser.parse_args(argv)
 
