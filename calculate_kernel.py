@@ -32,7 +32,7 @@ def parse_args(argv=None):
                         help="checkpoint (.pkl) to take the kernel of")
     parser.add_argument("--dataset_size", type=positive_int, default=500,
                         help="images N, a multiple of the number of classes")
-    parser.add_argument("--save_name", default="saved_kernel",
+    parser.add_argument("--save_name", default=kernels.DEFAULT_SAVE_NAME,
                         help="prefix of the output file names")
     parser.add_argument("--class_index", type=kernels.parse_class_index,
                         default=kernels.COMBINED,

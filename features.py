@@ -36,12 +36,11 @@ import numpy as np
 import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
+import kernels
 from utils import UserError, load_pickle_arrays
 
 GREY = 0.5
-COMBINED_CLASS = -1  # class_index of a kernel summed over all logits
 KERNEL_KEYS = ("kernel", "labels", "indices", "class_index")
-DEFAULT_KERNEL_NAME = "saved_kernel"  # calculate_kernel.py's --save_name
 TARGETS = "one_vs_rest_0_1"  # y_c[j] = 1 if labels[j] == c else 0
 # Jitter of the Cholesky solve of K w = y, relative to the mean of K's
 # diagonal: where it starts, how much it grows per failed try, and where it
@@ -88,7 +87,7 @@ class ClassKernel:
 
 def kernel_file_name(save_name: str, class_index: int, size: int) -> str:
     """calculate_kernel.py's file name for a kernel of `size` images."""
-    if class_index == COMBINED_CLASS:
+    if class_index == kernels.COMBINED:
         return f"{save_name}_{size}.pkl"
     return f"{save_name}_class_{class_index}_{size}.pkl"
 
@@ -125,7 +124,7 @@ def _as_int(value, key, path) -> int:
 
 
 def _check_class(recorded: int, wanted: int, path: str) -> None:
-    if recorded == COMBINED_CLASS:
+    if recorded == kernels.COMBINED:
         raise UserError(
             f"{path} holds a kernel summed over all logits; features need "
             f"the kernel of one logit: run calculate_kernel.py with "

@@ -59,6 +59,7 @@ from tqdm import tqdm
 from utils import UserError
 
 COMBINED = -1  # class_index of the kernel summed over all logits
+DEFAULT_SAVE_NAME = "saved_kernel"  # calculate_kernel.py's --save_name
 ALL_CLASSES = "all"  # class_index asking for every per-class kernel
 
 IMPLEMENTATIONS = ("rows", "jacobian", "ntvp", "structured")

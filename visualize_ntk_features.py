@@ -13,6 +13,7 @@ import os
 
 import data
 import features
+import kernels
 import models
 import utils
 from utils import UserError
@@ -62,7 +63,7 @@ def main(argv=None):
     args = parse_args(argv)
     out_dir = features.output_dir(args.model_path, args.bonus_dir)
     kernel_path = args.kernel_path or os.path.join(
-        out_dir, features.kernel_file_name(features.DEFAULT_KERNEL_NAME,
+        out_dir, features.kernel_file_name(kernels.DEFAULT_SAVE_NAME,
                                            args.class_index,
                                            args.dataset_size))
     kernel = _load_kernel(args, kernel_path)
