@@ -123,6 +123,11 @@ def make_step_fns(apply_fn, dynamics: models.Dynamics, bn_training: bool,
     return StepFns(jax.jit(clean), jax.jit(adversarial))
 
 
+def empty_metrics() -> dict:
+    """An epoch's running sums before its first batch."""
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+
+
 @dataclasses.dataclass
 class TrainState:
     """Everything a phase needs to continue exactly where it stopped.
@@ -136,9 +141,7 @@ class TrainState:
     opt_state: object
     epoch: int = 0
     step: int = 0
-    metrics: dict = dataclasses.field(
-        default_factory=lambda: {"loss_sum": 0.0, "correct": 0, "seen": 0,
-                                 "seconds": 0.0})
+    metrics: dict = dataclasses.field(default_factory=empty_metrics)
     saved_fractions: list = dataclasses.field(default_factory=list)
 
 
@@ -207,8 +210,7 @@ def run_phase(plan: PhasePlan, steps: StepFns, state: TrainState,
         record = _epoch_record(plan, state)
         state.epoch += 1
         state.step = 0
-        state.metrics = {"loss_sum": 0.0, "correct": 0, "seen": 0,
-                         "seconds": 0.0}
+        state.metrics = empty_metrics()
         hooks.epoch_end(state, record)
         hooks.save_state(state)
     hooks.epoch_start(state)
