@@ -62,12 +62,13 @@ def parse_args(argv=None):
                         default=kernels.DEFAULT_IMPLEMENTATION,
                         help="how blocks are computed (see kernels.py)")
     parser.add_argument("--block_size", type=positive_int, default=None,
-                        help="images per block (default: as large as "
-                             "--memory_gb allows; 4 for ntvp)")
+                        help="images per block (default: the least modelled "
+                             "work within --memory_gb; 4 for ntvp)")
     positive_float = utils.number_flag(float, 0.0, strict=True)
     parser.add_argument("--memory_gb", type=positive_float,
                         default=kernels.DEFAULT_MEMORY_GB,
-                        help="GiB the Jacobians of a block may take")
+                        help="GiB the blocks' Jacobians may take (modelled "
+                             "peak)")
     return parser.parse_args(argv)
 
 

@@ -20,14 +20,15 @@ depends on the block size and the parameter count, never on N.
 
 Implementations (`implementation=`), measured in bench/bench_kernel.py:
 
-* 'rows' (default): per block, the Jacobian (G, B, P) of the G wanted
-  logits is formed explicitly, flattened over the P parameters, and a block
-  of the kernel is one batched matrix product J_i J_jᵀ. Row i of blocks
-  keeps J_i while the column blocks j > i are swept from the right, so the
-  last column's J_{i+1} becomes row i+1's: 1 + n(n−1)/2 block Jacobians for
-  n blocks per row of the kernel, against n(n+1) for the pair-wise
-  implementations below. Memory ≈ 3·G·B·P·4 bytes (two Jacobians kept, one
-  being formed).
+* 'rows' (default): per block, the Jacobian of the G wanted logits in
+  jacobians.py's form: explicit per-image gradients for most parameters,
+  inputs and cotangents for the layers where that is cheaper (the last
+  ResNet stage, linear layers). A block of the kernel is then a batched
+  matrix product plus the factored layers' terms. Row i of blocks keeps
+  J_i while the column blocks j > i are swept from the right, so the last
+  column's J_{i+1} becomes row i+1's: 1 + n(n−1)/2 block Jacobians for n
+  blocks per row of the kernel, against n(n+1) for the pair-wise
+  implementations below.
 * 'jacobian', 'ntvp', 'structured': neural-tangents' `empirical_ntk_fn`
   with JACOBIAN_CONTRACTION, NTK_VECTOR_PRODUCTS or STRUCTURED_DERIVATIVES
   on each pair of blocks (i, j), i ≤ j, the logit axis a diagonal axis.
@@ -35,19 +36,16 @@ Implementations (`implementation=`), measured in bench/bench_kernel.py:
   one forward and one backward pass per pair of images and logit, which is
   what makes the original code slow on CNNs.
 
-'rows' is the default because it was the fastest everywhere we measured
-(2-core Xeon CPU, compilation included, bench/bench_kernel.py): ResNet-18 of
-width 8, N = 200, summed kernel: rows 10 s, structured 14 s, jacobian 15 s
-(the original's 4×4 NTK-vector products: 148 s); width 64, N = 100, one
-class: rows 21 s, structured 24 s, jacobian 25 s. On blocks of 25 images
-(width 8, all logits) NTK-vector products took 6× longer per entry than
-structured derivatives. All four agree with J Jᵀ from `jax.jacrev` to
-float32 rounding (tests/test_kernels.py).
+Block size and logits per pass come from a model of memory and work
+(make_plan). 'rows' is the default because it was the fastest everywhere
+we measured; see BENCHMARKS.md for the numbers. All four agree with J Jᵀ
+from `jax.jacrev` to float32 rounding (tests/test_kernels.py).
 
 Products run at full float32 precision (`jax.default_matmul_precision
 ("highest")`), also on GPUs whose default would be TF32.
 """
 import dataclasses
+import functools
 import itertools
 from typing import Callable, Iterator, Sequence
 
@@ -56,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+import jacobians
 from utils import UserError
 
 COMBINED = -1  # class_index of the kernel summed over all logits
@@ -73,15 +72,15 @@ _NT_IMPLEMENTATIONS = {
     "structured": "STRUCTURED_DERIVATIVES",
 }
 
-# Memory the Jacobians of a block may take by default, in GiB.
+# Memory a kernel's blocks may take by default, in GiB.
 DEFAULT_MEMORY_GB = 8.0
 # 'ntvp' keeps intermediates for each pair of images and logit, so its
 # memory grows with B²·G: by default it gets the original code's 4×4 blocks.
 NTVP_BLOCK_SIZE = 4
-# Jacobian-sized float32 buffers alive at once ('rows': two kept, one being
-# formed; the pair-wise implementations hold two and their contraction).
-_JACOBIAN_COPIES = 3
 _BYTES_PER_FLOAT = 4
+# Work charged to every compiled call on top of its multiply-adds (dispatch,
+# copies), so that tiny blocks are not chosen for tiny models.
+_CALL_OVERHEAD_MACS = 10 ** 8
 
 # (params, net_state, x1 (B, ...), x2 (B, ...), classes (G,)) -> (G, B, B).
 BlockFn = Callable[..., jax.Array]
@@ -141,10 +140,12 @@ class BlockPlan:
     n_blocks: ⌈N / B⌉ blocks per row of the kernel.
     passes: class indices per pass, each of the same length G (the last
       repeats its final class to keep the shape; repeats are dropped).
+    factored: the layers kept factored ('rows'; see jacobians.py).
     """
     n_images: int
     size: int
     passes: tuple[tuple[int, ...], ...]
+    factored: tuple[str, ...] = ()
 
     @property
     def n_blocks(self) -> int:
@@ -163,56 +164,75 @@ class BlockPlan:
         return padded.reshape(self.n_blocks, self.size, *images.shape[1:])
 
 
-def jacobian_gib(n_params: int, block_size: int, classes_per_pass: int = 1
-                 ) -> float:
-    """GiB of the Jacobian buffers of one block, float32.
-
-    _JACOBIAN_COPIES buffers of block_size × classes_per_pass × n_params
-    floats: the estimate of peak memory beyond the network's own
-    activations (a ResNet-18 of width 64 has P = 11.2M: 0.125 GiB per
-    image and logit).
-    """
-    floats = _JACOBIAN_COPIES * block_size * classes_per_pass * n_params
-    return floats * _BYTES_PER_FLOAT / 2 ** 30
-
-
-def make_plan(n_images: int, n_params: int, classes: Sequence[int],
-              block_size: int | None = None,
+def make_plan(n_images: int, survey: jacobians.Survey,
+              classes: Sequence[int], block_size: int | None = None,
               classes_per_pass: int | None = None,
               memory_gb: float = DEFAULT_MEMORY_GB,
               implementation: str = DEFAULT_IMPLEMENTATION) -> BlockPlan:
-    """Block size and passes over the classes for a kernel of N images.
+    """Block size, passes over the classes and factored layers for a kernel.
 
-    Bigger blocks are faster (fewer Jacobian recomputations, larger matrix
-    products), so by default blocks are as large as `memory_gb` allows with
-    one logit per pass, evened out so that the last block wastes the least
-    padding; then as many logits share each pass (and its forward pass) as
-    still fit. That memory model is the one of 'rows', 'jacobian' and
-    'structured'; 'ntvp' gets NTVP_BLOCK_SIZE by default.
+    'rows' factors the layers that pay with every wanted logit in one pass
+    (Survey.factored). Then, among the block sizes that split N with the
+    least padding and the pass sizes that split the classes evenly, the
+    pair with the least modelled work (_modelled_macs) whose modelled peak
+    memory (jacobians.BlockCosts.peak_floats) fits `memory_gb` is chosen;
+    `block_size` or `classes_per_pass` fixes one of them. If none fits, the
+    smallest is taken. 'ntvp' gets NTVP_BLOCK_SIZE images per block by
+    default.
 
     Args:
       n_images: N.
-      n_params: P, the number of trainable parameters.
+      survey: the model's jacobians.survey.
       classes: the logits wanted (see kernel_classes).
-      block_size: images per block, or None for the automatic choice;
-        capped at N.
-      classes_per_pass: logits per pass G, or None for the automatic choice.
-      memory_gb: the GiB the Jacobians may take (see jacobian_gib).
+      block_size: images per block, or None to choose; capped at N.
+      classes_per_pass: logits per pass G, or None to choose.
+      memory_gb: the GiB the blocks may take.
       implementation: one of IMPLEMENTATIONS.
     """
-    per_image = jacobian_gib(n_params, 1)
+    factored = (survey.factored(len(classes)) if implementation == "rows"
+                else ())
+    costs = jacobians.BlockCosts(survey, factored)
     if block_size is None and implementation == "ntvp":
         block_size = NTVP_BLOCK_SIZE
-    if block_size is None:
-        largest = max(1, int(memory_gb // per_image))
-        block_size = _ceil_div(n_images, _ceil_div(n_images, largest))
-    size = max(1, min(block_size, n_images))
-    if classes_per_pass is None:
-        classes_per_pass = int(memory_gb // (per_image * size))
-    n_passes = _ceil_div(len(classes),
-                         max(1, min(classes_per_pass, len(classes))))
-    per_pass = _ceil_div(len(classes), n_passes)
-    return BlockPlan(n_images, size, _split_classes(classes, per_pass))
+    sizes = ([min(block_size, n_images)] if block_size
+             else _even_splits(n_images))
+    per_pass = ([min(classes_per_pass, len(classes))] if classes_per_pass
+                else _even_splits(len(classes)))
+    budget = memory_gb * 2 ** 30 / _BYTES_PER_FLOAT
+    fitting = [(size, logits) for size in sizes for logits in per_pass
+               if costs.peak_floats(size, logits) <= budget]
+    size, logits = min(
+        fitting or [(min(sizes), min(per_pass))],
+        key=lambda choice: _modelled_macs(n_images, len(classes), *choice,
+                                          costs, implementation))
+    return BlockPlan(n_images, size, _split_classes(classes, logits),
+                     factored)
+
+
+def plan_peak_gib(plan: BlockPlan, survey: jacobians.Survey) -> float:
+    """The modelled peak memory of `plan`'s blocks, GiB."""
+    costs = jacobians.BlockCosts(survey, plan.factored)
+    floats = costs.peak_floats(plan.size, len(plan.passes[0]))
+    return floats * _BYTES_PER_FLOAT / 2 ** 30
+
+
+def _modelled_macs(n_images: int, n_classes: int, size: int, logits: int,
+                   costs: jacobians.BlockCosts, implementation: str) -> int:
+    """Multiply-adds of a whole kernel in blocks of `size` images and
+    passes of `logits` (the last pass padded by repetition)."""
+    n_blocks = _ceil_div(n_images, size)
+    grams = n_blocks * (n_blocks + 1) // 2
+    block_jacobians = (1 + n_blocks * (n_blocks - 1) // 2
+                       if implementation == "rows" else 2 * grams)
+    per_pass = (block_jacobians * costs.jacobian_macs(size, logits)
+                + grams * (costs.gram_macs(size, logits)
+                           + _CALL_OVERHEAD_MACS))
+    return _ceil_div(n_classes, logits) * per_pass
+
+
+def _even_splits(n: int) -> list[int]:
+    """The sizes ⌈n / k⌉, k = 1..n: the least padding for each count k."""
+    return sorted({_ceil_div(n, k) for k in range(1, n + 1)})
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -222,7 +242,9 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _split_classes(classes: Sequence[int], per_pass: int
                    ) -> tuple[tuple[int, ...], ...]:
-    """`classes` in chunks of `per_pass`, the last padded by repetition."""
+    """`classes` in ⌈K / per_pass⌉ chunks of equal length, at most
+    `per_pass`, the last padded by repetition."""
+    per_pass = _ceil_div(len(classes), _ceil_div(len(classes), per_pass))
     chunks = []
     for start in range(0, len(classes), per_pass):
         chunk = tuple(classes[start:start + per_pass])
@@ -263,35 +285,6 @@ def nt_block_fn(apply_fn: Callable, implementation: str) -> BlockFn:
     return block
 
 
-def flat_jacobian_fn(apply_fn: Callable) -> Callable:
-    """Compiled Jacobian of G logits of a block, flattened over parameters.
-
-    Returns:
-      (params, net_state, images (B, ...), classes (G,) int) -> float32
-      (G, B, P), row [g, i] = ∇θ f_g(x_i) in `ravel_pytree` order. One
-      forward and G backward passes per image; B·G·P floats.
-    """
-    logits = _eval_logits(apply_fn)
-
-    def one_image(params, net_state, image, classes):
-        grads = jax.jacrev(lambda p: logits(p, image[None], net_state,
-                                            classes)[0])(params)
-        return jnp.concatenate(
-            [leaf.reshape(len(classes), -1)
-             for leaf in jax.tree_util.tree_leaves(grads)], axis=1)
-
-    return jax.jit(jax.vmap(one_image, in_axes=(None, None, 0, None),
-                            out_axes=1))
-
-
-@jax.jit
-def gram(j1: jax.Array, j2: jax.Array) -> jax.Array:
-    """(G, B, P), (G, B, P) -> (G, B, B): J1 J2ᵀ per logit, full float32
-    precision. 2·G·B²·P flops."""
-    return jnp.einsum("gip,gjp->gij", j1, j2,
-                      precision=jax.lax.Precision.HIGHEST)
-
-
 # --------------------------------------------------------------------------
 # Block schedules: (i, j) and K[i-block, j-block] for i ≤ j
 # --------------------------------------------------------------------------
@@ -313,28 +306,40 @@ def _row_blocks(jacobian_fn: Callable, params, net_state, blocks, classes
     """
     row = jacobian_fn(params, net_state, blocks[0], classes)
     for i in range(len(blocks)):
-        yield i, i, gram(row, row)
+        yield i, i, jacobians.gram(row, row)
         column = None
         for j in range(len(blocks) - 1, i, -1):
             column = None  # frees J_{j+1} before J_j is formed
             column = jacobian_fn(params, net_state, blocks[j], classes)
-            yield i, j, gram(row, column)
+            yield i, j, jacobians.gram(row, column)
         row = column
 
 
 def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
-    """(params, net_state, blocks, classes) -> iterator of (i, j, block).
+    """(params, net_state, blocks, classes, layers, factored) -> iterator
+    of (i, j, block).
 
-    Builds (and, on the first call, compiles) the implementation's
-    functions once; reuse the result for every pass and every kernel of the
-    same model and block size.
+    `layers` and `factored` are the Survey's layers and the plan's factored
+    layers ('rows' only). Compiled functions are kept in the schedule:
+    reuse it for every pass and every kernel of the same model.
     """
     if implementation == "rows":
-        jacobian_fn = flat_jacobian_fn(apply_fn)
-        return lambda *args: _row_blocks(jacobian_fn, *args)
+        compiled = {}
+
+        def rows(params, net_state, blocks, classes, layers, factored):
+            if (layers, factored) not in compiled:
+                compiled[layers, factored] = jacobians.block_jacobian_fn(
+                    apply_fn, layers, factored)
+            return _row_blocks(compiled[layers, factored], params,
+                               net_state, blocks, classes)
+        return rows
     if implementation in _NT_IMPLEMENTATIONS:
         block_fn = nt_block_fn(apply_fn, implementation)
-        return lambda *args: _pair_blocks(block_fn, *args)
+
+        def pairs(params, net_state, blocks, classes, layers, factored):
+            del layers, factored  # neural-tangents differentiates it all
+            return _pair_blocks(block_fn, params, net_state, blocks, classes)
+        return pairs
     raise ValueError(f"unknown implementation {implementation!r}; choose "
                      f"from {IMPLEMENTATIONS}")
 
@@ -373,17 +378,16 @@ def empirical_ntk(apply_fn: Callable, params, net_state, images: np.ndarray,
       UserError: `class_index` is not valid for the model's K logits.
     """
     images = np.asarray(images, np.float32)
-    n_logits = jax.eval_shape(
-        lambda x: apply_fn(params, net_state, None, x, False)[0],
-        jax.ShapeDtypeStruct((1, *images.shape[1:]), jnp.float32)).shape[-1]
-    classes = kernel_classes(class_index, n_logits)
-    n_params = sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))
-    plan = make_plan(len(images), n_params, classes, block_size,
+    survey = jacobians.survey(apply_fn, params, net_state, images.shape[1:])
+    classes = kernel_classes(class_index, survey.n_logits)
+    plan = make_plan(len(images), survey, classes, block_size,
                      classes_per_pass, memory_gb, implementation)
     schedule = schedule or block_schedule(apply_fn, implementation)
+    blocks = functools.partial(schedule, layers=survey.layers,
+                               factored=plan.factored)
     # Full float32 products even where XLA would use TF32 (GPUs).
     with jax.default_matmul_precision("highest"):
-        kernels = _per_class_kernels(schedule, params, net_state, images,
+        kernels = _per_class_kernels(blocks, params, net_state, images,
                                      plan, show_progress)
     if class_index == COMBINED:
         return _symmetric(sum(kernels[c] for c in classes))

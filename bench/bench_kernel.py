@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jacobians  # noqa: E402
 import kernels  # noqa: E402
 import models  # noqa: E402
 
@@ -136,11 +137,11 @@ def max_relative_difference(kernel, reference, where):
 
 def ours_rows(width, apply_fn, params, state, images, args):
     """(markdown rows, [(seconds, kernel)]) for each of our implementations."""
-    n_params = sum(p.size for p in jax.tree_util.tree_leaves(params))
+    survey = jacobians.survey(apply_fn, params, state, IMAGE_SHAPE)
     classes = kernels.kernel_classes(args.class_index, N_CLASSES)
     rows, results = [], []
     for implementation in args.implementations:
-        plan = kernels.make_plan(len(images), n_params, classes,
+        plan = kernels.make_plan(len(images), survey, classes,
                                  args.block_size, None, args.memory_gb,
                                  implementation)
         seconds, kernel = time_ours(apply_fn, params, state, images,
@@ -148,7 +149,8 @@ def ours_rows(width, apply_fn, params, state, images, args):
                                     args.block_size, args.memory_gb)
         results.append((seconds, kernel))
         rows.append([width, len(images), f"ours: {implementation}",
-                     f"{plan.size}×{plan.size}", f"{seconds:.1f}", "", "",
+                     f"{plan.size}×{plan.size}, {len(plan.passes[0])} "
+                     f"logit(s)", f"{seconds:.1f}", "", "",
                      f"{peak_rss_gib():.2f}"])
     return rows, results
 

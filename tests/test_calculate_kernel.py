@@ -13,8 +13,7 @@ import data
 import features
 import models
 import utils
-import test_kernels
-from test_kernels import perturb, relative_error
+from kernel_reference import perturb, reference_kernels, relative_error
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO_ROOT, "calculate_kernel.py")
@@ -47,9 +46,9 @@ def run_dir(tmp_path_factory):
                 lin_params=lin_params, state=state)
 
 
-def reference_kernels(run_dir, indices, key="params"):
+def subset_kernels(run_dir, indices, key="params"):
     """(K, N, N) kernels J_c J_cᵀ of the subset, from jax.jacrev."""
-    return test_kernels.reference_kernels(
+    return reference_kernels(
         SPEC.build().apply, [run_dir[key]], run_dir["state"],
         run_dir["images"][indices])[0]
 
@@ -94,7 +93,7 @@ def test_all_classes_one_file_each(run_dir):
     assert indices.dtype == np.int64 and indices.shape == (SIZE,)
     np.testing.assert_array_equal(
         indices, data.balanced_subset_indices(run_dir["labels"], SIZE, 0))
-    reference = reference_kernels(run_dir, indices)
+    reference = subset_kernels(run_dir, indices)
     for c, record in enumerate(records):
         assert record["class_index"] == c
         assert record["kernel"].dtype == np.float32
@@ -120,9 +119,9 @@ def test_combined_kernel_at_lin_params(run_dir, capsys):
     assert record["implementation"] == "structured"
     indices = data.balanced_subset_indices(run_dir["labels"], SIZE, 3)
     np.testing.assert_array_equal(record["indices"], indices)
-    reference = reference_kernels(run_dir, indices, "lin_params").sum(0)
+    reference = subset_kernels(run_dir, indices, "lin_params").sum(0)
     assert relative_error(record["kernel"], reference) < 1e-5
-    at_params = reference_kernels(run_dir, indices).sum(0)
+    at_params = subset_kernels(run_dir, indices).sum(0)
     assert relative_error(record["kernel"], at_params) > 1e-3
 
 

@@ -5,25 +5,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 
+import jacobians
 import kernels
 import models
+from kernel_reference import perturb, reference_kernels, relative_error
 from utils import UserError
 
 N_IMAGES = 7  # blocks of 3: two full, one padded with two zero images
 BLOCK = 3
 N_CLASSES = 3
 PER_PASS = 2  # three classes in passes (0, 1), (2, 2): the last padded
-
-
-def perturb(params, seed, scale):
-    """params + scale·N(0, 1), leaf by leaf."""
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(treedef, [
-        p + scale * jax.random.normal(k, p.shape)
-        for p, k in zip(leaves, keys)])
 
 
 def network(name, image_shape, width=2):
@@ -49,31 +41,12 @@ def mlp():
     return network("mlp_skinny", (6, 6, 1))
 
 
-def reference_kernels(apply_fn, trees, state, images):
-    """[(K, N, N) for each parameter tree in `trees`]: K_c = J_c J_cᵀ from
-    the full Jacobian of the flat θ (one compilation for all trees)."""
-    flats, unravel = zip(*map(ravel_pytree, trees))
-
-    @jax.jit
-    @jax.vmap
-    def jacobian(theta):  # (N, K, P)
-        return jax.jacrev(lambda t: apply_fn(unravel[0](t), state, None,
-                                             images, False)[0])(theta)
-
-    jacobians = np.asarray(jacobian(jnp.stack(flats)), np.float64)
-    return [np.einsum("ikp,jkp->kij", j, j) for j in jacobians]
-
-
 def expected(reference, class_index):
     if class_index == kernels.ALL_CLASSES:
         return reference
     if class_index == kernels.COMBINED:
         return reference.sum(axis=0)
     return reference[class_index]
-
-
-def relative_error(got, want):
-    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
 @functools.lru_cache(maxsize=None)
@@ -175,8 +148,24 @@ def test_one_trace_serves_every_block():
     assert len(traces) == after_one_block + 1
 
 
+def abstract_survey(name, width, image_shape, n_classes=10):
+    """jacobians.survey of a model from parameter shapes alone."""
+    model = models.get_model(name, n_classes, width)
+    params, state = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)),
+        is_training=True))
+    return jacobians.survey(model.apply, params, state, image_shape)
+
+
+@functools.lru_cache(maxsize=None)
+def resnet18_survey():
+    """The full-width ResNet-18 of the paper on CIFAR-10."""
+    return abstract_survey("resnet18", 64, (32, 32, 3))
+
+
 def test_plan_pads_blocks_and_passes():
-    plan = kernels.make_plan(7, 100, (0, 1, 2), block_size=3,
+    survey = abstract_survey("mlp_skinny", 1, (2, 2, 1), N_CLASSES)
+    plan = kernels.make_plan(7, survey, (0, 1, 2), block_size=3,
                              classes_per_pass=2)
     assert plan.size == 3 and plan.n_blocks == 3 and plan.n_upper_blocks == 6
     assert plan.passes == ((0, 1), (2, 2))
@@ -186,22 +175,37 @@ def test_plan_pads_blocks_and_passes():
 
 
 def test_plan_fits_memory_with_even_blocks():
-    n_params = 11_173_962  # ResNet-18 of width 64
-    largest = int(8.0 // kernels.jacobian_gib(n_params, 1))
-    plan = kernels.make_plan(500, n_params, tuple(range(10)), memory_gb=8.0)
-    assert plan.size <= largest
-    assert plan.n_blocks == -(-500 // largest)
-    assert plan.n_blocks * plan.size - 500 < plan.n_blocks  # least padding
-    assert plan.passes == tuple((c,) for c in range(10))
-    small = kernels.make_plan(200, 10_000, tuple(range(10)))
-    assert small.size == 200 and small.passes == (tuple(range(10)),)
-    assert kernels.make_plan(5, 10, (4,), block_size=64).size == 5
-    ntvp = kernels.make_plan(500, 10, (4,), implementation="ntvp")
-    assert ntvp.size == kernels.NTVP_BLOCK_SIZE
+    survey = resnet18_survey()
+    assert survey.n_params == 11_173_962
+    for memory_gb in (4.0, 8.0, 24.0):
+        plan = kernels.make_plan(500, survey, tuple(range(10)),
+                                 memory_gb=memory_gb)
+        assert kernels.plan_peak_gib(plan, survey) <= memory_gb
+        assert plan.n_blocks * plan.size - 500 < plan.n_blocks  # least pad
+        assert sorted(c for p in plan.passes for c in set(p)) == list(
+            range(10))
+    # The last stage's 3×3 convolutions (S = 16 positions) and the linear
+    # layer are factored; the earlier stages and 1×1 shortcuts are not.
+    assert sorted(name.split("/")[-1] for name in plan.factored) == [
+        "conv_0", "conv_0", "conv_1", "conv_1", "logits"]
+    assert all("block_group_3" in name for name in plan.factored
+               if not name.endswith("logits"))
+
+
+def test_plan_falls_back_to_the_smallest_blocks():
+    plan = kernels.make_plan(500, resnet18_survey(), (0, 1),
+                             memory_gb=1e-3)
+    assert plan.size == 1 and plan.passes == ((0,), (1,))
+    assert kernels.make_plan(5, resnet18_survey(), (4,),
+                             block_size=64).size == 5
+    ntvp = kernels.make_plan(500, resnet18_survey(), (4,),
+                             implementation="ntvp")
+    assert ntvp.size == kernels.NTVP_BLOCK_SIZE and ntvp.factored == ()
 
 
 def test_passes_balance_classes():
-    plan = kernels.make_plan(10, 10, tuple(range(10)), block_size=10,
+    survey = abstract_survey("mlp_skinny", 1, (2, 2, 1))
+    plan = kernels.make_plan(10, survey, tuple(range(10)), block_size=10,
                              classes_per_pass=7)
     assert plan.passes == ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
 
@@ -229,5 +233,7 @@ def test_gram_is_full_precision():
     j1 = rng.normal(size=(2, 3, 50)).astype(np.float32)
     j2 = rng.normal(size=(2, 4, 50)).astype(np.float32)
     want = np.einsum("gip,gjp->gij", j1.astype(np.float64), j2)
-    got = np.asarray(kernels.gram(jnp.asarray(j1), jnp.asarray(j2)))
+    blocks = [jacobians.BlockJacobian({"layer": {"w": jnp.asarray(j)}}, {},
+                                      {}) for j in (j1, j2)]
+    got = np.asarray(jacobians.gram(*blocks))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

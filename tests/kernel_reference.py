@@ -1,0 +1,36 @@
+"""Independent references for the kernel tests: per-class kernels
+J_c J_cᵀ from `jax.jacrev` of the flattened parameters, in float64."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+
+def perturb(params, seed, scale):
+    """params + scale·N(0, 1), leaf by leaf."""
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return jax.tree_util.tree_unflatten(treedef, [
+        p + scale * jax.random.normal(k, p.shape)
+        for p, k in zip(leaves, keys)])
+
+
+def reference_kernels(apply_fn, trees, state, images):
+    """[(K, N, N) for each parameter tree in `trees`]: K_c = J_c J_cᵀ from
+    the full Jacobian of the flat θ, batch norm in eval mode (one
+    compilation for all trees)."""
+    flats, unravel = zip(*map(ravel_pytree, trees))
+
+    @jax.jit
+    @jax.vmap
+    def jacobian(theta):  # (N, K, P)
+        return jax.jacrev(lambda t: apply_fn(unravel[0](t), state, None,
+                                             images, False)[0])(theta)
+
+    jacobians = np.asarray(jacobian(jnp.stack(flats)), np.float64)
+    return [np.einsum("ikp,jkp->kij", j, j) for j in jacobians]
+
+
+def relative_error(got, want):
+    """‖got − want‖_F / ‖want‖_F."""
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
