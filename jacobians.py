@@ -100,8 +100,9 @@ def _conv_windows(inputs, kernel_shape, stride, padding, kernel_dilation, *,
     # (H', kh, W', kw) flat positions in the padded image.
     flat = rows[:, :, None, None] * padded.shape[2] + cols[None, None]
     flat = flat.transpose(0, 2, 1, 3)  # (H', W', kh, kw)
-    pixels = padded.reshape(-1, inputs.shape[3])
-    return pixels[flat.reshape(-1)].reshape(
+    pixels = padded.reshape(-1, inputs.shape[3]).at[flat.reshape(-1)].get(
+        mode="promise_in_bounds")
+    return pixels.reshape(
         1, *output_size, *kernel_shape, inputs.shape[3])
 
 
@@ -235,32 +236,35 @@ class BlockCosts:
                                + logits * layer.out_features)
             for layer in self.survey.layers)
 
-    def gram_floats(self, images: int) -> int:
-        """Intermediates of the factored Gram of two blocks."""
-        return 2 * images ** 2 * sum(layer.positions ** 2
-                                     for layer in self._factored_layers())
+    def overlap_floats(self, images: int) -> int:
+        """The overlaps ⟨x_s, x'_t⟩ of two blocks (see `overlaps`)."""
+        return images ** 2 * sum(layer.positions ** 2
+                                 for layer in self._factored_layers())
 
-    def peak_floats(self, images: int, logits: int, held: int = 2) -> int:
-        """Peak while `held` Jacobians are kept and another is formed or
-        two are multiplied."""
+    def peak_floats(self, images: int, logits: int) -> int:
+        """Peak while two Jacobians are kept (a row's and a column's) and a
+        third is formed, or the two are multiplied."""
         jacobian = self.jacobian_floats(images, logits)
-        return held * jacobian + max(
+        return 2 * jacobian + max(
             jacobian + self.forming_floats(images, logits),
-            self.gram_floats(images))
+            2 * self.overlap_floats(images))
 
     def jacobian_macs(self, images: int, logits: int) -> int:
         """One forward and `logits` backward passes (twice the forward's
         work each) per image."""
         return images * self.survey.forward_macs * (1 + 2 * logits)
 
+    def overlap_macs(self, images: int) -> int:
+        """The overlaps of two blocks of `images`."""
+        return images ** 2 * sum(layer.positions ** 2 * layer.in_features
+                                 for layer in self._factored_layers())
+
     def gram_macs(self, images: int, logits: int) -> int:
-        """The Gram of two blocks of `images`."""
-        layers = self._factored_layers()
+        """The Gram of two blocks of `images`, given their overlaps."""
         per_logit = self._explicit_params() + sum(
-            layer.positions ** 2 * layer.out_features for layer in layers)
-        shared = sum(layer.positions ** 2 * layer.in_features
-                     for layer in layers)
-        return images ** 2 * (logits * per_logit + shared)
+            layer.positions ** 2 * layer.out_features
+            for layer in self._factored_layers())
+        return images ** 2 * logits * per_logit
 
 
 # --------------------------------------------------------------------------
@@ -356,7 +360,8 @@ def block_jacobian_fn(apply_fn: Callable, layers: Sequence[WeightLayer],
 
     @jax.jit
     def block(params, net_state, images, classes):
-        rest, weights = split_params(params, [l.name for l in layers])
+        rest, weights = split_params(params,
+                                     [layer.name for layer in layers])
         grads, windows, cotangents = jax.vmap(
             one_image, in_axes=(None, None, None, 0, None),
             out_axes=(1, 0, 1))(rest, weights, net_state, images, classes)
@@ -381,33 +386,38 @@ def _explicit_gradient(windows, cotangents, weight_shape):
 
 
 @jax.jit
-def gram(j1: BlockJacobian, j2: BlockJacobian) -> jax.Array:
+def overlaps(j1: BlockJacobian, j2: BlockJacobian) -> dict:
+    """{factored layer: (B1, B2, S, S)} ⟨x_is, x'_jt⟩ of two blocks, the
+    part of their Gram that is the same for every logit."""
+    return {name: jnp.einsum("isd,jtd->ijst", inputs, j2.inputs[name],
+                             precision=_HIGHEST)
+            for name, inputs in j1.inputs.items()}
+
+
+@jax.jit
+def gram(j1: BlockJacobian, j2: BlockJacobian, overlaps: dict) -> jax.Array:
     """(G, B1, B2): entry [g, i, j] = ∇θ f_g(x1_i) · ∇θ f_g(x2_j), at full
-    float32 precision."""
+    float32 precision, given the blocks' `overlaps`."""
     kernel = sum(
         jnp.einsum("gip,gjp->gij", a.reshape(*a.shape[:2], -1),
                    b.reshape(*b.shape[:2], -1), precision=_HIGHEST)
         for a, b in zip(jax.tree_util.tree_leaves(j1.explicit),
                         jax.tree_util.tree_leaves(j2.explicit)))
-    for name, inputs in j1.inputs.items():
-        kernel = kernel + _factored_gram(inputs, j2.inputs[name],
-                                         j1.cotangents[name],
+    for name, overlap in overlaps.items():
+        kernel = kernel + _factored_gram(overlap, j1.cotangents[name],
                                          j2.cotangents[name])
     return kernel
 
 
-def _factored_gram(inputs1, inputs2, cotangents1, cotangents2):
+def _factored_gram(overlap, cotangents1, cotangents2):
     """(G, B1, B2) Σ_{s,t} ⟨x_is, x'_jt⟩⟨δ_gis, δ'_gjt⟩ of one layer.
 
-    inputs (B, S, D), cotangents (G, B, S, O). One logit at a time, so the
-    largest intermediates are B1·B2·S² floats.
+    overlap (B1, B2, S, S), cotangents (G, B, S, O). One logit at a time,
+    so the largest intermediate is another B1·B2·S² floats.
     """
-    overlaps = jnp.einsum("isd,jtd->ijst", inputs1, inputs2,
-                          precision=_HIGHEST)
-
     def one_logit(pair):
         d1, d2 = pair
         products = jnp.einsum("iso,jto->ijst", d1, d2, precision=_HIGHEST)
-        return jnp.einsum("ijst,ijst->ij", overlaps, products,
+        return jnp.einsum("ijst,ijst->ij", overlap, products,
                           precision=_HIGHEST)
     return jax.lax.map(one_logit, (cotangents1, cotangents2))

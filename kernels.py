@@ -24,11 +24,12 @@ Implementations (`implementation=`), measured in bench/bench_kernel.py:
   jacobians.py's form: explicit per-image gradients for most parameters,
   inputs and cotangents for the layers where that is cheaper (the last
   ResNet stage, linear layers). A block of the kernel is then a batched
-  matrix product plus the factored layers' terms. Row i of blocks keeps
-  J_i while the column blocks j > i are swept from the right, so the last
-  column's J_{i+1} becomes row i+1's: 1 + n(n−1)/2 block Jacobians for n
-  blocks per row of the kernel, against n(n+1) for the pair-wise
-  implementations below.
+  matrix product plus the factored layers' terms, whose input overlaps
+  ⟨x_s, x'_t⟩ are the same for every logit and kept across passes. Row i
+  of blocks keeps J_i while the column blocks j > i are swept from the
+  right, so the last column's J_{i+1} becomes row i+1's: 1 + n(n−1)/2
+  block Jacobians for n blocks per row of the kernel, against n(n+1) for
+  the pair-wise implementations below.
 * 'jacobian', 'ntvp', 'structured': neural-tangents' `empirical_ntk_fn`
   with JACOBIAN_CONTRACTION, NTK_VECTOR_PRODUCTS or STRUCTURED_DERIVATIVES
   on each pair of blocks (i, j), i ≤ j, the logit axis a diagonal axis.
@@ -200,7 +201,8 @@ def make_plan(n_images: int, survey: jacobians.Survey,
                 else _even_splits(len(classes)))
     budget = memory_gb * 2 ** 30 / _BYTES_PER_FLOAT
     fitting = [(size, logits) for size in sizes for logits in per_pass
-               if costs.peak_floats(size, logits) <= budget]
+               if _peak_floats(n_images, len(classes), size, logits, costs)
+               <= budget]
     size, logits = min(
         fitting or [(min(sizes), min(per_pass))],
         key=lambda choice: _modelled_macs(n_images, len(classes), *choice,
@@ -212,8 +214,22 @@ def make_plan(n_images: int, survey: jacobians.Survey,
 def plan_peak_gib(plan: BlockPlan, survey: jacobians.Survey) -> float:
     """The modelled peak memory of `plan`'s blocks, GiB."""
     costs = jacobians.BlockCosts(survey, plan.factored)
-    floats = costs.peak_floats(plan.size, len(plan.passes[0]))
+    n_classes = len({c for classes in plan.passes for c in classes})
+    floats = _peak_floats(plan.n_images, n_classes, plan.size,
+                          len(plan.passes[0]), costs)
     return floats * _BYTES_PER_FLOAT / 2 ** 30
+
+
+def _peak_floats(n_images: int, n_classes: int, size: int, logits: int,
+                 costs: jacobians.BlockCosts) -> int:
+    """The blocks' peak (BlockCosts.peak_floats) plus, when there are
+    several passes, the overlaps kept for every pair of blocks; float32
+    values."""
+    n_blocks = _ceil_div(n_images, size)
+    kept_pairs = (n_blocks * (n_blocks + 1) // 2
+                  if n_classes > logits else 0)
+    return (costs.peak_floats(size, logits)
+            + kept_pairs * costs.overlap_floats(size))
 
 
 def _modelled_macs(n_images: int, n_classes: int, size: int, logits: int,
@@ -227,7 +243,8 @@ def _modelled_macs(n_images: int, n_classes: int, size: int, logits: int,
     per_pass = (block_jacobians * costs.jacobian_macs(size, logits)
                 + grams * (costs.gram_macs(size, logits)
                            + _CALL_OVERHEAD_MACS))
-    return _ceil_div(n_classes, logits) * per_pass
+    return (_ceil_div(n_classes, logits) * per_pass
+            + grams * costs.overlap_macs(size))
 
 
 def _even_splits(n: int) -> list[int]:
@@ -297,47 +314,59 @@ def _pair_blocks(block_fn: BlockFn, params, net_state, blocks, classes
         yield i, j, block_fn(params, net_state, blocks[i], blocks[j], classes)
 
 
-def _row_blocks(jacobian_fn: Callable, params, net_state, blocks, classes
-                ) -> Iterator[tuple[int, int, jax.Array]]:
+def _row_blocks(jacobian_fn: Callable, params, net_state, blocks, classes,
+                overlaps: dict) -> Iterator[tuple[int, int, jax.Array]]:
     """Blocks row by row, reusing each block's Jacobian.
 
     Row i sweeps j from the last block down to i + 1, so the Jacobian
-    formed last is J_{i+1}, which row i + 1 starts from.
+    formed last is J_{i+1}, which row i + 1 starts from. `overlaps`, if not
+    None, keeps each pair's jacobians.overlaps, the same in every pass.
     """
+    def block(i, j, row, column):
+        pair = overlaps.get((i, j)) if overlaps is not None else None
+        if pair is None:
+            pair = jacobians.overlaps(row, column)
+            if overlaps is not None:
+                overlaps[i, j] = pair
+        return i, j, jacobians.gram(row, column, pair)
+
     row = jacobian_fn(params, net_state, blocks[0], classes)
     for i in range(len(blocks)):
-        yield i, i, jacobians.gram(row, row)
+        yield block(i, i, row, row)
         column = None
         for j in range(len(blocks) - 1, i, -1):
             column = None  # frees J_{j+1} before J_j is formed
             column = jacobian_fn(params, net_state, blocks[j], classes)
-            yield i, j, jacobians.gram(row, column)
+            yield block(i, j, row, column)
         row = column
 
 
 def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
-    """(params, net_state, blocks, classes, layers, factored) -> iterator
-    of (i, j, block).
+    """(params, net_state, blocks, classes, layers, factored, overlaps) ->
+    iterator of (i, j, block).
 
     `layers` and `factored` are the Survey's layers and the plan's factored
-    layers ('rows' only). Compiled functions are kept in the schedule:
-    reuse it for every pass and every kernel of the same model.
+    layers, `overlaps` a dict kept across the passes of one kernel or None
+    ('rows' only). Compiled functions are kept in the schedule: reuse it
+    for every pass and every kernel of the same model.
     """
     if implementation == "rows":
         compiled = {}
 
-        def rows(params, net_state, blocks, classes, layers, factored):
+        def rows(params, net_state, blocks, classes, layers, factored,
+                 overlaps):
             if (layers, factored) not in compiled:
                 compiled[layers, factored] = jacobians.block_jacobian_fn(
                     apply_fn, layers, factored)
             return _row_blocks(compiled[layers, factored], params,
-                               net_state, blocks, classes)
+                               net_state, blocks, classes, overlaps)
         return rows
     if implementation in _NT_IMPLEMENTATIONS:
         block_fn = nt_block_fn(apply_fn, implementation)
 
-        def pairs(params, net_state, blocks, classes, layers, factored):
-            del layers, factored  # neural-tangents differentiates it all
+        def pairs(params, net_state, blocks, classes, layers, factored,
+                  overlaps):
+            del layers, factored, overlaps  # neural-tangents does it all
             return _pair_blocks(block_fn, params, net_state, blocks, classes)
         return pairs
     raise ValueError(f"unknown implementation {implementation!r}; choose "
@@ -383,8 +412,9 @@ def empirical_ntk(apply_fn: Callable, params, net_state, images: np.ndarray,
     plan = make_plan(len(images), survey, classes, block_size,
                      classes_per_pass, memory_gb, implementation)
     schedule = schedule or block_schedule(apply_fn, implementation)
-    blocks = functools.partial(schedule, layers=survey.layers,
-                               factored=plan.factored)
+    blocks = functools.partial(
+        schedule, layers=survey.layers, factored=plan.factored,
+        overlaps={} if len(plan.passes) > 1 else None)
     # Full float32 products even where XLA would use TF32 (GPUs).
     with jax.default_matmul_precision("highest"):
         kernels = _per_class_kernels(blocks, params, net_state, images,

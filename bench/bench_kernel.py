@@ -33,6 +33,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import enable_x64
+from jax.flatten_util import ravel_pytree
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jacobians  # noqa: E402
@@ -157,7 +159,9 @@ def ours_rows(width, apply_fn, params, state, images, args):
 
 def original_row(width, apply_fn, params, state, images, args, rows,
                  results):
-    """The original's markdown row; fills speedup and difference in `rows`."""
+    """The original's markdown row, its kernel appended (the computed
+    entries: the float64 check's first images are in its first blocks);
+    fills speedup and difference in `rows`."""
     seconds, reference, computed, extrapolated = time_original(
         apply_fn, params, state, images, int(args.class_index),
         args.original_blocks)
@@ -166,18 +170,57 @@ def original_row(width, apply_fn, params, state, images, args, rows,
         row[6] = f"{max_relative_difference(kernel, reference, computed):.1e}"
     label = "original: ntvp" + (" (extrapolated)" if extrapolated else "")
     return [width, len(images), label, "4×4", f"{seconds:.1f}", "1", "",
-            f"{peak_rss_gib():.2f}"]
+            f"{peak_rss_gib():.2f}", reference]
+
+
+def float64_kernel(apply_fn, params, state, images, class_index):
+    """(N, N) or (K, N, N) like empirical_ntk's result, from jax.jacrev of
+    each image's logits in float64 (N·K·P doubles: keep N small)."""
+    with enable_x64():
+        params, state, images = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(a, jnp.float64), (params, state, images))
+        flat, unravel = ravel_pytree(params)
+        jacobian = jax.jit(lambda image: jax.jacrev(
+            lambda theta: apply_fn(unravel(theta), state, None, image[None],
+                                   False)[0][0])(flat))
+        rows = np.stack([np.asarray(jacobian(image)) for image in images])
+    per_class = np.einsum("ikp,jkp->kij", rows, rows)
+    if class_index == kernels.ALL_CLASSES:
+        return per_class
+    return per_class.sum(0) if class_index < 0 else per_class[class_index]
+
+
+def float64_lines(apply_fn, params, state, images, args, labels, kernels_):
+    """One line per kernel in `kernels_`: its largest difference from the
+    float64 reference on the first args.float64_images images."""
+    m = args.float64_images
+    reference = float64_kernel(apply_fn, params, state, images[:m],
+                               args.class_index)
+    everywhere = np.ones(reference.shape, bool)
+    lines = []
+    for label, kernel in zip(labels, kernels_):
+        difference = max_relative_difference(kernel[..., :m, :m], reference,
+                                             everywhere)
+        lines.append(f"float64 check, first {m} images: {label}: max rel. "
+                     f"diff {difference:.1e}")
+    return lines
 
 
 def bench_one(width, n, args):
-    """Markdown rows for one (width, N)."""
+    """Markdown rows for one (width, N), then the float64 check's lines."""
     apply_fn, params, state = perturbed_resnet(width)
     images = random_images(n)
     rows, results = ours_rows(width, apply_fn, params, state, images, args)
+    labels = [row[2] for row in rows]
+    computed = [kernel for _, kernel in results]
     if not args.skip_original and args.class_index != kernels.ALL_CLASSES:
         rows.append(original_row(width, apply_fn, params, state, images,
                                  args, rows, results))
-    return rows
+        labels.append("original")
+        computed.append(rows[-1].pop())
+    lines = (float64_lines(apply_fn, params, state, images, args, labels,
+                           computed) if args.float64_images else [])
+    return rows, lines
 
 
 def parse_args(argv=None):
@@ -198,6 +241,9 @@ def parse_args(argv=None):
                    help="time the original on this many 4×4 blocks and "
                         "extrapolate (0: all blocks)")
     p.add_argument("--skip_original", action="store_true")
+    p.add_argument("--float64_images", type=int, default=0,
+                   help="compare every kernel with a float64 jax.jacrev "
+                        "reference on this many first images (0: no)")
     args = p.parse_args(argv)
     if len(args.widths) != len(args.sizes):
         p.error("--widths and --sizes need the same number of values")
@@ -213,9 +259,11 @@ def main(argv=None):
           "max rel. diff | peak RSS (GiB) |")
     print("|---|---|---|---|---|---|---|---|")
     for width, n in zip(args.widths, args.sizes):
-        for row in bench_one(width, n, args):
+        rows, lines = bench_one(width, n, args)
+        for row in rows:
             print("| " + " | ".join(str(cell) for cell in row) + " |",
                   flush=True)
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

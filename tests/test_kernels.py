@@ -235,5 +235,5 @@ def test_gram_is_full_precision():
     want = np.einsum("gip,gjp->gij", j1.astype(np.float64), j2)
     blocks = [jacobians.BlockJacobian({"layer": {"w": jnp.asarray(j)}}, {},
                                       {}) for j in (j1, j2)]
-    got = np.asarray(jacobians.gram(*blocks))
+    got = np.asarray(jacobians.gram(*blocks, {}))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
