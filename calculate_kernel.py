@@ -91,7 +91,7 @@ def main(argv=None):
         spec.build().apply, params, checkpoint["net_state"], images,
         args.class_index, implementation=args.implementation,
         block_size=args.block_size, memory_gb=args.memory_gb,
-        show_progress=_show_progress(args.show_progress))
+        show_progress=_show_progress(args.show_progress), log=print)
     seconds = time.perf_counter() - started
 
     record = dict(labels=labels, indices=indices,

@@ -220,6 +220,18 @@ def plan_peak_gib(plan: BlockPlan, survey: jacobians.Survey) -> float:
     return floats * _BYTES_PER_FLOAT / 2 ** 30
 
 
+def describe_plan(plan: BlockPlan, survey: jacobians.Survey,
+                  implementation: str) -> str:
+    """One line: images, blocks, passes, factored layers, modelled peak."""
+    logits = len(plan.passes[0])
+    return (f"kernel ({implementation}): {plan.n_images} images in "
+            f"{plan.n_blocks} block(s) of {plan.size}, {logits} logit(s) "
+            f"per pass, {len(plan.passes)} pass(es), "
+            f"{len(plan.factored)} of {len(survey.layers)} weight layers "
+            f"factored, modelled peak "
+            f"{plan_peak_gib(plan, survey):.2f} GiB")
+
+
 def _peak_floats(n_images: int, n_classes: int, size: int, logits: int,
                  costs: jacobians.BlockCosts) -> int:
     """The blocks' peak (BlockCosts.peak_floats) plus, when there are
@@ -384,7 +396,8 @@ def empirical_ntk(apply_fn: Callable, params, net_state, images: np.ndarray,
                   classes_per_pass: int | None = None,
                   memory_gb: float = DEFAULT_MEMORY_GB,
                   show_progress: bool = False,
-                  schedule: Callable | None = None) -> np.ndarray:
+                  schedule: Callable | None = None,
+                  log: Callable[[str], object] | None = None) -> np.ndarray:
     """The empirical NTK of a model on `images`, batch norm in eval mode.
 
     Args:
@@ -400,6 +413,7 @@ def empirical_ntk(apply_fn: Callable, params, net_state, images: np.ndarray,
       show_progress: a tqdm bar over blocks on stderr.
       schedule: a block_schedule(apply_fn, implementation) to reuse
         (compiled functions are kept in it); built when None.
+      log: called with a line describing the plan (describe_plan).
     Returns:
       float32 (N, N) for one class or COMBINED, (K, N, N) for ALL_CLASSES;
       exactly symmetric.
@@ -411,6 +425,8 @@ def empirical_ntk(apply_fn: Callable, params, net_state, images: np.ndarray,
     classes = kernel_classes(class_index, survey.n_logits)
     plan = make_plan(len(images), survey, classes, block_size,
                      classes_per_pass, memory_gb, implementation)
+    if log is not None:
+        log(describe_plan(plan, survey, implementation))
     schedule = schedule or block_schedule(apply_fn, implementation)
     blocks = functools.partial(
         schedule, layers=survey.layers, factored=plan.factored,

@@ -84,6 +84,9 @@ def test_all_classes_one_file_each(run_dir):
     names = [f"saved_kernel_class_{c}_{SIZE}.pkl" for c in range(10)]
     assert files_in(folder) == sorted(names)
     assert result.stdout.count("wrote") == 10
+    # The plan: 20 images in blocks of 8, all ten logits in one pass.
+    assert "20 images in 3 block(s) of 8, 10 logit(s) per pass" in \
+        result.stdout
     assert "block" in result.stderr  # the progress bar
 
     records = [utils.load_pickle_arrays(os.path.join(folder, name),
