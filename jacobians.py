@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# The modules whose calls are y_s = x_s W (survey checks the details).
+_WEIGHT_MODULES = (hk.Conv2D, hk.Linear)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +147,8 @@ def survey(apply_fn: Callable, params, net_state, image_shape: Sequence[int]
 
     def record(next_f, args, kwargs, context):
         out = next_f(*args, **kwargs)
-        if context.method_name == "__call__":
+        if (context.method_name == "__call__"
+                and isinstance(context.module, _WEIGHT_MODULES)):
             calls.append((context.module, _call_input(args, kwargs).shape,
                           out.shape))
         return out
@@ -168,14 +171,13 @@ def survey(apply_fn: Callable, params, net_state, image_shape: Sequence[int]
 
 
 def _call_input(args, kwargs):
-    """The `inputs` argument of a module call."""
-    return args[0] if args else kwargs.get("inputs", jnp.zeros(()))
+    """The `inputs` argument of a Conv2D or Linear call."""
+    return args[0] if args else kwargs["inputs"]
 
 
 def _weight_layer(module, in_shape, out_shape, params) -> WeightLayer | None:
-    """The WeightLayer of one module call, or None if it is not one."""
-    if not isinstance(module, (hk.Conv2D, hk.Linear)):
-        return None
+    """The WeightLayer of one Conv2D or Linear call, or None if it cannot
+    be one."""
     weight = params.get(module.module_name, {}).get("w")
     if weight is None:
         return None
