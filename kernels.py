@@ -155,7 +155,7 @@ class BlockPlan:
     @property
     def n_upper_blocks(self) -> int:
         """Blocks computed per pass: those on or above the diagonal."""
-        return self.n_blocks * (self.n_blocks + 1) // 2
+        return _upper_blocks(self.n_blocks)
 
     def blocks(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, C) -> (n_blocks, B, H, W, C), zero-padded."""
@@ -238,8 +238,7 @@ def _peak_floats(n_images: int, n_classes: int, size: int, logits: int,
     several passes, the overlaps kept for every pair of blocks; float32
     values."""
     n_blocks = _ceil_div(n_images, size)
-    kept_pairs = (n_blocks * (n_blocks + 1) // 2
-                  if n_classes > logits else 0)
+    kept_pairs = _upper_blocks(n_blocks) if n_classes > logits else 0
     return (costs.peak_floats(size, logits)
             + kept_pairs * costs.overlap_floats(size))
 
@@ -249,7 +248,7 @@ def _modelled_macs(n_images: int, n_classes: int, size: int, logits: int,
     """Multiply-adds of a whole kernel in blocks of `size` images and
     passes of `logits` (the last pass padded by repetition)."""
     n_blocks = _ceil_div(n_images, size)
-    grams = n_blocks * (n_blocks + 1) // 2
+    grams = _upper_blocks(n_blocks)
     block_jacobians = (1 + n_blocks * (n_blocks - 1) // 2
                        if implementation == "rows" else 2 * grams)
     per_pass = (block_jacobians * costs.jacobian_macs(size, logits)
@@ -257,6 +256,11 @@ def _modelled_macs(n_images: int, n_classes: int, size: int, logits: int,
                            + _CALL_OVERHEAD_MACS))
     return (_ceil_div(n_classes, logits) * per_pass
             + grams * costs.overlap_macs(size))
+
+
+def _upper_blocks(n_blocks: int) -> int:
+    """Blocks on or above the diagonal of an n_blocks × n_blocks grid."""
+    return n_blocks * (n_blocks + 1) // 2
 
 
 def _even_splits(n: int) -> list[int]:
