@@ -131,8 +131,9 @@ def time_original(apply_fn, params, state, images, class_index, max_blocks):
     return seconds * len(pairs) / len(timed), kernel, computed, extrapolate
 
 
-def max_relative_difference(kernel, reference, where):
-    """max |K − K_ref| / max |K_ref| over the entries `where`."""
+def max_relative_difference(kernel, reference, where=...):
+    """max |K − K_ref| / max |K_ref| over the entries `where` (all by
+    default)."""
     return float(np.abs(kernel - reference)[where].max()
                  / np.abs(reference)[where].max())
 
@@ -159,9 +160,9 @@ def ours_rows(width, apply_fn, params, state, images, args):
 
 def original_row(width, apply_fn, params, state, images, args, rows,
                  results):
-    """The original's markdown row, its kernel appended (the computed
-    entries: the float64 check's first images are in its first blocks);
-    fills speedup and difference in `rows`."""
+    """(the original's markdown row, its kernel): the kernel holds the
+    computed entries (the float64 check's first images are in its first
+    blocks). Fills speedup and difference in `rows`."""
     seconds, reference, computed, extrapolated = time_original(
         apply_fn, params, state, images, int(args.class_index),
         args.original_blocks)
@@ -170,7 +171,7 @@ def original_row(width, apply_fn, params, state, images, args, rows,
         row[6] = f"{max_relative_difference(kernel, reference, computed):.1e}"
     label = "original: ntvp" + (" (extrapolated)" if extrapolated else "")
     return [width, len(images), label, "4×4", f"{seconds:.1f}", "1", "",
-            f"{peak_rss_gib():.2f}", reference]
+            f"{peak_rss_gib():.2f}"], reference
 
 
 def float64_kernel(apply_fn, params, state, images, class_index):
@@ -196,11 +197,9 @@ def float64_lines(apply_fn, params, state, images, args, labels, kernels_):
     m = args.float64_images
     reference = float64_kernel(apply_fn, params, state, images[:m],
                                args.class_index)
-    everywhere = np.ones(reference.shape, bool)
     lines = []
     for label, kernel in zip(labels, kernels_):
-        difference = max_relative_difference(kernel[..., :m, :m], reference,
-                                             everywhere)
+        difference = max_relative_difference(kernel[..., :m, :m], reference)
         lines.append(f"float64 check, first {m} images: {label}: max rel. "
                      f"diff {difference:.1e}")
     return lines
@@ -214,10 +213,11 @@ def bench_one(width, n, args):
     labels = [row[2] for row in rows]
     computed = [kernel for _, kernel in results]
     if not args.skip_original and args.class_index != kernels.ALL_CLASSES:
-        rows.append(original_row(width, apply_fn, params, state, images,
-                                 args, rows, results))
+        row, reference = original_row(width, apply_fn, params, state,
+                                      images, args, rows, results)
+        rows.append(row)
         labels.append("original")
-        computed.append(rows[-1].pop())
+        computed.append(reference)
     lines = (float64_lines(apply_fn, params, state, images, args, labels,
                            computed) if args.float64_images else [])
     return rows, lines
