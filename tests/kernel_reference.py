@@ -1,9 +1,12 @@
-"""Independent references for the kernel tests: per-class kernels
-J_c J_cᵀ from `jax.jacrev` of the flattened parameters, in float64."""
+"""Shared by the kernel tests: small perturbed networks, and independent
+reference per-class kernels J_c J_cᵀ from `jax.jacrev` of the flattened
+parameters, in float64."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+
+import models
 
 
 def perturb(params, seed, scale):
@@ -13,6 +16,20 @@ def perturb(params, seed, scale):
     return jax.tree_util.tree_unflatten(treedef, [
         p + scale * jax.random.normal(k, p.shape)
         for p, k in zip(leaves, keys)])
+
+
+def network(name, n_classes, image_shape, n_images, width=2):
+    """(apply, params, lin_params, state, images (n_images, ...)): a
+    non-zero last layer, lin_params ≠ params, running statistics from one
+    training pass."""
+    model = models.get_model(name, n_classes, width)
+    params, state = models.init_model(model, 0, image_shape)
+    params = perturb(params, 1, 0.1)
+    lin_params = perturb(params, 2, 0.05)
+    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(3),
+                                           (n_images, *image_shape)))
+    _, state = model.apply(params, state, None, images + 0.5, True)
+    return model.apply, params, lin_params, state, images
 
 
 def reference_kernels(apply_fn, trees, state, images):

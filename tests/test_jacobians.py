@@ -10,7 +10,7 @@ import pytest
 
 import jacobians
 import models
-from kernel_reference import perturb, reference_kernels, relative_error
+from kernel_reference import network, reference_kernels, relative_error
 
 N_CLASSES = 3
 IMAGE_SHAPE = (16, 16, 3)
@@ -20,12 +20,9 @@ IMAGE_SHAPE = (16, 16, 3)
 def resnet():
     """(apply, params, state, images (7, 16, 16, 3)) of a width-2 ResNet-18
     with a non-zero last layer and running statistics set."""
-    model = models.get_model("resnet18", N_CLASSES, 2)
-    params, state = models.init_model(model, 0, IMAGE_SHAPE)
-    params = perturb(params, 1, 0.1)
-    images = jax.random.uniform(jax.random.PRNGKey(3), (7, *IMAGE_SHAPE))
-    _, state = model.apply(params, state, None, images + 0.5, True)
-    return model.apply, params, state, images
+    apply_fn, params, _, state, images = network("resnet18", N_CLASSES,
+                                                 IMAGE_SHAPE, 7)
+    return apply_fn, params, state, images
 
 
 @functools.lru_cache(maxsize=None)

@@ -9,7 +9,7 @@ import pytest
 import jacobians
 import kernels
 import models
-from kernel_reference import perturb, reference_kernels, relative_error
+from kernel_reference import network, reference_kernels, relative_error
 from utils import UserError
 
 N_IMAGES = 7  # blocks of 3: two full, one padded with two zero images
@@ -18,27 +18,14 @@ N_CLASSES = 3
 PER_PASS = 2  # three classes in passes (0, 1), (2, 2): the last padded
 
 
-def network(name, image_shape, width=2):
-    """(apply, params, lin_params, state, images): a non-zero last layer,
-    lin_params ≠ params, running statistics from one training pass."""
-    model = models.get_model(name, N_CLASSES, width)
-    params, state = models.init_model(model, 0, image_shape)
-    params = perturb(params, 1, 0.1)
-    lin_params = perturb(params, 2, 0.05)
-    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(3),
-                                           (N_IMAGES, *image_shape)))
-    _, state = model.apply(params, state, None, images + 0.5, True)
-    return model.apply, params, lin_params, state, images
-
-
 @functools.lru_cache(maxsize=None)
 def resnet():
-    return network("resnet18", (16, 16, 3))
+    return network("resnet18", N_CLASSES, (16, 16, 3), N_IMAGES)
 
 
 @functools.lru_cache(maxsize=None)
 def mlp():
-    return network("mlp_skinny", (6, 6, 1))
+    return network("mlp_skinny", N_CLASSES, (6, 6, 1), N_IMAGES)
 
 
 def expected(reference, class_index):
