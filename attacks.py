@@ -14,29 +14,30 @@ The settings of the paper are `AttackConfig` values made by `train_linf`,
 `eval_linf` and `eval_l2`; pass them on as `pgd(..., **config.kwargs())` or
 `make_pgd_fn(logits_fn_of_params, **config.kwargs())`.
 """
+
 import dataclasses
 
 import jax
 import jax.numpy as jnp
 
-NORMS = ('linf', 'l2')
-LOSSES = ('ce', 'margin')
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "margin")
 
 
 def check_choices(norm, loss):
     """Raises ValueError unless `norm` is in NORMS and `loss` in LOSSES."""
     if norm not in NORMS:
-        raise ValueError(f'norm must be one of {NORMS}, not {norm!r}')
+        raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
     if loss not in LOSSES:
-        raise ValueError(f'loss must be one of {LOSSES}, not {loss!r}')
+        raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
 
 
 def _check_counts(iters, restarts):
     """Raises ValueError unless ints iters >= 0 and restarts >= 1."""
     if not isinstance(iters, int) or iters < 0:
-        raise ValueError(f'iters must be an int >= 0, not {iters!r}')
+        raise ValueError(f"iters must be an int >= 0, not {iters!r}")
     if not isinstance(restarts, int) or restarts < 1:
-        raise ValueError(f'restarts must be an int >= 1, not {restarts!r}')
+        raise ValueError(f"restarts must be an int >= 1, not {restarts!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +53,12 @@ class AttackConfig:
         loss: 'ce' (softmax cross-entropy) or 'margin' (CW margin).
         restarts: number of independent random starts; the worst case wins.
     """
+
     norm: str
     eps: float
     step_size: float
     iters: int
-    loss: str = 'ce'
+    loss: str = "ce"
     restarts: int = 1
 
     def __post_init__(self):
@@ -71,8 +73,9 @@ class AttackConfig:
 def _linf(eps_255, iters):
     """L-inf attack with eps = eps_255 / 255 and step 2 * eps / iters."""
     eps = eps_255 / 255.0
-    return AttackConfig(norm='linf', eps=eps, step_size=2.0 * eps / iters,
-                        iters=iters)
+    return AttackConfig(
+        norm="linf", eps=eps, step_size=2.0 * eps / iters, iters=iters
+    )
 
 
 def train_linf(eps_255, iters=20):
@@ -87,7 +90,7 @@ def eval_linf(eps_255, iters=100):
 
 def eval_l2(iters=100):
     """The L2 test attack: eps = 0.25, step 0.01."""
-    return AttackConfig(norm='l2', eps=0.25, step_size=0.01, iters=iters)
+    return AttackConfig(norm="l2", eps=0.25, step_size=0.01, iters=iters)
 
 
 def accuracy_counts(logits, labels):
@@ -110,7 +113,7 @@ def _per_example_loss(logits, labels, loss):
     positive exactly when the example is misclassified.
     """
     true_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-    if loss == 'ce':
+    if loss == "ce":
         return jax.nn.logsumexp(logits, axis=-1) - true_logit
     is_true = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
     best_other = jnp.max(jnp.where(is_true, -jnp.inf, logits), axis=-1)
@@ -124,8 +127,9 @@ def _per_example(values, like):
 
 def _l2_norms(x):
     """L2 norm of each example of (B, ...) `x`, shaped (B, 1, ..., 1)."""
-    return jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)),
-                            keepdims=True))
+    return jnp.sqrt(
+        jnp.sum(jnp.square(x), axis=tuple(range(1, x.ndim)), keepdims=True)
+    )
 
 
 def _nonzero(norms):
@@ -145,13 +149,15 @@ def _random_start(key, images, eps, norm):
     Returns:
         (B, ...) images, same dtype, clipped to [0, 1].
     """
-    if norm == 'linf':
-        delta = jax.random.uniform(key, images.shape, images.dtype,
-                                   minval=-eps, maxval=eps)
+    if norm == "linf":
+        delta = jax.random.uniform(
+            key, images.shape, images.dtype, minval=-eps, maxval=eps
+        )
     else:
         direction_key, radius_key = jax.random.split(key)
-        direction = jax.random.normal(direction_key, images.shape,
-                                      images.dtype)
+        direction = jax.random.normal(
+            direction_key, images.shape, images.dtype
+        )
         direction = direction / _nonzero(_l2_norms(direction))
         dim = images[0].size
         # A radius of eps * U^(1/d) makes the point uniform in the d-ball.
@@ -165,7 +171,7 @@ def _ascent_step(adv, grad, step_size, norm):
 
     A zero gradient (L2) gives no step rather than a division by zero.
     """
-    if norm == 'linf':
+    if norm == "linf":
         return adv + step_size * jnp.sign(grad)
     return adv + step_size * grad / _nonzero(_l2_norms(grad))
 
@@ -177,16 +183,18 @@ def _project(adv, images, eps, norm):
     image (which lies in [0, 1]), so the result stays inside the ball.
     """
     delta = adv - images
-    if norm == 'linf':
+    if norm == "linf":
         delta = jnp.clip(delta, -eps, eps)
     else:
         delta = delta * jnp.minimum(1.0, eps / _nonzero(_l2_norms(delta)))
     return jnp.clip(images + delta, 0.0, 1.0)
 
 
-def _single_start(logits_fn, images, labels, key, eps, step_size, iters,
-                  norm, loss):
+def _single_start(
+    logits_fn, images, labels, key, eps, step_size, iters, norm, loss
+):
     """PGD from one random start: (B, ...) adversarial images."""
+
     def total_loss(adv):
         # Examples are independent, so the gradient of the sum gives each
         # example the gradient of its own loss.
@@ -206,8 +214,19 @@ def _is_better(wrong, loss, best_wrong, best_loss):
     return (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
 
 
-def pgd(logits_fn, images, labels, key, *, eps, step_size, iters,
-        norm='linf', loss='ce', restarts=1):
+def pgd(
+    logits_fn,
+    images,
+    labels,
+    key,
+    *,
+    eps,
+    step_size,
+    iters,
+    norm="linf",
+    loss="ce",
+    restarts=1,
+):
     """Projected gradient ascent on the loss, inside an eps-ball.
 
     Traceable: wrap it in `jax.jit` with `norm`, `loss`, `iters` and
@@ -244,20 +263,33 @@ def pgd(logits_fn, images, labels, key, *, eps, step_size, iters,
 
     def restart(r, best):
         best_adv, best_wrong, best_loss = best
-        adv = _single_start(logits_fn, images, labels,
-                            jax.random.fold_in(key, r), eps, step_size,
-                            iters, norm, loss)
+        adv = _single_start(
+            logits_fn,
+            images,
+            labels,
+            jax.random.fold_in(key, r),
+            eps,
+            step_size,
+            iters,
+            norm,
+            loss,
+        )
         logits = logits_fn(adv)
         wrong = jnp.argmax(logits, axis=-1) != labels
         adv_loss = _per_example_loss(logits, labels, loss).astype(jnp.float32)
         take = (r == 0) | _is_better(wrong, adv_loss, best_wrong, best_loss)
-        return (jnp.where(_per_example(take, adv), adv, best_adv),
-                jnp.where(take, wrong, best_wrong),
-                jnp.where(take, adv_loss, best_loss))
+        return (
+            jnp.where(_per_example(take, adv), adv, best_adv),
+            jnp.where(take, wrong, best_wrong),
+            jnp.where(take, adv_loss, best_loss),
+        )
 
     batch = images.shape[0]
-    first = (images, jnp.zeros((batch,), bool),
-             jnp.full((batch,), -jnp.inf, jnp.float32))
+    first = (
+        images,
+        jnp.zeros((batch,), bool),
+        jnp.full((batch,), -jnp.inf, jnp.float32),
+    )
     best_adv, _, _ = jax.lax.fori_loop(0, restarts, restart, first)
     return jax.lax.stop_gradient(best_adv)
 
@@ -276,14 +308,15 @@ def make_pgd_fn(logits_fn_of_params, **attack_kwargs):
     Returns:
         A `jax.jit` function; it compiles once per input shape and dtype.
     """
-    check_choices(attack_kwargs.get('norm', 'linf'),
-                  attack_kwargs.get('loss', 'ce'))
-    _check_counts(attack_kwargs.get('iters'),
-                  attack_kwargs.get('restarts', 1))
+    check_choices(
+        attack_kwargs.get("norm", "linf"), attack_kwargs.get("loss", "ce")
+    )
+    _check_counts(attack_kwargs.get("iters"), attack_kwargs.get("restarts", 1))
 
     def attack(params, images, labels, key):
         def logits_fn(x):
             return logits_fn_of_params(params, x)
+
         return pgd(logits_fn, images, labels, key, **attack_kwargs)
 
     return jax.jit(attack)

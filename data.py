@@ -4,6 +4,7 @@ Images are float32 in [0, 1], laid out N x H x W x C (NHWC); labels are int32
 class indices. Files are read through torchvision's dataset classes, which
 know the on-disk formats; nothing is normalised or augmented.
 """
+
 import gzip
 import os
 import shutil
@@ -12,24 +13,32 @@ import numpy as np
 
 from utils import UserError
 
-DATASETS = {'cifar10': 10, 'cifar100': 100, 'fashion_mnist': 10, 'mnist': 10}
+DATASETS = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "mnist": 10}
 
 # (H, W, C) of each dataset's images.
-IMAGE_SHAPES = {'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3),
-                'fashion_mnist': (28, 28, 1), 'mnist': (28, 28, 1)}
-DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+IMAGE_SHAPES = {
+    "cifar10": (32, 32, 3),
+    "cifar100": (32, 32, 3),
+    "fashion_mnist": (28, 28, 1),
+    "mnist": (28, 28, 1),
+}
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 # Name of the torchvision class for each dataset, and the folder under
 # data_path that it reads (what a user must put there to work offline).
 _TORCHVISION = {
-    'cifar10': ('CIFAR10', 'cifar-10-batches-py'),
-    'cifar100': ('CIFAR100', 'cifar-100-python'),
-    'fashion_mnist': ('FashionMNIST', 'FashionMNIST/raw'),
-    'mnist': ('MNIST', 'MNIST/raw'),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", "cifar-100-python"),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw"),
+    "mnist": ("MNIST", "MNIST/raw"),
 }
 
-_IDX_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def n_classes(name):
@@ -40,11 +49,13 @@ def n_classes(name):
 
 def _check_name(name):
     if name not in DATASETS:
-        raise UserError(f"unknown dataset {name!r}: choose one of "
-                        f"{', '.join(sorted(DATASETS))}")
+        raise UserError(
+            f"unknown dataset {name!r}: choose one of "
+            f"{', '.join(sorted(DATASETS))}"
+        )
 
 
-def load_split(name, data_path='./data', train=True):
+def load_split(name, data_path="./data", train=True):
     """Loads a whole split of a dataset.
 
     Args:
@@ -77,7 +88,7 @@ def _open_torchvision(name, data_path, train):
         return dataset_class(data_path, train=train, download=False)
     except RuntimeError:
         pass  # Not there (torchvision's way of saying so): look elsewhere.
-    if name == 'fashion_mnist' and os.path.isdir(DEBIAN_FASHION_MNIST):
+    if name == "fashion_mnist" and os.path.isdir(DEBIAN_FASHION_MNIST):
         _install_debian_fashion_mnist(data_path)
         return dataset_class(data_path, train=train, download=False)
     try:
@@ -88,7 +99,8 @@ def _open_torchvision(name, data_path, train):
             f"dataset {name} not found under {data_path} and it could not be "
             f"downloaded ({type(error).__name__}; offline?): place "
             f"torchvision's {folder} folder under {data_path} or pass "
-            f"--data_path") from error
+            f"--data_path"
+        ) from error
 
 
 def _install_debian_fashion_mnist(data_path):
@@ -98,24 +110,28 @@ def _install_debian_fashion_mnist(data_path):
     checksums. Copying the gz files instead would not do: Debian recompressed
     them, so their md5s differ from torchvision's and it would try the net.
     """
-    raw = os.path.join(os.path.expanduser(data_path), 'FashionMNIST', 'raw')
+    raw = os.path.join(os.path.expanduser(data_path), "FashionMNIST", "raw")
     try:
         os.makedirs(raw, exist_ok=True)
         for file_name in _IDX_FILES:
-            _gunzip(os.path.join(DEBIAN_FASHION_MNIST, file_name + '.gz'),
-                    os.path.join(raw, file_name))
+            _gunzip(
+                os.path.join(DEBIAN_FASHION_MNIST, file_name + ".gz"),
+                os.path.join(raw, file_name),
+            )
     except OSError as error:
-        raise UserError(f"cannot copy {DEBIAN_FASHION_MNIST} into {raw} "
-                        f"({error}): make {data_path} writable or pass "
-                        f"another --data_path") from error
+        raise UserError(
+            f"cannot copy {DEBIAN_FASHION_MNIST} into {raw} "
+            f"({error}): make {data_path} writable or pass "
+            f"another --data_path"
+        ) from error
 
 
 def _gunzip(source, target):
     """Decompresses `source` to `target`, leaving no partial `target`."""
     # torchvision only checks that the file exists, so a half-written one
     # left by an interrupted copy would be read as data.
-    partial = target + '.partial'
-    with gzip.open(source, 'rb') as reader, open(partial, 'wb') as writer:
+    partial = target + ".partial"
+    with gzip.open(source, "rb") as reader, open(partial, "wb") as writer:
         shutil.copyfileobj(reader, writer)
     os.replace(partial, target)
 
@@ -154,13 +170,17 @@ def balanced_subset_indices(labels, size, seed):
     labels = np.asarray(labels)
     num_classes = int(labels.max()) + 1
     if size <= 0 or size % num_classes:
-        raise UserError(f"subset size {size} is not a positive multiple of "
-                        f"the {num_classes} classes: pick a multiple of "
-                        f"{num_classes}")
+        raise UserError(
+            f"subset size {size} is not a positive multiple of "
+            f"the {num_classes} classes: pick a multiple of "
+            f"{num_classes}"
+        )
     per_class = size // num_classes
     rng = np.random.default_rng(seed)
-    chosen = [_choose_from_class(labels, label, per_class, rng)
-              for label in range(num_classes)]
+    chosen = [
+        _choose_from_class(labels, label, per_class, rng)
+        for label in range(num_classes)
+    ]
     return np.concatenate(chosen).astype(np.int64)
 
 
@@ -168,9 +188,11 @@ def _choose_from_class(labels, label, count, rng):
     """`count` sorted indices drawn without replacement from class `label`."""
     members = np.flatnonzero(labels == label)
     if len(members) < count:
-        raise UserError(f"class {label} has {len(members)} images, fewer "
-                        f"than the {count} per class asked for: pick a "
-                        f"smaller subset size")
+        raise UserError(
+            f"class {label} has {len(members)} images, fewer "
+            f"than the {count} per class asked for: pick a "
+            f"smaller subset size"
+        )
     return np.sort(rng.choice(members, size=count, replace=False))
 
 
@@ -218,7 +240,7 @@ def train_batches(images, labels, batch_size, seed, epoch, start_step=0):
     """
     order = np.random.default_rng([seed, epoch]).permutation(len(labels))
     for step in range(start_step, n_batches(len(labels), batch_size)):
-        idx = order[step * batch_size:(step + 1) * batch_size]
+        idx = order[step * batch_size : (step + 1) * batch_size]
         yield step, images[idx], labels[idx]
 
 
@@ -240,18 +262,20 @@ def test_batches(images, labels, batch_size):
 
 def to_nchw(images):
     """(N, H, W, C) -> C-contiguous (N, C, H, W), same dtype."""
-    _check_4d(images, '(N, H, W, C)')
+    _check_4d(images, "(N, H, W, C)")
     return np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2)))
 
 
 def to_nhwc(images):
     """(N, C, H, W) -> C-contiguous (N, H, W, C), same dtype."""
-    _check_4d(images, '(N, C, H, W)')
+    _check_4d(images, "(N, C, H, W)")
     return np.ascontiguousarray(np.transpose(images, (0, 2, 3, 1)))
 
 
 def _check_4d(images, layout):
     shape = np.shape(images)
     if len(shape) != 4:
-        raise UserError(f"expected images of shape {layout}, got shape "
-                        f"{shape}: pass a batch of images")
+        raise UserError(
+            f"expected images of shape {layout}, got shape "
+            f"{shape}: pass a batch of images"
+        )

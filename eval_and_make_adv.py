@@ -27,6 +27,7 @@ df = 0); with --linear its linearization around `params`, at `lin_params`
 With several files the per-file outputs get the suffix `_{i}` (i = the
 file's position on the command line).
 """
+
 import dataclasses
 import math
 import os
@@ -46,69 +47,128 @@ SHORT_BATCHES = 10
 def parse_args(argv=None):
     """The command line's flags (the original's, then ours)."""
     parser = utils.ArgumentParser(
-        description='Clean and PGD-Linf accuracy of a checkpoint, '
-                    'adversarial examples and transfer tests.')
-    parser.add_argument('--model_path', required=True,
-                        help='checkpoint (parameters_*.pkl) to evaluate')
-    parser.add_argument('--save_name', default='test_results',
-                        help='suffix of the output file names')
-    parser.add_argument('--linear', action='store_true',
-                        help='evaluate the linearization around params, at '
-                             'lin_params (else the network at params)')
-    parser.add_argument('--centering', action='store_true',
-                        help='with --linear: the centered linearization')
-    parser.add_argument('--test_path', nargs='+', default=None,
-                        help='example files {images (N,C,H,W), labels} to '
-                             'evaluate on instead of the test set')
-    parser.add_argument('--bonus_dir', default='.',
-                        help='output folder, relative to the model\'s')
-    parser.add_argument('--no_adv', action='store_true',
-                        help='clean accuracy only, no attack')
-    parser.add_argument('--save_examples', action='store_true',
-                        help='write the adversarial examples')
-    parser.add_argument('--short', action='store_true',
-                        help=f'only the first {SHORT_BATCHES} batches')
-    parser.add_argument('--random_seed', type=int, default=0,
-                        help='seed of the attack and of --test_size')
-    parser.add_argument('--dataset', default=None,
-                        choices=sorted(data.DATASETS),
-                        help='default: the checkpoint\'s (else cifar10)')
-    parser.add_argument('--model', default=None, choices=models.MODELS,
-                        help='default: the checkpoint\'s (else resnet18)')
-    parser.add_argument('--eps', type=float, default=4.0,
-                        help='L-inf radius in 1/255 units')
-    parser.add_argument('--width', type=int, default=None,
-                        help='ResNet width; default: the checkpoint\'s '
-                             '(else 64)')
-    parser.add_argument('--data_path', default='./data',
-                        help='where the datasets live')
-    parser.add_argument('--test_size', type=int, default=None,
-                        help='class-balanced subset of each test source '
-                             '(default: all)')
-    parser.add_argument('--batch_size', type=int, default=100)
-    parser.add_argument('--pgd_iters', type=int, default=100,
-                        help='PGD steps (step size 2 eps / pgd_iters)')
-    parser.add_argument('--attack_loss', default='ce',
-                        choices=attacks.LOSSES,
-                        help='loss PGD maximises: cross-entropy or margin')
-    parser.add_argument('--restarts', type=int, default=1,
-                        help='random starts per example; the worst counts')
-    parser.add_argument('--no_progress', action='store_true',
-                        help='no progress bars')
+        description="Clean and PGD-Linf accuracy of a checkpoint, "
+        "adversarial examples and transfer tests."
+    )
+    parser.add_argument(
+        "--model_path",
+        required=True,
+        help="checkpoint (parameters_*.pkl) to evaluate",
+    )
+    parser.add_argument(
+        "--save_name",
+        default="test_results",
+        help="suffix of the output file names",
+    )
+    parser.add_argument(
+        "--linear",
+        action="store_true",
+        help="evaluate the linearization around params, at "
+        "lin_params (else the network at params)",
+    )
+    parser.add_argument(
+        "--centering",
+        action="store_true",
+        help="with --linear: the centered linearization",
+    )
+    parser.add_argument(
+        "--test_path",
+        nargs="+",
+        default=None,
+        help="example files {images (N,C,H,W), labels} to "
+        "evaluate on instead of the test set",
+    )
+    parser.add_argument(
+        "--bonus_dir",
+        default=".",
+        help="output folder, relative to the model's",
+    )
+    parser.add_argument(
+        "--no_adv", action="store_true", help="clean accuracy only, no attack"
+    )
+    parser.add_argument(
+        "--save_examples",
+        action="store_true",
+        help="write the adversarial examples",
+    )
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help=f"only the first {SHORT_BATCHES} batches",
+    )
+    parser.add_argument(
+        "--random_seed",
+        type=int,
+        default=0,
+        help="seed of the attack and of --test_size",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        choices=sorted(data.DATASETS),
+        help="default: the checkpoint's (else cifar10)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        choices=models.MODELS,
+        help="default: the checkpoint's (else resnet18)",
+    )
+    parser.add_argument(
+        "--eps", type=float, default=4.0, help="L-inf radius in 1/255 units"
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="ResNet width; default: the checkpoint's (else 64)",
+    )
+    parser.add_argument(
+        "--data_path", default="./data", help="where the datasets live"
+    )
+    parser.add_argument(
+        "--test_size",
+        type=int,
+        default=None,
+        help="class-balanced subset of each test source (default: all)",
+    )
+    parser.add_argument("--batch_size", type=int, default=100)
+    parser.add_argument(
+        "--pgd_iters",
+        type=int,
+        default=100,
+        help="PGD steps (step size 2 eps / pgd_iters)",
+    )
+    parser.add_argument(
+        "--attack_loss",
+        default="ce",
+        choices=attacks.LOSSES,
+        help="loss PGD maximises: cross-entropy or margin",
+    )
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=1,
+        help="random starts per example; the worst counts",
+    )
+    parser.add_argument(
+        "--no_progress", action="store_true", help="no progress bars"
+    )
     return parser.parse_args(argv)
 
 
 def check_args(args):
     """UserError for flag values no run can use."""
     if not (args.eps > 0 and math.isfinite(args.eps)):
-        raise UserError(f'--eps must be a number > 0 (1/255 units), not '
-                        f'{args.eps}')
-    for flag in ('batch_size', 'pgd_iters', 'restarts', 'test_size'):
+        raise UserError(
+            f"--eps must be a number > 0 (1/255 units), not {args.eps}"
+        )
+    for flag in ("batch_size", "pgd_iters", "restarts", "test_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
-            raise UserError(f'--{flag} must be >= 1, not {value}')
+            raise UserError(f"--{flag} must be >= 1, not {value}")
     if args.random_seed < 0:
-        raise UserError(f'--random_seed must be >= 0, not {args.random_seed}')
+        raise UserError(f"--random_seed must be >= 0, not {args.random_seed}")
 
 
 def load_model(args):
@@ -118,19 +178,29 @@ def load_model(args):
         (checkpoint {'params', 'lin_params', 'net_state', 'meta'}, spec).
     """
     checkpoint = utils.load_checkpoint(args.model_path)
-    spec = models.resolve_spec(checkpoint['meta'], data.n_classes,
-                               model=args.model, width=args.width,
-                               dataset=args.dataset, source=args.model_path)
-    for key in ('params', 'lin_params'):
-        models.check_params_fit(spec, checkpoint[key], checkpoint['net_state'],
-                                data.IMAGE_SHAPES[spec.dataset],
-                                f"{args.model_path} ({key})")
+    spec = models.resolve_spec(
+        checkpoint["meta"],
+        data.n_classes,
+        model=args.model,
+        width=args.width,
+        dataset=args.dataset,
+        source=args.model_path,
+    )
+    for key in ("params", "lin_params"):
+        models.check_params_fit(
+            spec,
+            checkpoint[key],
+            checkpoint["net_state"],
+            data.IMAGE_SHAPES[spec.dataset],
+            f"{args.model_path} ({key})",
+        )
     return checkpoint, spec
 
 
 @dataclasses.dataclass(frozen=True)
 class Target:
     """The model evaluated: logits of `dynamics` at (`params0`, `params`)."""
+
     apply_fn: Callable
     dynamics: models.Dynamics
     params0: dict
@@ -140,9 +210,12 @@ class Target:
     def describe(self):
         """What was evaluated, for the results file."""
         linear = self.dynamics.linear
-        return {'linear': linear, 'centering': self.dynamics.centering,
-                'parameters': 'lin_params' if linear else 'params',
-                'expansion_point': 'params' if linear else None}
+        return {
+            "linear": linear,
+            "centering": self.dynamics.centering,
+            "parameters": "lin_params" if linear else "params",
+            "expansion_point": "params" if linear else None,
+        }
 
 
 def choose_target(args, checkpoint, spec):
@@ -150,42 +223,56 @@ def choose_target(args, checkpoint, spec):
     params at lin_params (centered with --centering)."""
     if args.linear:
         dynamics = models.Dynamics(linear=True, centering=args.centering)
-        params0, params = checkpoint['params'], checkpoint['lin_params']
+        params0, params = checkpoint["params"], checkpoint["lin_params"]
     else:
         dynamics = models.STANDARD
-        params0 = params = checkpoint['params']
-    return Target(spec.build().apply, dynamics, params0, params,
-                  checkpoint['net_state'])
+        params0 = params = checkpoint["params"]
+    return Target(
+        spec.build().apply, dynamics, params0, params, checkpoint["net_state"]
+    )
 
 
 def model_warnings(args, checkpoint):
     """Lines saying where the flags and the checkpoint do not fit."""
-    meta, path = checkpoint['meta'], args.model_path
-    same = utils.tree_equal(checkpoint['params'], checkpoint['lin_params'])
+    meta, path = checkpoint["meta"], args.model_path
+    same = utils.tree_equal(checkpoint["params"], checkpoint["lin_params"])
     lines = []
     if args.centering and not args.linear:
-        lines.append('--centering has no effect without --linear: '
-                     'evaluating the network at params')
+        lines.append(
+            "--centering has no effect without --linear: "
+            "evaluating the network at params"
+        )
     if args.linear and same:
         lines.append(
-            f'lin_params equal params in {path} (no phase 2?): --linear '
-            'evaluates the linearization at its expansion point, i.e. the '
-            'network at params' + (' minus itself: all-zero logits'
-                                   if args.centering else ''))
-    if args.linear and _recorded_false(meta, 'linear') and not same:
-        lines.append(f'{path} trained lin_params with standard dynamics '
-                     '(--do_standard_second): --linear evaluates their '
-                     'linearization around params, not the trained model')
-    if (args.linear and meta.get('linear') and not same
-            and meta.get('centering') is not None
-            and bool(meta['centering']) != args.centering):
-        lines.append(f"{path} was trained with centering="
-                     f"{bool(meta['centering'])} but --centering is "
-                     f"{'on' if args.centering else 'off'}")
+            f"lin_params equal params in {path} (no phase 2?): --linear "
+            "evaluates the linearization at its expansion point, i.e. the "
+            "network at params"
+            + (" minus itself: all-zero logits" if args.centering else "")
+        )
+    if args.linear and _recorded_false(meta, "linear") and not same:
+        lines.append(
+            f"{path} trained lin_params with standard dynamics "
+            "(--do_standard_second): --linear evaluates their "
+            "linearization around params, not the trained model"
+        )
+    if (
+        args.linear
+        and meta.get("linear")
+        and not same
+        and meta.get("centering") is not None
+        and bool(meta["centering"]) != args.centering
+    ):
+        lines.append(
+            f"{path} was trained with centering="
+            f"{bool(meta['centering'])} but --centering is "
+            f"{'on' if args.centering else 'off'}"
+        )
     if not args.linear and not same:
-        lines.append(f'lin_params of {path} differ from params but are '
-                     'not used: evaluating the network at params (--linear '
-                     'evaluates lin_params)')
+        lines.append(
+            f"lin_params of {path} differ from params but are "
+            "not used: evaluating the network at params (--linear "
+            "evaluates lin_params)"
+        )
     return lines
 
 
@@ -198,8 +285,11 @@ def attack_config(args):
     """The PGD-L∞ attack of the flags, or None with --no_adv."""
     if args.no_adv:
         return None
-    return dataclasses.replace(attacks.eval_linf(args.eps, args.pgd_iters),
-                               loss=args.attack_loss, restarts=args.restarts)
+    return dataclasses.replace(
+        attacks.eval_linf(args.eps, args.pgd_iters),
+        loss=args.attack_loss,
+        restarts=args.restarts,
+    )
 
 
 def load_sources(args, spec):
@@ -209,23 +299,33 @@ def load_sources(args, spec):
     class-balanced subset of each.
     """
     if args.test_path:
-        sources = [(path, *evaluation.load_examples(
-                        path, data.IMAGE_SHAPES[spec.dataset], spec.n_classes))
-                   for path in args.test_path]
+        sources = [
+            (
+                path,
+                *evaluation.load_examples(
+                    path, data.IMAGE_SHAPES[spec.dataset], spec.n_classes
+                ),
+            )
+            for path in args.test_path
+        ]
     else:
-        images, labels = data.load_split(spec.dataset, args.data_path,
-                                         train=False)
-        sources = [(f'{spec.dataset} test set', images, labels)]
-    return [(name, *data.subset(images, labels, args.test_size,
-                                args.random_seed))
-            for name, images, labels in sources]
+        images, labels = data.load_split(
+            spec.dataset, args.data_path, train=False
+        )
+        sources = [(f"{spec.dataset} test set", images, labels)]
+    return [
+        (name, *data.subset(images, labels, args.test_size, args.random_seed))
+        for name, images, labels in sources
+    ]
 
 
 def output_paths(out_dir, save_name, index, count):
     """{'results', 'examples'} pickle paths of source `index` of `count`."""
-    suffix = save_name if count == 1 else f'{save_name}_{index}'
-    return {'results': os.path.join(out_dir, f'test_results_{suffix}.pkl'),
-            'examples': os.path.join(out_dir, f'adv_examples_{suffix}.pkl')}
+    suffix = save_name if count == 1 else f"{save_name}_{index}"
+    return {
+        "results": os.path.join(out_dir, f"test_results_{suffix}.pkl"),
+        "examples": os.path.join(out_dir, f"adv_examples_{suffix}.pkl"),
+    }
 
 
 def evaluate_source(args, target, attack, eval_step, source):
@@ -236,24 +336,35 @@ def evaluate_source(args, target, attack, eval_step, source):
     """
     name, images, labels = source
     result = evaluation.evaluate(
-        target.apply_fn, target.dynamics, target.params0, target.params,
-        target.state, images, labels, attack=attack, eval_step=eval_step,
-        batch_size=args.batch_size, seed=args.random_seed,
+        target.apply_fn,
+        target.dynamics,
+        target.params0,
+        target.params,
+        target.state,
+        images,
+        labels,
+        attack=attack,
+        eval_step=eval_step,
+        batch_size=args.batch_size,
+        seed=args.random_seed,
         max_batches=SHORT_BATCHES if args.short else None,
         keep_examples=args.save_examples and attack is not None,
-        progress=not args.no_progress, desc=os.path.basename(name))
-    return result, labels[:result.n]
+        progress=not args.no_progress,
+        desc=os.path.basename(name),
+    )
+    return result, labels[: result.n]
 
 
 def write_source_outputs(paths, result, labels):
     """Writes the results pickle (and examples); returns the files written."""
-    utils.atomic_pickle(paths['results'],
-                        evaluation.results_record(result))
-    written = {'results_file': paths['results']}
+    utils.atomic_pickle(paths["results"], evaluation.results_record(result))
+    written = {"results_file": paths["results"]}
     if result.adv_images is not None:
-        utils.atomic_pickle(paths['examples'], evaluation.examples_record(
-            result.adv_images, labels))
-        written['examples_file'] = paths['examples']
+        utils.atomic_pickle(
+            paths["examples"],
+            evaluation.examples_record(result.adv_images, labels),
+        )
+        written["examples_file"] = paths["examples"]
     return written
 
 
@@ -261,24 +372,31 @@ def attack_record(attack, args):
     """The attack that ran, for the results files (None with --no_adv)."""
     if attack is None:
         return None
-    return dict(attack.kwargs(), eps_255=args.eps, seed=args.random_seed,
-                random_start=True,
-                keys='fold_in(PRNGKey(seed), batch index)')
+    return dict(
+        attack.kwargs(),
+        eps_255=args.eps,
+        seed=args.random_seed,
+        random_start=True,
+        keys="fold_in(PRNGKey(seed), batch index)",
+    )
 
 
 def run_record(args, spec, target, attack, rows):
     """The `results_{save_name}.json` content."""
     return {
-        'model_path': args.model_path,
-        'model': spec.as_meta(),
-        'evaluated': target.describe(),
-        'attack': attack_record(attack, args),
-        'test': {'batch_size': args.batch_size, 'test_size': args.test_size,
-                 'short': args.short,
-                 'max_batches': SHORT_BATCHES if args.short else None},
-        'sources': rows,
-        'flags': vars(args),
-        'environment': utils.environment_info(),
+        "model_path": args.model_path,
+        "model": spec.as_meta(),
+        "evaluated": target.describe(),
+        "attack": attack_record(attack, args),
+        "test": {
+            "batch_size": args.batch_size,
+            "test_size": args.test_size,
+            "short": args.short,
+            "max_batches": SHORT_BATCHES if args.short else None,
+        },
+        "sources": rows,
+        "flags": vars(args),
+        "environment": utils.environment_info(),
     }
 
 
@@ -286,30 +404,38 @@ def transfer_record(results):
     """The `transfer_{save_name}.json` content from the results record:
     the model and attack, and one row {source, n, acc_clean, acc_dirty} per
     example file."""
-    transfer = {key: results[key] for key in
-                ('model_path', 'model', 'evaluated', 'attack')}
-    transfer['rows'] = [{key: row[key] for key in
-                         ('source', 'n', 'acc_clean', 'acc_dirty')}
-                        for row in results['sources']]
+    transfer = {
+        key: results[key]
+        for key in ("model_path", "model", "evaluated", "attack")
+    }
+    transfer["rows"] = [
+        {key: row[key] for key in ("source", "n", "acc_clean", "acc_dirty")}
+        for row in results["sources"]
+    ]
     return transfer
 
 
 def transfer_table(rows):
     """The transfer matrix as text: one line per source file."""
-    width = max(len(row['source']) for row in rows)
+    width = max(len(row["source"]) for row in rows)
     lines = [f"{'source':<{width}}  {'n':>6}  {'clean':>7}  {'robust':>7}"]
     for row in rows:
-        robust = ('-' if row['acc_dirty'] is None
-                  else f"{100 * row['acc_dirty']:6.2f}%")
-        lines.append(f"{row['source']:<{width}}  {row['n']:>6}  "
-                     f"{100 * row['acc_clean']:6.2f}%  {robust:>7}")
-    return '\n'.join(lines)
+        robust = (
+            "-"
+            if row["acc_dirty"] is None
+            else f"{100 * row['acc_dirty']:6.2f}%"
+        )
+        lines.append(
+            f"{row['source']:<{width}}  {row['n']:>6}  "
+            f"{100 * row['acc_clean']:6.2f}%  {robust:>7}"
+        )
+    return "\n".join(lines)
 
 
 def summary_line(row):
     """One line of accuracies for the terminal."""
     text = f"{row['source']}: n={row['n']} clean {100 * row['acc_clean']:.2f}%"
-    if row['acc_dirty'] is not None:
+    if row["acc_dirty"] is not None:
         text += f", robust {100 * row['acc_dirty']:.2f}%"
     return text
 
@@ -322,33 +448,42 @@ def main(argv=None):
     attack = attack_config(args)
     sources = load_sources(args, spec)
     out_dir = utils.ensure_writable_dir(
-        os.path.join(os.path.dirname(args.model_path), args.bonus_dir))
+        os.path.join(os.path.dirname(args.model_path), args.bonus_dir)
+    )
     # Only once every input has been checked, so that errors stay one line.
     for line in model_warnings(args, checkpoint):
-        print(f'warning: {line}', file=sys.stderr)
+        print(f"warning: {line}", file=sys.stderr)
 
-    eval_step = evaluation.make_eval_step(target.apply_fn, target.dynamics,
-                                          attack)
+    eval_step = evaluation.make_eval_step(
+        target.apply_fn, target.dynamics, attack
+    )
     rows = []
     for index, source in enumerate(sources):
-        result, labels = evaluate_source(args, target, attack, eval_step,
-                                         source)
+        result, labels = evaluate_source(
+            args, target, attack, eval_step, source
+        )
         paths = output_paths(out_dir, args.save_name, index, len(sources))
-        row = {'source': source[0], 'n': result.n,
-               'acc_clean': result.acc_clean, 'acc_dirty': result.acc_dirty}
+        row = {
+            "source": source[0],
+            "n": result.n,
+            "acc_clean": result.acc_clean,
+            "acc_dirty": result.acc_dirty,
+        }
         row.update(write_source_outputs(paths, result, labels))
         rows.append(row)
         print(summary_line(row))
 
     record = run_record(args, spec, target, attack, rows)
     utils.atomic_write_json(
-        os.path.join(out_dir, f'results_{args.save_name}.json'), record)
+        os.path.join(out_dir, f"results_{args.save_name}.json"), record
+    )
     if args.test_path:
         utils.atomic_write_json(
-            os.path.join(out_dir, f'transfer_{args.save_name}.json'),
-            transfer_record(record))
+            os.path.join(out_dir, f"transfer_{args.save_name}.json"),
+            transfer_record(record),
+        )
         print(transfer_table(rows))
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     utils.run_cli(main)

@@ -11,6 +11,7 @@ Batch norm is always in eval mode, so examples never interact.
 The end of the module reads and writes the files of `eval_and_make_adv.py`
 (test results and adversarial examples, in the original code's layout).
 """
+
 import dataclasses
 
 import jax
@@ -42,6 +43,7 @@ class EvalResult:
             only when asked for; else None.
         n: number of examples evaluated.
     """
+
     acc_clean: float
     acc_dirty: float | None
     predictions_clean: np.ndarray
@@ -69,20 +71,23 @@ def make_eval_step(apply_fn, dynamics, attack):
         'adv_images' (B, H, W, C), 'f_adv', 'df_adv' (B, K). It compiles once
         per batch shape.
     """
+
     def parts(params0, params, state, images):
-        f, df, _ = dynamics.parts(apply_fn, params0, params, state, images,
-                                  is_training=False)
+        f, df, _ = dynamics.parts(
+            apply_fn, params0, params, state, images, is_training=False
+        )
         return f, df
 
     def step(params0, params, state, images, labels, key):
         f, df = parts(params0, params, state, images)
-        out = {'f_clean': f, 'df_clean': df}
+        out = {"f_clean": f, "df_clean": df}
         if attack is None:
             return out
 
         def logits_fn(x):
-            return dynamics.logits(apply_fn, params0, params, state, x,
-                                   is_training=False)[0]
+            return dynamics.logits(
+                apply_fn, params0, params, state, x, is_training=False
+            )[0]
 
         adv = attacks.pgd(logits_fn, images, labels, key, **attack.kwargs())
         f_adv, df_adv = parts(params0, params, state, adv)
@@ -104,8 +109,9 @@ def _padded(images, labels, size):
     extra = size - len(labels)
     if extra == 0:
         return images, labels
-    repeat = np.concatenate([np.arange(len(labels)),
-                             np.full(extra, len(labels) - 1)])
+    repeat = np.concatenate(
+        [np.arange(len(labels)), np.full(extra, len(labels) - 1)]
+    )
     return images[repeat], labels[repeat]
 
 
@@ -123,13 +129,17 @@ def _to_host(dynamics, out, labels, keep_examples):
         with an attack, 'pred_adv' (int (n,)).
     """
     n = len(labels)
-    host = {name: np.asarray(value)[:n] for name, value in out.items()
-            if keep_examples or name != 'adv_images'}
-    for suffix in ('clean', 'adv'):
-        if f'f_{suffix}' in host:
-            logits = dynamics.combine(host[f'f_{suffix}'],
-                                       host[f'df_{suffix}'])
-            host[f'pred_{suffix}'] = np.argmax(logits, axis=-1)
+    host = {
+        name: np.asarray(value)[:n]
+        for name, value in out.items()
+        if keep_examples or name != "adv_images"
+    }
+    for suffix in ("clean", "adv"):
+        if f"f_{suffix}" in host:
+            logits = dynamics.combine(
+                host[f"f_{suffix}"], host[f"df_{suffix}"]
+            )
+            host[f"pred_{suffix}"] = np.argmax(logits, axis=-1)
     return host
 
 
@@ -145,6 +155,7 @@ class _Gathered:
     dynamics: the `models.Dynamics` evaluated (to turn f, df into logits).
     keep_examples: keep the adversarial images.
     """
+
     dynamics: object
     keep_examples: bool
     chunks: list = dataclasses.field(default_factory=list)
@@ -157,46 +168,68 @@ class _Gathered:
         host = _to_host(self.dynamics, out, labels, self.keep_examples)
         self.chunks.append(host)
         self.labels.append(labels)
-        for kind, suffix in (('clean', 'clean'), ('robust', 'adv')):
-            if f'pred_{suffix}' in host:
-                right = int(np.sum(host[f'pred_{suffix}'] == labels))
+        for kind, suffix in (("clean", "clean"), ("robust", "adv")):
+            if f"pred_{suffix}" in host:
+                right = int(np.sum(host[f"pred_{suffix}"] == labels))
                 self.correct[kind] = self.correct.get(kind, 0) + right
 
     def running_accuracies(self):
         """{'clean': '93.0%', 'robust': '41.0%'} so far, for the bar."""
         n = max(sum(map(len, self.labels)), 1)
-        return {kind: f'{100 * count / n:.1f}%'
-                for kind, count in self.correct.items()}
+        return {
+            kind: f"{100 * count / n:.1f}%"
+            for kind, count in self.correct.items()
+        }
 
     def result(self):
         """The EvalResult of every batch added."""
         labels = np.concatenate(self.labels)
-        joined = {name: np.concatenate([chunk[name] for chunk in self.chunks])
-                  for name in self.chunks[0]}
+        joined = {
+            name: np.concatenate([chunk[name] for chunk in self.chunks])
+            for name in self.chunks[0]
+        }
 
         def components(suffix):
-            if f'f_{suffix}' not in joined:
+            if f"f_{suffix}" not in joined:
                 return None
-            return {'f': joined[f'f_{suffix}'].astype(np.float32),
-                    'df': joined[f'df_{suffix}'].astype(np.float32)}
+            return {
+                "f": joined[f"f_{suffix}"].astype(np.float32),
+                "df": joined[f"df_{suffix}"].astype(np.float32),
+            }
 
-        attacked = 'pred_adv' in joined
+        attacked = "pred_adv" in joined
         return EvalResult(
-            acc_clean=_accuracy(joined['pred_clean'], labels),
-            acc_dirty=(_accuracy(joined['pred_adv'], labels) if attacked
-                       else None),
-            predictions_clean=joined['pred_clean'],
-            predictions_dirty=joined.get('pred_adv'),
-            components_clean=components('clean'),
-            components_dirty=components('adv'),
-            adv_images=joined.get('adv_images'),
-            n=len(labels))
+            acc_clean=_accuracy(joined["pred_clean"], labels),
+            acc_dirty=(
+                _accuracy(joined["pred_adv"], labels) if attacked else None
+            ),
+            predictions_clean=joined["pred_clean"],
+            predictions_dirty=joined.get("pred_adv"),
+            components_clean=components("clean"),
+            components_dirty=components("adv"),
+            adv_images=joined.get("adv_images"),
+            n=len(labels),
+        )
 
 
-def evaluate(apply_fn, dynamics, params0, params, state, images, labels, *,
-             attack, batch_size=100, seed=0, max_batches=None,
-             keep_examples=False, progress=True, desc='eval',
-             eval_step=None):
+def evaluate(
+    apply_fn,
+    dynamics,
+    params0,
+    params,
+    state,
+    images,
+    labels,
+    *,
+    attack,
+    batch_size=100,
+    seed=0,
+    max_batches=None,
+    keep_examples=False,
+    progress=True,
+    desc="eval",
+    eval_step=None,
+):
     """Clean and (with `attack`) robust accuracy on a test set.
 
     Batches of `batch_size` are taken in order; a short last batch is padded
@@ -227,9 +260,9 @@ def evaluate(apply_fn, dynamics, params0, params, state, images, labels, *,
         An EvalResult.
     """
     if len(labels) == 0:
-        raise ValueError('evaluate needs at least one example')
+        raise ValueError("evaluate needs at least one example")
     if max_batches is not None and max_batches < 1:
-        raise ValueError(f'max_batches must be >= 1, not {max_batches}')
+        raise ValueError(f"max_batches must be >= 1, not {max_batches}")
     if eval_step is None:
         eval_step = make_eval_step(apply_fn, dynamics, attack)
     params0, params, state = jax.device_put((params0, params, state))
@@ -239,14 +272,20 @@ def evaluate(apply_fn, dynamics, params0, params, state, images, labels, *,
         total = min(total, max_batches)
     base_key = jax.random.PRNGKey(seed)
     batches = zip(range(total), data.test_batches(images, labels, batch_size))
-    bar = tqdm(batches, total=total, desc=desc, disable=not progress,
-               leave=False)
+    bar = tqdm(
+        batches, total=total, desc=desc, disable=not progress, leave=False
+    )
     gathered, pending = _Gathered(dynamics, keep_examples), None
     for index, (x, y) in bar:
         padded_x, padded_y = _padded(x, y, size)
-        out = eval_step(params0, params, state, jnp.asarray(padded_x),
-                        jnp.asarray(padded_y),
-                        jax.random.fold_in(base_key, index))
+        out = eval_step(
+            params0,
+            params,
+            state,
+            jnp.asarray(padded_x),
+            jnp.asarray(padded_y),
+            jax.random.fold_in(base_key, index),
+        )
         # Steps run asynchronously: this one is queued before the previous
         # one is fetched, so the device does not wait for the host.
         if pending is not None:
@@ -263,7 +302,7 @@ def evaluate(apply_fn, dynamics, params0, params, state, images, labels, *,
 # Result and example files (the layout of the original code)
 # --------------------------------------------------------------------------
 
-EXAMPLE_KEYS = ('images', 'labels')
+EXAMPLE_KEYS = ("images", "labels")
 
 
 def results_record(result):
@@ -277,12 +316,12 @@ def results_record(result):
         an evaluation without an attack.
     """
     return {
-        'acc_clean': result.acc_clean,
-        'acc_dirty': result.acc_dirty,
-        'predictions_clean': result.predictions_clean,
-        'predictions_dirty': result.predictions_dirty,
-        'components_clean': result.components_clean,
-        'components_dirty': result.components_dirty,
+        "acc_clean": result.acc_clean,
+        "acc_dirty": result.acc_dirty,
+        "predictions_clean": result.predictions_clean,
+        "predictions_dirty": result.predictions_dirty,
+        "components_clean": result.components_clean,
+        "components_dirty": result.components_dirty,
     }
 
 
@@ -290,8 +329,10 @@ def examples_record(adv_images, labels):
     """The `adv_examples_*.pkl` dict: {'images' float32 (N, C, H, W),
     'labels' int (N,)} from NHWC `adv_images` (N, H, W, C); pixels stay
     floats in [0, 1], not re-quantized."""
-    return {'images': data.to_nchw(np.asarray(adv_images, np.float32)),
-            'labels': np.asarray(labels)}
+    return {
+        "images": data.to_nchw(np.asarray(adv_images, np.float32)),
+        "labels": np.asarray(labels),
+    }
 
 
 def load_examples(path, image_shape, n_classes):
@@ -311,8 +352,8 @@ def load_examples(path, image_shape, n_classes):
             values.
     """
     record = utils.load_pickle_arrays(path, EXAMPLE_KEYS)
-    images = _checked_images(record['images'], image_shape, path)
-    labels = _checked_labels(record['labels'], len(images), n_classes, path)
+    images = _checked_images(record["images"], image_shape, path)
+    labels = _checked_labels(record["labels"], len(images), n_classes, path)
     return data.to_nhwc(images), labels
 
 
@@ -320,39 +361,55 @@ def _checked_images(images, image_shape, path):
     """float32 (N, C, H, W) images in [0, 1], or UserError naming `path`."""
     height, width, channels = image_shape
     want = (channels, height, width)
-    if (not isinstance(images, np.ndarray) or images.ndim != 4
-            or images.shape[1:] != want or len(images) == 0):
+    if (
+        not isinstance(images, np.ndarray)
+        or images.ndim != 4
+        or images.shape[1:] != want
+        or len(images) == 0
+    ):
         raise UserError(
             f"{path}: 'images' must be an array of shape (N, {channels}, "
             f"{height}, {width}) with N >= 1 for this model, not "
-            f"{_describe(images)}")
-    if not (np.issubdtype(images.dtype, np.floating)
-            or np.issubdtype(images.dtype, np.integer)):
-        raise UserError(f"{path}: 'images' must be numbers, not "
-                        f"{images.dtype}")
+            f"{_describe(images)}"
+        )
+    if not (
+        np.issubdtype(images.dtype, np.floating)
+        or np.issubdtype(images.dtype, np.integer)
+    ):
+        raise UserError(
+            f"{path}: 'images' must be numbers, not {images.dtype}"
+        )
     images = images.astype(np.float32)
     if not np.all((images >= 0) & (images <= 1)):
-        hint = '; 8-bit pixels? divide by 255' if images.max() > 1 else ''
+        hint = "; 8-bit pixels? divide by 255" if images.max() > 1 else ""
         raise UserError(
             f"{path}: 'images' must lie in [0, 1] (found min {images.min():g}"
-            f", max {images.max():g}){hint}")
+            f", max {images.max():g}){hint}"
+        )
     return images
 
 
 def _checked_labels(labels, n, n_classes, path):
     """int32 (n,) labels in [0, n_classes), or UserError naming `path`."""
-    if (not isinstance(labels, np.ndarray) or labels.shape != (n,)
-            or not np.issubdtype(labels.dtype, np.integer)):
-        raise UserError(f"{path}: 'labels' must be an int array of shape "
-                        f"({n},), not {_describe(labels)}")
+    if (
+        not isinstance(labels, np.ndarray)
+        or labels.shape != (n,)
+        or not np.issubdtype(labels.dtype, np.integer)
+    ):
+        raise UserError(
+            f"{path}: 'labels' must be an int array of shape "
+            f"({n},), not {_describe(labels)}"
+        )
     if labels.min() < 0 or labels.max() >= n_classes:
-        raise UserError(f"{path}: 'labels' must lie in [0, {n_classes}), "
-                        f"found {labels.min()} to {labels.max()}")
+        raise UserError(
+            f"{path}: 'labels' must lie in [0, {n_classes}), "
+            f"found {labels.min()} to {labels.max()}"
+        )
     return labels.astype(np.int32)
 
 
 def _describe(value):
     """'float32 array of shape (2, 3)' or the type name, for messages."""
     if isinstance(value, np.ndarray):
-        return f'a {value.dtype} array of shape {value.shape}'
-    return f'a {type(value).__name__}'
+        return f"a {value.dtype} array of shape {value.shape}"
+    return f"a {type(value).__name__}"

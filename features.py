@@ -24,6 +24,7 @@ Parameters are handled as one flat float32 vector
 plain (P,) arrays. Images are (H, W, C) as everywhere in this code base;
 `FeatureImages.as_record` turns them into the (C, H, W) of the output files.
 """
+
 import dataclasses
 import functools
 import io
@@ -61,6 +62,7 @@ LogitFn = Callable[[jax.Array, jax.Array], jax.Array]
 # Kernel files
 # --------------------------------------------------------------------------
 
+
 @dataclasses.dataclass(frozen=True)
 class ClassKernel:
     """A per-class kernel file of calculate_kernel.py, checked.
@@ -73,6 +75,7 @@ class ClassKernel:
       file does not say.
     path: the file it came from, for messages.
     """
+
     kernel: np.ndarray
     labels: np.ndarray
     indices: np.ndarray
@@ -107,18 +110,25 @@ def load_class_kernel(path: str, class_index: int, size: int) -> ClassKernel:
     if len(kernel) != size:
         raise UserError(
             f"{path} is a kernel of {len(kernel)} images, not --dataset_size "
-            f"{size}: pass --dataset_size {len(kernel)} or another kernel")
+            f"{size}: pass --dataset_size {len(kernel)} or another kernel"
+        )
     labels = _integer_vector(record["labels"], size, "labels", path)
     indices = _integer_vector(record["indices"], size, "indices", path)
-    return ClassKernel(kernel, labels, indices, class_index,
-                       _recorded_flag(record.get("use_linear_params"), path),
-                       path)
+    return ClassKernel(
+        kernel,
+        labels,
+        indices,
+        class_index,
+        _recorded_flag(record.get("use_linear_params"), path),
+        path,
+    )
 
 
 def _as_int(value, key, path) -> int:
     """`value` as a Python int, or UserError naming `key`."""
-    if np.ndim(value) != 0 or not np.issubdtype(np.asarray(value).dtype,
-                                                np.integer):
+    if np.ndim(value) != 0 or not np.issubdtype(
+        np.asarray(value).dtype, np.integer
+    ):
         raise UserError(f"{path}: '{key}' is not an integer")
     return int(value)
 
@@ -128,23 +138,31 @@ def _check_class(recorded: int, wanted: int, path: str) -> None:
         raise UserError(
             f"{path} holds a kernel summed over all logits; features need "
             f"the kernel of one logit: run calculate_kernel.py with "
-            f"--class_index {wanted}")
+            f"--class_index {wanted}"
+        )
     if recorded != wanted:
         raise UserError(
             f"{path} is the kernel of class {recorded}, not --class_index "
-            f"{wanted}: pass --class_index {recorded} or another kernel")
+            f"{wanted}: pass --class_index {recorded} or another kernel"
+        )
 
 
 def _square_matrix(value, path) -> np.ndarray:
     """A finite square float array, symmetrised, as float64."""
     kernel = np.asarray(value)
-    if (kernel.ndim != 2 or kernel.shape[0] != kernel.shape[1]
-            or not np.issubdtype(kernel.dtype, np.floating)):
-        raise UserError(f"{path}: 'kernel' is {kernel.dtype}"
-                        f"{list(kernel.shape)}, not a square float matrix")
+    if (
+        kernel.ndim != 2
+        or kernel.shape[0] != kernel.shape[1]
+        or not np.issubdtype(kernel.dtype, np.floating)
+    ):
+        raise UserError(
+            f"{path}: 'kernel' is {kernel.dtype}"
+            f"{list(kernel.shape)}, not a square float matrix"
+        )
     if not np.all(np.isfinite(kernel)):
-        raise UserError(f"{path}: 'kernel' holds NaN or infinite values; "
-                        "recompute it")
+        raise UserError(
+            f"{path}: 'kernel' holds NaN or infinite values; recompute it"
+        )
     kernel = kernel.astype(np.float64)
     return (kernel + kernel.T) / 2
 
@@ -153,8 +171,10 @@ def _integer_vector(value, size, key, path) -> np.ndarray:
     """An integer array of shape (size,), as int64."""
     array = np.asarray(value)
     if array.shape != (size,) or not np.issubdtype(array.dtype, np.integer):
-        raise UserError(f"{path}: '{key}' is {array.dtype}{list(array.shape)}"
-                        f", not {size} integers")
+        raise UserError(
+            f"{path}: '{key}' is {array.dtype}{list(array.shape)}"
+            f", not {size} integers"
+        )
     return array.astype(np.int64)
 
 
@@ -167,8 +187,9 @@ def _recorded_flag(value, path) -> bool | None:
     return bool(value)
 
 
-def check_kernel_images(kernel: ClassKernel, train_labels: np.ndarray,
-                        dataset: str) -> None:
+def check_kernel_images(
+    kernel: ClassKernel, train_labels: np.ndarray, dataset: str
+) -> None:
     """Raises UserError unless the kernel's indices name training images of
     `dataset` (labels `train_labels`, (n_train,)) with the kernel's labels."""
     indices = kernel.indices
@@ -176,11 +197,13 @@ def check_kernel_images(kernel: ClassKernel, train_labels: np.ndarray,
         raise UserError(
             f"{kernel.path} names training images {indices.min()} to "
             f"{indices.max()} but {dataset} has {len(train_labels)}, numbered "
-            "from 0: was the kernel computed on another dataset?")
+            "from 0: was the kernel computed on another dataset?"
+        )
     if not np.array_equal(train_labels[indices], kernel.labels):
         raise UserError(
             f"the labels in {kernel.path} differ from those of its images in "
-            f"{dataset}: was the kernel computed on another dataset?")
+            f"{dataset}: was the kernel computed on another dataset?"
+        )
 
 
 def resolve_use_linear_params(flag: bool | None, kernel: ClassKernel) -> bool:
@@ -191,13 +214,15 @@ def resolve_use_linear_params(flag: bool | None, kernel: ClassKernel) -> bool:
         computed_at = "lin_params" if recorded else "params"
         raise UserError(
             f"{kernel.path} was computed at {computed_at}: drop "
-            "--use_linear_params/--no-use_linear_params or pass the other")
+            "--use_linear_params/--no-use_linear_params or pass the other"
+        )
     return next((v for v in (flag, recorded) if v is not None), False)
 
 
 # --------------------------------------------------------------------------
 # Linear algebra on the kernel
 # --------------------------------------------------------------------------
+
 
 def sorted_eigh(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of a symmetric kernel, largest eigenvalue first.
@@ -221,11 +246,13 @@ def one_vs_rest_targets(labels: np.ndarray, class_index: int) -> np.ndarray:
     return (np.asarray(labels) == class_index).astype(np.float64)
 
 
-def solve_with_jitter(kernel: np.ndarray, targets: np.ndarray,
-                      initial_jitter: float = INITIAL_JITTER,
-                      growth: float = JITTER_GROWTH,
-                      max_jitter: float = MAX_JITTER
-                      ) -> tuple[np.ndarray, float]:
+def solve_with_jitter(
+    kernel: np.ndarray,
+    targets: np.ndarray,
+    initial_jitter: float = INITIAL_JITTER,
+    growth: float = JITTER_GROWTH,
+    max_jitter: float = MAX_JITTER,
+) -> tuple[np.ndarray, float]:
     """w = (K + εI)⁻¹ y by Cholesky, with the smallest jitter ε that works.
 
     ε starts at `initial_jitter` times the mean of K's diagonal and is
@@ -245,28 +272,35 @@ def solve_with_jitter(kernel: np.ndarray, targets: np.ndarray,
     kernel = np.asarray(kernel, np.float64)
     scale = float(np.mean(np.diag(kernel)))
     if not scale > 0:
-        raise UserError(f"the kernel's diagonal has mean {scale:.3g}, so it "
-                        "is not a kernel of gradients: recompute it")
+        raise UserError(
+            f"the kernel's diagonal has mean {scale:.3g}, so it "
+            "is not a kernel of gradients: recompute it"
+        )
     jitter, largest = initial_jitter * scale, max_jitter * scale
     identity = np.eye(len(kernel))
     while jitter <= largest * (1 + 1e-9):  # allow for rounding in the growth
         try:
-            factor = scipy.linalg.cho_factor(kernel + jitter * identity,
-                                             lower=True, check_finite=False)
+            factor = scipy.linalg.cho_factor(
+                kernel + jitter * identity, lower=True, check_finite=False
+            )
         except np.linalg.LinAlgError:
             jitter *= growth
             continue
         return scipy.linalg.cho_solve(factor, targets), jitter
-    raise UserError(f"the kernel is not positive semi-definite: Cholesky "
-                    f"failed with jitter up to {largest:.3g}; recompute it")
+    raise UserError(
+        f"the kernel is not positive semi-definite: Cholesky "
+        f"failed with jitter up to {largest:.3g}; recompute it"
+    )
 
 
 # --------------------------------------------------------------------------
 # Parameter-space features
 # --------------------------------------------------------------------------
 
-def class_logit_fn(apply_fn: Callable, params, net_state, class_index: int
-                   ) -> tuple[jax.Array, LogitFn]:
+
+def class_logit_fn(
+    apply_fn: Callable, params, net_state, class_index: int
+) -> tuple[jax.Array, LogitFn]:
     """Logit `class_index` as a function of the flat parameters.
 
     Args:
@@ -287,9 +321,13 @@ def class_logit_fn(apply_fn: Callable, params, net_state, class_index: int
     return flat_params, logit_fn
 
 
-def feature_vectors(logit_fn: LogitFn, flat_params: jax.Array,
-                    images: np.ndarray, coefficients: np.ndarray,
-                    batch_size: int) -> jax.Array:
+def feature_vectors(
+    logit_fn: LogitFn,
+    flat_params: jax.Array,
+    images: np.ndarray,
+    coefficients: np.ndarray,
+    batch_size: int,
+) -> jax.Array:
     """The features Jᵀ A, one per column of A, without forming J.
 
     Per batch of images, one `jax.vjp` of the batch's logits, whose pullback
@@ -312,20 +350,25 @@ def feature_vectors(logit_fn: LogitFn, flat_params: jax.Array,
     total = jnp.zeros((coefficients.shape[1], flat_params.size), jnp.float32)
     for start in range(0, len(images), batch):
         stop = start + batch
-        total = accumulate(total, flat_params,
-                           _pad_rows(images[start:stop], batch),
-                           _pad_rows(coefficients[start:stop], batch))
+        total = accumulate(
+            total,
+            flat_params,
+            _pad_rows(images[start:stop], batch),
+            _pad_rows(coefficients[start:stop], batch),
+        )
     return total
 
 
 def _accumulate_features_fn(logit_fn: LogitFn) -> Callable:
     """Compiled (total (M, P), flat θ, images (B, ...), coefficients (B, M))
     -> total + coefficientsᵀ J_batch."""
+
     @jax.jit
     def accumulate(total, flat_params, images, coefficients):
         _, pullback = jax.vjp(lambda p: logit_fn(p, images), flat_params)
         (batch_features,) = jax.vmap(pullback)(coefficients.T)
         return total + batch_features
+
     return accumulate
 
 
@@ -339,8 +382,13 @@ def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
 # Images aligned with a feature
 # --------------------------------------------------------------------------
 
-def gradient_cosine(logit_fn: LogitFn, flat_params: jax.Array,
-                    image: jax.Array, unit_feature: jax.Array) -> jax.Array:
+
+def gradient_cosine(
+    logit_fn: LogitFn,
+    flat_params: jax.Array,
+    image: jax.Array,
+    unit_feature: jax.Array,
+) -> jax.Array:
     """cos(∇θ f_c(image), v) for a unit-length v.
 
     Args:
@@ -354,10 +402,15 @@ def gradient_cosine(logit_fn: LogitFn, flat_params: jax.Array,
     return jnp.vdot(gradient, unit_feature) / norm
 
 
-def align_images(logit_fn: LogitFn, flat_params: jax.Array,
-                 features: jax.Array, signs: np.ndarray,
-                 start_image: np.ndarray, steps: int, step_size: float
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def align_images(
+    logit_fn: LogitFn,
+    flat_params: jax.Array,
+    features: jax.Array,
+    signs: np.ndarray,
+    start_image: np.ndarray,
+    steps: int,
+    step_size: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Signed-gradient ascent (or descent) of each image's feature cosine.
 
     Image m starts at `start_image` and takes `steps` steps
@@ -384,15 +437,20 @@ def align_images(logit_fn: LogitFn, flat_params: jax.Array,
     norms = jnp.linalg.norm(features, axis=1, keepdims=True)
     units = features / jnp.maximum(norms, _TINY)
     run = _alignment_loop(logit_fn, steps)
-    images, cosines = run(flat_params, units, jnp.asarray(signs, jnp.float32),
-                          jnp.asarray(start_image, jnp.float32),
-                          jnp.float32(step_size))
+    images, cosines = run(
+        flat_params,
+        units,
+        jnp.asarray(signs, jnp.float32),
+        jnp.asarray(start_image, jnp.float32),
+        jnp.float32(step_size),
+    )
     return np.asarray(images), np.asarray(cosines)
 
 
 def _alignment_loop(logit_fn: LogitFn, steps: int) -> Callable:
     """Compiled (flat θ, units (M, P), signs (M,), start (H, W, C), step)
     -> (images (M, H, W, C), cosines (steps + 1, M))."""
+
     @jax.jit
     def run(flat_params, units, signs, start, step_size):
         cosine = functools.partial(gradient_cosine, logit_fn, flat_params)
@@ -402,8 +460,9 @@ def _alignment_loop(logit_fn: LogitFn, steps: int) -> Callable:
 
         def step(t, carry):
             images, history = carry
-            values, grads = jax.lax.map(lambda pair: value_and_grad(*pair),
-                                        (images, units))
+            values, grads = jax.lax.map(
+                lambda pair: value_and_grad(*pair), (images, units)
+            )
             images = jnp.clip(images + direction * jnp.sign(grads), 0.0, 1.0)
             return images, history.at[t].set(values)
 
@@ -419,6 +478,7 @@ def _alignment_loop(logit_fn: LogitFn, steps: int) -> Callable:
 # --------------------------------------------------------------------------
 # The whole computation
 # --------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureImages:
@@ -437,6 +497,7 @@ class FeatureImages:
     jitter: ε, in kernel units.
     feature_sq_norms: float64 (n + 1,), |v_i|² then |v_w|²; |v_i|² ≈ λ_i.
     """
+
     pos_images: np.ndarray
     neg_images: np.ndarray
     w_image: np.ndarray
@@ -453,8 +514,10 @@ class FeatureImages:
         """The output pickle: the original's keys 'pos_images' (n, C, H, W),
         'neg_images' (n, C, H, W) and 'w_image' (C, H, W), every other field
         under its own name, 'image_layout': 'NCHW', 'targets', and `extra`."""
-        record = {field.name: getattr(self, field.name)
-                  for field in dataclasses.fields(self)}
+        record = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+        }
         record["pos_images"] = _channels_first(self.pos_images)
         record["neg_images"] = _channels_first(self.neg_images)
         record["w_image"] = _channels_first(self.w_image[None])[0]
@@ -464,14 +527,19 @@ class FeatureImages:
 
 def _channels_first(images: np.ndarray) -> np.ndarray:
     """(n, H, W, C) -> C-contiguous float32 (n, C, H, W)."""
-    return np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2)),
-                                np.float32)
+    return np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2)), np.float32)
 
 
-def feature_images(logit_fn: LogitFn, flat_params: jax.Array,
-                   images: np.ndarray, kernel: ClassKernel, n_images: int,
-                   steps: int, step_size: float, batch_size: int
-                   ) -> FeatureImages:
+def feature_images(
+    logit_fn: LogitFn,
+    flat_params: jax.Array,
+    images: np.ndarray,
+    kernel: ClassKernel,
+    n_images: int,
+    steps: int,
+    step_size: float,
+    batch_size: int,
+) -> FeatureImages:
     """The positive, negative and w images of a per-class kernel.
 
     Args:
@@ -489,26 +557,38 @@ def feature_images(logit_fn: LogitFn, flat_params: jax.Array,
     targets = one_vs_rest_targets(kernel.labels, kernel.class_index)
     w, jitter = solve_with_jitter(kernel.kernel, targets)
     coefficients = np.column_stack([eigenvectors[:, :n_images], w])
-    features = feature_vectors(logit_fn, flat_params, images, coefficients,
-                               batch_size)
+    features = feature_vectors(
+        logit_fn, flat_params, images, coefficients, batch_size
+    )
     sq_norms = np.asarray(jnp.sum(features * features, axis=1), np.float64)
     check_feature_norms(sq_norms[:n_images], eigenvalues, kernel.path)
     directions = jnp.concatenate([features[:n_images], features])
     signs = np.array([1.0] * n_images + [-1.0] * n_images + [1.0])
     start = np.full(images.shape[1:], GREY, np.float32)
-    aligned, cosines = align_images(logit_fn, flat_params, directions, signs,
-                                    start, steps, step_size)
+    aligned, cosines = align_images(
+        logit_fn, flat_params, directions, signs, start, steps, step_size
+    )
     return FeatureImages(
-        pos_images=aligned[:n_images], neg_images=aligned[n_images:-1],
-        w_image=aligned[-1], pos_cosines=cosines[:, :n_images].T.copy(),
+        pos_images=aligned[:n_images],
+        neg_images=aligned[n_images:-1],
+        w_image=aligned[-1],
+        pos_cosines=cosines[:, :n_images].T.copy(),
         neg_cosines=cosines[:, n_images:-1].T.copy(),
-        w_cosines=cosines[:, -1].copy(), eigenvalues=eigenvalues,
-        eigenvectors=eigenvectors[:, :n_images].copy(), w=w, jitter=jitter,
-        feature_sq_norms=sq_norms)
+        w_cosines=cosines[:, -1].copy(),
+        eigenvalues=eigenvalues,
+        eigenvectors=eigenvectors[:, :n_images].copy(),
+        w=w,
+        jitter=jitter,
+        feature_sq_norms=sq_norms,
+    )
 
 
-def check_feature_norms(sq_norms: np.ndarray, eigenvalues: np.ndarray,
-                        path: str, tolerance: float = NORM_TOLERANCE) -> None:
+def check_feature_norms(
+    sq_norms: np.ndarray,
+    eigenvalues: np.ndarray,
+    path: str,
+    tolerance: float = NORM_TOLERANCE,
+) -> None:
     """Raises UserError unless |v_i|² = λ_i within tolerance × λ_0.
 
     Args:
@@ -516,18 +596,20 @@ def check_feature_norms(sq_norms: np.ndarray, eigenvalues: np.ndarray,
       eigenvalues: (N,) descending, N >= n.
     """
     top = eigenvalues[0]
-    error = np.max(np.abs(sq_norms - eigenvalues[:len(sq_norms)]))
+    error = np.max(np.abs(sq_norms - eigenvalues[: len(sq_norms)]))
     if not top > 0 or not error <= tolerance * top:
         raise UserError(
             f"{path} is not the kernel of this network: the squared norms "
             f"of J^T u differ from its eigenvalues by {error:.3g} (top "
             f"eigenvalue {top:.3g}); "
-            "check --model_path and --use_linear_params")
+            "check --model_path and --use_linear_params"
+        )
 
 
 # --------------------------------------------------------------------------
 # Picture
 # --------------------------------------------------------------------------
+
 
 def grid_png(result: FeatureImages, title: str = "") -> bytes:
     """A PNG of the images: rows positive, negative, w; column i for
@@ -542,12 +624,21 @@ def grid_png(result: FeatureImages, title: str = "") -> bytes:
     axes = figure.subplots(3, n, squeeze=False)
     for i in range(n):
         eigen = rf"$\lambda_{{{i}}}$ = {result.eigenvalues[i]:.3g}"
-        _show(axes[0, i], result.pos_images[i],
-              f"{eigen}\n{_trajectory(result.pos_cosines[i])}")
-        _show(axes[1, i], result.neg_images[i],
-              f"{eigen}\n{_trajectory(result.neg_cosines[i])}")
-    _show(axes[2, 0], result.w_image,
-          f"$w = K^{{-1}}y$\n{_trajectory(result.w_cosines)}")
+        _show(
+            axes[0, i],
+            result.pos_images[i],
+            f"{eigen}\n{_trajectory(result.pos_cosines[i])}",
+        )
+        _show(
+            axes[1, i],
+            result.neg_images[i],
+            f"{eigen}\n{_trajectory(result.neg_cosines[i])}",
+        )
+    _show(
+        axes[2, 0],
+        result.w_image,
+        f"$w = K^{{-1}}y$\n{_trajectory(result.w_cosines)}",
+    )
     for axis in axes[2, 1:]:
         axis.set_axis_off()
     for row, name in enumerate(("positive", "negative", "w")):
@@ -576,5 +667,6 @@ def _trajectory(cosines: np.ndarray) -> str:
 
 def output_dir(model_path: str, bonus_dir: str) -> str:
     """Where the scripts write: {dirname(model_path)}/{bonus_dir}."""
-    return os.path.normpath(os.path.join(os.path.dirname(model_path),
-                                         bonus_dir))
+    return os.path.normpath(
+        os.path.join(os.path.dirname(model_path), bonus_dir)
+    )

@@ -32,6 +32,7 @@ per-image gradient from `jax.jacrev`. Batch norm must be in eval mode, so
 that each image's logits depend on that image alone and everything is
 vmapped over the block.
 """
+
 import dataclasses
 from typing import Callable, NamedTuple, Sequence
 
@@ -55,6 +56,7 @@ class WeightLayer:
     conv: (kernel_shape, stride, padding, kernel_dilation) of a
       convolution; None for a linear layer.
     """
+
     name: str
     output_shape: tuple[int, ...]
     positions: int
@@ -67,8 +69,9 @@ class WeightLayer:
         the x_s that output position s is computed from (for a
         convolution in (kh, kw, C_in) order, that of W's rows)."""
         if self.conv is not None:
-            inputs = _conv_windows(inputs, *self.conv,
-                                   output_size=self.output_shape[1:3])
+            inputs = _conv_windows(
+                inputs, *self.conv, output_size=self.output_shape[1:3]
+            )
         return inputs.reshape(self.positions, self.in_features)
 
     @property
@@ -79,33 +82,43 @@ class WeightLayer:
     def factoring_pays(self, logits: int) -> bool:
         """Whether, with `logits` per pass, the factored inner product of
         a pair of images takes fewer multiply-adds than the explicit one."""
-        factored = self.positions ** 2 * (self.in_features
-                                          + logits * self.out_features)
+        factored = self.positions**2 * (
+            self.in_features + logits * self.out_features
+        )
         return factored < logits * self.in_features * self.out_features
 
 
-def _conv_windows(inputs, kernel_shape, stride, padding, kernel_dilation, *,
-                  output_size):
+def _conv_windows(
+    inputs, kernel_shape, stride, padding, kernel_dilation, *, output_size
+):
     """(1, H, W, C) -> (1, H', W', kh, kw, C): each output pixel's input
     window, gathered from the padded input (lax's
     conv_general_dilated_patches is a convolution with an identity kernel:
     D times the work)."""
     spans = [(k - 1) * d + 1 for k, d in zip(kernel_shape, kernel_dilation)]
-    pads = (jax.lax.padtype_to_pads(inputs.shape[1:3], spans, stride,
-                                    padding)
-            if isinstance(padding, str) else padding)
+    pads = (
+        jax.lax.padtype_to_pads(inputs.shape[1:3], spans, stride, padding)
+        if isinstance(padding, str)
+        else padding
+    )
     padded = jnp.pad(inputs, ((0, 0), *pads, (0, 0)))
-    rows = (np.arange(output_size[0])[:, None] * stride[0]
-            + np.arange(kernel_shape[0])[None, :] * kernel_dilation[0])
-    cols = (np.arange(output_size[1])[:, None] * stride[1]
-            + np.arange(kernel_shape[1])[None, :] * kernel_dilation[1])
+    rows = (
+        np.arange(output_size[0])[:, None] * stride[0]
+        + np.arange(kernel_shape[0])[None, :] * kernel_dilation[0]
+    )
+    cols = (
+        np.arange(output_size[1])[:, None] * stride[1]
+        + np.arange(kernel_shape[1])[None, :] * kernel_dilation[1]
+    )
     # (H', kh, W', kw) flat positions in the padded image.
     flat = rows[:, :, None, None] * padded.shape[2] + cols[None, None]
     flat = flat.transpose(0, 2, 1, 3)  # (H', W', kh, kw)
-    pixels = padded.reshape(-1, inputs.shape[3]).at[flat.reshape(-1)].get(
-        mode="promise_in_bounds")
-    return pixels.reshape(
-        1, *output_size, *kernel_shape, inputs.shape[3])
+    pixels = (
+        padded.reshape(-1, inputs.shape[3])
+        .at[flat.reshape(-1)]
+        .get(mode="promise_in_bounds")
+    )
+    return pixels.reshape(1, *output_size, *kernel_shape, inputs.shape[3])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +129,7 @@ class Survey:
     n_params: P, all trainable parameters.
     layers: the weight layers whose inputs and cotangents are collected.
     """
+
     n_logits: int
     n_params: int
     layers: tuple[WeightLayer, ...]
@@ -127,12 +141,14 @@ class Survey:
 
     def factored(self, logits: int) -> tuple[str, ...]:
         """Names of the layers worth factoring with `logits` per pass."""
-        return tuple(layer.name for layer in self.layers
-                     if layer.factoring_pays(logits))
+        return tuple(
+            layer.name for layer in self.layers if layer.factoring_pays(logits)
+        )
 
 
-def survey(apply_fn: Callable, params, net_state, image_shape: Sequence[int]
-           ) -> Survey:
+def survey(
+    apply_fn: Callable, params, net_state, image_shape: Sequence[int]
+) -> Survey:
     """Traces apply_fn abstractly on one image of `image_shape` (H, W, C).
 
     `params` and `net_state` may be arrays or jax.ShapeDtypeStructs.
@@ -147,26 +163,33 @@ def survey(apply_fn: Callable, params, net_state, image_shape: Sequence[int]
 
     def record(next_f, args, kwargs, context):
         out = next_f(*args, **kwargs)
-        if (context.method_name == "__call__"
-                and isinstance(context.module, _WEIGHT_MODULES)):
-            calls.append((context.module, _call_input(args, kwargs).shape,
-                          out.shape))
+        if context.method_name == "__call__" and isinstance(
+            context.module, _WEIGHT_MODULES
+        ):
+            calls.append(
+                (context.module, _call_input(args, kwargs).shape, out.shape)
+            )
         return out
 
     def logits(params, net_state, images):
         with hk.intercept_methods(record):
             return apply_fn(params, net_state, None, images, False)[0]
 
-    out = jax.eval_shape(logits, params, net_state, jax.ShapeDtypeStruct(
-        (1, *image_shape), jnp.float32))
+    out = jax.eval_shape(
+        logits,
+        params,
+        net_state,
+        jax.ShapeDtypeStruct((1, *image_shape), jnp.float32),
+    )
     names = [getattr(module, "module_name", None) for module, _, _ in calls]
     layers = []
     for (module, in_shape, out_shape), name in zip(calls, names):
         layer = _weight_layer(module, in_shape, out_shape, params)
         if layer is not None and names.count(name) == 1:
             layers.append(layer)
-    n_params = sum(int(np.prod(leaf.shape))
-                   for leaf in jax.tree_util.tree_leaves(params))
+    n_params = sum(
+        int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)
+    )
     return Survey(int(out.shape[-1]), n_params, tuple(layers))
 
 
@@ -185,21 +208,35 @@ def _weight_layer(module, in_shape, out_shape, params) -> WeightLayer | None:
         conv = None
         expected = (in_shape[-1], module.output_size)
     else:
-        if (module.channel_index != -1 or module.feature_group_count != 1
-                or module.mask is not None
-                or any(d != 1 for d in module.lhs_dilation)):
+        if (
+            module.channel_index != -1
+            or module.feature_group_count != 1
+            or module.mask is not None
+            or any(d != 1 for d in module.lhs_dilation)
+        ):
             return None
-        padding = (module.padding if isinstance(module.padding, str)
-                   else tuple(map(tuple, module.padding)))
-        conv = (tuple(module.kernel_shape), tuple(module.stride), padding,
-                tuple(module.kernel_dilation))
-        expected = (*module.kernel_shape, in_shape[-1],
-                    module.output_channels)
+        padding = (
+            module.padding
+            if isinstance(module.padding, str)
+            else tuple(map(tuple, module.padding))
+        )
+        conv = (
+            tuple(module.kernel_shape),
+            tuple(module.stride),
+            padding,
+            tuple(module.kernel_dilation),
+        )
+        expected = (*module.kernel_shape, in_shape[-1], module.output_channels)
     if tuple(weight.shape) != tuple(expected):
         return None
-    return WeightLayer(module.module_name, tuple(out_shape),
-                       int(np.prod(out_shape[:-1])),
-                       int(np.prod(expected[:-1])), int(expected[-1]), conv)
+    return WeightLayer(
+        module.module_name,
+        tuple(out_shape),
+        int(np.prod(out_shape[:-1])),
+        int(np.prod(expected[:-1])),
+        int(expected[-1]),
+        conv,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,40 +245,49 @@ class BlockCosts:
     a block of B images and G logits, and of the Gram of two blocks, with
     the layers `factored` kept factored. The model behind kernels.py's
     choice of block size and logits per pass."""
+
     survey: Survey
     factored: tuple[str, ...]
 
     def _factored_layers(self) -> tuple[WeightLayer, ...]:
-        return tuple(layer for layer in self.survey.layers
-                     if layer.name in self.factored)
+        return tuple(
+            layer
+            for layer in self.survey.layers
+            if layer.name in self.factored
+        )
 
     def _explicit_params(self) -> int:
         """Parameters whose per-image gradients are formed."""
         return self.survey.n_params - sum(
             layer.in_features * layer.out_features
-            for layer in self._factored_layers())
+            for layer in self._factored_layers()
+        )
 
     def jacobian_floats(self, images: int, logits: int) -> int:
         """A BlockJacobian: explicit gradients, inputs and cotangents."""
         per_logit = self._explicit_params() + sum(
             layer.positions * layer.out_features
-            for layer in self._factored_layers())
-        per_image = sum(layer.positions * layer.in_features
-                        for layer in self._factored_layers())
+            for layer in self._factored_layers()
+        )
+        per_image = sum(
+            layer.positions * layer.in_features
+            for layer in self._factored_layers()
+        )
         return images * (logits * per_logit + per_image)
 
     def forming_floats(self, images: int, logits: int) -> int:
         """Inputs and cotangents of every collected layer, held while a
         block's Jacobian is formed."""
         return images * sum(
-            layer.positions * (layer.in_features
-                               + logits * layer.out_features)
-            for layer in self.survey.layers)
+            layer.positions * (layer.in_features + logits * layer.out_features)
+            for layer in self.survey.layers
+        )
 
     def overlap_floats(self, images: int) -> int:
         """The overlaps ⟨x_s, x'_t⟩ of two blocks (see `overlaps`)."""
-        return images ** 2 * sum(layer.positions ** 2
-                                 for layer in self._factored_layers())
+        return images**2 * sum(
+            layer.positions**2 for layer in self._factored_layers()
+        )
 
     def peak_floats(self, images: int, logits: int) -> int:
         """Peak while two Jacobians are kept (a row's and a column's) and a
@@ -249,7 +295,8 @@ class BlockCosts:
         jacobian = self.jacobian_floats(images, logits)
         return 2 * jacobian + max(
             jacobian + self.forming_floats(images, logits),
-            2 * self.overlap_floats(images))
+            2 * self.overlap_floats(images),
+        )
 
     def jacobian_macs(self, images: int, logits: int) -> int:
         """One forward and `logits` backward passes (twice the forward's
@@ -258,20 +305,24 @@ class BlockCosts:
 
     def overlap_macs(self, images: int) -> int:
         """The overlaps of two blocks of `images`."""
-        return images ** 2 * sum(layer.positions ** 2 * layer.in_features
-                                 for layer in self._factored_layers())
+        return images**2 * sum(
+            layer.positions**2 * layer.in_features
+            for layer in self._factored_layers()
+        )
 
     def gram_macs(self, images: int, logits: int) -> int:
         """The Gram of two blocks of `images`, given their overlaps."""
         per_logit = self._explicit_params() + sum(
-            layer.positions ** 2 * layer.out_features
-            for layer in self._factored_layers())
-        return images ** 2 * logits * per_logit
+            layer.positions**2 * layer.out_features
+            for layer in self._factored_layers()
+        )
+        return images**2 * logits * per_logit
 
 
 # --------------------------------------------------------------------------
 # Block Jacobians
 # --------------------------------------------------------------------------
+
 
 class BlockJacobian(NamedTuple):
     """The logits' Jacobian on a block of B images, G logits.
@@ -281,6 +332,7 @@ class BlockJacobian(NamedTuple):
     inputs: {factored layer: (B, S, D)} its x_s.
     cotangents: {factored layer: (G, B, S, O)} its δ_gs.
     """
+
     explicit: dict
     inputs: dict
     cotangents: dict
@@ -292,8 +344,11 @@ def split_params(params, names: Sequence[str]) -> tuple[dict, dict]:
     names = set(names)
     rest, weights = {}, {}
     for module, leaves in params.items():
-        kept = {k: v for k, v in leaves.items()
-                if not (module in names and k == "w")}
+        kept = {
+            k: v
+            for k, v in leaves.items()
+            if not (module in names and k == "w")
+        }
         if kept:
             rest[module] = kept
         if module in names:
@@ -313,6 +368,7 @@ def merge_params(*trees) -> dict:
 def _probing(probes: dict, inputs: dict) -> Callable:
     """An interceptor adding probes[name] to the output of module `name` and
     recording its input in inputs[name]."""
+
     def intercept(next_f, args, kwargs, context):
         out = next_f(*args, **kwargs)
         name = getattr(context.module, "module_name", None)
@@ -320,11 +376,13 @@ def _probing(probes: dict, inputs: dict) -> Callable:
             inputs[name] = _call_input(args, kwargs)
             out = out + probes[name]
         return out
+
     return intercept
 
 
-def block_jacobian_fn(apply_fn: Callable, layers: Sequence[WeightLayer],
-                      factored: Sequence[str]) -> Callable:
+def block_jacobian_fn(
+    apply_fn: Callable, layers: Sequence[WeightLayer], factored: Sequence[str]
+) -> Callable:
     """Compiled Jacobian of G logits on a block.
 
     Args:
@@ -341,49 +399,69 @@ def block_jacobian_fn(apply_fn: Callable, layers: Sequence[WeightLayer],
     factored = frozenset(factored)
 
     def one_image(rest, weights, net_state, image, classes):
-        probes = {layer.name: jnp.zeros(layer.output_shape, image.dtype)
-                  for layer in layers}
+        probes = {
+            layer.name: jnp.zeros(layer.output_shape, image.dtype)
+            for layer in layers
+        }
 
         def logits(rest, probes):
             inputs = {}
             with hk.intercept_methods(_probing(probes, inputs)):
-                out, _ = apply_fn(merge_params(rest, weights), net_state,
-                                  None, image[None], False)
+                out, _ = apply_fn(
+                    merge_params(rest, weights),
+                    net_state,
+                    None,
+                    image[None],
+                    False,
+                )
             return out[0, classes], inputs
 
         (grads, cotangents), inputs = jax.jacrev(
-            logits, argnums=(0, 1), has_aux=True)(rest, probes)
-        windows = {layer.name: layer.windows(inputs[layer.name])
-                   for layer in layers}
-        cotangents = {layer.name: cotangents[layer.name].reshape(
-            len(classes), layer.positions, layer.out_features)
-            for layer in layers}
+            logits, argnums=(0, 1), has_aux=True
+        )(rest, probes)
+        windows = {
+            layer.name: layer.windows(inputs[layer.name]) for layer in layers
+        }
+        cotangents = {
+            layer.name: cotangents[layer.name].reshape(
+                len(classes), layer.positions, layer.out_features
+            )
+            for layer in layers
+        }
         return grads, windows, cotangents
 
     @jax.jit
     def block(params, net_state, images, classes):
-        rest, weights = split_params(params,
-                                     [layer.name for layer in layers])
+        rest, weights = split_params(params, [layer.name for layer in layers])
         grads, windows, cotangents = jax.vmap(
-            one_image, in_axes=(None, None, None, 0, None),
-            out_axes=(1, 0, 1))(rest, weights, net_state, images, classes)
+            one_image, in_axes=(None, None, None, 0, None), out_axes=(1, 0, 1)
+        )(rest, weights, net_state, images, classes)
         formed = {
-            layer.name: {"w": _explicit_gradient(
-                windows[layer.name], cotangents[layer.name],
-                weights[layer.name]["w"].shape)}
-            for layer in layers if layer.name not in factored}
+            layer.name: {
+                "w": _explicit_gradient(
+                    windows[layer.name],
+                    cotangents[layer.name],
+                    weights[layer.name]["w"].shape,
+                )
+            }
+            for layer in layers
+            if layer.name not in factored
+        }
         return BlockJacobian(
             merge_params(grads, formed),
             {name: windows[name] for name in factored},
-            {name: cotangents[name] for name in factored})
+            {name: cotangents[name] for name in factored},
+        )
+
     return block
 
 
 def _explicit_gradient(windows, cotangents, weight_shape):
     """(B, S, D) windows and (G, B, S, O) cotangents -> (G, B,
     *weight_shape) per-image gradients Σ_s x_s ⊗ δ_gs."""
-    gradient = jnp.einsum("bsd,gbso->gbdo", windows, cotangents,
-                          precision=_HIGHEST)
+    gradient = jnp.einsum(
+        "bsd,gbso->gbdo", windows, cotangents, precision=_HIGHEST
+    )
     return gradient.reshape(*gradient.shape[:2], *weight_shape)
 
 
@@ -391,9 +469,12 @@ def _explicit_gradient(windows, cotangents, weight_shape):
 def overlaps(j1: BlockJacobian, j2: BlockJacobian) -> dict:
     """{factored layer: (B1, B2, S, S)} ⟨x_is, x'_jt⟩ of two blocks, the
     part of their Gram that is the same for every logit."""
-    return {name: jnp.einsum("isd,jtd->ijst", inputs, j2.inputs[name],
-                             precision=_HIGHEST)
-            for name, inputs in j1.inputs.items()}
+    return {
+        name: jnp.einsum(
+            "isd,jtd->ijst", inputs, j2.inputs[name], precision=_HIGHEST
+        )
+        for name, inputs in j1.inputs.items()
+    }
 
 
 @jax.jit
@@ -401,13 +482,21 @@ def gram(j1: BlockJacobian, j2: BlockJacobian, overlaps: dict) -> jax.Array:
     """(G, B1, B2): entry [g, i, j] = ∇θ f_g(x1_i) · ∇θ f_g(x2_j), at full
     float32 precision, given the blocks' `overlaps`."""
     kernel = sum(
-        jnp.einsum("gip,gjp->gij", a.reshape(*a.shape[:2], -1),
-                   b.reshape(*b.shape[:2], -1), precision=_HIGHEST)
-        for a, b in zip(jax.tree_util.tree_leaves(j1.explicit),
-                        jax.tree_util.tree_leaves(j2.explicit)))
+        jnp.einsum(
+            "gip,gjp->gij",
+            a.reshape(*a.shape[:2], -1),
+            b.reshape(*b.shape[:2], -1),
+            precision=_HIGHEST,
+        )
+        for a, b in zip(
+            jax.tree_util.tree_leaves(j1.explicit),
+            jax.tree_util.tree_leaves(j2.explicit),
+        )
+    )
     for name, overlap in overlaps.items():
-        kernel = kernel + _factored_gram(overlap, j1.cotangents[name],
-                                         j2.cotangents[name])
+        kernel = kernel + _factored_gram(
+            overlap, j1.cotangents[name], j2.cotangents[name]
+        )
     return kernel
 
 
@@ -417,9 +506,12 @@ def _factored_gram(overlap, cotangents1, cotangents2):
     overlap (B1, B2, S, S), cotangents (G, B, S, O). One logit at a time,
     so the largest intermediate is another B1·B2·S² floats.
     """
+
     def one_logit(pair):
         d1, d2 = pair
         products = jnp.einsum("iso,jto->ijst", d1, d2, precision=_HIGHEST)
-        return jnp.einsum("ijst,ijst->ij", overlap, products,
-                          precision=_HIGHEST)
+        return jnp.einsum(
+            "ijst,ijst->ij", overlap, products, precision=_HIGHEST
+        )
+
     return jax.lax.map(one_logit, (cotangents1, cotangents2))

@@ -10,6 +10,7 @@ its centered version drops the first term, f_c(x; θ) = J_θ0(x)(θ − θ0), an
 is exactly zero at θ = θ0. Both come from one `jax.jvp`, which returns f and
 the tangent term df together.
 """
+
 import dataclasses
 from typing import Callable
 
@@ -38,11 +39,13 @@ class CifarResNet18(hk.nets.ResNet):
         config["channels_per_group"] = tuple(width * m for m in (1, 2, 4, 8))
         super().__init__(
             num_classes=n_classes,
-            initial_conv_config=dict(output_channels=width, kernel_shape=3,
-                                     stride=1),
+            initial_conv_config=dict(
+                output_channels=width, kernel_shape=3, stride=1
+            ),
             strides=(1, 2, 2, 2),
             name="res_net18",
-            **config)
+            **config,
+        )
 
     def __call__(self, inputs, is_training, test_local_stats=False):
         out = self.initial_conv(inputs)
@@ -56,21 +59,26 @@ class CifarResNet18(hk.nets.ResNet):
 
 def _mlp_forward(hidden: int, n_classes: int):
     """Flatten, two ReLU layers of `hidden` units, linear logits."""
+
     def forward(images, is_training):
         del is_training  # no batch norm or dropout
         return hk.nets.MLP([hidden, hidden, n_classes], name="mlp")(
-            hk.Flatten()(images))
+            hk.Flatten()(images)
+        )
+
     return forward
 
 
-def get_model(name: str, n_classes: int, width: int = 64
-              ) -> hk.TransformedWithState:
+def get_model(
+    name: str, n_classes: int, width: int = 64
+) -> hk.TransformedWithState:
     """Returns the Haiku model `name` (one of MODELS).
 
     `width` is the first ResNet stage's channel count (64 in the paper); the
     MLPs ignore it.
     """
     if name == "resnet18":
+
         def forward(images, is_training):
             return CifarResNet18(n_classes, width)(images, is_training)
     elif name in MLP_WIDTHS:
@@ -80,8 +88,9 @@ def get_model(name: str, n_classes: int, width: int = 64
     return hk.transform_with_state(forward)
 
 
-def init_model(model: hk.TransformedWithState, seed: int,
-               image_shape: tuple) -> tuple:
+def init_model(
+    model: hk.TransformedWithState, seed: int, image_shape: tuple
+) -> tuple:
     """Initial (params, state) for images of `image_shape` (H, W, C).
 
     Haiku starts every batch-norm running average at zero, so in eval mode an
@@ -91,21 +100,29 @@ def init_model(model: hk.TransformedWithState, seed: int,
     evaluated and its kernel computed. Training is unchanged.
     """
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    params, state = model.init(jax.random.PRNGKey(seed), dummy,
-                               is_training=True)
+    params, state = model.init(
+        jax.random.PRNGKey(seed), dummy, is_training=True
+    )
     return params, _unit_initial_variances(state)
 
 
 def _unit_initial_variances(state):
     """`state` with each running variance's `average` set to ones."""
-    return {name: (dict(ema, average=jnp.ones_like(ema["average"]))
-                   if name.endswith("var_ema") else ema)
-            for name, ema in state.items()}
+    return {
+        name: (
+            dict(ema, average=jnp.ones_like(ema["average"]))
+            if name.endswith("var_ema")
+            else ema
+        )
+        for name, ema in state.items()
+    }
 
 
 def count_params(params) -> int:
     """Number of scalars in a parameter tree."""
-    return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))
+    return int(
+        sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
+    )
 
 
 def tree_sub(a, b):
@@ -113,8 +130,14 @@ def tree_sub(a, b):
     return jax.tree_util.tree_map(jnp.subtract, a, b)
 
 
-def linearized_parts(apply_fn: Callable, params0, params, state, images,
-                     is_training: bool = False):
+def linearized_parts(
+    apply_fn: Callable,
+    params0,
+    params,
+    state,
+    images,
+    is_training: bool = False,
+):
     """The two terms of the linearization around `params0`, and the state.
 
     Args:
@@ -129,11 +152,13 @@ def linearized_parts(apply_fn: Callable, params0, params, state, images,
       new_state: the state after the forward pass at θ0 (changed only when
         `is_training`).
     """
+
     def forward(p):
         return apply_fn(p, state, None, images, is_training)
 
-    f, df, new_state = jax.jvp(forward, (params0,),
-                               (tree_sub(params, params0),), has_aux=True)
+    f, df, new_state = jax.jvp(
+        forward, (params0,), (tree_sub(params, params0),), has_aux=True
+    )
     return f, df, new_state
 
 
@@ -147,14 +172,23 @@ class Dynamics:
       linearized network this is the centered linearization J(θ − θ0); for
       the network itself it is f(x; θ) − f(x; θ0).
     """
+
     linear: bool = False
     centering: bool = False
 
-    def logits(self, apply_fn, params0, params, state, images,
-               is_training: bool = False):
+    def logits(
+        self,
+        apply_fn,
+        params0,
+        params,
+        state,
+        images,
+        is_training: bool = False,
+    ):
         """(logits (B, K), new_state) of the trainable `params`."""
-        f, df, new_state = self.parts(apply_fn, params0, params, state,
-                                      images, is_training)
+        f, df, new_state = self.parts(
+            apply_fn, params0, params, state, images, is_training
+        )
         return self.combine(f, df), new_state
 
     def combine(self, f, df):
@@ -162,16 +196,24 @@ class Dynamics:
         f + df; (B, K) NumPy or JAX arrays -> (B, K)."""
         return df if self.centering else f + df
 
-    def parts(self, apply_fn, params0, params, state, images,
-              is_training: bool = False):
+    def parts(
+        self,
+        apply_fn,
+        params0,
+        params,
+        state,
+        images,
+        is_training: bool = False,
+    ):
         """(f, df, new_state) where f + df are the uncentered logits.
 
         Linear: f = f(x; θ0), df = J_θ0(x)(θ − θ0). Standard and centered:
         f = f(x; θ0), df = f(x; θ) − f(x; θ0). Standard: f = f(x; θ), df = 0.
         """
         if self.linear:
-            return linearized_parts(apply_fn, params0, params, state, images,
-                                    is_training)
+            return linearized_parts(
+                apply_fn, params0, params, state, images, is_training
+            )
         logits, new_state = apply_fn(params, state, None, images, is_training)
         if not self.centering:
             return logits, jnp.zeros_like(logits), new_state
@@ -187,6 +229,7 @@ STANDARD = Dynamics(linear=False, centering=False)
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What a checkpoint's parameters belong to; stored in its `meta`."""
+
     model: str = "resnet18"
     width: int = 64
     dataset: str = "cifar10"
@@ -199,10 +242,15 @@ class ModelSpec:
         return dataclasses.asdict(self)
 
 
-def resolve_spec(meta: dict, n_classes_of: Callable[[str], int], *,
-                 model: str | None = None, width: int | None = None,
-                 dataset: str | None = None, source: str = "checkpoint"
-                 ) -> ModelSpec:
+def resolve_spec(
+    meta: dict,
+    n_classes_of: Callable[[str], int],
+    *,
+    model: str | None = None,
+    width: int | None = None,
+    dataset: str | None = None,
+    source: str = "checkpoint",
+) -> ModelSpec:
     """The model spec from a checkpoint's `meta` and the user's flags.
 
     Flags left as None take the checkpoint's values, or the paper's defaults
@@ -216,21 +264,38 @@ def resolve_spec(meta: dict, n_classes_of: Callable[[str], int], *,
     """
     defaults = ModelSpec()
     chosen = {}
-    for key, flag in (("model", model), ("width", width), ("dataset", dataset)):
+    for key, flag in (
+        ("model", model),
+        ("width", width),
+        ("dataset", dataset),
+    ):
         recorded = meta.get(key)
         if flag is not None and recorded is not None and flag != recorded:
             raise UserError(
                 f"--{key} {flag} contradicts {source}, which was trained with "
-                f"{key} {recorded}: drop the flag or pick another checkpoint")
-        chosen[key] = next(v for v in (flag, recorded, getattr(defaults, key))
-                           if v is not None)
+                f"{key} {recorded}: drop the flag or pick another checkpoint"
+            )
+        chosen[key] = next(
+            v
+            for v in (flag, recorded, getattr(defaults, key))
+            if v is not None
+        )
     n_classes = meta.get("n_classes") or n_classes_of(chosen["dataset"])
-    return ModelSpec(chosen["model"], int(chosen["width"]), chosen["dataset"],
-                     int(n_classes))
+    return ModelSpec(
+        chosen["model"],
+        int(chosen["width"]),
+        chosen["dataset"],
+        int(n_classes),
+    )
 
 
-def check_params_fit(spec: ModelSpec, params, net_state, image_shape: tuple,
-                     source: str = "checkpoint") -> None:
+def check_params_fit(
+    spec: ModelSpec,
+    params,
+    net_state,
+    image_shape: tuple,
+    source: str = "checkpoint",
+) -> None:
     """Raises UserError unless `params`/`net_state` have the shapes of `spec`.
 
     `image_shape` is (H, W, C). Only shapes are compared, so this costs no
@@ -239,11 +304,14 @@ def check_params_fit(spec: ModelSpec, params, net_state, image_shape: tuple,
     model = spec.build()
     dummy = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     want_params, want_state = jax.eval_shape(
-        lambda x: model.init(jax.random.PRNGKey(0), x, True), dummy)
+        lambda x: model.init(jax.random.PRNGKey(0), x, True), dummy
+    )
     shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
-    if (shapes(want_params) != shapes(params)
-            or shapes(want_state) != shapes(net_state)):
+    if shapes(want_params) != shapes(params) or shapes(want_state) != shapes(
+        net_state
+    ):
         raise UserError(
             f"{source} does not hold a {spec.model} of width {spec.width} with "
             f"{spec.n_classes} classes for {spec.dataset} images: pass the "
-            "--model/--width/--dataset it was trained with")
+            "--model/--width/--dataset it was trained with"
+        )

@@ -8,6 +8,7 @@ for it. Import `nt` from here, never `neural_tangents` directly.
 
 Do not use `nt.NtkImplementation.AUTO`: it is broken on this JAX.
 """
+
 import sys
 import types
 
@@ -24,8 +25,10 @@ def _import_neural_tangents():
         ad.config = jax.config
     sys.modules.setdefault(
         "neural_tangents.experimental",
-        types.ModuleType("neural_tangents.experimental"))
+        types.ModuleType("neural_tangents.experimental"),
+    )
     import neural_tangents
+
     return neural_tangents
 
 

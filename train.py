@@ -8,6 +8,7 @@ Data order and attack keys derive from the seed, the epoch and the batch
 index alone, so a run restored from a `TrainState` mid-epoch continues
 exactly as an uninterrupted one would.
 """
+
 import dataclasses
 import time
 from typing import Callable
@@ -33,13 +34,15 @@ LOADERS = "CAF"
 def phase1_schedule(steps_per_epoch: int) -> optax.Schedule:
     """0.1, then 0.01 from epoch 100, then 0.001 from epoch 150; by batch."""
     return optax.piecewise_constant_schedule(
-        PHASE1_LR, {e * steps_per_epoch: 0.1 for e in PHASE1_DECAY_EPOCHS})
+        PHASE1_LR, {e * steps_per_epoch: 0.1 for e in PHASE1_DECAY_EPOCHS}
+    )
 
 
 def make_optimizer() -> optax.GradientTransformation:
     """SGD with momentum whose rate is set by each step (see `_with_lr`)."""
-    return optax.inject_hyperparams(optax.sgd)(learning_rate=PHASE1_LR,
-                                               momentum=MOMENTUM)
+    return optax.inject_hyperparams(optax.sgd)(
+        learning_rate=PHASE1_LR, momentum=MOMENTUM
+    )
 
 
 def _with_lr(opt_state, lr):
@@ -65,13 +68,18 @@ class StepFns:
       mode); loss and n_correct are those of the adversarial batch.
     `step` is the batch counter of the phase that sets the learning rate.
     """
+
     clean: Callable
     adversarial: Callable
 
 
-def make_step_fns(apply_fn, dynamics: models.Dynamics, bn_training: bool,
-                  schedule: optax.Schedule, attack: attacks.AttackConfig
-                  ) -> StepFns:
+def make_step_fns(
+    apply_fn,
+    dynamics: models.Dynamics,
+    bn_training: bool,
+    schedule: optax.Schedule,
+    attack: attacks.AttackConfig,
+) -> StepFns:
     """Compiles (lazily, once per batch shape) the two steps of a phase.
 
     Args:
@@ -86,33 +94,44 @@ def make_step_fns(apply_fn, dynamics: models.Dynamics, bn_training: bool,
 
     def sgd_update(trainable, params0, state, opt_state, x, y, lr):
         def loss_fn(p):
-            logits, new_state = dynamics.logits(apply_fn, params0, p, state,
-                                                x, bn_training)
+            logits, new_state = dynamics.logits(
+                apply_fn, params0, p, state, x, bn_training
+            )
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
             return losses.mean(), (logits, new_state)
 
         (loss, (logits, new_state)), grads = jax.value_and_grad(
-            loss_fn, has_aux=True)(trainable)
-        updates, opt_state = optimizer.update(grads, _with_lr(opt_state, lr),
-                                              trainable)
+            loss_fn, has_aux=True
+        )(trainable)
+        updates, opt_state = optimizer.update(
+            grads, _with_lr(opt_state, lr), trainable
+        )
         trainable = optax.apply_updates(trainable, updates)
         if not bn_training:
             new_state = state
-        return trainable, new_state, opt_state, loss, attacks.accuracy_counts(
-            logits, y)
+        return (
+            trainable,
+            new_state,
+            opt_state,
+            loss,
+            attacks.accuracy_counts(logits, y),
+        )
 
     def clean(trainable, params0, state, opt_state, x, y, step):
-        return sgd_update(trainable, params0, state, opt_state, x, y,
-                          schedule(step))
+        return sgd_update(
+            trainable, params0, state, opt_state, x, y, schedule(step)
+        )
 
     def adversarial(trainable, params0, state, opt_state, x, y, step, key):
         lr = schedule(step)
         trainable, state, opt_state, _, _ = sgd_update(
-            trainable, params0, state, opt_state, x, y, lr)
+            trainable, params0, state, opt_state, x, y, lr
+        )
 
         def logits_fn(images):
-            return dynamics.logits(apply_fn, params0, trainable, state,
-                                   images, False)[0]
+            return dynamics.logits(
+                apply_fn, params0, trainable, state, images, False
+            )[0]
 
         x_adv = attacks.pgd(logits_fn, x, y, key, **attack.kwargs())
         return sgd_update(trainable, params0, state, opt_state, x_adv, y, lr)
@@ -135,6 +154,7 @@ class TrainState:
     `epoch` and `step` name the next batch to run (0-based; step within the
     epoch). `metrics` holds the running sums of the current epoch.
     """
+
     trainable: dict
     params0: dict | None
     net_state: dict
@@ -148,8 +168,9 @@ class TrainState:
 def new_train_state(trainable, params0, net_state) -> TrainState:
     """A phase's state before its first batch."""
     trainable = jax.tree_util.tree_map(jnp.array, trainable)  # own copy
-    return TrainState(trainable, params0, net_state,
-                      make_optimizer().init(trainable))
+    return TrainState(
+        trainable, params0, net_state, make_optimizer().init(trainable)
+    )
 
 
 def batch_key(base_key, epoch: int, step: int):
@@ -167,6 +188,7 @@ class PhasePlan:
     seed: the run's seed (data order and attack keys).
     batch_size: training batch size.
     """
+
     name: str
     epochs: int
     loader: str
@@ -185,6 +207,7 @@ class Hooks:
     save_state(state): a moment to save the resume file (every
       `state_every` batches and at each epoch end).
     """
+
     epoch_start: Callable = lambda state: None
     fraction: Callable = lambda state, fraction: None
     epoch_end: Callable = lambda state, record: None
@@ -193,9 +216,15 @@ class Hooks:
     progress: bool = True
 
 
-def run_phase(plan: PhasePlan, steps: StepFns, state: TrainState,
-              images: np.ndarray, labels: np.ndarray, hooks: Hooks,
-              base_key) -> TrainState:
+def run_phase(
+    plan: PhasePlan,
+    steps: StepFns,
+    state: TrainState,
+    images: np.ndarray,
+    labels: np.ndarray,
+    hooks: Hooks,
+    base_key,
+) -> TrainState:
     """Trains from `state` to the end of the phase; returns the final state.
 
     Raises UserError when the loss stops being finite; the last state handed
@@ -205,8 +234,9 @@ def run_phase(plan: PhasePlan, steps: StepFns, state: TrainState,
     while state.epoch < plan.epochs:
         if state.step == 0:
             hooks.epoch_start(state)
-        _run_epoch(plan, steps, state, images, labels, hooks, base_key,
-                   per_epoch)
+        _run_epoch(
+            plan, steps, state, images, labels, hooks, base_key, per_epoch
+        )
         record = _epoch_record(plan, state)
         state.epoch += 1
         state.step = 0
@@ -217,26 +247,40 @@ def run_phase(plan: PhasePlan, steps: StepFns, state: TrainState,
     return state
 
 
-def _run_epoch(plan, steps, state, images, labels, hooks, base_key,
-               per_epoch):
+def _run_epoch(plan, steps, state, images, labels, hooks, base_key, per_epoch):
     """Runs the rest of epoch `state.epoch`, updating `state` in place."""
     adversarial = is_adversarial(plan.loader, state.epoch)
-    batches = data.train_batches(images, labels, plan.batch_size, plan.seed,
-                                 state.epoch, start_step=state.step)
+    batches = data.train_batches(
+        images,
+        labels,
+        plan.batch_size,
+        plan.seed,
+        state.epoch,
+        start_step=state.step,
+    )
     bar = _progress_bar(plan, state, per_epoch, hooks.progress)
     pending_loss, pending_correct, pending_seen = [], [], 0
     started = time.perf_counter()
     for step, x, y in batches:
         global_step = state.epoch * per_epoch + step
-        args = (state.trainable, state.params0, state.net_state,
-                state.opt_state, x, y, global_step)
+        args = (
+            state.trainable,
+            state.params0,
+            state.net_state,
+            state.opt_state,
+            x,
+            y,
+            global_step,
+        )
         if adversarial:
-            out = steps.adversarial(*args, batch_key(base_key, state.epoch,
-                                                     step))
+            out = steps.adversarial(
+                *args, batch_key(base_key, state.epoch, step)
+            )
         else:
             out = steps.clean(*args)
-        (state.trainable, state.net_state, state.opt_state, loss,
-         correct) = out
+        (state.trainable, state.net_state, state.opt_state, loss, correct) = (
+            out
+        )
         pending_loss.append(loss * len(y))
         pending_correct.append(correct)
         pending_seen += len(y)
@@ -245,8 +289,14 @@ def _run_epoch(plan, steps, state, images, labels, hooks, base_key,
         due = state.step % hooks.state_every == 0 or state.step == per_epoch
         if due or state.step % 10 == 0:
             elapsed = time.perf_counter() - started
-            _absorb(state, plan, pending_loss, pending_correct, pending_seen,
-                    elapsed)
+            _absorb(
+                state,
+                plan,
+                pending_loss,
+                pending_correct,
+                pending_seen,
+                elapsed,
+            )
             pending_loss, pending_correct, pending_seen = [], [], 0
             started = time.perf_counter()
             _show(bar, state)
@@ -265,7 +315,8 @@ def _absorb(state, plan, losses, corrects, seen, seconds):
         raise UserError(
             f"the training loss became non-finite in phase {plan.name}, epoch "
             f"{state.epoch}, before batch {state.step}: the last good state "
-            "was saved before it; lower the learning rate")
+            "was saved before it; lower the learning rate"
+        )
     metrics = state.metrics
     metrics["loss_sum"] += loss_sum
     metrics["correct"] += int(jnp.sum(jnp.stack(corrects)))
@@ -286,23 +337,36 @@ def _epoch_record(plan, state) -> dict:
     """The epoch's line for log.jsonl."""
     m = state.metrics
     seen = max(m["seen"], 1)
-    return {"phase": plan.name, "epoch": state.epoch,
-            "adversarial": is_adversarial(plan.loader, state.epoch),
-            "loss": m["loss_sum"] / seen, "accuracy": m["correct"] / seen,
-            "images": m["seen"], "seconds": m["seconds"],
-            "images_per_s": m["seen"] / max(m["seconds"], 1e-9)}
+    return {
+        "phase": plan.name,
+        "epoch": state.epoch,
+        "adversarial": is_adversarial(plan.loader, state.epoch),
+        "loss": m["loss_sum"] / seen,
+        "accuracy": m["correct"] / seen,
+        "images": m["seen"],
+        "seconds": m["seconds"],
+        "images_per_s": m["seen"] / max(m["seconds"], 1e-9),
+    }
 
 
 def _progress_bar(plan, state, per_epoch, enabled):
     from tqdm import tqdm
-    return tqdm(total=per_epoch, initial=state.step, disable=not enabled,
-                desc=f"{plan.name} epoch {state.epoch + 1}/{plan.epochs}",
-                leave=False, dynamic_ncols=True)
+
+    return tqdm(
+        total=per_epoch,
+        initial=state.step,
+        disable=not enabled,
+        desc=f"{plan.name} epoch {state.epoch + 1}/{plan.epochs}",
+        leave=False,
+        dynamic_ncols=True,
+    )
 
 
 def _show(bar, state):
     m = state.metrics
     if m["seen"]:
-        bar.set_postfix(loss=f"{m['loss_sum'] / m['seen']:.3f}",
-                        acc=f"{m['correct'] / m['seen']:.3f}",
-                        img_s=f"{m['seen'] / max(m['seconds'], 1e-9):.0f}")
+        bar.set_postfix(
+            loss=f"{m['loss_sum'] / m['seen']:.3f}",
+            acc=f"{m['correct'] / m['seen']:.3f}",
+            img_s=f"{m['seen'] / max(m['seconds'], 1e-9):.0f}",
+        )

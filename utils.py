@@ -5,6 +5,7 @@ NumPy arrays, so that a notebook can read them with ``pickle.load``. Reading
 them back here goes through :func:`safe_load_pickle`, which refuses any pickle
 that asks for more than NumPy arrays, NumPy scalars, dtypes and containers.
 """
+
 import argparse
 import importlib
 import importlib.metadata
@@ -33,16 +34,24 @@ CHECKPOINT_KEYS = ("params", "lin_params", "net_state")
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"): ("numpy", "ndarray"),
     ("numpy", "dtype"): ("numpy", "dtype"),
-    ("numpy._core.multiarray", "_reconstruct"):
-        ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): (
+        "numpy._core.multiarray",
+        "_reconstruct",
+    ),
     ("numpy._core.multiarray", "scalar"): ("numpy._core.multiarray", "scalar"),
-    ("numpy._core.numeric", "_frombuffer"):
-        ("numpy._core.numeric", "_frombuffer"),
-    ("numpy.core.multiarray", "_reconstruct"):
-        ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"): (
+        "numpy._core.numeric",
+        "_frombuffer",
+    ),
+    ("numpy.core.multiarray", "_reconstruct"): (
+        "numpy._core.multiarray",
+        "_reconstruct",
+    ),
     ("numpy.core.multiarray", "scalar"): ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"):
-        ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"): (
+        "numpy._core.numeric",
+        "_frombuffer",
+    ),
     ("collections", "OrderedDict"): ("collections", "OrderedDict"),
     # Python values that some protocols build by calling their type.
     ("builtins", "complex"): ("builtins", "complex"),
@@ -75,18 +84,20 @@ class UserError(Exception):
 def _one_line(text, limit=300):
     """``text`` with whitespace runs collapsed, cut to ``limit`` characters."""
     line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------
 # Directories and atomic writes
 # --------------------------------------------------------------------------
 
+
 def _unwritable(what, path, err):
     """UserError for an OSError met while creating or writing ``path``."""
     return UserError(
         f"{what} {path}: {err.strerror or err}; "
-        "choose another path or fix its permissions")
+        "choose another path or fix its permissions"
+    )
 
 
 def ensure_writable_dir(path):
@@ -147,10 +158,10 @@ def _create_temp_file(directory, basename):
     """
     while True:
         tmp_path = os.path.join(
-            directory, f".{basename}.{os.urandom(6).hex()}.tmp")
+            directory, f".{basename}.{os.urandom(6).hex()}.tmp"
+        )
         try:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                         0o666)
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
         return fd, tmp_path
@@ -198,8 +209,9 @@ def atomic_write_bytes(path, data):
 
 def atomic_write_text(path, text):
     """Atomically replace file ``path`` with ``text``, UTF-8 encoded."""
-    _atomic_write(path, lambda file: file.write(text), mode="w",
-                  encoding="utf-8")
+    _atomic_write(
+        path, lambda file: file.write(text), mode="w", encoding="utf-8"
+    )
 
 
 def atomic_pickle(path, obj):
@@ -209,7 +221,8 @@ def atomic_pickle(path, obj):
     checkpoint is never held twice in memory.
     """
     _atomic_write(
-        path, lambda file: pickle.dump(obj, file, protocol=PICKLE_PROTOCOL))
+        path, lambda file: pickle.dump(obj, file, protocol=PICKLE_PROTOCOL)
+    )
 
 
 def _json_default(obj):
@@ -237,6 +250,7 @@ def atomic_write_json(path, obj):
 # --------------------------------------------------------------------------
 # Trees of arrays
 # --------------------------------------------------------------------------
+
 
 def to_numpy_tree(tree):
     """Host copy of a tree of arrays made of plain Python containers.
@@ -273,8 +287,11 @@ def _leaf_equal(a, b):
         return type(a) is type(b) and a == b
     a, b = np.asarray(a), np.asarray(b)
     # Comparing bytes makes NaN equal to itself and -0.0 differ from 0.0.
-    return (a.dtype == b.dtype and a.shape == b.shape
-            and a.tobytes() == b.tobytes())
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and a.tobytes() == b.tobytes()
+    )
 
 
 def tree_equal(a, b):
@@ -285,14 +302,20 @@ def tree_equal(a, b):
     must agree in dtype, shape and every bit of every value.
     """
     if isinstance(a, Mapping) or isinstance(b, Mapping):
-        return (isinstance(a, Mapping) and isinstance(b, Mapping)
-                and set(a) == set(b)
-                and all(tree_equal(a[key], b[key]) for key in a))
+        return (
+            isinstance(a, Mapping)
+            and isinstance(b, Mapping)
+            and set(a) == set(b)
+            and all(tree_equal(a[key], b[key]) for key in a)
+        )
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))
-                and isinstance(a, list) == isinstance(b, list)
-                and len(a) == len(b)
-                and all(tree_equal(x, y) for x, y in zip(a, b)))
+        return (
+            isinstance(a, (list, tuple))
+            and isinstance(b, (list, tuple))
+            and isinstance(a, list) == isinstance(b, list)
+            and len(a) == len(b)
+            and all(tree_equal(x, y) for x, y in zip(a, b))
+        )
     return _leaf_equal(a, b)
 
 
@@ -322,7 +345,8 @@ def unflatten_like(template, leaves):
     if len(leaves) != len(template_leaves):
         raise UserError(
             f"stored optimiser state has {len(leaves)} arrays but the model "
-            f"needs {len(template_leaves)}; was it saved for another model?")
+            f"needs {len(template_leaves)}; was it saved for another model?"
+        )
     restored = []
     for index, (want, got) in enumerate(zip(template_leaves, leaves)):
         want, got = np.asarray(want), np.asarray(got)
@@ -330,7 +354,8 @@ def unflatten_like(template, leaves):
             raise UserError(
                 f"stored optimiser state array {index} is {got.dtype}"
                 f"{list(got.shape)} but the model needs {want.dtype}"
-                f"{list(want.shape)}; was it saved for another model?")
+                f"{list(want.shape)}; was it saved for another model?"
+            )
         restored.append(jnp.asarray(got))
     return jax.tree_util.tree_unflatten(treedef, restored)
 
@@ -356,13 +381,15 @@ def rng_key_from_numpy(array):
     if array.dtype != np.uint32 or array.ndim != 1:
         raise UserError(
             f"stored random key is {array.dtype}{list(array.shape)}, not a "
-            "uint32 vector; the file is not a checkpoint of this code")
+            "uint32 vector; the file is not a checkpoint of this code"
+        )
     return jnp.asarray(array)
 
 
 # --------------------------------------------------------------------------
 # Safe pickles and checkpoints
 # --------------------------------------------------------------------------
+
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     """Unpickler that resolves only the globals in ``_ALLOWED_GLOBALS``.
@@ -383,14 +410,16 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         if target is None:
             raise UserError(
                 f"refusing to load {self._path}: it asks for {module}.{name}, "
-                "which is not an array or container")
+                "which is not an array or container"
+            )
         return getattr(importlib.import_module(target[0]), target[1])
 
     def persistent_load(self, pid):
         """Refuse persistent ids: plain pickles of arrays have none."""
         raise UserError(
             f"refusing to load {self._path}: it uses a persistent id, "
-            "which is not an array or container")
+            "which is not an array or container"
+        )
 
 
 def safe_load_pickle(path):
@@ -409,8 +438,7 @@ def safe_load_pickle(path):
     try:
         file = open(path, "rb")
     except OSError as err:
-        raise UserError(
-            f"cannot read {path}: {err.strerror or err}") from None
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     with file:
         try:
             return _ArrayOnlyUnpickler(file, path).load()
@@ -429,12 +457,14 @@ def _check_keys(path, obj, required_keys):
     if not isinstance(obj, Mapping):
         raise UserError(
             f"cannot use {path}: it holds a {type(obj).__name__}, not a dict "
-            f"with keys {expected}")
+            f"with keys {expected}"
+        )
     missing = [key for key in required_keys if key not in obj]
     if missing:
         raise UserError(
             f"cannot use {path}: it lacks key(s) {', '.join(missing)} "
-            f"(expected a dict with keys {expected})")
+            f"(expected a dict with keys {expected})"
+        )
 
 
 def load_pickle_arrays(path, required_keys=()):
@@ -487,7 +517,8 @@ def load_checkpoint(path):
     if not isinstance(meta, Mapping):
         raise UserError(
             f"cannot use {os.fspath(path)}: its 'meta' is a "
-            f"{type(meta).__name__}, not a dict")
+            f"{type(meta).__name__}, not a dict"
+        )
     loaded = {key: checkpoint[key] for key in CHECKPOINT_KEYS}
     loaded["meta"] = dict(meta)
     return loaded
@@ -496,6 +527,7 @@ def load_checkpoint(path):
 # --------------------------------------------------------------------------
 # Entry scripts
 # --------------------------------------------------------------------------
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are UserErrors: one line, exit 2."""
@@ -507,12 +539,14 @@ class ArgumentParser(argparse.ArgumentParser):
 def number_flag(kind, minimum, strict=False):
     """An argparse type: `kind(text)`, refused below `minimum` (or at it,
     when `strict`), NaN included."""
+
     def parse(text):
         value = kind(text)
         if not (value > minimum if strict else value >= minimum):
             bound = "greater than" if strict else "at least"
             raise argparse.ArgumentTypeError(f"must be {bound} {minimum}")
         return value
+
     return parse
 
 
@@ -547,8 +581,13 @@ def _git_output(*args):
     """Stripped stdout of ``git args`` in this repository, or None."""
     try:
         result = subprocess.run(
-            ["git", *args], cwd=os.path.dirname(os.path.abspath(__file__)),
-            capture_output=True, text=True, timeout=10, check=True)
+            ["git", *args],
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip()

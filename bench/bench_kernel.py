@@ -24,6 +24,7 @@ runs last, so its figure is at least ours).
   .venv/bin/python bench/bench_kernel.py --widths 64 --sizes 500 \
       --skip_original
 """
+
 import argparse
 import os
 import resource
@@ -53,11 +54,16 @@ def perturbed_resnet(width, seed=0):
     params, state = models.init_model(model, seed, IMAGE_SHAPE)
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    params = jax.tree_util.tree_unflatten(treedef, [
-        p + 0.05 * jax.random.normal(k, p.shape)
-        for p, k in zip(leaves, keys)])
-    batch = jax.random.uniform(jax.random.PRNGKey(seed + 2),
-                               (64, *IMAGE_SHAPE))
+    params = jax.tree_util.tree_unflatten(
+        treedef,
+        [
+            p + 0.05 * jax.random.normal(k, p.shape)
+            for p, k in zip(leaves, keys)
+        ],
+    )
+    batch = jax.random.uniform(
+        jax.random.PRNGKey(seed + 2), (64, *IMAGE_SHAPE)
+    )
     _, state = model.apply(params, state, None, batch, True)
     return model.apply, params, state
 
@@ -70,17 +76,31 @@ def random_images(n, seed=0):
 
 def peak_rss_gib():
     """Maximum resident set size of this process so far, GiB (Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def time_ours(apply_fn, params, state, images, class_index, implementation,
-              block_size, memory_gb):
+def time_ours(
+    apply_fn,
+    params,
+    state,
+    images,
+    class_index,
+    implementation,
+    block_size,
+    memory_gb,
+):
     """(seconds, kernel) of kernels.empirical_ntk, compilation included."""
     started = time.perf_counter()
     kernel = kernels.empirical_ntk(
-        apply_fn, params, state, images, class_index,
-        implementation=implementation, block_size=block_size,
-        memory_gb=memory_gb)
+        apply_fn,
+        params,
+        state,
+        images,
+        class_index,
+        implementation=implementation,
+        block_size=block_size,
+        memory_gb=memory_gb,
+    )
     return time.perf_counter() - started, kernel
 
 
@@ -94,11 +114,15 @@ def original_kernel_fn(apply_fn, state, class_index):
 
     def f(params, images):
         logits, _ = apply_fn(params, state, None, images, False)
-        return logits if class_index < 0 else logits[:, class_index:
-                                                     class_index + 1]
+        return (
+            logits
+            if class_index < 0
+            else logits[:, class_index : class_index + 1]
+        )
+
     kernel_fn = nt.empirical_kernel_fn(
-        f, vmap_axes=0,
-        implementation=nt.NtkImplementation.NTK_VECTOR_PRODUCTS)
+        f, vmap_axes=0, implementation=nt.NtkImplementation.NTK_VECTOR_PRODUCTS
+    )
     scale = N_CLASSES if class_index < 0 else 1
     return jax.jit(lambda x1, x2, p: scale * kernel_fn(x1, x2, "ntk", p))
 
@@ -134,8 +158,10 @@ def time_original(apply_fn, params, state, images, class_index, max_blocks):
 def max_relative_difference(kernel, reference, where=...):
     """max |K − K_ref| / max |K_ref| over the entries `where` (all by
     default)."""
-    return float(np.abs(kernel - reference)[where].max()
-                 / np.abs(reference)[where].max())
+    return float(
+        np.abs(kernel - reference)[where].max()
+        / np.abs(reference)[where].max()
+    )
 
 
 def ours_rows(width, apply_fn, params, state, images, args):
@@ -144,34 +170,67 @@ def ours_rows(width, apply_fn, params, state, images, args):
     classes = kernels.kernel_classes(args.class_index, N_CLASSES)
     rows, results = [], []
     for implementation in args.implementations:
-        plan = kernels.make_plan(len(images), survey, classes,
-                                 args.block_size, None, args.memory_gb,
-                                 implementation)
-        seconds, kernel = time_ours(apply_fn, params, state, images,
-                                    args.class_index, implementation,
-                                    args.block_size, args.memory_gb)
+        plan = kernels.make_plan(
+            len(images),
+            survey,
+            classes,
+            args.block_size,
+            None,
+            args.memory_gb,
+            implementation,
+        )
+        seconds, kernel = time_ours(
+            apply_fn,
+            params,
+            state,
+            images,
+            args.class_index,
+            implementation,
+            args.block_size,
+            args.memory_gb,
+        )
         results.append((seconds, kernel))
-        rows.append([width, len(images), f"ours: {implementation}",
-                     f"{plan.size}×{plan.size}, {len(plan.passes[0])} "
-                     f"logit(s)", f"{seconds:.1f}", "", "",
-                     f"{peak_rss_gib():.2f}"])
+        rows.append(
+            [
+                width,
+                len(images),
+                f"ours: {implementation}",
+                f"{plan.size}×{plan.size}, {len(plan.passes[0])} logit(s)",
+                f"{seconds:.1f}",
+                "",
+                "",
+                f"{peak_rss_gib():.2f}",
+            ]
+        )
     return rows, results
 
 
-def original_row(width, apply_fn, params, state, images, args, rows,
-                 results):
+def original_row(width, apply_fn, params, state, images, args, rows, results):
     """(the original's markdown row, its kernel): the kernel holds the
     computed entries (the float64 check's first images are in its first
     blocks). Fills speedup and difference in `rows`."""
     seconds, reference, computed, extrapolated = time_original(
-        apply_fn, params, state, images, int(args.class_index),
-        args.original_blocks)
+        apply_fn,
+        params,
+        state,
+        images,
+        int(args.class_index),
+        args.original_blocks,
+    )
     for row, (ours_seconds, kernel) in zip(rows, results):
         row[5] = f"{seconds / ours_seconds:.1f}"
         row[6] = f"{max_relative_difference(kernel, reference, computed):.1e}"
     label = "original: ntvp" + (" (extrapolated)" if extrapolated else "")
-    return [width, len(images), label, "4×4", f"{seconds:.1f}", "1", "",
-            f"{peak_rss_gib():.2f}"], reference
+    return [
+        width,
+        len(images),
+        label,
+        "4×4",
+        f"{seconds:.1f}",
+        "1",
+        "",
+        f"{peak_rss_gib():.2f}",
+    ], reference
 
 
 def float64_kernel(apply_fn, params, state, images, class_index):
@@ -179,11 +238,16 @@ def float64_kernel(apply_fn, params, state, images, class_index):
     each image's logits in float64 (N·K·P doubles: keep N small)."""
     with enable_x64():
         params, state, images = jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, jnp.float64), (params, state, images))
+            lambda a: jnp.asarray(a, jnp.float64), (params, state, images)
+        )
         flat, unravel = ravel_pytree(params)
-        jacobian = jax.jit(lambda image: jax.jacrev(
-            lambda theta: apply_fn(unravel(theta), state, None, image[None],
-                                   False)[0][0])(flat))
+        jacobian = jax.jit(
+            lambda image: jax.jacrev(
+                lambda theta: apply_fn(
+                    unravel(theta), state, None, image[None], False
+                )[0][0]
+            )(flat)
+        )
         rows = np.stack([np.asarray(jacobian(image)) for image in images])
     per_class = np.einsum("ikp,jkp->kij", rows, rows)
     if class_index == kernels.ALL_CLASSES:
@@ -195,13 +259,16 @@ def float64_lines(apply_fn, params, state, images, args, labels, kernels_):
     """One line per kernel in `kernels_`: its largest difference from the
     float64 reference on the first args.float64_images images."""
     m = args.float64_images
-    reference = float64_kernel(apply_fn, params, state, images[:m],
-                               args.class_index)
+    reference = float64_kernel(
+        apply_fn, params, state, images[:m], args.class_index
+    )
     lines = []
     for label, kernel in zip(labels, kernels_):
         difference = max_relative_difference(kernel[..., :m, :m], reference)
-        lines.append(f"float64 check, first {m} images: {label}: max rel. "
-                     f"diff {difference:.1e}")
+        lines.append(
+            f"float64 check, first {m} images: {label}: max rel. "
+            f"diff {difference:.1e}"
+        )
     return lines
 
 
@@ -213,37 +280,65 @@ def bench_one(width, n, args):
     labels = [row[2] for row in rows]
     computed = [kernel for _, kernel in results]
     if not args.skip_original and args.class_index != kernels.ALL_CLASSES:
-        row, reference = original_row(width, apply_fn, params, state,
-                                      images, args, rows, results)
+        row, reference = original_row(
+            width, apply_fn, params, state, images, args, rows, results
+        )
         rows.append(row)
         labels.append("original")
         computed.append(reference)
-    lines = (float64_lines(apply_fn, params, state, images, args, labels,
-                           computed) if args.float64_images else [])
+    lines = (
+        float64_lines(apply_fn, params, state, images, args, labels, computed)
+        if args.float64_images
+        else []
+    )
     return rows, lines
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--widths", type=int, nargs="+", default=[8, 64])
-    p.add_argument("--sizes", type=int, nargs="+", default=[200, 100],
-                   help="N for each width, in the same order")
-    p.add_argument("--class_index", type=kernels.parse_class_index,
-                   default=kernels.COMBINED)
-    p.add_argument("--implementations", nargs="+",
-                   choices=kernels.IMPLEMENTATIONS,
-                   default=[kernels.DEFAULT_IMPLEMENTATION])
-    p.add_argument("--block_size", type=int, default=None,
-                   help="ours: images per block (default: automatic)")
-    p.add_argument("--memory_gb", type=float,
-                   default=kernels.DEFAULT_MEMORY_GB)
-    p.add_argument("--original_blocks", type=int, default=0,
-                   help="time the original on this many 4×4 blocks and "
-                        "extrapolate (0: all blocks)")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[200, 100],
+        help="N for each width, in the same order",
+    )
+    p.add_argument(
+        "--class_index",
+        type=kernels.parse_class_index,
+        default=kernels.COMBINED,
+    )
+    p.add_argument(
+        "--implementations",
+        nargs="+",
+        choices=kernels.IMPLEMENTATIONS,
+        default=[kernels.DEFAULT_IMPLEMENTATION],
+    )
+    p.add_argument(
+        "--block_size",
+        type=int,
+        default=None,
+        help="ours: images per block (default: automatic)",
+    )
+    p.add_argument(
+        "--memory_gb", type=float, default=kernels.DEFAULT_MEMORY_GB
+    )
+    p.add_argument(
+        "--original_blocks",
+        type=int,
+        default=0,
+        help="time the original on this many 4×4 blocks and "
+        "extrapolate (0: all blocks)",
+    )
     p.add_argument("--skip_original", action="store_true")
-    p.add_argument("--float64_images", type=int, default=0,
-                   help="compare every kernel with a float64 jax.jacrev "
-                        "reference on this many first images (0: no)")
+    p.add_argument(
+        "--float64_images",
+        type=int,
+        default=0,
+        help="compare every kernel with a float64 jax.jacrev "
+        "reference on this many first images (0: no)",
+    )
     args = p.parse_args(argv)
     if len(args.widths) != len(args.sizes):
         p.error("--widths and --sizes need the same number of values")
@@ -253,16 +348,21 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = jax.devices()[0].device_kind
-    print(f"device: {device}; class_index {args.class_index}; times include "
-          "compilation")
-    print("| width | N | method | blocks | seconds | speedup | "
-          "max rel. diff | peak RSS (GiB) |")
+    print(
+        f"device: {device}; class_index {args.class_index}; times include "
+        "compilation"
+    )
+    print(
+        "| width | N | method | blocks | seconds | speedup | "
+        "max rel. diff | peak RSS (GiB) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for width, n in zip(args.widths, args.sizes):
         rows, lines = bench_one(width, n, args)
         for row in rows:
-            print("| " + " | ".join(str(cell) for cell in row) + " |",
-                  flush=True)
+            print(
+                "| " + " | ".join(str(cell) for cell in row) + " |", flush=True
+            )
         print("\n".join(lines))
 
 

@@ -5,6 +5,7 @@ separately from the timed epoch, which reuses the compiled steps.
 
   .venv/bin/python bench/bench_train_epoch.py --width 8 --images 1024
 """
+
 import argparse
 import os
 import sys
@@ -28,8 +29,7 @@ def time_epoch(steps, state, images, labels, loader, batch_size):
     for epochs in (1, 2):  # train up to epoch 1, then on to epoch 2
         plan = train.PhasePlan("standard", epochs, loader, 0, batch_size)
         started = time.perf_counter()
-        state = train.run_phase(plan, steps, state, images, labels, hooks,
-                                key)
+        state = train.run_phase(plan, steps, state, images, labels, hooks, key)
         jax.block_until_ready(state.trainable)
         timings.append(time.perf_counter() - started)
     return tuple(timings)
@@ -48,20 +48,29 @@ def main():
     model = models.get_model("resnet18", 10, args.width)
     params, net_state = models.init_model(model, 0, (32, 32, 3))
     per_epoch = -(-args.images // args.batch_size)
-    steps = train.make_step_fns(model.apply, models.STANDARD, True,
-                                train.phase1_schedule(per_epoch),
-                                attacks.train_linf(4.0, args.pgd_iters))
+    steps = train.make_step_fns(
+        model.apply,
+        models.STANDARD,
+        True,
+        train.phase1_schedule(per_epoch),
+        attacks.train_linf(4.0, args.pgd_iters),
+    )
     device = jax.devices()[0].device_kind
-    print(f"| device | width | images | epoch | compile+first epoch (s) "
-          f"| epoch (s) | images/s |")
+    print(
+        f"| device | width | images | epoch | compile+first epoch (s) "
+        f"| epoch (s) | images/s |"
+    )
     print("|---|---|---|---|---|---|---|")
     for loader, name in (("C", "benign"), ("A", "adversarial")):
         state = train.new_train_state(params, None, net_state)
-        first, seconds = time_epoch(steps, state, images, labels, loader,
-                                    args.batch_size)
-        print(f"| {device} | {args.width} | {args.images} | {name} | "
-              f"{first:.1f} | {seconds:.2f} | {args.images / seconds:.0f} |",
-              flush=True)
+        first, seconds = time_epoch(
+            steps, state, images, labels, loader, args.batch_size
+        )
+        print(
+            f"| {device} | {args.width} | {args.images} | {name} | "
+            f"{first:.1f} | {seconds:.2f} | {args.images / seconds:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared by the kernel tests: small perturbed networks, and independent
 reference per-class kernels J_c J_cᵀ from `jax.jacrev` of the flattened
 parameters, in float64."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,9 +14,13 @@ def perturb(params, seed, scale):
     """params + scale·N(0, 1), leaf by leaf."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree_util.tree_unflatten(treedef, [
-        p + scale * jax.random.normal(k, p.shape)
-        for p, k in zip(leaves, keys)])
+    return jax.tree_util.tree_unflatten(
+        treedef,
+        [
+            p + scale * jax.random.normal(k, p.shape)
+            for p, k in zip(leaves, keys)
+        ],
+    )
 
 
 def network(name, n_classes, image_shape, n_images, width=2):
@@ -26,8 +31,9 @@ def network(name, n_classes, image_shape, n_images, width=2):
     params, state = models.init_model(model, 0, image_shape)
     params = perturb(params, 1, 0.1)
     lin_params = perturb(params, 2, 0.05)
-    images = np.asarray(jax.random.uniform(jax.random.PRNGKey(3),
-                                           (n_images, *image_shape)))
+    images = np.asarray(
+        jax.random.uniform(jax.random.PRNGKey(3), (n_images, *image_shape))
+    )
     _, state = model.apply(params, state, None, images + 0.5, True)
     return model.apply, params, lin_params, state, images
 
@@ -41,8 +47,9 @@ def reference_kernels(apply_fn, trees, state, images):
     @jax.jit
     @jax.vmap
     def jacobian(theta):  # (N, K, P)
-        return jax.jacrev(lambda t: apply_fn(unravel[0](t), state, None,
-                                             images, False)[0])(theta)
+        return jax.jacrev(
+            lambda t: apply_fn(unravel[0](t), state, None, images, False)[0]
+        )(theta)
 
     jacobians = np.asarray(jacobian(jnp.stack(flats)), np.float64)
     return [np.einsum("ikp,jkp->kij", j, j) for j in jacobians]

@@ -1,5 +1,6 @@
 """calculate_kernel.py end to end on Fashion-MNIST with a width-2 ResNet-18:
 file names, keys and values, and one-line refusals that write nothing."""
+
 import os
 import subprocess
 import sys
@@ -23,7 +24,8 @@ SPEC = models.ModelSpec("resnet18", 2, "fashion_mnist", 10)
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(data.DEBIAN_FASHION_MNIST),
-    reason=f"Fashion-MNIST not found at {data.DEBIAN_FASHION_MNIST}")
+    reason=f"Fashion-MNIST not found at {data.DEBIAN_FASHION_MNIST}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,26 +41,47 @@ def run_dir(tmp_path_factory):
     lin_params = perturb(params, 2, 0.05)
     _, state = model.apply(params, state, None, images[:64], True)
     checkpoint = str(root / "model" / "parameters_final.pkl")
-    utils.save_checkpoint(checkpoint, params, lin_params, state,
-                          SPEC.as_meta())
-    return dict(root=root, data=data_path, checkpoint=checkpoint,
-                images=images, labels=labels, params=params,
-                lin_params=lin_params, state=state)
+    utils.save_checkpoint(
+        checkpoint, params, lin_params, state, SPEC.as_meta()
+    )
+    return dict(
+        root=root,
+        data=data_path,
+        checkpoint=checkpoint,
+        images=images,
+        labels=labels,
+        params=params,
+        lin_params=lin_params,
+        state=state,
+    )
 
 
 def subset_kernels(run_dir, indices, key="params"):
     """(K, N, N) kernels J_c J_cᵀ of the subset, from jax.jacrev."""
     return reference_kernels(
-        SPEC.build().apply, [run_dir[key]], run_dir["state"],
-        run_dir["images"][indices])[0]
+        SPEC.build().apply,
+        [run_dir[key]],
+        run_dir["state"],
+        run_dir["images"][indices],
+    )[0]
 
 
 def cli_args(run_dir, bonus_dir, *extra):
     """Arguments of a small run, then `extra` (a repeated flag overrides:
     argparse keeps the last value)."""
-    return ["--model_path", run_dir["checkpoint"],
-            "--dataset_size", str(SIZE), "--data_path", run_dir["data"],
-            "--bonus_dir", bonus_dir, "--block_size", str(BLOCK), *extra]
+    return [
+        "--model_path",
+        run_dir["checkpoint"],
+        "--dataset_size",
+        str(SIZE),
+        "--data_path",
+        run_dir["data"],
+        "--bonus_dir",
+        bonus_dir,
+        "--block_size",
+        str(BLOCK),
+        *extra,
+    ]
 
 
 def out_dir(run_dir, bonus_dir):
@@ -71,39 +94,51 @@ def files_in(folder):
 
 def run_script(argv):
     """The finished `python calculate_kernel.py argv` (text output)."""
-    return subprocess.run([sys.executable, SCRIPT, *argv], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    return subprocess.run(
+        [sys.executable, SCRIPT, *argv],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
 
 
 def test_all_classes_one_file_each(run_dir):
-    result = run_script(cli_args(run_dir, "all", "--class_index", "all",
-                                 "--show_progress"))
+    result = run_script(
+        cli_args(run_dir, "all", "--class_index", "all", "--show_progress")
+    )
     assert result.returncode == 0, result.stderr
     folder = out_dir(run_dir, "all")
     names = [f"saved_kernel_class_{c}_{SIZE}.pkl" for c in range(10)]
     assert files_in(folder) == sorted(names)
     assert result.stdout.count("wrote") == 10
     # The plan: 20 images in blocks of 8, all ten logits in one pass.
-    assert "20 images in 3 block(s) of 8, 10 logit(s) per pass" in \
-        result.stdout
+    assert (
+        "20 images in 3 block(s) of 8, 10 logit(s) per pass" in result.stdout
+    )
     assert "block" in result.stderr  # the progress bar
 
-    records = [utils.load_pickle_arrays(os.path.join(folder, name),
-                                        ("kernel", "labels", "indices"))
-               for name in names]
+    records = [
+        utils.load_pickle_arrays(
+            os.path.join(folder, name), ("kernel", "labels", "indices")
+        )
+        for name in names
+    ]
     indices = records[0]["indices"]
     assert indices.dtype == np.int64 and indices.shape == (SIZE,)
     np.testing.assert_array_equal(
-        indices, data.balanced_subset_indices(run_dir["labels"], SIZE, 0))
+        indices, data.balanced_subset_indices(run_dir["labels"], SIZE, 0)
+    )
     reference = subset_kernels(run_dir, indices)
     for c, record in enumerate(records):
         assert record["class_index"] == c
         assert record["kernel"].dtype == np.float32
         assert record["kernel"].shape == (SIZE, SIZE)
         np.testing.assert_array_equal(record["indices"], indices)
-        np.testing.assert_array_equal(record["labels"],
-                                      run_dir["labels"][indices])
+        np.testing.assert_array_equal(
+            record["labels"], run_dir["labels"][indices]
+        )
         assert record["use_linear_params"] is False
         assert relative_error(record["kernel"], reference[c]) < 1e-5
     # What visualize_ntk_features.py reads back.
@@ -111,9 +146,19 @@ def test_all_classes_one_file_each(run_dir):
 
 
 def test_combined_kernel_at_lin_params(run_dir, capsys):
-    calculate_kernel.main(cli_args(
-        run_dir, "lin", "--use_linear_params", "--implementation",
-        "structured", "--random_seed", "3", "--save_name", "k"))
+    calculate_kernel.main(
+        cli_args(
+            run_dir,
+            "lin",
+            "--use_linear_params",
+            "--implementation",
+            "structured",
+            "--random_seed",
+            "3",
+            "--save_name",
+            "k",
+        )
+    )
     path = os.path.join(out_dir(run_dir, "lin"), f"k_{SIZE}.pkl")
     assert files_in(out_dir(run_dir, "lin")) == [os.path.basename(path)]
     assert path in capsys.readouterr().out
@@ -135,18 +180,22 @@ def run_cli(argv):
     return exit_info.value.code
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--dataset_size", "15", "multiple of"),
-    ("--dataset_size", "60010", "exceeds"),
-    ("--dataset_size", "0", "dataset_size"),
-    ("--class_index", "10", "class_index"),
-    ("--class_index", "first", "class_index"),
-    ("--random_seed", "-1", "random_seed"),
-    ("--width", "4", "contradicts"),
-    ("--model_path", "missing.pkl", "missing.pkl"),
-])
-def test_bad_input_is_one_line_and_writes_nothing(run_dir, capsys, flag,
-                                                  value, message):
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--dataset_size", "15", "multiple of"),
+        ("--dataset_size", "60010", "exceeds"),
+        ("--dataset_size", "0", "dataset_size"),
+        ("--class_index", "10", "class_index"),
+        ("--class_index", "first", "class_index"),
+        ("--random_seed", "-1", "random_seed"),
+        ("--width", "4", "contradicts"),
+        ("--model_path", "missing.pkl", "missing.pkl"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    run_dir, capsys, flag, value, message
+):
     if flag == "--model_path":
         value = str(run_dir["root"] / value)
     code = run_cli(cli_args(run_dir, "bad", flag, value))
@@ -160,10 +209,14 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, capsys, flag,
 def test_checkpoint_of_another_model_is_refused(run_dir, capsys):
     """A checkpoint without meta whose parameters are not a width-64 net."""
     path = str(run_dir["root"] / "old" / "parameters_final.pkl")
-    utils.save_checkpoint(path, run_dir["params"], run_dir["params"],
-                          run_dir["state"], {})
-    code = run_cli(cli_args(run_dir, "bad", "--model_path", path,
-                            "--dataset", "fashion_mnist"))
+    utils.save_checkpoint(
+        path, run_dir["params"], run_dir["params"], run_dir["state"], {}
+    )
+    code = run_cli(
+        cli_args(
+            run_dir, "bad", "--model_path", path, "--dataset", "fashion_mnist"
+        )
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--model/--width/--dataset" in err
     assert err.count("\n") == 1

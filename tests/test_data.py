@@ -1,4 +1,5 @@
 """Tests of data.py on tiny datasets written in the real on-disk formats."""
+
 import hashlib
 import os
 import pickle
@@ -13,17 +14,18 @@ from utils import UserError
 
 
 def _md5(path):
-    with open(path, 'rb') as f:
+    with open(path, "rb") as f:
         return hashlib.md5(f.read()).hexdigest()
 
 
 def _random_images(rng, n, height, width, channels):
-    return rng.integers(0, 256, size=(n, height, width, channels),
-                        dtype=np.uint8)
+    return rng.integers(
+        0, 256, size=(n, height, width, channels), dtype=np.uint8
+    )
 
 
 def _write_pickle(path, obj):
-    with open(path, 'wb') as f:
+    with open(path, "wb") as f:
         pickle.dump(obj, f)
     return [os.path.basename(path), _md5(path)]
 
@@ -35,8 +37,9 @@ def _cifar_rows(images):
 
 def _no_network(monkeypatch, dataset_class):
     def refuse(self):
-        raise urllib.error.URLError('network disabled by the test')
-    monkeypatch.setattr(dataset_class, 'download', refuse)
+        raise urllib.error.URLError("network disabled by the test")
+
+    monkeypatch.setattr(dataset_class, "download", refuse)
 
 
 def _expected(images_uint8, labels):
@@ -61,140 +64,169 @@ def tiny_cifar10(tmp_path, monkeypatch):
     runs on them.
     """
     rng = np.random.default_rng(0)
-    folder = tmp_path / 'cifar-10-batches-py'
+    folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     train_images, train_labels, train_list = [], [], []
     for batch in range(1, 6):
         images = _random_images(rng, 3, 32, 32, 3)
         labels = rng.integers(0, 10, size=3).tolist()
-        train_list.append(_write_pickle(
-            folder / f'data_batch_{batch}',
-            {'data': _cifar_rows(images), 'labels': labels}))
+        train_list.append(
+            _write_pickle(
+                folder / f"data_batch_{batch}",
+                {"data": _cifar_rows(images), "labels": labels},
+            )
+        )
         train_images.append(images)
         train_labels += labels
     test_images = _random_images(rng, 4, 32, 32, 3)
     test_labels = rng.integers(0, 10, size=4).tolist()
-    test_list = [_write_pickle(
-        folder / 'test_batch',
-        {'data': _cifar_rows(test_images), 'labels': test_labels})]
-    meta = _write_pickle(folder / 'batches.meta',
-                         {'label_names': [str(c) for c in range(10)]})
+    test_list = [
+        _write_pickle(
+            folder / "test_batch",
+            {"data": _cifar_rows(test_images), "labels": test_labels},
+        )
+    ]
+    meta = _write_pickle(
+        folder / "batches.meta", {"label_names": [str(c) for c in range(10)]}
+    )
     cifar = torchvision.datasets.CIFAR10
-    monkeypatch.setattr(cifar, 'train_list', train_list)
-    monkeypatch.setattr(cifar, 'test_list', test_list)
-    monkeypatch.setattr(cifar, 'meta', {'filename': meta[0],
-                                        'key': 'label_names', 'md5': meta[1]})
+    monkeypatch.setattr(cifar, "train_list", train_list)
+    monkeypatch.setattr(cifar, "test_list", test_list)
+    monkeypatch.setattr(
+        cifar,
+        "meta",
+        {"filename": meta[0], "key": "label_names", "md5": meta[1]},
+    )
     _no_network(monkeypatch, cifar)
-    return {True: _expected(np.concatenate(train_images), train_labels),
-            False: _expected(test_images, test_labels)}
+    return {
+        True: _expected(np.concatenate(train_images), train_labels),
+        False: _expected(test_images, test_labels),
+    }
 
 
 def test_load_cifar10_reads_pixels_and_labels(tmp_path, tiny_cifar10):
     for train in (True, False):
-        got = data.load_split('cifar10', str(tmp_path), train=train)
+        got = data.load_split("cifar10", str(tmp_path), train=train)
         assert got[0].shape[1:] == (32, 32, 3)
         _assert_split(got, tiny_cifar10[train])
 
 
 def test_load_cifar100_reads_fine_labels(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
-    folder = tmp_path / 'cifar-100-python'
+    folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     expected, files = {}, {}
-    for train, file_name, n in ((True, 'train', 6), (False, 'test', 2)):
+    for train, file_name, n in ((True, "train", 6), (False, "test", 2)):
         images = _random_images(rng, n, 32, 32, 3)
         fine = rng.integers(0, 100, size=n).tolist()
         coarse = rng.integers(0, 20, size=n).tolist()
-        files[train] = _write_pickle(folder / file_name, {
-            'data': _cifar_rows(images), 'fine_labels': fine,
-            'coarse_labels': coarse})
+        files[train] = _write_pickle(
+            folder / file_name,
+            {
+                "data": _cifar_rows(images),
+                "fine_labels": fine,
+                "coarse_labels": coarse,
+            },
+        )
         expected[train] = _expected(images, fine)
-    meta = _write_pickle(folder / 'meta', {
-        'fine_label_names': [str(c) for c in range(100)],
-        'coarse_label_names': [str(c) for c in range(20)]})
+    meta = _write_pickle(
+        folder / "meta",
+        {
+            "fine_label_names": [str(c) for c in range(100)],
+            "coarse_label_names": [str(c) for c in range(20)],
+        },
+    )
     cifar = torchvision.datasets.CIFAR100
-    monkeypatch.setattr(cifar, 'train_list', [files[True]])
-    monkeypatch.setattr(cifar, 'test_list', [files[False]])
-    monkeypatch.setattr(cifar, 'meta', {
-        'filename': meta[0], 'key': 'fine_label_names', 'md5': meta[1]})
+    monkeypatch.setattr(cifar, "train_list", [files[True]])
+    monkeypatch.setattr(cifar, "test_list", [files[False]])
+    monkeypatch.setattr(
+        cifar,
+        "meta",
+        {"filename": meta[0], "key": "fine_label_names", "md5": meta[1]},
+    )
     _no_network(monkeypatch, cifar)
     for train in (True, False):
-        _assert_split(data.load_split('cifar100', str(tmp_path), train),
-                      expected[train])
+        _assert_split(
+            data.load_split("cifar100", str(tmp_path), train), expected[train]
+        )
 
 
 def _write_idx(path, array):
     """Big-endian idx file of uint8: magic 0x0000080D with D dimensions."""
-    header = np.array([0x0800 + array.ndim, *array.shape], dtype='>i4')
-    with open(path, 'wb') as f:
+    header = np.array([0x0800 + array.ndim, *array.shape], dtype=">i4")
+    with open(path, "wb") as f:
         f.write(header.tobytes())
         f.write(array.astype(np.uint8).tobytes())
 
 
 def test_load_mnist_reads_idx_files(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
-    raw = tmp_path / 'MNIST' / 'raw'
+    raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     expected = {}
-    for train, prefix, n in ((True, 'train', 7), (False, 't10k', 3)):
+    for train, prefix, n in ((True, "train", 7), (False, "t10k", 3)):
         images = _random_images(rng, n, 28, 28, 1)
         labels = rng.integers(0, 10, size=n).astype(np.uint8)
-        _write_idx(raw / f'{prefix}-images-idx3-ubyte', images[..., 0])
-        _write_idx(raw / f'{prefix}-labels-idx1-ubyte', labels)
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images[..., 0])
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
         expected[train] = _expected(images, labels)
     _no_network(monkeypatch, torchvision.datasets.MNIST)
     for train in (True, False):
-        got = data.load_split('mnist', str(tmp_path), train)
+        got = data.load_split("mnist", str(tmp_path), train)
         assert got[0].shape[1:] == (28, 28, 1)
         _assert_split(got, expected[train])
 
 
-@pytest.mark.skipif(not os.path.isdir(data.DEBIAN_FASHION_MNIST),
-                    reason='Debian fashion-mnist package not installed')
+@pytest.mark.skipif(
+    not os.path.isdir(data.DEBIAN_FASHION_MNIST),
+    reason="Debian fashion-mnist package not installed",
+)
 def test_debian_fashion_mnist_installs_offline(tmp_path, monkeypatch):
     _no_network(monkeypatch, torchvision.datasets.FashionMNIST)
     # The first ten labels of each split, as published with the dataset.
-    first_labels = {True: [9, 0, 0, 3, 0, 2, 7, 2, 5, 5],
-                    False: [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]}
+    first_labels = {
+        True: [9, 0, 0, 3, 0, 2, 7, 2, 5, 5],
+        False: [9, 2, 1, 1, 6, 1, 4, 6, 5, 7],
+    }
     for train, n in ((True, 60000), (False, 10000)):
-        images, labels = data.load_split('fashion_mnist', str(tmp_path),
-                                         train)
+        images, labels = data.load_split("fashion_mnist", str(tmp_path), train)
         assert images.shape == (n, 28, 28, 1)
         np.testing.assert_array_equal(labels[:10], first_labels[train])
         assert images.dtype == np.float32
         assert images.min() == 0.0 and images.max() == 1.0
         np.testing.assert_array_equal(np.bincount(labels), [n // 10] * 10)
-    raw = tmp_path / 'FashionMNIST' / 'raw'
+    raw = tmp_path / "FashionMNIST" / "raw"
     assert sorted(os.listdir(raw)) == sorted(data._IDX_FILES)
 
 
 def test_missing_dataset_names_dataset_and_path(tmp_path, monkeypatch):
     _no_network(monkeypatch, torchvision.datasets.CIFAR10)
-    with pytest.raises(UserError, match='cifar10') as error:
-        data.load_split('cifar10', str(tmp_path / 'nowhere'))
-    assert str(tmp_path / 'nowhere') in str(error.value)
-    assert 'cifar-10-batches-py' in str(error.value)
+    with pytest.raises(UserError, match="cifar10") as error:
+        data.load_split("cifar10", str(tmp_path / "nowhere"))
+    assert str(tmp_path / "nowhere") in str(error.value)
+    assert "cifar-10-batches-py" in str(error.value)
 
 
 def test_missing_fashion_mnist_without_debian_copy(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, 'DEBIAN_FASHION_MNIST', str(tmp_path / 'no'))
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "no"))
     _no_network(monkeypatch, torchvision.datasets.FashionMNIST)
-    with pytest.raises(UserError, match='fashion_mnist') as error:
-        data.load_split('fashion_mnist', str(tmp_path))
+    with pytest.raises(UserError, match="fashion_mnist") as error:
+        data.load_split("fashion_mnist", str(tmp_path))
     assert str(tmp_path) in str(error.value)
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(UserError, match='cifar100.*fashion_mnist'):
-        data.load_split('svhn')
-    with pytest.raises(UserError, match='svhn'):
-        data.n_classes('svhn')
+    with pytest.raises(UserError, match="cifar100.*fashion_mnist"):
+        data.load_split("svhn")
+    with pytest.raises(UserError, match="svhn"):
+        data.n_classes("svhn")
 
 
 def test_n_classes():
-    assert [data.n_classes(name) for name in
-            ('cifar10', 'cifar100', 'fashion_mnist', 'mnist')] == \
-        [10, 100, 10, 10]
+    assert [
+        data.n_classes(name)
+        for name in ("cifar10", "cifar100", "fashion_mnist", "mnist")
+    ] == [10, 100, 10, 10]
 
 
 def _labels(num_classes, per_class, seed=0):
@@ -203,15 +235,14 @@ def _labels(num_classes, per_class, seed=0):
     return np.random.default_rng(seed).permutation(labels)
 
 
-@pytest.mark.parametrize('num_classes', [10, 100])
+@pytest.mark.parametrize("num_classes", [10, 100])
 def test_balanced_subset_counts_and_order(num_classes):
     labels = _labels(num_classes, per_class=8)
     idx = data.balanced_subset_indices(labels, 5 * num_classes, seed=3)
     assert idx.dtype == np.int64
     assert len(np.unique(idx)) == len(idx) == 5 * num_classes
     chosen = labels[idx]
-    np.testing.assert_array_equal(
-        chosen, np.repeat(np.arange(num_classes), 5))
+    np.testing.assert_array_equal(chosen, np.repeat(np.arange(num_classes), 5))
     for label in range(num_classes):
         block = idx[chosen == label]
         assert np.all(np.diff(block) > 0)
@@ -221,16 +252,18 @@ def test_balanced_subset_seeds():
     labels = _labels(10, per_class=50)
     first = data.balanced_subset_indices(labels, 100, seed=0)
     np.testing.assert_array_equal(
-        first, data.balanced_subset_indices(labels, 100, seed=0))
+        first, data.balanced_subset_indices(labels, 100, seed=0)
+    )
     assert not np.array_equal(
-        first, data.balanced_subset_indices(labels, 100, seed=1))
+        first, data.balanced_subset_indices(labels, 100, seed=1)
+    )
 
 
 def test_balanced_subset_rejects_bad_sizes():
     labels = _labels(10, per_class=4)
-    with pytest.raises(UserError, match='multiple'):
+    with pytest.raises(UserError, match="multiple"):
         data.balanced_subset_indices(labels, 55, seed=0)
-    with pytest.raises(UserError, match='class'):
+    with pytest.raises(UserError, match="class"):
         data.balanced_subset_indices(labels, 50, seed=0)
 
 
@@ -248,8 +281,9 @@ def test_subset_applies_indices_or_passes_through():
 def _epoch(n=10, batch_size=4, seed=0, epoch=0, start_step=0):
     images = np.arange(n)[:, None] * np.ones((1, 2))
     labels = np.arange(n)
-    return list(data.train_batches(images, labels, batch_size, seed, epoch,
-                                   start_step))
+    return list(
+        data.train_batches(images, labels, batch_size, seed, epoch, start_step)
+    )
 
 
 def test_train_batches_cover_every_index_once():
@@ -265,8 +299,10 @@ def test_train_batches_cover_every_index_once():
 def test_train_batches_order_depends_on_seed_and_epoch():
     def order(**kwargs):
         return np.concatenate([y for _, _, y in _epoch(n=50, **kwargs)])
-    np.testing.assert_array_equal(order(seed=1, epoch=2),
-                                  order(seed=1, epoch=2))
+
+    np.testing.assert_array_equal(
+        order(seed=1, epoch=2), order(seed=1, epoch=2)
+    )
     assert not np.array_equal(order(seed=1, epoch=2), order(seed=1, epoch=3))
     assert not np.array_equal(order(seed=1, epoch=2), order(seed=2, epoch=2))
 
@@ -290,10 +326,12 @@ def test_test_batches_in_order_with_short_last():
     labels = np.arange(10)
     batches = list(data.test_batches(images, labels, 4))
     assert [len(y) for _, y in batches] == [4, 4, 2]
-    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]),
-                                  labels)
-    np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]),
-                                  images)
+    np.testing.assert_array_equal(
+        np.concatenate([y for _, y in batches]), labels
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([x for x, _ in batches]), images
+    )
 
 
 def test_layout_round_trip():
@@ -303,5 +341,5 @@ def test_layout_round_trip():
     assert nchw[1, 2, 4, 5] == nhwc[1, 4, 5, 2]
     assert nchw.flags.c_contiguous
     np.testing.assert_array_equal(data.to_nhwc(nchw), nhwc)
-    with pytest.raises(UserError, match='shape'):
+    with pytest.raises(UserError, match="shape"):
         data.to_nhwc(nhwc[0])

@@ -1,6 +1,7 @@
 """Tests of eval_and_make_adv.py on a checkpoint of a small MLP trained on
 Fashion-MNIST: the paper's Example 5 command, its output files, transfer to
 its own adversarial examples, and refusal of bad input."""
+
 import json
 import os
 import subprocess
@@ -15,33 +16,51 @@ import utils
 from test_evaluation import linearized_logits, train_tiny_mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, 'eval_and_make_adv.py')
-RUN_DIR = 'saved_model_loaded_centering_phase_2'
+SCRIPT = os.path.join(ROOT, "eval_and_make_adv.py")
+RUN_DIR = "saved_model_loaded_centering_phase_2"
 EPS_255 = 4.0
 # Example 5 of the paper's README, word for word.
-EXAMPLE_5 = ['--model_path', f'./{RUN_DIR}/parameters_final.pkl', '--linear',
-             '--centering', '--save_examples', '--bonus_dir', 'test_results',
-             '--random_seed', '0']
+EXAMPLE_5 = [
+    "--model_path",
+    f"./{RUN_DIR}/parameters_final.pkl",
+    "--linear",
+    "--centering",
+    "--save_examples",
+    "--bonus_dir",
+    "test_results",
+    "--random_seed",
+    "0",
+]
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A folder holding RUN_DIR/parameters_final.pkl and data/; also the
     trained model (see train_tiny_mlp) as `workdir.trained`."""
     if not os.path.isdir(data.DEBIAN_FASHION_MNIST):
-        pytest.skip('Debian fashion-mnist package not installed')
-    root = tmp_path_factory.mktemp('work')
-    trained = train_tiny_mlp(str(root / 'data'))
-    utils.save_checkpoint(root / RUN_DIR / 'parameters_final.pkl',
-                          trained['params'], trained['lin_params'],
-                          trained['state'], trained['meta'])
+        pytest.skip("Debian fashion-mnist package not installed")
+    root = tmp_path_factory.mktemp("work")
+    trained = train_tiny_mlp(str(root / "data"))
+    utils.save_checkpoint(
+        root / RUN_DIR / "parameters_final.pkl",
+        trained["params"],
+        trained["lin_params"],
+        trained["state"],
+        trained["meta"],
+    )
     return root, trained
 
 
 def small(root, test_size=100):
     """Flags that keep a run small: data folder, subset, short attack."""
-    return ['--data_path', str(root / 'data'), '--test_size', str(test_size),
-            '--pgd_iters', '5']
+    return [
+        "--data_path",
+        str(root / "data"),
+        "--test_size",
+        str(test_size),
+        "--pgd_iters",
+        "5",
+    ]
 
 
 def run_main(root, argv, monkeypatch):
@@ -50,39 +69,48 @@ def run_main(root, argv, monkeypatch):
     return utils.run_cli(lambda: eval_and_make_adv.main(argv))
 
 
-def outputs(root, name='test_results'):
+def outputs(root, name="test_results"):
     """The output folder of Example 5 and its files for save name `name`."""
-    folder = root / RUN_DIR / 'test_results'
-    return {'results': folder / f'test_results_{name}.pkl',
-            'examples': folder / f'adv_examples_{name}.pkl',
-            'json': folder / f'results_{name}.json',
-            'transfer': folder / f'transfer_{name}.json'}
+    folder = root / RUN_DIR / "test_results"
+    return {
+        "results": folder / f"test_results_{name}.pkl",
+        "examples": folder / f"adv_examples_{name}.pkl",
+        "json": folder / f"results_{name}.json",
+        "transfer": folder / f"transfer_{name}.json",
+    }
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def example5(workdir):
     """Runs Example 5 (on 200 test images, 5 PGD steps) once, in-process."""
     root, _ = workdir
     with pytest.MonkeyPatch.context() as monkeypatch:
         run_main(root, EXAMPLE_5 + small(root, 200), monkeypatch)
     files = outputs(root)
-    return (utils.load_pickle_arrays(files['results']),
-            utils.load_pickle_arrays(files['examples']),
-            json.loads(files['json'].read_text()))
+    return (
+        utils.load_pickle_arrays(files["results"]),
+        utils.load_pickle_arrays(files["examples"]),
+        json.loads(files["json"].read_text()),
+    )
 
 
 def test_example_5_results_file(example5):
     results, _, _ = example5
-    assert set(results) == {'acc_clean', 'acc_dirty', 'predictions_clean',
-                            'predictions_dirty', 'components_clean',
-                            'components_dirty'}
-    assert isinstance(results['acc_clean'], float)
-    assert 0 <= results['acc_dirty'] < results['acc_clean'] <= 1
-    assert results['acc_clean'] > 0.5
-    for kind in ('clean', 'dirty'):
-        assert results[f'predictions_{kind}'].shape == (200,)
-        for part in ('f', 'df'):
-            component = results[f'components_{kind}'][part]
+    assert set(results) == {
+        "acc_clean",
+        "acc_dirty",
+        "predictions_clean",
+        "predictions_dirty",
+        "components_clean",
+        "components_dirty",
+    }
+    assert isinstance(results["acc_clean"], float)
+    assert 0 <= results["acc_dirty"] < results["acc_clean"] <= 1
+    assert results["acc_clean"] > 0.5
+    for kind in ("clean", "dirty"):
+        assert results[f"predictions_{kind}"].shape == (200,)
+        for part in ("f", "df"):
+            component = results[f"components_{kind}"][part]
             assert component.shape == (200, 10)
             assert component.dtype == np.float32
 
@@ -90,10 +118,10 @@ def test_example_5_results_file(example5):
 def test_example_5_examples_stay_in_the_ball(example5, workdir):
     root, trained = workdir
     _, examples, _ = example5
-    images, labels = examples['images'], examples['labels']
+    images, labels = examples["images"], examples["labels"]
     assert images.shape == (200, 1, 28, 28) and images.dtype == np.float32
-    np.testing.assert_array_equal(labels, trained['labels'])
-    clean = data.to_nchw(trained['images'])
+    np.testing.assert_array_equal(labels, trained["labels"])
+    clean = data.to_nchw(trained["images"])
     assert np.max(np.abs(images - clean)) <= EPS_255 / 255 + 1e-6
     assert images.min() >= 0 and images.max() <= 1
     # Kept as floats: not every pixel is a multiple of 1/255.
@@ -102,70 +130,104 @@ def test_example_5_examples_stay_in_the_ball(example5, workdir):
 
 def test_example_5_records_the_attack(example5):
     _, _, record = example5
-    attack = record['attack']
-    assert attack['norm'] == 'linf' and attack['loss'] == 'ce'
-    assert attack['eps'] == pytest.approx(EPS_255 / 255)
-    assert attack['step_size'] == pytest.approx(2 * EPS_255 / 255 / 5)
-    assert (attack['iters'], attack['restarts'], attack['seed']) == (5, 1, 0)
-    assert record['evaluated'] == {'linear': True, 'centering': True,
-                                   'parameters': 'lin_params',
-                                   'expansion_point': 'params'}
-    assert record['sources'][0]['source'] == 'fashion_mnist test set'
-    assert record['test']['test_size'] == 200
-    assert 'jax' in record['environment']
+    attack = record["attack"]
+    assert attack["norm"] == "linf" and attack["loss"] == "ce"
+    assert attack["eps"] == pytest.approx(EPS_255 / 255)
+    assert attack["step_size"] == pytest.approx(2 * EPS_255 / 255 / 5)
+    assert (attack["iters"], attack["restarts"], attack["seed"]) == (5, 1, 0)
+    assert record["evaluated"] == {
+        "linear": True,
+        "centering": True,
+        "parameters": "lin_params",
+        "expansion_point": "params",
+    }
+    assert record["sources"][0]["source"] == "fashion_mnist test set"
+    assert record["test"]["test_size"] == 200
+    assert "jax" in record["environment"]
 
 
 def test_components_are_the_centered_linearization(example5, workdir):
     _, trained = workdir
     results, _, _ = example5
-    want = linearized_logits(trained['model'], trained['params'],
-                             trained['lin_params'], trained['state'],
-                             trained['images'])
-    components = results['components_clean']
-    np.testing.assert_allclose(components['f'] + components['df'], want,
-                               atol=1e-4)
-    np.testing.assert_array_equal(results['predictions_clean'],
-                                  np.argmax(components['df'], axis=-1))
+    want = linearized_logits(
+        trained["model"],
+        trained["params"],
+        trained["lin_params"],
+        trained["state"],
+        trained["images"],
+    )
+    components = results["components_clean"]
+    np.testing.assert_allclose(
+        components["f"] + components["df"], want, atol=1e-4
+    )
+    np.testing.assert_array_equal(
+        results["predictions_clean"], np.argmax(components["df"], axis=-1)
+    )
 
 
-def test_own_examples_reproduce_robust_accuracy(example5, workdir,
-                                                monkeypatch, capsys):
+def test_own_examples_reproduce_robust_accuracy(
+    example5, workdir, monkeypatch, capsys
+):
     root, _ = workdir
     results, _, _ = example5
-    examples = str(outputs(root)['examples'])
-    run_main(root, EXAMPLE_5[:4] + ['--bonus_dir', 'test_results',
-                                    '--test_path', examples, examples,
-                                    '--no_adv', '--save_name', 'transfer',
-                                    '--data_path', str(root / 'data')],
-             monkeypatch)
-    folder = root / RUN_DIR / 'test_results'
+    examples = str(outputs(root)["examples"])
+    run_main(
+        root,
+        EXAMPLE_5[:4]
+        + [
+            "--bonus_dir",
+            "test_results",
+            "--test_path",
+            examples,
+            examples,
+            "--no_adv",
+            "--save_name",
+            "transfer",
+            "--data_path",
+            str(root / "data"),
+        ],
+        monkeypatch,
+    )
+    folder = root / RUN_DIR / "test_results"
     for index in (0, 1):
         again = utils.load_pickle_arrays(
-            folder / f'test_results_transfer_{index}.pkl')
-        assert again['acc_clean'] == results['acc_dirty']
-        np.testing.assert_array_equal(again['predictions_clean'],
-                                      results['predictions_dirty'])
-        assert again['acc_dirty'] is None
-        assert again['components_dirty'] is None
-    transfer = json.loads(outputs(root, 'transfer')['transfer'].read_text())
-    assert [row['source'] for row in transfer['rows']] == [examples] * 2
-    assert transfer['rows'][0]['acc_clean'] == results['acc_dirty']
-    assert transfer['attack'] is None
+            folder / f"test_results_transfer_{index}.pkl"
+        )
+        assert again["acc_clean"] == results["acc_dirty"]
+        np.testing.assert_array_equal(
+            again["predictions_clean"], results["predictions_dirty"]
+        )
+        assert again["acc_dirty"] is None
+        assert again["components_dirty"] is None
+    transfer = json.loads(outputs(root, "transfer")["transfer"].read_text())
+    assert [row["source"] for row in transfer["rows"]] == [examples] * 2
+    assert transfer["rows"][0]["acc_clean"] == results["acc_dirty"]
+    assert transfer["attack"] is None
     table = capsys.readouterr().out
-    assert examples in table and 'robust' in table
+    assert examples in table and "robust" in table
 
 
 def test_linear_without_phase_2_warns(workdir, monkeypatch, capsys):
     root, trained = workdir
-    path = root / 'phase1' / 'parameters_final.pkl'
-    utils.save_checkpoint(path, trained['params'], trained['params'],
-                          trained['state'], trained['meta'])
-    run_main(root, ['--model_path', str(path), '--linear', '--no_adv',
-                    '--short'] + small(root), monkeypatch)
-    assert 'warning: lin_params equal params' in capsys.readouterr().err
+    path = root / "phase1" / "parameters_final.pkl"
+    utils.save_checkpoint(
+        path,
+        trained["params"],
+        trained["params"],
+        trained["state"],
+        trained["meta"],
+    )
+    run_main(
+        root,
+        ["--model_path", str(path), "--linear", "--no_adv", "--short"]
+        + small(root),
+        monkeypatch,
+    )
+    assert "warning: lin_params equal params" in capsys.readouterr().err
     results = utils.load_pickle_arrays(
-        root / 'phase1' / 'test_results_test_results.pkl')
-    assert not np.any(results['components_clean']['df'])
+        root / "phase1" / "test_results_test_results.pkl"
+    )
+    assert not np.any(results["components_clean"]["df"])
 
 
 def write_pickle(path, obj):
@@ -175,64 +237,89 @@ def write_pickle(path, obj):
 
 def bad_inputs(root):
     """(case name, extra argv) pairs that must be refused."""
-    bad = root / 'bad'
+    bad = root / "bad"
     bad.mkdir(exist_ok=True)
-    garbage = bad / 'garbage.pkl'
-    garbage.write_bytes(b'not a pickle at all')
+    garbage = bad / "garbage.pkl"
+    garbage.write_bytes(b"not a pickle at all")
     zeros = np.zeros((4, 1, 28, 28), np.float32)
     labels = np.zeros(4, np.int32)
-    model = ['--model_path', f'./{RUN_DIR}/parameters_final.pkl']
+    model = ["--model_path", f"./{RUN_DIR}/parameters_final.pkl"]
     return {
-        'missing model': ['--model_path', str(bad / 'absent.pkl')],
-        'corrupt model': ['--model_path', str(garbage)],
-        'corrupt test_path': model + ['--test_path', str(garbage)],
-        'wrong shape': model + ['--test_path', write_pickle(
-            bad / 'cifar.pkl', {'images': np.zeros((4, 3, 32, 32)),
-                                'labels': labels})],
-        'out of range': model + ['--test_path', write_pickle(
-            bad / 'range.pkl', {'images': zeros + 1.5, 'labels': labels})],
-        'eps zero': model + ['--eps', '0'],
-        'eps negative': model + ['--eps', '-4'],
-        'contradicting model': model + ['--model', 'resnet18'],
+        "missing model": ["--model_path", str(bad / "absent.pkl")],
+        "corrupt model": ["--model_path", str(garbage)],
+        "corrupt test_path": model + ["--test_path", str(garbage)],
+        "wrong shape": model
+        + [
+            "--test_path",
+            write_pickle(
+                bad / "cifar.pkl",
+                {"images": np.zeros((4, 3, 32, 32)), "labels": labels},
+            ),
+        ],
+        "out of range": model
+        + [
+            "--test_path",
+            write_pickle(
+                bad / "range.pkl", {"images": zeros + 1.5, "labels": labels}
+            ),
+        ],
+        "eps zero": model + ["--eps", "0"],
+        "eps negative": model + ["--eps", "-4"],
+        "contradicting model": model + ["--model", "resnet18"],
     }
 
 
-CASES = ('missing model', 'corrupt model', 'corrupt test_path',
-         'wrong shape', 'out of range', 'eps zero', 'eps negative',
-         'contradicting model')
+CASES = (
+    "missing model",
+    "corrupt model",
+    "corrupt test_path",
+    "wrong shape",
+    "out of range",
+    "eps zero",
+    "eps negative",
+    "contradicting model",
+)
 
 
-@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize("case", CASES)
 def test_bad_input_exits_2_with_one_line(workdir, monkeypatch, capsys, case):
     root, _ = workdir
-    argv = bad_inputs(root)[case] + ['--bonus_dir', 'bad_out', '--save_name',
-                                     'bad'] + small(root)
+    argv = (
+        bad_inputs(root)[case]
+        + ["--bonus_dir", "bad_out", "--save_name", "bad"]
+        + small(root)
+    )
     with pytest.raises(SystemExit) as exit_info:
         run_main(root, argv, monkeypatch)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith('error: ') and err.count('\n') == 1, err
-    assert not list(root.rglob('bad_out'))
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert not list(root.rglob("bad_out"))
 
 
 def run_script(root, argv):
     """The script in a subprocess, in folder `root`."""
-    return subprocess.run([sys.executable, SCRIPT, *argv], cwd=root,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *argv],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_example_5_command_line(workdir):
     root, _ = workdir
-    done = run_script(root, EXAMPLE_5 + ['--save_name', 'cli', '--short']
-                      + small(root))
+    done = run_script(
+        root, EXAMPLE_5 + ["--save_name", "cli", "--short"] + small(root)
+    )
     assert done.returncode == 0, done.stderr
-    files = outputs(root, 'cli')
-    assert all(files[key].is_file()
-               for key in ('results', 'examples', 'json'))
+    files = outputs(root, "cli")
+    assert all(files[key].is_file() for key in ("results", "examples", "json"))
 
 
 def test_bad_input_from_the_command_line(workdir):
     root, _ = workdir
-    done = run_script(root, ['--model_path', 'absent.pkl'])
+    done = run_script(root, ["--model_path", "absent.pkl"])
     assert done.returncode == 2
-    assert done.stderr.startswith('error: ') and 'Traceback' not in done.stderr
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr

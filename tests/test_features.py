@@ -1,5 +1,6 @@
 """Tests of features.py: features against an explicit Jacobian, the jittered
 solve, the alignment loop, kernel-file checks and the PNG grid."""
+
 import io
 
 import haiku as hk
@@ -38,16 +39,27 @@ def problem():
     labels = np.arange(N_IMAGES) % N_CLASSES
     params, state = model.init(jax.random.PRNGKey(0), images, True)
     _, state = model.apply(params, state, None, images, True)
-    flat, logit_fn = features.class_logit_fn(model.apply, params, state,
-                                             CLASS_INDEX)
-    jacobian = np.asarray(jax.jacrev(lambda p: logit_fn(p, images))(flat),
-                          np.float64)
+    flat, logit_fn = features.class_logit_fn(
+        model.apply, params, state, CLASS_INDEX
+    )
+    jacobian = np.asarray(
+        jax.jacrev(lambda p: logit_fn(p, images))(flat), np.float64
+    )
     kernel = features.ClassKernel(
-        kernel=jacobian @ jacobian.T, labels=labels,
-        indices=np.arange(N_IMAGES), class_index=CLASS_INDEX,
-        use_linear_params=None, path="kernel.pkl")
-    return dict(logit_fn=logit_fn, flat=flat, images=images,
-                jacobian=jacobian, kernel=kernel)
+        kernel=jacobian @ jacobian.T,
+        labels=labels,
+        indices=np.arange(N_IMAGES),
+        class_index=CLASS_INDEX,
+        use_linear_params=None,
+        path="kernel.pkl",
+    )
+    return dict(
+        logit_fn=logit_fn,
+        flat=flat,
+        images=images,
+        jacobian=jacobian,
+        kernel=kernel,
+    )
 
 
 def assert_close_vectors(actual, expected, rtol=1e-5):
@@ -61,9 +73,13 @@ def test_eigenvector_features_equal_jacobian_transpose(problem):
     _, vectors = features.sorted_eigh(problem["kernel"].kernel)
     coefficients = vectors[:, :3]
     # Batches of 4 over 10 images: the last batch is padded.
-    got = features.feature_vectors(problem["logit_fn"], problem["flat"],
-                                   problem["images"], coefficients,
-                                   batch_size=4)
+    got = features.feature_vectors(
+        problem["logit_fn"],
+        problem["flat"],
+        problem["images"],
+        coefficients,
+        batch_size=4,
+    )
     assert got.shape == (3, problem["flat"].size)
     assert_close_vectors(got, coefficients.T @ problem["jacobian"])
 
@@ -74,16 +90,21 @@ def test_w_feature_equals_jacobian_transpose_of_kernel_solve(problem):
     w, jitter = features.solve_with_jitter(kernel.kernel, targets)
     residual = kernel.kernel @ w + jitter * w - targets
     assert np.max(np.abs(residual)) < 1e-8
-    got = features.feature_vectors(problem["logit_fn"], problem["flat"],
-                                   problem["images"], w[:, None],
-                                   batch_size=N_IMAGES)
+    got = features.feature_vectors(
+        problem["logit_fn"],
+        problem["flat"],
+        problem["images"],
+        w[:, None],
+        batch_size=N_IMAGES,
+    )
     assert_close_vectors(got[0], problem["jacobian"].T @ w)
 
 
 def test_one_vs_rest_targets():
     np.testing.assert_array_equal(
         features.one_vs_rest_targets(np.array([0, 2, 2, 1]), 2),
-        [0.0, 1.0, 1.0, 0.0])
+        [0.0, 1.0, 1.0, 0.0],
+    )
 
 
 def test_sorted_eigh_orders_and_signs():
@@ -92,8 +113,9 @@ def test_sorted_eigh_orders_and_signs():
     kernel = factor @ factor.T
     values, vectors = features.sorted_eigh(kernel)
     assert np.all(np.diff(values) <= 0)
-    np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, kernel,
-                               atol=1e-10)
+    np.testing.assert_allclose(
+        vectors @ np.diag(values) @ vectors.T, kernel, atol=1e-10
+    )
     np.testing.assert_allclose(vectors.T @ vectors, np.eye(7), atol=1e-10)
     peaks = vectors[np.argmax(np.abs(vectors), axis=0), np.arange(7)]
     assert np.all(peaks > 0)
@@ -116,8 +138,9 @@ def test_well_conditioned_kernel_gets_the_initial_jitter():
     assert jitter == pytest.approx(2 * features.INITIAL_JITTER)
 
 
-@pytest.mark.parametrize("kernel", [-np.eye(3), np.zeros((3, 3)),
-                                    np.diag([1.0, 1.0, -1.0])])
+@pytest.mark.parametrize(
+    "kernel", [-np.eye(3), np.zeros((3, 3)), np.diag([1.0, 1.0, -1.0])]
+)
 def test_non_kernels_are_refused(kernel):
     with pytest.raises(UserError, match="recompute"):
         features.solve_with_jitter(kernel, np.ones(3))
@@ -125,18 +148,32 @@ def test_non_kernels_are_refused(kernel):
 
 def test_alignment_raises_and_lowers_the_cosine(problem):
     _, vectors = features.sorted_eigh(problem["kernel"].kernel)
-    feature = features.feature_vectors(problem["logit_fn"], problem["flat"],
-                                       problem["images"], vectors[:, 1:2], 10)
+    feature = features.feature_vectors(
+        problem["logit_fn"],
+        problem["flat"],
+        problem["images"],
+        vectors[:, 1:2],
+        10,
+    )
     grey = np.full(IMAGE_SHAPE, features.GREY, np.float32)
     images, cosines = features.align_images(
-        problem["logit_fn"], problem["flat"], jnp.concatenate([feature] * 2),
-        np.array([1.0, -1.0]), grey, steps=40, step_size=0.005)
+        problem["logit_fn"],
+        problem["flat"],
+        jnp.concatenate([feature] * 2),
+        np.array([1.0, -1.0]),
+        grey,
+        steps=40,
+        step_size=0.005,
+    )
     assert images.shape == (2, *IMAGE_SHAPE) and cosines.shape == (41, 2)
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert not np.allclose(images, grey)
     start = features.gradient_cosine(
-        problem["logit_fn"], problem["flat"], jnp.asarray(grey),
-        feature[0] / jnp.linalg.norm(feature[0]))
+        problem["logit_fn"],
+        problem["flat"],
+        jnp.asarray(grey),
+        feature[0] / jnp.linalg.norm(feature[0]),
+    )
     np.testing.assert_allclose(cosines[0], [start, start], atol=1e-5)
     up, down = cosines[:, 0], cosines[:, 1]
     assert up[-1] > up[0] + 0.05
@@ -146,64 +183,101 @@ def test_alignment_raises_and_lowers_the_cosine(problem):
 
 
 def test_images_are_clipped_to_the_pixel_box(problem):
-    feature = features.feature_vectors(problem["logit_fn"], problem["flat"],
-                                       problem["images"],
-                                       np.ones((N_IMAGES, 1)), 10)
+    feature = features.feature_vectors(
+        problem["logit_fn"],
+        problem["flat"],
+        problem["images"],
+        np.ones((N_IMAGES, 1)),
+        10,
+    )
     grey = np.full(IMAGE_SHAPE, features.GREY, np.float32)
-    images, _ = features.align_images(problem["logit_fn"], problem["flat"],
-                                      feature, np.array([1.0]), grey,
-                                      steps=8, step_size=0.2)
+    images, _ = features.align_images(
+        problem["logit_fn"],
+        problem["flat"],
+        feature,
+        np.array([1.0]),
+        grey,
+        steps=8,
+        step_size=0.2,
+    )
     assert images.min() >= 0.0 and images.max() <= 1.0
     assert np.any(images == 0.0) or np.any(images == 1.0)
 
 
 def test_feature_images_and_record(problem):
     result = features.feature_images(
-        problem["logit_fn"], problem["flat"], problem["images"],
-        problem["kernel"], n_images=2, steps=5, step_size=0.01, batch_size=4)
+        problem["logit_fn"],
+        problem["flat"],
+        problem["images"],
+        problem["kernel"],
+        n_images=2,
+        steps=5,
+        step_size=0.01,
+        batch_size=4,
+    )
     assert result.pos_images.shape == (2, *IMAGE_SHAPE)
     assert result.w_image.shape == IMAGE_SHAPE
     assert result.pos_cosines.shape == (2, 6)
     assert result.w_cosines.shape == (6,)
     assert result.eigenvalues.shape == (N_IMAGES,)
     # Same start, same feature: the first cosines agree.
-    np.testing.assert_allclose(result.pos_cosines[:, 0],
-                               result.neg_cosines[:, 0])
-    np.testing.assert_allclose(result.feature_sq_norms[:2],
-                               result.eigenvalues[:2], rtol=1e-4)
+    np.testing.assert_allclose(
+        result.pos_cosines[:, 0], result.neg_cosines[:, 0]
+    )
+    np.testing.assert_allclose(
+        result.feature_sq_norms[:2], result.eigenvalues[:2], rtol=1e-4
+    )
     record = result.as_record(class_index=CLASS_INDEX)
     channels, height, width = IMAGE_SHAPE[2], *IMAGE_SHAPE[:2]
     assert record["pos_images"].shape == (2, channels, height, width)
     assert record["neg_images"].shape == (2, channels, height, width)
     assert record["w_image"].shape == (channels, height, width)
     assert record["pos_images"].dtype == np.float32
-    np.testing.assert_array_equal(record["w_image"],
-                                  np.transpose(result.w_image, (2, 0, 1)))
+    np.testing.assert_array_equal(
+        record["w_image"], np.transpose(result.w_image, (2, 0, 1))
+    )
     assert record["image_layout"] == "NCHW"
     assert record["class_index"] == CLASS_INDEX
 
 
 def test_kernel_of_other_parameters_is_refused(problem):
     kernel = problem["kernel"]
-    scaled = features.ClassKernel(4 * kernel.kernel, kernel.labels,
-                                  kernel.indices, CLASS_INDEX, None,
-                                  kernel.path)
+    scaled = features.ClassKernel(
+        4 * kernel.kernel,
+        kernel.labels,
+        kernel.indices,
+        CLASS_INDEX,
+        None,
+        kernel.path,
+    )
     with pytest.raises(UserError, match="not the kernel of this network"):
-        features.feature_images(problem["logit_fn"], problem["flat"],
-                                problem["images"], scaled, 1, 1, 0.01, 10)
+        features.feature_images(
+            problem["logit_fn"],
+            problem["flat"],
+            problem["images"],
+            scaled,
+            1,
+            1,
+            0.01,
+            10,
+        )
 
 
 # --------------------------------------------------------------------------
 # Kernel files
 # --------------------------------------------------------------------------
 
+
 def kernel_record(size=4, class_index=2, **changes):
     """A valid kernel file's content, with `changes` applied."""
     factor = np.random.default_rng(2).normal(size=(size, size))
-    record = {"kernel": (factor @ factor.T).astype(np.float32),
-              "labels": np.array([0, 1, 2, 2][:size] * (size // 4 or 1)),
-              "indices": np.arange(10, 10 + size, dtype=np.int64),
-              "class_index": class_index, "use_linear_params": True}
+    record = {
+        "kernel": (factor @ factor.T).astype(np.float32),
+        "labels": np.array([0, 1, 2, 2][:size] * (size // 4 or 1)),
+        "indices": np.arange(10, 10 + size, dtype=np.int64),
+        "class_index": class_index,
+        "use_linear_params": True,
+    }
     record.update(changes)
     return {key: value for key, value in record.items() if value is not None}
 
@@ -227,19 +301,22 @@ def test_kernel_file_without_params_record(tmp_path):
     assert features.load_class_kernel(path, 2, 4).use_linear_params is None
 
 
-@pytest.mark.parametrize("changes,size,message", [
-    (dict(class_index=-1), 4, "summed over all logits"),
-    (dict(class_index=0), 4, "kernel of class 0"),
-    ({}, 5, "kernel of 4 images"),
-    (dict(kernel=np.ones((4, 3))), 4, "not a square"),
-    (dict(kernel=np.full((4, 4), np.nan)), 4, "NaN"),
-    (dict(indices=np.arange(3)), 4, "'indices'"),
-    (dict(indices=np.linspace(0, 1, 4)), 4, "'indices'"),
-    (dict(labels=np.zeros(5, int)), 4, "'labels'"),
-    (dict(class_index=1.5), 4, "'class_index' is not an integer"),
-    (dict(indices=None), 4, "lacks key"),
-    (dict(use_linear_params=np.ones(2)), 4, "not a yes/no"),
-])
+@pytest.mark.parametrize(
+    "changes,size,message",
+    [
+        (dict(class_index=-1), 4, "summed over all logits"),
+        (dict(class_index=0), 4, "kernel of class 0"),
+        ({}, 5, "kernel of 4 images"),
+        (dict(kernel=np.ones((4, 3))), 4, "not a square"),
+        (dict(kernel=np.full((4, 4), np.nan)), 4, "NaN"),
+        (dict(indices=np.arange(3)), 4, "'indices'"),
+        (dict(indices=np.linspace(0, 1, 4)), 4, "'indices'"),
+        (dict(labels=np.zeros(5, int)), 4, "'labels'"),
+        (dict(class_index=1.5), 4, "'class_index' is not an integer"),
+        (dict(indices=None), 4, "lacks key"),
+        (dict(use_linear_params=np.ones(2)), 4, "not a yes/no"),
+    ],
+)
 def test_bad_kernel_files_are_refused(tmp_path, changes, size, message):
     path = write(tmp_path, kernel_record(**changes))
     with pytest.raises(UserError, match=message):
@@ -267,18 +344,27 @@ def test_kernel_images_must_fit_the_dataset(tmp_path):
         features.check_kernel_images(kernel, train_labels, "toy")
 
 
-@pytest.mark.parametrize("flag,recorded,expected", [
-    (None, None, False), (True, None, True), (None, True, True),
-    (False, False, False), (True, True, True)])
+@pytest.mark.parametrize(
+    "flag,recorded,expected",
+    [
+        (None, None, False),
+        (True, None, True),
+        (None, True, True),
+        (False, False, False),
+        (True, True, True),
+    ],
+)
 def test_use_linear_params_resolution(flag, recorded, expected):
-    kernel = features.ClassKernel(np.eye(1), np.zeros(1), np.zeros(1), 0,
-                                  recorded, "k.pkl")
+    kernel = features.ClassKernel(
+        np.eye(1), np.zeros(1), np.zeros(1), 0, recorded, "k.pkl"
+    )
     assert features.resolve_use_linear_params(flag, kernel) is expected
 
 
 def test_use_linear_params_contradicting_the_kernel_is_refused():
-    kernel = features.ClassKernel(np.eye(1), np.zeros(1), np.zeros(1), 0,
-                                  False, "k.pkl")
+    kernel = features.ClassKernel(
+        np.eye(1), np.zeros(1), np.zeros(1), 0, False, "k.pkl"
+    )
     with pytest.raises(UserError, match="computed at params"):
         features.resolve_use_linear_params(True, kernel)
 
@@ -292,15 +378,24 @@ def test_kernel_file_names():
 # Picture
 # --------------------------------------------------------------------------
 
+
 def fake_result(n, shape, steps=3):
     rng = np.random.default_rng(3)
     images = lambda *lead: rng.uniform(size=(*lead, *shape)).astype(np.float32)
     cosines = lambda *lead: rng.uniform(-1, 1, (*lead, steps + 1))
     return features.FeatureImages(
-        pos_images=images(n), neg_images=images(n), w_image=images(),
-        pos_cosines=cosines(n), neg_cosines=cosines(n), w_cosines=cosines(),
-        eigenvalues=np.linspace(5, 1, 8), eigenvectors=np.zeros((8, n)),
-        w=np.zeros(8), jitter=1e-6, feature_sq_norms=np.zeros(n + 1))
+        pos_images=images(n),
+        neg_images=images(n),
+        w_image=images(),
+        pos_cosines=cosines(n),
+        neg_cosines=cosines(n),
+        w_cosines=cosines(),
+        eigenvalues=np.linspace(5, 1, 8),
+        eigenvectors=np.zeros((8, n)),
+        w=np.zeros(8),
+        jitter=1e-6,
+        feature_sq_norms=np.zeros(n + 1),
+    )
 
 
 @pytest.mark.parametrize("n,shape", [(1, (5, 5, 1)), (3, (4, 4, 3))])

@@ -1,5 +1,6 @@
 """jacobians: the layer survey, convolution windows, factored and explicit
 block Jacobians against jax.jacrev, and the memory model."""
+
 import functools
 
 import haiku as hk
@@ -20,8 +21,9 @@ IMAGE_SHAPE = (16, 16, 3)
 def resnet():
     """(apply, params, state, images (7, 16, 16, 3)) of a width-2 ResNet-18
     with a non-zero last layer and running statistics set."""
-    apply_fn, params, _, state, images = network("resnet18", N_CLASSES,
-                                                 IMAGE_SHAPE, 7)
+    apply_fn, params, _, state, images = network(
+        "resnet18", N_CLASSES, IMAGE_SHAPE, 7
+    )
     return apply_fn, params, state, images
 
 
@@ -37,10 +39,13 @@ def jacobian_fn(factored_kind):
     """One compiled block Jacobian per choice of factored layers."""
     apply_fn, params, state, _ = resnet()
     survey = jacobians.survey(apply_fn, params, state, IMAGE_SHAPE)
-    factored = {"all": tuple(layer.name for layer in survey.layers),
-                "none": ()}[factored_kind]
-    return survey, jacobians.block_jacobian_fn(apply_fn, survey.layers,
-                                               factored)
+    factored = {
+        "all": tuple(layer.name for layer in survey.layers),
+        "none": (),
+    }[factored_kind]
+    return survey, jacobians.block_jacobian_fn(
+        apply_fn, survey.layers, factored
+    )
 
 
 def block_jacobian(factored_kind, rows, classes):
@@ -61,8 +66,11 @@ def test_survey_finds_every_weight_layer():
     by_name = {layer.name: layer for layer in survey.layers}
     strided = by_name["res_net18/~/block_group_1/~/block_0/~/conv_0"]
     # 16×16 -> 8×8 positions; 3×3 windows of the 2 input channels.
-    assert (strided.positions, strided.in_features,
-            strided.out_features) == (64, 18, 4)
+    assert (strided.positions, strided.in_features, strided.out_features) == (
+        64,
+        18,
+        4,
+    )
     logits = by_name["res_net18/~/logits"]
     assert (logits.positions, logits.conv) == (1, None)
     # The forward multiply-adds of the stem: 256 pixels × 27 × 2 channels.
@@ -72,6 +80,7 @@ def test_survey_finds_every_weight_layer():
 def test_survey_skips_a_reused_layer():
     """A layer applied twice has no single input and cotangent: it is left
     to jax.jacrev."""
+
     def forward(images, is_training):
         del is_training
         shared = hk.Linear(4, name="shared")
@@ -79,36 +88,52 @@ def test_survey_skips_a_reused_layer():
         return hk.Linear(2, name="head")(shared(hidden))
 
     model = hk.transform_with_state(forward)
-    params, state = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 2, 1)),
-                               is_training=False)
+    params, state = model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 2, 2, 1)), is_training=False
+    )
     survey = jacobians.survey(model.apply, params, state, (2, 2, 1))
     assert [layer.name for layer in survey.layers] == ["head"]
 
 
-@pytest.mark.parametrize("kernel_shape, stride, padding, dilation", [
-    ((3, 3), (1, 1), "SAME", (1, 1)),
-    ((3, 3), (2, 2), "SAME", (1, 1)),
-    ((1, 1), (2, 2), "VALID", (1, 1)),
-    ((3, 2), (2, 1), ((1, 0), (2, 1)), (1, 1)),
-    ((3, 3), (1, 1), "SAME", (2, 2)),
-])
-def test_windows_reproduce_the_convolution(kernel_shape, stride, padding,
-                                           dilation):
+@pytest.mark.parametrize(
+    "kernel_shape, stride, padding, dilation",
+    [
+        ((3, 3), (1, 1), "SAME", (1, 1)),
+        ((3, 3), (2, 2), "SAME", (1, 1)),
+        ((1, 1), (2, 2), "VALID", (1, 1)),
+        ((3, 2), (2, 1), ((1, 0), (2, 1)), (1, 1)),
+        ((3, 3), (1, 1), "SAME", (2, 2)),
+    ],
+)
+def test_windows_reproduce_the_convolution(
+    kernel_shape, stride, padding, dilation
+):
     """Windows times the flattened weight equal lax's convolution."""
     inputs = jax.random.normal(jax.random.PRNGKey(0), (1, 7, 8, 3))
     weight = jax.random.normal(jax.random.PRNGKey(1), (*kernel_shape, 3, 5))
     want = jax.lax.conv_general_dilated(
-        inputs, weight, stride, padding, rhs_dilation=dilation,
+        inputs,
+        weight,
+        stride,
+        padding,
+        rhs_dilation=dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=jax.lax.Precision.HIGHEST)
+        precision=jax.lax.Precision.HIGHEST,
+    )
     layer = jacobians.WeightLayer(
-        "conv", want.shape, int(np.prod(want.shape[:-1])),
-        int(np.prod(weight.shape[:-1])), 5,
-        (kernel_shape, stride, padding, dilation))
-    got = jnp.dot(layer.windows(inputs), weight.reshape(-1, 5),
-                  precision=jax.lax.Precision.HIGHEST)
-    np.testing.assert_allclose(got, want.reshape(-1, 5), rtol=1e-5,
-                               atol=1e-5)
+        "conv",
+        want.shape,
+        int(np.prod(want.shape[:-1])),
+        int(np.prod(weight.shape[:-1])),
+        5,
+        (kernel_shape, stride, padding, dilation),
+    )
+    got = jnp.dot(
+        layer.windows(inputs),
+        weight.reshape(-1, 5),
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    np.testing.assert_allclose(got, want.reshape(-1, 5), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("factored_kind", ["all", "none"])
@@ -118,8 +143,9 @@ def test_block_gram_matches_reference(factored_kind):
     classes = (2, 0)
     first = block_jacobian(factored_kind, slice(0, 4), classes)
     second = block_jacobian(factored_kind, slice(3, 7), classes)
-    got = np.asarray(jacobians.gram(first, second,
-                                    jacobians.overlaps(first, second)))
+    got = np.asarray(
+        jacobians.gram(first, second, jacobians.overlaps(first, second))
+    )
     want = resnet_reference()[list(classes)][:, 0:4, 3:7]
     assert got.shape == (2, 4, 4)
     assert relative_error(got, want) < 1e-5
@@ -132,14 +158,18 @@ def test_explicit_gradients_are_per_image_gradients():
     block = block_jacobian("none", slice(0, 2), (1,))
     assert block.inputs == {} and block.cotangents == {}
     for b in range(2):
-        want = jax.jacrev(lambda p: apply_fn(p, state, None, images[b:b + 1],
-                                             False)[0][0, 1])(params)
-        got = jax.tree_util.tree_map(lambda leaf: leaf[0, b],
-                                     block.explicit)
-        for g, w in zip(jax.tree_util.tree_leaves(got),
-                        jax.tree_util.tree_leaves(want)):
-            np.testing.assert_allclose(g, w, rtol=1e-4,
-                                       atol=1e-5 * np.abs(w).max())
+        want = jax.jacrev(
+            lambda p: apply_fn(p, state, None, images[b : b + 1], False)[0][
+                0, 1
+            ]
+        )(params)
+        got = jax.tree_util.tree_map(lambda leaf: leaf[0, b], block.explicit)
+        for g, w in zip(
+            jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
+        ):
+            np.testing.assert_allclose(
+                g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max()
+            )
 
 
 def test_factoring_rule():
@@ -171,5 +201,6 @@ def test_split_and_merge_params_round_trip():
     assert "res_net18/~/initial_conv" not in rest  # it has no bias
     assert set(weights) == set(names)
     merged = jacobians.merge_params(rest, weights)
-    assert jax.tree_util.tree_structure(merged) == \
-        jax.tree_util.tree_structure(dict(params))
+    assert jax.tree_util.tree_structure(
+        merged
+    ) == jax.tree_util.tree_structure(dict(params))

@@ -1,4 +1,5 @@
 """kernels: every implementation against J Jᵀ from jax.jacrev, block plans."""
+
 import functools
 
 import jax
@@ -45,12 +46,21 @@ def schedule(net, implementation):
 
 
 def compute(net, implementation, class_index, use_lin_params=False):
-    apply_fn, params, lin_params, state, images = {"resnet": resnet,
-                                                   "mlp": mlp}[net]()
+    apply_fn, params, lin_params, state, images = {
+        "resnet": resnet,
+        "mlp": mlp,
+    }[net]()
     return kernels.empirical_ntk(
-        apply_fn, lin_params if use_lin_params else params, state, images,
-        class_index, implementation=implementation, block_size=BLOCK,
-        classes_per_pass=PER_PASS, schedule=schedule(net, implementation))
+        apply_fn,
+        lin_params if use_lin_params else params,
+        state,
+        images,
+        class_index,
+        implementation=implementation,
+        block_size=BLOCK,
+        classes_per_pass=PER_PASS,
+        schedule=schedule(net, implementation),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +69,8 @@ def references():
     for name, net in (("resnet", resnet), ("mlp", mlp)):
         apply_fn, params, lin_params, state, images = net()
         out[name], out[name, "lin"] = reference_kernels(
-            apply_fn, [params, lin_params], state, images)
+            apply_fn, [params, lin_params], state, images
+        )
     return out
 
 
@@ -67,26 +78,36 @@ def last_layer_kernels(apply_fn, params, state, images, layer):
     """(K, N, N) reference kernels of the parameters of `layer` alone."""
     return reference_kernels(
         lambda p, *args: apply_fn({**params, layer: p}, *args),
-        [params[layer]], state, images)[0]
+        [params[layer]],
+        state,
+        images,
+    )[0]
 
 
 def test_networks_are_not_trivial(references):
     """Not the last layer's kernel alone; lin_params and the running
     statistics matter."""
     apply_fn, params, _, state, images = resnet()
-    last = last_layer_kernels(apply_fn, params, state, images,
-                              "res_net18/~/logits")
+    last = last_layer_kernels(
+        apply_fn, params, state, images, "res_net18/~/logits"
+    )
     assert relative_error(last, references["resnet"]) > 0.05
-    assert relative_error(references["resnet", "lin"],
-                          references["resnet"]) > 1e-3
-    means = [np.asarray(ema["average"]) for name, ema in state.items()
-             if name.endswith("mean_ema")]
+    assert (
+        relative_error(references["resnet", "lin"], references["resnet"])
+        > 1e-3
+    )
+    means = [
+        np.asarray(ema["average"])
+        for name, ema in state.items()
+        if name.endswith("mean_ema")
+    ]
     assert means and all(np.abs(m).max() > 0 for m in means)
 
 
 @pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
-@pytest.mark.parametrize("class_index", [1, kernels.COMBINED,
-                                         kernels.ALL_CLASSES])
+@pytest.mark.parametrize(
+    "class_index", [1, kernels.COMBINED, kernels.ALL_CLASSES]
+)
 def test_resnet_matches_reference(references, implementation, class_index):
     got = compute("resnet", implementation, class_index)
     want = expected(references["resnet"], class_index)
@@ -102,8 +123,9 @@ def test_mlp_matches_reference(references, implementation):
 
 @pytest.mark.parametrize("implementation", ["rows", "structured"])
 def test_kernel_at_lin_params(references, implementation):
-    got = compute("resnet", implementation, kernels.ALL_CLASSES,
-                  use_lin_params=True)
+    got = compute(
+        "resnet", implementation, kernels.ALL_CLASSES, use_lin_params=True
+    )
     assert relative_error(got, references["resnet", "lin"]) < 1e-5
 
 
@@ -126,8 +148,14 @@ def test_one_trace_serves_every_block():
 
     schedule_ = kernels.block_schedule(counting_apply, "rows")
     run = functools.partial(
-        kernels.empirical_ntk, counting_apply, params, state,
-        class_index=0, block_size=2, schedule=schedule_)
+        kernels.empirical_ntk,
+        counting_apply,
+        params,
+        state,
+        class_index=0,
+        block_size=2,
+        schedule=schedule_,
+    )
     run(images=images[:2])  # one block
     after_one_block = len(traces)
     run(images=images)  # four blocks, ten of them computed
@@ -138,9 +166,13 @@ def test_one_trace_serves_every_block():
 def abstract_survey(name, width, image_shape, n_classes=10):
     """jacobians.survey of a model from parameter shapes alone."""
     model = models.get_model(name, n_classes, width)
-    params, state = jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)),
-        is_training=True))
+    params, state = jax.eval_shape(
+        lambda: model.init(
+            jax.random.PRNGKey(0),
+            jnp.zeros((1, *image_shape)),
+            is_training=True,
+        )
+    )
     return jacobians.survey(model.apply, params, state, image_shape)
 
 
@@ -152,8 +184,9 @@ def resnet18_survey():
 
 def test_plan_pads_blocks_and_passes():
     survey = abstract_survey("mlp_skinny", 1, (2, 2, 1), N_CLASSES)
-    plan = kernels.make_plan(7, survey, (0, 1, 2), block_size=3,
-                             classes_per_pass=2)
+    plan = kernels.make_plan(
+        7, survey, (0, 1, 2), block_size=3, classes_per_pass=2
+    )
     assert plan.size == 3 and plan.n_blocks == 3 and plan.n_upper_blocks == 6
     assert plan.passes == ((0, 1), (2, 2))
     blocks = plan.blocks(np.ones((7, 2, 2, 1), np.float32))
@@ -165,35 +198,47 @@ def test_plan_fits_memory_with_even_blocks():
     survey = resnet18_survey()
     assert survey.n_params == 11_173_962
     for memory_gb in (4.0, 8.0, 24.0):
-        plan = kernels.make_plan(500, survey, tuple(range(10)),
-                                 memory_gb=memory_gb)
+        plan = kernels.make_plan(
+            500, survey, tuple(range(10)), memory_gb=memory_gb
+        )
         assert kernels.plan_peak_gib(plan, survey) <= memory_gb
         assert plan.n_blocks * plan.size - 500 < plan.n_blocks  # least pad
         assert sorted(c for p in plan.passes for c in set(p)) == list(
-            range(10))
+            range(10)
+        )
     # The last stage's 3×3 convolutions (S = 16 positions) and the linear
     # layer are factored; the earlier stages and 1×1 shortcuts are not.
     assert sorted(name.split("/")[-1] for name in plan.factored) == [
-        "conv_0", "conv_0", "conv_1", "conv_1", "logits"]
-    assert all("block_group_3" in name for name in plan.factored
-               if not name.endswith("logits"))
+        "conv_0",
+        "conv_0",
+        "conv_1",
+        "conv_1",
+        "logits",
+    ]
+    assert all(
+        "block_group_3" in name
+        for name in plan.factored
+        if not name.endswith("logits")
+    )
 
 
 def test_plan_falls_back_to_the_smallest_blocks():
-    plan = kernels.make_plan(500, resnet18_survey(), (0, 1),
-                             memory_gb=1e-3)
+    plan = kernels.make_plan(500, resnet18_survey(), (0, 1), memory_gb=1e-3)
     assert plan.size == 1 and plan.passes == ((0,), (1,))
-    assert kernels.make_plan(5, resnet18_survey(), (4,),
-                             block_size=64).size == 5
-    ntvp = kernels.make_plan(500, resnet18_survey(), (4,),
-                             implementation="ntvp")
+    assert (
+        kernels.make_plan(5, resnet18_survey(), (4,), block_size=64).size == 5
+    )
+    ntvp = kernels.make_plan(
+        500, resnet18_survey(), (4,), implementation="ntvp"
+    )
     assert ntvp.size == kernels.NTVP_BLOCK_SIZE and ntvp.factored == ()
 
 
 def test_passes_balance_classes():
     survey = abstract_survey("mlp_skinny", 1, (2, 2, 1))
-    plan = kernels.make_plan(10, survey, tuple(range(10)), block_size=10,
-                             classes_per_pass=7)
+    plan = kernels.make_plan(
+        10, survey, tuple(range(10)), block_size=10, classes_per_pass=7
+    )
     assert plan.passes == ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
 
 
@@ -220,7 +265,9 @@ def test_gram_is_full_precision():
     j1 = rng.normal(size=(2, 3, 50)).astype(np.float32)
     j2 = rng.normal(size=(2, 4, 50)).astype(np.float32)
     want = np.einsum("gip,gjp->gij", j1.astype(np.float64), j2)
-    blocks = [jacobians.BlockJacobian({"layer": {"w": jnp.asarray(j)}}, {},
-                                      {}) for j in (j1, j2)]
+    blocks = [
+        jacobians.BlockJacobian({"layer": {"w": jnp.asarray(j)}}, {}, {})
+        for j in (j1, j2)
+    ]
     got = np.asarray(jacobians.gram(*blocks, {}))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

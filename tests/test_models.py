@@ -1,4 +1,5 @@
 """Models: shapes, parameter counts, and the linearization against references."""
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ def resnet18_param_count(width, n_classes, in_channels=3):
     total = conv(3, in_channels, width) + bn(width)
     c_in = width
     for stage in range(4):
-        c = width * 2 ** stage
+        c = width * 2**stage
         # Block 0: two 3x3 convs; a 1x1 projection where the shape changes.
         total += conv(3, c_in, c) + bn(c) + conv(3, c, c) + bn(c)
         if stage > 0:
@@ -37,7 +38,9 @@ def shape_params(name, n_classes, width=64):
 @pytest.mark.parametrize("width,n_classes", [(64, 10), (8, 100), (4, 10)])
 def test_resnet18_parameter_count(width, n_classes):
     params, state = shape_params("resnet18", n_classes, width)
-    assert models.count_params(params) == resnet18_param_count(width, n_classes)
+    assert models.count_params(params) == resnet18_param_count(
+        width, n_classes
+    )
     # A running mean and variance for each of the 20 batch norms.
     assert len(state) == 2 * 20
 
@@ -47,11 +50,15 @@ def test_full_resnet18_matches_known_size():
     assert models.count_params(params) == 11_173_962
 
 
-@pytest.mark.parametrize("name,hidden", [("mlp_skinny", 256), ("mlp_wide", 2048)])
+@pytest.mark.parametrize(
+    "name,hidden", [("mlp_skinny", 256), ("mlp_wide", 2048)]
+)
 def test_mlp_parameter_count(name, hidden):
     params, state = shape_params(name, 10)
     d = int(np.prod(IMAGE_SHAPE))
-    expected = d * hidden + hidden + hidden * hidden + hidden + hidden * 10 + 10
+    expected = (
+        d * hidden + hidden + hidden * hidden + hidden + hidden * 10 + 10
+    )
     assert models.count_params(params) == expected
     assert state == {}
 
@@ -70,7 +77,8 @@ def tiny_resnet():
     # Non-zero last layer and running statistics from one training pass.
     params = jax.tree_util.tree_map(
         lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(2), p.shape),
-        params)
+        params,
+    )
     _, state = model.apply(params, state, None, images, True)
     return model, params, state, images
 
@@ -87,13 +95,17 @@ def test_resnet_logits_zero_at_init_and_shape():
 def test_resnet_has_no_max_pool_and_keeps_resolution(tiny_resnet):
     model, params, state, images = tiny_resnet
     jaxpr = jax.make_jaxpr(
-        lambda x: model.apply(params, state, None, x, False))(images)
+        lambda x: model.apply(params, state, None, x, False)
+    )(images)
     primitives = {str(e.primitive) for e in jaxpr.jaxpr.eqns}
     assert "reduce_window_max" not in primitives
     # The stem keeps 32x32: the first convolution's output has the input's
     # spatial size.
-    conv_shapes = [e.outvars[0].aval.shape for e in jaxpr.jaxpr.eqns
-                   if str(e.primitive) == "conv_general_dilated"]
+    conv_shapes = [
+        e.outvars[0].aval.shape
+        for e in jaxpr.jaxpr.eqns
+        if str(e.primitive) == "conv_general_dilated"
+    ]
     assert conv_shapes[0] == (6, 32, 32, 4)
     assert conv_shapes[-1][1:3] == (4, 4)
 
@@ -102,16 +114,19 @@ def test_eval_mode_leaves_state_unchanged(tiny_resnet):
     model, params, state, images = tiny_resnet
     _, new_state = model.apply(params, state, None, images, False)
     assert jax.tree_util.tree_all(
-        jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)), state,
-                               new_state))
+        jax.tree_util.tree_map(
+            lambda a, b: bool(jnp.all(a == b)), state, new_state
+        )
+    )
 
 
 def perturbation(params, seed):
     leaves, treedef = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     return jax.tree_util.tree_unflatten(
-        treedef, [jax.random.normal(k, p.shape, p.dtype)
-                  for k, p in zip(keys, leaves)])
+        treedef,
+        [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)],
+    )
 
 
 def axpy(a, x, y):
@@ -122,7 +137,8 @@ def test_linearization_error_falls_quadratically(tiny_resnet):
     model, params, state, images = tiny_resnet
     with jax.experimental.enable_x64():
         to64 = lambda t: jax.tree_util.tree_map(
-            lambda a: jnp.asarray(a, jnp.float64), t)
+            lambda a: jnp.asarray(a, jnp.float64), t
+        )
         params64, state64 = to64(params), to64(state)
         x64 = jnp.asarray(images, jnp.float64)
         delta = perturbation(params64, 7)
@@ -130,8 +146,9 @@ def test_linearization_error_falls_quadratically(tiny_resnet):
         for t in (1e-4, 5e-5, 2.5e-5):
             moved = axpy(t, delta, params64)
             exact, _ = model.apply(moved, state64, None, x64, False)
-            f, df, _ = models.linearized_parts(model.apply, params64, moved,
-                                               state64, x64)
+            f, df, _ = models.linearized_parts(
+                model.apply, params64, moved, state64, x64
+            )
             errors.append(float(jnp.max(jnp.abs(exact - (f + df)))))
     ratios = [errors[0] / errors[1], errors[1] / errors[2]]
     assert errors[0] > 0
@@ -144,10 +161,12 @@ def test_linearization_matches_neural_tangents(tiny_resnet):
     f_apply = lambda p, x: model.apply(p, state, None, x, False)[0]
     moved = axpy(0.01, perturbation(params, 3), params)
     reference = nt.linearize(f_apply, params)(moved, images)
-    f, df, _ = models.linearized_parts(model.apply, params, moved, state,
-                                       images)
-    np.testing.assert_allclose(np.asarray(f + df), np.asarray(reference),
-                               rtol=1e-5, atol=1e-6)
+    f, df, _ = models.linearized_parts(
+        model.apply, params, moved, state, images
+    )
+    np.testing.assert_allclose(
+        np.asarray(f + df), np.asarray(reference), rtol=1e-5, atol=1e-6
+    )
     f0 = f_apply(params, images)
     np.testing.assert_array_equal(np.asarray(f), np.asarray(f0))
 
@@ -173,8 +192,9 @@ def test_standard_dynamics_parts(tiny_resnet):
     np.testing.assert_array_equal(np.asarray(df), 0.0)
     centered = models.Dynamics(linear=False, centering=True)
     logits, _ = centered.logits(model.apply, params, moved, state, images)
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(f_moved - f0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(logits), np.asarray(f_moved - f0), atol=1e-6
+    )
 
 
 def test_standard_centered_logits_have_the_right_input_gradient(tiny_resnet):
@@ -186,8 +206,12 @@ def test_standard_centered_logits_have_the_right_input_gradient(tiny_resnet):
     def total(x, p):
         return jnp.sum(model.apply(p, state, None, x, False)[0][:, 0])
 
-    got = jax.grad(lambda x: jnp.sum(centered.logits(
-        model.apply, params, moved, state, x)[0][:, 0]))(images)
+    got = jax.grad(
+        lambda x: jnp.sum(
+            centered.logits(model.apply, params, moved, state, x)[0][:, 0]
+        )
+    )(images)
     expected = jax.grad(total)(images, moved) - jax.grad(total)(images, params)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(expected),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-6
+    )

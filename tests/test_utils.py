@@ -1,4 +1,5 @@
 """Tests for utils: atomic files, checkpoints, safe loading, the CLI."""
+
 import builtins
 import collections
 import io
@@ -24,6 +25,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Helpers
 # --------------------------------------------------------------------------
 
+
 def _mlp_with_batch_norm(images, is_training):
     """Flatten, 8 units, batch norm, ReLU, 3 logits."""
     x = hk.Flatten()(images)
@@ -48,8 +50,13 @@ def checkpoint_path(tmp_path, model):
     params, state, _ = model
     lin_params = jax.tree_util.tree_map(lambda p: p + 1, params)
     path = tmp_path / "parameters_final.pkl"
-    utils.save_checkpoint(path, params, lin_params, state,
-                          {"model": "mlp", "epoch": 3, "dataset": "cifar10"})
+    utils.save_checkpoint(
+        path,
+        params,
+        lin_params,
+        state,
+        {"model": "mlp", "epoch": 3, "dataset": "cifar10"},
+    )
     return path
 
 
@@ -110,6 +117,7 @@ def _globals_named(data):
 # Checkpoints
 # --------------------------------------------------------------------------
 
+
 def test_checkpoint_round_trip_is_exact(model, checkpoint_path):
     params, state, _ = model
     loaded = utils.load_checkpoint(checkpoint_path)
@@ -117,10 +125,10 @@ def test_checkpoint_round_trip_is_exact(model, checkpoint_path):
     assert utils.tree_equal(loaded["params"], params)
     assert utils.tree_equal(loaded["net_state"], state)
     assert utils.tree_equal(
-        loaded["lin_params"], jax.tree_util.tree_map(lambda p: p + 1, params))
+        loaded["lin_params"], jax.tree_util.tree_map(lambda p: p + 1, params)
+    )
     assert not utils.tree_equal(loaded["lin_params"], params)
-    assert loaded["meta"] == {"model": "mlp", "epoch": 3,
-                              "dataset": "cifar10"}
+    assert loaded["meta"] == {"model": "mlp", "epoch": 3, "dataset": "cifar10"}
     for leaf in jax.tree_util.tree_leaves(loaded["params"]):
         assert leaf.dtype == np.float32
 
@@ -146,18 +154,22 @@ def test_original_files_without_meta_load(tmp_path):
     path = tmp_path / "old.pkl"
     params = {"linear": {"w": np.ones((2, 2), np.float32)}}
     with open(path, "wb") as file:
-        pickle.dump({"params": params, "lin_params": params, "net_state": {}},
-                    file)
+        pickle.dump(
+            {"params": params, "lin_params": params, "net_state": {}}, file
+        )
     loaded = utils.load_checkpoint(path)
     assert loaded["meta"] == {}
     assert utils.tree_equal(loaded["params"], params)
 
 
 def test_numpy_1_pickles_load(tmp_path):
-    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3),
-              "s": np.float32(2.5)}
-    data = pickle.dumps({"params": arrays, "lin_params": {}, "net_state": {}},
-                        protocol=3)
+    arrays = {
+        "a": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "s": np.float32(2.5),
+    }
+    data = pickle.dumps(
+        {"params": arrays, "lin_params": {}, "net_state": {}}, protocol=3
+    )
     # NumPy 1.x named the same functions under numpy.core.
     old_data = data.replace(b"numpy._core.", b"numpy.core.")
     assert b"numpy.core.multiarray" in old_data
@@ -166,18 +178,22 @@ def test_numpy_1_pickles_load(tmp_path):
     assert utils.tree_equal(utils.load_checkpoint(path)["params"], arrays)
 
 
-@pytest.mark.parametrize("name, content", [
-    ("truncated.pkl", None),
-    ("garbage.pkl", b"\x93NUMPY not a pickle \x00\xff" * 10),
-    ("empty.pkl", b""),
-    ("keys.pkl", pickle.dumps({"params": {}, "net_state": {}})),
-    ("list.pkl", pickle.dumps([1, 2, 3])),
-])
-def test_bad_checkpoints_are_user_errors(tmp_path, checkpoint_path, name,
-                                         content):
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("truncated.pkl", None),
+        ("garbage.pkl", b"\x93NUMPY not a pickle \x00\xff" * 10),
+        ("empty.pkl", b""),
+        ("keys.pkl", pickle.dumps({"params": {}, "net_state": {}})),
+        ("list.pkl", pickle.dumps([1, 2, 3])),
+    ],
+)
+def test_bad_checkpoints_are_user_errors(
+    tmp_path, checkpoint_path, name, content
+):
     if content is None:
         data = checkpoint_path.read_bytes()
-        content = data[:len(data) // 2]
+        content = data[: len(data) // 2]
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(utils.UserError) as info:
@@ -205,21 +221,27 @@ def test_missing_keys_are_named(tmp_path):
 # The safe loader
 # --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("payload, asked_for", [
-    (_RunsShell, os.system.__module__ + ".system"),
-    (_RunsEval, "builtins.eval"),
-])
+
+@pytest.mark.parametrize(
+    "payload, asked_for",
+    [
+        (_RunsShell, os.system.__module__ + ".system"),
+        (_RunsEval, "builtins.eval"),
+    ],
+)
 def test_code_in_pickles_is_refused_and_not_run(tmp_path, payload, asked_for):
     marker = tmp_path / "ran"
     path = tmp_path / "evil.pkl"
     params = {"linear": {"w": payload(marker)}}
-    path.write_bytes(pickle.dumps(
-        {"params": params, "lin_params": {}, "net_state": {}}))
+    path.write_bytes(
+        pickle.dumps({"params": params, "lin_params": {}, "net_state": {}})
+    )
     with pytest.raises(utils.UserError) as info:
         utils.load_checkpoint(path)
     assert str(info.value) == (
         f"refusing to load {path}: it asks for {asked_for}, which is not an "
-        "array or container")
+        "array or container"
+    )
     assert not marker.exists()
 
 
@@ -231,15 +253,29 @@ def test_other_classes_are_refused(tmp_path):
 
 
 ALLOWED_VALUES = [
-    np.zeros((2, 3), np.bool_), np.ones(4, np.float32),
-    np.arange(5, dtype=np.int64), np.arange(3, dtype=np.uint32),
-    np.ones(2, np.float16), np.ones(2, np.complex64), np.zeros((0, 2)),
-    np.asfortranarray(np.ones((2, 3))), np.arange(6.0)[::2], np.asarray(1.5),
-    np.float32(1), np.int64(3), np.bool_(True), np.dtype("float32"),
+    np.zeros((2, 3), np.bool_),
+    np.ones(4, np.float32),
+    np.arange(5, dtype=np.int64),
+    np.arange(3, dtype=np.uint32),
+    np.ones(2, np.float16),
+    np.ones(2, np.complex64),
+    np.zeros((0, 2)),
+    np.asfortranarray(np.ones((2, 3))),
+    np.arange(6.0)[::2],
+    np.asarray(1.5),
+    np.float32(1),
+    np.int64(3),
+    np.bool_(True),
+    np.dtype("float32"),
 ]
 PYTHON_VALUES = [
-    (1, 2.0, 1 + 2j, 10**30, "x", None, True, b"y"), {1, 2}, frozenset({3}),
-    bytearray(b"z"), collections.OrderedDict(a=1), [[]], {"k": {}},
+    (1, 2.0, 1 + 2j, 10**30, "x", None, True, b"y"),
+    {1, 2},
+    frozenset({3}),
+    bytearray(b"z"),
+    collections.OrderedDict(a=1),
+    [[]],
+    {"k": {}},
 ]
 
 
@@ -264,8 +300,10 @@ def test_allow_list_is_exactly_what_numpy_asks_for():
     for protocol in (3, 4, 5):
         for value in ALLOWED_VALUES + PYTHON_VALUES:
             seen |= _globals_named(pickle.dumps(value, protocol=protocol))
-    numpy_1_names = {(module.replace("numpy._core", "numpy.core"), name)
-                     for module, name in seen}
+    numpy_1_names = {
+        (module.replace("numpy._core", "numpy.core"), name)
+        for module, name in seen
+    }
     assert ("numpy", "dtype") in seen
     assert set(utils._ALLOWED_GLOBALS) == seen | numpy_1_names
 
@@ -273,6 +311,7 @@ def test_allow_list_is_exactly_what_numpy_asks_for():
 # --------------------------------------------------------------------------
 # Atomic writes and directories
 # --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_failed_write_keeps_old_file(tmp_path, error):
@@ -304,12 +343,24 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
 
 def test_json_converts_numpy_and_jax(tmp_path):
     path = tmp_path / "config.json"
-    utils.atomic_write_json(path, {
-        "b": np.float32(0.5), "a": np.arange(3), "c": jnp.ones(2),
-        "d": np.bool_(True), "e": (1, "x")})
+    utils.atomic_write_json(
+        path,
+        {
+            "b": np.float32(0.5),
+            "a": np.arange(3),
+            "c": jnp.ones(2),
+            "d": np.bool_(True),
+            "e": (1, "x"),
+        },
+    )
     text = path.read_text()
-    assert json.loads(text) == {"a": [0, 1, 2], "b": 0.5, "c": [1.0, 1.0],
-                                "d": True, "e": [1, "x"]}
+    assert json.loads(text) == {
+        "a": [0, 1, 2],
+        "b": 0.5,
+        "c": [1.0, 1.0],
+        "d": True,
+        "e": [1, "x"],
+    }
     assert text.index('"a"') < text.index('"b"')
     assert '\n  "a": [' in text
 
@@ -337,6 +388,7 @@ def test_ensure_writable_dir(tmp_path):
 # --------------------------------------------------------------------------
 # Trees, optimiser state, random keys
 # --------------------------------------------------------------------------
+
 
 def test_to_numpy_tree_makes_plain_host_copies(model):
     params, _, _ = model
@@ -369,16 +421,19 @@ def test_opt_state_round_trip(model, tmp_path):
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
     _, opt_state = optimizer.update(grads, optimizer.init(params), params)
     path = tmp_path / "opt.pkl"
-    utils.atomic_pickle(path,
-                        {"opt_state": utils.flatten_opt_state(opt_state)})
+    utils.atomic_pickle(
+        path, {"opt_state": utils.flatten_opt_state(opt_state)}
+    )
     leaves = utils.load_pickle_arrays(path, ("opt_state",))["opt_state"]
     restored = utils.unflatten_like(optimizer.init(params), leaves)
-    assert (jax.tree_util.tree_structure(restored)
-            == jax.tree_util.tree_structure(opt_state))
+    assert jax.tree_util.tree_structure(
+        restored
+    ) == jax.tree_util.tree_structure(opt_state)
     want, _ = optimizer.update(grads, opt_state, params)
     got, _ = optimizer.update(grads, restored, params)
-    assert utils.tree_equal(utils.to_numpy_tree(got),
-                            utils.to_numpy_tree(want))
+    assert utils.tree_equal(
+        utils.to_numpy_tree(got), utils.to_numpy_tree(want)
+    )
 
 
 def test_opt_state_mismatch_is_a_user_error(model):
@@ -398,8 +453,9 @@ def test_rng_key_round_trip(make_key):
     stored = utils.rng_key_to_numpy(key)
     assert type(stored) is np.ndarray and stored.dtype == np.uint32
     restored = utils.rng_key_from_numpy(pickle.loads(pickle.dumps(stored)))
-    np.testing.assert_array_equal(jax.random.normal(restored, (3,)),
-                                  jax.random.normal(key, (3,)))
+    np.testing.assert_array_equal(
+        jax.random.normal(restored, (3,)), jax.random.normal(key, (3,))
+    )
     with pytest.raises(utils.UserError):
         utils.rng_key_from_numpy(np.zeros(2, np.float32))
 
@@ -408,15 +464,23 @@ def test_rng_key_round_trip(make_key):
 # Entry scripts
 # --------------------------------------------------------------------------
 
+
 def test_run_cli_user_error_exits_2_without_traceback():
-    code = ("import utils\n"
-            "def main():\n"
-            "    raise utils.UserError('bad --eps: must be positive')\n"
-            "utils.run_cli(main)\n")
+    code = (
+        "import utils\n"
+        "def main():\n"
+        "    raise utils.UserError('bad --eps: must be positive')\n"
+        "utils.run_cli(main)\n"
+    )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT,
-                            env=env, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr == "error: bad --eps: must be positive\n"
     assert result.stdout == ""
@@ -435,9 +499,20 @@ def test_run_cli_interrupt_and_success(capsys):
 
 def test_environment_info_is_json_ready(tmp_path):
     info = utils.environment_info()
-    for key in ("python", "jax", "jaxlib", "haiku", "optax", "numpy", "torch",
-                "torchvision", "jax_backend", "device_kind", "hostname",
-                "git_commit"):
+    for key in (
+        "python",
+        "jax",
+        "jaxlib",
+        "haiku",
+        "optax",
+        "numpy",
+        "torch",
+        "torchvision",
+        "jax_backend",
+        "device_kind",
+        "hostname",
+        "git_commit",
+    ):
         assert key in info
     assert info["jax"] == jax.__version__
     assert info["jax_backend"] == "cpu"

@@ -1,5 +1,6 @@
 """visualize_ntk_features.py end to end on Fashion-MNIST with a small MLP:
 the files it writes, and one-line refusals of bad input that write nothing."""
+
 import os
 import subprocess
 import sys
@@ -24,7 +25,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(data.DEBIAN_FASHION_MNIST),
-    reason=f"Fashion-MNIST not found at {data.DEBIAN_FASHION_MNIST}")
+    reason=f"Fashion-MNIST not found at {data.DEBIAN_FASHION_MNIST}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,27 +45,44 @@ def run_dir(tmp_path_factory):
     utils.save_checkpoint(checkpoint, params, params, state, spec.as_meta())
 
     indices = data.balanced_subset_indices(labels, SIZE, seed=0)
-    flat, logit_fn = features.class_logit_fn(spec.build().apply, params,
-                                             state, CLASS_INDEX)
+    flat, logit_fn = features.class_logit_fn(
+        spec.build().apply, params, state, CLASS_INDEX
+    )
     jacobian = jax.jacrev(lambda p: logit_fn(p, images[indices]))(flat)
-    kernel = {"kernel": np.asarray(jacobian @ jacobian.T, np.float32),
-              "labels": labels[indices], "indices": indices,
-              "class_index": CLASS_INDEX, "use_linear_params": False,
-              "model_path": checkpoint}
+    kernel = {
+        "kernel": np.asarray(jacobian @ jacobian.T, np.float32),
+        "labels": labels[indices],
+        "indices": indices,
+        "class_index": CLASS_INDEX,
+        "use_linear_params": False,
+        "model_path": checkpoint,
+    }
     kernel_path = str(root / "kernels" / f"k_class_{CLASS_INDEX}_{SIZE}.pkl")
     utils.atomic_pickle(kernel_path, kernel)
-    return dict(root=root, data=data_path, checkpoint=checkpoint,
-                kernel=kernel_path, kernel_record=kernel)
+    return dict(
+        root=root,
+        data=data_path,
+        checkpoint=checkpoint,
+        kernel=kernel_path,
+        kernel_record=kernel,
+    )
 
 
 def cli_args(paths, bonus_dir="out", **changes):
     """Command-line arguments of a small run, with `changes` as flag: value
     (a value of None drops the flag)."""
-    flags = {"model_path": paths["checkpoint"], "kernel_path": paths["kernel"],
-             "dataset_size": SIZE, "class_index": CLASS_INDEX,
-             "n_images": N_IMAGES, "steps": STEPS, "step_size": 0.01,
-             "data_path": paths["data"], "bonus_dir": bonus_dir,
-             "batch_size": 8}
+    flags = {
+        "model_path": paths["checkpoint"],
+        "kernel_path": paths["kernel"],
+        "dataset_size": SIZE,
+        "class_index": CLASS_INDEX,
+        "n_images": N_IMAGES,
+        "steps": STEPS,
+        "step_size": 0.01,
+        "data_path": paths["data"],
+        "bonus_dir": bonus_dir,
+        "batch_size": 8,
+    }
     flags.update(changes)
     args = []
     for name, value in flags.items():
@@ -81,16 +100,23 @@ def files_under(folder):
 def test_cli_writes_images_and_grid(run_dir):
     out_dir = os.path.join(os.path.dirname(run_dir["checkpoint"]), "out")
     result = subprocess.run(
-        [sys.executable, SCRIPT, *cli_args(run_dir)], cwd=REPO_ROOT,
-        capture_output=True, text=True, timeout=300,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        [sys.executable, SCRIPT, *cli_args(run_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert result.returncode == 0, result.stderr
     stem = os.path.join(out_dir, f"ntk_eig_images_class_{CLASS_INDEX}_{SIZE}")
-    assert files_under(out_dir) == [os.path.basename(stem) + ".pkl",
-                                    os.path.basename(stem) + ".png"]
+    assert files_under(out_dir) == [
+        os.path.basename(stem) + ".pkl",
+        os.path.basename(stem) + ".png",
+    ]
 
     record = utils.load_pickle_arrays(
-        stem + ".pkl", ("pos_images", "neg_images", "w_image"))
+        stem + ".pkl", ("pos_images", "neg_images", "w_image")
+    )
     assert record["pos_images"].shape == (N_IMAGES, 1, 28, 28)
     assert record["neg_images"].shape == (N_IMAGES, 1, 28, 28)
     assert record["w_image"].shape == (1, 28, 28)
@@ -102,14 +128,16 @@ def test_cli_writes_images_and_grid(run_dir):
     assert record["pos_cosines"].shape == (N_IMAGES, STEPS + 1)
     assert record["w_cosines"].shape == (STEPS + 1,)
     assert record["jitter"] > 0
-    np.testing.assert_array_equal(record["indices"],
-                                  run_dir["kernel_record"]["indices"])
+    np.testing.assert_array_equal(
+        record["indices"], run_dir["kernel_record"]["indices"]
+    )
     assert record["config"]["use_linear_params"] is False
 
     with open(stem + ".png", "rb") as file:
         png = file.read()
     assert png.startswith(PNG_SIGNATURE)
     import matplotlib.image
+
     assert matplotlib.image.imread(stem + ".png").ndim == 3
 
 
@@ -130,24 +158,32 @@ def corrupt_file(run_dir, name):
 BAD_INPUTS = {
     "size differs": lambda d: dict(dataset_size=30),
     "class differs": lambda d: dict(class_index=4),
-    "combined kernel": lambda d: dict(kernel_path=write_kernel(
-        d, "combined.pkl", class_index=-1)),
-    "indices beyond the dataset": lambda d: dict(kernel_path=write_kernel(
-        d, "far.pkl", indices=d["kernel_record"]["indices"] + 10**6)),
-    "labels differ": lambda d: dict(kernel_path=write_kernel(
-        d, "relabelled.pkl", labels=(d["kernel_record"]["labels"] + 1) % 10)),
+    "combined kernel": lambda d: dict(
+        kernel_path=write_kernel(d, "combined.pkl", class_index=-1)
+    ),
+    "indices beyond the dataset": lambda d: dict(
+        kernel_path=write_kernel(
+            d, "far.pkl", indices=d["kernel_record"]["indices"] + 10**6
+        )
+    ),
+    "labels differ": lambda d: dict(
+        kernel_path=write_kernel(
+            d, "relabelled.pkl", labels=(d["kernel_record"]["labels"] + 1) % 10
+        )
+    ),
     "too many images": lambda d: dict(n_images=SIZE + 1),
     "missing kernel": lambda d: dict(kernel_path=d["kernel"] + ".absent"),
     "default kernel path absent": lambda d: dict(kernel_path=None),
     "corrupt kernel": lambda d: dict(kernel_path=corrupt_file(d, "bad.pkl")),
     "missing checkpoint": lambda d: dict(model_path=str(d["root"] / "no.pkl")),
     "corrupt checkpoint": lambda d: dict(
-        model_path=corrupt_file(d, "bad_checkpoint.pkl")),
+        model_path=corrupt_file(d, "bad_checkpoint.pkl")
+    ),
     "contradicting model flag": lambda d: dict(model="mlp_wide"),
     "contradicting params flag": lambda d: dict(use_linear_params=True),
     "class beyond the model": lambda d: dict(
-        class_index=12, kernel_path=write_kernel(d, "k12.pkl",
-                                                 class_index=12)),
+        class_index=12, kernel_path=write_kernel(d, "k12.pkl", class_index=12)
+    ),
 }
 
 
@@ -171,28 +207,40 @@ def test_kernel_of_other_parameters_writes_no_files(run_dir, capsys):
     with pytest.raises(SystemExit):
         utils.run_cli(lambda: visualize_ntk_features.main(args))
     assert "not the kernel of this network" in capsys.readouterr().err
-    out_dir = os.path.join(os.path.dirname(run_dir["checkpoint"]),
-                           "bad_scaled")
+    out_dir = os.path.join(
+        os.path.dirname(run_dir["checkpoint"]), "bad_scaled"
+    )
     assert files_under(out_dir) == []
 
 
 def test_cli_process_exits_2_on_bad_input(run_dir):
     result = subprocess.run(
-        [sys.executable, SCRIPT,
-         *cli_args(run_dir, kernel_path=run_dir["kernel"] + ".absent")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        [
+            sys.executable,
+            SCRIPT,
+            *cli_args(run_dir, kernel_path=run_dir["kernel"] + ".absent"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot read")
     assert result.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("flags", [["--class_index", "-1"],
-                                   ["--class_index", "x"], []])
+@pytest.mark.parametrize(
+    "flags", [["--class_index", "-1"], ["--class_index", "x"], []]
+)
 def test_bad_flags_are_one_line(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(lambda: visualize_ntk_features.main(
-            ["--model_path", "m.pkl", *flags]))
+        utils.run_cli(
+            lambda: visualize_ntk_features.main(
+                ["--model_path", "m.pkl", *flags]
+            )
+        )
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
