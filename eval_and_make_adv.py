@@ -32,7 +32,7 @@ import dataclasses
 import math
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import attacks
 import data

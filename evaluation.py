@@ -271,7 +271,11 @@ def evaluate(
     if max_batches is not None:
         total = min(total, max_batches)
     base_key = jax.random.PRNGKey(seed)
-    batches = zip(range(total), data.test_batches(images, labels, batch_size))
+    batches = zip(
+        range(total),
+        data.test_batches(images, labels, batch_size),
+        strict=False,
+    )
     bar = tqdm(
         batches, total=total, desc=desc, disable=not progress, leave=False
     )

@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import io
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -34,7 +34,8 @@ vmapped over the block.
 """
 
 import dataclasses
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import haiku as hk
 import jax
@@ -95,7 +96,10 @@ def _conv_windows(
     window, gathered from the padded input (lax's
     conv_general_dilated_patches is a convolution with an identity kernel:
     D times the work)."""
-    spans = [(k - 1) * d + 1 for k, d in zip(kernel_shape, kernel_dilation)]
+    spans = [
+        (k - 1) * d + 1
+        for k, d in zip(kernel_shape, kernel_dilation, strict=True)
+    ]
     pads = (
         jax.lax.padtype_to_pads(inputs.shape[1:3], spans, stride, padding)
         if isinstance(padding, str)
@@ -183,7 +187,7 @@ def survey(
     )
     names = [getattr(module, "module_name", None) for module, _, _ in calls]
     layers = []
-    for (module, in_shape, out_shape), name in zip(calls, names):
+    for (module, in_shape, out_shape), name in zip(calls, names, strict=True):
         layer = _weight_layer(module, in_shape, out_shape, params)
         if layer is not None and names.count(name) == 1:
             layers.append(layer)
@@ -491,6 +495,7 @@ def gram(j1: BlockJacobian, j2: BlockJacobian, overlaps: dict) -> jax.Array:
         for a, b in zip(
             jax.tree_util.tree_leaves(j1.explicit),
             jax.tree_util.tree_leaves(j2.explicit),
+            strict=True,
         )
     )
     for name, overlap in overlaps.items():

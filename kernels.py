@@ -49,7 +49,7 @@ Products run at full float32 precision (`jax.default_matmul_precision
 import dataclasses
 import functools
 import itertools
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -560,7 +560,7 @@ def _per_class_kernels(
                 cols = slice(j * plan.size, (j + 1) * plan.size)
                 upper[:, rows, cols] = np.asarray(block)
                 bar.update()
-            for c, kernel in zip(classes, upper):
+            for c, kernel in zip(classes, upper, strict=True):
                 kernels[c] = kernel[: plan.n_images, : plan.n_images]
     return kernels
 

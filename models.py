@@ -12,7 +12,7 @@ the tangent term df together.
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import haiku as hk
 import jax
@@ -311,7 +311,7 @@ def check_params_fit(
         net_state
     ):
         raise UserError(
-            f"{source} does not hold a {spec.model} of width {spec.width} with "
-            f"{spec.n_classes} classes for {spec.dataset} images: pass the "
-            "--model/--width/--dataset it was trained with"
+            f"{source} does not hold a {spec.model} of width {spec.width} "
+            f"with {spec.n_classes} classes for {spec.dataset} images: pass "
+            "the --model/--width/--dataset it was trained with"
         )

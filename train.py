@@ -11,7 +11,7 @@ exactly as an uninterrupted one would.
 
 import dataclasses
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +52,8 @@ def _with_lr(opt_state, lr):
 
 
 def is_adversarial(loader: str, epoch: int) -> bool:
-    """Whether epoch `epoch` (0-based) of a phase with `loader` is adversarial."""
+    """Whether epoch `epoch` (0-based) of a phase with `loader` is
+    adversarial."""
     return loader == "A" or (loader == "F" and epoch >= MIXED_SWITCH_EPOCH)
 
 

@@ -314,7 +314,7 @@ def tree_equal(a, b):
             and isinstance(b, (list, tuple))
             and isinstance(a, list) == isinstance(b, list)
             and len(a) == len(b)
-            and all(tree_equal(x, y) for x, y in zip(a, b))
+            and all(tree_equal(x, y) for x, y in zip(a, b, strict=True))
         )
     return _leaf_equal(a, b)
 
@@ -348,7 +348,9 @@ def unflatten_like(template, leaves):
             f"needs {len(template_leaves)}; was it saved for another model?"
         )
     restored = []
-    for index, (want, got) in enumerate(zip(template_leaves, leaves)):
+    for index, (want, got) in enumerate(
+        zip(template_leaves, leaves, strict=True)
+    ):
         want, got = np.asarray(want), np.asarray(got)
         if want.shape != got.shape or want.dtype != got.dtype:
             raise UserError(

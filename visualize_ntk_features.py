@@ -230,7 +230,7 @@ def _report(result):
     whatever the terminal's encoding)."""
     print(f"w = (K + eps I)^-1 y solved with jitter eps = {result.jitter:.3g}")
     for i, (pos, neg) in enumerate(
-        zip(result.pos_cosines, result.neg_cosines)
+        zip(result.pos_cosines, result.neg_cosines, strict=True)
     ):
         print(
             f"eigenvector {i} (eigenvalue {result.eigenvalues[i]:.4g}): "

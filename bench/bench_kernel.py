@@ -58,7 +58,7 @@ def perturbed_resnet(width, seed=0):
         treedef,
         [
             p + 0.05 * jax.random.normal(k, p.shape)
-            for p, k in zip(leaves, keys)
+            for p, k in zip(leaves, keys, strict=True)
         ],
     )
     batch = jax.random.uniform(
@@ -217,7 +217,7 @@ def original_row(width, apply_fn, params, state, images, args, rows, results):
         int(args.class_index),
         args.original_blocks,
     )
-    for row, (ours_seconds, kernel) in zip(rows, results):
+    for row, (ours_seconds, kernel) in zip(rows, results, strict=True):
         row[5] = f"{seconds / ours_seconds:.1f}"
         row[6] = f"{max_relative_difference(kernel, reference, computed):.1e}"
     label = "original: ntvp" + (" (extrapolated)" if extrapolated else "")
@@ -263,7 +263,7 @@ def float64_lines(apply_fn, params, state, images, args, labels, kernels_):
         apply_fn, params, state, images[:m], args.class_index
     )
     lines = []
-    for label, kernel in zip(labels, kernels_):
+    for label, kernel in zip(labels, kernels_, strict=True):
         difference = max_relative_difference(kernel[..., :m, :m], reference)
         lines.append(
             f"float64 check, first {m} images: {label}: max rel. "
@@ -357,7 +357,7 @@ def main(argv=None):
         "max rel. diff | peak RSS (GiB) |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for width, n in zip(args.widths, args.sizes):
+    for width, n in zip(args.widths, args.sizes, strict=True):
         rows, lines = bench_one(width, n, args)
         for row in rows:
             print(

@@ -57,8 +57,8 @@ def main():
     )
     device = jax.devices()[0].device_kind
     print(
-        f"| device | width | images | epoch | compile+first epoch (s) "
-        f"| epoch (s) | images/s |"
+        "| device | width | images | epoch | compile+first epoch (s) "
+        "| epoch (s) | images/s |"
     )
     print("|---|---|---|---|---|---|---|")
     for loader, name in (("C", "benign"), ("A", "adversarial")):

@@ -18,7 +18,7 @@ def perturb(params, seed, scale):
         treedef,
         [
             p + scale * jax.random.normal(k, p.shape)
-            for p, k in zip(leaves, keys)
+            for p, k in zip(leaves, keys, strict=True)
         ],
     )
 
@@ -42,7 +42,7 @@ def reference_kernels(apply_fn, trees, state, images):
     """[(K, N, N) for each parameter tree in `trees`]: K_c = J_c J_cᵀ from
     the full Jacobian of the flat θ, batch norm in eval mode (one
     compilation for all trees)."""
-    flats, unravel = zip(*map(ravel_pytree, trees))
+    flats, unravel = zip(*map(ravel_pytree, trees), strict=True)
 
     @jax.jit
     @jax.vmap

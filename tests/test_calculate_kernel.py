@@ -2,10 +2,7 @@
 file names, keys and values, and one-line refusals that write nothing."""
 
 import os
-import subprocess
-import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -14,18 +11,15 @@ import data
 import features
 import models
 import utils
+from helpers import needs_fashion_mnist
+from helpers import run_script as run_entry_script
 from kernel_reference import perturb, reference_kernels, relative_error
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO_ROOT, "calculate_kernel.py")
 SIZE = 20  # two images of each of the ten classes
 BLOCK = 8  # three blocks, the last padded
 SPEC = models.ModelSpec("resnet18", 2, "fashion_mnist", 10)
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(data.DEBIAN_FASHION_MNIST),
-    reason=f"Fashion-MNIST not found at {data.DEBIAN_FASHION_MNIST}",
-)
+pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +88,7 @@ def files_in(folder):
 
 def run_script(argv):
     """The finished `python calculate_kernel.py argv` (text output)."""
-    return subprocess.run(
-        [sys.executable, SCRIPT, *argv],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
+    return run_entry_script("calculate_kernel.py", *argv)
 
 
 def test_all_classes_one_file_each(run_dir):

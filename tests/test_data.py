@@ -10,6 +10,7 @@ import pytest
 import torchvision.datasets
 
 import data
+from helpers import needs_fashion_mnist
 from utils import UserError
 
 
@@ -177,10 +178,7 @@ def test_load_mnist_reads_idx_files(tmp_path, monkeypatch):
         _assert_split(got, expected[train])
 
 
-@pytest.mark.skipif(
-    not os.path.isdir(data.DEBIAN_FASHION_MNIST),
-    reason="Debian fashion-mnist package not installed",
-)
+@needs_fashion_mnist
 def test_debian_fashion_mnist_installs_offline(tmp_path, monkeypatch):
     _no_network(monkeypatch, torchvision.datasets.FashionMNIST)
     # The first ten labels of each split, as published with the dataset.
@@ -311,7 +309,9 @@ def test_train_batches_resume_matches_skipping():
     full = _epoch(n=23, batch_size=5, seed=4, epoch=7)
     resumed = _epoch(n=23, batch_size=5, seed=4, epoch=7, start_step=2)
     assert len(resumed) == len(full) - 2
-    for (step_a, x_a, y_a), (step_b, x_b, y_b) in zip(full[2:], resumed):
+    for (step_a, x_a, y_a), (step_b, x_b, y_b) in zip(
+        full[2:], resumed, strict=True
+    ):
         assert step_a == step_b
         np.testing.assert_array_equal(x_a, x_b)
         np.testing.assert_array_equal(y_a, y_b)

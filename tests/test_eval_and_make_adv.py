@@ -3,9 +3,6 @@ Fashion-MNIST: the paper's Example 5 command, its output files, transfer to
 its own adversarial examples, and refusal of bad input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,10 +10,14 @@ import pytest
 import data
 import eval_and_make_adv
 import utils
-from test_evaluation import linearized_logits, train_tiny_mlp
+from helpers import (
+    assert_close,
+    linearized_logits,
+    require_fashion_mnist,
+    run_script,
+    train_tiny_mlp,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "eval_and_make_adv.py")
 RUN_DIR = "saved_model_loaded_centering_phase_2"
 EPS_255 = 4.0
 # Example 5 of the paper's README, word for word.
@@ -37,8 +38,7 @@ EXAMPLE_5 = [
 def workdir(tmp_path_factory):
     """A folder holding RUN_DIR/parameters_final.pkl and data/; also the
     trained model (see train_tiny_mlp) as `workdir.trained`."""
-    if not os.path.isdir(data.DEBIAN_FASHION_MNIST):
-        pytest.skip("Debian fashion-mnist package not installed")
+    require_fashion_mnist()
     root = tmp_path_factory.mktemp("work")
     trained = train_tiny_mlp(str(root / "data"))
     utils.save_checkpoint(
@@ -157,9 +157,7 @@ def test_components_are_the_centered_linearization(example5, workdir):
         trained["images"],
     )
     components = results["components_clean"]
-    np.testing.assert_allclose(
-        components["f"] + components["df"], want, atol=1e-4
-    )
+    assert_close(components["f"] + components["df"], want, rtol=1e-4)
     np.testing.assert_array_equal(
         results["predictions_clean"], np.argmax(components["df"], axis=-1)
     )
@@ -297,21 +295,12 @@ def test_bad_input_exits_2_with_one_line(workdir, monkeypatch, capsys, case):
     assert not list(root.rglob("bad_out"))
 
 
-def run_script(root, argv):
-    """The script in a subprocess, in folder `root`."""
-    return subprocess.run(
-        [sys.executable, SCRIPT, *argv],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_example_5_command_line(workdir):
     root, _ = workdir
     done = run_script(
-        root, EXAMPLE_5 + ["--save_name", "cli", "--short"] + small(root)
+        "eval_and_make_adv.py",
+        *EXAMPLE_5 + ["--save_name", "cli", "--short"] + small(root),
+        cwd=root,
     )
     assert done.returncode == 0, done.stderr
     files = outputs(root, "cli")
@@ -320,6 +309,8 @@ def test_example_5_command_line(workdir):
 
 def test_bad_input_from_the_command_line(workdir):
     root, _ = workdir
-    done = run_script(root, ["--model_path", "absent.pkl"])
+    done = run_script(
+        "eval_and_make_adv.py", "--model_path", "absent.pkl", cwd=root
+    )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr

@@ -17,7 +17,7 @@ N_CLASSES = 3
 IMAGE_SHAPE = (16, 16, 3)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resnet():
     """(apply, params, state, images (7, 16, 16, 3)) of a width-2 ResNet-18
     with a non-zero last layer and running statistics set."""
@@ -27,14 +27,14 @@ def resnet():
     return apply_fn, params, state, images
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resnet_reference():
     """(K, 7, 7) float64 per-class kernels from jax.jacrev."""
     apply_fn, params, state, images = resnet()
     return reference_kernels(apply_fn, [params], state, images)[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jacobian_fn(factored_kind):
     """One compiled block Jacobian per choice of factored layers."""
     apply_fn, params, state, _ = resnet()
@@ -158,14 +158,17 @@ def test_explicit_gradients_are_per_image_gradients():
     block = block_jacobian("none", slice(0, 2), (1,))
     assert block.inputs == {} and block.cotangents == {}
     for b in range(2):
+        image = images[b : b + 1]
         want = jax.jacrev(
-            lambda p: apply_fn(p, state, None, images[b : b + 1], False)[0][
-                0, 1
-            ]
+            lambda p, x=image: apply_fn(p, state, None, x, False)[0][0, 1]
         )(params)
-        got = jax.tree_util.tree_map(lambda leaf: leaf[0, b], block.explicit)
+        got = jax.tree_util.tree_map(
+            lambda leaf, b=b: leaf[0, b], block.explicit
+        )
         for g, w in zip(
-            jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)
+            jax.tree_util.tree_leaves(got),
+            jax.tree_util.tree_leaves(want),
+            strict=True,
         ):
             np.testing.assert_allclose(
                 g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max()

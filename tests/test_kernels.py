@@ -19,12 +19,12 @@ N_CLASSES = 3
 PER_PASS = 2  # three classes in passes (0, 1), (2, 2): the last padded
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resnet():
     return network("resnet18", N_CLASSES, (16, 16, 3), N_IMAGES)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mlp():
     return network("mlp_skinny", N_CLASSES, (6, 6, 1), N_IMAGES)
 
@@ -37,7 +37,7 @@ def expected(reference, class_index):
     return reference[class_index]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def schedule(net, implementation):
     """One block schedule (and its compiled functions) per network and
     implementation, shared by the tests."""
@@ -176,7 +176,7 @@ def abstract_survey(name, width, image_shape, n_classes=10):
     return jacobians.survey(model.apply, params, state, image_shape)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resnet18_survey():
     """The full-width ResNet-18 of the paper on CIFAR-10."""
     return abstract_survey("resnet18", 64, (32, 32, 3))

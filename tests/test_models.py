@@ -1,6 +1,6 @@
-"""Models: shapes, parameter counts, and the linearization against references."""
+"""Models: shapes, parameter counts, and the linearization against
+references."""
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,7 +125,10 @@ def perturbation(params, seed):
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     return jax.tree_util.tree_unflatten(
         treedef,
-        [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves)],
+        [
+            jax.random.normal(k, p.shape, p.dtype)
+            for k, p in zip(keys, leaves, strict=True)
+        ],
     )
 
 

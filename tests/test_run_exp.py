@@ -6,7 +6,6 @@ network keeps compile and run times small.
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -19,7 +18,13 @@ import pytest
 import data
 import models
 import utils
-from conftest import ROOT, needs_fashion_mnist
+from helpers import (
+    ROOT,
+    SUBPROCESS_TIMEOUT_S,
+    load_pickle,
+    needs_fashion_mnist,
+)
+from helpers import run_script as run_entry_script
 
 pytestmark = needs_fashion_mnist
 
@@ -46,29 +51,14 @@ SIZE_FLAGS = [
 
 def run_script(*args, data_path, check=True):
     """Runs run_exp.py with `args`; returns the CompletedProcess."""
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "run_exp.py"),
-        *args,
-        "--data_path",
-        str(data_path),
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, cwd=ROOT, timeout=600
+    return run_entry_script(
+        "run_exp.py", *args, "--data_path", data_path, check=check
     )
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")
 def data_path(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
-
-
-def load_pickle(path):
-    with open(path, "rb") as f:
-        return pickle.load(f)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +89,8 @@ def phase_one_runs(tmp_path_factory, data_path):
 
 @pytest.fixture(scope="module")
 def phase_two_runs(tmp_path_factory, phase_one_runs, data_path):
-    """Examples 3 and 4: centered phase 2 from epoch 2, benign and adversarial."""
+    """Examples 3 and 4: centered phase 2 from epoch 2, benign and
+    adversarial."""
     base = phase_one_runs["CC"] / "parameters_checkpoint_2.pkl"
     runs = {}
     for loaders in ("CC", "CA"):
@@ -183,7 +174,8 @@ def test_phase_one_writes_every_file(phase_one_runs, loaders):
         check_checkpoint(save / name, SPEC)
     check_results(save, evaluated={"standard"})
     log = [
-        json.loads(l) for l in (save / "log.jsonl").read_text().splitlines()
+        json.loads(line)
+        for line in (save / "log.jsonl").read_text().splitlines()
     ]
     assert [r["epoch"] for r in log] == [0, 1, 2]
     assert all(r["adversarial"] == (loaders == "AC") for r in log)
@@ -228,7 +220,8 @@ def test_phase_two_files_and_frozen_params(
     assert utils.tree_equal(final["net_state"], base["net_state"])
     assert not utils.tree_equal(final["lin_params"], base["params"])
     log = [
-        json.loads(l) for l in (save / "log.jsonl").read_text().splitlines()
+        json.loads(line)
+        for line in (save / "log.jsonl").read_text().splitlines()
     ]
     assert [(r["phase"], r["adversarial"]) for r in log] == [
         ("linear", loaders == "CA")
@@ -315,20 +308,30 @@ def resnet_flags(save):
     ]
 
 
-def wait_until(save, predicate, process, timeout=300):
-    """Polls train_state.pkl until predicate(stage, epoch, step) holds."""
+def wait_until(save, predicate, process):
+    """Polls train_state.pkl until predicate(stage, epoch, step) holds.
+
+    Waits on what the run writes, not on a clock: it gives up only when the
+    process has ended or after SUBPROCESS_TIMEOUT_S. Returns (whether it
+    held, a description of the last state seen, for the failure message).
+    """
     path = save / "train_state.pkl"
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+    seen = "no train_state.pkl yet"
+    while time.monotonic() < deadline and process.poll() is None:
         if path.exists():
             saved = utils.safe_load_pickle(path)
             train = saved.get("train") or {}
-            if predicate(
-                saved["stage"], train.get("epoch"), train.get("step")
-            ):
-                return True
+            position = (saved["stage"], train.get("epoch"), train.get("step"))
+            seen = "stage {}, epoch {}, step {}".format(*position)
+            if predicate(*position):
+                return True, seen
         time.sleep(0.005)
-    return False
+    ended = process.poll()
+    return False, (
+        f"last seen: {seen}; process "
+        + ("still running" if ended is None else f"exited with {ended}")
+    )
 
 
 def in_phase_one(stage, epoch, step):
@@ -358,7 +361,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, data_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        assert wait_until(killed, moment, process)
+        reached, seen = wait_until(killed, moment, process)
+        assert reached, f"{moment.__name__} never reached: {seen}"
         process.send_signal(signal.SIGKILL)
         process.wait()
     unfinished = run_script(
@@ -371,7 +375,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, data_path):
     for key in ("params", "lin_params", "net_state"):
         assert utils.tree_equal(first[key], resumed[key]), key
     log = [
-        json.loads(l) for l in (killed / "log.jsonl").read_text().splitlines()
+        json.loads(line)
+        for line in (killed / "log.jsonl").read_text().splitlines()
     ]
     assert [(r["phase"], r["epoch"]) for r in log] == [
         ("standard", 0),

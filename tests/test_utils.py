@@ -17,9 +17,7 @@ import optax
 import pytest
 
 import utils
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from helpers import ROOT, SUBPROCESS_TIMEOUT_S
 
 # --------------------------------------------------------------------------
 # Helpers
@@ -286,7 +284,7 @@ def test_arrays_scalars_and_dtypes_load(tmp_path, protocol):
     path.write_bytes(pickle.dumps(tree, protocol=protocol))
     loaded = utils.safe_load_pickle(path)
     assert loaded["python"] == PYTHON_VALUES
-    for want, got in zip(ALLOWED_VALUES, loaded["values"]):
+    for want, got in zip(ALLOWED_VALUES, loaded["values"], strict=True):
         if isinstance(want, np.dtype):
             assert got == want
         else:
@@ -472,14 +470,13 @@ def test_run_cli_user_error_exits_2_without_traceback():
         "    raise utils.UserError('bad --eps: must be positive')\n"
         "utils.run_cli(main)\n"
     )
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=REPO_ROOT,
-        env=env,
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert result.returncode == 2
     assert result.stderr == "error: bad --eps: must be positive\n"

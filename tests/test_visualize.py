@@ -2,8 +2,6 @@
 the files it writes, and one-line refusals of bad input that write nothing."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,19 +12,15 @@ import features
 import models
 import utils
 import visualize_ntk_features
+from helpers import needs_fashion_mnist, run_script
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(REPO_ROOT, "visualize_ntk_features.py")
 CLASS_INDEX = 3
 SIZE = 20  # two images of each of the ten classes
 N_IMAGES = 2
 STEPS = 4
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(data.DEBIAN_FASHION_MNIST),
-    reason=f"Fashion-MNIST not found at {data.DEBIAN_FASHION_MNIST}",
-)
+pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +93,7 @@ def files_under(folder):
 
 def test_cli_writes_images_and_grid(run_dir):
     out_dir = os.path.join(os.path.dirname(run_dir["checkpoint"]), "out")
-    result = subprocess.run(
-        [sys.executable, SCRIPT, *cli_args(run_dir)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
+    result = run_script("visualize_ntk_features.py", *cli_args(run_dir))
     assert result.returncode == 0, result.stderr
     stem = os.path.join(out_dir, f"ntk_eig_images_class_{CLASS_INDEX}_{SIZE}")
     assert files_under(out_dir) == [
@@ -214,17 +201,9 @@ def test_kernel_of_other_parameters_writes_no_files(run_dir, capsys):
 
 
 def test_cli_process_exits_2_on_bad_input(run_dir):
-    result = subprocess.run(
-        [
-            sys.executable,
-            SCRIPT,
-            *cli_args(run_dir, kernel_path=run_dir["kernel"] + ".absent"),
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    result = run_script(
+        "visualize_ntk_features.py",
+        *cli_args(run_dir, kernel_path=run_dir["kernel"] + ".absent"),
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: cannot read")

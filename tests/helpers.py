@@ -1,0 +1,201 @@
+"""Helpers shared by the test modules: the test environment (the repository
+root on sys.path, JAX on the CPU, one persistent compilation cache for the
+whole session, so that the many entry-script runs in subprocesses compile
+each network only once), the Fashion-MNIST skip, entry scripts run as
+subprocesses, pickles read the way a notebook reads them, the one-line error
+check, and a small trained MLP."""
+
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Before JAX is imported: it reads these when it starts.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), "ntk-jax-cache"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import pytest  # noqa: E402
+
+import data  # noqa: E402
+import models  # noqa: E402
+from nt_compat import nt  # noqa: E402
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+# A limit on a whole subprocess, not a performance expectation: generous
+# enough for a loaded 2-core machine compiling from a cold cache.
+SUBPROCESS_TIMEOUT_S = 1800
+
+has_fashion_mnist = os.path.isdir(FASHION_MNIST)
+needs_fashion_mnist = pytest.mark.skipif(
+    not has_fashion_mnist,
+    reason="Debian package dataset-fashion-mnist is not installed",
+)
+
+
+def require_fashion_mnist() -> None:
+    """Skips the calling test or fixture when Fashion-MNIST is missing."""
+    if not has_fashion_mnist:
+        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+
+
+def run_script(
+    script: str, *args, cwd=None, check: bool = False, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python ROOT/script args` to completion, text output captured.
+
+    With `check`, asserts exit status 0 and shows the end of stderr if not.
+    """
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", **(env or {})),
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def load_pickle(path):
+    """A pickle read with plain `pickle.load`, as a notebook would."""
+    with open(path, "rb") as file:
+        return pickle.load(file)
+
+
+def assert_one_line_error(stderr: str, *named: str) -> None:
+    """stderr is one `error: ...` line, without a traceback, naming each
+    string of `named`."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    for text in named:
+        assert text in lines[0], (text, lines[0])
+
+
+def assert_close(got, want, rtol: float = 1e-5) -> None:
+    """Every entry of `got` within rtol·max|want| of `want`.
+
+    float32 results of the same sum in another order (other batch shapes,
+    other fusions) differ by about 1e-7 of the magnitudes summed, so a
+    tolerance relative to the scale holds on any machine where an absolute
+    one does not.
+    """
+    want = np.asarray(want, np.float64)
+    scale = max(float(np.max(np.abs(want))), 1e-30)
+    np.testing.assert_allclose(
+        np.asarray(got, np.float64), want, rtol=0, atol=rtol * scale
+    )
+
+
+# --------------------------------------------------------------------------
+# A small MLP trained on Fashion-MNIST (evaluation and its script)
+# --------------------------------------------------------------------------
+
+TINY_IMAGE_SHAPE = (28, 28, 1)
+TINY_TRAIN_SIZE = 2048
+TINY_TEST_SIZE = 200
+
+
+def sgd_steps(
+    model,
+    dynamics,
+    params0,
+    params,
+    state,
+    images,
+    labels,
+    steps,
+    batch_size=128,
+):
+    """`steps` SGD steps (lr 0.1, momentum 0.9) of `params` on the
+    cross-entropy of `dynamics`' logits, batches taken in order."""
+    optimizer = optax.sgd(0.1, momentum=0.9)
+
+    def loss(trained, x, y):
+        logits, _ = dynamics.logits(model.apply, params0, trained, state, x)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits, y
+        ).mean()
+
+    @jax.jit
+    def step(trained, opt_state, x, y):
+        grads = jax.grad(loss)(trained, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, trained)
+        return optax.apply_updates(trained, updates), opt_state
+
+    opt_state = optimizer.init(params)
+    for i in range(steps):
+        start = (i * batch_size) % len(labels)
+        params, opt_state = step(
+            params,
+            opt_state,
+            images[start : start + batch_size],
+            labels[start : start + batch_size],
+        )
+    return params
+
+
+def train_tiny_mlp(data_path):
+    """mlp_skinny after 40 standard SGD steps (params) and 20 more of the
+    centered linearization around them (lin_params), on 2048 Fashion-MNIST
+    training images; also a balanced 200-image test subset.
+
+    Returns:
+        dict with 'model', 'params', 'lin_params', 'state', 'meta' (as
+        run_exp.py writes it), 'images' (200, 28, 28, 1), 'labels' (200,).
+    """
+    images, labels = data.load_split("fashion_mnist", data_path, train=True)
+    images, labels = images[:TINY_TRAIN_SIZE], labels[:TINY_TRAIN_SIZE]
+    model = models.get_model("mlp_skinny", 10)
+    params, state = models.init_model(model, 0, TINY_IMAGE_SHAPE)
+    params = sgd_steps(
+        model, models.STANDARD, params, params, state, images, labels, 40
+    )
+    lin_params = sgd_steps(
+        model,
+        models.Dynamics(linear=True, centering=True),
+        params,
+        params,
+        state,
+        images,
+        labels,
+        20,
+    )
+    test_images, test_labels = data.subset(
+        *data.load_split("fashion_mnist", data_path, train=False),
+        TINY_TEST_SIZE,
+        0,
+    )
+    spec = models.ModelSpec("mlp_skinny", 64, "fashion_mnist", 10)
+    meta = dict(spec.as_meta(), centering=True, linear=True, phase=2, epoch=1)
+    return dict(
+        model=model,
+        params=params,
+        lin_params=lin_params,
+        state=state,
+        meta=meta,
+        images=test_images,
+        labels=test_labels,
+    )
+
+
+def linearized_logits(model, params0, params, state, images):
+    """f(x; θ0) + J(θ − θ0) by neural-tangents, independently of models.py."""
+
+    def f(p, x):
+        return model.apply(p, state, None, x, False)[0]
+
+    return np.asarray(jax.jit(nt.linearize(f, params0))(params, images))
