@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+import cli
 import data
 import features
 import kernels
@@ -27,8 +28,8 @@ from utils import UserError
 
 
 def parse_args(argv=None):
-    positive_int = utils.number_flag(int, 1)
-    parser = utils.ArgumentParser(description=__doc__.split("\n")[0])
+    positive_int = cli.positive_int
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model_path",
         required=True,
@@ -108,7 +109,7 @@ def parse_args(argv=None):
         help="images per block (default: the least modelled "
         "work within --memory_gb; 4 for ntvp)",
     )
-    positive_float = utils.number_flag(float, 0.0, strict=True)
+    positive_float = cli.positive_float
     parser.add_argument(
         "--memory_gb",
         type=positive_float,
@@ -120,26 +121,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    checkpoint = utils.load_checkpoint(args.model_path)
-    spec = models.resolve_spec(
-        checkpoint["meta"],
-        data.n_classes,
+    checkpoint, spec = models.load_checkpoint(
+        args.model_path,
         model=args.model,
         width=args.width,
         dataset=args.dataset,
-        source=args.model_path,
     )
     kernels.kernel_classes(args.class_index, spec.n_classes)
     out_dir = features.output_dir(args.model_path, args.bonus_dir)
     images, labels, indices = _subset(args, spec)
     params = checkpoint["lin_params" if args.use_linear_params else "params"]
-    models.check_params_fit(
-        spec,
-        params,
-        checkpoint["net_state"],
-        images.shape[1:],
-        source=args.model_path,
-    )
     utils.ensure_writable_dir(out_dir)
 
     started = time.perf_counter()
@@ -220,4 +211,4 @@ def _show_progress(flag):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    cli.run_cli(main)

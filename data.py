@@ -5,6 +5,7 @@ class indices. Files are read through torchvision's dataset classes, which
 know the on-disk formats; nothing is normalised or augmented.
 """
 
+import dataclasses
 import gzip
 import os
 import shutil
@@ -13,24 +14,43 @@ import numpy as np
 
 from utils import UserError
 
-DATASETS = {"cifar10": 10, "cifar100": 100, "fashion_mnist": 10, "mnist": 10}
-
-# (H, W, C) of each dataset's images.
-IMAGE_SHAPES = {
-    "cifar10": (32, 32, 3),
-    "cifar100": (32, 32, 3),
-    "fashion_mnist": (28, 28, 1),
-    "mnist": (28, 28, 1),
-}
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
-# Name of the torchvision class for each dataset, and the folder under
-# data_path that it reads (what a user must put there to work offline).
-_TORCHVISION = {
-    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
-    "cifar100": ("CIFAR100", "cifar-100-python"),
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw"),
-    "mnist": ("MNIST", "MNIST/raw"),
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """One dataset: what the code needs to know of it.
+
+    name: the `--dataset` value.
+    n_classes: number of classes C; labels are 0 .. C-1.
+    image_shape: (H, W, C) of one image.
+    torchvision_class: the torchvision.datasets class that reads its files.
+    folder: what that class reads under `--data_path` (what a user must put
+      there to work offline).
+    """
+
+    name: str
+    n_classes: int
+    image_shape: tuple[int, int, int]
+    torchvision_class: str
+    folder: str
+
+
+# The registry: add a dataset here (and nowhere else).
+DATASETS: dict[str, Dataset] = {
+    entry.name: entry
+    for entry in (
+        Dataset("cifar10", 10, (32, 32, 3), "CIFAR10", "cifar-10-batches-py"),
+        Dataset("cifar100", 100, (32, 32, 3), "CIFAR100", "cifar-100-python"),
+        Dataset(
+            "fashion_mnist",
+            10,
+            (28, 28, 1),
+            "FashionMNIST",
+            "FashionMNIST/raw",
+        ),
+        Dataset("mnist", 10, (28, 28, 1), "MNIST", "MNIST/raw"),
+    )
 }
 
 _IDX_FILES = (
@@ -41,18 +61,19 @@ _IDX_FILES = (
 )
 
 
-def n_classes(name):
-    """Number of classes of dataset `name` (a key of DATASETS)."""
-    _check_name(name)
-    return DATASETS[name]
-
-
-def _check_name(name):
+def get_dataset(name: str) -> Dataset:
+    """The registry entry of dataset `name`; UserError if there is none."""
     if name not in DATASETS:
         raise UserError(
             f"unknown dataset {name!r}: choose one of "
             f"{', '.join(sorted(DATASETS))}"
         )
+    return DATASETS[name]
+
+
+def n_classes(name: str) -> int:
+    """Number of classes of dataset `name` (a key of DATASETS)."""
+    return get_dataset(name).n_classes
 
 
 def load_split(name, data_path="./data", train=True):
@@ -72,18 +93,17 @@ def load_split(name, data_path="./data", train=True):
     Raises:
       UserError: unknown name, or the files are absent and cannot be had.
     """
-    _check_name(name)
-    dataset = _open_torchvision(name, data_path, train)
+    dataset = _open_torchvision(get_dataset(name), data_path, train)
     return _pixels_to_float(dataset.data), _labels_to_int32(dataset.targets)
 
 
-def _open_torchvision(name, data_path, train):
+def _open_torchvision(dataset: Dataset, data_path: str, train: bool):
     """The torchvision dataset object, trying local files before the net."""
     # Imported here: torch is slow to import and only this function needs it.
     import torchvision.datasets
 
-    class_name, folder = _TORCHVISION[name]
-    dataset_class = getattr(torchvision.datasets, class_name)
+    name, folder = dataset.name, dataset.folder
+    dataset_class = getattr(torchvision.datasets, dataset.torchvision_class)
     try:
         return dataset_class(data_path, train=train, download=False)
     except RuntimeError:

@@ -10,18 +10,22 @@ writes in `{dirname(model_path)}/{bonus_dir}/`:
 - `test_results_{save_name}.pkl`: {'acc_clean', 'acc_dirty',
   'predictions_clean', 'predictions_dirty', 'components_clean',
   'components_dirty'}; components are {'f': (N, K), 'df': (N, K)} float32
-  with logits f + df (centered: df). With --no_adv the *_dirty entries are
-  None.
+  with logits f + df (centered: df). With --no_adv no attack runs and, as
+  in the original, the *_dirty entries are the clean ones.
 - `adv_examples_{save_name}.pkl` (--save_examples): {'images' float32
-  (N, C, H, W) in [0, 1], 'labels' int32 (N,)}.
+  (N, C, H, W) in [0, 1], 'labels' int32 (N,)}: the adversarial images, or
+  with --no_adv the clean ones.
 - `results_{save_name}.json`: accuracies, the model and attack evaluated,
   the flags and the software environment.
 
 Without --linear the network at `params` is evaluated (f = its logits,
-df = 0); with --linear its linearization around `params`, at `lin_params`
-(centered with --centering).
+df = 0), or with --centering f(x; params) − f(x; lin_params) as the original
+(for --do_standard_second checkpoints: the trained network minus θ(t));
+with --linear the linearization around `params`, at `lin_params` (centered
+with --centering).
 
---test_path F1 [F2 ...] evaluates on example files (as written by
+--test_path F1 [F2 ...] (or '', the original's default: the test set)
+evaluates on example files (as written by
 --save_examples) instead of the test set and also writes
 `transfer_{save_name}.json`, a table of clean and robust accuracy per file.
 With several files the per-file outputs get the suffix `_{i}` (i = the
@@ -29,24 +33,22 @@ file's position on the command line).
 """
 
 import dataclasses
-import math
 import os
-import sys
-from collections.abc import Callable
+import time
 
 import attacks
+import cli
 import data
 import evaluation
 import models
 import utils
-from utils import UserError
 
 SHORT_BATCHES = 10
 
 
 def parse_args(argv=None):
     """The command line's flags (the original's, then ours)."""
-    parser = utils.ArgumentParser(
+    parser = cli.ArgumentParser(
         description="Clean and PGD-Linf accuracy of a checkpoint, "
         "adversarial examples and transfer tests."
     )
@@ -69,14 +71,15 @@ def parse_args(argv=None):
     parser.add_argument(
         "--centering",
         action="store_true",
-        help="with --linear: the centered linearization",
+        help="with --linear: the centered linearization; without: "
+        "f(x; params) - f(x; lin_params)",
     )
     parser.add_argument(
         "--test_path",
         nargs="+",
         default=None,
         help="example files {images (N,C,H,W), labels} to "
-        "evaluate on instead of the test set",
+        "evaluate on instead of the test set ('': the test set)",
     )
     parser.add_argument(
         "--bonus_dir",
@@ -84,91 +87,55 @@ def parse_args(argv=None):
         help="output folder, relative to the model's",
     )
     parser.add_argument(
-        "--no_adv", action="store_true", help="clean accuracy only, no attack"
+        "--no_adv",
+        action="store_true",
+        help="clean accuracy only, no attack (dirty = clean)",
     )
     parser.add_argument(
         "--save_examples",
         action="store_true",
-        help="write the adversarial examples",
+        help="write the adversarial examples (with --no_adv: the clean "
+        "images)",
     )
     parser.add_argument(
         "--short",
         action="store_true",
         help=f"only the first {SHORT_BATCHES} batches",
     )
-    parser.add_argument(
-        "--random_seed",
-        type=int,
-        default=0,
-        help="seed of the attack and of --test_size",
-    )
-    parser.add_argument(
-        "--dataset",
-        default=None,
-        choices=sorted(data.DATASETS),
-        help="default: the checkpoint's (else cifar10)",
-    )
-    parser.add_argument(
-        "--model",
-        default=None,
-        choices=models.MODELS,
-        help="default: the checkpoint's (else resnet18)",
-    )
-    parser.add_argument(
-        "--eps", type=float, default=4.0, help="L-inf radius in 1/255 units"
-    )
-    parser.add_argument(
-        "--width",
-        type=int,
-        default=None,
-        help="ResNet width; default: the checkpoint's (else 64)",
-    )
-    parser.add_argument(
-        "--data_path", default="./data", help="where the datasets live"
-    )
+    cli.add_seed_flag(parser, "seed of the attack and of --test_size")
+    cli.add_data_flags(parser)
+    cli.add_model_flags(parser)
+    cli.add_eps_flag(parser)
     parser.add_argument(
         "--test_size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="class-balanced subset of each test source (default: all)",
     )
-    parser.add_argument("--batch_size", type=int, default=100)
+    parser.add_argument("--batch_size", type=cli.positive_int, default=100)
     parser.add_argument(
         "--pgd_iters",
-        type=int,
+        type=cli.positive_int,
         default=100,
         help="PGD steps (step size 2 eps / pgd_iters)",
     )
     parser.add_argument(
         "--attack_loss",
         default="ce",
-        choices=attacks.LOSSES,
+        choices=sorted(attacks.LOSSES),
         help="loss PGD maximises: cross-entropy or margin",
     )
     parser.add_argument(
         "--restarts",
-        type=int,
+        type=cli.positive_int,
         default=1,
         help="random starts per example; the worst counts",
     )
-    parser.add_argument(
-        "--no_progress", action="store_true", help="no progress bars"
-    )
-    return parser.parse_args(argv)
-
-
-def check_args(args):
-    """UserError for flag values no run can use."""
-    if not (args.eps > 0 and math.isfinite(args.eps)):
-        raise UserError(
-            f"--eps must be a number > 0 (1/255 units), not {args.eps}"
-        )
-    for flag in ("batch_size", "pgd_iters", "restarts", "test_size"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag} must be >= 1, not {value}")
-    if args.random_seed < 0:
-        raise UserError(f"--random_seed must be >= 0, not {args.random_seed}")
+    cli.add_progress_flag(parser)
+    args = parser.parse_args(argv)
+    if args.test_path is not None and all(p == "" for p in args.test_path):
+        args.test_path = None  # the original's default: the test set
+    return args
 
 
 def load_model(args):
@@ -177,59 +144,44 @@ def load_model(args):
     Returns:
         (checkpoint {'params', 'lin_params', 'net_state', 'meta'}, spec).
     """
-    checkpoint = utils.load_checkpoint(args.model_path)
-    spec = models.resolve_spec(
-        checkpoint["meta"],
-        data.n_classes,
+    return models.load_checkpoint(
+        args.model_path,
         model=args.model,
         width=args.width,
         dataset=args.dataset,
-        source=args.model_path,
     )
-    for key in ("params", "lin_params"):
-        models.check_params_fit(
-            spec,
-            checkpoint[key],
-            checkpoint["net_state"],
-            data.IMAGE_SHAPES[spec.dataset],
-            f"{args.model_path} ({key})",
-        )
-    return checkpoint, spec
 
 
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """The model evaluated: logits of `dynamics` at (`params0`, `params`)."""
-
-    apply_fn: Callable
-    dynamics: models.Dynamics
-    params0: dict
-    params: dict
-    state: dict
-
-    def describe(self):
-        """What was evaluated, for the results file."""
-        linear = self.dynamics.linear
-        return {
-            "linear": linear,
-            "centering": self.dynamics.centering,
-            "parameters": "lin_params" if linear else "params",
-            "expansion_point": "params" if linear else None,
-        }
-
-
-def choose_target(args, checkpoint, spec):
-    """The network at params, or with --linear its linearization around
-    params at lin_params (centered with --centering)."""
+def choose_network(args, checkpoint, spec) -> models.Network:
+    """What the flags evaluate, as the original does: with --linear the
+    linearization around params at lin_params (centered with
+    --centering); without, the network at params, or with --centering
+    f(x; params) − f(x; lin_params)."""
+    apply_fn, state = spec.build().apply, checkpoint["net_state"]
+    params, lin_params = checkpoint["params"], checkpoint["lin_params"]
     if args.linear:
         dynamics = models.Dynamics(linear=True, centering=args.centering)
-        params0, params = checkpoint["params"], checkpoint["lin_params"]
+        return models.Network(apply_fn, dynamics, params, lin_params, state)
+    if args.centering:
+        dynamics = models.Dynamics(linear=False, centering=True)
+        return models.Network(apply_fn, dynamics, lin_params, params, state)
+    return models.Network(apply_fn, models.STANDARD, params, params, state)
+
+
+def describe_network(network: models.Network) -> dict:
+    """What was evaluated, for the results file."""
+    dynamics = network.dynamics
+    if dynamics.linear:
+        parameters, point = "lin_params", "params"
     else:
-        dynamics = models.STANDARD
-        params0 = params = checkpoint["params"]
-    return Target(
-        spec.build().apply, dynamics, params0, params, checkpoint["net_state"]
-    )
+        parameters = "params"
+        point = "lin_params" if dynamics.centering else None
+    return {
+        "linear": dynamics.linear,
+        "centering": dynamics.centering,
+        "parameters": parameters,
+        "expansion_point": point,
+    }
 
 
 def model_warnings(args, checkpoint):
@@ -237,10 +189,10 @@ def model_warnings(args, checkpoint):
     meta, path = checkpoint["meta"], args.model_path
     same = utils.tree_equal(checkpoint["params"], checkpoint["lin_params"])
     lines = []
-    if args.centering and not args.linear:
+    if args.centering and not args.linear and same:
         lines.append(
-            "--centering has no effect without --linear: "
-            "evaluating the network at params"
+            f"lin_params equal params in {path}: --centering without "
+            "--linear evaluates f(x; params) - f(x; lin_params), all zero"
         )
     if args.linear and same:
         lines.append(
@@ -267,7 +219,7 @@ def model_warnings(args, checkpoint):
             f"{bool(meta['centering'])} but --centering is "
             f"{'on' if args.centering else 'off'}"
         )
-    if not args.linear and not same:
+    if not args.linear and not args.centering and not same:
         lines.append(
             f"lin_params of {path} differ from params but are "
             "not used: evaluating the network at params (--linear "
@@ -303,7 +255,9 @@ def load_sources(args, spec):
             (
                 path,
                 *evaluation.load_examples(
-                    path, data.IMAGE_SHAPES[spec.dataset], spec.n_classes
+                    path,
+                    data.get_dataset(spec.dataset).image_shape,
+                    spec.n_classes,
                 ),
             )
             for path in args.test_path
@@ -328,19 +282,15 @@ def output_paths(out_dir, save_name, index, count):
     }
 
 
-def evaluate_source(args, target, attack, eval_step, source):
-    """Evaluates `target` on one (name, images, labels) source.
+def evaluate_source(args, network, attack, eval_step, source):
+    """Evaluates `network` on one (name, images, labels) source.
 
     Returns:
-        (EvalResult, the labels of its n examples).
+        (EvalResult, the images and labels of its n examples).
     """
     name, images, labels = source
     result = evaluation.evaluate(
-        target.apply_fn,
-        target.dynamics,
-        target.params0,
-        target.params,
-        target.state,
+        network,
         images,
         labels,
         attack=attack,
@@ -352,17 +302,19 @@ def evaluate_source(args, target, attack, eval_step, source):
         progress=not args.no_progress,
         desc=os.path.basename(name),
     )
-    return result, labels[: result.n]
+    return result, images[: result.n], labels[: result.n]
 
 
-def write_source_outputs(paths, result, labels):
-    """Writes the results pickle (and examples); returns the files written."""
+def write_source_outputs(args, paths, result, images, labels):
+    """Writes the results pickle (and with --save_examples the examples:
+    adversarial, or with --no_adv the clean images, as the original);
+    returns the files written."""
     utils.atomic_pickle(paths["results"], evaluation.results_record(result))
     written = {"results_file": paths["results"]}
-    if result.adv_images is not None:
+    if args.save_examples:
+        examples = images if result.adv_images is None else result.adv_images
         utils.atomic_pickle(
-            paths["examples"],
-            evaluation.examples_record(result.adv_images, labels),
+            paths["examples"], evaluation.examples_record(examples, labels)
         )
         written["examples_file"] = paths["examples"]
     return written
@@ -381,12 +333,12 @@ def attack_record(attack, args):
     )
 
 
-def run_record(args, spec, target, attack, rows):
+def run_record(args, spec, network, attack, rows):
     """The `results_{save_name}.json` content."""
     return {
         "model_path": args.model_path,
         "model": spec.as_meta(),
-        "evaluated": target.describe(),
+        "evaluated": describe_network(network),
         "attack": attack_record(attack, args),
         "test": {
             "batch_size": args.batch_size,
@@ -442,25 +394,24 @@ def summary_line(row):
 
 def main(argv=None):
     args = parse_args(argv)
-    check_args(args)
     checkpoint, spec = load_model(args)
-    target = choose_target(args, checkpoint, spec)
+    network = choose_network(args, checkpoint, spec)
     attack = attack_config(args)
     sources = load_sources(args, spec)
     out_dir = utils.ensure_writable_dir(
         os.path.join(os.path.dirname(args.model_path), args.bonus_dir)
     )
+    utils.remove_stale_temp_files(out_dir)
     # Only once every input has been checked, so that errors stay one line.
     for line in model_warnings(args, checkpoint):
-        print(f"warning: {line}", file=sys.stderr)
+        cli.warn(line)
 
-    eval_step = evaluation.make_eval_step(
-        target.apply_fn, target.dynamics, attack
-    )
+    eval_step = evaluation.make_eval_step(attack)
     rows = []
     for index, source in enumerate(sources):
-        result, labels = evaluate_source(
-            args, target, attack, eval_step, source
+        started = time.perf_counter()
+        result, images, labels = evaluate_source(
+            args, network, attack, eval_step, source
         )
         paths = output_paths(out_dir, args.save_name, index, len(sources))
         row = {
@@ -468,12 +419,13 @@ def main(argv=None):
             "n": result.n,
             "acc_clean": result.acc_clean,
             "acc_dirty": result.acc_dirty,
+            "seconds": time.perf_counter() - started,
         }
-        row.update(write_source_outputs(paths, result, labels))
+        row.update(write_source_outputs(args, paths, result, images, labels))
         rows.append(row)
         print(summary_line(row))
 
-    record = run_record(args, spec, target, attack, rows)
+    record = run_record(args, spec, network, attack, rows)
     utils.atomic_write_json(
         os.path.join(out_dir, f"results_{args.save_name}.json"), record
     )
@@ -486,4 +438,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    cli.run_cli(main)

@@ -1,9 +1,9 @@
 """Clean and PGD-robust accuracy of a model under given dynamics.
 
 Shared by `run_exp.py` (the test after each phase) and
-`eval_and_make_adv.py`. A model is an `apply_fn` with parameters
-(`params0`, the expansion point, and `params`, the trainable copy) and a
-`models.Dynamics` that says how they give logits. Every batch goes through
+`eval_and_make_adv.py`. The model is a `models.Network`: an `apply_fn`,
+parameters (`params0`, the expansion point, and `params`) and the
+`models.Dynamics` that say how they give logits. Every batch goes through
 one compiled call that returns the logits' two components (f, df) on the
 clean batch and, with an attack, the adversarial batch and its components.
 Batch norm is always in eval mode, so examples never interact.
@@ -13,6 +13,7 @@ The end of the module reads and writes the files of `eval_and_make_adv.py`
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 import attacks
 import data
+import models
 import utils
 from utils import UserError
 
@@ -54,43 +56,35 @@ class EvalResult:
     n: int
 
 
-def make_eval_step(apply_fn, dynamics, attack):
+def make_eval_step(attack: attacks.AttackConfig | None) -> Callable:
     """A compiled clean-and-adversarial evaluation of one batch.
 
     Args:
-        apply_fn: the Haiku model's `apply(params, state, rng, images,
-            is_training)`.
-        dynamics: a `models.Dynamics`.
         attack: an `attacks.AttackConfig`, or None for clean only. PGD
-            attacks the dynamics' logits (centered: df; else f + df).
+            attacks the network's logits (centered: df; else f + df).
 
     Returns:
-        A `jax.jit` function `(params0, params, state, images, labels, key)
-        -> dict` for images (B, H, W, C) in [0, 1], labels (B,) int and a
-        PRNG key, returning 'f_clean', 'df_clean' (B, K) and, with an attack,
-        'adv_images' (B, H, W, C), 'f_adv', 'df_adv' (B, K). It compiles once
-        per batch shape.
+        A `jax.jit` function `(network, images, labels, key) -> dict` for a
+        `models.Network`, images (B, H, W, C) in [0, 1], labels (B,) int
+        and a PRNG key, returning 'f_clean', 'df_clean' (B, K) and, with an
+        attack, 'adv_images' (B, H, W, C), 'f_adv', 'df_adv' (B, K). Batch
+        norm is in eval mode. It compiles once per network structure and
+        batch shape.
     """
 
-    def parts(params0, params, state, images):
-        f, df, _ = dynamics.parts(
-            apply_fn, params0, params, state, images, is_training=False
-        )
-        return f, df
-
-    def step(params0, params, state, images, labels, key):
-        f, df = parts(params0, params, state, images)
+    def step(network, images, labels, key):
+        f, df, _ = network.parts(images)
         out = {"f_clean": f, "df_clean": df}
         if attack is None:
             return out
-
-        def logits_fn(x):
-            return dynamics.logits(
-                apply_fn, params0, params, state, x, is_training=False
-            )[0]
-
-        adv = attacks.pgd(logits_fn, images, labels, key, **attack.kwargs())
-        f_adv, df_adv = parts(params0, params, state, adv)
+        adv = attacks.pgd(
+            lambda x: network.logits(x)[0],
+            images,
+            labels,
+            key,
+            **attack.kwargs(),
+        )
+        f_adv, df_adv, _ = network.parts(adv)
         out.update(adv_images=adv, f_adv=f_adv, df_adv=df_adv)
         return out
 
@@ -213,23 +207,19 @@ class _Gathered:
 
 
 def evaluate(
-    apply_fn,
-    dynamics,
-    params0,
-    params,
-    state,
-    images,
-    labels,
+    network: models.Network,
+    images: np.ndarray,
+    labels: np.ndarray,
     *,
-    attack,
-    batch_size=100,
-    seed=0,
-    max_batches=None,
-    keep_examples=False,
-    progress=True,
-    desc="eval",
-    eval_step=None,
-):
+    attack: attacks.AttackConfig | None,
+    batch_size: int = 100,
+    seed: int = 0,
+    max_batches: int | None = None,
+    keep_examples: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+    eval_step: Callable | None = None,
+) -> EvalResult:
     """Clean and (with `attack`) robust accuracy on a test set.
 
     Batches of `batch_size` are taken in order; a short last batch is padded
@@ -238,13 +228,10 @@ def evaluate(
     results do not depend on what ran before.
 
     Args:
-        apply_fn, dynamics, attack: as for `make_eval_step`.
-        params0: the expansion point θ0 (the network's `params`).
-        params: the trainable parameters (`lin_params` after phase 2; for
-            standard dynamics without centering, the network's `params`).
-        state: batch-norm state (used in eval mode).
+        network: the `models.Network` evaluated (batch norm in eval mode).
         images: float32 (N, H, W, C) in [0, 1].
         labels: int (N,).
+        attack: an `attacks.AttackConfig`, or None for clean accuracy only.
         batch_size: examples per compiled call.
         seed: seed of the attack's random starts.
         max_batches: evaluate only the first `max_batches` batches (None:
@@ -253,8 +240,8 @@ def evaluate(
         progress: show a tqdm bar with the running clean and robust
             accuracy.
         desc: the bar's label.
-        eval_step: a step from `make_eval_step(apply_fn, dynamics, attack)`
-            to reuse (and not compile again); None makes one.
+        eval_step: a step from `make_eval_step(attack)` to reuse (and not
+            compile again); None makes one.
 
     Returns:
         An EvalResult.
@@ -264,8 +251,8 @@ def evaluate(
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1, not {max_batches}")
     if eval_step is None:
-        eval_step = make_eval_step(apply_fn, dynamics, attack)
-    params0, params, state = jax.device_put((params0, params, state))
+        eval_step = make_eval_step(attack)
+    network = jax.device_put(network)
     size = min(batch_size, len(labels))
     total = data.n_batches(len(labels), batch_size)
     if max_batches is not None:
@@ -279,13 +266,12 @@ def evaluate(
     bar = tqdm(
         batches, total=total, desc=desc, disable=not progress, leave=False
     )
-    gathered, pending = _Gathered(dynamics, keep_examples), None
+    gathered = _Gathered(network.dynamics, keep_examples)
+    pending = None
     for index, (x, y) in bar:
         padded_x, padded_y = _padded(x, y, size)
         out = eval_step(
-            params0,
-            params,
-            state,
+            network,
             jnp.asarray(padded_x),
             jnp.asarray(padded_y),
             jax.random.fold_in(base_key, index),
@@ -309,23 +295,28 @@ def evaluate(
 EXAMPLE_KEYS = ("images", "labels")
 
 
-def results_record(result):
+def results_record(result: EvalResult) -> dict:
     """The `test_results_*.pkl` dict of an EvalResult.
 
     Returns:
-        {'acc_clean': float, 'acc_dirty': float or None,
-        'predictions_clean': int (N,), 'predictions_dirty': int (N,) or None,
+        {'acc_clean': float, 'acc_dirty': float,
+        'predictions_clean': int (N,), 'predictions_dirty': int (N,),
         'components_clean': {'f': (N, K), 'df': (N, K)} float32,
-        'components_dirty': the same or None}; the None entries are those of
-        an evaluation without an attack.
+        'components_dirty': the same}. Without an attack (--no_adv) the
+        dirty entries are the clean ones, as the original writes them.
     """
+    attacked = result.acc_dirty is not None
     return {
         "acc_clean": result.acc_clean,
-        "acc_dirty": result.acc_dirty,
+        "acc_dirty": result.acc_dirty if attacked else result.acc_clean,
         "predictions_clean": result.predictions_clean,
-        "predictions_dirty": result.predictions_dirty,
+        "predictions_dirty": (
+            result.predictions_dirty if attacked else result.predictions_clean
+        ),
         "components_clean": result.components_clean,
-        "components_dirty": result.components_dirty,
+        "components_dirty": (
+            result.components_dirty if attacked else result.components_clean
+        ),
     }
 
 

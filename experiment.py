@@ -1,20 +1,25 @@
 """The run of `run_exp.py`: phase 1, phase 2, evaluation, files, resuming.
 
 Files under `--save_path` (always): `config.json` (flags, versions, device),
-`log.jsonl` (a line per epoch), `train_state.pkl` (what `--resume` needs),
-`results.pkl` and `results.json`. With `--save_models`: `parameters_final.pkl`;
-with `--constant_save` / `--constant_save_linear`: the epoch checkpoints.
+`log.jsonl` (a line per epoch and per evaluation), `train_state.pkl` (what
+`--resume` needs), `results.pkl` and `results.json`. With `--save_models`:
+`parameters_final.pkl`; with `--constant_save` / `--constant_save_linear`:
+the epoch checkpoints. While a run works in the folder it holds its lock
+(`.lock`), so a second run there is refused.
 """
 
 import dataclasses
+import glob
 import json
 import os
 import sys
+import time
 
 import jax
 import numpy as np
 
 import attacks
+import cli
 import data
 import evaluation
 import models
@@ -25,38 +30,25 @@ from utils import UserError
 STATE_FILE = "train_state.pkl"
 TEST_BATCH_SIZE = 100  # as the original
 STAGES = ("standard", "linear", "done")
-# Flags that change what a run computes; a resumed run must repeat them.
-RUN_FLAGS = (
-    "standard_epochs",
-    "linear_epochs",
-    "centering",
-    "save_models",
-    "constant_save",
-    "constant_save_linear",
-    "loose_bn_second",
-    "do_standard_second",
-    "skip_first_test",
-    "skip_second_test",
-    "random_seed",
-    "base_model_path",
-    "model",
-    "loaders",
-    "dataset",
-    "second_lr",
-    "eps",
-    "width",
-    "train_size",
-    "test_size",
-    "batch_size",
-    "train_pgd_iters",
-    "eval_pgd_iters",
-    "eval_attacks",
-    "data_path",
+STATE_VERSION = 2  # of the resume file's layout
+# Flags that do not change what a run computes. Every other flag is recorded
+# with the run, and --resume must repeat it.
+NON_RUN_FLAGS = ("resume", "overwrite", "no_progress", "state_every")
+# The files run_exp.py writes in --save_path (what --overwrite removes).
+RUN_FILES = (
+    "config.json",
+    "log.jsonl",
+    STATE_FILE,
+    "results.pkl",
+    "results.json",
+    "parameters_final.pkl",
+    "parameters_checkpoint_*.pkl",
 )
 
 
 def validate_flags(args) -> None:
-    """Raises UserError for flags that cannot make a run."""
+    """Raises UserError for flags that cannot make a run together (each
+    number is checked by its parser)."""
     loaders = args.loaders
     if len(loaders) != 2 or any(c not in train.LOADERS for c in loaders):
         raise UserError(
@@ -64,44 +56,76 @@ def validate_flags(args) -> None:
             "C (benign), A (adversarial), F (benign, then "
             "adversarial from epoch 50), e.g. CC or AC"
         )
-    for name in ("standard_epochs", "linear_epochs", "random_seed"):
-        if getattr(args, name) < 0:
-            raise UserError(
-                f"--{name} must be 0 or more, not {getattr(args, name)}"
-            )
-    if args.eps <= 0:
-        raise UserError(
-            f"--eps must be positive (in 1/255 units, e.g. 4.0), "
-            f"not {args.eps}"
-        )
-    for name in (
-        "batch_size",
-        "train_pgd_iters",
-        "eval_pgd_iters",
-        "width",
-        "train_size",
-        "test_size",
-        "state_every",
-    ):
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name} must be positive, not {value}")
-    if args.second_lr <= 0:
-        raise UserError(f"--second_lr must be positive, not {args.second_lr}")
-    unknown = set(eval_attack_names(args)) - {"linf", "l2"}
+    unknown = set(eval_attack_names(args)) - set(attacks.EVAL_ATTACKS)
     if unknown:
         raise UserError(
-            f"--eval_attacks takes a comma-separated list of linf "
-            f"and l2, not {args.eval_attacks!r}"
+            "--eval_attacks takes a comma-separated list of "
+            f"{', '.join(attacks.EVAL_ATTACKS)}, not {args.eval_attacks!r}"
+        )
+    if args.resume and args.overwrite:
+        raise UserError(
+            "--resume continues the run in --save_path and --overwrite "
+            "replaces it: pass one of them"
         )
 
 
-def eval_attack_names(args) -> list:
-    return [n for n in args.eval_attacks.split(",") if n]
+def eval_attack_names(args) -> list[str]:
+    return [name for name in args.eval_attacks.split(",") if name]
 
 
 def run_flags(args) -> dict:
-    return {name: getattr(args, name) for name in RUN_FLAGS}
+    """The flags that define what a run computes: every flag but
+    NON_RUN_FLAGS."""
+    return {
+        name: value
+        for name, value in sorted(vars(args).items())
+        if name not in NON_RUN_FLAGS
+    }
+
+
+@dataclasses.dataclass
+class ResumeRecord:
+    """What `train_state.pkl` holds: enough to continue the run exactly.
+
+    stage: 'standard' (phase 1 and its test), 'linear' (phase 2 and its
+      test) or 'done'.
+    flags: run_flags of the run.
+    results: the results so far (see `results_template`).
+    state: the TrainState of the stage as plain NumPy trees, or None.
+    position: the LoopPosition of the stage as plain values, or None.
+    warnings: warnings given so far (also written to results.json).
+    """
+
+    stage: str
+    flags: dict
+    results: dict
+    state: dict | None = None
+    position: dict | None = None
+    warnings: list = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), version=STATE_VERSION)
+
+    @classmethod
+    def from_dict(cls, record: dict, path: str) -> "ResumeRecord":
+        if record.get("version") != STATE_VERSION:
+            raise UserError(
+                f"{path} was written by an earlier version of this code and "
+                "cannot be resumed: start the run again in another "
+                "--save_path, or pass --overwrite"
+            )
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in fields})
+
+
+def results_template(args) -> dict:
+    """The results dict before anything is measured: None = not (yet)
+    measured."""
+    return {
+        "standard": None,
+        "linear": None,
+        "standard_second": bool(args.do_standard_second),
+    }
 
 
 @dataclasses.dataclass
@@ -116,6 +140,8 @@ class Run:
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    record: ResumeRecord | None = None
+    last_saved: str | None = None  # where the resume file's state is
 
     def path(self, name: str) -> str:
         return os.path.join(self.save_dir, name)
@@ -136,70 +162,157 @@ class Run:
 def run_experiment(args) -> dict:
     """Runs (or resumes) the experiment of `args`; returns the results."""
     validate_flags(args)
-    saved = _saved_run(os.path.join(args.save_path, STATE_FILE), args)
-    if saved is not None and saved["stage"] == "done":
-        print(
-            f"{args.save_path} already holds this finished run; nothing to do"
-        )
-        return saved["results"]
+    # A first look, before anything is loaded or written; decided again
+    # under the folder's lock below.
+    if _plan_start(args, _read_record(args)) == "nothing to do":
+        return _report_nothing_to_do(args)
     base = _load_base_model(args)
     run = _prepare(args, base)
-    _write_config(run)
+    utils.ensure_writable_dir(args.save_path)
+    with utils.FolderLock(args.save_path):
+        removed = utils.remove_stale_temp_files(args.save_path)
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) of a killed run")
+        saved = _read_record(args)
+        start = _plan_start(args, saved)
+        if start == "nothing to do":
+            return _report_nothing_to_do(args)
+        if start == "fresh":
+            _remove_previous_run(args)
+            run.record = _fresh_record(run, base)
+            _save_record(run)
+            run.last_saved = "the start of the run"
+        else:
+            run.record = saved
+            run.last_saved = "the point where the run was resumed"
+            _trim_log(run)
+        _write_config(run)
+        try:
+            if run.record.stage == "standard":
+                _phase_one(run, base)
+            if run.record.stage == "linear":
+                _phase_two(run)
+        except train.Diverged as err:
+            raise _divergence_error(run, err) from None
+    return run.record.results
+
+
+def _read_record(args) -> ResumeRecord | None:
+    """The resume file of --save_path, or None when there is none."""
+    path = os.path.join(args.save_path, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    return ResumeRecord.from_dict(utils.safe_load_pickle(path), path)
+
+
+def _previous_files(args) -> list[str]:
+    """The run files (RUN_FILES) in --save_path, sorted."""
+    found = []
+    for pattern in RUN_FILES:
+        found += glob.glob(os.path.join(glob.escape(args.save_path), pattern))
+    return sorted(found)
+
+
+def _plan_start(args, saved: ResumeRecord | None) -> str:
+    """'fresh', 'resume' or 'nothing to do' for the folder's content.
+
+    Raises UserError where going on would mix two runs or lose one.
+    """
+    folder = args.save_path
     if saved is None:
-        saved = _fresh_state(run, base)
-    else:
-        _trim_log(run, saved)
-    if saved["stage"] == "standard":
-        _phase_one(run, saved)
-    if saved["stage"] == "linear":
-        _phase_two(run, saved)
-    return saved["results"]
-
-
-def _saved_run(state_path: str, args):
-    """The resume file's contents if this run should continue, else None."""
-    if not os.path.exists(state_path):
-        if args.resume:
-            print(
-                f"no saved state in {args.save_path}: starting from the "
-                "beginning"
-            )
-        return None
-    saved = utils.safe_load_pickle(state_path)
-    if not args.resume:
-        if saved.get("stage") != "done":
+        previous = _previous_files(args)
+        if previous and not args.overwrite:
+            names = ", ".join(os.path.basename(p) for p in previous[:3])
             raise UserError(
-                f"{args.save_path} holds an unfinished run: pass --resume to "
-                "continue it, or choose another --save_path"
+                f"{folder} holds files of another run ({names}"
+                f"{', ...' if len(previous) > 3 else ''}) but no "
+                f"{STATE_FILE}: pass --overwrite to replace them, or choose "
+                "another --save_path"
             )
-        return None
-    if saved.get("flags") != run_flags(args):
+        if args.resume:
+            print(f"no saved state in {folder}: starting from the beginning")
+        return "fresh"
+    if args.overwrite:
+        return "fresh"
+    same = saved.flags == run_flags(args)
+    if saved.stage == "done":
+        if same:
+            return "nothing to do"
         raise UserError(
-            f"--resume: {args.save_path} holds a run with other "
-            "flags; repeat its command line exactly, or choose "
-            "another --save_path"
+            f"{folder} holds a finished run with loaders "
+            f"{saved.flags.get('loaders')} and other flags "
+            f"({_differences(saved.flags, run_flags(args))}): pass "
+            "--overwrite to replace it, or choose another --save_path"
         )
-    return saved
+    if not args.resume:
+        raise UserError(
+            f"{folder} holds an unfinished run: pass --resume to continue "
+            "it, --overwrite to start again, or choose another --save_path"
+        )
+    if not same:
+        raise UserError(
+            f"--resume: {folder} holds a run with other flags "
+            f"({_differences(saved.flags, run_flags(args))}); repeat its "
+            "command line exactly, or choose another --save_path"
+        )
+    return "resume"
+
+
+def _differences(saved: dict, wanted: dict, limit: int = 4) -> str:
+    """'--eps 4.0 there, 8.0 here; ...' for the flags that differ."""
+    names = sorted(
+        name
+        for name in set(saved) | set(wanted)
+        if saved.get(name) != wanted.get(name)
+    )
+    parts = [
+        f"--{name} {saved.get(name)!r} there, {wanted.get(name)!r} here"
+        for name in names[:limit]
+    ]
+    return "; ".join(parts) + ("; ..." if len(names) > limit else "")
+
+
+def _report_nothing_to_do(args) -> dict:
+    print(f"{args.save_path} already holds this finished run; nothing to do")
+    return _read_record(args).results
+
+
+def _remove_previous_run(args) -> None:
+    """Removes the run files a fresh start replaces (with --overwrite)."""
+    previous = _previous_files(args)
+    for path in previous:
+        os.remove(path)
+    if previous:
+        print(
+            f"--overwrite: removed {len(previous)} file(s) of the previous run"
+        )
 
 
 def _load_base_model(args):
-    """The checkpoint of --base_model_path, or None."""
+    """(checkpoint, spec) of --base_model_path, or None."""
     if not args.base_model_path:
         return None
-    return utils.load_checkpoint(args.base_model_path)
-
-
-def _prepare(args, base) -> Run:
-    """Resolves the model, loads the data and makes the save folder."""
-    meta = base["meta"] if base else {}
-    spec = models.resolve_spec(
-        meta,
-        data.n_classes,
+    return models.load_checkpoint(
+        args.base_model_path,
         model=args.model,
         width=args.width,
         dataset=args.dataset,
-        source=args.base_model_path or "checkpoint",
     )
+
+
+def _prepare(args, base) -> Run:
+    """Resolves the model and loads the data; writes nothing."""
+    if base is not None:
+        spec = base[1]
+        if args.loaders[0] != "C":
+            cli.warn(
+                f"--loaders {args.loaders}: with --base_model_path phase 1 "
+                f"is skipped, so its letter {args.loaders[0]} is not used"
+            )
+    else:
+        spec = models.resolve_spec(
+            {}, model=args.model, width=args.width, dataset=args.dataset
+        )
     train_x, train_y = data.subset(
         *data.load_split(spec.dataset, args.data_path, train=True),
         args.train_size,
@@ -210,18 +323,9 @@ def _prepare(args, base) -> Run:
         args.test_size,
         args.random_seed,
     )
-    if base:
-        models.check_params_fit(
-            spec,
-            base["params"],
-            base["net_state"],
-            train_x.shape[1:],
-            args.base_model_path,
-        )
-    save_dir = utils.ensure_writable_dir(args.save_path)
     return Run(
         args,
-        save_dir,
+        args.save_path,
         spec,
         spec.build().apply,
         train_x,
@@ -243,179 +347,230 @@ def _write_config(run: Run) -> None:
     utils.atomic_write_json(run.path("config.json"), config)
 
 
-def _fresh_state(run: Run, base) -> dict:
-    """The resume dict of a run that has not started."""
-    results = {
-        "standard": None,
-        "linear": None,
-        "standard_second": run.args.do_standard_second,
-    }
+def _fresh_record(run: Run, base) -> ResumeRecord:
+    """The resume record of a run that has not started."""
+    args = run.args
     if base is None:
         params, net_state = models.init_model(
-            run.spec.build(), run.args.random_seed, run.train_x.shape[1:]
+            run.spec.build(),
+            args.random_seed,
+            data.get_dataset(run.spec.dataset).image_shape,
         )
-        saved = {
-            "stage": "standard",
-            "results": results,
-            "train": _pack(train.new_train_state(params, None, net_state)),
-        }
     else:
-        print(f"loaded θ(t) from {run.args.base_model_path}; skipping phase 1")
-        saved = {
-            "stage": "linear",
-            "results": results,
-            "train": _phase_two_start(base["params"], base["net_state"]),
-        }
-    saved["flags"] = run_flags(run.args)
-    if os.path.exists(run.path("log.jsonl")):
-        os.remove(run.path("log.jsonl"))
-    return saved
-
-
-def _phase_two_start(params, net_state) -> dict:
-    """Packed phase-2 state: lin_params starts equal to params = θ(t)."""
-    return _pack(train.new_train_state(params, params, net_state))
+        print(f"loaded θ(t) from {args.base_model_path}; skipping phase 1")
+        params, net_state = base[0]["params"], base[0]["net_state"]
+    state = train.new_train_state(params, None, net_state)
+    return ResumeRecord(
+        stage="standard",
+        flags=run_flags(args),
+        results=results_template(args),
+        state=_pack(state),
+        position=train.LoopPosition().as_record(),
+    )
 
 
 def _pack(state: train.TrainState) -> dict:
-    """A TrainState as plain dicts of NumPy arrays, for the resume file."""
-    fields = utils.to_numpy_tree(
-        {
-            f.name: getattr(state, f.name)
-            for f in dataclasses.fields(state)
-            if f.name != "opt_state"
-        }
-    )
-    fields["opt_leaves"] = utils.flatten_opt_state(state.opt_state)
-    return fields
+    """A TrainState as plain trees of NumPy arrays, for the resume file
+    (the optimiser state as its list of leaves)."""
+    return {
+        "params": utils.to_numpy_tree(state.params),
+        "params0": utils.to_numpy_tree(state.params0),
+        "opt_leaves": utils.flatten_opt_state(state.opt_state),
+        "net_state": utils.to_numpy_tree(state.net_state),
+        "step": int(state.step),
+    }
 
 
 def _unpack(packed: dict) -> train.TrainState:
-    template = train.make_optimizer().init(packed["trainable"])
-    opt_state = utils.unflatten_like(template, packed["opt_leaves"])
-    fields = {k: v for k, v in packed.items() if k != "opt_leaves"}
-    return train.TrainState(opt_state=opt_state, **fields)
+    template = train.make_optimizer().init(packed["params"])
+    return train.TrainState(
+        params=jax.tree_util.tree_map(jax.numpy.asarray, packed["params"]),
+        params0=packed["params0"],
+        opt_state=utils.unflatten_like(template, packed["opt_leaves"]),
+        net_state=packed["net_state"],
+        step=jax.numpy.asarray(packed["step"], jax.numpy.int32),
+    )
 
 
-def _save_state(run: Run, saved: dict, state: train.TrainState | None):
+def _save_record(run: Run, state=None, position=None) -> None:
+    """Writes the resume file, with the stage's state if given."""
+    record = run.record
     if state is not None:
-        saved["train"] = _pack(state)
-    utils.atomic_pickle(run.path(STATE_FILE), saved)
+        record.state = _pack(state)
+        record.position = position.as_record()
+        run.last_saved = (
+            f"the start of phase {record.stage}"
+            if (position.epoch, position.step) == (0, 0)
+            else f"phase {record.stage}, epoch {position.epoch + 1}, "
+            f"batch {position.step}"
+        )
+    utils.atomic_pickle(run.path(STATE_FILE), record.as_dict())
 
 
-def _trim_log(run: Run, saved: dict) -> None:
-    """Drops log lines of epochs the resumed run will train again."""
+def _divergence_error(run: Run, err: train.Diverged) -> UserError:
+    """The one-line error of a run whose loss stopped being finite."""
+    if run.last_saved is None:
+        saved = "no resume state had been written before it"
+    else:
+        saved = (
+            f"{STATE_FILE} holds the last state written before it "
+            f"({run.last_saved})"
+        )
+    rate = "--second_lr" if err.phase == "linear" else "the learning rate"
+    return UserError(
+        f"the training loss became non-finite in phase {err.phase}, epoch "
+        f"{err.epoch + 1}, before batch {err.step}; {saved}; lower {rate} "
+        "and start again (--overwrite, or another --save_path)"
+    )
+
+
+def _trim_log(run: Run) -> None:
+    """Drops log lines of what the resumed run will do again: epochs from
+    the resume point on, and the current stage's evaluations."""
     path = run.path("log.jsonl")
     if not os.path.exists(path):
         return
-    stage, epoch = saved["stage"], saved["train"]["epoch"]
+    stage = run.record.stage
+    epoch = train.LoopPosition.from_record(run.record.position).epoch
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    kept = [
-        r
-        for r in records
-        if STAGES.index(r["phase"]) < STAGES.index(stage)
-        or (r["phase"] == stage and r["epoch"] < epoch)
-    ]
+
+    def keep(r):
+        if STAGES.index(r["phase"]) < STAGES.index(stage):
+            return True
+        return (
+            r["phase"] == stage
+            and r.get("kind", "epoch") == "epoch"
+            and r["epoch"] < epoch
+        )
+
+    kept = [r for r in records if keep(r)]
     utils.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _append_log(run: Run, record: dict) -> None:
     with open(run.path("log.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def _log_epoch(run: Run, record: dict) -> None:
+    _append_log(run, dict(record, kind="epoch"))
+    rate = record["images_per_s"]
     print(
         f"{record['phase']} epoch {record['epoch'] + 1}: loss "
         f"{record['loss']:.4f}, accuracy {record['accuracy']:.4f}, "
-        f"{record['images_per_s']:.0f} images/s"
+        + (f"{rate:.0f} images/s" if rate else "compiling")
         + (" (adversarial)" if record["adversarial"] else ""),
         flush=True,
     )
+
+
+def _warn(run: Run, message: str) -> None:
+    cli.warn(message)
+    run.record.warnings.append(message)
 
 
 def _checkpoint(run, name, params, lin_params, net_state, meta):
     utils.save_checkpoint(run.path(name), params, lin_params, net_state, meta)
 
 
-def _hooks(run: Run, saved: dict, phase: str, dynamics) -> train.Hooks:
+def _checkpoint_trees(state: train.TrainState, dynamics: models.Dynamics):
+    """(params, lin_params) of a checkpoint, the original's layout: phase 1
+    and --do_standard_second put the trained network in params (and
+    θ(t) in lin_params); linearized phase 2 puts θ(t) in params and the
+    trained lin_params in lin_params."""
+    if state.params0 is None:
+        return state.params, state.params
+    if dynamics.linear:
+        return state.params0, state.params
+    return state.params, state.params0
+
+
+def _hooks(run: Run, phase: str, dynamics) -> train.Hooks:
     """The callbacks that write a phase's files."""
     args = run.args
 
-    def epoch_start(state):
+    def save(name, state, epoch):
+        params, lin_params = _checkpoint_trees(state, dynamics)
+        _checkpoint(
+            run,
+            name,
+            params,
+            lin_params,
+            state.net_state,
+            run.meta(phase, epoch, dynamics),
+        )
+
+    def epoch_start(state, position):
         if phase == "standard" and args.constant_save:
-            _checkpoint(
-                run,
-                f"parameters_checkpoint_{state.epoch}.pkl",
-                state.trainable,
-                state.trainable,
-                state.net_state,
-                run.meta(phase, state.epoch, dynamics),
+            save(
+                f"parameters_checkpoint_{position.epoch}.pkl",
+                state,
+                position.epoch,
             )
         if phase == "linear" and args.constant_save_linear:
-            _checkpoint(
-                run,
-                f"parameters_checkpoint_linear_{state.epoch}.pkl",
-                state.params0,
-                state.trainable,
-                state.net_state,
-                run.meta(phase, state.epoch, dynamics),
+            save(
+                f"parameters_checkpoint_linear_{position.epoch}.pkl",
+                state,
+                position.epoch,
             )
 
-    def fraction(state, value):
+    def fraction(state, position, value):
         if phase == "standard" and args.constant_save:
-            _checkpoint(
-                run,
-                f"parameters_checkpoint_{value:g}.pkl",
-                state.trainable,
-                state.trainable,
-                state.net_state,
-                run.meta(phase, value, dynamics),
-            )
+            save(f"parameters_checkpoint_{value:g}.pkl", state, value)
 
     return train.Hooks(
         epoch_start=epoch_start,
         fraction=fraction,
-        epoch_end=lambda state, record: _append_log(run, record),
-        save_state=lambda state: _save_state(run, saved, state),
+        epoch_end=lambda state, position, record: _log_epoch(run, record),
+        save_state=lambda state, position: _save_record(run, state, position),
+        warn=lambda message: _warn(run, message),
         state_every=args.state_every,
         progress=not args.no_progress,
     )
 
 
-def _phase_one(run: Run, saved: dict) -> None:
-    """Standard training of the network, then its evaluation."""
+def _phase_one(run: Run, base) -> None:
+    """Standard training of the network (unless a base model was given),
+    then its evaluation."""
     args = run.args
-    plan = train.PhasePlan(
-        "standard",
-        args.standard_epochs,
-        args.loaders[0],
-        args.random_seed,
-        args.batch_size,
-    )
-    per_epoch = data.n_batches(len(run.train_x), args.batch_size)
-    steps = train.make_step_fns(
-        run.apply_fn,
-        models.STANDARD,
-        True,
-        train.phase1_schedule(per_epoch),
-        attacks.train_linf(args.eps, args.train_pgd_iters),
-    )
-    state = train.run_phase(
-        plan,
-        steps,
-        _unpack(saved["train"]),
-        run.train_x,
-        run.train_y,
-        _hooks(run, saved, "standard", models.STANDARD),
-        _base_key(args, 1),
-    )
-    params, net_state = state.trainable, state.net_state
-    if not args.skip_first_test:
-        saved["results"]["standard"] = _evaluate(
-            run, models.STANDARD, params, params, net_state, "standard"
+    state = _unpack(run.record.state)
+    position = train.LoopPosition.from_record(run.record.position)
+    if base is None:
+        plan = train.PhasePlan(
+            "standard",
+            args.standard_epochs,
+            args.loaders[0],
+            args.random_seed,
+            args.batch_size,
         )
-    saved["stage"] = "linear"
-    saved["train"] = _phase_two_start(params, net_state)
-    _save_state(run, saved, None)
+        per_epoch = data.n_batches(len(run.train_x), args.batch_size)
+        steps = train.make_step_fns(
+            run.apply_fn,
+            models.STANDARD,
+            True,
+            train.phase1_schedule(per_epoch),
+            attacks.train_linf(args.eps, args.train_pgd_iters),
+        )
+        state = train.run_phase(
+            plan,
+            steps,
+            state,
+            position,
+            run.train_x,
+            run.train_y,
+            _hooks(run, "standard", models.STANDARD),
+            _base_key(args, 1),
+        )
+    if args.skip_first_test:
+        run.record.results["standard"] = None
+    else:
+        run.record.results["standard"] = _evaluate(
+            run, state.network(run.apply_fn, models.STANDARD), "standard"
+        )
+    run.record.stage = "linear"
+    phase_two = _phase_two_start(args, state)
+    _save_record(run, phase_two, train.LoopPosition())
 
 
 def phase_two_dynamics(args) -> models.Dynamics:
@@ -424,11 +579,37 @@ def phase_two_dynamics(args) -> models.Dynamics:
     )
 
 
-def _phase_two(run: Run, saved: dict) -> None:
-    """Training of lin_params under phase-2 dynamics; evaluation; files."""
+def _phase_two_start(args, end_of_phase_one: train.TrainState):
+    """Phase 2's first state: the trained copy starts at θ(t), which stays
+    as params0. --do_standard_second in one run (no base model) continues
+    phase 1's optimizer, learning rate and momentum, as the original;
+    otherwise a fresh optimizer at --second_lr."""
+    theta_t = end_of_phase_one.params
+    if args.do_standard_second and not args.base_model_path:
+        return end_of_phase_one._replace(params0=theta_t)
+    return train.new_train_state(theta_t, theta_t, end_of_phase_one.net_state)
+
+
+def _phase_two_schedule(run: Run):
+    args = run.args
+    if args.do_standard_second and not args.base_model_path:
+        print(
+            "--do_standard_second in one run continues phase 1's optimizer "
+            "(its learning-rate schedule and momentum), as the original; "
+            "--second_lr is not used"
+        )
+        return train.phase1_schedule(
+            data.n_batches(len(run.train_x), args.batch_size)
+        )
+    return train.constant_schedule(args.second_lr)
+
+
+def _phase_two(run: Run) -> None:
+    """Training under phase-2 dynamics; evaluation; the final files."""
     args = run.args
     dynamics = phase_two_dynamics(args)
-    state = _unpack(saved["train"])
+    state = _unpack(run.record.state)
+    position = train.LoopPosition.from_record(run.record.position)
     if args.linear_epochs > 0:
         plan = train.PhasePlan(
             "linear",
@@ -441,77 +622,140 @@ def _phase_two(run: Run, saved: dict) -> None:
             run.apply_fn,
             dynamics,
             args.loose_bn_second,
-            lambda step: args.second_lr,
+            _phase_two_schedule(run),
             attacks.train_linf(args.eps, args.train_pgd_iters),
+            # The original's adversarial update of phase 2 runs batch norm
+            # in eval mode, also with --loose_bn_second.
+            adversarial_bn_training=False,
         )
         state = train.run_phase(
             plan,
             steps,
             state,
+            position,
             run.train_x,
             run.train_y,
-            _hooks(run, saved, "linear", dynamics),
+            _hooks(run, "linear", dynamics),
             _base_key(args, 2),
         )
         if not args.skip_second_test:
-            saved["results"]["linear"] = _evaluate(
-                run,
-                dynamics,
-                state.params0,
-                state.trainable,
-                state.net_state,
-                "linear",
+            run.record.results["linear"] = _evaluate(
+                run, state.network(run.apply_fn, dynamics), "linear"
             )
     if args.save_models:
+        params, lin_params = _checkpoint_trees(state, dynamics)
         _checkpoint(
             run,
             "parameters_final.pkl",
-            state.params0,
-            state.trainable,
+            params,
+            lin_params,
             state.net_state,
             run.meta("final", args.linear_epochs, dynamics),
         )
-    results = saved["results"]
-    utils.atomic_pickle(run.path("results.pkl"), results)
-    utils.atomic_write_json(run.path("results.json"), results)
-    utils.atomic_pickle(
-        run.path(STATE_FILE),
-        {"stage": "done", "flags": saved["flags"], "results": results},
+    _write_results(run)
+    run.record.stage = "done"
+    run.record.state = run.record.position = None
+    _save_record(run)
+
+
+def _skip_reasons(args) -> dict:
+    """{phase: why its evaluation did not run} for results.json."""
+    reasons = {}
+    if args.skip_first_test:
+        reasons["standard"] = "--skip_first_test"
+    if args.linear_epochs == 0:
+        reasons["linear"] = "--linear_epochs 0: no phase 2"
+    elif args.skip_second_test:
+        reasons["linear"] = "--skip_second_test"
+    return reasons
+
+
+def _original_results(results: dict) -> dict:
+    """results.pkl: the original's layout, where an evaluation that did not
+    run is stored as 0 (a phase not evaluated: every accuracy 0)."""
+    out = {"standard_second": results["standard_second"]}
+    for phase in ("standard", "linear"):
+        accuracies = results[phase] or {}
+        out[phase] = {
+            name: accuracies.get(name) or 0.0
+            for name in ("clean", "l2", "linf")
+        }
+    return out
+
+
+def _write_results(run: Run) -> None:
+    """results.pkl (the original's layout) and results.json (null where
+    nothing was measured, with the reasons, the attacks and warnings)."""
+    args = run.args
+    results = run.record.results
+    utils.atomic_pickle(run.path("results.pkl"), _original_results(results))
+    attacks_run = {
+        name: dict(
+            attacks.EVAL_ATTACKS[name](args.eps, args.eval_pgd_iters).kwargs(),
+            eps_255=args.eps if name == "linf" else None,
+            random_start=True,
+            seed=args.random_seed,
+            keys="fold_in(PRNGKey(seed), batch index)",
+        )
+        for name in eval_attack_names(args)
+    }
+    skipped = _skip_reasons(args)
+    for name in ("clean", "l2", "linf"):
+        if name != "clean" and name not in attacks_run:
+            skipped[name] = "not in --eval_attacks"
+    record = dict(
+        results,
+        skipped=skipped,
+        attacks=attacks_run,
+        test_images=len(run.test_x),
+        test_batch_size=TEST_BATCH_SIZE,
+        warnings=list(run.record.warnings),
     )
-    saved["stage"] = "done"
+    utils.atomic_write_json(run.path("results.json"), record)
 
 
 def _base_key(args, phase: int):
     return jax.random.fold_in(jax.random.PRNGKey(args.random_seed), phase)
 
 
-def _evaluate(run: Run, dynamics, params0, params, net_state, name) -> dict:
-    """Clean and PGD accuracies (fractions) on the test set."""
+def _evaluate(run: Run, network: models.Network, name: str) -> dict:
+    """Clean and PGD accuracies (fractions) on the test set; each
+    evaluation's time goes to log.jsonl."""
     args = run.args
-    configs = {
-        "linf": attacks.eval_linf(args.eps, args.eval_pgd_iters),
-        "l2": attacks.eval_l2(args.eval_pgd_iters),
-    }
     accuracies = {"clean": None, "l2": None, "linf": None}
-    names = eval_attack_names(args) or [None]
-    for attack_name in names:
+    for attack_name in eval_attack_names(args) or [None]:
+        attack = (
+            attacks.EVAL_ATTACKS[attack_name](args.eps, args.eval_pgd_iters)
+            if attack_name
+            else None
+        )
+        started = time.perf_counter()
         result = evaluation.evaluate(
-            run.apply_fn,
-            dynamics,
-            params0,
-            params,
-            net_state,
+            network,
             run.test_x,
             run.test_y,
-            attack=configs.get(attack_name),
+            attack=attack,
             batch_size=TEST_BATCH_SIZE,
             seed=args.random_seed,
             progress=not args.no_progress,
             desc=f"{name} eval {attack_name or 'clean'}",
         )
+        seconds = time.perf_counter() - started
         accuracies["clean"] = result.acc_clean
         if attack_name:
             accuracies[attack_name] = result.acc_dirty
+        _append_log(
+            run,
+            {
+                "kind": "evaluation",
+                "phase": name,
+                "attack": attack_name,
+                "images": result.n,
+                "clean": result.acc_clean,
+                "robust": result.acc_dirty,
+                "seconds": seconds,
+            },
+        )
     print(
         f"{name} model: "
         + ", ".join(

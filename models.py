@@ -1,9 +1,11 @@
-"""Haiku models of the paper and their (centered) linearizations.
+"""Haiku models of the paper, their (centered) linearizations, and the
+bundle of a network with its parameters.
 
 Every model is a `hk.TransformedWithState` whose
 `apply(params, state, rng, images, is_training) -> (logits, state)` takes
 images (B, H, W, C) float32 in [0, 1] and returns logits (B, n_classes).
-No model draws random numbers, so `rng` may be None.
+No model draws random numbers, so `rng` may be None. Models are registered
+in `MODELS`; add one there and nowhere else.
 
 The linearized network around θ0 is f_lin(x; θ) = f(x; θ0) + J_θ0(x)(θ − θ0);
 its centered version drops the first term, f_c(x; θ) = J_θ0(x)(θ − θ0), and
@@ -13,16 +15,18 @@ the tangent term df together.
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import data
+import utils
 from utils import UserError
 
-MODELS = ("resnet18", "mlp_skinny", "mlp_wide")
-MLP_WIDTHS = {"mlp_skinny": 256, "mlp_wide": 2048}
+DEFAULT_WIDTH = 64  # the paper's ResNet-18
 
 
 class CifarResNet18(hk.nets.ResNet):
@@ -34,7 +38,7 @@ class CifarResNet18(hk.nets.ResNet):
     the kernel at initialisation is that of the last layer alone.
     """
 
-    def __init__(self, n_classes: int, width: int = 64):
+    def __init__(self, n_classes: int, width: int = DEFAULT_WIDTH):
         config = dict(hk.nets.ResNet.CONFIGS[18])
         config["channels_per_group"] = tuple(width * m for m in (1, 2, 4, 8))
         super().__init__(
@@ -57,35 +61,70 @@ class CifarResNet18(hk.nets.ResNet):
         return self.logits(out)
 
 
-def _mlp_forward(hidden: int, n_classes: int):
-    """Flatten, two ReLU layers of `hidden` units, linear logits."""
+def _mlp(hidden: int) -> Callable:
+    """Builder of flatten, two ReLU layers of `hidden` units, logits.
 
+    The layers are top-level `hk.Linear`s named `linear`, `linear_1` and
+    `linear_2`, the names of the original code's checkpoints.
+    """
+
+    def build(n_classes: int, width: int | None) -> Callable:
+        del width  # an MLP has no width flag
+
+        def forward(images, is_training):
+            del is_training  # no batch norm or dropout
+            out = hk.Flatten()(images)
+            out = jax.nn.relu(hk.Linear(hidden)(out))
+            out = jax.nn.relu(hk.Linear(hidden)(out))
+            return hk.Linear(n_classes)(out)
+
+        return forward
+
+    return build
+
+
+def _resnet18(n_classes: int, width: int | None) -> Callable:
     def forward(images, is_training):
-        del is_training  # no batch norm or dropout
-        return hk.nets.MLP([hidden, hidden, n_classes], name="mlp")(
-            hk.Flatten()(images)
-        )
+        return CifarResNet18(n_classes, width)(images, is_training)
 
     return forward
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A model of the registry.
+
+    forward: (n_classes, width) -> the Haiku forward function
+      `(images, is_training) -> logits`.
+    has_width: whether `--width` means something for it.
+    description: one line for README and --help.
+    """
+
+    forward: Callable[[int, int | None], Callable]
+    has_width: bool
+    description: str
+
+
+MODELS: dict[str, ModelEntry] = {
+    "resnet18": ModelEntry(
+        _resnet18, True, "ResNet-18 v1, 3×3 stem, no max-pool (the paper's)"
+    ),
+    "mlp_skinny": ModelEntry(_mlp(256), False, "flatten, 256, 256, logits"),
+    "mlp_wide": ModelEntry(_mlp(2048), False, "flatten, 2048, 2048, logits"),
+}
+
+
 def get_model(
-    name: str, n_classes: int, width: int = 64
+    name: str, n_classes: int, width: int | None = DEFAULT_WIDTH
 ) -> hk.TransformedWithState:
-    """Returns the Haiku model `name` (one of MODELS).
+    """Returns the Haiku model `name` (a key of MODELS).
 
     `width` is the first ResNet stage's channel count (64 in the paper); the
     MLPs ignore it.
     """
-    if name == "resnet18":
-
-        def forward(images, is_training):
-            return CifarResNet18(n_classes, width)(images, is_training)
-    elif name in MLP_WIDTHS:
-        forward = _mlp_forward(MLP_WIDTHS[name], n_classes)
-    else:
-        raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
-    return hk.transform_with_state(forward)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")
+    return hk.transform_with_state(MODELS[name].forward(n_classes, width))
 
 
 def init_model(
@@ -227,11 +266,76 @@ STANDARD = Dynamics(linear=False, centering=False)
 
 
 @dataclasses.dataclass(frozen=True)
+class Network:
+    """A network with its parameters: what training, evaluation and the
+    scripts pass around.
+
+    Its logits are those of `dynamics` at `params` around `params0`:
+    the network itself at `params` (standard dynamics; `params0` unused),
+    f(x; params) − f(x; params0) (standard, centered), or the (centered)
+    linearization around `params0` at `params`. A pytree whose leaves are
+    the parameters and the state, so a jitted function can take it.
+
+    apply_fn: the Haiku model's `apply`.
+    dynamics: a Dynamics.
+    params0: θ0, the expansion point (θ(t) in phase 2).
+    params: θ, the parameters the dynamics evaluate.
+    state: batch-norm state.
+    """
+
+    apply_fn: Callable
+    dynamics: Dynamics
+    params0: Any
+    params: Any
+    state: Any
+
+    def logits(self, images, is_training: bool = False):
+        """(logits (B, K), new batch-norm state) of images (B, H, W, C)."""
+        return self.dynamics.logits(
+            self.apply_fn,
+            self.params0,
+            self.params,
+            self.state,
+            images,
+            is_training,
+        )
+
+    def parts(self, images, is_training: bool = False):
+        """(f, df, new state): the logits' two terms (see Dynamics.parts)."""
+        return self.dynamics.parts(
+            self.apply_fn,
+            self.params0,
+            self.params,
+            self.state,
+            images,
+            is_training,
+        )
+
+    def describe(self) -> dict:
+        """What is evaluated, for results files."""
+        dynamics = self.dynamics
+        return {
+            "linear": dynamics.linear,
+            "centering": dynamics.centering,
+        }
+
+
+jax.tree_util.register_dataclass(
+    Network,
+    data_fields=["params0", "params", "state"],
+    meta_fields=["apply_fn", "dynamics"],
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """What a checkpoint's parameters belong to; stored in its `meta`."""
+    """What a checkpoint's parameters belong to; stored in its `meta`.
+
+    width is None for models without a width (the MLPs).
+    """
 
     model: str = "resnet18"
-    width: int = 64
+    width: int | None = DEFAULT_WIDTH
     dataset: str = "cifar10"
     n_classes: int = 10
 
@@ -241,10 +345,37 @@ class ModelSpec:
     def as_meta(self) -> dict:
         return dataclasses.asdict(self)
 
+    def describe(self) -> str:
+        """E.g. 'resnet18 of width 64 with 10 classes for cifar10 images'."""
+        width = f" of width {self.width}" if self.width is not None else ""
+        return (
+            f"{self.model}{width} with {self.n_classes} classes for "
+            f"{self.dataset} images"
+        )
+
+
+def _recorded(meta: dict, key: str, valid: Callable, expected: str, source):
+    """meta[key] if valid (None when absent); UserError naming `source`."""
+    value = meta.get(key)
+    if value is None:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if not valid(value):
+        raise UserError(
+            f"cannot use {source}: its meta records {key} {value!r}, which "
+            f"is not {expected}; the file is damaged or was not written by "
+            "this code"
+        )
+    return value
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
 
 def resolve_spec(
     meta: dict,
-    n_classes_of: Callable[[str], int],
     *,
     model: str | None = None,
     width: int | None = None,
@@ -255,63 +386,148 @@ def resolve_spec(
 
     Flags left as None take the checkpoint's values, or the paper's defaults
     when `meta` lacks them (checkpoints of the original code have no meta).
-    A flag that contradicts `meta` raises UserError.
+    `meta` is checked like any input.
 
     Args:
       meta: the checkpoint's 'meta' dict ({} when absent).
-      n_classes_of: maps a dataset name to its class count (data.n_classes).
       source: the checkpoint's path, for error messages.
+    Raises:
+      UserError: `meta` records an unknown model or dataset or a width or
+        class count that is not a positive integer; a flag contradicts
+        `meta`; --width is given for a model without one.
     """
-    defaults = ModelSpec()
+    recorded = {
+        "model": _recorded(
+            meta,
+            "model",
+            lambda v: v in MODELS,
+            f"one of {list(MODELS)}",
+            source,
+        ),
+        "dataset": _recorded(
+            meta,
+            "dataset",
+            lambda v: v in data.DATASETS,
+            f"one of {sorted(data.DATASETS)}",
+            source,
+        ),
+        "width": _recorded(
+            meta, "width", _positive_int, "a positive integer", source
+        ),
+    }
+    n_classes = _recorded(
+        meta, "n_classes", _positive_int, "a positive integer", source
+    )
     chosen = {}
-    for key, flag in (
-        ("model", model),
-        ("width", width),
-        ("dataset", dataset),
-    ):
-        recorded = meta.get(key)
-        if flag is not None and recorded is not None and flag != recorded:
+    for key, flag in (("model", model), ("dataset", dataset)):
+        if flag is not None and recorded[key] not in (None, flag):
             raise UserError(
                 f"--{key} {flag} contradicts {source}, which was trained with "
-                f"{key} {recorded}: drop the flag or pick another checkpoint"
+                f"{key} {recorded[key]}: drop the flag or pick another "
+                "checkpoint"
             )
-        chosen[key] = next(
-            v
-            for v in (flag, recorded, getattr(defaults, key))
-            if v is not None
-        )
-    n_classes = meta.get("n_classes") or n_classes_of(chosen["dataset"])
+        chosen[key] = flag or recorded[key] or getattr(ModelSpec, key)
+    if not MODELS[chosen["model"]].has_width:
+        if width is not None:
+            raise UserError(
+                f"--width means nothing for {chosen['model']}: drop it"
+            )
+        chosen_width = None  # files of earlier versions record 64 here
+    else:
+        if width is not None and recorded["width"] not in (None, width):
+            raise UserError(
+                f"--width {width} contradicts {source}, which was trained "
+                f"with width {recorded['width']}: drop the flag or pick "
+                "another checkpoint"
+            )
+        chosen_width = width or recorded["width"] or DEFAULT_WIDTH
     return ModelSpec(
         chosen["model"],
-        int(chosen["width"]),
+        chosen_width,
         chosen["dataset"],
-        int(n_classes),
+        n_classes or data.n_classes(chosen["dataset"]),
     )
+
+
+# The MLP layer names of earlier versions of this code (hk.nets.MLP) and
+# the original code's names, which the MLPs use now.
+_LEGACY_MLP_NAMES = {
+    "mlp/~/linear_0": "linear",
+    "mlp/~/linear_1": "linear_1",
+    "mlp/~/linear_2": "linear_2",
+}
+
+
+def adapt_params(spec: ModelSpec, params: dict) -> dict:
+    """`params` with the MLP layer names of earlier versions of this code
+    renamed to the original's (`linear`, `linear_1`, `linear_2`); other
+    trees unchanged."""
+    if MODELS[spec.model].has_width or not set(params) <= set(
+        _LEGACY_MLP_NAMES
+    ):
+        return params
+    return {_LEGACY_MLP_NAMES[name]: value for name, value in params.items()}
 
 
 def check_params_fit(
     spec: ModelSpec,
     params,
     net_state,
-    image_shape: tuple,
     source: str = "checkpoint",
 ) -> None:
-    """Raises UserError unless `params`/`net_state` have the shapes of `spec`.
-
-    `image_shape` is (H, W, C). Only shapes are compared, so this costs no
-    compilation.
-    """
+    """Raises UserError unless `params`/`net_state` have the shapes of `spec`
+    for images of its dataset. Only shapes are compared, so this costs no
+    compilation."""
     model = spec.build()
+    image_shape = data.get_dataset(spec.dataset).image_shape
     dummy = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
     want_params, want_state = jax.eval_shape(
         lambda x: model.init(jax.random.PRNGKey(0), x, True), dummy
     )
     shapes = lambda tree: jax.tree_util.tree_map(np.shape, tree)
-    if shapes(want_params) != shapes(params) or shapes(want_state) != shapes(
-        net_state
-    ):
+    if shapes(want_params) != shapes(params):
+        names = sorted(params) if isinstance(params, dict) else []
         raise UserError(
-            f"{source} does not hold a {spec.model} of width {spec.width} "
-            f"with {spec.n_classes} classes for {spec.dataset} images: pass "
-            "the --model/--width/--dataset it was trained with"
+            f"{source} does not hold a {spec.describe()} (its layers: "
+            f"{', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
+            "pass the --model/--width/--dataset it was trained with"
         )
+    if shapes(want_state) != shapes(net_state):
+        raise UserError(
+            f"the net_state of {source} does not fit a {spec.describe()}: "
+            "pass the --model/--width/--dataset it was trained with"
+        )
+
+
+def load_checkpoint(
+    path: str,
+    *,
+    model: str | None = None,
+    width: int | None = None,
+    dataset: str | None = None,
+) -> tuple[dict, ModelSpec]:
+    """A checkpoint and the spec of its network, checked against each other.
+
+    Loads `path` safely (utils.load_checkpoint), resolves the spec from its
+    meta and the flags (resolve_spec), renames the MLP layers of earlier
+    versions (adapt_params), and checks that params and lin_params fit.
+
+    Returns:
+      ({'params', 'lin_params', 'net_state', 'meta'}, ModelSpec).
+    Raises:
+      UserError: anything wrong with the file, its meta or the flags.
+    """
+    checkpoint = utils.load_checkpoint(path)
+    spec = resolve_spec(
+        checkpoint["meta"],
+        model=model,
+        width=width,
+        dataset=dataset,
+        source=path,
+    )
+    for key in ("params", "lin_params"):
+        checkpoint[key] = adapt_params(spec, checkpoint[key])
+        check_params_fit(
+            spec, checkpoint[key], checkpoint["net_state"], f"{path} ({key})"
+        )
+    return checkpoint, spec

@@ -1,22 +1,23 @@
 """Phase 1 (standard training), then phase 2 (training with the kernel of
 θ(t) frozen), then clean and PGD test accuracies. See README.md."""
 
+import attacks
+import cli
 import experiment
-import utils
 
 
 def parse_args(argv=None):
-    p = utils.ArgumentParser(description=__doc__)
+    p = cli.ArgumentParser(description=__doc__)
     # The original's flags, with its defaults.
     p.add_argument(
         "--standard_epochs",
-        type=int,
+        type=cli.nonnegative_int,
         default=100,
         help="phase-1 epochs (default 100)",
     )
     p.add_argument(
         "--linear_epochs",
-        type=int,
+        type=cli.nonnegative_int,
         default=100,
         help="phase-2 epochs (default 100; 0 skips phase 2)",
     )
@@ -26,7 +27,9 @@ def parse_args(argv=None):
         help="phase 2 trains the centered linearization J(θ−θ(t))",
     )
     p.add_argument(
-        "--save_models", action="store_true", help="write parameters_final.pkl"
+        "--save_models",
+        action="store_true",
+        help="write parameters_final.pkl",
     )
     p.add_argument(
         "--constant_save",
@@ -59,17 +62,11 @@ def parse_args(argv=None):
         action="store_true",
         help="no evaluation after phase 2",
     )
-    p.add_argument("--random_seed", type=int, default=0)
+    cli.add_seed_flag(p, "initialisation, subsets, data order, attacks")
     p.add_argument(
         "--base_model_path",
         default="",
         help="checkpoint holding θ(t); phase 1 is skipped",
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        choices=("resnet18", "mlp_skinny", "mlp_wide"),
-        help="default resnet18, or the base model's",
     )
     p.add_argument(
         "--loaders",
@@ -79,50 +76,36 @@ def parse_args(argv=None):
         "epoch 50 (default CC)",
     )
     p.add_argument(
-        "--dataset",
-        default=None,
-        help="cifar10 (default), cifar100, fashion_mnist, mnist",
-    )
-    p.add_argument(
         "--second_lr",
-        type=float,
+        type=cli.positive_float,
         default=0.01,
         help="phase-2 learning rate (default 0.01)",
     )
-    p.add_argument(
-        "--eps",
-        type=float,
-        default=4.0,
-        help="L∞ radius in 1/255 units (default 4.0)",
-    )
+    cli.add_eps_flag(p)
     p.add_argument("--save_path", default="./saved_models/")
-    p.add_argument("--data_path", default="./data")
+    cli.add_model_flags(p)
+    cli.add_data_flags(p)
     # Ours.
     p.add_argument(
-        "--width",
-        type=int,
-        default=None,
-        help="ResNet first-stage channels (default 64)",
-    )
-    p.add_argument(
         "--train_size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="class-balanced training subset (default all)",
     )
     p.add_argument(
         "--test_size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="class-balanced test subset (default all)",
     )
-    p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--train_pgd_iters", type=int, default=20)
-    p.add_argument("--eval_pgd_iters", type=int, default=100)
+    p.add_argument("--batch_size", type=cli.positive_int, default=128)
+    p.add_argument("--train_pgd_iters", type=cli.positive_int, default=20)
+    p.add_argument("--eval_pgd_iters", type=cli.positive_int, default=100)
     p.add_argument(
         "--eval_attacks",
-        default="linf,l2",
-        help="comma-separated subset of linf,l2; empty: clean only",
+        default=",".join(attacks.EVAL_ATTACKS),
+        help="comma-separated subset of "
+        f"{','.join(attacks.EVAL_ATTACKS)}; empty: clean accuracy only",
     )
     p.add_argument(
         "--resume",
@@ -130,14 +113,17 @@ def parse_args(argv=None):
         help="continue the interrupted run in --save_path",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run files in --save_path with a new run",
+    )
+    p.add_argument(
         "--state_every",
-        type=int,
+        type=cli.positive_int,
         default=100,
         help="save the resume state every N batches (and at every epoch end)",
     )
-    p.add_argument(
-        "--no_progress", action="store_true", help="no progress bars"
-    )
+    cli.add_progress_flag(p)
     return p.parse_args(argv)
 
 
@@ -146,4 +132,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    cli.run_cli(main)

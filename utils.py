@@ -1,22 +1,30 @@
-"""Errors, atomic files and checkpoints shared by every entry script.
+"""Errors, files and checkpoints shared by every entry script.
 
 Checkpoints and other artefacts are pickles of plain nested ``dict``s of
 NumPy arrays, so that a notebook can read them with ``pickle.load``. Reading
 them back here goes through :func:`safe_load_pickle`, which refuses any pickle
-that asks for more than NumPy arrays, NumPy scalars, dtypes and containers.
+that asks for more than NumPy arrays, NumPy scalars, dtypes and containers
+(JAX arrays pickled by JAX itself load as NumPy arrays, without JAX code).
+
+Every file is written atomically (a hidden temporary file, renamed); the
+temporary files of a killed process are removed by the next one
+(:func:`remove_stale_temp_files`), and an output folder can be held by one
+process at a time (:class:`FolderLock`).
 """
 
-import argparse
+import fcntl
 import importlib
 import importlib.metadata
 import json
 import os
 import pickle
 import platform
+import re
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 
 import jax
@@ -53,11 +61,14 @@ _ALLOWED_GLOBALS = {
         "_frombuffer",
     ),
     ("collections", "OrderedDict"): ("collections", "OrderedDict"),
-    # Python values that some protocols build by calling their type.
-    ("builtins", "complex"): ("builtins", "complex"),
-    ("builtins", "set"): ("builtins", "set"),
-    ("builtins", "frozenset"): ("builtins", "frozenset"),
-    ("builtins", "bytearray"): ("builtins", "bytearray"),
+    # Python values that some protocols build by calling their type
+    # (protocol 2 names the module `__builtin__`, as Python 2 did).
+    **{
+        (module, name): ("builtins", name)
+        for module in ("builtins", "__builtin__")
+        for name in ("complex", "set", "frozenset", "bytearray")
+    },
+    ("__builtin__", "bytes"): ("builtins", "bytes"),
 }
 
 _PLAIN_SCALARS = (bool, int, float, complex, str, bytes, type(None))
@@ -81,7 +92,7 @@ class UserError(Exception):
     """
 
 
-def _one_line(text, limit=300):
+def one_line(text, limit=300):
     """``text`` with whitespace runs collapsed, cut to ``limit`` characters."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -90,6 +101,83 @@ def _one_line(text, limit=300):
 # --------------------------------------------------------------------------
 # Directories and atomic writes
 # --------------------------------------------------------------------------
+
+
+class FolderLock:
+    """An exclusive lock on an output folder, held while a run writes there.
+
+    The lock is ``fcntl.flock`` on the hidden file ``.lock`` in the folder,
+    so the operating system releases it when the holder exits, however it
+    exits: a killed run never blocks the next one (its ``.lock`` file stays
+    until the next run takes and removes it). The file records the holder
+    (host, pid, start time, command line) for the message another process
+    gets. Use as a context manager; the folder must exist.
+
+    Raises (on entering):
+        UserError: another process holds the lock; the message names it.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, directory: str, flag: str = "--save_path"):
+        self.path = os.path.join(os.fspath(directory), self.NAME)
+        self.directory = os.fspath(directory)
+        self.flag = flag
+        self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as err:
+                raise _unwritable("cannot lock", self.directory, err) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise UserError(
+                    f"{self.directory} is in use by another run ({holder}): "
+                    f"wait for it to end, or choose another {self.flag}"
+                ) from None
+            # The holder before us removes the file as it ends: the lock
+            # counts only on the file that is still there.
+            try:
+                current = os.stat(self.path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "command": " ".join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._fd is not None:
+            _remove_quietly(self.path)  # while still holding the lock
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    """The holder recorded in a lock file, as text for a message."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0).decode())
+        return (
+            f"pid {holder['pid']} on {holder['host']}, started "
+            f"{holder['started']}: {one_line(holder['command'], 160)}"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
 
 
 def _unwritable(what, path, err):
@@ -147,24 +235,77 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+# A temporary file's name: `.{target}.tmp-{host}-{pid}-{12 hex digits}`, so
+# that the next process can tell whether the process that wrote it is gone.
+_TEMP_NAME = re.compile(
+    r"^\.(?P<target>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{12}$"
+)
+# The names of earlier versions of this code: `.{target}.{12 hex}.tmp`.
+_LEGACY_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{12}\.tmp$")
+
+
 def _create_temp_file(directory, basename):
     """Open a new, uniquely named hidden file in ``directory`` for writing.
 
     Unlike ``tempfile.mkstemp`` (mode 0600), the file gets the mode any new
     file would get under the process umask, and keeps it after the rename.
+    The name records the host and process (see ``_TEMP_NAME``).
 
     Returns:
         (file descriptor, path of the file).
     """
+    owner = f"{socket.gethostname()}-{os.getpid()}"
     while True:
         tmp_path = os.path.join(
-            directory, f".{basename}.{os.urandom(6).hex()}.tmp"
+            directory, f".{basename}.tmp-{owner}-{os.urandom(6).hex()}"
         )
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
         return fd, tmp_path
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process `pid` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temp_files(directory: str) -> list[str]:
+    """Removes the temporary files that killed writers left in `directory`.
+
+    A temporary file of ``_atomic_write`` is stale when the process named in
+    it, on this host, no longer runs (a file of another host, or of a
+    running process, is kept), or when it has the name earlier versions of
+    this code used. Files of other programs are never touched.
+
+    Returns:
+        The names removed.
+    """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    host = socket.gethostname()
+    removed = []
+    for name in names:
+        match = _TEMP_NAME.match(name)
+        if match:
+            stale = match["host"] == host and not _process_alive(
+                int(match["pid"])
+            )
+        else:
+            stale = _LEGACY_TEMP_NAME.match(name) is not None
+        if stale and os.path.isfile(os.path.join(directory, name)):
+            _remove_quietly(os.path.join(directory, name))
+            removed.append(name)
+    return removed
 
 
 def _atomic_write(path, write_fn, mode="wb", encoding=None):
@@ -362,39 +503,62 @@ def unflatten_like(template, leaves):
     return jax.tree_util.tree_unflatten(treedef, restored)
 
 
-def rng_key_to_numpy(key):
-    """A JAX PRNG key as a NumPy ``uint32`` array (shape (2,) for threefry).
-
-    Accepts raw keys from ``jax.random.PRNGKey`` and typed keys from
-    ``jax.random.key`` (stored as their raw key data).
-    """
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.array(key, dtype=np.uint32)
-
-
-def rng_key_from_numpy(array):
-    """The raw JAX PRNG key stored by :func:`rng_key_to_numpy`.
-
-    Raises:
-        UserError: ``array`` is not a 1-D ``uint32`` array.
-    """
-    array = np.asarray(array)
-    if array.dtype != np.uint32 or array.ndim != 1:
-        raise UserError(
-            f"stored random key is {array.dtype}{list(array.shape)}, not a "
-            "uint32 vector; the file is not a checkpoint of this code"
-        )
-    return jnp.asarray(array)
-
-
 # --------------------------------------------------------------------------
 # Safe pickles and checkpoints
 # --------------------------------------------------------------------------
 
 
+# Bounds on what a pickle may build: containers nested deeper, or more
+# objects in all, are refused. Checkpoints nest about 4 deep and hold a few
+# hundred arrays; the bounds leave ample room and stop deliberate bombs.
+MAX_PICKLE_DEPTH = 64
+MAX_PICKLE_OBJECTS = 1_000_000
+
+# The array reconstructors JAX pickles its arrays with: jax.Array
+# (`_reconstruct_array(fun, args, arr_state, aval_state)`) and the
+# DeviceArray of JAX before 0.4 (`reconstruct_device_array(fun, args,
+# arr_state)`). Both call fun(*args) (NumPy's `_reconstruct`), give the
+# result its state, and put it on a device; here the NumPy array is kept.
+_JAX_RECONSTRUCTORS = {
+    ("jax._src.array", "_reconstruct_array"),
+    ("jax._src.device_array", "reconstruct_device_array"),
+}
+
+
+class _RefusedPickle(Exception):
+    """Raised inside the unpickler; safe_load_pickle adds the path."""
+
+
+def _numpy_from_jax_pickle(fun, args, arr_state, aval_state=None):
+    """What a JAX array reconstructor builds, as a NumPy array.
+
+    Only NumPy's own `_reconstruct` of an ndarray is accepted as `fun`; no
+    JAX code is imported or run. `aval_state` (the weak type) is dropped.
+    """
+    del aval_state
+    reconstruct = importlib.import_module("numpy._core.multiarray")
+    if fun is not reconstruct._reconstruct or not (
+        isinstance(args, tuple) and args and args[0] is np.ndarray
+    ):
+        raise _RefusedPickle(
+            "it asks a JAX array reconstructor to call something other "
+            "than NumPy's array constructor"
+        )
+    value = fun(*args)
+    value.__setstate__(arr_state)
+    return value
+
+
+def _latin1_bytes(text, encoding="latin1"):
+    """`_codecs.encode` as protocol 2 uses it: bytes from a latin-1 str."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise _RefusedPickle("it asks _codecs.encode for something else")
+    return text.encode("latin1")
+
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals in ``_ALLOWED_GLOBALS``.
+    """Unpickler that resolves only the globals in ``_ALLOWED_GLOBALS``,
+    JAX's array reconstructors (as NumPy arrays) and protocol 2's bytes.
 
     Every global a pickle names (its classes and the functions it calls) goes
     through ``find_class``, so refusing there stops any other code from
@@ -402,26 +566,49 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     build by calling their type are on the list.
     """
 
-    def __init__(self, file, path):
-        super().__init__(file)
-        self._path = path
-
     def find_class(self, module, name):
-        """The allowed object for ``module.name``; UserError otherwise."""
+        """The allowed object for ``module.name``; refused otherwise."""
+        if (module, name) in _JAX_RECONSTRUCTORS:
+            return _numpy_from_jax_pickle
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         target = _ALLOWED_GLOBALS.get((module, name))
         if target is None:
-            raise UserError(
-                f"refusing to load {self._path}: it asks for {module}.{name}, "
-                "which is not an array or container"
+            raise _RefusedPickle(
+                f"it asks for {module}.{name}, which is not an array or "
+                "container"
             )
         return getattr(importlib.import_module(target[0]), target[1])
 
     def persistent_load(self, pid):
         """Refuse persistent ids: plain pickles of arrays have none."""
-        raise UserError(
-            f"refusing to load {self._path}: it uses a persistent id, "
-            "which is not an array or container"
+        raise _RefusedPickle(
+            "it uses a persistent id, which is not an array or container"
         )
+
+
+def _check_bounds(obj) -> None:
+    """Refuses containers nested deeper than MAX_PICKLE_DEPTH or more than
+    MAX_PICKLE_OBJECTS objects in all; walks without recursion."""
+    stack, count = [(obj, 0)], 0
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > MAX_PICKLE_OBJECTS:
+            raise _RefusedPickle(
+                f"it holds more than {MAX_PICKLE_OBJECTS:,} objects"
+            )
+        if isinstance(item, Mapping):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            children = list(item)
+        else:
+            continue
+        if children and depth + 1 > MAX_PICKLE_DEPTH:
+            raise _RefusedPickle(
+                f"its containers nest deeper than {MAX_PICKLE_DEPTH} levels"
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 def safe_load_pickle(path):
@@ -430,7 +617,10 @@ def safe_load_pickle(path):
     Allowed: ``dict``, ``list``, ``tuple``, ``set``, ``frozenset``,
     ``collections.OrderedDict``, Python numbers, strings and bytes,
     ``np.ndarray`` (any dtype NumPy can name), NumPy scalars and dtypes, as
-    written by NumPy 1.x or 2.x with pickle protocols 3 to 5.
+    written by NumPy 1.x or 2.x with pickle protocols 2 to 5; JAX arrays
+    pickled by JAX (``jax.Array``, and the ``DeviceArray`` of JAX before 0.4)
+    become NumPy arrays. At most MAX_PICKLE_DEPTH levels of containers and
+    MAX_PICKLE_OBJECTS objects.
 
     Raises:
         UserError: the file is missing or unreadable, truncated or corrupt,
@@ -443,13 +633,19 @@ def safe_load_pickle(path):
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     with file:
         try:
-            return _ArrayOnlyUnpickler(file, path).load()
-        except UserError:
-            raise
+            obj = _ArrayOnlyUnpickler(file).load()
+            _check_bounds(obj)
+            return obj
+        except _RefusedPickle as err:
+            raise UserError(f"refusing to load {path}: {err}") from None
+        except RecursionError:
+            raise UserError(
+                f"refusing to load {path}: its containers nest too deeply"
+            ) from None
         except Exception as err:  # pickle raises many types on bad input
             raise UserError(
                 f"cannot load {path}: the file is empty, truncated or not a "
-                f"pickle ({type(err).__name__}: {_one_line(err, 120)})"
+                f"pickle ({type(err).__name__}: {one_line(err, 120)})"
             ) from None
 
 
@@ -505,14 +701,15 @@ def save_checkpoint(path, params, lin_params, net_state, meta):
 def load_checkpoint(path):
     """Safely load a checkpoint written by :func:`save_checkpoint`.
 
-    Files of the original code, which lack ``'meta'``, load with ``meta={}``.
+    Files of the original code, which lack ``'meta'``, load with ``meta={}``;
+    their JAX arrays load as NumPy arrays.
 
     Returns:
         ``{'params', 'lin_params', 'net_state', 'meta'}``.
     Raises:
         UserError: the file is missing, truncated or corrupt, lacks one of
-            params / lin_params / net_state, or holds anything but arrays and
-            containers.
+            params / lin_params / net_state, holds anything but arrays and
+            containers, or holds parameters or state that are not finite.
     """
     checkpoint = load_pickle_arrays(path, CHECKPOINT_KEYS)
     meta = checkpoint.get("meta", {})
@@ -522,53 +719,44 @@ def load_checkpoint(path):
             f"{type(meta).__name__}, not a dict"
         )
     loaded = {key: checkpoint[key] for key in CHECKPOINT_KEYS}
+    for key in CHECKPOINT_KEYS:
+        where = _first_non_finite(loaded[key])
+        if where is not None:
+            raise UserError(
+                f"cannot use {os.fspath(path)}: its {key} hold NaN or "
+                f"infinite values (at {where}); the run that wrote it "
+                "diverged: use an earlier checkpoint"
+            )
     loaded["meta"] = dict(meta)
     return loaded
 
 
+def _first_non_finite(tree, prefix: str = "") -> str | None:
+    """The path of the first float array of `tree` with a NaN or an
+    infinity (e.g. 'linear/w'), or None."""
+    if isinstance(tree, Mapping):
+        for key, value in tree.items():
+            where = _first_non_finite(value, f"{prefix}{key}/")
+            if where is not None:
+                return where
+        return None
+    if isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            where = _first_non_finite(value, f"{prefix}{index}/")
+            if where is not None:
+                return where
+        return None
+    array = np.asarray(tree)
+    if np.issubdtype(array.dtype, np.inexact) and not np.all(
+        np.isfinite(array)
+    ):
+        return prefix.rstrip("/") or "the top level"
+    return None
+
+
 # --------------------------------------------------------------------------
-# Entry scripts
+# What a run records of its environment
 # --------------------------------------------------------------------------
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are UserErrors: one line, exit 2."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
-def number_flag(kind, minimum, strict=False):
-    """An argparse type: `kind(text)`, refused below `minimum` (or at it,
-    when `strict`), NaN included."""
-
-    def parse(text):
-        value = kind(text)
-        if not (value > minimum if strict else value >= minimum):
-            bound = "greater than" if strict else "at least"
-            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}")
-        return value
-
-    return parse
-
-
-def run_cli(main_fn):
-    """Run an entry script's ``main_fn()`` and turn user errors into exits.
-
-    UserError: ``error: <message>`` on stderr, exit status 2, no traceback.
-    KeyboardInterrupt: ``interrupted`` on stderr, exit status 130.
-
-    Returns:
-        Whatever ``main_fn`` returns.
-    """
-    try:
-        return main_fn()
-    except UserError as err:
-        print(f"error: {_one_line(err, limit=1000)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 def _package_version(distribution):

@@ -12,6 +12,7 @@ it was computed from, and writes, in {dirname(model_path)}/{bonus_dir}/,
 import argparse
 import os
 
+import cli
 import data
 import features
 import kernels
@@ -21,8 +22,8 @@ from utils import UserError
 
 
 def parse_args(argv=None):
-    positive_int = utils.number_flag(int, 1)
-    parser = utils.ArgumentParser(description=__doc__.split("\n")[0])
+    positive_int = cli.positive_int
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model_path",
         required=True,
@@ -41,7 +42,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--class_index",
-        type=utils.number_flag(int, 0),
+        type=cli.nonnegative_int,
         required=True,
         help="the logit c of the kernel",
     )
@@ -60,13 +61,13 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--steps",
-        type=utils.number_flag(int, 0),
+        type=cli.nonnegative_int,
         default=600,
         help="signed-gradient steps per image",
     )
     parser.add_argument(
         "--step_size",
-        type=utils.number_flag(float, 0.0),
+        type=cli.nonnegative_float,
         default=0.001,
         help="per-pixel step, pixels in [0, 1]",
     )
@@ -186,14 +187,11 @@ def _load_kernel(args, kernel_path):
 
 def _load_model(args):
     """(checkpoint, ModelSpec), --class_index checked against the spec."""
-    checkpoint = utils.load_checkpoint(args.model_path)
-    spec = models.resolve_spec(
-        checkpoint["meta"],
-        data.n_classes,
+    checkpoint, spec = models.load_checkpoint(
+        args.model_path,
         model=args.model,
         width=args.width,
         dataset=args.dataset,
-        source=args.model_path,
     )
     if args.class_index >= spec.n_classes:
         raise UserError(
@@ -208,13 +206,6 @@ def _kernel_images(args, kernel, spec, checkpoint):
     kernel's labels and the checkpoint's parameter shapes."""
     train_images, train_labels = data.load_split(spec.dataset, args.data_path)
     features.check_kernel_images(kernel, train_labels, spec.dataset)
-    models.check_params_fit(
-        spec,
-        checkpoint["params"],
-        checkpoint["net_state"],
-        train_images.shape[1:],
-        source=args.model_path,
-    )
     return train_images[kernel.indices]
 
 
@@ -241,4 +232,4 @@ def _report(result):
 
 
 if __name__ == "__main__":
-    utils.run_cli(main)
+    cli.run_cli(main)

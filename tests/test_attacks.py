@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import attacks
+import train
 
 SHAPE = (4, 4, 3)
 DIM = int(np.prod(SHAPE))
@@ -266,9 +267,19 @@ def trained():
     return params, test_images, test_labels
 
 
+def compiled_attack(apply_fn, **attack_kwargs):
+    """jit of pgd against apply_fn(params, images): (params, images,
+    labels, key) -> adversarial images."""
+    return jax.jit(
+        lambda params, images, labels, key: attacks.pgd(
+            lambda x: apply_fn(params, x), images, labels, key, **attack_kwargs
+        )
+    )
+
+
 def robust_correct(trained, key, **attack_kwargs):
     params, images, labels = trained
-    attack = attacks.make_pgd_fn(mlp_apply, **attack_kwargs)
+    attack = compiled_attack(mlp_apply, **attack_kwargs)
     adv = attack(params, images, labels, key)
     return np.asarray(jnp.argmax(mlp_apply(params, adv), -1) == labels)
 
@@ -281,7 +292,7 @@ def test_reduces_accuracy_of_a_trained_model(
     trained, norm, eps, step_size, loss
 ):
     params, images, labels = trained
-    clean = int(attacks.accuracy_counts(mlp_apply(params, images), labels))
+    clean = int(train.correct_count(mlp_apply(params, images), labels))
     robust = robust_correct(
         trained,
         jax.random.key(9),
@@ -297,7 +308,7 @@ def test_reduces_accuracy_of_a_trained_model(
 
 def test_same_key_same_output_other_key_other_output(trained):
     params, images, labels = trained
-    attack = attacks.make_pgd_fn(
+    attack = compiled_attack(
         mlp_apply, norm="linf", eps=0.03, step_size=0.01, iters=3
     )
     first = attack(params, images, labels, jax.random.key(10))
@@ -357,16 +368,16 @@ def test_misclassified_beats_a_higher_loss():
 def test_margin_and_cross_entropy_by_hand():
     logits = jnp.asarray([[1.0, 3.0, 2.0], [1.0, 3.0, 2.0]])
     labels = jnp.asarray([1, 0])
-    margin = attacks._per_example_loss(logits, labels, "margin")
+    margin = attacks.LOSSES["margin"](logits, labels)
     np.testing.assert_allclose(margin, [2.0 - 3.0, 3.0 - 1.0])
     log_norm = np.log(np.exp(1.0) + np.exp(3.0) + np.exp(2.0))
-    ce = attacks._per_example_loss(logits, labels, "ce")
+    ce = attacks.LOSSES["ce"](logits, labels)
     np.testing.assert_allclose(ce, [log_norm - 3.0, log_norm - 1.0], rtol=1e-6)
 
 
-def test_accuracy_counts():
+def test_correct_count():
     logits = jnp.asarray([[0.0, 1.0], [2.0, 1.0], [0.0, 5.0]])
-    count = attacks.accuracy_counts(logits, jnp.asarray([1, 1, 1]))
+    count = train.correct_count(logits, jnp.asarray([1, 1, 1]))
     assert count.dtype == jnp.int32
     assert int(count) == 2
 
@@ -379,7 +390,7 @@ def test_jitted_attack_compiles_once(trained):
         traces.append(x.shape)
         return mlp_apply(p, x)
 
-    attack = attacks.make_pgd_fn(
+    attack = compiled_attack(
         counted_apply, norm="l2", eps=0.25, step_size=0.05, iters=2, restarts=2
     )
     attack(params, images, labels, jax.random.key(14))
@@ -403,8 +414,6 @@ def test_bad_settings_raise(bad):
             constant_logits_fn, images, labels, jax.random.key(0), **kwargs
         )
     with pytest.raises(ValueError):
-        attacks.make_pgd_fn(mlp_apply, **kwargs)
-    with pytest.raises(ValueError):
         attacks.AttackConfig(**kwargs)
 
 
@@ -422,7 +431,7 @@ def test_paper_configs():
     assert (test.norm, test.iters) == ("linf", 100)
     assert test.eps == pytest.approx(8 / 255)
     assert test.step_size == pytest.approx(2 * (8 / 255) / 100)
-    l2 = attacks.eval_l2()
+    l2 = attacks.eval_l2(4.0)
     assert (l2.norm, l2.eps, l2.step_size, l2.iters) == ("l2", 0.25, 0.01, 100)
     with pytest.raises(dataclasses.FrozenInstanceError):
         l2.eps = 0.5

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import calculate_kernel
+import cli
 import data
 import features
 import models
@@ -163,7 +164,7 @@ def test_combined_kernel_at_lin_params(run_dir, capsys):
 def run_cli(argv):
     """Exit status of main(argv) run as the script runs it."""
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(lambda: calculate_kernel.main(argv))
+        cli.run_cli(lambda: calculate_kernel.main(argv))
     return exit_info.value.code
 
 

@@ -3,14 +3,20 @@ Fashion-MNIST: the paper's Example 5 command, its output files, transfer to
 its own adversarial examples, and refusal of bad input."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+import cli
 import data
 import eval_and_make_adv
 import utils
 from helpers import (
+    ROOT,
     assert_close,
     linearized_logits,
     require_fashion_mnist,
@@ -63,10 +69,19 @@ def small(root, test_size=100):
     ]
 
 
+def small_test_set(root, test_size=100):
+    """The images (N, H, W, C) and labels of small(root)'s test subset."""
+    return data.subset(
+        *data.load_split("fashion_mnist", str(root / "data"), train=False),
+        test_size,
+        0,
+    )
+
+
 def run_main(root, argv, monkeypatch):
     """Runs the script's main in `root` as the command line would."""
     monkeypatch.chdir(root)
-    return utils.run_cli(lambda: eval_and_make_adv.main(argv))
+    return cli.run_cli(lambda: eval_and_make_adv.main(argv))
 
 
 def outputs(root, name="test_results"):
@@ -195,8 +210,14 @@ def test_own_examples_reproduce_robust_accuracy(
         np.testing.assert_array_equal(
             again["predictions_clean"], results["predictions_dirty"]
         )
-        assert again["acc_dirty"] is None
-        assert again["components_dirty"] is None
+        # --no_adv, as the original: the dirty entries are the clean ones.
+        assert again["acc_dirty"] == again["acc_clean"]
+        np.testing.assert_array_equal(
+            again["predictions_dirty"], again["predictions_clean"]
+        )
+        np.testing.assert_array_equal(
+            again["components_dirty"]["df"], again["components_clean"]["df"]
+        )
     transfer = json.loads(outputs(root, "transfer")["transfer"].read_text())
     assert [row["source"] for row in transfer["rows"]] == [examples] * 2
     assert transfer["rows"][0]["acc_clean"] == results["acc_dirty"]
@@ -314,3 +335,108 @@ def test_bad_input_from_the_command_line(workdir):
     )
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_centering_without_linear_is_the_difference_of_networks(
+    workdir, monkeypatch
+):
+    """As the original: f(x; params) − f(x; lin_params), e.g. a
+    --do_standard_second checkpoint's trained network minus θ(t)."""
+    root, trained = workdir
+    run_main(
+        root,
+        EXAMPLE_5[:2]
+        + [
+            "--centering",
+            "--no_adv",
+            "--save_name",
+            "difference",
+            "--bonus_dir",
+            "difference",
+        ]
+        + small(root),
+        monkeypatch,
+    )
+    results = utils.load_pickle_arrays(
+        root / RUN_DIR / "difference" / "test_results_difference.pkl"
+    )
+    images, _ = small_test_set(root)
+    apply, state = trained["model"].apply, trained["state"]
+    f_params = apply(trained["params"], state, None, images, False)[0]
+    f_lin = apply(trained["lin_params"], state, None, images, False)[0]
+    components = results["components_clean"]
+    assert_close(components["f"], f_lin)
+    assert_close(components["df"], np.asarray(f_params) - np.asarray(f_lin))
+    np.testing.assert_array_equal(
+        results["predictions_clean"], np.argmax(components["df"], axis=-1)
+    )
+
+
+def test_no_adv_save_examples_writes_the_clean_images(workdir, monkeypatch):
+    root, trained = workdir
+    run_main(
+        root,
+        EXAMPLE_5[:4]
+        + [
+            "--no_adv",
+            "--save_examples",
+            "--save_name",
+            "clean",
+            "--bonus_dir",
+            "clean",
+            "--test_path",
+            "",
+        ]  # '': the test set
+        + small(root),
+        monkeypatch,
+    )
+    folder = root / RUN_DIR / "clean"
+    examples = utils.load_pickle_arrays(folder / "adv_examples_clean.pkl")
+    images, labels = small_test_set(root)
+    np.testing.assert_array_equal(examples["images"], data.to_nchw(images))
+    np.testing.assert_array_equal(examples["labels"], labels)
+    results = utils.load_pickle_arrays(folder / "test_results_clean.pkl")
+    assert results["acc_dirty"] == results["acc_clean"]
+    assert not (folder / "transfer_clean.json").exists()
+
+
+@pytest.mark.slow
+def test_killed_mid_attack_leaves_no_output(workdir):
+    """A kill while the attack works leaves no output file, whole or
+    half-written."""
+    root, _ = workdir
+    folder = root / RUN_DIR / "killed"
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "eval_and_make_adv.py"),
+        *EXAMPLE_5[:4],
+        "--bonus_dir",
+        "killed",
+        "--save_examples",
+        "--data_path",
+        str(root / "data"),
+        "--test_size",
+        "1000",
+        "--pgd_iters",
+        "200",
+        "--batch_size",
+        "10",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=root,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    seen = ""
+    try:
+        # Wait on what it writes: the progress bar's second finished batch.
+        while "2/100" not in seen and process.poll() is None:
+            seen += process.stderr.read(1)
+        assert process.poll() is None, f"ended before the kill: {seen[-300:]}"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert folder.is_dir() and list(folder.iterdir()) == []

@@ -31,12 +31,15 @@ def trained(tmp_path_factory):
 def run(trained, dynamics, attack=None, **kwargs):
     """evaluate() of the trained MLP, at lin_params around params."""
     kwargs.setdefault("progress", False)
-    return evaluation.evaluate(
+    network = models.Network(
         trained["model"].apply,
         dynamics,
         trained["params"],
         trained["lin_params"],
         trained["state"],
+    )
+    return evaluation.evaluate(
+        network,
         trained["images"],
         trained["labels"],
         attack=attack,
@@ -130,12 +133,11 @@ def test_resnet_components_use_eval_mode_batch_norm():
     params, state = random_tree_like(shapes, rng)
     lin_params = random_tree_like(params, rng)
     images = rng.uniform(size=(6, *IMAGE_SHAPE)).astype(np.float32)
+    network = models.Network(
+        model.apply, models.Dynamics(linear=True), params, lin_params, state
+    )
     result = evaluation.evaluate(
-        model.apply,
-        models.Dynamics(linear=True),
-        params,
-        lin_params,
-        state,
+        network,
         images,
         np.zeros(6, np.int32),
         attack=None,
@@ -171,7 +173,7 @@ def test_adversarial_examples_stay_in_the_ball_and_hurt(trained):
 def test_short_last_batch_is_padded_not_recompiled(trained):
     dynamics = models.Dynamics(linear=True, centering=False)
     attack = attacks.eval_linf(4.0, iters=3)
-    step = evaluation.make_eval_step(trained["model"].apply, dynamics, attack)
+    step = evaluation.make_eval_step(attack)
     padded = run(trained, dynamics, attack, batch_size=64, eval_step=step)
     assert step._cache_size() == 1  # 200 = 3 * 64 + 8 used one compilation
     whole = run(trained, dynamics, None, batch_size=TEST_SIZE)
@@ -185,7 +187,7 @@ def test_short_last_batch_is_padded_not_recompiled(trained):
 def test_max_batches_and_seed(trained):
     dynamics = models.Dynamics(linear=True, centering=True)
     attack = attacks.eval_linf(4.0, iters=3)
-    step = evaluation.make_eval_step(trained["model"].apply, dynamics, attack)
+    step = evaluation.make_eval_step(attack)
     first = run(
         trained,
         dynamics,
@@ -256,11 +258,13 @@ def test_restarts_only_add_misclassified_examples(trained):
 def test_empty_input_is_refused(trained):
     with pytest.raises(ValueError, match="at least one"):
         evaluation.evaluate(
-            trained["model"].apply,
-            models.STANDARD,
-            trained["params"],
-            trained["params"],
-            trained["state"],
+            models.Network(
+                trained["model"].apply,
+                models.STANDARD,
+                trained["params"],
+                trained["params"],
+                trained["state"],
+            ),
             trained["images"][:0],
             trained["labels"][:0],
             attack=None,

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import models
+import utils
+from helpers import assert_close
 from nt_compat import nt
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -218,3 +220,132 @@ def test_standard_centered_logits_have_the_right_input_gradient(tiny_resnet):
     np.testing.assert_allclose(
         np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-6
     )
+
+
+# --------------------------------------------------------------------------
+# Checkpoints: layer names, meta, the spec
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mlp_skinny", "mlp_wide"])
+def test_mlp_layers_have_the_original_names(name):
+    params, _ = shape_params(name, 10)
+    assert sorted(params) == ["linear", "linear_1", "linear_2"]
+    hidden = 256 if name == "mlp_skinny" else 2048
+    assert params["linear"]["w"].shape == (int(np.prod(IMAGE_SHAPE)), hidden)
+    assert params["linear_2"]["w"].shape == (hidden, 10)
+
+
+def _mlp_checkpoint(tmp_path, names, meta):
+    """A mlp_skinny checkpoint on Fashion-MNIST shapes whose layers are
+    named `names` (3 of them), with `meta`; returns (path, params)."""
+    model = models.get_model("mlp_skinny", 10)
+    params, state = models.init_model(model, 0, (28, 28, 1))
+    renamed = {
+        new: params[old]
+        for new, old in zip(
+            names, ["linear", "linear_1", "linear_2"], strict=True
+        )
+    }
+    path = str(tmp_path / "checkpoint.pkl")
+    utils.save_checkpoint(path, renamed, renamed, state, meta)
+    return path, params
+
+
+def test_original_and_earlier_mlp_checkpoints_load(tmp_path):
+    for names in (
+        ["linear", "linear_1", "linear_2"],  # the original's
+        ["mlp/~/linear_0", "mlp/~/linear_1", "mlp/~/linear_2"],  # earlier
+    ):
+        path, params = _mlp_checkpoint(tmp_path, names, {})
+        checkpoint, spec = models.load_checkpoint(
+            path, model="mlp_skinny", dataset="fashion_mnist"
+        )
+        assert spec == models.ModelSpec("mlp_skinny", None, "fashion_mnist")
+        assert utils.tree_equal(checkpoint["params"], params)
+        assert utils.tree_equal(checkpoint["lin_params"], params)
+
+
+def test_other_layer_names_are_refused_with_what_they_are(tmp_path):
+    path, _ = _mlp_checkpoint(tmp_path, ["a", "b", "c"], {})
+    with pytest.raises(utils.UserError) as info:
+        models.load_checkpoint(
+            path, model="mlp_skinny", dataset="fashion_mnist"
+        )
+    message = str(info.value)
+    assert "does not hold a mlp_skinny with 10 classes" in message
+    assert "its layers: a, b, c" in message
+    assert "width" not in message.split(":")[0]
+
+
+@pytest.mark.parametrize(
+    "meta, named",
+    [
+        ({"model": "foo"}, "model 'foo'"),
+        ({"width": "abc"}, "width 'abc'"),
+        ({"width": -3}, "width -3"),
+        ({"dataset": "svhn"}, "dataset 'svhn'"),
+        ({"n_classes": 0}, "n_classes 0"),
+        ({"n_classes": 2.5}, "n_classes 2.5"),
+    ],
+)
+def test_bad_meta_is_a_user_error(meta, named):
+    with pytest.raises(utils.UserError) as info:
+        models.resolve_spec(meta, source="ckpt.pkl")
+    assert "ckpt.pkl" in str(info.value) and named in str(info.value)
+
+
+def test_spec_from_meta_and_flags():
+    meta = {
+        "model": "resnet18",
+        "width": np.int64(8),
+        "dataset": "mnist",
+        "n_classes": 10,
+    }
+    assert models.resolve_spec(meta) == models.ModelSpec(
+        "resnet18", 8, "mnist", 10
+    )
+    assert models.resolve_spec({}) == models.ModelSpec(
+        "resnet18", 64, "cifar10", 10
+    )
+    assert models.resolve_spec({}, dataset="cifar100").n_classes == 100
+    # Earlier versions recorded width 64 for MLPs; it means nothing there.
+    spec = models.resolve_spec({"model": "mlp_wide", "width": 64})
+    assert spec.width is None and spec.as_meta()["width"] is None
+    with pytest.raises(utils.UserError, match="contradicts"):
+        models.resolve_spec(meta, width=16)
+    with pytest.raises(utils.UserError, match="contradicts"):
+        models.resolve_spec(meta, model="mlp_skinny")
+    with pytest.raises(utils.UserError, match="--width means nothing"):
+        models.resolve_spec({}, model="mlp_skinny", width=8)
+
+
+def test_network_is_a_pytree_of_its_parameters(tiny_resnet):
+    model, params, state, images = tiny_resnet
+    moved = axpy(0.01, perturbation(params, 4), params)
+    network = models.Network(
+        model.apply,
+        models.Dynamics(linear=True, centering=True),
+        params,
+        moved,
+        state,
+    )
+    leaves = jax.tree_util.tree_leaves(network)
+    assert len(leaves) == len(
+        jax.tree_util.tree_leaves((params, moved, state))
+    )
+
+    @jax.jit
+    def logits(net, x):
+        return net.logits(x)[0]
+
+    want, _ = network.dynamics.logits(
+        model.apply, params, moved, state, images
+    )
+    assert_close(logits(network, images), want)  # jit vs eager order
+    # Another parameter value, same structure: no new compilation.
+    logits(
+        models.Network(model.apply, network.dynamics, moved, params, state),
+        images,
+    )
+    assert logits._cache_size() == 1

@@ -1,7 +1,8 @@
 """run_exp.py end to end on a few hundred Fashion-MNIST images.
 
 The paper's four example command lines run with size flags added; a narrow
-network keeps compile and run times small.
+network keeps compile and run times small. The tests of README's promises
+("Promises of run_exp.py") are named after them: test_promise_*.
 """
 
 import json
@@ -15,18 +16,23 @@ import jax
 import numpy as np
 import pytest
 
+import calculate_kernel
+import cli
 import data
+import eval_and_make_adv
 import models
+import run_exp
 import utils
 from helpers import (
     ROOT,
     SUBPROCESS_TIMEOUT_S,
+    assert_one_line_error,
     load_pickle,
     needs_fashion_mnist,
 )
 from helpers import run_script as run_entry_script
 
-pytestmark = needs_fashion_mnist
+pytestmark = [needs_fashion_mnist, pytest.mark.slow]
 
 FRACTIONS = ("0.125", "0.25", "0.375", "0.5", "0.75", "1.5", "2.5")
 # Small versions of the paper's runs: 200 training images in batches of 100.
@@ -47,6 +53,7 @@ SIZE_FLAGS = [
     "3",
     "--no_progress",
 ]
+SPEC = models.ModelSpec("mlp_skinny", None, "fashion_mnist", 10)
 
 
 def run_script(*args, data_path, check=True):
@@ -56,9 +63,39 @@ def run_script(*args, data_path, check=True):
     )
 
 
+def run_in_process(argv, capsys):
+    """(exit status, stdout, stderr) of run_exp's main run as the script
+    runs it, in this process (no JAX start-up per call)."""
+    try:
+        cli.run_cli(lambda: run_exp.main([str(a) for a in argv]))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 @pytest.fixture(scope="module")
 def data_path(tmp_path_factory):
     return tmp_path_factory.mktemp("data")
+
+
+def phase_one_flags(save, loaders, epochs=3):
+    return [
+        "--standard_epochs",
+        epochs,
+        "--linear_epochs",
+        "0",
+        "--loaders",
+        loaders,
+        "--save_models",
+        "--save_path",
+        save,
+        "--constant_save",
+        "--random_seed",
+        "0",
+        *SIZE_FLAGS,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -67,24 +104,31 @@ def phase_one_runs(tmp_path_factory, data_path):
     runs = {}
     for loaders in ("CC", "AC"):
         save = tmp_path_factory.mktemp(f"phase1_{loaders}")
-        run_script(
-            "--standard_epochs",
-            "3",
-            "--linear_epochs",
-            "0",
-            "--loaders",
-            loaders,
-            "--save_models",
-            "--save_path",
-            str(save),
-            "--constant_save",
-            "--random_seed",
-            "0",
-            *SIZE_FLAGS,
-            data_path=data_path,
-        )
+        run_script(*phase_one_flags(save, loaders), data_path=data_path)
         runs[loaders] = save
     return runs
+
+
+def phase_two_flags(base, save, loaders, *extra):
+    return [
+        "--base_model_path",
+        base,
+        "--loaders",
+        loaders,
+        "--linear_epochs",
+        "2",
+        "--second_lr",
+        "0.01",
+        "--save_models",
+        "--centering",
+        "--save_path",
+        save,
+        "--random_seed",
+        "0",
+        "--constant_save_linear",
+        *SIZE_FLAGS,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -95,43 +139,43 @@ def phase_two_runs(tmp_path_factory, phase_one_runs, data_path):
     runs = {}
     for loaders in ("CC", "CA"):
         save = tmp_path_factory.mktemp(f"phase2_{loaders}")
-        run_script(
-            "--base_model_path",
-            str(base),
-            "--loaders",
-            loaders,
-            "--linear_epochs",
-            "2",
-            "--second_lr",
-            "0.01",
-            "--save_models",
-            "--centering",
-            "--save_path",
-            str(save),
-            "--random_seed",
-            "0",
-            "--constant_save_linear",
-            *SIZE_FLAGS,
-            data_path=data_path,
-        )
+        run_script(*phase_two_flags(base, save, loaders), data_path=data_path)
         runs[loaders] = save
     return runs
 
 
-def check_results(path, evaluated):
+def read_log(save):
+    return [
+        json.loads(line)
+        for line in (save / "log.jsonl").read_text().splitlines()
+    ]
+
+
+def check_results(path, evaluated, skipped=()):
+    """results.pkl as the original writes it (0 where no evaluation ran),
+    results.json with null there and the reason."""
     results = load_pickle(path / "results.pkl")
+    record = json.loads((path / "results.json").read_text())
     assert set(results) == {"standard", "linear", "standard_second"}
     assert results["standard_second"] is False
     for phase in ("standard", "linear"):
+        assert set(results[phase]) == {"clean", "l2", "linf"}
         if phase in evaluated:
-            assert set(results[phase]) == {"clean", "l2", "linf"}
             for value in results[phase].values():
-                assert 0.0 <= value <= 1.0
+                assert 0.0 < value <= 1.0
             # PGD can only lower the accuracy of the clean images.
             assert results[phase]["linf"] <= results[phase]["clean"]
+            assert record[phase] == results[phase]
         else:
-            assert results[phase] is None
-    assert json.loads((path / "results.json").read_text()) == results
+            assert results[phase] == {"clean": 0.0, "l2": 0.0, "linf": 0.0}
+            assert record[phase] is None
+    assert set(record["skipped"]) == set(skipped)
+    # The attacks the numbers were measured with.
+    assert record["attacks"]["linf"]["iters"] == 3
+    assert record["attacks"]["linf"]["eps"] == pytest.approx(4 / 255)
+    assert record["attacks"]["l2"]["eps"] == 0.25
+    assert record["test_images"] == 100
+    return record
 
 
 def check_checkpoint(path, spec):
@@ -140,46 +184,39 @@ def check_checkpoint(path, spec):
     for key in ("params", "lin_params"):
         leaves = jax.tree_util.tree_leaves(checkpoint[key])
         assert all(isinstance(leaf, np.ndarray) for leaf in leaves)
-        models.check_params_fit(
-            spec, checkpoint[key], checkpoint["net_state"], (28, 28, 1)
-        )
+        models.check_params_fit(spec, checkpoint[key], checkpoint["net_state"])
     return checkpoint
-
-
-SPEC = models.ModelSpec("mlp_skinny", 64, "fashion_mnist", 10)
 
 
 @pytest.mark.parametrize("loaders", ["CC", "AC"])
 def test_phase_one_writes_every_file(phase_one_runs, loaders):
     save = phase_one_runs[loaders]
     names = set(os.listdir(save))
-    expected = {f"parameters_checkpoint_{k}.pkl" for k in range(4)}
-    expected |= {f"parameters_checkpoint_{f}.pkl" for f in FRACTIONS}
-    expected |= {
-        "parameters_final.pkl",
+    checkpoints = {f"parameters_checkpoint_{k}.pkl" for k in range(4)}
+    checkpoints |= {f"parameters_checkpoint_{f}.pkl" for f in FRACTIONS}
+    checkpoints.add("parameters_final.pkl")
+    records = {
         "results.pkl",
         "results.json",
         "config.json",
         "log.jsonl",
         "train_state.pkl",
     }
-    assert expected == names
-    for name in expected - {
-        "results.pkl",
-        "results.json",
-        "config.json",
-        "log.jsonl",
-        "train_state.pkl",
-    }:
+    assert names == checkpoints | records  # no lock or temporary file left
+    for name in checkpoints:
         check_checkpoint(save / name, SPEC)
-    check_results(save, evaluated={"standard"})
-    log = [
-        json.loads(line)
-        for line in (save / "log.jsonl").read_text().splitlines()
-    ]
-    assert [r["epoch"] for r in log] == [0, 1, 2]
-    assert all(r["adversarial"] == (loaders == "AC") for r in log)
-    assert all(r["images"] == 200 for r in log)
+    check_results(save, evaluated={"standard"}, skipped={"linear"})
+    log = read_log(save)
+    epochs = [r for r in log if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1, 2]
+    assert all(r["adversarial"] == (loaders == "AC") for r in epochs)
+    assert all(r["images"] == 200 for r in epochs)
+    # Compilation is timed apart: only the first epoch compiles.
+    assert epochs[0]["compile_seconds"] > 0
+    assert epochs[1]["compile_seconds"] == 0 and epochs[1]["images_per_s"]
+    evaluations = [r for r in log if r["kind"] == "evaluation"]
+    assert [r["attack"] for r in evaluations] == ["linf", "l2"]
+    assert all(r["seconds"] > 0 and r["images"] == 100 for r in evaluations)
     config = json.loads((save / "config.json").read_text())
     assert config["flags"]["loaders"] == loaders
     assert config["environment"]["jax"] == jax.__version__
@@ -191,6 +228,7 @@ def test_epoch_checkpoints_follow_training(phase_one_runs):
     later = load_pickle(save / "parameters_checkpoint_3.pkl")
     final = load_pickle(save / "parameters_final.pkl")
     assert first["meta"]["epoch"] == 0 and later["meta"]["epoch"] == 3
+    assert first["meta"]["width"] is None  # an MLP has no width
     assert not utils.tree_equal(first["params"], later["params"])
     assert utils.tree_equal(later["params"], final["params"])
     # Phase 2 ran zero epochs: lin_params is still θ(t).
@@ -212,20 +250,30 @@ def test_phase_two_files_and_frozen_params(
         "parameters_checkpoint_linear_0.pkl",
         "parameters_checkpoint_linear_1.pkl",
     } <= names
-    check_results(save, evaluated={"linear"})
+    # The loaded θ(t) is evaluated under 'standard', as the original does.
+    check_results(save, evaluated={"standard", "linear"})
     base = load_pickle(phase_one_runs["CC"] / "parameters_checkpoint_2.pkl")
     final = check_checkpoint(save / "parameters_final.pkl", SPEC)
     # Centered linearized dynamics train lin_params only.
     assert utils.tree_equal(final["params"], base["params"])
     assert utils.tree_equal(final["net_state"], base["net_state"])
     assert not utils.tree_equal(final["lin_params"], base["params"])
-    log = [
-        json.loads(line)
-        for line in (save / "log.jsonl").read_text().splitlines()
-    ]
-    assert [(r["phase"], r["adversarial"]) for r in log] == [
+    epochs = [r for r in read_log(save) if r["kind"] == "epoch"]
+    assert [(r["phase"], r["adversarial"]) for r in epochs] == [
         ("linear", loaders == "CA")
     ] * 2
+
+
+def test_base_model_evaluation_is_that_of_the_phase_one_run(
+    tmp_path, phase_one_runs, phase_two_runs, data_path
+):
+    """results['standard'] of a phase-2 run is θ(t)'s accuracy: the same
+    numbers as a phase-1 run that stops at t evaluates."""
+    stopped = tmp_path / "stopped_at_2"
+    run_script(*phase_one_flags(stopped, "CC", epochs=2), data_path=data_path)
+    phase_one = load_pickle(stopped / "results.pkl")["standard"]
+    phase_two = load_pickle(phase_two_runs["CC"] / "results.pkl")["standard"]
+    assert phase_two == phase_one
 
 
 def test_centered_phase_two_starts_from_zero_logits(phase_two_runs, data_path):
@@ -245,25 +293,60 @@ def test_centered_phase_two_starts_from_zero_logits(phase_two_runs, data_path):
     np.testing.assert_array_equal(np.asarray(logits), 0.0)
 
 
-def test_same_seed_gives_identical_parameters(
+def test_standard_second_writes_the_original_layout(
     tmp_path, phase_one_runs, data_path
 ):
-    save = tmp_path / "again"
+    """--do_standard_second: params = the network trained in phase 2,
+    lin_params = θ(t); eval_and_make_adv.py without --linear evaluates the
+    trained network, and calculate_kernel.py takes its kernel."""
+    base_path = phase_one_runs["CC"] / "parameters_checkpoint_2.pkl"
+    save = tmp_path / "standard_second"
     run_script(
-        "--standard_epochs",
-        "3",
+        "--base_model_path",
+        base_path,
         "--linear_epochs",
-        "0",
-        "--loaders",
-        "AC",
+        "1",
+        "--do_standard_second",
         "--save_models",
         "--save_path",
-        str(save),
-        "--random_seed",
-        "0",
+        save,
+        "--skip_first_test",
         *SIZE_FLAGS,
         data_path=data_path,
     )
+    base = load_pickle(base_path)
+    final = load_pickle(save / "parameters_final.pkl")
+    assert utils.tree_equal(final["lin_params"], base["params"])
+    assert not utils.tree_equal(final["params"], base["params"])
+    assert final["meta"]["linear"] is False
+    results = load_pickle(save / "results.pkl")
+    assert results["standard_second"] is True
+    # Without --linear the evaluation script evaluates the trained network:
+    # the same clean accuracy as the run's own evaluation.
+    eval_and_make_adv.main(
+        [
+            "--model_path",
+            str(save / "parameters_final.pkl"),
+            "--no_adv",
+            "--test_size",
+            "100",
+            "--data_path",
+            str(data_path),
+            "--no_progress",
+        ]
+    )
+    evaluated = load_pickle(save / "test_results_test_results.pkl")
+    assert evaluated["acc_clean"] == results["linear"]["clean"]
+
+
+# --------------------------------------------------------------------------
+# Same seed, same numbers; resuming
+# --------------------------------------------------------------------------
+
+
+def test_promise_same_seed_same_numbers(tmp_path, phase_one_runs, data_path):
+    save = tmp_path / "again"
+    run_script(*phase_one_flags(save, "AC"), data_path=data_path)
     first = load_pickle(phase_one_runs["AC"] / "parameters_final.pkl")
     again = load_pickle(save / "parameters_final.pkl")
     for key in ("params", "lin_params", "net_state"):
@@ -321,10 +404,10 @@ def wait_until(save, predicate, process):
     while time.monotonic() < deadline and process.poll() is None:
         if path.exists():
             saved = utils.safe_load_pickle(path)
-            train = saved.get("train") or {}
-            position = (saved["stage"], train.get("epoch"), train.get("step"))
-            seen = "stage {}, epoch {}, step {}".format(*position)
-            if predicate(*position):
+            where = saved.get("position") or {}
+            point = (saved["stage"], where.get("epoch"), where.get("step"))
+            seen = "stage {}, epoch {}, step {}".format(*point)
+            if None not in point and predicate(*point):
                 return True, seen
         time.sleep(0.005)
     ended = process.poll()
@@ -342,48 +425,209 @@ def in_phase_two(stage, epoch, step):
     return stage == "linear" and (epoch, step) >= (1, 1)
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, data_path):
+def start_run(flags, data_path):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, "run_exp.py"),
+            *map(str, flags),
+            "--data_path",
+            str(data_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+
+
+def stale_temp_name(target):
+    """The name of a temporary file that a killed run of this host left."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    host = utils.socket.gethostname()
+    return f".{target}.tmp-{host}-{process.pid}-{'0' * 12}"
+
+
+def test_promise_killed_run_resumes_bit_for_bit(tmp_path, data_path):
+    """Killed twice without warning (phase 1, phase 2), then resumed: the
+    same parameters as an uninterrupted run; the killed run's lock and
+    temporary files do not block or stay."""
     whole = tmp_path / "whole"
     run_script(*resnet_flags(whole), data_path=data_path)
     killed = tmp_path / "killed"
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "run_exp.py"),
-        *resnet_flags(killed),
-        "--data_path",
-        str(data_path),
-    ]
-    # Killed without warning twice: once in phase 1, once in phase 2.
     for moment in (in_phase_one, in_phase_two):
-        process = subprocess.Popen(
-            command + ["--resume"],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        process = start_run(resnet_flags(killed) + ["--resume"], data_path)
         reached, seen = wait_until(killed, moment, process)
         assert reached, f"{moment.__name__} never reached: {seen}"
         process.send_signal(signal.SIGKILL)
         process.wait()
+    left = killed / stale_temp_name("parameters_final.pkl")
+    left.write_bytes(b"half a checkpoint")
     unfinished = run_script(
         *resnet_flags(killed), data_path=data_path, check=False
     )
     assert unfinished.returncode == 2 and "--resume" in unfinished.stderr
     run_script(*resnet_flags(killed), "--resume", data_path=data_path)
+    assert not left.exists()
     first = load_pickle(whole / "parameters_final.pkl")
     resumed = load_pickle(killed / "parameters_final.pkl")
     for key in ("params", "lin_params", "net_state"):
         assert utils.tree_equal(first[key], resumed[key]), key
-    log = [
-        json.loads(line)
-        for line in (killed / "log.jsonl").read_text().splitlines()
-    ]
-    assert [(r["phase"], r["epoch"]) for r in log] == [
+    epochs = [r for r in read_log(killed) if r["kind"] == "epoch"]
+    assert [(r["phase"], r["epoch"]) for r in epochs] == [
         ("standard", 0),
         ("standard", 1),
     ] + [("linear", e) for e in range(3)]
+    assert sorted(os.listdir(killed)) == sorted(os.listdir(whole))
     again = run_script(*resnet_flags(killed), "--resume", data_path=data_path)
     assert "nothing to do" in again.stdout
+
+
+def test_promise_one_run_per_folder(tmp_path, data_path):
+    """A second run in a folder in use is refused, naming the holder; once
+    the holder is killed, --resume takes the folder."""
+    save = tmp_path / "busy"
+    flags = resnet_flags(save)
+    holder = start_run(flags, data_path)
+    try:
+        reached, seen = wait_until(save, in_phase_one, holder)
+        assert reached, seen
+        second = run_script(
+            *flags, "--resume", data_path=data_path, check=False
+        )
+        assert second.returncode == 2
+        assert_one_line_error(
+            second.stderr, "in use by another run", f"pid {holder.pid}"
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    run_script(*flags, "--resume", data_path=data_path)
+    assert (save / "parameters_final.pkl").exists()
+
+
+# --------------------------------------------------------------------------
+# Finished folders: nothing to do, refused, or --overwrite
+# --------------------------------------------------------------------------
+
+
+def test_promise_finished_run_is_never_mixed_with_another(
+    tmp_path, phase_one_runs, data_path, capsys
+):
+    """The paper's two phase-2 examples share one --save_path: run one
+    after the other, the second is refused (the original silently replaced
+    the first's results); the same command again has nothing to do;
+    --overwrite replaces the run, leaving none of its files."""
+    base = phase_one_runs["CC"] / "parameters_checkpoint_2.pkl"
+    save = tmp_path / "saved_model_loaded_centering_phase_2"
+    benign = phase_two_flags(base, save, "CC")
+    adversarial = phase_two_flags(base, save, "CA")
+    data_flags = ["--data_path", data_path]
+    assert run_in_process(benign + data_flags, capsys)[0] == 0
+    before = {name: (save / name).read_bytes() for name in os.listdir(save)}
+
+    code, out, err = run_in_process(adversarial + data_flags, capsys)
+    assert code == 2
+    assert_one_line_error(err, "finished run with loaders CC", "--overwrite")
+    assert {n: (save / n).read_bytes() for n in os.listdir(save)} == before
+
+    code, out, _ = run_in_process(benign + data_flags, capsys)
+    assert code == 0 and "nothing to do" in out
+    assert {n: (save / n).read_bytes() for n in os.listdir(save)} == before
+
+    # --overwrite with --constant_save_linear dropped: the old epoch files go.
+    flags = [f for f in adversarial if f != "--constant_save_linear"]
+    code, out, _ = run_in_process(flags + data_flags + ["--overwrite"], capsys)
+    assert code == 0 and "removed" in out
+    assert not (save / "parameters_checkpoint_linear_0.pkl").exists()
+    assert (
+        json.loads((save / "config.json").read_text())["flags"]["loaders"]
+        == "CA"
+    )
+    assert [
+        r["adversarial"] for r in read_log(save) if r["kind"] == "epoch"
+    ] == [True, True]
+
+
+def test_promise_other_runs_files_are_not_overwritten(
+    tmp_path, data_path, capsys
+):
+    """A folder with run files but no train_state.pkl (e.g. the original
+    code's) is refused without --overwrite."""
+    save = tmp_path / "original_run"
+    save.mkdir()
+    (save / "results.pkl").write_bytes(b"the original's results")
+    code, _, err = run_in_process(
+        phase_one_flags(save, "CC", epochs=1) + ["--data_path", data_path],
+        capsys,
+    )
+    assert code == 2
+    assert_one_line_error(err, "results.pkl", "--overwrite")
+    assert (save / "results.pkl").read_bytes() == b"the original's results"
+
+
+# --------------------------------------------------------------------------
+# Divergence
+# --------------------------------------------------------------------------
+
+
+def test_promise_divergence_stops_with_the_truth(
+    tmp_path, phase_one_runs, data_path, capsys
+):
+    base = phase_one_runs["CC"] / "parameters_checkpoint_2.pkl"
+    save = tmp_path / "diverged"
+    code, _, err = run_in_process(
+        phase_two_flags(base, save, "CC", "--skip_first_test")
+        + ["--second_lr", "1e38", "--data_path", data_path],
+        capsys,
+    )
+    assert code == 2
+    assert_one_line_error(
+        err,
+        "non-finite in phase linear, epoch 1",
+        "train_state.pkl holds the last state written before it (the start "
+        "of phase linear)",
+        "lower --second_lr",
+    )
+    assert utils.safe_load_pickle(save / "train_state.pkl")["stage"] in (
+        "standard",
+        "linear",
+    )
+    assert not (save / "results.pkl").exists()
+
+
+def test_promise_growing_loss_is_reported(
+    tmp_path, phase_one_runs, data_path, capsys
+):
+    base = phase_one_runs["CC"] / "parameters_checkpoint_2.pkl"
+    save = tmp_path / "exploding"
+    code, _, err = run_in_process(
+        phase_two_flags(
+            base, save, "CC", "--skip_first_test", "--skip_second_test"
+        )
+        + ["--second_lr", "1e6", "--data_path", data_path],
+        capsys,
+    )
+    assert code == 0
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "loss grew from 2.3" in warnings[0]
+    assert "learning rate" in warnings[0]
+    record = json.loads((save / "results.json").read_text())
+    assert len(record["warnings"]) == 1
+
+
+# --------------------------------------------------------------------------
+# Bad input: one line, exit 2, nothing written
+# --------------------------------------------------------------------------
+
+
+def write_checkpoint_like(path, source, **meta_changes):
+    checkpoint = load_pickle(source)
+    checkpoint["meta"] = dict(checkpoint["meta"], **meta_changes)
+    utils.atomic_pickle(path, checkpoint)
+    return path
 
 
 def bad_input_cases(tmp_path, phase_one_runs):
@@ -395,31 +639,61 @@ def bad_input_cases(tmp_path, phase_one_runs):
     utils.atomic_pickle(
         no_meta, {k: checkpoint[k] for k in utils.CHECKPOINT_KEYS}
     )
+    nan_base = tmp_path / "nan_base.pkl"
+    utils.save_checkpoint(
+        nan_base,
+        jax.tree_util.tree_map(lambda a: a * np.nan, checkpoint["params"]),
+        checkpoint["lin_params"],
+        checkpoint["net_state"],
+        checkpoint["meta"],
+    )
+    deep = tmp_path / "deep.pkl"
+    deep.write_bytes(
+        b"\x80\x04}\x8c\x06params" + b"]" * 300_000 + b"a" * 299_999 + b"s."
+    )
+    base = ["--base_model_path"]
     return {
         "loaders": (["--loaders", "CX"], "--loaders"),
         "epochs": (["--standard_epochs", "-1"], "--standard_epochs"),
         "eps": (["--eps", "0"], "--eps"),
-        "missing base": (
-            ["--base_model_path", str(tmp_path / "nope.pkl")],
-            "nope.pkl",
+        "eps nan": (["--eps", "nan"], "--eps"),
+        "eps inf": (["--eps", "inf"], "--eps"),
+        "second_lr nan": (["--second_lr", "nan"], "--second_lr"),
+        "resume and overwrite": (["--resume", "--overwrite"], "--overwrite"),
+        "missing base": (base + [tmp_path / "nope.pkl"], "nope.pkl"),
+        "corrupt base": (base + [corrupt], "corrupt.pkl"),
+        "non-finite base": (base + [nan_base], "NaN"),
+        "deep base": (base + [deep], "nest deeper"),
+        "meta model foo": (
+            base
+            + [
+                write_checkpoint_like(
+                    tmp_path / "foo.pkl", mlp_base, model="foo"
+                )
+            ],
+            "model 'foo'",
         ),
-        "corrupt base": (["--base_model_path", str(corrupt)], "corrupt.pkl"),
+        "meta width abc": (
+            base
+            + [
+                write_checkpoint_like(
+                    tmp_path / "abc.pkl",
+                    mlp_base,
+                    model="resnet18",
+                    width="abc",
+                )
+            ],
+            "width 'abc'",
+        ),
         "other model": (
-            ["--base_model_path", str(mlp_base), "--model", "mlp_wide"],
+            base + [mlp_base, "--model", "mlp_wide"],
             "mlp_wide",
         ),
         "shapes differ": (
-            [
-                "--base_model_path",
-                str(no_meta),
-                "--model",
-                "resnet18",
-                "--width",
-                "4",
-            ],
+            base + [no_meta, "--model", "resnet18", "--width", "4"],
             "no_meta.pkl",
         ),
-        "unwritable": (["--save_path", str(corrupt / "sub")], "corrupt.pkl"),
+        "unwritable": (["--save_path", corrupt / "sub"], "corrupt.pkl"),
         "offline dataset": (["--dataset", "cifar100"], "cifar100"),
     }
 
@@ -430,16 +704,24 @@ def bad_input_cases(tmp_path, phase_one_runs):
         "loaders",
         "epochs",
         "eps",
+        "eps nan",
+        "eps inf",
+        "second_lr nan",
+        "resume and overwrite",
         "missing base",
         "corrupt base",
+        "non-finite base",
+        "deep base",
+        "meta model foo",
+        "meta width abc",
         "other model",
         "shapes differ",
         "unwritable",
         "offline dataset",
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(
-    tmp_path, phase_one_runs, data_path, case
+def test_promise_bad_input_is_one_line_and_writes_nothing(
+    tmp_path, phase_one_runs, data_path, case, capsys
 ):
     flags, named = bad_input_cases(tmp_path, phase_one_runs)[case]
     save = tmp_path / "out"
@@ -449,21 +731,53 @@ def test_bad_input_is_one_line_and_writes_nothing(
         "--linear_epochs",
         "0",
         "--save_path",
-        str(save),
+        save,
         "--train_size",
         "20",
         "--test_size",
         "10",
         "--no_progress",
+        "--data_path",
+        data_path,
     ]
     if "--dataset" not in flags:
         base += ["--dataset", "fashion_mnist"]
-    if "--model" not in flags:
+    if "--model" not in flags and "--base_model_path" not in flags:
         base += ["--model", "mlp_skinny"]
-    result = run_script(*base, *flags, data_path=data_path, check=False)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    assert named in lines[0]
-    assert "Traceback" not in result.stderr
+    code, _, err = run_in_process(base + flags, capsys)
+    assert code == 2
+    assert_one_line_error(err, named)
     assert not save.exists()
+
+
+def test_bad_meta_is_one_line_in_every_script(
+    tmp_path, phase_one_runs, data_path, capsys
+):
+    mlp_base = phase_one_runs["CC"] / "parameters_checkpoint_1.pkl"
+    bad = write_checkpoint_like(tmp_path / "foo.pkl", mlp_base, model="foo")
+    for main, argv in (
+        (eval_and_make_adv.main, ["--model_path", bad]),
+        (calculate_kernel.main, ["--model_path", bad, "--dataset_size", "20"]),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_cli(
+                lambda m=main, a=argv: m(
+                    [str(x) for x in a] + ["--data_path", str(data_path)]
+                )
+            )
+        assert exit_info.value.code == 2
+        assert_one_line_error(capsys.readouterr().err, "model 'foo'")
+
+
+def test_bad_input_from_the_command_line_has_no_traceback(tmp_path, data_path):
+    result = run_script(
+        "--eps",
+        "nan",
+        "--save_path",
+        tmp_path / "out",
+        data_path=data_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "--eps", "finite")
+    assert not (tmp_path / "out").exists()

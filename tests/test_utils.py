@@ -1,4 +1,4 @@
-"""Tests for utils: atomic files, checkpoints, safe loading, the CLI."""
+"""Tests for utils: atomic files, locks, checkpoints, safe loading."""
 
 import builtins
 import collections
@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 
 import haiku as hk
 import jax
@@ -277,7 +278,7 @@ PYTHON_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("protocol", [3, 4, 5])
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
 def test_arrays_scalars_and_dtypes_load(tmp_path, protocol):
     tree = {"values": ALLOWED_VALUES, "python": PYTHON_VALUES}
     path = tmp_path / "arrays.pkl"
@@ -295,9 +296,13 @@ def test_allow_list_is_exactly_what_numpy_asks_for():
     """Each allowed global is one that pickles of arrays and Python values
     written with NumPy 2 ask for, or its NumPy 1.x name."""
     seen = set()
-    for protocol in (3, 4, 5):
+    for protocol in (2, 3, 4, 5):
         for value in ALLOWED_VALUES + PYTHON_VALUES:
             seen |= _globals_named(pickle.dumps(value, protocol=protocol))
+    # Protocol 2 writes bytes through _codecs.encode, which the loader
+    # takes separately (latin-1 only).
+    assert ("_codecs", "encode") in seen
+    seen.discard(("_codecs", "encode"))
     numpy_1_names = {
         (module.replace("numpy._core", "numpy.core"), name)
         for module, name in seen
@@ -445,53 +450,9 @@ def test_opt_state_mismatch_is_a_user_error(model):
         utils.unflatten_like(state, leaves)
 
 
-@pytest.mark.parametrize("make_key", [jax.random.PRNGKey, jax.random.key])
-def test_rng_key_round_trip(make_key):
-    key = jax.random.split(make_key(7))[1]
-    stored = utils.rng_key_to_numpy(key)
-    assert type(stored) is np.ndarray and stored.dtype == np.uint32
-    restored = utils.rng_key_from_numpy(pickle.loads(pickle.dumps(stored)))
-    np.testing.assert_array_equal(
-        jax.random.normal(restored, (3,)), jax.random.normal(key, (3,))
-    )
-    with pytest.raises(utils.UserError):
-        utils.rng_key_from_numpy(np.zeros(2, np.float32))
-
-
 # --------------------------------------------------------------------------
-# Entry scripts
+# The run's record of its environment
 # --------------------------------------------------------------------------
-
-
-def test_run_cli_user_error_exits_2_without_traceback():
-    code = (
-        "import utils\n"
-        "def main():\n"
-        "    raise utils.UserError('bad --eps: must be positive')\n"
-        "utils.run_cli(main)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
-    assert result.returncode == 2
-    assert result.stderr == "error: bad --eps: must be positive\n"
-    assert result.stdout == ""
-
-
-def test_run_cli_interrupt_and_success(capsys):
-    def interrupted():
-        raise KeyboardInterrupt
-
-    with pytest.raises(SystemExit) as info:
-        utils.run_cli(interrupted)
-    assert info.value.code == 130
-    assert capsys.readouterr().err == "interrupted\n"
-    assert utils.run_cli(lambda: 7) == 7
 
 
 def test_environment_info_is_json_ready(tmp_path):
@@ -514,3 +475,232 @@ def test_environment_info_is_json_ready(tmp_path):
     assert info["jax"] == jax.__version__
     assert info["jax_backend"] == "cpu"
     utils.atomic_write_json(tmp_path / "config.json", info)
+
+
+# --------------------------------------------------------------------------
+# Files of the original code: JAX arrays pickled by JAX
+# --------------------------------------------------------------------------
+
+
+def test_jax_arrays_pickled_by_jax_load_as_numpy(tmp_path):
+    """A checkpoint as the original writes it today: pickle.dump of a
+    Haiku dict of jnp arrays (jax._src.array._reconstruct_array)."""
+    params = {
+        "linear": {
+            "w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3),
+            "b": jnp.zeros(3, jnp.float32),
+        }
+    }
+    state = {"bn": {"count": jnp.asarray(7, jnp.int32)}}
+    path = tmp_path / "original.pkl"
+    with open(path, "wb") as file:
+        pickle.dump(
+            {"params": params, "lin_params": params, "net_state": state},
+            file,
+        )
+    assert b"_reconstruct_array" in path.read_bytes()
+    loaded = utils.load_checkpoint(path)
+    w = loaded["params"]["linear"]["w"]
+    assert type(w) is np.ndarray and w.dtype == np.float32
+    np.testing.assert_array_equal(w, np.arange(6).reshape(2, 3))
+    assert loaded["net_state"]["bn"]["count"] == 7
+    assert loaded["meta"] == {}
+
+
+class _OldDeviceArray:
+    """Pickles as JAX before 0.4 pickled a DeviceArray: through
+    jax._src.device_array.reconstruct_device_array(fun, args, state)."""
+
+    def __init__(self, value):
+        self.value = np.asarray(value)
+
+    def __reduce__(self):
+        fun, args, state = self.value.__reduce__()
+        return (
+            sys.modules["jax._src.device_array"].reconstruct_device_array,
+            (fun, args, state),
+        )
+
+
+def _old_device_array_pickle(tree) -> bytes:
+    """pickle.dumps(tree) with a stand-in jax._src.device_array module (the
+    real one no longer exists), as the JAX of 2022 wrote it."""
+    module = types.ModuleType("jax._src.device_array")
+
+    def reconstruct_device_array(fun, args, state):  # never called here
+        raise AssertionError("the loader must not call JAX code")
+
+    reconstruct_device_array.__module__ = module.__name__
+    reconstruct_device_array.__qualname__ = "reconstruct_device_array"
+    module.reconstruct_device_array = reconstruct_device_array
+    sys.modules[module.__name__] = module
+    try:
+        return pickle.dumps(tree, protocol=4)
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_device_arrays_of_old_jax_load_as_numpy(tmp_path):
+    w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    tree = {
+        "params": {"linear": {"w": _OldDeviceArray(w)}},
+        "lin_params": {"linear": {"w": _OldDeviceArray(2 * w)}},
+        "net_state": {},
+    }
+    path = tmp_path / "old_jax.pkl"
+    path.write_bytes(_old_device_array_pickle(tree))
+    assert b"reconstruct_device_array" in path.read_bytes()
+    loaded = utils.load_checkpoint(path)
+    np.testing.assert_array_equal(loaded["params"]["linear"]["w"], w)
+    np.testing.assert_array_equal(loaded["lin_params"]["linear"]["w"], 2 * w)
+
+
+class _EvilReconstruction:
+    """Asks JAX's reconstructor to call os.system instead of NumPy."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (
+            sys.modules["jax._src.array"]._reconstruct_array,
+            (os.system, (f"touch {self.marker}",), None, {}),
+        )
+
+
+def test_jax_reconstructor_calls_nothing_but_numpy(tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "evil_jax.pkl"
+    path.write_bytes(pickle.dumps({"x": _EvilReconstruction(marker)}))
+    with pytest.raises(utils.UserError, match="refusing to load"):
+        utils.safe_load_pickle(path)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------
+# Bounds and non-finite parameters
+# --------------------------------------------------------------------------
+
+
+def _deep_list_pickle(depth: int) -> bytes:
+    """A pickle of {'params': a list nested `depth` deep}, made of allowed
+    opcodes alone: `depth` empty lists pushed, each appended to the one
+    below (the pickle module cannot write one this deep itself)."""
+    return b"".join(
+        [
+            pickle.PROTO + b"\x04",
+            pickle.EMPTY_DICT,
+            pickle.SHORT_BINUNICODE + bytes([6]) + b"params",
+            pickle.EMPTY_LIST * depth,
+            pickle.APPEND * (depth - 1),
+            pickle.SETITEM,
+            pickle.STOP,
+        ]
+    )
+
+
+def test_deep_nesting_is_refused(tmp_path):
+    path = tmp_path / "deep.pkl"
+    path.write_bytes(_deep_list_pickle(300_000))
+    with pytest.raises(utils.UserError, match="nest deeper than"):
+        utils.load_checkpoint(path)
+    shallow = tmp_path / "shallow.pkl"
+    shallow.write_bytes(_deep_list_pickle(utils.MAX_PICKLE_DEPTH))
+    assert "params" in utils.safe_load_pickle(shallow)
+
+
+def test_too_many_objects_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "MAX_PICKLE_OBJECTS", 100)
+    path = tmp_path / "many.pkl"
+    path.write_bytes(pickle.dumps({"params": list(range(200))}))
+    with pytest.raises(utils.UserError, match="more than 100 objects"):
+        utils.safe_load_pickle(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_parameters_are_refused(tmp_path, bad):
+    params = {"linear": {"w": np.ones((2, 2), np.float32)}}
+    broken = {"linear": {"w": np.array([[1, bad], [0, 1]], np.float32)}}
+    path = tmp_path / "diverged.pkl"
+    utils.save_checkpoint(path, broken, params, {}, {})
+    with pytest.raises(utils.UserError) as info:
+        utils.load_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert "params hold NaN or infinite values (at linear/w)" in str(
+        info.value
+    )
+
+
+# --------------------------------------------------------------------------
+# Temporary files of killed writers, and folder locks
+# --------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
+    host = utils.socket.gethostname()
+    stale = f".parameters_checkpoint_0.pkl.tmp-{host}-{_dead_pid()}-{'a' * 12}"
+    live = f".results.pkl.tmp-{host}-{os.getpid()}-{'b' * 12}"
+    other_host = f".results.pkl.tmp-elsewhere-{_dead_pid()}-{'c' * 12}"
+    legacy = f".parameters_final.pkl.{'d' * 12}.tmp"
+    unrelated = [".hidden", "notes.tmp", "parameters_final.pkl"]
+    for name in [stale, live, other_host, legacy, *unrelated]:
+        (tmp_path / name).write_bytes(b"x")
+    removed = utils.remove_stale_temp_files(str(tmp_path))
+    assert sorted(removed) == sorted([stale, legacy])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [live, other_host, *unrelated]
+    )
+
+
+def test_temp_files_are_named_for_the_cleanup(tmp_path, monkeypatch):
+    names = []
+    real_replace = os.replace
+
+    def spy(source, target):
+        names.append(os.path.basename(source))
+        real_replace(source, target)
+
+    monkeypatch.setattr(utils.os, "replace", spy)
+    utils.atomic_pickle(tmp_path / "x.pkl", {"a": 1})
+    match = utils._TEMP_NAME.match(names[0])
+    assert match and match["target"] == "x.pkl"
+    assert int(match["pid"]) == os.getpid()
+
+
+def test_folder_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, utils\n"
+            f"with utils.FolderLock({str(tmp_path)!r}):\n"
+            "    print('locked', flush=True)\n"
+            "    sys.stdin.read()\n",
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(utils.UserError) as info:
+            with utils.FolderLock(str(tmp_path)):
+                pass
+        message = str(info.value)
+        assert f"pid {holder.pid}" in message and "--save_path" in message
+    finally:
+        holder.kill()  # as a crash would: no clean release
+        holder.wait(timeout=SUBPROCESS_TIMEOUT_S)
+    assert (tmp_path / ".lock").exists()  # left by the killed holder
+    with utils.FolderLock(str(tmp_path)):
+        pass  # its lock died with it
+    assert not (tmp_path / ".lock").exists()

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+import cli
 import data
 import features
 import models
@@ -179,7 +180,7 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, case, capsys):
     bonus_dir = f"bad_{case.replace(' ', '_')}"
     args = cli_args(run_dir, bonus_dir=bonus_dir, **BAD_INPUTS[case](run_dir))
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(lambda: visualize_ntk_features.main(args))
+        cli.run_cli(lambda: visualize_ntk_features.main(args))
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
@@ -192,7 +193,7 @@ def test_kernel_of_other_parameters_writes_no_files(run_dir, capsys):
     path = write_kernel(run_dir, "scaled.pkl", kernel=3 * kernel)
     args = cli_args(run_dir, bonus_dir="bad_scaled", kernel_path=path)
     with pytest.raises(SystemExit):
-        utils.run_cli(lambda: visualize_ntk_features.main(args))
+        cli.run_cli(lambda: visualize_ntk_features.main(args))
     assert "not the kernel of this network" in capsys.readouterr().err
     out_dir = os.path.join(
         os.path.dirname(run_dir["checkpoint"]), "bad_scaled"
@@ -215,7 +216,7 @@ def test_cli_process_exits_2_on_bad_input(run_dir):
 )
 def test_bad_flags_are_one_line(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        utils.run_cli(
+        cli.run_cli(
             lambda: visualize_ntk_features.main(
                 ["--model_path", "m.pkl", *flags]
             )

@@ -1,0 +1,144 @@
+"""Command lines of the entry scripts: one-line errors, numbers checked at
+parse time, the flags several scripts share, and running a script's main.
+
+Every number a script takes is parsed by `number`, so a NaN, an infinity or
+a value out of range is refused before anything runs, with one line that
+names the flag. Choices of models and datasets come from their registries
+(`models.MODELS`, `data.DATASETS`).
+"""
+
+import argparse
+import math
+import sys
+from collections.abc import Callable
+
+import data
+import models
+from utils import UserError, one_line
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are UserErrors: one line, exit 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
+def number(
+    kind: type,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    above: bool = False,
+) -> Callable[[str], int | float]:
+    """An argparse type: `kind(text)`, finite, at least `minimum` (greater
+    than it with `above`) and at most `maximum` (None: no bound).
+
+    Example: `number(float, 0, above=True)` takes positive finite floats.
+    """
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {noun}"
+            ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, not {text}")
+        if minimum is not None and (
+            value <= minimum if above else value < minimum
+        ):
+            bound = "greater than" if above else "at least"
+            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in messages
+    return parse
+
+
+positive_int = number(int, 1)
+nonnegative_int = number(int, 0)
+positive_float = number(float, 0, above=True)
+nonnegative_float = number(float, 0)
+
+
+def add_seed_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """--random_seed: a non-negative int, default 0."""
+    parser.add_argument(
+        "--random_seed", type=nonnegative_int, default=0, help=help
+    )
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """--model and --width, defaulting to the checkpoint's (None here)."""
+    parser.add_argument(
+        "--model",
+        choices=sorted(models.MODELS),
+        default=None,
+        help="default: the checkpoint's, else resnet18",
+    )
+    parser.add_argument(
+        "--width",
+        type=positive_int,
+        default=None,
+        help="ResNet first-stage channels; default: the checkpoint's, else "
+        f"{models.DEFAULT_WIDTH}",
+    )
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """--dataset (default: the checkpoint's, None here) and --data_path."""
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(data.DATASETS),
+        default=None,
+        help="default: the checkpoint's, else cifar10",
+    )
+    parser.add_argument(
+        "--data_path", default="./data", help="where the datasets live"
+    )
+
+
+def add_eps_flag(parser: argparse.ArgumentParser) -> None:
+    """--eps: the L∞ radius in 1/255 units, positive, default 4.0."""
+    parser.add_argument(
+        "--eps",
+        type=positive_float,
+        default=4.0,
+        help="L∞ radius in 1/255 units (default 4.0)",
+    )
+
+
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """--no_progress: no progress bars."""
+    parser.add_argument(
+        "--no_progress", action="store_true", help="no progress bars"
+    )
+
+
+def run_cli(main_fn: Callable[[], object]) -> object:
+    """Run an entry script's ``main_fn()`` and turn user errors into exits.
+
+    UserError: ``error: <message>`` on stderr, exit status 2, no traceback.
+    KeyboardInterrupt: ``interrupted`` on stderr, exit status 130.
+
+    Returns:
+        Whatever ``main_fn`` returns.
+    """
+    try:
+        return main_fn()
+    except UserError as err:
+        print(f"error: {one_line(err, limit=1000)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def warn(message: str) -> None:
+    """One `warning: ...` line on stderr."""
+    print(f"warning: {one_line(message, limit=1000)}", file=sys.stderr)

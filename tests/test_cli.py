@@ -1,0 +1,126 @@
+"""Tests for cli: numbers checked at parse time, shared flags from the
+registries, one-line errors and exit statuses."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import cli
+import data
+import models
+from helpers import ROOT, SUBPROCESS_TIMEOUT_S, assert_one_line_error
+
+
+def parser_with(*flag_types):
+    parser = cli.ArgumentParser()
+    for name, kind in flag_types:
+        parser.add_argument(f"--{name}", type=kind)
+    return parser
+
+
+@pytest.mark.parametrize(
+    "kind, text, problem",
+    [
+        (cli.positive_float, "nan", "must be finite"),
+        (cli.positive_float, "inf", "must be finite"),
+        (cli.positive_float, "-inf", "must be finite"),
+        (cli.positive_float, "0", "greater than 0"),
+        (cli.positive_float, "-1e-9", "greater than 0"),
+        (cli.nonnegative_float, "-0.5", "at least 0"),
+        (cli.positive_int, "0", "at least 1"),
+        (cli.nonnegative_int, "-1", "at least 0"),
+        (cli.positive_int, "2.5", "not an integer"),
+        (cli.positive_float, "four", "not a number"),
+        (cli.number(float, 0, 1), "1.5", "at most 1"),
+    ],
+)
+def test_bad_numbers_are_refused_at_parse_time(kind, text, problem):
+    with pytest.raises(cli.UserError) as info:
+        parser_with(("x", kind)).parse_args([f"--x={text}"])
+    message = str(info.value)
+    assert "--x" in message and problem in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "kind, text, value",
+    [
+        (cli.positive_float, "1e-30", 1e-30),
+        (cli.positive_float, "4", 4.0),
+        (cli.nonnegative_float, "0", 0.0),
+        (cli.positive_int, "7", 7),
+        (cli.nonnegative_int, "0", 0),
+        (cli.number(float, 0, 1), "1", 1.0),
+    ],
+)
+def test_good_numbers_parse(kind, text, value):
+    assert parser_with(("x", kind)).parse_args(["--x", text]).x == value
+
+
+def test_shared_flags_take_their_choices_from_the_registries():
+    parser = cli.ArgumentParser()
+    cli.add_model_flags(parser)
+    cli.add_data_flags(parser)
+    cli.add_seed_flag(parser, "seed")
+    cli.add_eps_flag(parser)
+    args = parser.parse_args([])
+    assert (args.model, args.width, args.dataset, args.random_seed) == (
+        None,
+        None,
+        None,
+        0,
+    )
+    assert args.eps == 4.0
+    for name in models.MODELS:
+        assert parser.parse_args(["--model", name]).model == name
+    for name in data.DATASETS:
+        assert parser.parse_args(["--dataset", name]).dataset == name
+    for bad in (["--model", "vgg"], ["--dataset", "svhn"], ["--eps", "nan"]):
+        with pytest.raises(cli.UserError):
+            parser.parse_args(bad)
+    with pytest.raises(cli.UserError, match="random_seed"):
+        parser.parse_args(["--random_seed", "-1"])
+
+
+def test_run_cli_user_error_exits_2_without_traceback():
+    code = (
+        "import cli, utils\n"
+        "def main():\n"
+        "    raise utils.UserError('bad --eps: must be positive')\n"
+        "cli.run_cli(main)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "error: bad --eps: must be positive\n"
+    assert result.stdout == ""
+
+
+def test_run_cli_interrupt_and_success(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as info:
+        cli.run_cli(interrupted)
+    assert info.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert cli.run_cli(lambda: 7) == 7
+
+
+def test_parse_errors_are_one_line(capsys):
+    def main():
+        parser = cli.ArgumentParser()
+        parser.add_argument("--eps", type=cli.positive_float)
+        parser.parse_args(["--eps", "inf"])
+
+    with pytest.raises(SystemExit) as info:
+        cli.run_cli(main)
+    assert info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, "--eps", "finite")
