@@ -1,11 +1,11 @@
 r"""Empirical NTK of a checkpoint on a class-balanced training subset.
 
-Batch norm in eval mode (running statistics frozen). Writes, in
-{dirname(model_path)}/{bonus_dir}/, `{save_name}_{N}.pkl` for the kernel
-summed over logits (--class_index -1) or `{save_name}_class_{c}_{N}.pkl`
-per class (--class_index c, or all), each a pickle of
-{'kernel' float32 (N, N), 'labels' (N,), 'indices' (N,) positions in the
-training split, 'class_index', and how it was computed}.
+Batch norm in eval mode (running statistics frozen). The images are the
+original's class-balanced subset of the training split
+(data.balanced_subset_indices). Writes, in {dirname(model_path)}/
+{bonus_dir}/, `{save_name}_{N}.pkl` for the mean over logits
+(--class_index -1, as the original) or `{save_name}_class_{c}_{N}.pkl` per
+class (--class_index c, or all); kernel_files.py describes their keys.
 
     python calculate_kernel.py --model_path saved_models/parameters_final.pkl \
         --dataset_size 500 --class_index all --show_progress
@@ -20,7 +20,7 @@ import numpy as np
 
 import cli
 import data
-import features
+import kernel_files
 import kernels
 import models
 import utils
@@ -28,7 +28,6 @@ from utils import UserError
 
 
 def parse_args(argv=None):
-    positive_int = cli.positive_int
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model_path",
@@ -37,20 +36,20 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--dataset_size",
-        type=positive_int,
+        type=cli.positive_int,
         default=500,
         help="images N, a multiple of the number of classes",
     )
     parser.add_argument(
         "--save_name",
-        default=kernels.DEFAULT_SAVE_NAME,
+        default=kernel_files.DEFAULT_SAVE_NAME,
         help="prefix of the output file names",
     )
     parser.add_argument(
         "--class_index",
-        type=kernels.parse_class_index,
-        default=kernels.COMBINED,
-        help="logit c, -1 for the sum over logits, or 'all' "
+        type=kernel_files.parse_class_index,
+        default=kernel_files.COMBINED,
+        help="logit c, -1 for the mean over logits, or 'all' "
         "for one file per class",
     )
     parser.add_argument(
@@ -59,38 +58,14 @@ def parse_args(argv=None):
         default=None,
         help="progress bar over blocks (default: when stderr is a terminal)",
     )
-    parser.add_argument(
-        "--model",
-        choices=models.MODELS,
-        default=None,
-        help="default: the checkpoint's, else resnet18",
-    )
-    parser.add_argument(
-        "--width",
-        type=positive_int,
-        default=None,
-        help="ResNet width; default: the checkpoint's, else 64",
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=sorted(data.DATASETS),
-        default=None,
-        help="default: the checkpoint's, else cifar10",
-    )
-    parser.add_argument(
-        "--data_path", default="./data", help="where the datasets live"
-    )
+    cli.add_model_flags(parser)
+    cli.add_data_flags(parser)
     parser.add_argument(
         "--bonus_dir",
         default=".",
         help="output subfolder of the checkpoint's folder",
     )
-    parser.add_argument(
-        "--random_seed",
-        type=int,
-        default=0,
-        help="seed of the subset's choice",
-    )
+    cli.add_seed_flag(parser, "seed of the subset's choice")
     parser.add_argument(
         "--use_linear_params",
         action="store_true",
@@ -104,15 +79,14 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--block_size",
-        type=positive_int,
+        type=cli.positive_int,
         default=None,
         help="images per block (default: the least modelled "
         "work within --memory_gb; 4 for ntvp)",
     )
-    positive_float = cli.positive_float
     parser.add_argument(
         "--memory_gb",
-        type=positive_float,
+        type=cli.positive_float,
         default=kernels.DEFAULT_MEMORY_GB,
         help="GiB the blocks' Jacobians may take (modelled peak)",
     )
@@ -128,7 +102,7 @@ def main(argv=None):
         dataset=args.dataset,
     )
     kernels.kernel_classes(args.class_index, spec.n_classes)
-    out_dir = features.output_dir(args.model_path, args.bonus_dir)
+    out_dir = utils.output_dir(args.model_path, args.bonus_dir)
     images, labels, indices = _subset(args, spec)
     params = checkpoint["lin_params" if args.use_linear_params else "params"]
     utils.ensure_writable_dir(out_dir)
@@ -148,45 +122,30 @@ def main(argv=None):
     )
     seconds = time.perf_counter() - started
 
-    record = dict(
-        labels=labels,
-        indices=indices,
+    paths = kernel_files.write(
+        out_dir,
+        args.save_name,
+        args.class_index,
+        kernel,
+        labels,
+        indices,
+        n_logits=spec.n_classes,
+        epoch=kernel_files.checkpoint_epoch(
+            checkpoint["meta"], args.model_path
+        ),
         model_path=os.path.abspath(args.model_path),
         use_linear_params=args.use_linear_params,
         implementation=args.implementation,
         random_seed=args.random_seed,
         **spec.as_meta(),
     )
-    for path in _write_kernels(
-        out_dir, args.save_name, args.class_index, kernel, record
-    ):
+    for path in paths:
         print(f"wrote {path}: N = {len(indices)}, {seconds:.1f} s")
-
-
-def _write_kernels(out_dir, save_name, class_index, kernel, record):
-    """Writes one file per kernel of empirical_ntk's result, each `record`
-    plus 'kernel' and 'class_index'; returns their paths."""
-    if class_index == kernels.ALL_CLASSES:
-        by_class = list(enumerate(kernel))
-    else:
-        by_class = [(class_index, kernel)]
-    paths = []
-    for c, class_kernel in by_class:
-        path = os.path.join(
-            out_dir, features.kernel_file_name(save_name, c, len(class_kernel))
-        )
-        utils.atomic_pickle(
-            path, dict(record, kernel=class_kernel, class_index=c)
-        )
-        paths.append(path)
-    return paths
 
 
 def _subset(args, spec):
     """(images (N, H, W, C), labels int64 (N,), indices int64 (N,)) of the
     class-balanced subset of the training split."""
-    if args.random_seed < 0:
-        raise UserError(f"--random_seed must be >= 0, not {args.random_seed}")
     train_images, train_labels = data.load_split(
         spec.dataset, args.data_path, train=True
     )

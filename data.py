@@ -170,22 +170,35 @@ def _labels_to_int32(targets):
     return np.asarray(targets).astype(np.int32)
 
 
+# Seeds NumPy's legacy generator (np.random.RandomState) accepts.
+MAX_LEGACY_SEED = 2**32 - 1
+
+
 def balanced_subset_indices(labels, size, seed):
-    """Indices of a class-balanced subset, chosen at random.
+    """Indices of a class-balanced subset, drawn as the original code draws.
+
+    The rule of the paper's `calculate_kernel.py`, the only class-balanced
+    subset of the project (kernel images, --train_size, --test_size): NumPy's
+    legacy generator seeded with `seed`; then, for each class c in order,
+    `picks = choice(len(members_c), size // C, replace=False)` of the indices
+    `members_c` (ascending) whose label is c, taken as `members_c[picks]` in
+    drawn order. A local np.random.RandomState(seed) makes exactly the draws
+    of `np.random.seed(seed)` and `np.random.choice` without touching NumPy's
+    global state.
 
     Args:
       labels: int (N,) class indices in [0, C), C = labels.max() + 1.
       size: total subset size, a positive multiple of C.
-      seed: non-negative int for np.random.default_rng.
+      seed: int in [0, 2**32 - 1], the legacy generator's seed.
 
     Returns:
       int64 (size,): size // C distinct indices of each class, grouped in
-      class order (all of class 0, then class 1, ...), ascending within a
-      class.
+      class order (all of class 0, then class 1, ...), in drawn order within
+      a class (not sorted).
 
     Raises:
-      UserError: size is not a positive multiple of C, or a class has fewer
-        than size // C images.
+      UserError: size is not a positive multiple of C, a class has fewer
+        than size // C images, or the seed is out of range.
     """
     labels = np.asarray(labels)
     num_classes = int(labels.max()) + 1
@@ -195,8 +208,13 @@ def balanced_subset_indices(labels, size, seed):
             f"the {num_classes} classes: pick a multiple of "
             f"{num_classes}"
         )
+    if not 0 <= seed <= MAX_LEGACY_SEED:
+        raise UserError(
+            f"seed {seed} is outside NumPy's legacy generator's range: pick "
+            f"a --random_seed from 0 to {MAX_LEGACY_SEED}"
+        )
     per_class = size // num_classes
-    rng = np.random.default_rng(seed)
+    rng = np.random.RandomState(seed)
     chosen = [
         _choose_from_class(labels, label, per_class, rng)
         for label in range(num_classes)
@@ -205,7 +223,8 @@ def balanced_subset_indices(labels, size, seed):
 
 
 def _choose_from_class(labels, label, count, rng):
-    """`count` sorted indices drawn without replacement from class `label`."""
+    """`count` indices of class `label`, drawn without replacement by the
+    legacy generator `rng`, in drawn order."""
     members = np.flatnonzero(labels == label)
     if len(members) < count:
         raise UserError(
@@ -213,7 +232,7 @@ def _choose_from_class(labels, label, count, rng):
             f"than the {count} per class asked for: pick a "
             f"smaller subset size"
         )
-    return np.sort(rng.choice(members, size=count, replace=False))
+    return members[rng.choice(len(members), count, replace=False)]
 
 
 def subset(images, labels, size, seed):

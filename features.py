@@ -27,8 +27,6 @@ plain (P,) arrays. Images are (H, W, C) as everywhere in this code base;
 
 import dataclasses
 import functools
-import io
-import os
 from collections.abc import Callable
 
 import jax
@@ -37,11 +35,10 @@ import numpy as np
 import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
-import kernels
-from utils import UserError, load_pickle_arrays
+from kernel_files import KernelFile
+from utils import UserError
 
 GREY = 0.5
-KERNEL_KEYS = ("kernel", "labels", "indices", "class_index")
 TARGETS = "one_vs_rest_0_1"  # y_c[j] = 1 if labels[j] == c else 0
 # Jitter of the Cholesky solve of K w = y, relative to the mean of K's
 # diagonal: where it starts, how much it grows per failed try, and where it
@@ -56,167 +53,6 @@ _TINY = 1e-30
 
 # (flat θ (P,), images (B, H, W, C)) -> logit c of each image, (B,).
 LogitFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-# --------------------------------------------------------------------------
-# Kernel files
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassKernel:
-    """A per-class kernel file of calculate_kernel.py, checked.
-
-    kernel: float64 (N, N), symmetrised.
-    labels: int64 (N,), the labels of the images.
-    indices: int64 (N,), the images' positions in the training split.
-    class_index: c, the logit the kernel is of.
-    use_linear_params: whether it was computed at lin_params; None when the
-      file does not say.
-    path: the file it came from, for messages.
-    """
-
-    kernel: np.ndarray
-    labels: np.ndarray
-    indices: np.ndarray
-    class_index: int
-    use_linear_params: bool | None
-    path: str
-
-    @property
-    def size(self) -> int:
-        return len(self.labels)
-
-
-def kernel_file_name(save_name: str, class_index: int, size: int) -> str:
-    """calculate_kernel.py's file name for a kernel of `size` images."""
-    if class_index == kernels.COMBINED:
-        return f"{save_name}_{size}.pkl"
-    return f"{save_name}_class_{class_index}_{size}.pkl"
-
-
-def load_class_kernel(path: str, class_index: int, size: int) -> ClassKernel:
-    """Loads the kernel of logit `class_index` on `size` images from `path`.
-
-    Raises:
-      UserError: the file is missing, corrupt or unsafe, lacks a key of
-        KERNEL_KEYS, holds a combined kernel or another class's, is not of
-        `size` images, or its arrays have the wrong shapes or values.
-    """
-    record = load_pickle_arrays(path, KERNEL_KEYS)
-    recorded_class = _as_int(record["class_index"], "class_index", path)
-    _check_class(recorded_class, class_index, path)
-    kernel = _square_matrix(record["kernel"], path)
-    if len(kernel) != size:
-        raise UserError(
-            f"{path} is a kernel of {len(kernel)} images, not --dataset_size "
-            f"{size}: pass --dataset_size {len(kernel)} or another kernel"
-        )
-    labels = _integer_vector(record["labels"], size, "labels", path)
-    indices = _integer_vector(record["indices"], size, "indices", path)
-    return ClassKernel(
-        kernel,
-        labels,
-        indices,
-        class_index,
-        _recorded_flag(record.get("use_linear_params"), path),
-        path,
-    )
-
-
-def _as_int(value, key, path) -> int:
-    """`value` as a Python int, or UserError naming `key`."""
-    if np.ndim(value) != 0 or not np.issubdtype(
-        np.asarray(value).dtype, np.integer
-    ):
-        raise UserError(f"{path}: '{key}' is not an integer")
-    return int(value)
-
-
-def _check_class(recorded: int, wanted: int, path: str) -> None:
-    if recorded == kernels.COMBINED:
-        raise UserError(
-            f"{path} holds a kernel summed over all logits; features need "
-            f"the kernel of one logit: run calculate_kernel.py with "
-            f"--class_index {wanted}"
-        )
-    if recorded != wanted:
-        raise UserError(
-            f"{path} is the kernel of class {recorded}, not --class_index "
-            f"{wanted}: pass --class_index {recorded} or another kernel"
-        )
-
-
-def _square_matrix(value, path) -> np.ndarray:
-    """A finite square float array, symmetrised, as float64."""
-    kernel = np.asarray(value)
-    if (
-        kernel.ndim != 2
-        or kernel.shape[0] != kernel.shape[1]
-        or not np.issubdtype(kernel.dtype, np.floating)
-    ):
-        raise UserError(
-            f"{path}: 'kernel' is {kernel.dtype}"
-            f"{list(kernel.shape)}, not a square float matrix"
-        )
-    if not np.all(np.isfinite(kernel)):
-        raise UserError(
-            f"{path}: 'kernel' holds NaN or infinite values; recompute it"
-        )
-    kernel = kernel.astype(np.float64)
-    return (kernel + kernel.T) / 2
-
-
-def _integer_vector(value, size, key, path) -> np.ndarray:
-    """An integer array of shape (size,), as int64."""
-    array = np.asarray(value)
-    if array.shape != (size,) or not np.issubdtype(array.dtype, np.integer):
-        raise UserError(
-            f"{path}: '{key}' is {array.dtype}{list(array.shape)}"
-            f", not {size} integers"
-        )
-    return array.astype(np.int64)
-
-
-def _recorded_flag(value, path) -> bool | None:
-    """A kernel file's optional yes/no record: None, or a bool."""
-    if value is None:
-        return None
-    if np.ndim(value) != 0:
-        raise UserError(f"{path}: 'use_linear_params' is not a yes/no value")
-    return bool(value)
-
-
-def check_kernel_images(
-    kernel: ClassKernel, train_labels: np.ndarray, dataset: str
-) -> None:
-    """Raises UserError unless the kernel's indices name training images of
-    `dataset` (labels `train_labels`, (n_train,)) with the kernel's labels."""
-    indices = kernel.indices
-    if indices.min() < 0 or indices.max() >= len(train_labels):
-        raise UserError(
-            f"{kernel.path} names training images {indices.min()} to "
-            f"{indices.max()} but {dataset} has {len(train_labels)}, numbered "
-            "from 0: was the kernel computed on another dataset?"
-        )
-    if not np.array_equal(train_labels[indices], kernel.labels):
-        raise UserError(
-            f"the labels in {kernel.path} differ from those of its images in "
-            f"{dataset}: was the kernel computed on another dataset?"
-        )
-
-
-def resolve_use_linear_params(flag: bool | None, kernel: ClassKernel) -> bool:
-    """Whether to use lin_params: the flag, else the kernel file's record,
-    else False. A flag contradicting the record raises UserError."""
-    recorded = kernel.use_linear_params
-    if flag is not None and recorded is not None and flag != recorded:
-        computed_at = "lin_params" if recorded else "params"
-        raise UserError(
-            f"{kernel.path} was computed at {computed_at}: drop "
-            "--use_linear_params/--no-use_linear_params or pass the other"
-        )
-    return next((v for v in (flag, recorded) if v is not None), False)
 
 
 # --------------------------------------------------------------------------
@@ -534,7 +370,7 @@ def feature_images(
     logit_fn: LogitFn,
     flat_params: jax.Array,
     images: np.ndarray,
-    kernel: ClassKernel,
+    kernel: KernelFile,
     n_images: int,
     steps: int,
     step_size: float,
@@ -545,7 +381,7 @@ def feature_images(
     Args:
       logit_fn, flat_params: from `class_logit_fn` for the kernel's class.
       images: (N, H, W, C), the kernel's images in its order.
-      kernel: the checked kernel file.
+      kernel: the checked kernel file of logit c (kernel_files.read).
       n_images: eigenvectors to visualise, 1 <= n_images <= N.
       steps, step_size: of `align_images`.
       batch_size: of `feature_vectors`.
@@ -604,69 +440,3 @@ def check_feature_norms(
             f"eigenvalue {top:.3g}); "
             "check --model_path and --use_linear_params"
         )
-
-
-# --------------------------------------------------------------------------
-# Picture
-# --------------------------------------------------------------------------
-
-
-def grid_png(result: FeatureImages, title: str = "") -> bytes:
-    """A PNG of the images: rows positive, negative, w; column i for
-    eigenvector i (the w image in column 0). Titles give λ_i and the cosine
-    at the start and the end."""
-    # Imported here: matplotlib is slow to import and only this needs it.
-    # Figure draws through Agg without touching pyplot's global backend.
-    from matplotlib.figure import Figure
-
-    n = len(result.pos_images)
-    figure = Figure(figsize=(2.3 * max(n, 2), 7.6), layout="constrained")
-    axes = figure.subplots(3, n, squeeze=False)
-    for i in range(n):
-        eigen = rf"$\lambda_{{{i}}}$ = {result.eigenvalues[i]:.3g}"
-        _show(
-            axes[0, i],
-            result.pos_images[i],
-            f"{eigen}\n{_trajectory(result.pos_cosines[i])}",
-        )
-        _show(
-            axes[1, i],
-            result.neg_images[i],
-            f"{eigen}\n{_trajectory(result.neg_cosines[i])}",
-        )
-    _show(
-        axes[2, 0],
-        result.w_image,
-        f"$w = K^{{-1}}y$\n{_trajectory(result.w_cosines)}",
-    )
-    for axis in axes[2, 1:]:
-        axis.set_axis_off()
-    for row, name in enumerate(("positive", "negative", "w")):
-        axes[row, 0].set_ylabel(name)
-    if title:
-        figure.suptitle(title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
-def _show(axis, image: np.ndarray, title: str) -> None:
-    """Draws one (H, W, C) image in [0, 1], grey for one channel."""
-    if image.shape[-1] == 1:
-        axis.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-    else:
-        axis.imshow(np.clip(image, 0.0, 1.0))
-    axis.set_xticks([])
-    axis.set_yticks([])
-    axis.set_title(title, fontsize=9)
-
-
-def _trajectory(cosines: np.ndarray) -> str:
-    return f"cos {cosines[0]:.3f} → {cosines[-1]:.3f}"
-
-
-def output_dir(model_path: str, bonus_dir: str) -> str:
-    """Where the scripts write: {dirname(model_path)}/{bonus_dir}."""
-    return os.path.normpath(
-        os.path.join(os.path.dirname(model_path), bonus_dir)
-    )

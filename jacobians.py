@@ -22,7 +22,8 @@ Haiku method interceptor. Then each layer is either
   instead of G·B·D·O. It pays where positions are few and weights many:
   linear layers, and the last stage of a ResNet-18 on 32×32 images (S = 16;
   at width 64 its 8.4M of the 11.2M weights are then never formed per
-  image); or
+  image); kernels.py decides which (kernels.factoring_pays) and models
+  the cost of either choice (kernels.BlockCosts); or
 * explicit: its per-image gradient formed as one batched matrix product
   of inputs and cotangents, several times faster on a CPU than the
   per-example weight gradients of vmapped autodiff (grouped convolutions).
@@ -41,6 +42,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import models
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # The modules whose calls are y_s = x_s W (survey checks the details).
@@ -79,14 +82,6 @@ class WeightLayer:
     def macs(self) -> int:
         """Multiply-adds of the layer's forward pass on one image."""
         return self.positions * self.in_features * self.out_features
-
-    def factoring_pays(self, logits: int) -> bool:
-        """Whether, with `logits` per pass, the factored inner product of
-        a pair of images takes fewer multiply-adds than the explicit one."""
-        factored = self.positions**2 * (
-            self.in_features + logits * self.out_features
-        )
-        return factored < logits * self.in_features * self.out_features
 
 
 def _conv_windows(
@@ -143,12 +138,6 @@ class Survey:
         """Multiply-adds of the weight layers on one image."""
         return sum(layer.macs for layer in self.layers)
 
-    def factored(self, logits: int) -> tuple[str, ...]:
-        """Names of the layers worth factoring with `logits` per pass."""
-        return tuple(
-            layer.name for layer in self.layers if layer.factoring_pays(logits)
-        )
-
 
 def survey(
     apply_fn: Callable, params, net_state, image_shape: Sequence[int]
@@ -191,10 +180,9 @@ def survey(
         layer = _weight_layer(module, in_shape, out_shape, params)
         if layer is not None and names.count(name) == 1:
             layers.append(layer)
-    n_params = sum(
-        int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params)
+    return Survey(
+        int(out.shape[-1]), models.count_params(params), tuple(layers)
     )
-    return Survey(int(out.shape[-1]), n_params, tuple(layers))
 
 
 def _call_input(args, kwargs):
@@ -241,86 +229,6 @@ def _weight_layer(module, in_shape, out_shape, params) -> WeightLayer | None:
         int(expected[-1]),
         conv,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockCosts:
-    """Memory (float32 values) and work (multiply-adds) of the Jacobian of
-    a block of B images and G logits, and of the Gram of two blocks, with
-    the layers `factored` kept factored. The model behind kernels.py's
-    choice of block size and logits per pass."""
-
-    survey: Survey
-    factored: tuple[str, ...]
-
-    def _factored_layers(self) -> tuple[WeightLayer, ...]:
-        return tuple(
-            layer
-            for layer in self.survey.layers
-            if layer.name in self.factored
-        )
-
-    def _explicit_params(self) -> int:
-        """Parameters whose per-image gradients are formed."""
-        return self.survey.n_params - sum(
-            layer.in_features * layer.out_features
-            for layer in self._factored_layers()
-        )
-
-    def jacobian_floats(self, images: int, logits: int) -> int:
-        """A BlockJacobian: explicit gradients, inputs and cotangents."""
-        per_logit = self._explicit_params() + sum(
-            layer.positions * layer.out_features
-            for layer in self._factored_layers()
-        )
-        per_image = sum(
-            layer.positions * layer.in_features
-            for layer in self._factored_layers()
-        )
-        return images * (logits * per_logit + per_image)
-
-    def forming_floats(self, images: int, logits: int) -> int:
-        """Inputs and cotangents of every collected layer, held while a
-        block's Jacobian is formed."""
-        return images * sum(
-            layer.positions * (layer.in_features + logits * layer.out_features)
-            for layer in self.survey.layers
-        )
-
-    def overlap_floats(self, images: int) -> int:
-        """The overlaps ⟨x_s, x'_t⟩ of two blocks (see `overlaps`)."""
-        return images**2 * sum(
-            layer.positions**2 for layer in self._factored_layers()
-        )
-
-    def peak_floats(self, images: int, logits: int) -> int:
-        """Peak while two Jacobians are kept (a row's and a column's) and a
-        third is formed, or the two are multiplied."""
-        jacobian = self.jacobian_floats(images, logits)
-        return 2 * jacobian + max(
-            jacobian + self.forming_floats(images, logits),
-            2 * self.overlap_floats(images),
-        )
-
-    def jacobian_macs(self, images: int, logits: int) -> int:
-        """One forward and `logits` backward passes (twice the forward's
-        work each) per image."""
-        return images * self.survey.forward_macs * (1 + 2 * logits)
-
-    def overlap_macs(self, images: int) -> int:
-        """The overlaps of two blocks of `images`."""
-        return images**2 * sum(
-            layer.positions**2 * layer.in_features
-            for layer in self._factored_layers()
-        )
-
-    def gram_macs(self, images: int, logits: int) -> int:
-        """The Gram of two blocks of `images`, given their overlaps."""
-        per_logit = self._explicit_params() + sum(
-            layer.positions**2 * layer.out_features
-            for layer in self._factored_layers()
-        )
-        return images**2 * logits * per_logit
 
 
 # --------------------------------------------------------------------------

@@ -9,8 +9,9 @@ x_1..x_N is
 with batch norm in eval mode: its running statistics are constants, never
 differentiated, so each logit depends on its own image alone and the
 Jacobians can be vmapped over the batch (`vmap_axes=0`). The combined
-kernel is Σ_c K_c, the trace over logits (neural-tangents' `trace_axes`
-would give the mean instead).
+kernel is the mean over the K logits, (1/K) Σ_c K_c: the kernel the
+original code computes with neural-tangents' default `trace_axes=(-1,)`,
+which traces the logit axis and divides by its size.
 
 The N×N kernel is computed in square blocks of `block_size` images; only
 blocks on or above the diagonal are computed and the lower triangle is the
@@ -38,9 +39,10 @@ Implementations (`implementation=`), measured in bench/bench_kernel.py:
   what makes the original code slow on CNNs.
 
 Block size and logits per pass come from a model of memory and work
-(make_plan). 'rows' is the default because it was the fastest everywhere
-we measured; see BENCHMARKS.md for the numbers. All four agree with J Jᵀ
-from `jax.jacrev` to float32 rounding (tests/test_kernels.py).
+(BlockCosts, make_plan). 'rows' is the default because it was the
+fastest everywhere we measured; see BENCHMARKS.md for the numbers. All
+four agree with J Jᵀ from `jax.jacrev` to float32 rounding
+(tests/test_kernels.py).
 
 Products run at full float32 precision (`jax.default_matmul_precision
 ("highest")`), also on GPUs whose default would be TF32.
@@ -56,12 +58,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+import data
 import jacobians
+from kernel_files import ALL_CLASSES, COMBINED
 from utils import UserError
-
-COMBINED = -1  # class_index of the kernel summed over all logits
-DEFAULT_SAVE_NAME = "saved_kernel"  # calculate_kernel.py's --save_name
-ALL_CLASSES = "all"  # class_index asking for every per-class kernel
 
 IMPLEMENTATIONS = ("rows", "jacobian", "ntvp", "structured")
 DEFAULT_IMPLEMENTATION = "rows"
@@ -93,28 +93,12 @@ BlockFn = Callable[..., jax.Array]
 # --------------------------------------------------------------------------
 
 
-def parse_class_index(text: str) -> int | str:
-    """A --class_index value: an integer, or ALL_CLASSES.
-
-    Raises:
-      UserError: `text` is neither.
-    """
-    if text == ALL_CLASSES:
-        return ALL_CLASSES
-    try:
-        return int(text)
-    except ValueError:
-        raise UserError(
-            f"--class_index {text!r} is neither an integer nor {ALL_CLASSES!r}"
-        ) from None
-
-
 def kernel_classes(class_index: int | str, n_classes: int) -> tuple[int, ...]:
     """The logits whose kernels `class_index` asks for.
 
     Args:
       class_index: c in [0, n_classes) for K_c alone, COMBINED (−1) for
-        Σ_c K_c, or ALL_CLASSES for every K_c.
+        the mean (1/K) Σ_c K_c, or ALL_CLASSES for every K_c.
       n_classes: the number of logits K.
     Returns:
       (c,) for one class, else (0, ..., K−1).
@@ -129,9 +113,112 @@ def kernel_classes(class_index: int | str, n_classes: int) -> tuple[int, ...]:
         return (int(class_index),)
     raise UserError(
         f"--class_index {class_index} is not a class of this {n_classes}-"
-        f"class model: pick 0..{n_classes - 1}, {COMBINED} (the sum over "
+        f"class model: pick 0..{n_classes - 1}, {COMBINED} (the mean over "
         f"logits) or {ALL_CLASSES!r}"
     )
+
+
+# --------------------------------------------------------------------------
+# Block cost model
+# --------------------------------------------------------------------------
+
+
+def factoring_pays(layer: jacobians.WeightLayer, logits: int) -> bool:
+    """Whether, with `logits` per pass, the factored inner product of a pair
+    of images through `layer` (S²·(D + G·O) multiply-adds) takes fewer
+    multiply-adds than the explicit one (G·D·O)."""
+    factored = layer.positions**2 * (
+        layer.in_features + logits * layer.out_features
+    )
+    return factored < logits * layer.in_features * layer.out_features
+
+
+def factored_layers(survey: jacobians.Survey, logits: int) -> tuple[str, ...]:
+    """Names of the survey's layers worth factoring with `logits` per
+    pass (factoring_pays), in the survey's order."""
+    return tuple(
+        layer.name for layer in survey.layers if factoring_pays(layer, logits)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCosts:
+    """Memory (float32 values) and work (multiply-adds) of the Jacobian of
+    a block of B images and G logits, and of the Gram of two blocks, with
+    the layers `factored` kept factored. The model behind make_plan's
+    choice of block size and logits per pass."""
+
+    survey: jacobians.Survey
+    factored: tuple[str, ...]
+
+    def _factored_layers(self) -> tuple[jacobians.WeightLayer, ...]:
+        return tuple(
+            layer
+            for layer in self.survey.layers
+            if layer.name in self.factored
+        )
+
+    def _explicit_params(self) -> int:
+        """Parameters whose per-image gradients are formed."""
+        return self.survey.n_params - sum(
+            layer.in_features * layer.out_features
+            for layer in self._factored_layers()
+        )
+
+    def jacobian_floats(self, images: int, logits: int) -> int:
+        """A BlockJacobian: explicit gradients, inputs and cotangents."""
+        per_logit = self._explicit_params() + sum(
+            layer.positions * layer.out_features
+            for layer in self._factored_layers()
+        )
+        per_image = sum(
+            layer.positions * layer.in_features
+            for layer in self._factored_layers()
+        )
+        return images * (logits * per_logit + per_image)
+
+    def forming_floats(self, images: int, logits: int) -> int:
+        """Inputs and cotangents of every collected layer, held while a
+        block's Jacobian is formed."""
+        return images * sum(
+            layer.positions * (layer.in_features + logits * layer.out_features)
+            for layer in self.survey.layers
+        )
+
+    def overlap_floats(self, images: int) -> int:
+        """The overlaps ⟨x_s, x'_t⟩ of two blocks (jacobians.overlaps)."""
+        return images**2 * sum(
+            layer.positions**2 for layer in self._factored_layers()
+        )
+
+    def peak_floats(self, images: int, logits: int) -> int:
+        """Peak while two Jacobians are kept (a row's and a column's) and a
+        third is formed, or the two are multiplied."""
+        jacobian = self.jacobian_floats(images, logits)
+        return 2 * jacobian + max(
+            jacobian + self.forming_floats(images, logits),
+            2 * self.overlap_floats(images),
+        )
+
+    def jacobian_macs(self, images: int, logits: int) -> int:
+        """One forward and `logits` backward passes (twice the forward's
+        work each) per image."""
+        return images * self.survey.forward_macs * (1 + 2 * logits)
+
+    def overlap_macs(self, images: int) -> int:
+        """The overlaps of two blocks of `images`."""
+        return images**2 * sum(
+            layer.positions**2 * layer.in_features
+            for layer in self._factored_layers()
+        )
+
+    def gram_macs(self, images: int, logits: int) -> int:
+        """The Gram of two blocks of `images`, given their overlaps."""
+        per_logit = self._explicit_params() + sum(
+            layer.positions**2 * layer.out_features
+            for layer in self._factored_layers()
+        )
+        return images**2 * logits * per_logit
 
 
 # --------------------------------------------------------------------------
@@ -157,7 +244,7 @@ class BlockPlan:
 
     @property
     def n_blocks(self) -> int:
-        return _ceil_div(self.n_images, self.size)
+        return data.n_batches(self.n_images, self.size)
 
     @property
     def n_upper_blocks(self) -> int:
@@ -185,10 +272,10 @@ def make_plan(
     """Block size, passes over the classes and factored layers for a kernel.
 
     'rows' factors the layers that pay with every wanted logit in one pass
-    (Survey.factored). Then, among the block sizes that split N with the
+    (factored_layers). Then, among the block sizes that split N with the
     least padding and the pass sizes that split the classes evenly, the
     pair with the least modelled work (_modelled_macs) whose modelled peak
-    memory (jacobians.BlockCosts.peak_floats) fits `memory_gb` is chosen;
+    memory (BlockCosts.peak_floats) fits `memory_gb` is chosen;
     `block_size` or `classes_per_pass` fixes one of them. If none fits, the
     smallest is taken. 'ntvp' gets NTVP_BLOCK_SIZE images per block by
     default.
@@ -203,9 +290,11 @@ def make_plan(
       implementation: one of IMPLEMENTATIONS.
     """
     factored = (
-        survey.factored(len(classes)) if implementation == "rows" else ()
+        factored_layers(survey, len(classes))
+        if implementation == "rows"
+        else ()
     )
-    costs = jacobians.BlockCosts(survey, factored)
+    costs = BlockCosts(survey, factored)
     if block_size is None and implementation == "ntvp":
         block_size = NTVP_BLOCK_SIZE
     sizes = (
@@ -234,7 +323,7 @@ def make_plan(
 
 def plan_peak_gib(plan: BlockPlan, survey: jacobians.Survey) -> float:
     """The modelled peak memory of `plan`'s blocks, GiB."""
-    costs = jacobians.BlockCosts(survey, plan.factored)
+    costs = BlockCosts(survey, plan.factored)
     n_classes = len({c for classes in plan.passes for c in classes})
     floats = _peak_floats(
         plan.n_images, n_classes, plan.size, len(plan.passes[0]), costs
@@ -262,12 +351,12 @@ def _peak_floats(
     n_classes: int,
     size: int,
     logits: int,
-    costs: jacobians.BlockCosts,
+    costs: BlockCosts,
 ) -> int:
     """The blocks' peak (BlockCosts.peak_floats) plus, when there are
     several passes, the overlaps kept for every pair of blocks; float32
     values."""
-    n_blocks = _ceil_div(n_images, size)
+    n_blocks = data.n_batches(n_images, size)
     kept_pairs = _upper_blocks(n_blocks) if n_classes > logits else 0
     return costs.peak_floats(size, logits) + kept_pairs * costs.overlap_floats(
         size
@@ -279,12 +368,12 @@ def _modelled_macs(
     n_classes: int,
     size: int,
     logits: int,
-    costs: jacobians.BlockCosts,
+    costs: BlockCosts,
     implementation: str,
 ) -> int:
     """Multiply-adds of a whole kernel in blocks of `size` images and
     passes of `logits` (the last pass padded by repetition)."""
-    n_blocks = _ceil_div(n_images, size)
+    n_blocks = data.n_batches(n_images, size)
     grams = _upper_blocks(n_blocks)
     block_jacobians = (
         1 + n_blocks * (n_blocks - 1) // 2
@@ -294,7 +383,7 @@ def _modelled_macs(
     per_pass = block_jacobians * costs.jacobian_macs(size, logits) + grams * (
         costs.gram_macs(size, logits) + _CALL_OVERHEAD_MACS
     )
-    return _ceil_div(
+    return data.n_batches(
         n_classes, logits
     ) * per_pass + grams * costs.overlap_macs(size)
 
@@ -306,12 +395,7 @@ def _upper_blocks(n_blocks: int) -> int:
 
 def _even_splits(n: int) -> list[int]:
     """The sizes ⌈n / k⌉, k = 1..n: the least padding for each count k."""
-    return sorted({_ceil_div(n, k) for k in range(1, n + 1)})
-
-
-def _ceil_div(a: int, b: int) -> int:
-    """⌈a / b⌉ for positive ints."""
-    return -(-a // b)
+    return sorted({data.n_batches(n, k) for k in range(1, n + 1)})
 
 
 def _split_classes(
@@ -319,7 +403,9 @@ def _split_classes(
 ) -> tuple[tuple[int, ...], ...]:
     """`classes` in ⌈K / per_pass⌉ chunks of equal length, at most
     `per_pass`, the last padded by repetition."""
-    per_pass = _ceil_div(len(classes), _ceil_div(len(classes), per_pass))
+    per_pass = data.n_batches(
+        len(classes), data.n_batches(len(classes), per_pass)
+    )
     chunks = []
     for start in range(0, len(classes), per_pass):
         chunk = tuple(classes[start : start + per_pass])
@@ -485,8 +571,8 @@ def empirical_ntk(
       params: the parameter tree θ the kernel is taken at.
       net_state: batch-norm state (running statistics), held fixed.
       images: (N, H, W, C) float32.
-      class_index: c for K_c, COMBINED (−1) for Σ_c K_c, ALL_CLASSES for
-        every K_c.
+      class_index: c for K_c, COMBINED (−1) for the mean over logits
+        (1/K) Σ_c K_c, ALL_CLASSES for every K_c.
       implementation: one of IMPLEMENTATIONS.
       block_size, classes_per_pass, memory_gb: see make_plan.
       show_progress: a tqdm bar over blocks on stderr.
@@ -526,7 +612,7 @@ def empirical_ntk(
             blocks, params, net_state, images, plan, show_progress
         )
     if class_index == COMBINED:
-        return _symmetric(sum(kernels[c] for c in classes))
+        return _symmetric(sum(kernels[c] for c in classes) / len(classes))
     if class_index == ALL_CLASSES:
         return np.stack([_symmetric(kernels[c]) for c in classes])
     return _symmetric(kernels[classes[0]])

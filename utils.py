@@ -213,6 +213,14 @@ def ensure_writable_dir(path):
     return path
 
 
+def output_dir(model_path: str, bonus_dir: str) -> str:
+    """Where the scripts that read a checkpoint write: the folder
+    ``{dirname(model_path)}/{bonus_dir}``, normalised (not created)."""
+    return os.path.normpath(
+        os.path.join(os.path.dirname(model_path), bonus_dir)
+    )
+
+
 def _remove_quietly(path):
     """Remove file ``path`` if it exists; ignore any error."""
     try:

@@ -1,28 +1,32 @@
 r"""Images whose parameter gradient aligns with a class's NTK eigenfeatures.
 
-Reads a per-class kernel written by calculate_kernel.py and the checkpoint
-it was computed from, and writes, in {dirname(model_path)}/{bonus_dir}/,
-`{save_name}_class_{c}_{N}.pkl` (images and the numbers behind them; see
-`features.FeatureImages.as_record`) and a PNG grid of the same name.
+Reads a per-class kernel written by calculate_kernel.py (or by the original
+code, whose images are then recomputed with the original's rule and
+--random_seed) and the checkpoint it was computed from, and writes, in
+{dirname(model_path)}/{bonus_dir}/, `{save_name}_class_{c}_{N}.pkl` (images
+and the numbers behind them; see `features.FeatureImages.as_record`) and a
+PNG grid of the same name.
 
     python visualize_ntk_features.py --class_index 3 --dataset_size 500 \
         --model_path saved_models/parameters_final.pkl
 """
 
 import argparse
+import io
 import os
+
+import numpy as np
 
 import cli
 import data
 import features
-import kernels
+import kernel_files
 import models
 import utils
 from utils import UserError
 
 
 def parse_args(argv=None):
-    positive_int = cli.positive_int
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model_path",
@@ -31,7 +35,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--dataset_size",
-        type=positive_int,
+        type=cli.positive_int,
         default=500,
         help="number of images N of the kernel",
     )
@@ -55,7 +59,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--n_images",
-        type=positive_int,
+        type=cli.positive_int,
         default=3,
         help="eigenvectors to visualise, largest first",
     )
@@ -71,31 +75,17 @@ def parse_args(argv=None):
         default=0.001,
         help="per-pixel step, pixels in [0, 1]",
     )
-    parser.add_argument(
-        "--model",
-        choices=models.MODELS,
-        default=None,
-        help="default: the checkpoint's",
-    )
-    parser.add_argument(
-        "--width",
-        type=positive_int,
-        default=None,
-        help="ResNet width; default: the checkpoint's",
-    )
-    parser.add_argument(
-        "--dataset",
-        choices=sorted(data.DATASETS),
-        default=None,
-        help="default: the checkpoint's",
-    )
-    parser.add_argument(
-        "--data_path", default="./data", help="where the datasets live"
-    )
+    cli.add_model_flags(parser)
+    cli.add_data_flags(parser)
     parser.add_argument(
         "--bonus_dir",
         default=".",
         help="output subfolder of the checkpoint's folder",
+    )
+    cli.add_seed_flag(
+        parser,
+        "for a kernel file of the original code (no 'indices'): the seed "
+        "its images were chosen with",
     )
     parser.add_argument(
         "--use_linear_params",
@@ -106,7 +96,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--batch_size",
-        type=positive_int,
+        type=cli.positive_int,
         default=100,
         help="images per vector-Jacobian product",
     )
@@ -115,20 +105,27 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    out_dir = features.output_dir(args.model_path, args.bonus_dir)
+    out_dir = utils.output_dir(args.model_path, args.bonus_dir)
     kernel_path = args.kernel_path or os.path.join(
         out_dir,
-        features.kernel_file_name(
-            kernels.DEFAULT_SAVE_NAME, args.class_index, args.dataset_size
+        kernel_files.file_name(
+            kernel_files.DEFAULT_SAVE_NAME, args.class_index, args.dataset_size
         ),
     )
-    kernel = _load_kernel(args, kernel_path)
     checkpoint, spec = _load_model(args)
-    use_linear = features.resolve_use_linear_params(
+    train_images, train_labels = data.load_split(spec.dataset, args.data_path)
+    kernel = _load_kernel(args, kernel_path, train_labels, spec.dataset)
+    use_linear = kernel_files.resolve_use_linear_params(
         args.use_linear_params, kernel
     )
-    images = _kernel_images(args, kernel, spec, checkpoint)
+    images = train_images[kernel.indices]
     utils.ensure_writable_dir(out_dir)
+    if kernel.indices_recomputed:
+        print(
+            f"{kernel_path} holds no indices (a file of the original code): "
+            f"its {kernel.size} images were recomputed with the original's "
+            f"rule and --random_seed {args.random_seed}"
+        )
 
     params = checkpoint["lin_params" if use_linear else "params"]
     flat_params, logit_fn = features.class_logit_fn(
@@ -149,6 +146,7 @@ def main(argv=None):
     config = dict(
         vars(args),
         kernel_path=kernel_path,
+        indices_recomputed=kernel.indices_recomputed,
         use_linear_params=use_linear,
         **spec.as_meta(),
     )
@@ -168,14 +166,21 @@ def main(argv=None):
             out_dir, f"{args.save_name}_class_{args.class_index}_{kernel.size}"
         ),
         record,
-        features.grid_png(result, title),
+        grid_png(result, title),
     )
 
 
-def _load_kernel(args, kernel_path):
-    """The checked kernel file, with room for --n_images eigenvectors."""
-    kernel = features.load_class_kernel(
-        kernel_path, args.class_index, args.dataset_size
+def _load_kernel(args, kernel_path, train_labels, dataset):
+    """The checked kernel file of logit --class_index, its indices checked
+    against (or, for a file of the original code, recomputed from)
+    `train_labels`, with room for --n_images eigenvectors."""
+    kernel = kernel_files.read(
+        kernel_path,
+        class_index=args.class_index,
+        size=args.dataset_size,
+        train_labels=train_labels,
+        seed=args.random_seed,
+        dataset=dataset,
     )
     if args.n_images > kernel.size:
         raise UserError(
@@ -186,7 +191,8 @@ def _load_kernel(args, kernel_path):
 
 
 def _load_model(args):
-    """(checkpoint, ModelSpec), --class_index checked against the spec."""
+    """(checkpoint, ModelSpec), --class_index and the parameters' shapes
+    checked against the spec."""
     checkpoint, spec = models.load_checkpoint(
         args.model_path,
         model=args.model,
@@ -199,14 +205,6 @@ def _load_model(args):
             f"{spec.n_classes} classes of {spec.dataset}"
         )
     return checkpoint, spec
-
-
-def _kernel_images(args, kernel, spec, checkpoint):
-    """The kernel's training images (N, H, W, C), checked against the
-    kernel's labels and the checkpoint's parameter shapes."""
-    train_images, train_labels = data.load_split(spec.dataset, args.data_path)
-    features.check_kernel_images(kernel, train_labels, spec.dataset)
-    return train_images[kernel.indices]
 
 
 def _write_outputs(stem, record, png):
@@ -229,6 +227,60 @@ def _report(result):
             "(neg)"
         )
     print(f"w: cosine {result.w_cosines[0]:.4f} -> {result.w_cosines[-1]:.4f}")
+
+
+def grid_png(result: features.FeatureImages, title: str = "") -> bytes:
+    """A PNG of the images: rows positive, negative, w; column i for
+    eigenvector i (the w image in column 0). Titles give λ_i and the cosine
+    at the start and the end."""
+    # Imported here: matplotlib is slow to import and only this needs it.
+    # Figure draws through Agg without touching pyplot's global backend.
+    from matplotlib.figure import Figure
+
+    n = len(result.pos_images)
+    figure = Figure(figsize=(2.3 * max(n, 2), 7.6), layout="constrained")
+    axes = figure.subplots(3, n, squeeze=False)
+    for i in range(n):
+        eigen = rf"$\lambda_{{{i}}}$ = {result.eigenvalues[i]:.3g}"
+        _show(
+            axes[0, i],
+            result.pos_images[i],
+            f"{eigen}\n{_trajectory(result.pos_cosines[i])}",
+        )
+        _show(
+            axes[1, i],
+            result.neg_images[i],
+            f"{eigen}\n{_trajectory(result.neg_cosines[i])}",
+        )
+    _show(
+        axes[2, 0],
+        result.w_image,
+        f"$w = K^{{-1}}y$\n{_trajectory(result.w_cosines)}",
+    )
+    for axis in axes[2, 1:]:
+        axis.set_axis_off()
+    for row, name in enumerate(("positive", "negative", "w")):
+        axes[row, 0].set_ylabel(name)
+    if title:
+        figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def _show(axis, image: np.ndarray, title: str) -> None:
+    """Draws one (H, W, C) image in [0, 1], grey for one channel."""
+    if image.shape[-1] == 1:
+        axis.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        axis.imshow(np.clip(image, 0.0, 1.0))
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_title(title, fontsize=9)
+
+
+def _trajectory(cosines: np.ndarray) -> str:
+    return f"cos {cosines[0]:.3f} → {cosines[-1]:.3f}"
 
 
 if __name__ == "__main__":

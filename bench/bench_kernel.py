@@ -6,8 +6,8 @@ The original computes the kernel with neural-tangents'
 the diagonal (7,875 calls for N = 500). Here that function is jitted once
 and reused, the most favourable reading of the original. With class_index
 −1 its kernel is traced over logits with neural-tangents' default
-`trace_axes=(-1,)`, which divides by the number of logits K; it is
-multiplied by K to compare with our sum over logits.
+`trace_axes=(-1,)`, the mean over the K logits, which is what ours
+computes too: the two are compared as they are.
 
 Both run in one process on the same randomly perturbed ResNet-18 (batch-norm
 running statistics set by one training-mode pass) and the same random
@@ -39,6 +39,7 @@ from jax.flatten_util import ravel_pytree
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jacobians  # noqa: E402
+import kernel_files  # noqa: E402
 import kernels  # noqa: E402
 import models  # noqa: E402
 
@@ -107,8 +108,8 @@ def time_ours(
 def original_kernel_fn(apply_fn, state, class_index):
     """The original's jitted (x1, x2, params) -> (4, 4) kernel block.
 
-    One logit for class_index ≥ 0; otherwise all logits, traced (mean) by
-    neural-tangents and rescaled to the sum.
+    One logit for class_index ≥ 0; otherwise all logits, traced (the mean
+    over logits) by neural-tangents.
     """
     from nt_compat import nt  # here: only the original needs it
 
@@ -123,8 +124,7 @@ def original_kernel_fn(apply_fn, state, class_index):
     kernel_fn = nt.empirical_kernel_fn(
         f, vmap_axes=0, implementation=nt.NtkImplementation.NTK_VECTOR_PRODUCTS
     )
-    scale = N_CLASSES if class_index < 0 else 1
-    return jax.jit(lambda x1, x2, p: scale * kernel_fn(x1, x2, "ntk", p))
+    return jax.jit(lambda x1, x2, p: kernel_fn(x1, x2, "ntk", p))
 
 
 def time_original(apply_fn, params, state, images, class_index, max_blocks):
@@ -250,9 +250,9 @@ def float64_kernel(apply_fn, params, state, images, class_index):
         )
         rows = np.stack([np.asarray(jacobian(image)) for image in images])
     per_class = np.einsum("ikp,jkp->kij", rows, rows)
-    if class_index == kernels.ALL_CLASSES:
+    if class_index == kernel_files.ALL_CLASSES:
         return per_class
-    return per_class.sum(0) if class_index < 0 else per_class[class_index]
+    return per_class.mean(0) if class_index < 0 else per_class[class_index]
 
 
 def float64_lines(apply_fn, params, state, images, args, labels, kernels_):
@@ -279,7 +279,7 @@ def bench_one(width, n, args):
     rows, results = ours_rows(width, apply_fn, params, state, images, args)
     labels = [row[2] for row in rows]
     computed = [kernel for _, kernel in results]
-    if not args.skip_original and args.class_index != kernels.ALL_CLASSES:
+    if not args.skip_original and args.class_index != kernel_files.ALL_CLASSES:
         row, reference = original_row(
             width, apply_fn, params, state, images, args, rows, results
         )
@@ -306,8 +306,8 @@ def parse_args(argv=None):
     )
     p.add_argument(
         "--class_index",
-        type=kernels.parse_class_index,
-        default=kernels.COMBINED,
+        type=kernel_files.parse_class_index,
+        default=kernel_files.COMBINED,
     )
     p.add_argument(
         "--implementations",

@@ -3,7 +3,7 @@ root on sys.path, JAX on the CPU, one persistent compilation cache for the
 whole session, so that the many entry-script runs in subprocesses compile
 each network only once), the Fashion-MNIST skip, entry scripts run as
 subprocesses, pickles read the way a notebook reads them, the one-line error
-check, and a small trained MLP."""
+check, the original's class-balanced draw, and a small trained MLP."""
 
 import os
 import pickle
@@ -98,6 +98,31 @@ def assert_close(got, want, rtol: float = 1e-5) -> None:
     np.testing.assert_allclose(
         np.asarray(got, np.float64), want, rtol=0, atol=rtol * scale
     )
+
+
+def legacy_balanced_indices(labels, size, n_classes, seed) -> np.ndarray:
+    """The original code's class-balanced draw, made with NumPy's legacy
+    global API itself: `np.random.seed(seed)`, then for each class c in
+    order `np.random.choice(len(class_indices), size // n_classes,
+    replace=False)` of `class_indices = np.where(labels == c)[0]`, the
+    picks concatenated unsorted. NumPy's global state is restored after.
+
+    Returns:
+      int (size,) indices into `labels`.
+    """
+    saved = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        chosen = []
+        for c in range(n_classes):
+            class_indices = np.where(np.asarray(labels) == c)[0]
+            picks = np.random.choice(
+                len(class_indices), size // n_classes, replace=False
+            )
+            chosen.append(class_indices[picks])
+        return np.concatenate(chosen)
+    finally:
+        np.random.set_state(saved)
 
 
 # --------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """calculate_kernel.py end to end on Fashion-MNIST with a width-2 ResNet-18:
-file names, keys and values, and one-line refusals that write nothing."""
+file names, keys and values (per-class kernels J_c J_cᵀ and the combined
+mean Σ_c J_c J_cᵀ / K from jax.jacrev, on the images the original's rule
+draws), and one-line refusals that write nothing."""
 
 import os
 
@@ -9,16 +11,17 @@ import pytest
 import calculate_kernel
 import cli
 import data
-import features
+import kernel_files
 import models
 import utils
-from helpers import needs_fashion_mnist
+from helpers import legacy_balanced_indices, needs_fashion_mnist
 from helpers import run_script as run_entry_script
 from kernel_reference import perturb, reference_kernels, relative_error
 
 SIZE = 20  # two images of each of the ten classes
 BLOCK = 8  # three blocks, the last padded
 SPEC = models.ModelSpec("resnet18", 2, "fashion_mnist", 10)
+EPOCH = 20  # the checkpoint's meta['epoch']
 
 pytestmark = needs_fashion_mnist
 
@@ -37,7 +40,11 @@ def run_dir(tmp_path_factory):
     _, state = model.apply(params, state, None, images[:64], True)
     checkpoint = str(root / "model" / "parameters_final.pkl")
     utils.save_checkpoint(
-        checkpoint, params, lin_params, state, SPEC.as_meta()
+        checkpoint,
+        params,
+        lin_params,
+        state,
+        dict(SPEC.as_meta(), epoch=EPOCH),
     )
     return dict(
         root=root,
@@ -92,6 +99,7 @@ def run_script(argv):
     return run_entry_script("calculate_kernel.py", *argv)
 
 
+@pytest.mark.slow
 def test_all_classes_one_file_each(run_dir):
     result = run_script(
         cli_args(run_dir, "all", "--class_index", "all", "--show_progress")
@@ -116,7 +124,7 @@ def test_all_classes_one_file_each(run_dir):
     indices = records[0]["indices"]
     assert indices.dtype == np.int64 and indices.shape == (SIZE,)
     np.testing.assert_array_equal(
-        indices, data.balanced_subset_indices(run_dir["labels"], SIZE, 0)
+        indices, legacy_balanced_indices(run_dir["labels"], SIZE, 10, 0)
     )
     reference = subset_kernels(run_dir, indices)
     for c, record in enumerate(records):
@@ -128,11 +136,18 @@ def test_all_classes_one_file_each(run_dir):
             record["labels"], run_dir["labels"][indices]
         )
         assert record["use_linear_params"] is False
+        assert record["epoch"] == EPOCH and "combined" not in record
         assert relative_error(record["kernel"], reference[c]) < 1e-5
     # What visualize_ntk_features.py reads back.
-    features.load_class_kernel(os.path.join(folder, names[3]), 3, SIZE)
+    kernel_files.read(
+        os.path.join(folder, names[3]),
+        class_index=3,
+        size=SIZE,
+        train_labels=run_dir["labels"],
+    )
 
 
+@pytest.mark.slow
 def test_combined_kernel_at_lin_params(run_dir, capsys):
     calculate_kernel.main(
         cli_args(
@@ -152,12 +167,15 @@ def test_combined_kernel_at_lin_params(run_dir, capsys):
     assert path in capsys.readouterr().out
     record = utils.load_pickle_arrays(path, ("kernel", "labels", "indices"))
     assert record["class_index"] == -1 and record["use_linear_params"]
+    assert record["combined"] == "mean_over_logits"
+    assert record["n_logits"] == 10 and record["epoch"] == EPOCH
     assert record["implementation"] == "structured"
-    indices = data.balanced_subset_indices(run_dir["labels"], SIZE, 3)
+    indices = legacy_balanced_indices(run_dir["labels"], SIZE, 10, 3)
     np.testing.assert_array_equal(record["indices"], indices)
-    reference = subset_kernels(run_dir, indices, "lin_params").sum(0)
+    # The original's kernel: the mean over the ten logits.
+    reference = subset_kernels(run_dir, indices, "lin_params").sum(0) / 10
     assert relative_error(record["kernel"], reference) < 1e-5
-    at_params = subset_kernels(run_dir, indices).sum(0)
+    at_params = subset_kernels(run_dir, indices).sum(0) / 10
     assert relative_error(record["kernel"], at_params) > 1e-3
 
 

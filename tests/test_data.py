@@ -10,7 +10,7 @@ import pytest
 import torchvision.datasets
 
 import data
-from helpers import needs_fashion_mnist
+from helpers import legacy_balanced_indices, needs_fashion_mnist
 from utils import UserError
 
 
@@ -239,11 +239,34 @@ def test_balanced_subset_counts_and_order(num_classes):
     idx = data.balanced_subset_indices(labels, 5 * num_classes, seed=3)
     assert idx.dtype == np.int64
     assert len(np.unique(idx)) == len(idx) == 5 * num_classes
-    chosen = labels[idx]
-    np.testing.assert_array_equal(chosen, np.repeat(np.arange(num_classes), 5))
-    for label in range(num_classes):
-        block = idx[chosen == label]
-        assert np.all(np.diff(block) > 0)
+    np.testing.assert_array_equal(
+        labels[idx], np.repeat(np.arange(num_classes), 5)
+    )
+
+
+@pytest.mark.parametrize("num_classes", [10, 3])
+@pytest.mark.parametrize("seed", [0, 1, 7, 12345, 2**32 - 1])
+def test_balanced_subset_is_the_originals_draw(num_classes, seed):
+    """The same indices, in the same order, as the original's
+    np.random.seed(seed) and np.random.choice per class."""
+    labels = _labels(num_classes, per_class=40, seed=seed % 97)
+    size = 6 * num_classes
+    want = legacy_balanced_indices(labels, size, num_classes, seed)
+    got = data.balanced_subset_indices(labels, size, seed)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_balanced_subset_keeps_drawn_order_and_global_state():
+    """Within a class the picks are in drawn order, not sorted, and NumPy's
+    global generator is neither used nor reseeded."""
+    labels = _labels(10, per_class=50)
+    before = np.random.get_state()
+    idx = data.balanced_subset_indices(labels, 100, seed=0)
+    after = np.random.get_state()
+    np.testing.assert_array_equal(after[1], before[1])
+    assert after[2:] == before[2:]
+    blocks = idx.reshape(10, 10)
+    assert any(np.any(np.diff(block) < 0) for block in blocks)
 
 
 def test_balanced_subset_seeds():
@@ -263,6 +286,9 @@ def test_balanced_subset_rejects_bad_sizes():
         data.balanced_subset_indices(labels, 55, seed=0)
     with pytest.raises(UserError, match="class"):
         data.balanced_subset_indices(labels, 50, seed=0)
+    for seed in (-1, 2**32):
+        with pytest.raises(UserError, match="random_seed"):
+            data.balanced_subset_indices(labels, 20, seed=seed)
 
 
 def test_subset_applies_indices_or_passes_through():

@@ -1,7 +1,8 @@
 """Tests of features.py: features against an explicit Jacobian, the jittered
-solve, the alignment loop, kernel-file checks and the PNG grid."""
+solve and the alignment loop (kernel files: test_kernel_files.py; the PNG
+grid: test_visualize.py)."""
 
-import io
+import dataclasses
 
 import haiku as hk
 import jax
@@ -10,13 +11,13 @@ import numpy as np
 import pytest
 
 import features
-from utils import UserError, atomic_pickle
+from kernel_files import KernelFile
+from utils import UserError
 
 IMAGE_SHAPE = (6, 6, 2)
 N_IMAGES = 10
 N_CLASSES = 3
 CLASS_INDEX = 1
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _small_cnn(images, is_training):
@@ -45,12 +46,15 @@ def problem():
     jacobian = np.asarray(
         jax.jacrev(lambda p: logit_fn(p, images))(flat), np.float64
     )
-    kernel = features.ClassKernel(
+    kernel = KernelFile(
         kernel=jacobian @ jacobian.T,
         labels=labels,
         indices=np.arange(N_IMAGES),
         class_index=CLASS_INDEX,
         use_linear_params=None,
+        epoch=None,
+        random_seed=0,
+        indices_recomputed=False,
         path="kernel.pkl",
     )
     return dict(
@@ -241,14 +245,8 @@ def test_feature_images_and_record(problem):
 
 
 def test_kernel_of_other_parameters_is_refused(problem):
-    kernel = problem["kernel"]
-    scaled = features.ClassKernel(
-        4 * kernel.kernel,
-        kernel.labels,
-        kernel.indices,
-        CLASS_INDEX,
-        None,
-        kernel.path,
+    scaled = dataclasses.replace(
+        problem["kernel"], kernel=4 * problem["kernel"].kernel
     )
     with pytest.raises(UserError, match="not the kernel of this network"):
         features.feature_images(
@@ -261,148 +259,3 @@ def test_kernel_of_other_parameters_is_refused(problem):
             0.01,
             10,
         )
-
-
-# --------------------------------------------------------------------------
-# Kernel files
-# --------------------------------------------------------------------------
-
-
-def kernel_record(size=4, class_index=2, **changes):
-    """A valid kernel file's content, with `changes` applied."""
-    factor = np.random.default_rng(2).normal(size=(size, size))
-    record = {
-        "kernel": (factor @ factor.T).astype(np.float32),
-        "labels": np.array([0, 1, 2, 2][:size] * (size // 4 or 1)),
-        "indices": np.arange(10, 10 + size, dtype=np.int64),
-        "class_index": class_index,
-        "use_linear_params": True,
-    }
-    record.update(changes)
-    return {key: value for key, value in record.items() if value is not None}
-
-
-def write(tmp_path, record, name="kernel.pkl"):
-    path = str(tmp_path / name)
-    atomic_pickle(path, record)
-    return path
-
-
-def test_kernel_file_loads(tmp_path):
-    loaded = features.load_class_kernel(write(tmp_path, kernel_record()), 2, 4)
-    assert loaded.size == 4 and loaded.class_index == 2
-    assert loaded.use_linear_params is True
-    assert loaded.kernel.dtype == np.float64
-    np.testing.assert_array_equal(loaded.indices, [10, 11, 12, 13])
-
-
-def test_kernel_file_without_params_record(tmp_path):
-    path = write(tmp_path, kernel_record(use_linear_params=None))
-    assert features.load_class_kernel(path, 2, 4).use_linear_params is None
-
-
-@pytest.mark.parametrize(
-    "changes,size,message",
-    [
-        (dict(class_index=-1), 4, "summed over all logits"),
-        (dict(class_index=0), 4, "kernel of class 0"),
-        ({}, 5, "kernel of 4 images"),
-        (dict(kernel=np.ones((4, 3))), 4, "not a square"),
-        (dict(kernel=np.full((4, 4), np.nan)), 4, "NaN"),
-        (dict(indices=np.arange(3)), 4, "'indices'"),
-        (dict(indices=np.linspace(0, 1, 4)), 4, "'indices'"),
-        (dict(labels=np.zeros(5, int)), 4, "'labels'"),
-        (dict(class_index=1.5), 4, "'class_index' is not an integer"),
-        (dict(indices=None), 4, "lacks key"),
-        (dict(use_linear_params=np.ones(2)), 4, "not a yes/no"),
-    ],
-)
-def test_bad_kernel_files_are_refused(tmp_path, changes, size, message):
-    path = write(tmp_path, kernel_record(**changes))
-    with pytest.raises(UserError, match=message):
-        features.load_class_kernel(path, 2, size)
-
-
-def test_missing_and_corrupt_kernel_files_are_refused(tmp_path):
-    with pytest.raises(UserError, match="cannot read"):
-        features.load_class_kernel(str(tmp_path / "absent.pkl"), 2, 4)
-    corrupt = tmp_path / "corrupt.pkl"
-    corrupt.write_bytes(b"\x80\x05not a pickle")
-    with pytest.raises(UserError, match="cannot load"):
-        features.load_class_kernel(str(corrupt), 2, 4)
-
-
-def test_kernel_images_must_fit_the_dataset(tmp_path):
-    kernel = features.load_class_kernel(write(tmp_path, kernel_record()), 2, 4)
-    train_labels = np.zeros(20, np.int32)
-    train_labels[10:14] = [0, 1, 2, 2]
-    features.check_kernel_images(kernel, train_labels, "toy")
-    with pytest.raises(UserError, match="has 12, numbered"):
-        features.check_kernel_images(kernel, train_labels[:12], "toy")
-    train_labels[12] = 1
-    with pytest.raises(UserError, match="labels"):
-        features.check_kernel_images(kernel, train_labels, "toy")
-
-
-@pytest.mark.parametrize(
-    "flag,recorded,expected",
-    [
-        (None, None, False),
-        (True, None, True),
-        (None, True, True),
-        (False, False, False),
-        (True, True, True),
-    ],
-)
-def test_use_linear_params_resolution(flag, recorded, expected):
-    kernel = features.ClassKernel(
-        np.eye(1), np.zeros(1), np.zeros(1), 0, recorded, "k.pkl"
-    )
-    assert features.resolve_use_linear_params(flag, kernel) is expected
-
-
-def test_use_linear_params_contradicting_the_kernel_is_refused():
-    kernel = features.ClassKernel(
-        np.eye(1), np.zeros(1), np.zeros(1), 0, False, "k.pkl"
-    )
-    with pytest.raises(UserError, match="computed at params"):
-        features.resolve_use_linear_params(True, kernel)
-
-
-def test_kernel_file_names():
-    assert features.kernel_file_name("k", 3, 500) == "k_class_3_500.pkl"
-    assert features.kernel_file_name("k", -1, 500) == "k_500.pkl"
-
-
-# --------------------------------------------------------------------------
-# Picture
-# --------------------------------------------------------------------------
-
-
-def fake_result(n, shape, steps=3):
-    rng = np.random.default_rng(3)
-    images = lambda *lead: rng.uniform(size=(*lead, *shape)).astype(np.float32)
-    cosines = lambda *lead: rng.uniform(-1, 1, (*lead, steps + 1))
-    return features.FeatureImages(
-        pos_images=images(n),
-        neg_images=images(n),
-        w_image=images(),
-        pos_cosines=cosines(n),
-        neg_cosines=cosines(n),
-        w_cosines=cosines(),
-        eigenvalues=np.linspace(5, 1, 8),
-        eigenvectors=np.zeros((8, n)),
-        w=np.zeros(8),
-        jitter=1e-6,
-        feature_sq_norms=np.zeros(n + 1),
-    )
-
-
-@pytest.mark.parametrize("n,shape", [(1, (5, 5, 1)), (3, (4, 4, 3))])
-def test_grid_is_a_readable_png(n, shape):
-    import matplotlib.image
-
-    png = features.grid_png(fake_result(n, shape), title="class 0")
-    assert png.startswith(PNG_SIGNATURE)
-    pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
-    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100

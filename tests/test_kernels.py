@@ -1,4 +1,6 @@
-"""kernels: every implementation against J Jᵀ from jax.jacrev, block plans."""
+"""kernels: every implementation against J Jᵀ from jax.jacrev, the combined
+kernel against the original's (neural-tangents' traced kernel), block plans
+and their cost model."""
 
 import functools
 
@@ -10,7 +12,9 @@ import pytest
 import jacobians
 import kernels
 import models
+from kernel_files import ALL_CLASSES, COMBINED
 from kernel_reference import network, reference_kernels, relative_error
+from nt_compat import nt
 from utils import UserError
 
 N_IMAGES = 7  # blocks of 3: two full, one padded with two zero images
@@ -30,10 +34,12 @@ def mlp():
 
 
 def expected(reference, class_index):
-    if class_index == kernels.ALL_CLASSES:
+    """The kernel asked for, from the (K, N, N) reference J_c J_cᵀ: the
+    combined kernel is their mean, Σ_c K_c / K, as the original's."""
+    if class_index == ALL_CLASSES:
         return reference
-    if class_index == kernels.COMBINED:
-        return reference.sum(axis=0)
+    if class_index == COMBINED:
+        return reference.sum(axis=0) / len(reference)
     return reference[class_index]
 
 
@@ -104,10 +110,9 @@ def test_networks_are_not_trivial(references):
     assert means and all(np.abs(m).max() > 0 for m in means)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
-@pytest.mark.parametrize(
-    "class_index", [1, kernels.COMBINED, kernels.ALL_CLASSES]
-)
+@pytest.mark.parametrize("class_index", [1, COMBINED, ALL_CLASSES])
 def test_resnet_matches_reference(references, implementation, class_index):
     got = compute("resnet", implementation, class_index)
     want = expected(references["resnet"], class_index)
@@ -117,19 +122,32 @@ def test_resnet_matches_reference(references, implementation, class_index):
 
 @pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
 def test_mlp_matches_reference(references, implementation):
-    got = compute("mlp", implementation, kernels.ALL_CLASSES)
+    got = compute("mlp", implementation, ALL_CLASSES)
     assert relative_error(got, references["mlp"]) < 1e-5
+
+
+def test_combined_kernel_is_the_originals_traced_kernel():
+    """The original's --class_index -1: neural-tangents' empirical kernel
+    with its default trace_axes=(-1,), no factor between the two."""
+    apply_fn, params, _, state, images = mlp()
+
+    def f(p, x):
+        return apply_fn(p, state, None, x, False)[0]
+
+    original = nt.empirical_kernel_fn(f, vmap_axes=0)(
+        images, images, "ntk", params
+    )
+    got = compute("mlp", "rows", COMBINED)
+    assert relative_error(got, np.asarray(original, np.float64)) < 1e-5
 
 
 @pytest.mark.parametrize("implementation", ["rows", "structured"])
 def test_kernel_at_lin_params(references, implementation):
-    got = compute(
-        "resnet", implementation, kernels.ALL_CLASSES, use_lin_params=True
-    )
+    got = compute("resnet", implementation, ALL_CLASSES, use_lin_params=True)
     assert relative_error(got, references["resnet", "lin"]) < 1e-5
 
 
-@pytest.mark.parametrize("class_index", [2, kernels.COMBINED])
+@pytest.mark.parametrize("class_index", [2, COMBINED])
 def test_symmetric_and_positive_semidefinite(class_index):
     kernel = compute("resnet", "rows", class_index)
     np.testing.assert_array_equal(kernel, kernel.T)
@@ -244,15 +262,40 @@ def test_passes_balance_classes():
 
 def test_class_index_choices():
     assert kernels.kernel_classes(2, 3) == (2,)
-    assert kernels.kernel_classes(kernels.COMBINED, 3) == (0, 1, 2)
-    assert kernels.kernel_classes(kernels.ALL_CLASSES, 3) == (0, 1, 2)
+    assert kernels.kernel_classes(COMBINED, 3) == (0, 1, 2)
+    assert kernels.kernel_classes(ALL_CLASSES, 3) == (0, 1, 2)
     for bad in (3, -2, "3"):
         with pytest.raises(UserError, match="class_index"):
             kernels.kernel_classes(bad, 3)
-    assert kernels.parse_class_index("all") == kernels.ALL_CLASSES
-    assert kernels.parse_class_index("-1") == kernels.COMBINED
-    with pytest.raises(UserError, match="class_index"):
-        kernels.parse_class_index("two")
+
+
+def test_factoring_rule():
+    late = jacobians.WeightLayer("late", (1, 4, 4, 512), 16, 4608, 512)
+    early = jacobians.WeightLayer("early", (1, 32, 32, 64), 1024, 576, 64)
+    linear = jacobians.WeightLayer("linear", (1, 10), 1, 512, 10)
+    # S²(D + G·O) against G·D·O multiply-adds per pair of images.
+    assert 16**2 * (4608 + 512) < 4608 * 512  # late, one logit
+    assert kernels.factoring_pays(late, 1)
+    assert kernels.factoring_pays(linear, 1)
+    assert 1024**2 * (576 + 10 * 64) > 10 * 576 * 64  # early, ten logits
+    assert not kernels.factoring_pays(early, 10)
+    survey = jacobians.Survey(10, 0, (late, early, linear))
+    assert kernels.factored_layers(survey, 1) == ("late", "linear")
+
+
+@pytest.mark.parametrize("factored", ["all", "none"])
+def test_memory_model_counts_the_block(factored):
+    """BlockCosts.jacobian_floats is the size of an actual BlockJacobian of
+    3 images and 2 logits."""
+    apply_fn, params, _, state, images = resnet()
+    survey = jacobians.survey(apply_fn, params, state, images.shape[1:])
+    names = tuple(layer.name for layer in survey.layers)
+    names = names if factored == "all" else ()
+    block = jacobians.block_jacobian_fn(apply_fn, survey.layers, names)(
+        params, state, images[:3], jnp.asarray([0, 1], jnp.int32)
+    )
+    held = sum(leaf.size for leaf in jax.tree_util.tree_leaves(block))
+    assert kernels.BlockCosts(survey, names).jacobian_floats(3, 2) == held
 
 
 def test_unknown_implementation_is_refused():

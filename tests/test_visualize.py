@@ -1,27 +1,34 @@
 """visualize_ntk_features.py end to end on Fashion-MNIST with a small MLP:
-the files it writes, and one-line refusals of bad input that write nothing."""
+the files it writes, the original's kernel files (images recomputed as the
+original drew them), the PNG grid, and one-line refusals of bad input that
+write nothing."""
 
+import io
 import os
 
 import jax
 import numpy as np
 import pytest
 
+import calculate_kernel
 import cli
 import data
 import features
 import models
 import utils
 import visualize_ntk_features
-from helpers import needs_fashion_mnist, run_script
+from helpers import (
+    legacy_balanced_indices,
+    load_pickle,
+    require_fashion_mnist,
+    run_script,
+)
 
 CLASS_INDEX = 3
 SIZE = 20  # two images of each of the ten classes
 N_IMAGES = 2
 STEPS = 4
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +38,7 @@ def run_dir(tmp_path_factory):
     Returns a dict of paths: 'root', 'data', 'checkpoint', 'kernel' (in a
     folder of its own, so that the checkpoint's folder holds no output).
     """
+    require_fashion_mnist()
     root = tmp_path_factory.mktemp("visualize")
     data_path = str(root / "data")
     images, labels = data.load_split("fashion_mnist", data_path)
@@ -60,6 +68,7 @@ def run_dir(tmp_path_factory):
         checkpoint=checkpoint,
         kernel=kernel_path,
         kernel_record=kernel,
+        train_labels=labels,
     )
 
 
@@ -92,6 +101,7 @@ def files_under(folder):
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
+@pytest.mark.slow
 def test_cli_writes_images_and_grid(run_dir):
     out_dir = os.path.join(os.path.dirname(run_dir["checkpoint"]), "out")
     result = run_script("visualize_ntk_features.py", *cli_args(run_dir))
@@ -130,11 +140,94 @@ def test_cli_writes_images_and_grid(run_dir):
 
 
 def write_kernel(run_dir, name, **changes):
-    """A copy of the good kernel file with `changes`; returns its path."""
+    """A copy of the good kernel file with `changes` (a change to None
+    drops the key); returns its path."""
     record = dict(run_dir["kernel_record"], **changes)
+    record = {key: value for key, value in record.items() if value is not None}
     path = str(run_dir["root"] / "kernels" / name)
     utils.atomic_pickle(path, record)
     return path
+
+
+def original_kernel(run_dir, name, labels=None):
+    """The good kernel as the original code writes it: only 'kernel' and
+    'labels'; returns its path."""
+    record = run_dir["kernel_record"]
+    labels = record["labels"] if labels is None else labels
+    path = str(run_dir["root"] / "kernels" / name)
+    utils.atomic_pickle(path, {"kernel": record["kernel"], "labels": labels})
+    return path
+
+
+def run_main(args):
+    """visualize_ntk_features.main(args) as the script runs it."""
+    cli.run_cli(lambda: visualize_ntk_features.main(args))
+
+
+def test_original_kernel_file_gets_the_originals_images(run_dir, capsys):
+    """A file of {'kernel', 'labels'} alone: its images are those the
+    original's rule draws with --random_seed, so the outputs equal those
+    of our file of the same kernel."""
+    folder = os.path.dirname(run_dir["checkpoint"])
+    run_main(cli_args(run_dir, bonus_dir="ours"))
+    assert "recomputed" not in capsys.readouterr().out
+    path = original_kernel(run_dir, f"orig_class_{CLASS_INDEX}_{SIZE}.pkl")
+    run_main(
+        cli_args(run_dir, bonus_dir="orig", kernel_path=path, random_seed=0)
+    )
+    lines = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if "recomputed" in line
+    ]
+    assert len(lines) == 1 and "original's rule" in lines[0]
+    assert "--random_seed 0" in lines[0] and path in lines[0]
+    name = f"ntk_eig_images_class_{CLASS_INDEX}_{SIZE}.pkl"
+    ours = load_pickle(os.path.join(folder, "ours", name))
+    original = load_pickle(os.path.join(folder, "orig", name))
+    np.testing.assert_array_equal(
+        original["indices"],
+        legacy_balanced_indices(run_dir["train_labels"], SIZE, 10, 0),
+    )
+    np.testing.assert_array_equal(original["indices"], ours["indices"])
+    for key in ("pos_images", "neg_images", "w_image", "eigenvalues"):
+        np.testing.assert_array_equal(original[key], ours[key])
+    assert original["config"]["indices_recomputed"] is True
+    assert ours["config"]["indices_recomputed"] is False
+
+
+def test_kernel_of_calculate_kernel_by_default(run_dir, capsys):
+    """Without --kernel_path: calculate_kernel.py's file of the class, in
+    the output folder, and its images."""
+    folder = os.path.dirname(run_dir["checkpoint"])
+    calculate_kernel.main(
+        cli_args(  # the flags the two scripts share
+            run_dir,
+            bonus_dir="chain",
+            kernel_path=None,
+            n_images=None,
+            steps=None,
+            step_size=None,
+            batch_size=None,
+            random_seed=4,
+        )
+    )
+    run_main(cli_args(run_dir, bonus_dir="chain", kernel_path=None))
+    kernel = load_pickle(
+        os.path.join(
+            folder, "chain", f"saved_kernel_class_{CLASS_INDEX}_{SIZE}.pkl"
+        )
+    )
+    images = load_pickle(
+        os.path.join(
+            folder, "chain", f"ntk_eig_images_class_{CLASS_INDEX}_{SIZE}.pkl"
+        )
+    )
+    np.testing.assert_array_equal(images["indices"], kernel["indices"])
+    np.testing.assert_array_equal(
+        images["indices"],
+        legacy_balanced_indices(run_dir["train_labels"], SIZE, 10, 4),
+    )
 
 
 def corrupt_file(run_dir, name):
@@ -172,12 +265,18 @@ BAD_INPUTS = {
     "class beyond the model": lambda d: dict(
         class_index=12, kernel_path=write_kernel(d, "k12.pkl", class_index=12)
     ),
+    "original file, other labels": lambda d: dict(
+        kernel_path=original_kernel(
+            d, "orig_relabelled.pkl", d["kernel_record"]["labels"][::-1]
+        )
+    ),
+    "negative seed": lambda d: dict(random_seed=-1),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_one_line_and_writes_nothing(run_dir, case, capsys):
-    bonus_dir = f"bad_{case.replace(' ', '_')}"
+    bonus_dir = f"bad_{case.replace(' ', '_').replace(',', '')}"
     args = cli_args(run_dir, bonus_dir=bonus_dir, **BAD_INPUTS[case](run_dir))
     with pytest.raises(SystemExit) as exit_info:
         cli.run_cli(lambda: visualize_ntk_features.main(args))
@@ -201,6 +300,7 @@ def test_kernel_of_other_parameters_writes_no_files(run_dir, capsys):
     assert files_under(out_dir) == []
 
 
+@pytest.mark.slow
 def test_cli_process_exits_2_on_bad_input(run_dir):
     result = run_script(
         "visualize_ntk_features.py",
@@ -224,3 +324,39 @@ def test_bad_flags_are_one_line(flags, capsys):
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+
+
+# --------------------------------------------------------------------------
+# The PNG grid
+# --------------------------------------------------------------------------
+
+
+def fake_result(n, shape, steps=3):
+    rng = np.random.default_rng(3)
+    images = lambda *lead: rng.uniform(size=(*lead, *shape)).astype(np.float32)
+    cosines = lambda *lead: rng.uniform(-1, 1, (*lead, steps + 1))
+    return features.FeatureImages(
+        pos_images=images(n),
+        neg_images=images(n),
+        w_image=images(),
+        pos_cosines=cosines(n),
+        neg_cosines=cosines(n),
+        w_cosines=cosines(),
+        eigenvalues=np.linspace(5, 1, 8),
+        eigenvectors=np.zeros((8, n)),
+        w=np.zeros(8),
+        jitter=1e-6,
+        feature_sq_norms=np.zeros(n + 1),
+    )
+
+
+@pytest.mark.parametrize("n,shape", [(1, (5, 5, 1)), (3, (4, 4, 3))])
+def test_grid_is_a_readable_png(n, shape):
+    import matplotlib.image
+
+    png = visualize_ntk_features.grid_png(
+        fake_result(n, shape), title="class 0"
+    )
+    assert png.startswith(PNG_SIGNATURE)
+    pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
