@@ -31,9 +31,17 @@ STATE_FILE = "train_state.pkl"
 TEST_BATCH_SIZE = 100  # as the original
 STAGES = ("standard", "linear", "done")
 STATE_VERSION = 2  # of the resume file's layout
-# Flags that do not change what a run computes. Every other flag is recorded
-# with the run, and --resume must repeat it.
-NON_RUN_FLAGS = ("resume", "overwrite", "no_progress", "state_every")
+# Flags that do not change what a run computes (how it is shown, how often
+# it saves, where its files are). Every other flag is recorded with the
+# run, and --resume must repeat it.
+NON_RUN_FLAGS = (
+    "resume",
+    "overwrite",
+    "no_progress",
+    "state_every",
+    "save_path",
+    "data_path",
+)
 # The files run_exp.py writes in --save_path (what --overwrite removes).
 RUN_FILES = (
     "config.json",

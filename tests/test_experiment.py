@@ -1,0 +1,243 @@
+"""experiment.py without running a network: which flags define a run, what
+a folder's content lets a run do, the results files, the checkpoint layout,
+phase 2's first state and the resume record. Seconds, no dataset."""
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import experiment
+import models
+import run_exp
+import train
+import utils
+
+ARGS = run_exp.parse_args([])
+
+
+def args_with(**changes) -> argparse.Namespace:
+    return argparse.Namespace(**dict(vars(ARGS), **changes))
+
+
+def test_run_flags_are_every_flag_but_the_few_that_change_nothing():
+    flags = experiment.run_flags(ARGS)
+    assert set(flags) == set(vars(ARGS)) - set(experiment.NON_RUN_FLAGS)
+    # A flag added to the parser tomorrow is part of the run by default.
+    assert "brand_new" in experiment.run_flags(args_with(brand_new=1))
+    for name in (
+        "resume",
+        "overwrite",
+        "no_progress",
+        "state_every",
+        "save_path",
+        "data_path",
+    ):
+        assert name not in flags
+    # A folder moved elsewhere, or data read from another copy, resumes.
+    assert (
+        experiment.run_flags(args_with(save_path="/moved", data_path="/copy"))
+        == flags
+    )
+
+
+def record(stage, **flag_changes):
+    return experiment.ResumeRecord(
+        stage=stage,
+        flags=experiment.run_flags(args_with(**flag_changes)),
+        results=experiment.results_template(ARGS),
+    )
+
+
+@pytest.mark.parametrize(
+    "saved, flags, expected",
+    [
+        (None, {}, "fresh"),
+        (None, {"resume": True}, "fresh"),
+        ("standard", {"resume": True}, "resume"),
+        ("linear", {"resume": True}, "resume"),
+        ("standard", {"overwrite": True}, "fresh"),
+        ("done", {}, "nothing to do"),
+        ("done", {"resume": True}, "nothing to do"),
+        ("done", {"overwrite": True}, "fresh"),
+    ],
+)
+def test_what_a_folder_lets_a_run_do(tmp_path, saved, flags, expected):
+    args = args_with(save_path=str(tmp_path), **flags)
+    saved = None if saved is None else record(saved)
+    assert experiment._plan_start(args, saved) == expected
+
+
+@pytest.mark.parametrize(
+    "saved, flags, named",
+    [
+        ("standard", {}, "--resume to continue"),
+        ("standard", {"resume": True, "eps": 8.0}, "--eps 4.0 there, 8.0"),
+        ("done", {"loaders": "CA"}, "finished run with loaders CC"),
+    ],
+)
+def test_what_a_folder_refuses(tmp_path, saved, flags, named):
+    args = args_with(save_path=str(tmp_path), **flags)
+    with pytest.raises(utils.UserError, match=named):
+        experiment._plan_start(args, record(saved))
+
+
+def test_files_of_another_run_need_overwrite(tmp_path):
+    (tmp_path / "parameters_checkpoint_3.pkl").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_bytes(b"mine")
+    args = args_with(save_path=str(tmp_path))
+    with pytest.raises(utils.UserError, match="parameters_checkpoint_3.pkl"):
+        experiment._plan_start(args, None)
+    args.overwrite = True
+    assert experiment._plan_start(args, None) == "fresh"
+    experiment._remove_previous_run(args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_results_pkl_is_the_original_layout_with_zeros():
+    results = {
+        "standard": None,
+        "linear": {"clean": 0.9, "l2": None, "linf": 0.5},
+        "standard_second": True,
+    }
+    assert experiment._original_results(results) == {
+        "standard": {"clean": 0.0, "l2": 0.0, "linf": 0.0},
+        "linear": {"clean": 0.9, "l2": 0.0, "linf": 0.5},
+        "standard_second": True,
+    }
+
+
+def test_skip_reasons():
+    assert experiment._skip_reasons(ARGS) == {}
+    assert experiment._skip_reasons(
+        args_with(skip_first_test=True, linear_epochs=0)
+    ) == {
+        "standard": "--skip_first_test",
+        "linear": "--linear_epochs 0: no phase 2",
+    }
+
+
+def tree(value):
+    return {"linear": {"w": jnp.full((2, 2), value, jnp.float32)}}
+
+
+def test_checkpoint_layout_is_the_originals():
+    trained, theta_t = tree(1.0), tree(2.0)
+    phase_one = train.new_train_state(trained, None, {})
+    phase_two = train.new_train_state(trained, theta_t, {})
+    layouts = {
+        "phase 1": experiment._checkpoint_trees(phase_one, models.STANDARD),
+        "linear": experiment._checkpoint_trees(
+            phase_two, models.Dynamics(linear=True)
+        ),
+        "standard second": experiment._checkpoint_trees(
+            phase_two, models.Dynamics(linear=False, centering=True)
+        ),
+    }
+    values = {
+        name: (
+            float(params["linear"]["w"][0, 0]),
+            float(lin_params["linear"]["w"][0, 0]),
+        )
+        for name, (params, lin_params) in layouts.items()
+    }
+    # (params, lin_params): θ(t) = 2, the trained parameters = 1.
+    assert values == {
+        "phase 1": (1.0, 1.0),
+        "linear": (2.0, 1.0),
+        "standard second": (1.0, 2.0),
+    }
+
+
+def test_phase_two_start_continues_phase_one_only_for_standard_second():
+    end = train.new_train_state(tree(1.0), None, {"bn": jnp.ones(2)}, step=7)
+    momentum = jax.tree_util.tree_map(lambda x: x + 3.0, end.opt_state)
+    end = end._replace(opt_state=momentum)
+    one_run = experiment._phase_two_start(
+        args_with(do_standard_second=True), end
+    )
+    assert int(one_run.step) == 7
+    assert utils.tree_equal(one_run.opt_state, end.opt_state)
+    assert utils.tree_equal(one_run.params0, end.params)
+    for changes in (
+        {},
+        {"do_standard_second": True, "base_model_path": "theta_t.pkl"},
+    ):
+        fresh = experiment._phase_two_start(args_with(**changes), end)
+        assert int(fresh.step) == 0
+        assert not utils.tree_equal(fresh.opt_state, end.opt_state)
+        assert utils.tree_equal(fresh.params, end.params)
+        assert utils.tree_equal(fresh.params0, end.params)
+
+
+def test_resume_record_round_trip(tmp_path):
+    state = train.new_train_state(tree(0.5), tree(0.25), {}, step=3)
+    position = train.LoopPosition(epoch=2, step=5, saved_fractions=[0.125])
+    position.metrics.loss_sum = 1.5
+    saved = experiment.ResumeRecord(
+        stage="linear",
+        flags=experiment.run_flags(ARGS),
+        results=experiment.results_template(ARGS),
+        state=experiment._pack(state),
+        position=position.as_record(),
+        warnings=["w"],
+    )
+    path = tmp_path / experiment.STATE_FILE
+    utils.atomic_pickle(path, saved.as_dict())
+    loaded = experiment.ResumeRecord.from_dict(
+        utils.safe_load_pickle(path), str(path)
+    )
+    assert loaded.flags == saved.flags and loaded.warnings == ["w"]
+    again = experiment._unpack(loaded.state)
+    assert int(again.step) == 3
+    assert utils.tree_equal(
+        utils.to_numpy_tree(again.params), utils.to_numpy_tree(state.params)
+    )
+    assert train.LoopPosition.from_record(loaded.position) == position
+    with pytest.raises(utils.UserError, match="earlier version"):
+        experiment.ResumeRecord.from_dict({"stage": "done"}, str(path))
+
+
+def test_trim_log_keeps_what_the_resumed_run_will_not_redo(tmp_path):
+    lines = [
+        {"kind": "epoch", "phase": "standard", "epoch": 0},
+        {"kind": "epoch", "phase": "standard", "epoch": 1},
+        {"kind": "evaluation", "phase": "standard", "attack": "linf"},
+        {"kind": "epoch", "phase": "linear", "epoch": 0},
+        {"kind": "epoch", "phase": "linear", "epoch": 1},
+        {"kind": "evaluation", "phase": "linear", "attack": "linf"},
+    ]
+    (tmp_path / "log.jsonl").write_text(
+        "".join(json.dumps(line) + "\n" for line in lines)
+    )
+    run = experiment.Run(
+        ARGS, str(tmp_path), None, None, None, None, None, None
+    )
+    run.record = experiment.ResumeRecord(
+        "linear", {}, {}, position=train.LoopPosition(epoch=1).as_record()
+    )
+    experiment._trim_log(run)
+    kept = [
+        json.loads(line)
+        for line in (tmp_path / "log.jsonl").read_text().splitlines()
+    ]
+    assert kept == lines[:4]
+
+
+def test_divergence_message_says_what_was_saved():
+    run = experiment.Run(ARGS, ".", None, None, None, None, None, None)
+    err = train.Diverged("linear", 0, 10)
+    assert "no resume state had been written" in str(
+        experiment._divergence_error(run, err)
+    )
+    run.last_saved = "phase linear, epoch 1, batch 5"
+    message = str(experiment._divergence_error(run, err))
+    assert (
+        "train_state.pkl holds the last state written before it "
+        "(phase linear, epoch 1, batch 5)" in message
+    )
+    assert "lower --second_lr" in message
+    assert np.char.count(message, "\n") == 0
