@@ -504,6 +504,8 @@ def _save(fig, path):
 def aggregate(the_grid: grid.Grid, results_dir: str, report_path: str) -> dict:
     """Writes the CSVs and figures of `the_grid` into `results_dir`, then
     regenerates the report at `report_path` from every preset's CSVs there.
+    Refuses (UserError, nothing written) when no phase-2 cell has results,
+    so that a wrong output root never overwrites committed results.
 
     Returns:
         {'rows': DataFrame, 'summary': DataFrame, 'kernels': DataFrame,
@@ -513,6 +515,12 @@ def aggregate(the_grid: grid.Grid, results_dir: str, report_path: str) -> dict:
     rows, missing = collect_cells(the_grid)
     kernel_table, kernel_missing = collect_kernels(the_grid)
     missing += kernel_missing
+    if rows.empty:
+        raise utils.UserError(
+            f"no phase-2 cell of {name} has results under {the_grid.root}: "
+            "nothing to aggregate (run the grid first, or pass its "
+            "--output_root)"
+        )
     rows = join_kernels(rows, kernel_table)
     summary = summarize(rows)
     utils.ensure_writable_dir(results_dir)

@@ -238,15 +238,30 @@ def test_missing_analysis_is_reported_not_fatal(synthetic):
 
 
 def test_nothing_to_aggregate(synthetic):
-    """No cell has run: empty CSVs, every cell reported missing."""
+    """No cell has run under the root: refused, nothing written."""
     the_grid, _, _, tmp_path = synthetic
     empty = grid.Grid(the_grid.path, the_grid.config, str(tmp_path / "none"))
-    out, results = _aggregate(empty, tmp_path)
-    assert out["rows"].empty
-    assert len([m for m in out["missing"] if "results.json" in m]) == 16
-    text = (tmp_path / "R.md").read_text()
-    assert "| not run | not run | not run | not run |" in text
-    assert "**Not run yet**: no `synth.csv`" in text
+    with pytest.raises(utils.UserError, match="no phase-2 cell of synth"):
+        _aggregate(empty, tmp_path)
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "R.md").exists()
+
+
+def test_report_without_results(tmp_path):
+    """The report of presets not run yet says so, and gives the paper
+    grid's commands and cost."""
+    text = report.write_report(str(tmp_path), str(tmp_path / "R.md"))
+    assert "| not run | not run | not run |" in text
+    assert "**Not run yet**: no `cpu-small.csv`" in text
+    paper = grid.Grid.load(
+        os.path.join(grid.ROOT, "configs/paper-cifar10.toml")
+    )
+    cells = paper.cells()
+    cost = grid.estimate(paper, cells)
+    assert f"prints its {len(cells)} commands" in text
+    assert f"**{cost['total']:.1f}**" in text
+    listed = (tmp_path / "paper-cifar10_commands.txt").read_text()
+    assert listed.splitlines()[1::2] == [c.command("python") for c in cells]
 
 
 # --------------------------------------------------------------------------
