@@ -8,10 +8,10 @@ know the on-disk formats; nothing is normalised or augmented.
 import dataclasses
 import gzip
 import os
-import shutil
 
 import numpy as np
 
+import utils
 from utils import UserError
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -147,13 +147,15 @@ def _install_debian_fashion_mnist(data_path):
 
 
 def _gunzip(source, target):
-    """Decompresses `source` to `target`, leaving no partial `target`."""
-    # torchvision only checks that the file exists, so a half-written one
-    # left by an interrupted copy would be read as data.
-    partial = target + ".partial"
-    with gzip.open(source, "rb") as reader, open(partial, "wb") as writer:
-        shutil.copyfileobj(reader, writer)
-    os.replace(partial, target)
+    """Decompresses `source` to `target`, leaving no partial `target`.
+
+    torchvision only checks that the file exists, so a half-written one
+    left by an interrupted copy would be read as data: the data go to a
+    temporary file of this process, renamed when complete, so several
+    processes decompressing at once each leave a whole file.
+    """
+    with gzip.open(source, "rb") as reader:
+        utils.atomic_write_stream(target, reader)
 
 
 def _pixels_to_float(pixels):

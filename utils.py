@@ -20,6 +20,7 @@ import os
 import pickle
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -354,6 +355,12 @@ def _atomic_write(path, write_fn, mode="wb", encoding=None):
 def atomic_write_bytes(path, data):
     """Atomically replace file ``path`` with the bytes ``data``."""
     _atomic_write(path, lambda file: file.write(data))
+
+
+def atomic_write_stream(path, stream):
+    """Atomically replace file ``path`` with what binary ``stream`` reads
+    (copied in chunks, never held whole in memory)."""
+    _atomic_write(path, lambda file: shutil.copyfileobj(stream, file))
 
 
 def atomic_write_text(path, text):

@@ -1,0 +1,622 @@
+"""Where a grid's cells run: here, N at a time (`run_local`), or on a SLURM
+cluster as job arrays submitted through submitit (`run_slurm`).
+
+Both run a cell with `execute_cell`: the cell's command as a subprocess
+from the repository root, its output appended to the cell's log file, with
+`--resume` when a run_exp.py cell was interrupted. A cell counts as finished
+by the files it wrote (grid.cell_status), so both ways of running write the
+same files and a re-run skips what is done.
+"""
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+import grid
+import utils
+from grid import DONE, PARTIAL, Cell, here
+from utils import UserError
+
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+BLOCKED, UNAVAILABLE, QUEUED = "blocked", "unavailable", "queued"
+GOOD = (OK, SKIPPED)
+BAD = (FAILED, BLOCKED, UNAVAILABLE)
+# SLURM job states of a job that has not ended.
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STAGE_OUT",
+    "SIGNALING",
+}
+DEFAULT_TIMEOUT_MIN = 60
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of a cell.
+
+    status: OK (ran and wrote its files), FAILED (ran, did not finish),
+    SKIPPED (finished earlier), BLOCKED (a cell it needs did not finish),
+    UNAVAILABLE (its script is not in this checkout), QUEUED (submitted,
+    not waited for). seconds: wall time of the run; message: why, for the
+    bad ones; log: the cell's log file.
+    """
+
+    cell_id: str
+    status: str
+    seconds: float = 0.0
+    message: str = ""
+    log: str = ""
+
+    def line(self) -> str:
+        """One line for the terminal."""
+        text = f"{self.status:<11} {self.cell_id}"
+        if self.status == OK:
+            text += f" ({self.seconds:.1f} s)"
+        if self.message:
+            text += f": {self.message}"
+        if self.status == FAILED:
+            text += f"; log: {self.log}"
+        return text
+
+
+def _last_line(path: str) -> str:
+    """The last non-empty line of a text file ('' when none)."""
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def execute_cell(
+    cell: Cell,
+    env: dict | None = None,
+    on_start: Callable | None = None,
+) -> Outcome:
+    """Runs `cell` unless its files show it finished.
+
+    The command runs from the repository root with this interpreter; its
+    stdout and stderr are appended to the cell's log after a header line
+    with the command. An interrupted run_exp.py cell gets `--resume`.
+
+    Args:
+      cell: the cell.
+      env: extra environment variables for the command.
+      on_start: called with the Popen object once the command started.
+    Returns:
+      The Outcome: SKIPPED, OK (exit 0 and its files written), FAILED, or
+      UNAVAILABLE (script not in this checkout).
+    """
+    log = here(cell.log)
+    status = grid.cell_status(cell)
+    if status == DONE:
+        return Outcome(cell.id, SKIPPED, message="finished earlier", log=log)
+    if not cell.available():
+        return Outcome(
+            cell.id,
+            UNAVAILABLE,
+            message=f"{cell.script} is not in this checkout",
+            log=log,
+        )
+    resume = status == PARTIAL
+    command = [sys.executable, *cell.argv(resume)]
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    started = time.time()
+    with open(log, "a") as log_file:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        log_file.write(f"# {stamp} {shlex.join(command)}\n")
+        log_file.flush()
+        process = subprocess.Popen(
+            command,
+            cwd=grid.ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, **(env or {})),
+            start_new_session=True,
+        )
+        if on_start is not None:
+            on_start(process)
+        code = process.wait()
+    seconds = time.time() - started
+    finished = grid.cell_status(cell) == DONE
+    if code == 0 and finished:
+        return Outcome(cell.id, OK, seconds, log=log)
+    if code == 0:
+        missing = [p for p in cell.outputs if not os.path.exists(here(p))]
+        why = f"exit 0 but {missing[0]} is missing"
+    else:
+        why = f"exit {code}: {_last_line(log)}"
+    return Outcome(cell.id, FAILED, seconds, why, log)
+
+
+def prepare_data(the_grid: grid.Grid) -> None:
+    """Reads the grid's dataset once before any cell starts, so that its
+    first-time preparation (download, or decompression of Debian's
+    Fashion-MNIST into the data folder) happens once, not in several cells
+    at the same moment, each writing the same files.
+
+    Raises UserError (one line) when the dataset cannot be had.
+    """
+    import data
+
+    d = the_grid.config["data"]
+    for train in (True, False):
+        data.load_split(d["dataset"], here(d["data_path"]), train=train)
+
+
+def _blocker(cell: Cell, outcomes: dict) -> str | None:
+    """Why `cell` cannot run: a cell it needs that did not finish."""
+    for dep in cell.deps:
+        outcome = outcomes.get(dep)
+        if outcome is not None and outcome.status in BAD:
+            return f"needs {dep}, which is {outcome.status}"
+    return None
+
+
+def _ready(cell: Cell, outcomes: dict) -> bool:
+    return all(
+        dep in outcomes and outcomes[dep].status in GOOD for dep in cell.deps
+    )
+
+
+def visible_gpus() -> list:
+    """The GPUs a worker may be pinned to: CUDA_VISIBLE_DEVICES's entries
+    when it is set, else the indices `nvidia-smi` lists, else none."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g for g in visible.split(",") if g.strip() not in ("", "-1")]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        result = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in result.stdout.splitlines() if line]
+
+
+def worker_env(slot: int, workers: int, gpus: list, root: str) -> dict:
+    """Environment of worker `slot`: pinned to one GPU where there are
+    GPUs (round robin; GPU memory is then allocated on demand if workers
+    share a GPU), and a JAX compilation cache in the output root unless
+    one is set."""
+    env = {}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+        if workers > len(gpus):
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        env["JAX_COMPILATION_CACHE_DIR"] = here(
+            os.path.join(root, "jax_cache")
+        )
+    return env
+
+
+def _summary(outcomes: list, root: str) -> str:
+    counts = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    parts = [f"{n} {status}" for status, n in counts.items()]
+    return (
+        f"sweep: {', '.join(parts)}; logs under {os.path.join(root, 'logs')}"
+    )
+
+
+def run_local(
+    the_grid: grid.Grid,
+    cells: list,
+    workers: int,
+    echo: Callable = tqdm.write,
+    progress: bool = True,
+) -> list:
+    """Runs `cells` here, up to `workers` at once, each after the cells it
+    needs.
+
+    A cell whose needed cell failed is BLOCKED; independent cells go on.
+    Prints a line per cell as it ends and keeps an overall tqdm bar.
+    Ctrl-C stops the running commands (their run_exp.py state stays, so a
+    re-run resumes them) and raises KeyboardInterrupt.
+
+    Returns:
+        The Outcomes, in the order the cells ended.
+    """
+    gpus = visible_gpus()
+    device = f"GPUs {','.join(gpus)}" if gpus else "CPU"
+    echo(f"sweep: {len(cells)} cells, {workers} worker(s) on {device}")
+    outcomes, order = {}, []
+    processes, lock, stopping = {}, threading.Lock(), threading.Event()
+    bar = tqdm(total=len(cells), disable=not progress, unit="cell")
+
+    def started(cell_id, process):
+        with lock:
+            processes[cell_id] = process
+            if stopping.is_set():
+                _stop(process)
+
+    def finish(outcome):
+        outcomes[outcome.cell_id] = outcome
+        order.append(outcome)
+        echo(outcome.line())
+        bar.update(1)
+
+    pending = []
+    for cell in cells:
+        if grid.cell_status(cell) == DONE:
+            finish(Outcome(cell.id, SKIPPED, message="finished earlier"))
+        else:
+            pending.append(cell)
+    free = list(range(workers))
+    running = {}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    try:
+        while pending or running:
+            changed = True
+            while changed:
+                changed = False
+                for cell in list(pending):
+                    why = _blocker(cell, outcomes)
+                    if why is not None:
+                        pending.remove(cell)
+                        finish(Outcome(cell.id, BLOCKED, message=why))
+                        changed = True
+                    elif free and _ready(cell, outcomes):
+                        pending.remove(cell)
+                        slot = free.pop(0)
+                        env = worker_env(slot, workers, gpus, the_grid.root)
+                        future = pool.submit(
+                            execute_cell,
+                            cell,
+                            env,
+                            lambda p, c=cell: started(c.id, p),
+                        )
+                        running[future] = (cell, slot)
+                        changed = True
+            if not running:
+                for cell in pending:
+                    missing = [d for d in cell.deps if d not in outcomes]
+                    message = f"needs {missing[0]}, which is not in this run"
+                    finish(Outcome(cell.id, BLOCKED, message=message))
+                break
+            done, _ = concurrent.futures.wait(
+                running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                cell, slot = running.pop(future)
+                with lock:
+                    processes.pop(cell.id, None)
+                free.append(slot)
+                finish(future.result())
+    except KeyboardInterrupt:
+        with lock:
+            stopping.set()
+            for process in processes.values():
+                _stop(process)
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        raise
+    pool.shutdown(wait=True)
+    bar.close()
+    echo(_summary(order, the_grid.root))
+    return order
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Terminates a cell's command and its children (its own session)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------
+# SLURM
+# --------------------------------------------------------------------------
+
+
+def slurm_job(cell: Cell, root: str) -> str:
+    """What a SLURM job runs: `execute_cell(cell)`, with a local worker's
+    environment (GPU pinning is SLURM's).
+
+    Raises RuntimeError unless the cell finished, so that the job fails and
+    the jobs that need it are cancelled (--kill-on-invalid-dep).
+    """
+    outcome = execute_cell(cell, worker_env(0, 1, [], root))
+    if outcome.status not in GOOD:
+        raise RuntimeError(outcome.line())
+    return outcome.status
+
+
+def squeue_states(job_ids: list) -> dict | None:
+    """{job id: (state, reason)} of the jobs SLURM still lists (array tasks
+    one by one), or None when squeue fails."""
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+    if not arrays:
+        return {}
+    states = {}
+    for start in range(0, len(arrays), 200):
+        try:
+            result = subprocess.run(
+                [
+                    "squeue",
+                    "--noheader",
+                    "--array",
+                    "--states=all",
+                    "--format=%i|%T|%r",
+                    "--jobs=" + ",".join(arrays[start : start + 200]),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if result.returncode != 0:
+            # squeue refuses a list whose jobs have all left its memory.
+            if "Invalid job id" in result.stderr:
+                continue
+            return None
+        for line in result.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3:
+                states[parts[0]] = (parts[1], parts[2])
+    return states
+
+
+class _Jobs:
+    """The SLURM job of each submitted cell, kept in
+    {root}/slurm/jobs.json so that a re-run follows jobs still queued
+    instead of submitting them again."""
+
+    def __init__(self, root: str):
+        self.path = here(os.path.join(root, "slurm", "jobs.json"))
+        self.by_cell = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.by_cell = json.load(f)
+
+    def save(self):
+        utils.atomic_write_json(self.path, self.by_cell)
+
+
+def _dependency(deps: list, sizes: dict) -> str | None:
+    """afterok on job ids, an array's id standing for all its tasks."""
+    if not deps:
+        return None
+    tasks = {}
+    for job_id in deps:
+        array, _, index = job_id.partition("_")
+        tasks.setdefault(array, set()).add(index)
+    ids = []
+    for array, indices in sorted(tasks.items()):
+        if "" in indices or len(indices) == sizes.get(array, -1):
+            ids.append(array)
+        else:
+            ids += [f"{array}_{i}" for i in sorted(indices, key=int)]
+    return "afterok:" + ":".join(ids)
+
+
+def _groups(stage_cells: list, dep_jobs: dict, sizes: dict) -> list:
+    """Job arrays for the cells of one stage: [(cells, dependency)].
+
+    Cells needing the same jobs share an array (afterok on those jobs).
+    Cells that each need one task of the same earlier array, covering it
+    task for task, form one array in its order with aftercorr, so each
+    starts once its own task succeeded.
+    """
+    by_deps = {}
+    for cell in stage_cells:
+        by_deps.setdefault(tuple(sorted(dep_jobs[cell.id])), []).append(cell)
+    groups, single = [], {}
+    for deps, members in by_deps.items():
+        if len(deps) == 1 and len(members) == 1 and "_" in deps[0]:
+            array, _, index = deps[0].partition("_")
+            single.setdefault(array, {})[int(index)] = members[0]
+        else:
+            groups.append((members, _dependency(list(deps), sizes)))
+    for array, by_index in single.items():
+        size = sizes.get(array, 0)
+        if size > 1 and sorted(by_index) == list(range(size)):
+            ordered = [by_index[i] for i in range(size)]
+            groups.append((ordered, f"aftercorr:{array}"))
+        else:
+            for index, cell in sorted(by_index.items()):
+                groups.append(([cell], f"afterok:{array}_{index}"))
+    return groups
+
+
+def check_slurm() -> None:
+    """Raises UserError unless submitit and SLURM's clients are here."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--slurm needs submitit: pip install submitit==1.5.4"
+        ) from None
+    for client in ("sbatch", "srun", "squeue"):
+        if shutil.which(client) is None:
+            raise UserError(
+                f"--slurm: {client} is not on PATH; run on a SLURM login "
+                "node, or use --local"
+            )
+
+
+def _executor(the_grid: grid.Grid):
+    """A submitit SlurmExecutor with the config's [slurm] resources."""
+    import submitit
+
+    check_slurm()
+    folder = here(os.path.join(the_grid.root, "slurm", "%j"))
+    executor = submitit.SlurmExecutor(folder=folder)
+    s = the_grid.config["slurm"] or {}
+    params = {
+        "cpus_per_task": s.get("cpus_per_task", 4),
+        "array_parallelism": s.get("array_parallelism", 64),
+        "setup": [f"cd {shlex.quote(grid.ROOT)}"],
+        "additional_parameters": {
+            "kill-on-invalid-dep": "yes",
+            **{k: v for k, v in s.get("additional", {}).items()},
+        },
+    }
+    if s.get("gpus_per_node", 1):
+        params["gpus_per_node"] = s.get("gpus_per_node", 1)
+    if s.get("mem_gb", 32.0):
+        params["mem"] = f"{int(s.get('mem_gb', 32.0) * 1024)}MB"
+    for name in ("partition", "account", "qos"):
+        if s.get(name):
+            params[name] = s[name]
+    executor.update_parameters(**params)
+    return executor
+
+
+def run_slurm(
+    the_grid: grid.Grid,
+    cells: list,
+    wait: bool = True,
+    poll_s: float = 10.0,
+    echo: Callable = tqdm.write,
+    progress: bool = True,
+) -> list:
+    """Submits the unfinished cells as SLURM job arrays, stage by stage,
+    each array depending on the jobs of the cells it needs, then (with
+    `wait`) follows them to the end.
+
+    Cells finished earlier are skipped; cells whose jobs are still queued
+    from an earlier call are followed, not submitted again. A failed job
+    cancels the jobs that need it (--kill-on-invalid-dep=yes).
+
+    Returns:
+        The Outcomes: one per cell (QUEUED for those not waited for).
+    """
+    executor = _executor(the_grid)
+    timeouts = (the_grid.config["slurm"] or {}).get("timeout_min", {})
+    jobs = _Jobs(the_grid.root)
+    known = squeue_states(list(jobs.by_cell.values())) or {}
+    outcomes, order = {}, []
+
+    def finish(outcome):
+        outcomes[outcome.cell_id] = outcome
+        order.append(outcome)
+        echo(outcome.line())
+
+    by_id = {cell.id: cell for cell in cells}
+    job_of = {}  # cell id -> job id of this call (submitted or followed)
+    sizes = {}  # array id -> tasks
+    for cell in cells:
+        recorded = jobs.by_cell.get(cell.id)
+        if grid.cell_status(cell) == DONE:
+            finish(Outcome(cell.id, SKIPPED, message="finished earlier"))
+        elif not cell.available():
+            message = f"{cell.script} is not in this checkout"
+            finish(Outcome(cell.id, UNAVAILABLE, message=message))
+        elif recorded and known.get(recorded, ("",))[0] in ACTIVE_STATES:
+            job_of[cell.id] = recorded
+            echo(f"{'following':<11} {cell.id}: job {recorded} still queued")
+    for stage in grid.STAGES:
+        stage_cells = []
+        for cell in cells:
+            if cell.stage != stage or cell.id in outcomes:
+                continue
+            if cell.id in job_of:
+                continue
+            why = _blocker(cell, outcomes)
+            if why is not None:
+                finish(Outcome(cell.id, BLOCKED, message=why))
+                continue
+            stage_cells.append(cell)
+        dep_jobs = {
+            cell.id: [job_of[d] for d in cell.deps if d in job_of]
+            for cell in stage_cells
+        }
+        for members, dependency in _groups(stage_cells, dep_jobs, sizes):
+            executor.update_parameters(
+                job_name=f"{the_grid.name}-{stage}",
+                time=int(timeouts.get(stage, DEFAULT_TIMEOUT_MIN)),
+                dependency=dependency,
+            )
+            submitted = executor.map_array(
+                slurm_job, members, [the_grid.root] * len(members)
+            )
+            array = submitted[0].job_id.split("_")[0]
+            sizes[array] = len(members)
+            for cell, job in zip(members, submitted, strict=True):
+                job_of[cell.id] = job.job_id
+                jobs.by_cell[cell.id] = job.job_id
+            jobs.save()
+            after = f" after {dependency}" if dependency else ""
+            echo(
+                f"{'submitted':<11} {stage} job {array}: {len(members)} "
+                f"cell(s){after}"
+            )
+    if not wait:
+        for cell_id in job_of:
+            finish(Outcome(cell_id, QUEUED, message=f"job {job_of[cell_id]}"))
+        return order
+    _follow(by_id, job_of, executor.folder, poll_s, finish, progress)
+    echo(_summary(order, the_grid.root))
+    return order
+
+
+def _scheduler_log(folder: str, job_id: str) -> str:
+    """submitit's stderr file of a job (where a job that failed before its
+    cell started says why)."""
+    from submitit.core.utils import JobPaths
+
+    return str(JobPaths(folder, job_id=job_id, task_id=0).stderr)
+
+
+def _follow(by_id, job_of, folder, poll_s, finish, progress):
+    """Waits until every job of `job_of` has left the queue; an Outcome per
+    cell from the files it wrote and the job's last state."""
+    waiting = dict(job_of)
+    bar = tqdm(total=len(waiting), disable=not progress, unit="job")
+    while waiting:
+        states = squeue_states(list(waiting.values()))
+        if states is not None:
+            for cell_id, job_id in list(waiting.items()):
+                state, reason = states.get(job_id, ("GONE", ""))
+                if state in ACTIVE_STATES:
+                    continue
+                cell = by_id[cell_id]
+                del waiting[cell_id]
+                bar.update(1)
+                log = here(cell.log)
+                if grid.cell_status(cell) == DONE:
+                    finish(Outcome(cell_id, OK, message=f"job {job_id}"))
+                elif state == "CANCELLED" and "Dependency" in reason:
+                    message = f"job {job_id} cancelled: a cell it needs failed"
+                    finish(Outcome(cell_id, BLOCKED, message=message))
+                else:
+                    if not os.path.exists(log):
+                        log = _scheduler_log(folder, job_id)
+                    last = _last_line(log) or "no output"
+                    message = f"job {job_id} {state.lower()}: {last}"
+                    finish(Outcome(cell_id, FAILED, message=message, log=log))
+        if waiting:
+            time.sleep(poll_s)
+    bar.close()

@@ -1,0 +1,165 @@
+"""Runs an experiment grid (a TOML file in configs/): prints its commands,
+runs them here or on SLURM, estimates their GPU-hours, aggregates their
+results into docs/results/ and docs/REPORT.md. See README.md, "Sweeps and
+the reproduction report"."""
+
+import os
+import sys
+
+import cli
+import grid
+import runners
+from utils import UserError
+
+
+def parse_args(argv=None):
+    p = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config", help="grid file, e.g. configs/cpu-small.toml")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="print every cell's command (and its state); run nothing",
+    )
+    mode.add_argument(
+        "--local",
+        type=cli.nonnegative_int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="N",
+        help="run here, N cells at once (default: one per visible GPU, "
+        "each pinned to it; 1 without GPUs)",
+    )
+    mode.add_argument(
+        "--slurm",
+        action="store_true",
+        help="submit job arrays through submitit, then follow them",
+    )
+    mode.add_argument(
+        "--estimate",
+        action="store_true",
+        help="GPU-hours by stage, from the config's [throughput]",
+    )
+    p.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="collect the results into RESULTS_DIR/{name}.csv, a summary, "
+        "figures and the report (after running, with a run mode)",
+    )
+    p.add_argument(
+        "--output_root",
+        default=None,
+        help="use this output root instead of the config's",
+    )
+    p.add_argument(
+        "--results_dir",
+        default=os.path.join(grid.ROOT, "docs", "results"),
+        help="where --aggregate writes (default docs/results)",
+    )
+    p.add_argument(
+        "--report",
+        default=os.path.join(grid.ROOT, "docs", "REPORT.md"),
+        help="the report --aggregate regenerates (default docs/REPORT.md)",
+    )
+    p.add_argument(
+        "--no_wait",
+        action="store_true",
+        help="with --slurm: submit and return",
+    )
+    p.add_argument(
+        "--poll_s",
+        type=cli.positive_float,
+        default=10.0,
+        help="with --slurm: seconds between looks at the queue (default 10)",
+    )
+    p.add_argument(
+        "--no_progress", action="store_true", help="no progress bar"
+    )
+    args = p.parse_args(argv)
+    modes = (args.dry_run, args.local is not None, args.slurm, args.estimate)
+    if not any(modes) and not args.aggregate:
+        raise UserError(
+            "choose what to do: --dry_run, --local N, --slurm, --estimate "
+            "or --aggregate (see --help)"
+        )
+    if args.no_wait and not args.slurm:
+        raise UserError("--no_wait goes with --slurm")
+    return args
+
+
+def dry_run(the_grid: grid.Grid, cells: list) -> None:
+    """Prints each cell's command, with its id, what it needs and its
+    state, then the estimate where the config has [throughput]."""
+    python = grid.python_display()
+    print(f"# {len(cells)} cells of {the_grid.path}; run from {grid.ROOT}")
+    states = {grid.DONE: "finished", grid.PARTIAL: "to resume"}
+    for cell in cells:
+        status = grid.cell_status(cell)
+        needs = f"; needs {', '.join(cell.deps)}" if cell.deps else ""
+        state = states.get(status, "to run")
+        if not cell.available():
+            state = f"{cell.script} not in this checkout"
+        print(f"# {cell.id} [{cell.stage}, {state}{needs}]")
+        print(cell.command(python, resume=status == grid.PARTIAL))
+    if the_grid.config["throughput"] is not None:
+        print_estimate(the_grid, cells)
+
+
+def print_estimate(the_grid: grid.Grid, cells: list) -> None:
+    cost = grid.estimate(the_grid, cells)
+    print(f"# estimate on {cost['device']} ({cost['source']})")
+    for stage, (count, hours) in cost["stages"].items():
+        print(f"#   {stage:<9} {count:>5} cells  {hours:9.1f} GPU-hours")
+    seeds = len(the_grid.config[""]["seeds"])
+    print(
+        f"#   total {cost['total']:.1f} GPU-hours for {seeds} seed(s), "
+        f"{cost['per_seed']:.1f} per seed"
+    )
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    the_grid = grid.Grid.load(args.config, args.output_root)
+    cells = the_grid.cells()
+    running = args.local is not None or args.slurm
+    if running or args.dry_run or args.estimate:
+        grid.check_output_root(args.config, the_grid.root)
+    status = 0
+    if args.dry_run:
+        dry_run(the_grid, cells)
+    elif args.estimate:
+        print_estimate(the_grid, cells)
+    elif running:
+        the_grid.check_record()
+        if args.slurm:
+            runners.check_slurm()
+        runners.prepare_data(the_grid)
+        the_grid.write_record()
+        progress = not args.no_progress
+        if args.slurm:
+            outcomes = runners.run_slurm(
+                the_grid,
+                cells,
+                wait=not args.no_wait,
+                poll_s=args.poll_s,
+                progress=progress,
+            )
+        else:
+            workers = args.local or max(1, len(runners.visible_gpus()))
+            outcomes = runners.run_local(
+                the_grid, cells, workers, progress=progress
+            )
+        if any(
+            o.status in (runners.FAILED, runners.BLOCKED) for o in outcomes
+        ):
+            status = 1
+    if args.aggregate:
+        import report
+
+        report.aggregate(the_grid, args.results_dir, args.report)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_cli(main))

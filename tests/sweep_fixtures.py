@@ -1,0 +1,135 @@
+"""The tiny grid of the sweep tests (mlp_skinny on 300 Fashion-MNIST
+images, one epoch) as a config file, and one local run of it shared by the
+test modules of a session."""
+
+import json
+import os
+
+import pytest
+
+from helpers import require_fashion_mnist, run_script
+
+
+def toml_text(config: dict) -> str:
+    """A TOML file of `config`: top-level keys, then one table per dict
+    value (a list of dicts becomes an array of tables). Values: strings,
+    numbers, booleans and lists of them."""
+
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, str):
+            return json.dumps(v)
+        return repr(v)
+
+    lines = [
+        f"{k} = {value(v)}"
+        for k, v in config.items()
+        if not isinstance(v, dict | list) or k == "seeds"
+    ]
+    for name, table in config.items():
+        if isinstance(table, dict):
+            lines.append(f"[{name}]")
+            for key, v in table.items():
+                if isinstance(v, dict):
+                    continue
+                lines.append(f"{key} = {value(v)}")
+            for key, v in table.items():
+                if isinstance(v, dict):
+                    lines.append(f"[{name}.{key}]")
+                    lines += [f"{k} = {value(x)}" for k, x in v.items()]
+        elif isinstance(table, list) and name != "seeds":
+            for entry in table:
+                lines.append(f"[[{name}]]")
+                lines += [f"{k} = {value(x)}" for k, x in entry.items()]
+    return "\n".join(lines) + "\n"
+
+
+def tiny_config(root, data_path, **changes) -> dict:
+    """The tiny grid: phase 1 benign (1 epoch, resume state every batch),
+    phase 2 benign and adversarial from θ(1), their evaluation, the kernels
+    of θ(1) on 20 images, their analysis. `changes`: section -> dict of
+    keys to set, or None to drop the section."""
+    config = {
+        "name": "tiny",
+        "output_root": str(root),
+        "seeds": [0],
+        "data": {
+            "dataset": "fashion_mnist",
+            "data_path": str(data_path),
+            "train_size": 300,
+            "test_size": 100,
+        },
+        "model": {"name": "mlp_skinny"},
+        "phase1": {
+            "loaders": ["C"],
+            "epochs": 1,
+            "times": [1],
+            "state_every": 1,
+        },
+        "phase2": {"loaders": ["C", "A"], "epochs": 1},
+        "attack": {"eps": 8.0, "train_pgd_iters": 3, "eval_pgd_iters": 5},
+        "evaluation": {"test_size": 100, "pgd_iters": 5},
+        "kernels": {"sizes": [20]},
+        "analysis": {},
+        "slurm": {"gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 0},
+    }
+    for section, keys in changes.items():
+        if keys is None:
+            config.pop(section, None)
+        elif isinstance(config.get(section), dict):
+            config[section] = dict(config[section], **keys)
+        else:
+            config[section] = keys
+    return config
+
+
+def write_config(path, config: dict) -> str:
+    """Writes `config` as TOML to `path`; returns the path."""
+    with open(path, "w") as f:
+        f.write(toml_text(config))
+    return str(path)
+
+
+STATUSES = ("ok", "failed", "skipped", "blocked", "unavailable")
+
+
+def outcome_lines(stdout: str) -> dict:
+    """{cell id: (status, rest of the line)} from a sweep's output."""
+    out = {}
+    for line in stdout.splitlines():
+        parts = line.split(maxsplit=2)
+        if len(parts) >= 2 and parts[0] in STATUSES:
+            out[parts[1].rstrip(":")] = (parts[0], "".join(parts[2:]))
+    return out
+
+
+def run_sweep(*args, check=False):
+    """`sweep.py args` as a subprocess (CPU), output captured."""
+    return run_script("sweep.py", *args, "--no_progress", check=check)
+
+
+@pytest.fixture(scope="session")
+def sweep_data(tmp_path_factory):
+    """A data folder the sweep tests share (Fashion-MNIST is decompressed
+    into it once)."""
+    require_fashion_mnist()
+    return tmp_path_factory.mktemp("sweep_data")
+
+
+@pytest.fixture(scope="session")
+def tiny_local_run(tmp_path_factory, sweep_data):
+    """The tiny grid run to completion here with 2 workers.
+
+    Returns:
+        dict with 'config' (its file), 'root', 'result' (CompletedProcess).
+    """
+    folder = tmp_path_factory.mktemp("tiny_local")
+    root = os.path.join(folder, "root")
+    config = write_config(
+        os.path.join(folder, "tiny.toml"), tiny_config(root, sweep_data)
+    )
+    result = run_sweep(config, "--local", "2")
+    return {"config": config, "root": root, "result": result}

@@ -1,0 +1,535 @@
+"""grid.py: the config file, its refusals, the cells (exact commands and
+dependencies), their state and the cost estimate; sweep.py --dry_run."""
+
+import os
+import shlex
+
+import pytest
+
+import cli
+import grid
+import runners
+import sweep
+import utils
+from helpers import ROOT, assert_one_line_error
+from sweep_fixtures import tiny_config, toml_text, write_config
+
+PRESETS = ("cpu-small", "gpu-fmnist", "paper-cifar10")
+
+
+def run_main(*argv):
+    """sweep.py's main in this process, as its entry point runs it;
+    returns the exit status."""
+    try:
+        status = cli.run_cli(lambda: sweep.main([str(a) for a in argv]))
+    except SystemExit as exit_:
+        return exit_.code
+    return status
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """The tiny grid's config (a dict), its root and a writer."""
+    root = tmp_path / "root"
+    config = tiny_config(root, "/nowhere/data")
+
+    def write(cfg=None, text=None):
+        path = tmp_path / "grid.toml"
+        if text is not None:
+            path.write_text(text)
+            return str(path)
+        return write_config(path, cfg or config)
+
+    return config, root, write
+
+
+# --------------------------------------------------------------------------
+# Presets and defaults
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load(name):
+    the_grid = grid.Grid.load(os.path.join(ROOT, "configs", f"{name}.toml"))
+    assert the_grid.name == name
+    assert the_grid.config["phase2"]["dynamics"] == ["centered"]
+    stages = {cell.stage for cell in the_grid.cells()}
+    assert stages == set(grid.STAGES)
+
+
+def test_paper_preset_is_the_paper_grid():
+    c = grid.load_config(os.path.join(ROOT, "configs", "paper-cifar10.toml"))
+    assert c["data"]["dataset"] == "cifar10"
+    assert c["attack"]["eps"] == 4.0
+    assert c["phase1"]["epochs"] == 101 and c["phase2"]["epochs"] == 100
+    assert c["phase1"]["loaders"] == ["C", "A"]
+    assert c["phase2"]["loaders"] == ["C", "A"]
+    # Default t: all of the paper's, since 101 epochs save every one.
+    assert c["phase1"]["times"] == [float(t) for t in grid.PAPER_TIMES]
+    assert c["kernels"]["sizes"] == [500]
+
+
+def test_saved_times_are_run_exps_checkpoints():
+    assert grid.saved_times(0) == [0.0]
+    assert grid.saved_times(1) == [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1]
+    assert grid.saved_times(3) == [
+        0,
+        0.125,
+        0.25,
+        0.375,
+        0.5,
+        0.75,
+        1,
+        1.5,
+        2,
+        2.5,
+        3,
+    ]
+
+
+def test_default_times_are_the_papers_that_phase1_saves(tiny):
+    config, _, write = tiny
+    config["phase1"] = {"loaders": ["C"], "epochs": 3}
+    c = grid.load_config(write(config))
+    want = [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1, 1.5, 2, 2.5, 3]
+    assert c["phase1"]["times"] == want
+    assert c["phase2"]["times"] == want and c["kernels"]["times"] == want
+    assert c["phase2"]["dynamics"] == ["centered"]
+    assert c["phase2"]["lr"] == 0.01
+
+
+# --------------------------------------------------------------------------
+# Bad input: one line naming the key, exit 2, nothing written
+# --------------------------------------------------------------------------
+
+
+def _refused(write_args, capsys, root, *named):
+    status = run_main(write_args, "--dry_run")
+    err = capsys.readouterr().err
+    assert status == 2
+    assert_one_line_error(err, *named)
+    assert not os.path.exists(root)
+
+
+def test_unknown_key_refused(tiny, capsys):
+    config, root, write = tiny
+    config["phase2"]["lrate"] = 0.1
+    _refused(write(config), capsys, root, "phase2.lrate")
+
+
+def test_unknown_section_refused(tiny, capsys):
+    config, root, write = tiny
+    config["phase3"] = {"epochs": 1}
+    _refused(write(config), capsys, root, "phase3")
+
+
+def test_missing_key_refused(tiny, capsys):
+    config, root, write = tiny
+    del config["phase1"]["epochs"]
+    _refused(write(config), capsys, root, "missing key phase1.epochs")
+
+
+def test_key_without_value_refused(tiny, capsys):
+    config, root, write = tiny
+    text = toml_text(config).replace("epochs = 1\n", "epochs =\n", 1)
+    _refused(write(text=text), capsys, root, "phase1.epochs")
+
+
+def test_wrong_type_refused(tiny, capsys):
+    config, root, write = tiny
+    config["phase2"]["epochs"] = "2"
+    _refused(write(config), capsys, root, "phase2.epochs", "an integer")
+
+
+def test_bad_value_refused(tiny, capsys):
+    config, root, write = tiny
+    config["phase2"]["loaders"] = ["C", "F"]
+    _refused(write(config), capsys, root, "phase2.loaders", "'F'")
+
+
+def test_phase2_from_unsaved_t_refused(tiny, capsys):
+    config, root, write = tiny
+    config["phase2"]["times"] = [2]
+    _refused(
+        write(config),
+        capsys,
+        root,
+        "phase2.times",
+        "t = 2",
+        "phase1.epochs = 1",
+    )
+
+
+def test_kernel_size_not_a_multiple_of_classes_refused(tiny, capsys):
+    config, root, write = tiny
+    config["kernels"]["sizes"] = [25]
+    _refused(write(config), capsys, root, "kernels.sizes", "25")
+
+
+def test_features_without_their_kernel_refused(tiny, capsys):
+    config, root, write = tiny
+    config["kernels"]["class_index"] = 3
+    config["features"] = {"times": [1], "class_index": 0}
+    _refused(write(config), capsys, root, "features.class_index")
+
+
+def test_output_root_under_a_file_refused(tiny, capsys, tmp_path):
+    config, _, write = tiny
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    root = blocker / "root"
+    config["output_root"] = str(root)
+    _refused(write(config), capsys, root, "output_root")
+
+
+def test_unwritable_output_root_refused(tiny, capsys):
+    """/sys refuses new files even to root."""
+    config, _, write = tiny
+    root = "/sys/sweep_test_root"
+    try:
+        grid.check_output_root("x", root)
+    except utils.UserError:
+        pass
+    else:
+        pytest.skip("/sys is writable here")
+    config["output_root"] = root
+    _refused(write(config), capsys, root, "output_root", "not writable")
+
+
+def test_no_mode_refused(tiny, capsys):
+    _, _, write = tiny
+    status = run_main(write())
+    assert status == 2
+    assert_one_line_error(capsys.readouterr().err, "--dry_run", "--local")
+
+
+def test_entry_point_refuses_in_one_line(tiny):
+    """The same refusal through the script itself."""
+    from helpers import run_script
+
+    config, root, write = tiny
+    config["model"]["depth"] = 3
+    result = run_script("sweep.py", write(config), "--dry_run")
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "model.depth")
+    assert not os.path.exists(root)
+
+
+# --------------------------------------------------------------------------
+# Cells: exact commands and dependencies
+# --------------------------------------------------------------------------
+
+
+def test_cells_are_the_exact_commands(tiny):
+    config, root, write = tiny
+    config["phase1"]["loaders"] = ["A"]
+    config["phase2"] = {
+        "loaders": ["C"],
+        "epochs": 2,
+        "lr": 0.05,
+        "dynamics": ["centered", "standard"],
+    }
+    config["kernels"] = {"sizes": [20], "class_index": 3}
+    config["features"] = {"times": [1], "class_index": 3, "steps": 7}
+    the_grid = grid.Grid.load(write(config))
+    cells = {cell.id: cell for cell in the_grid.cells()}
+    r, data_path = str(root), "/nowhere/data"
+    p1 = f"{r}/seed_0/phase1_A"
+    common = ["--random_seed", "0", "--data_path", data_path]
+    run = common + ["--train_size", "300", "--test_size", "100"]
+    run += ["--eps", "8", "--train_pgd_iters", "3", "--eval_pgd_iters", "5"]
+    run += ["--eval_attacks", "linf,l2"]
+    want = {
+        "seed_0/phase1_A": [
+            "run_exp.py",
+            "--standard_epochs",
+            "1",
+            "--linear_epochs",
+            "0",
+            "--loaders",
+            "AC",
+            "--save_models",
+            "--constant_save",
+            "--save_path",
+            p1,
+            "--model",
+            "mlp_skinny",  # no --width: an MLP has none
+            "--dataset",
+            "fashion_mnist",
+            *run,
+            "--state_every",
+            "1",
+            "--no_progress",
+        ],
+    }
+    for dynamics, flag in (
+        ("centered", "--centering"),
+        ("standard", "--do_standard_second"),
+    ):
+        p2 = f"{p1}/t_1/phase2_C_{dynamics}"
+        want[f"seed_0/phase1_A/t_1/phase2_C_{dynamics}"] = [
+            "run_exp.py",
+            "--base_model_path",
+            f"{p1}/parameters_checkpoint_1.pkl",
+            "--loaders",
+            "AC",
+            "--linear_epochs",
+            "2",
+            "--second_lr",
+            "0.05",
+            flag,
+            "--skip_first_test",
+            "--save_models",
+            "--save_path",
+            p2,
+            *run,
+            "--no_progress",
+        ]
+        eval_flags = (
+            ["--linear", "--centering"] if dynamics == "centered" else []
+        )
+        want[f"seed_0/phase1_A/t_1/phase2_C_{dynamics}/eval"] = [
+            "eval_and_make_adv.py",
+            "--model_path",
+            f"{p2}/parameters_final.pkl",
+            *eval_flags,
+            "--bonus_dir",
+            "eval",
+            "--save_name",
+            "test_results",
+            *common,
+            "--eps",
+            "8",
+            "--pgd_iters",
+            "5",
+            "--test_size",
+            "100",
+            "--no_progress",
+        ]
+    want["seed_0/phase1_A/kernels/t_1_n_20"] = [
+        "calculate_kernel.py",
+        "--model_path",
+        f"{p1}/parameters_checkpoint_1.pkl",
+        "--dataset_size",
+        "20",
+        "--class_index",
+        "3",
+        "--bonus_dir",
+        "kernels/parameters_checkpoint_1",
+        *common,
+    ]
+    want["seed_0/analysis"] = [
+        "analyze_kernels.py",
+        f"{p1}/kernels",
+        "--out_dir",
+        f"{r}/seed_0/analysis",
+    ]
+    want["seed_0/phase1_A/features/t_1"] = [
+        "visualize_ntk_features.py",
+        "--model_path",
+        f"{p1}/parameters_checkpoint_1.pkl",
+        "--class_index",
+        "3",
+        "--dataset_size",
+        "20",
+        "--n_images",
+        "3",
+        "--steps",
+        "7",
+        "--bonus_dir",
+        "kernels/parameters_checkpoint_1",
+        "--data_path",
+        data_path,
+    ]
+    assert {k: c.argv() for k, c in cells.items()} == want
+    p2c = "seed_0/phase1_A/t_1/phase2_C_centered"
+    deps = {k: c.deps for k, c in cells.items()}
+    assert deps == {
+        "seed_0/phase1_A": (),
+        p2c: ("seed_0/phase1_A",),
+        p2c + "/eval": (p2c,),
+        "seed_0/phase1_A/t_1/phase2_C_standard": ("seed_0/phase1_A",),
+        "seed_0/phase1_A/t_1/phase2_C_standard/eval": (
+            "seed_0/phase1_A/t_1/phase2_C_standard",
+        ),
+        "seed_0/phase1_A/kernels/t_1_n_20": ("seed_0/phase1_A",),
+        "seed_0/analysis": ("seed_0/phase1_A/kernels/t_1_n_20",),
+        "seed_0/phase1_A/features/t_1": ("seed_0/phase1_A/kernels/t_1_n_20",),
+    }
+    # Files that show each cell finished.
+    kernel_dir = f"{p1}/kernels/parameters_checkpoint_1"
+    assert cells["seed_0/phase1_A/kernels/t_1_n_20"].outputs == (
+        f"{kernel_dir}/saved_kernel_class_3_20.pkl",
+    )
+    assert cells["seed_0/phase1_A/features/t_1"].outputs == (
+        f"{kernel_dir}/ntk_eig_images_class_3_20.pkl",
+        f"{kernel_dir}/ntk_eig_images_class_3_20.png",
+    )
+    assert cells[p2c + "/eval"].outputs == (
+        f"{p1}/t_1/phase2_C_centered/eval/results_test_results.json",
+    )
+    # Every cell comes after the cells it needs.
+    order = list(cells)
+    for cell_id, needed in deps.items():
+        assert all(order.index(d) < order.index(cell_id) for d in needed)
+
+
+def test_analysis_compares_benign_and_adversarial(tiny):
+    config, root, write = tiny
+    config["phase1"]["loaders"] = ["C", "A"]
+    config["seeds"] = [0, 1]
+    the_grid = grid.Grid.load(write(config))
+    analyses = [c for c in the_grid.cells() if c.stage == "analysis"]
+    assert [c.id for c in analyses] == ["seed_0/analysis", "seed_1/analysis"]
+    s1 = f"{root}/seed_1"
+    assert analyses[1].args == (
+        f"{s1}/phase1_C/kernels",
+        f"{s1}/phase1_A/kernels",
+        "--out_dir",
+        f"{s1}/analysis",
+        "--compare",
+        f"{s1}/phase1_C/kernels",
+        f"{s1}/phase1_A/kernels",
+    )
+    assert analyses[1].deps == (
+        "seed_1/phase1_C/kernels/t_1_n_20",
+        "seed_1/phase1_A/kernels/t_1_n_20",
+    )
+
+
+def test_kernel_cells_in_the_several_path_form(tiny, monkeypatch):
+    """KERNEL_CHECKPOINTS_PER_CALL = None: one calculate_kernel.py call per
+    phase-1 run and size, writing the same files."""
+    config, root, write = tiny
+    config["phase1"]["times"] = [0.5, 1]
+    path = write(config)
+    one_each = [c for c in grid.Grid.load(path).cells() if c.stage == "kernel"]
+    monkeypatch.setattr(grid, "KERNEL_CHECKPOINTS_PER_CALL", None)
+    joined = [c for c in grid.Grid.load(path).cells() if c.stage == "kernel"]
+    assert len(one_each) == 2 and len(joined) == 1
+    p1 = f"{root}/seed_0/phase1_C"
+    assert joined[0].args[:4] == (
+        "--model_path",
+        f"{p1}/parameters_checkpoint_0.5.pkl",
+        f"{p1}/parameters_checkpoint_1.pkl",
+        "--dataset_size",
+    )
+    assert "kernels/{name}" in joined[0].args
+    assert joined[0].outputs == one_each[0].outputs + one_each[1].outputs
+
+
+def test_cell_status_from_the_files(tiny, tmp_path):
+    config, root, write = tiny
+    cells = grid.Grid.load(write(config)).cells()
+    phase1, kernel = cells[0], [c for c in cells if c.stage == "kernel"][0]
+    assert grid.cell_status(phase1) == grid.TODO
+    save = phase1.keys["save_path"]
+    os.makedirs(save)
+    state = os.path.join(save, "train_state.pkl")
+    utils.atomic_pickle(state, {"stage": "standard"})
+    assert grid.cell_status(phase1) == grid.PARTIAL
+    utils.atomic_pickle(state, {"stage": "done"})
+    assert grid.cell_status(phase1) == grid.TODO  # no results.json
+    utils.atomic_write_json(os.path.join(save, "results.json"), {})
+    assert grid.cell_status(phase1) == grid.DONE
+    for i, path in enumerate(kernel.outputs):
+        assert grid.cell_status(kernel) == grid.TODO
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        utils.atomic_write_bytes(path, b"x")
+        if i == len(kernel.outputs) - 1:
+            assert grid.cell_status(kernel) == grid.DONE
+
+
+# --------------------------------------------------------------------------
+# Dry run, estimate, the record of a sweep
+# --------------------------------------------------------------------------
+
+
+def test_dry_run_prints_every_command(tiny, capsys):
+    config, root, write = tiny
+    path = write(config)
+    assert run_main(path, "--dry_run") == 0
+    out = capsys.readouterr().out.splitlines()
+    commands = [line for line in out if not line.startswith("#")]
+    cells = grid.Grid.load(path).cells()
+    assert commands == [c.command(grid.python_display()) for c in cells]
+    assert shlex.split(commands[0])[1:] == cells[0].argv()
+    assert not os.path.exists(root)
+
+
+def test_estimate_by_hand(tiny, capsys):
+    config, _, write = tiny
+    config["phase1"]["loaders"] = ["C", "A"]
+    config["phase2"] = {"loaders": ["A"], "epochs": 3}
+    config["throughput"] = {
+        "device": "D",
+        "source": "S",
+        "phase1_benign_images_per_s": 600.0,
+        "phase1_adversarial_images_per_s": 100.0,
+        "phase2_benign_images_per_s": 50.0,
+        "phase2_adversarial_images_per_s": 30.0,
+        "pgd_image_steps_per_s": 1000.0,
+        "kernel_file_s": 2.0,
+    }
+    the_grid = grid.Grid.load(write(config))
+    cost = grid.estimate(the_grid, the_grid.cells())
+    # 300 training images, 100 test images, 5 PGD steps x 2 attacks.
+    run_eval = 100 * 5 * 2 / 1000
+    phase1 = (300 / 600 + run_eval) + (300 / 100 + run_eval)
+    phase2 = 2 * (3 * 300 / 30 + run_eval)
+    evals = 2 * (100 * 5 / 1000)
+    kernel = 2 * 10 * 2.0  # two runs, class 'all': 10 files each
+    assert cost["stages"]["phase1"] == (2, pytest.approx(phase1 / 3600))
+    assert cost["stages"]["phase2"] == (2, pytest.approx(phase2 / 3600))
+    assert cost["stages"]["eval"] == (2, pytest.approx(evals / 3600))
+    assert cost["stages"]["kernel"] == (2, pytest.approx(kernel / 3600))
+    total = (phase1 + phase2 + evals + kernel) / 3600
+    assert cost["total"] == pytest.approx(total)
+    assert run_main(write(config), "--estimate") == 0
+    assert f"total {total:.1f} GPU-hours" in capsys.readouterr().out
+
+
+def test_estimate_needs_throughput(tiny, capsys):
+    _, _, write = tiny
+    assert run_main(write(), "--estimate") == 2
+    assert_one_line_error(capsys.readouterr().err, "[throughput]")
+
+
+def test_output_root_of_another_sweep_refused(tiny, capsys):
+    config, root, write = tiny
+    the_grid = grid.Grid.load(write(config))
+    the_grid.write_record()
+    # Axes may change: more seeds add cells.
+    config["seeds"] = [0, 1]
+    grid.Grid.load(write(config)).check_record()
+    # Settings every cell depends on may not.
+    config["phase2"]["lr"] = 0.5
+    with pytest.raises(utils.UserError, match="phase2.lr"):
+        grid.Grid.load(write(config)).check_record()
+    status = run_main(write(config), "--local", "1")
+    assert status == 2
+    assert_one_line_error(capsys.readouterr().err, "phase2.lr", "0.01")
+
+
+def test_worker_environment_pins_one_gpu_each(monkeypatch):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/somewhere")
+    envs = [runners.worker_env(s, 2, ["3", "5"], "r") for s in range(2)]
+    assert envs == [
+        {"CUDA_VISIBLE_DEVICES": "3"},
+        {"CUDA_VISIBLE_DEVICES": "5"},
+    ]
+    shared = runners.worker_env(2, 3, ["3", "5"], "r")
+    assert shared["CUDA_VISIBLE_DEVICES"] == "3"
+    assert shared["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert runners.worker_env(0, 2, [], "r") == {}
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    assert runners.worker_env(0, 1, [], "r") == {
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, "r", "jax_cache")
+    }
+
+
+def test_visible_gpus_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
+    assert runners.visible_gpus() == ["0", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert runners.visible_gpus() == []

@@ -1,0 +1,351 @@
+"""report.py: the aggregation of a grid's files (written here in the
+formats run_exp.py, eval_and_make_adv.py and analyze_kernels.py document)
+into the tidy CSV, the summary over seeds, the kernel table with distances
+and velocities, the figures and the report; the verdicts on the claims."""
+
+import itertools
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import grid
+import report
+import utils
+from sweep_fixtures import tiny_config, write_config
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MEASURES = ("top10_mass", "effective_rank", "lambda_max")
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    """A 2-seed grid (phase 1 C and A, t = 1, 2; phase 2 C and A) whose
+    cells' files are written here with seeded random numbers, as the entry
+    scripts and analyze_kernels.py lay them out."""
+    root = tmp_path / "root"
+    config = tiny_config(
+        root,
+        "/nowhere",
+        name="synth",
+        seeds=[0, 1],
+        phase1={"loaders": ["C", "A"], "epochs": 2, "times": [1, 2]},
+        kernels={"sizes": [20], "class_index": 0},
+        features={"times": [2], "class_index": 0, "n_images": 2},
+    )
+    the_grid = grid.Grid.load(write_config(tmp_path / "synth.toml", config))
+    rng = np.random.default_rng(0)
+    files = {}
+    for cell in the_grid.cells():
+        if cell.stage == "phase1":
+            record = {"standard": _accuracies(rng), "linear": None}
+            utils.atomic_write_json(cell.outputs[0], record)
+            files[cell.id] = record
+        elif cell.stage == "phase2":
+            record = {
+                "standard": None,
+                "linear": _accuracies(rng),
+                "standard_second": False,
+            }
+            utils.atomic_write_json(cell.outputs[0], record)
+            utils.atomic_write_json(
+                os.path.join(cell.keys["save_path"], "config.json"),
+                {
+                    "test_images": 100,
+                    "environment": {"jax": "0.5.3", "device_kind": "cpu"},
+                },
+            )
+            files[cell.id] = record
+        elif cell.stage == "eval":
+            record = {
+                "attack": {"iters": 5},
+                "sources": [
+                    {
+                        "acc_clean": float(rng.uniform()),
+                        "acc_dirty": float(rng.uniform()),
+                        "n": 100,
+                    }
+                ],
+            }
+            utils.atomic_write_json(cell.outputs[0], record)
+            files[cell.id] = record
+        elif cell.stage == "features":
+            utils.atomic_pickle(
+                cell.outputs[0],
+                {"pos_images": rng.uniform(size=(2, 1, 28, 28))},
+            )
+    kernels_of = {}
+    for seed in (0, 1):
+        runs = [
+            c
+            for c in the_grid.cells()
+            if c.stage == "phase1" and c.keys["seed"] == seed
+        ]
+        rows, paths = [], {}
+        for run, t in itertools.product(runs, (1.0, 2.0)):
+            path = os.path.join(
+                the_grid.kernel_dir(run, t), "saved_kernel_class_0_20.pkl"
+            )
+            paths[(run.keys["phase1"], t)] = path
+            row = {"path": path, "epoch": t, "class_index": 0, "n": 20}
+            row.update({m: float(rng.uniform()) for m in MEASURES})
+            rows.append(row)
+        out_dir = the_grid.analysis_dir(seed)
+        os.makedirs(out_dir)
+        pd.DataFrame(rows).to_csv(
+            os.path.join(out_dir, "kernels.csv"), index=False
+        )
+        distances = {}
+        pair_rows = []
+        for a, b in itertools.combinations(paths, 2):
+            d = float(rng.uniform())
+            distances[frozenset((a, b))] = d
+            pair_rows.append({"a": paths[a], "b": paths[b], "distance": d})
+        pd.DataFrame(pair_rows).to_csv(
+            os.path.join(out_dir, "pairwise.csv"), index=False
+        )
+        utils.atomic_write_json(os.path.join(out_dir, "analysis.json"), {})
+        kernels_of[seed] = (rows, distances)
+    return the_grid, files, kernels_of, tmp_path
+
+
+def _accuracies(rng):
+    return {k: float(rng.uniform()) for k in ("clean", "l2", "linf")}
+
+
+def _aggregate(the_grid, tmp_path):
+    results = tmp_path / "results"
+    out = report.aggregate(the_grid, str(results), str(tmp_path / "R.md"))
+    return out, results
+
+
+def test_rows_hold_the_cells_numbers(synthetic):
+    the_grid, files, kernels_of, tmp_path = synthetic
+    out, results = _aggregate(the_grid, tmp_path)
+    rows = pd.read_csv(results / "synth.csv")
+    for column in ("seed", "phase1", "t", "phase2", "dynamics"):
+        assert column in rows.columns
+    assert {"clean", "linf", "l2"} <= set(rows.columns)
+    phase2 = [c for c in the_grid.cells() if c.stage == "phase2"]
+    assert len(rows) == len(phase2) == 16
+    for cell in phase2:
+        row = rows[rows["cell"] == cell.id].iloc[0]
+        assert (row["seed"], row["phase1"], row["t"], row["phase2"]) == (
+            cell.keys["seed"],
+            cell.keys["phase1"],
+            cell.keys["t"],
+            cell.keys["phase2"],
+        )
+        for name in ("clean", "linf", "l2"):
+            assert row[name] == files[cell.id]["linear"][name]
+            phase1 = files[cell.deps[0]]["standard"][name]
+            assert row[f"phase1_{name}"] == phase1
+        source = files[cell.id + "/eval"]["sources"][0]
+        assert row["eval_clean"] == source["acc_clean"]
+        assert row["eval_linf"] == source["acc_dirty"]
+        # Kernel measures of θ(t) of this row's phase-1 run.
+        kernel_rows, _ = kernels_of[cell.keys["seed"]]
+        (kernel,) = [
+            k
+            for k in kernel_rows
+            if k["epoch"] == cell.keys["t"]
+            and f"phase1_{cell.keys['phase1']}/" in k["path"]
+        ]
+        for measure in MEASURES:
+            assert row[f"kernel_{measure}"] == pytest.approx(kernel[measure])
+    assert out["missing"] == []
+
+
+def test_summary_is_mean_and_std_over_seeds(synthetic):
+    the_grid, _, _, tmp_path = synthetic
+    _, results = _aggregate(the_grid, tmp_path)
+    rows = pd.read_csv(results / "synth.csv")
+    summary = pd.read_csv(results / "synth_summary.csv")
+    assert len(summary) == 8 and (summary["n_seeds"] == 2).all()
+    for _, line in summary.iterrows():
+        group = rows[
+            (rows["phase1"] == line["phase1"])
+            & (rows["t"] == line["t"])
+            & (rows["phase2"] == line["phase2"])
+        ]
+        for name in ("clean", "linf", "l2", "eval_linf"):
+            values = group[name].to_numpy()
+            assert line[f"{name}_mean"] == pytest.approx(np.mean(values))
+            assert line[f"{name}_std"] == pytest.approx(np.std(values, ddof=1))
+
+
+def test_kernel_distances_and_velocities(synthetic):
+    the_grid, _, kernels_of, tmp_path = synthetic
+    _, results = _aggregate(the_grid, tmp_path)
+    table = pd.read_csv(results / "synth_kernels.csv")
+    assert len(table) == 8
+    for seed in (0, 1):
+        _, d = kernels_of[seed]
+        for loader, other in (("C", "A"), ("A", "C")):
+            at = {
+                t: table[
+                    (table["seed"] == seed)
+                    & (table["phase1"] == loader)
+                    & (table["t"] == t)
+                ].iloc[0]
+                for t in (1.0, 2.0)
+            }
+            step = d[frozenset(((loader, 1.0), (loader, 2.0)))]
+            assert math.isnan(at[1.0]["velocity"])
+            assert at[2.0]["velocity"] == pytest.approx(step / (2.0 - 1.0))
+            assert at[1.0]["distance_to_final"] == pytest.approx(step)
+            assert at[2.0]["distance_to_final"] == 0.0
+            for t in (1.0, 2.0):
+                between = d[frozenset(((loader, t), (other, t)))]
+                assert at[t]["distance_between"] == pytest.approx(between)
+
+
+def test_figures_and_report_written(synthetic):
+    the_grid, _, _, tmp_path = synthetic
+    out, results = _aggregate(the_grid, tmp_path)
+    for name in (
+        "accuracy_vs_t_centered.png",
+        "kernel_dynamics.png",
+        "features.png",
+    ):
+        path = results / "synth" / name
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
+    text = (tmp_path / "R.md").read_text()
+    rows = pd.read_csv(results / "synth.csv")
+    two = report.claim_two(rows)
+    assert two["verdict"] in ("supported", "not supported")
+    assert f"{two['verdict']}: PGD-L∞ at t = 2" in text
+    assert "## synth" in text and "16 of 16 phase-2 cells" in text
+    for preset in report.PRESETS:
+        assert f"## {preset}" in text
+
+
+def test_missing_analysis_is_reported_not_fatal(synthetic):
+    the_grid, _, _, tmp_path = synthetic
+    os.remove(os.path.join(the_grid.analysis_dir(1), "pairwise.csv"))
+    out, results = _aggregate(the_grid, tmp_path)
+    assert any(
+        m.startswith("seed_1/analysis: no pairwise.csv")
+        for m in out["missing"]
+    )
+    rows = pd.read_csv(results / "synth.csv")
+    assert rows[rows["seed"] == 0]["kernel_top10_mass"].notna().all()
+    assert rows[rows["seed"] == 1]["kernel_top10_mass"].isna().all()
+    table = pd.read_csv(results / "synth_kernels.csv")
+    assert set(table["seed"]) == {0}
+
+
+def test_nothing_to_aggregate(synthetic):
+    """No cell has run under the root: refused, nothing written."""
+    the_grid, _, _, tmp_path = synthetic
+    empty = grid.Grid(the_grid.path, the_grid.config, str(tmp_path / "none"))
+    with pytest.raises(utils.UserError, match="no phase-2 cell of synth"):
+        _aggregate(empty, tmp_path)
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "R.md").exists()
+
+
+def test_report_without_results(tmp_path):
+    """The report of presets not run yet says so, and gives the paper
+    grid's commands and cost."""
+    text = report.write_report(str(tmp_path), str(tmp_path / "R.md"))
+    assert "| not run | not run | not run |" in text
+    assert "**Not run yet**: no `cpu-small.csv`" in text
+    paper = grid.Grid.load(
+        os.path.join(grid.ROOT, "configs/paper-cifar10.toml")
+    )
+    cells = paper.cells()
+    cost = grid.estimate(paper, cells)
+    assert f"prints its {len(cells)} commands" in text
+    assert f"**{cost['total']:.1f}**" in text
+    listed = (tmp_path / "paper-cifar10_commands.txt").read_text()
+    assert listed.splitlines()[1::2] == [c.command("python") for c in cells]
+
+
+# --------------------------------------------------------------------------
+# Verdicts
+# --------------------------------------------------------------------------
+
+
+def _rows(linf_a, linf_c, dataset="fashion_mnist", eps=8.0):
+    """Rows of two seeds at t = 1 and 3, benign and adversarial kernel,
+    benign and adversarial phase 2; PGD-L∞ accuracy at t = 3 per kernel."""
+    rows = []
+    for seed, t, p1, p2 in itertools.product((0, 1), (1.0, 3.0), "CA", "CA"):
+        linf = {"A": linf_a, "C": linf_c}[p1][seed] if t == 3.0 else 0.1
+        rows.append(
+            dict(
+                seed=seed,
+                phase1=p1,
+                t=t,
+                phase2=p2,
+                dynamics="centered",
+                clean=0.9,
+                linf=linf,
+                l2=0.5,
+                dataset=dataset,
+                eps=eps,
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def test_claim_two_verdicts():
+    two = report.claim_two(_rows((0.80, 0.84), (0.39, 0.30)))
+    assert two["verdict"] == "supported" and two["t"] == 3.0
+    assert two["gains"] == {
+        0: pytest.approx(0.41),
+        1: pytest.approx(0.54),
+    }
+    assert two["adversarial"][0] == pytest.approx(0.82)
+    # A gain below 0.05 in one seed is not enough.
+    two = report.claim_two(_rows((0.80, 0.33), (0.39, 0.30)))
+    assert two["verdict"] == "not supported"
+    assert report.claim_two(pd.DataFrame())["verdict"] == "no data"
+
+
+def test_claim_three_verdicts():
+    three = report.claim_three(_rows((0.80, 0.84), (0.3, 0.3)))
+    assert three["verdict"].startswith("not tested")
+    assert three["robust"][0] == pytest.approx(0.82)
+    cifar = _rows((0.75, 0.76), (0.3, 0.3), "cifar10", 4.0)
+    assert report.claim_three(cifar)["verdict"] == "supported"
+    low = _rows((0.70, 0.71), (0.3, 0.3), "cifar10", 4.0)
+    assert report.claim_three(low)["verdict"] == "not supported"
+
+
+def _kernel_table(velocities, between_last, moved):
+    """Kernel rows of one seed at t = 1, 2, 4 for C and A: the A run's
+    velocities at t = 2 and 4, its distance to its last kernel at the
+    middle t (2), and the runs' distance at t = 4."""
+    rows = []
+    for p1, t in itertools.product("CA", (1.0, 2.0, 4.0)):
+        velocity = {1.0: math.nan, 2.0: velocities[0], 4.0: velocities[1]}
+        rows.append(
+            dict(
+                seed=0,
+                phase1=p1,
+                t=t,
+                class_index=0,
+                n=20,
+                velocity=velocity[t],
+                distance_to_final={1.0: 0.9, 2.0: moved, 4.0: 0.0}[t],
+                distance_between=between_last if t == 4.0 else 0.3,
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def test_claim_one_verdicts():
+    one = report.claim_one(_kernel_table((1.0, 0.1), 0.5, 0.2))
+    assert one["verdict"] == "supported"
+    assert one["seeds"][0]["middle"] == 2.0
+    # Still moving fast at the end: not converged.
+    slow = report.claim_one(_kernel_table((1.0, 0.5), 0.5, 0.2))
+    assert slow["verdict"] == "not supported"
+    # Converged, but no farther from the benign kernel than it moved.
+    near = report.claim_one(_kernel_table((1.0, 0.1), 0.1, 0.2))
+    assert near["verdict"] == "not supported"
+    assert report.claim_one(pd.DataFrame())["verdict"] == "no data"

@@ -1,0 +1,241 @@
+"""sweep.py --local end to end on the tiny grid: a run to completion with 2
+workers, a re-run that skips every finished cell, an interrupted cell
+resumed, a failed cell reported while independent cells go on; and the
+aggregation of the real run."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+import grid
+import report
+from helpers import ROOT, SUBPROCESS_TIMEOUT_S, assert_close, load_pickle
+from sweep_fixtures import (
+    outcome_lines,
+    run_sweep,
+    tiny_config,
+    write_config,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_tiny_grid_runs_to_completion(tiny_local_run):
+    result = tiny_local_run["result"]
+    assert result.returncode == 0, (
+        result.stdout[-3000:] + result.stderr[-3000:]
+    )
+    the_grid = grid.Grid.load(tiny_local_run["config"])
+    cells = the_grid.cells()
+    lines = outcome_lines(result.stdout)
+    assert set(lines) == {c.id for c in cells}
+    for cell in cells:
+        status, rest = lines[cell.id]
+        if cell.stage == "analysis":
+            # Reported, not run, until analyze_kernels.py is in the tree.
+            if not cell.available():
+                assert status == "unavailable" and cell.script in rest
+                continue
+        assert status == "ok", (cell.id, rest)
+        assert grid.cell_status(cell) == grid.DONE
+        for path in cell.outputs:
+            assert os.path.exists(path), path
+        with open(cell.log) as f:
+            header = f.readline()
+        assert header.startswith("# ") and cell.script in header
+    # Each run_exp.py cell ran exactly its printed command.
+    for cell in cells:
+        if cell.run_exp:
+            config = _json(os.path.join(cell.keys["save_path"], "config.json"))
+            assert config["command"] == " ".join(cell.argv())
+    phase2 = [c for c in cells if c.stage == "phase2"]
+    assert [c.keys["phase2"] for c in phase2] == ["C", "A"]
+    for cell in phase2:
+        linear = _json(cell.outputs[0])["linear"]
+        assert all(0 <= linear[k] <= 1 for k in ("clean", "linf", "l2"))
+
+
+def test_rerun_skips_every_finished_cell(tiny_local_run):
+    assert tiny_local_run["result"].returncode == 0
+    config = tiny_local_run["config"]
+    cells = grid.Grid.load(config).cells()
+    before = {
+        c.id: (os.path.getsize(c.log), os.path.getmtime(c.outputs[0]))
+        for c in cells
+        if os.path.exists(c.log)
+    }
+    result = run_sweep(config, "--local", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = outcome_lines(result.stdout)
+    for cell in cells:
+        want = "unavailable" if not cell.available() else "skipped"
+        assert lines[cell.id][0] == want
+    after = {
+        c.id: (os.path.getsize(c.log), os.path.getmtime(c.outputs[0]))
+        for c in cells
+        if os.path.exists(c.log)
+    }
+    assert after == before
+
+
+def test_aggregate_of_the_real_run(tiny_local_run, tmp_path):
+    """The CSV holds, per phase-2 cell, the numbers in its files."""
+    assert tiny_local_run["result"].returncode == 0
+    the_grid = grid.Grid.load(tiny_local_run["config"])
+    out = report.aggregate(
+        the_grid, str(tmp_path / "results"), str(tmp_path / "REPORT.md")
+    )
+    rows = pd.read_csv(tmp_path / "results" / "tiny.csv")
+    assert len(rows) == 2
+    for cell in (c for c in the_grid.cells() if c.stage == "phase2"):
+        row = rows[rows["cell"] == cell.id].iloc[0]
+        linear = _json(cell.outputs[0])["linear"]
+        for name in ("clean", "linf", "l2"):
+            assert row[name] == linear[name]
+        source = _json(the_grid.eval_results(cell))["sources"][0]
+        assert row["eval_clean"] == source["acc_clean"]
+        assert row["eval_linf"] == source["acc_dirty"]
+        assert (row["seed"], row["phase1"], row["t"]) == (0, "C", 1.0)
+        assert row["dynamics"] == "centered"
+        assert (
+            row["jax"]
+            == _json(os.path.join(cell.keys["save_path"], "config.json"))[
+                "environment"
+            ]["jax"]
+        )
+    # No analyze_kernels.py output: reported missing, no kernel columns.
+    if not os.path.exists(os.path.join(ROOT, "analyze_kernels.py")):
+        assert any("analysis" in m for m in out["missing"])
+        assert not any(c.startswith("kernel_") for c in rows.columns)
+    assert (
+        tmp_path / "results" / "tiny" / "accuracy_vs_t_centered.png"
+    ).exists()
+    assert "## tiny" in (tmp_path / "REPORT.md").read_text()
+
+
+def _copy_run(source_dir, target_dir):
+    """The files (not the subfolders) of a run folder, copied."""
+    os.makedirs(target_dir)
+    for name in os.listdir(source_dir):
+        path = os.path.join(source_dir, name)
+        if os.path.isfile(path):
+            shutil.copy2(path, target_dir)
+
+
+def test_failed_cell_reported_and_independent_cells_go_on(
+    tiny_local_run, sweep_data, tmp_path
+):
+    """θ(1) damaged: phase 2 from θ(1) fails (reported with its log) and its
+    evaluation is not run; phase 2 from θ(0.5) and its evaluation run."""
+    assert tiny_local_run["result"].returncode == 0
+    root = tmp_path / "root"
+    _copy_run(
+        os.path.join(tiny_local_run["root"], "seed_0", "phase1_C"),
+        root / "seed_0" / "phase1_C",
+    )
+    (root / "seed_0" / "phase1_C" / "parameters_checkpoint_1.pkl").write_bytes(
+        b"not a pickle"
+    )
+    config = write_config(
+        tmp_path / "grid.toml",
+        tiny_config(
+            root,
+            sweep_data,
+            phase1={"times": [0.5, 1]},
+            phase2={"loaders": ["C"]},
+            kernels=None,
+            analysis=None,
+        ),
+    )
+    result = run_sweep(config, "--local", "2")
+    assert result.returncode == 1
+    lines = outcome_lines(result.stdout)
+    t05, t1 = (
+        "seed_0/phase1_C/t_0.5/phase2_C_centered",
+        "seed_0/phase1_C/t_1/phase2_C_centered",
+    )
+    assert lines["seed_0/phase1_C"][0] == "skipped"
+    assert lines[t05][0] == "ok" and lines[t05 + "/eval"][0] == "ok"
+    status, rest = lines[t1]
+    assert status == "failed"
+    log = os.path.join(str(root), "logs", t1 + ".log")
+    assert rest.startswith("exit 2: error: ") and rest.endswith(f"log: {log}")
+    with open(log) as f:
+        assert "error:" in f.read()
+    assert lines[t1 + "/eval"] == ("blocked", f"needs {t1}, which is failed")
+
+
+def test_interrupted_cell_resumes(tiny_local_run, sweep_data, tmp_path):
+    """Ctrl-C while phase 1 runs stops it; the re-run resumes it with
+    --resume and ends with the same results and parameters as the
+    uninterrupted run."""
+    assert tiny_local_run["result"].returncode == 0
+    root = tmp_path / "root"
+    config = write_config(
+        tmp_path / "grid.toml",
+        tiny_config(
+            root,
+            sweep_data,
+            phase2={"loaders": ["C"]},
+            evaluation=None,
+            kernels=None,
+            analysis=None,
+        ),
+    )
+    cells = grid.Grid.load(config).cells()
+    phase1 = cells[0]
+    state = os.path.join(phase1.keys["save_path"], "train_state.pkl")
+    process = subprocess.Popen(
+        [sys.executable, "sweep.py", config, "--local", "1", "--no_progress"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+    while not os.path.exists(state) and process.poll() is None:
+        assert time.monotonic() < deadline, "phase 1 never saved its state"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+    assert process.returncode == 130 and "interrupted" in err
+    assert grid.cell_status(phase1) == grid.PARTIAL, "phase 1 was not stopped"
+
+    result = run_sweep(config, "--local", "1")
+    assert result.returncode == 0, result.stdout[-3000:]
+    with open(phase1.log) as f:
+        headers = [line for line in f if line.startswith("# ")]
+    assert len(headers) == 2
+    assert "--resume" not in headers[0] and headers[1].rstrip().endswith(
+        "--resume"
+    )
+    reference = grid.Grid.load(tiny_local_run["config"]).cells()
+    pairs = [(phase1, reference[0]), (cells[1], reference[1])]
+    for resumed, uninterrupted in pairs:
+        assert resumed.id == uninterrupted.id
+        assert _json(resumed.outputs[0]) == _json(uninterrupted.outputs[0])
+        got = load_pickle(
+            os.path.join(resumed.keys["save_path"], "parameters_final.pkl")
+        )
+        want = load_pickle(
+            os.path.join(
+                uninterrupted.keys["save_path"], "parameters_final.pkl"
+            )
+        )
+        for key in ("params", "lin_params"):
+            for layer, params in want[key].items():
+                for name, value in params.items():
+                    assert_close(got[key][layer][name], value, rtol=1e-6)
