@@ -186,6 +186,11 @@ def run_experiment(args) -> dict:
         if start == "nothing to do":
             return _report_nothing_to_do(args)
         if start == "fresh":
+            if args.resume and saved is None:
+                print(
+                    f"no saved state in {args.save_path}: starting from "
+                    "the beginning"
+                )
             _remove_previous_run(args)
             run.record = _fresh_record(run, base)
             _save_record(run)
@@ -237,8 +242,6 @@ def _plan_start(args, saved: ResumeRecord | None) -> str:
                 f"{STATE_FILE}: pass --overwrite to replace them, or choose "
                 "another --save_path"
             )
-        if args.resume:
-            print(f"no saved state in {folder}: starting from the beginning")
         return "fresh"
     if args.overwrite:
         return "fresh"
