@@ -1,4 +1,4 @@
-r"""Empirical NTK of a checkpoint on a class-balanced training subset.
+r"""Empirical NTK of checkpoints on a class-balanced training subset.
 
 Batch norm in eval mode (running statistics frozen). The images are the
 original's class-balanced subset of the training split
@@ -6,12 +6,20 @@ original's class-balanced subset of the training split
 {bonus_dir}/, `{save_name}_{N}.pkl` for the mean over logits
 (--class_index -1, as the original) or `{save_name}_class_{c}_{N}.pkl` per
 class (--class_index c, or all); kernel_files.py describes their keys.
+With --test_size M each file also holds the cross kernel K(test, train) of
+a class-balanced subset of M test images. Several --model_path values are
+computed in one process, with the data loaded and the functions compiled
+once; `{name}` in --bonus_dir stands for each checkpoint's file name
+without .pkl.
 
     python calculate_kernel.py --model_path saved_models/parameters_final.pkl \
         --dataset_size 500 --class_index all --show_progress
+    python calculate_kernel.py --model_path run/parameters_checkpoint_*.pkl \
+        --bonus_dir kernels/{name} --class_index all --test_size 500
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -26,13 +34,18 @@ import models
 import utils
 from utils import UserError
 
+# In --bonus_dir: the checkpoint's file name without .pkl.
+NAME = "{name}"
+
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model_path",
         required=True,
-        help="checkpoint (.pkl) to take the kernel of",
+        nargs="+",
+        help="checkpoint(s) (.pkl) to take the kernel of; several are "
+        "computed in one process",
     )
     parser.add_argument(
         "--dataset_size",
@@ -63,7 +76,15 @@ def parse_args(argv=None):
     parser.add_argument(
         "--bonus_dir",
         default=".",
-        help="output subfolder of the checkpoint's folder",
+        help="output subfolder of the checkpoint's folder; {name} stands "
+        "for the checkpoint's file name without .pkl",
+    )
+    parser.add_argument(
+        "--test_size",
+        type=cli.positive_int,
+        default=None,
+        help="also the cross kernel K(test, train) of a class-balanced "
+        "subset of this many test images (a multiple of the classes)",
     )
     cli.add_seed_flag(parser, "seed of the subset's choice")
     parser.add_argument(
@@ -93,75 +114,233 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One checkpoint, checked: where its kernels go and what its files
+    record."""
+
+    model_path: str
+    spec: models.ModelSpec
+    out_dir: str
+    paths: tuple[str, ...]
+    epoch: int | float | None
+    phase: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Images:
+    """The class-balanced images of one dataset.
+
+    images: (N, H, W, C) float32; labels, indices: int64 (N,), positions
+    in the training split. test_*: the same for the --test_size subset of
+    the test split, None without it.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    test_images: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    test_indices: np.ndarray | None = None
+
+
 def main(argv=None):
     args = parse_args(argv)
-    checkpoint, spec = models.load_checkpoint(
-        args.model_path,
-        model=args.model,
-        width=args.width,
-        dataset=args.dataset,
-    )
-    kernels.kernel_classes(args.class_index, spec.n_classes)
-    out_dir = utils.output_dir(args.model_path, args.bonus_dir)
-    images, labels, indices = _subset(args, spec)
-    params = checkpoint["lin_params" if args.use_linear_params else "params"]
-    utils.ensure_writable_dir(out_dir)
+    jobs = [_checked_job(args, path) for path in args.model_path]
+    _refuse_collisions(jobs, args.bonus_dir)
+    images = {}
+    for job in jobs:
+        if job.spec.dataset not in images:
+            images[job.spec.dataset] = _subsets(args, job.spec)
+    for job in jobs:
+        utils.ensure_writable_dir(job.out_dir)
+    schedules = {}
+    for job in jobs:
+        _compute(args, job, images[job.spec.dataset], schedules)
 
-    started = time.perf_counter()
-    kernel = kernels.empirical_ntk(
-        spec.build().apply,
-        params,
-        checkpoint["net_state"],
-        images,
-        args.class_index,
+
+def _checked_job(args, model_path: str) -> _Job:
+    """Loads and checks one checkpoint (then lets it go: it is loaded again
+    when its turn comes, so that many checkpoints never share memory)."""
+    checkpoint, spec = _load(args, model_path)
+    classes = kernels.kernel_classes(args.class_index, spec.n_classes)
+    if args.class_index != kernel_files.ALL_CLASSES:
+        classes = (args.class_index,)
+    stem = os.path.splitext(os.path.basename(model_path))[0]
+    out_dir = utils.output_dir(model_path, args.bonus_dir.replace(NAME, stem))
+    meta = checkpoint["meta"]
+    return _Job(
+        model_path=model_path,
+        spec=spec,
+        out_dir=out_dir,
+        paths=tuple(
+            os.path.join(
+                out_dir,
+                kernel_files.file_name(args.save_name, c, args.dataset_size),
+            )
+            for c in classes
+        ),
+        epoch=kernel_files.checkpoint_epoch(meta, model_path),
+        phase=meta.get("phase")
+        if isinstance(meta.get("phase"), str)
+        else None,
+    )
+
+
+def _load(args, model_path: str):
+    """(checkpoint, spec) of models.load_checkpoint with the flags."""
+    return models.load_checkpoint(
+        model_path, model=args.model, width=args.width, dataset=args.dataset
+    )
+
+
+def _refuse_collisions(jobs: list[_Job], bonus_dir: str) -> None:
+    """UserError when a checkpoint is given twice or two checkpoints
+    would write the same file."""
+    given = set()
+    for job in jobs:
+        key = os.path.realpath(job.model_path)
+        if key in given:
+            raise UserError(
+                f"--model_path {job.model_path} is given twice: give each "
+                "checkpoint once"
+            )
+        given.add(key)
+    writers = {}
+    for job in jobs:
+        for path in job.paths:
+            other = writers.setdefault(os.path.abspath(path), job.model_path)
+            if other == job.model_path:
+                continue
+            hint = (
+                f"put {NAME} in --bonus_dir (e.g. --bonus_dir "
+                f"kernels/{NAME}) to give each checkpoint its own folder"
+                if NAME not in bonus_dir
+                else "pass another --bonus_dir or --save_name"
+            )
+            raise UserError(
+                f"{other} and {job.model_path} would both write {path}: {hint}"
+            )
+
+
+def _subsets(args, spec) -> _Images:
+    """The class-balanced training images (and test images with
+    --test_size) of the spec's dataset."""
+    train_images, train_labels = data.load_split(
+        spec.dataset, args.data_path, train=True
+    )
+    indices = _balanced(
+        train_labels, args.dataset_size, args.random_seed, spec, "dataset"
+    )
+    chosen = _Images(
+        train_images[indices], train_labels[indices].astype(np.int64), indices
+    )
+    if args.test_size is None:
+        return chosen
+    test_images, test_labels = data.load_split(
+        spec.dataset, args.data_path, train=False
+    )
+    test_indices = _balanced(
+        test_labels, args.test_size, args.random_seed, spec, "test"
+    )
+    return dataclasses.replace(
+        chosen,
+        test_images=test_images[test_indices],
+        test_labels=test_labels[test_indices].astype(np.int64),
+        test_indices=test_indices,
+    )
+
+
+def _balanced(labels, size: int, seed: int, spec, kind: str) -> np.ndarray:
+    """data.balanced_subset_indices of --{kind}_size, checked against the
+    split's size."""
+    split = "training" if kind == "dataset" else "test"
+    if size > len(labels):
+        raise UserError(
+            f"--{kind}_size {size} exceeds the {len(labels)} {split} images "
+            f"of {spec.dataset}"
+        )
+    try:
+        return data.balanced_subset_indices(labels, size, seed)
+    except UserError as error:
+        raise UserError(f"--{kind}_size {size}: {error}") from None
+
+
+def _compute(args, job: _Job, chosen: _Images, schedules: dict) -> None:
+    """The kernels of one checkpoint, written; one line per file.
+
+    `schedules` keeps one block schedule (with its compiled functions) per
+    model spec across checkpoints; the plan is printed the first time.
+    """
+    checkpoint, spec = _load(args, job.model_path)
+    first = spec not in schedules
+    if first:
+        apply_fn = spec.build().apply
+        schedules[spec] = (
+            apply_fn,
+            kernels.block_schedule(apply_fn, args.implementation),
+        )
+    apply_fn, schedule = schedules[spec]
+    params = checkpoint["lin_params" if args.use_linear_params else "params"]
+    options = dict(
         implementation=args.implementation,
         block_size=args.block_size,
         memory_gb=args.memory_gb,
         show_progress=_show_progress(args.show_progress),
-        log=print,
+        schedule=schedule,
     )
+    started = time.perf_counter()
+    kernel = kernels.empirical_ntk(
+        apply_fn,
+        params,
+        checkpoint["net_state"],
+        chosen.images,
+        args.class_index,
+        log=print if first else None,
+        **options,
+    )
+    test = {}
+    if chosen.test_images is not None:
+        test = dict(
+            test_kernel=kernels.cross_ntk(
+                apply_fn,
+                params,
+                checkpoint["net_state"],
+                chosen.test_images,
+                chosen.images,
+                args.class_index,
+                **options,
+            ),
+            test_labels=chosen.test_labels,
+            test_indices=chosen.test_indices,
+        )
     seconds = time.perf_counter() - started
 
     paths = kernel_files.write(
-        out_dir,
+        job.out_dir,
         args.save_name,
         args.class_index,
         kernel,
-        labels,
-        indices,
+        chosen.labels,
+        chosen.indices,
         n_logits=spec.n_classes,
-        epoch=kernel_files.checkpoint_epoch(
-            checkpoint["meta"], args.model_path
+        epoch=job.epoch,
+        phase=job.phase,
+        model_path=os.path.abspath(job.model_path),
+        checkpoint_relpath=os.path.relpath(
+            os.path.abspath(job.model_path), os.path.abspath(job.out_dir)
         ),
-        model_path=os.path.abspath(args.model_path),
         use_linear_params=args.use_linear_params,
         implementation=args.implementation,
         random_seed=args.random_seed,
+        **test,
         **spec.as_meta(),
     )
+    sizes = f"N = {len(chosen.indices)}"
+    if test:
+        sizes += f", M = {len(chosen.test_indices)} test images"
     for path in paths:
-        print(f"wrote {path}: N = {len(indices)}, {seconds:.1f} s")
-
-
-def _subset(args, spec):
-    """(images (N, H, W, C), labels int64 (N,), indices int64 (N,)) of the
-    class-balanced subset of the training split."""
-    train_images, train_labels = data.load_split(
-        spec.dataset, args.data_path, train=True
-    )
-    if args.dataset_size > len(train_labels):
-        raise UserError(
-            f"--dataset_size {args.dataset_size} exceeds the "
-            f"{len(train_labels)} training images of {spec.dataset}"
-        )
-    indices = data.balanced_subset_indices(
-        train_labels, args.dataset_size, args.random_seed
-    )
-    return (
-        train_images[indices],
-        train_labels[indices].astype(np.int64),
-        indices,
-    )
+        print(f"wrote {path}: {sizes}, {seconds:.1f} s", flush=True)
 
 
 def _show_progress(flag):

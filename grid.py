@@ -54,11 +54,12 @@ EVAL_DIR = "eval"  # eval_and_make_adv.py's --bonus_dir
 EVAL_SAVE_NAME = "test_results"
 ANALYSIS_FILES = ("kernels.csv", "pairwise.csv", "analysis.json")
 FEATURES_SAVE_NAME = "ntk_eig_images"
-# Checkpoints per calculate_kernel.py call. 1: one call per checkpoint, each
-# with its literal --bonus_dir. None: every checkpoint of a phase-1 run (of
-# one kernel size) in one call, `--model_path P1 P2 ... --bonus_dir
-# kernels/{name}` (calculate_kernel.py's several-path form), the same files.
-KERNEL_CHECKPOINTS_PER_CALL = 1
+# Checkpoints per calculate_kernel.py call. None: every checkpoint of a
+# phase-1 run (of one kernel size) in one call, `--model_path P1 P2 ...
+# --bonus_dir kernels/{name}` (one process: data loaded and functions
+# compiled once). 1: one call per checkpoint, each with its literal
+# --bonus_dir. Both write the same files.
+KERNEL_CHECKPOINTS_PER_CALL = None
 DONE, PARTIAL, TODO = "done", "partial", "todo"
 STATE_EVERY = 100  # run_exp.py's default --state_every
 REQUIRED = object()
@@ -754,7 +755,13 @@ class Grid:
                 for phase1 in runs.values():
                     kernel_cells += self._kernels(phase1)
                 out += kernel_cells
-            if c["analysis"] is not None:
+            # The analysis compares kernels: it needs two of them (two times,
+            # or two phase-1 runs at one time).
+            if (
+                c["analysis"] is not None
+                and kernel_cells
+                and (len(c["kernels"]["times"]) > 1 or len(runs) > 1)
+            ):
                 out.append(self._analysis(seed, runs, kernel_cells))
             if c["features"] is not None:
                 for phase1 in runs.values():

@@ -14,7 +14,13 @@ add 'indices' int64 (N,) (the images' positions in the training split),
 'class_index' (c or −1), 'epoch' (the checkpoint's; None when unknown),
 'n_logits' K, and for the combined kernel 'combined': 'mean_over_logits';
 calculate_kernel.py adds how it was computed (model_path, model, width,
-dataset, n_classes, use_linear_params, implementation, random_seed).
+dataset, n_classes, use_linear_params, implementation, random_seed, the
+checkpoint's 'phase' and 'checkpoint_relpath', its path relative to the
+kernel file's folder, which tells which run the kernel belongs to after the
+folders are moved). With --test_size M a file also holds the cross kernel
+'test_kernel' float32 (M, N), entry [a, i] = k(x_test_a, x_i) of the same
+logit (or mean over logits), with 'test_labels' int64 (M,) and
+'test_indices' int64 (M,), the test images' positions in the test split.
 
 The original's files hold only 'kernel' and 'labels'. `read` accepts them:
 their class comes from the caller, and their indices are recomputed with the
@@ -38,6 +44,13 @@ ALL_CLASSES = "all"  # class_index asking for every per-class kernel
 DEFAULT_SAVE_NAME = "saved_kernel"  # calculate_kernel.py's --save_name
 MEAN_OVER_LOGITS = "mean_over_logits"  # 'combined' of a combined kernel
 ORIGINAL_KEYS = ("kernel", "labels")  # what every kernel file holds
+TEST_KEYS = ("test_kernel", "test_labels", "test_indices")  # --test_size
+
+# The names file_name gives: {save_name}_{N}.pkl and
+# {save_name}_class_{c}_{N}.pkl.
+_KERNEL_FILE_NAME = re.compile(r"^.+?(?:_class_\d+)?_\d+\.pkl$")
+# run_exp.py's checkpoints, whose names also end in _{number}.pkl.
+_CHECKPOINT_NAME = re.compile(r"^parameters_(?:checkpoint_|final).*\.pkl$")
 
 # parameters_checkpoint_{e}.pkl and parameters_checkpoint_linear_{e}.pkl,
 # e an epoch count or a fraction such as 0.125 (run_exp.py --constant_save).
@@ -73,6 +86,14 @@ def file_name(save_name: str, class_index: int, size: int) -> str:
     if class_index == COMBINED:
         return f"{save_name}_{size}.pkl"
     return f"{save_name}_class_{class_index}_{size}.pkl"
+
+
+def is_kernel_file_name(name: str) -> bool:
+    """Whether the file name `name` (no folder) is one that file_name gives
+    and not one of run_exp.py's checkpoints (parameters_*.pkl)."""
+    return bool(_KERNEL_FILE_NAME.match(name)) and not _CHECKPOINT_NAME.match(
+        name
+    )
 
 
 def checkpoint_epoch(meta: Mapping, model_path: str) -> int | float | None:
@@ -123,6 +144,9 @@ def write(
     *,
     n_logits: int,
     epoch: int | float | None,
+    test_kernel: np.ndarray | None = None,
+    test_labels: np.ndarray | None = None,
+    test_indices: np.ndarray | None = None,
     **extra,
 ) -> list[str]:
     """Writes each kernel of kernels.empirical_ntk's result to its file,
@@ -137,14 +161,30 @@ def write(
         training split.
       n_logits: K, the number of logits of the model.
       epoch: the checkpoint's (checkpoint_epoch).
+      test_kernel: None, or the cross kernel K(test, train) of the same
+        kernels: float32 (M, N), or (K, M, N) for ALL_CLASSES.
+      test_labels, test_indices: (M,) the test images' labels and their
+        positions in the test split (with test_kernel).
       extra: more entries for every file (plain values).
     Returns:
       the paths written, in class order.
     """
     if class_index == ALL_CLASSES:
         by_class = list(enumerate(kernel))
+        test_by_class = (
+            [None] * len(by_class)
+            if test_kernel is None
+            else list(test_kernel)
+        )
     else:
         by_class = [(class_index, kernel)]
+        test_by_class = [test_kernel]
+    if test_kernel is not None:
+        extra = dict(
+            extra,
+            test_labels=np.asarray(test_labels, np.int64),
+            test_indices=np.asarray(test_indices, np.int64),
+        )
     common = dict(
         extra,
         labels=np.asarray(labels, np.int64),
@@ -153,12 +193,16 @@ def write(
         n_logits=int(n_logits),
     )
     paths = []
-    for c, class_kernel in by_class:
+    for (c, class_kernel), class_test in zip(
+        by_class, test_by_class, strict=True
+    ):
         record = dict(
             common,
             kernel=np.asarray(class_kernel, np.float32),
             class_index=int(c),
         )
+        if class_test is not None:
+            record["test_kernel"] = np.asarray(class_test, np.float32)
         if c == COMBINED:
             record["combined"] = MEAN_OVER_LOGITS
         path = os.path.join(out_dir, file_name(save_name, c, len(labels)))
@@ -188,6 +232,10 @@ class KernelFile:
     indices_recomputed: True for a file of the original code, whose
       indices were recomputed with the original's rule.
     path: the file it came from, for messages.
+    test_kernel: float64 (M, N), the cross kernel K(test, train); None when
+      the file holds none.
+    test_labels, test_indices: int64 (M,), the test images' labels and
+      positions in the test split; None without test_kernel.
     extras: the file's other entries (model_path, model, dataset, ...).
     """
 
@@ -200,6 +248,9 @@ class KernelFile:
     random_seed: int | None
     indices_recomputed: bool
     path: str
+    test_kernel: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    test_indices: np.ndarray | None = None
     extras: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -221,7 +272,13 @@ _PARSED_KEYS = (
     "use_linear_params",
     "epoch",
     "random_seed",
+    *TEST_KEYS,
 )
+
+
+class NotAKernelFile(UserError):
+    """A readable pickle that is not a kernel file (no 'kernel' and
+    'labels' entries)."""
 
 
 def read(
@@ -232,6 +289,7 @@ def read(
     train_labels: np.ndarray | None = None,
     seed: int | None = None,
     dataset: str = "the dataset",
+    recorded_only: bool = False,
 ) -> KernelFile:
     """Loads and checks the kernel file `path`.
 
@@ -247,14 +305,34 @@ def read(
         data.balanced_subset_indices(train_labels, N, seed).
       seed: the seed for that recomputation.
       dataset: the dataset's name, for messages.
+      recorded_only: refuse the original's files (no 'class_index' or
+        'indices'), for callers that have no training labels to recompute
+        their images from.
     Raises:
+      NotAKernelFile: the file is a readable pickle without 'kernel' and
+        'labels'.
       UserError (one line naming the file): the file is missing, corrupt or
-        unsafe, lacks 'kernel' or 'labels', holds another class's kernel or
-        another number of images, its arrays have the wrong shapes or
-        values, its class or indices cannot be known, or its indices do not
-        name training images with its labels.
+        unsafe, holds another class's kernel or another number of images,
+        its arrays (test ones included) have the wrong shapes or values,
+        its class or indices cannot be known, or its indices do not name
+        training images with its labels.
     """
-    record = utils.load_pickle_arrays(path, ORIGINAL_KEYS)
+    record = utils.safe_load_pickle(path)
+    missing = [
+        key
+        for key in ORIGINAL_KEYS
+        if not isinstance(record, Mapping) or key not in record
+    ]
+    if missing:
+        raise NotAKernelFile(
+            f"cannot use {path}: it lacks key(s) {', '.join(missing)} of a "
+            "kernel file (expected a dict with keys kernel, labels)"
+        )
+    if recorded_only and not {"class_index", "indices"} <= set(record):
+        raise UserError(
+            f"{path} holds no 'class_index' or 'indices' (a file of the "
+            "original code): recompute it with calculate_kernel.py"
+        )
     kernel = _square_matrix(record["kernel"], path)
     n = len(kernel)
     if size is not None and n != size:
@@ -277,6 +355,7 @@ def read(
         _check_images(
             path, indices, labels, train_labels, dataset, recomputed, seed
         )
+    test_kernel, test_labels, test_indices = _test_arrays(record, n, path)
     return KernelFile(
         kernel=kernel,
         labels=labels,
@@ -289,7 +368,46 @@ def read(
         random_seed=recorded_seed,
         indices_recomputed=recomputed,
         path=path,
+        test_kernel=test_kernel,
+        test_labels=test_labels,
+        test_indices=test_indices,
         extras={k: v for k, v in record.items() if k not in _PARSED_KEYS},
+    )
+
+
+def _test_arrays(record: Mapping, size: int, path: str) -> tuple:
+    """(test_kernel float64 (M, N), test_labels int64 (M,), test_indices
+    int64 (M,)) of a file with a cross kernel, (None, None, None) without;
+    UserError for a file holding some of them or of the wrong shapes."""
+    present = [key for key in TEST_KEYS if key in record]
+    if not present:
+        return None, None, None
+    if len(present) < len(TEST_KEYS):
+        absent = [key for key in TEST_KEYS if key not in record]
+        raise UserError(
+            f"{path} holds {', '.join(present)} without "
+            f"{', '.join(absent)}: recompute it with calculate_kernel.py "
+            "--test_size"
+        )
+    cross = np.asarray(record["test_kernel"])
+    if (
+        cross.ndim != 2
+        or cross.shape[1] != size
+        or not np.issubdtype(cross.dtype, np.floating)
+    ):
+        raise UserError(
+            f"{path}: 'test_kernel' is {cross.dtype}{list(cross.shape)}, not "
+            f"a float matrix of {size} columns (one per training image)"
+        )
+    if not np.all(np.isfinite(cross)):
+        raise UserError(
+            f"{path}: 'test_kernel' holds NaN or infinite values; recompute it"
+        )
+    m = len(cross)
+    return (
+        cross.astype(np.float64),
+        _integer_vector(record["test_labels"], m, "test_labels", path),
+        _integer_vector(record["test_indices"], m, "test_indices", path),
     )
 
 
@@ -419,6 +537,18 @@ def _recorded_epoch(value, path) -> int | float | None:
     if value is not None and epoch is None:
         raise UserError(f"{path}: 'epoch' is not a number")
     return epoch
+
+
+def checkpoint_folder(kernel: KernelFile) -> str | None:
+    """The folder of the checkpoint the kernel was computed from, found
+    from the kernel file's folder and its 'checkpoint_relpath' (so it
+    survives moving the run folder with its kernels); None when the file
+    does not record it."""
+    relative = kernel.extras.get("checkpoint_relpath")
+    if not isinstance(relative, str):
+        return None
+    folder = os.path.dirname(kernel.path)
+    return os.path.normpath(os.path.dirname(os.path.join(folder, relative)))
 
 
 def resolve_use_linear_params(flag: bool | None, kernel: KernelFile) -> bool:

@@ -15,9 +15,11 @@ which traces the logit axis and divides by its size.
 
 The N×N kernel is computed in square blocks of `block_size` images; only
 blocks on or above the diagonal are computed and the lower triangle is the
-transpose. The last block is padded with zero images, so every call has the
-same shapes and one compiled function serves every block. Peak memory
-depends on the block size and the parameter count, never on N.
+transpose. The last block is padded with zero images, so every call has
+the same shapes and one compiled function serves every block. Peak memory
+depends on the block size and the parameter count, never on N. The cross
+kernel K(test, train) (cross_ntk), M×N, takes every block of the rectangle
+(test blocks × training blocks) with the same compiled block functions.
 
 Implementations (`implementation=`), measured in bench/bench_kernel.py:
 
@@ -252,12 +254,12 @@ class BlockPlan:
         return _upper_blocks(self.n_blocks)
 
     def blocks(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, C) -> (n_blocks, B, H, W, C), zero-padded."""
-        padded = np.zeros(
-            (self.n_blocks * self.size, *images.shape[1:]), np.float32
-        )
-        padded[: self.n_images] = images
-        return padded.reshape(self.n_blocks, self.size, *images.shape[1:])
+        """(M, H, W, C) -> (⌈M / B⌉, B, H, W, C), zero-padded; M is N or
+        any other count (the test images of a cross kernel)."""
+        count = data.n_batches(len(images), self.size)
+        padded = np.zeros((count * self.size, *images.shape[1:]), np.float32)
+        padded[: len(images)] = images
+        return padded.reshape(count, self.size, *images.shape[1:])
 
 
 def make_plan(
@@ -498,32 +500,82 @@ def _row_blocks(
         row = column
 
 
-def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
-    """(params, net_state, blocks, classes, layers, factored, overlaps) ->
-    iterator of (i, j, block).
+def _rectangle_blocks(
+    jacobian_fn: Callable,
+    params,
+    net_state,
+    blocks,
+    columns,
+    classes,
+    overlaps: dict,
+) -> Iterator[tuple[int, int, jax.Array]]:
+    """Every block (i, j) of `blocks` × `columns` (a cross kernel).
 
-    `layers` and `factored` are the Survey's layers and the plan's factored
+    Row i's Jacobian is formed once; the columns are swept left to right
+    in even rows and right to left in odd ones, so a row starts from the
+    column Jacobian the previous row ended with: 1 + n_rows·n_columns
+    block Jacobians in all. `overlaps` as in _row_blocks.
+    """
+    column, formed = None, None
+    for i in range(len(blocks)):
+        row = jacobian_fn(params, net_state, blocks[i], classes)
+        order = range(len(columns))
+        for j in order if i % 2 == 0 else reversed(order):
+            if j != formed:
+                column = None  # frees the last column before the next
+                column = jacobian_fn(params, net_state, columns[j], classes)
+                formed = j
+            pair = overlaps.get((i, j)) if overlaps is not None else None
+            if pair is None:
+                pair = jacobians.overlaps(row, column)
+                if overlaps is not None:
+                    overlaps[i, j] = pair
+            yield i, j, jacobians.gram(row, column, pair)
+
+
+def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
+    """(params, net_state, blocks, classes, layers, factored, overlaps,
+    columns=None) -> iterator of (i, j, block).
+
+    Without `columns`, the blocks (i, j), i ≤ j, of the square kernel of
+    `blocks`; with `columns` (blocks of other images, of the same size),
+    every block (i, j) of the rectangle `blocks` × `columns`. `layers`
+    and `factored` are the Survey's layers and the plan's factored
     layers, `overlaps` a dict kept across the passes of one kernel or None
     ('rows' only). Compiled functions are kept in the schedule: reuse it
-    for every pass and every kernel of the same model.
+    for every pass and every kernel of the same model, cross kernels
+    included.
     """
     if implementation == "rows":
         compiled = {}
 
         def rows(
-            params, net_state, blocks, classes, layers, factored, overlaps
+            params,
+            net_state,
+            blocks,
+            classes,
+            layers,
+            factored,
+            overlaps,
+            columns=None,
         ):
             if (layers, factored) not in compiled:
                 compiled[layers, factored] = jacobians.block_jacobian_fn(
                     apply_fn, layers, factored
                 )
+            jacobian_fn = compiled[layers, factored]
+            if columns is not None:
+                return _rectangle_blocks(
+                    jacobian_fn,
+                    params,
+                    net_state,
+                    blocks,
+                    columns,
+                    classes,
+                    overlaps,
+                )
             return _row_blocks(
-                compiled[layers, factored],
-                params,
-                net_state,
-                blocks,
-                classes,
-                overlaps,
+                jacobian_fn, params, net_state, blocks, classes, overlaps
             )
 
         return rows
@@ -531,9 +583,22 @@ def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
         block_fn = nt_block_fn(apply_fn, implementation)
 
         def pairs(
-            params, net_state, blocks, classes, layers, factored, overlaps
+            params,
+            net_state,
+            blocks,
+            classes,
+            layers,
+            factored,
+            overlaps,
+            columns=None,
         ):
             del layers, factored, overlaps  # neural-tangents does it all
+            if columns is not None:
+                return (
+                    (i, j, block_fn(params, net_state, x1, x2, classes))
+                    for i, x1 in enumerate(blocks)
+                    for j, x2 in enumerate(columns)
+                )
             return _pair_blocks(block_fn, params, net_state, blocks, classes)
 
         return pairs
@@ -546,6 +611,35 @@ def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
 # --------------------------------------------------------------------------
 # Whole kernels
 # --------------------------------------------------------------------------
+
+
+def _prepare(
+    apply_fn: Callable,
+    params,
+    net_state,
+    images: np.ndarray,
+    class_index: int | str,
+    implementation: str,
+    block_size: int | None,
+    classes_per_pass: int | None,
+    memory_gb: float,
+    log: Callable[[str], object] | None,
+) -> tuple[tuple[int, ...], BlockPlan, jacobians.Survey]:
+    """(the wanted logits, the plan for N = len(images), the survey)."""
+    survey = jacobians.survey(apply_fn, params, net_state, images.shape[1:])
+    classes = kernel_classes(class_index, survey.n_logits)
+    plan = make_plan(
+        len(images),
+        survey,
+        classes,
+        block_size,
+        classes_per_pass,
+        memory_gb,
+        implementation,
+    )
+    if log is not None:
+        log(describe_plan(plan, survey, implementation))
+    return classes, plan, survey
 
 
 def empirical_ntk(
@@ -586,36 +680,109 @@ def empirical_ntk(
       UserError: `class_index` is not valid for the model's K logits.
     """
     images = np.asarray(images, np.float32)
-    survey = jacobians.survey(apply_fn, params, net_state, images.shape[1:])
-    classes = kernel_classes(class_index, survey.n_logits)
-    plan = make_plan(
-        len(images),
-        survey,
-        classes,
+    classes, plan, survey = _prepare(
+        apply_fn,
+        params,
+        net_state,
+        images,
+        class_index,
+        implementation,
         block_size,
         classes_per_pass,
         memory_gb,
+        log,
+    )
+    kernels = _per_class_kernels(
+        schedule or block_schedule(apply_fn, implementation),
+        params,
+        net_state,
+        images,
+        None,
+        plan,
+        survey,
+        show_progress,
+    )
+    return _select(
+        {c: _symmetric(kernel) for c, kernel in kernels.items()},
+        classes,
+        class_index,
+    )
+
+
+def cross_ntk(
+    apply_fn: Callable,
+    params,
+    net_state,
+    test_images: np.ndarray,
+    images: np.ndarray,
+    class_index: int | str = COMBINED,
+    *,
+    implementation: str = DEFAULT_IMPLEMENTATION,
+    block_size: int | None = None,
+    classes_per_pass: int | None = None,
+    memory_gb: float = DEFAULT_MEMORY_GB,
+    show_progress: bool = False,
+    schedule: Callable | None = None,
+) -> np.ndarray:
+    """The cross kernel K(test, train) of a model, batch norm in eval mode.
+
+    Entry [a, i] = ∇θ f_c(x_test_a) · ∇θ f_c(x_i) for K_c (the mean over
+    c for COMBINED). Blocks as empirical_ntk's plan for the N training
+    images (the same block size, logits per pass and factored layers, so
+    the same compiled functions); the M test images are cut into blocks of
+    that size, the last zero-padded, and every block of the rectangle is
+    computed (block_schedule with `columns`). Peak memory is at most
+    empirical_ntk's; with several passes the overlaps of all
+    ⌈M/B⌉·⌈N/B⌉ pairs of blocks are kept.
+
+    Args:
+      test_images: (M, H, W, C) float32, the rows.
+      images: (N, H, W, C) float32, the training images, the columns.
+      the rest: as empirical_ntk.
+    Returns:
+      float32 (M, N) for one class or COMBINED, (K, M, N) for ALL_CLASSES.
+    Raises:
+      UserError: `class_index` is not valid for the model's K logits.
+    """
+    images = np.asarray(images, np.float32)
+    classes, plan, survey = _prepare(
+        apply_fn,
+        params,
+        net_state,
+        images,
+        class_index,
         implementation,
+        block_size,
+        classes_per_pass,
+        memory_gb,
+        None,
     )
-    if log is not None:
-        log(describe_plan(plan, survey, implementation))
-    schedule = schedule or block_schedule(apply_fn, implementation)
-    blocks = functools.partial(
-        schedule,
-        layers=survey.layers,
-        factored=plan.factored,
-        overlaps={} if len(plan.passes) > 1 else None,
+    kernels = _per_class_kernels(
+        schedule or block_schedule(apply_fn, implementation),
+        params,
+        net_state,
+        np.asarray(test_images, np.float32),
+        images,
+        plan,
+        survey,
+        show_progress,
     )
-    # Full float32 products even where XLA would use TF32 (GPUs).
-    with jax.default_matmul_precision("highest"):
-        kernels = _per_class_kernels(
-            blocks, params, net_state, images, plan, show_progress
-        )
+    return _select(kernels, classes, class_index)
+
+
+def _select(
+    kernels: dict[int, np.ndarray],
+    classes: Sequence[int],
+    class_index: int | str,
+) -> np.ndarray:
+    """The kernel `class_index` asks for, from the per-class ones."""
     if class_index == COMBINED:
-        return _symmetric(sum(kernels[c] for c in classes) / len(classes))
+        return (sum(kernels[c] for c in classes) / len(classes)).astype(
+            np.float32
+        )
     if class_index == ALL_CLASSES:
-        return np.stack([_symmetric(kernels[c]) for c in classes])
-    return _symmetric(kernels[classes[0]])
+        return np.stack([kernels[c] for c in classes])
+    return kernels[classes[0]]
 
 
 def _per_class_kernels(
@@ -623,31 +790,64 @@ def _per_class_kernels(
     params,
     net_state,
     images: np.ndarray,
+    columns: np.ndarray | None,
     plan: BlockPlan,
+    survey: jacobians.Survey,
     show_progress: bool,
 ) -> dict[int, np.ndarray]:
-    """{c: upper block triangle of K_c, float32 (N, N)} for every class in
-    the plan's passes; entries below the diagonal blocks are left zero."""
-    blocks = jnp.asarray(plan.blocks(images))
-    padded = plan.n_blocks * plan.size
+    """{c: float32 kernel of logit c} for every class in the plan's
+    passes: without `columns` (N, N) with only the blocks on or above the
+    diagonal filled (the rest zero); with `columns` (N', H, W, C) the full
+    (N, N') cross kernel of `images` × `columns`. Full float32 products
+    even where XLA would use TF32 (GPUs)."""
+    blocks = functools.partial(
+        schedule,
+        layers=survey.layers,
+        factored=plan.factored,
+        overlaps={} if len(plan.passes) > 1 else None,
+    )
+    rows = plan.blocks(images)
+    if columns is None:
+        n_columns, computed = len(images), plan.n_upper_blocks
+    else:
+        n_columns = len(columns)
+        columns = jnp.asarray(plan.blocks(columns))
+        computed = len(rows) * len(columns)
+    rows = jnp.asarray(rows)
     kernels = {}
-    with tqdm(
-        total=len(plan.passes) * plan.n_upper_blocks,
-        unit="block",
-        desc="kernel",
-        disable=not show_progress,
-    ) as bar:
+    with (
+        jax.default_matmul_precision("highest"),
+        tqdm(
+            total=len(plan.passes) * computed,
+            unit="block",
+            desc="kernel" if columns is None else "cross kernel",
+            disable=not show_progress,
+        ) as bar,
+    ):
         for classes in plan.passes:
-            upper = np.zeros((len(classes), padded, padded), np.float32)
-            for i, j, block in schedule(
-                params, net_state, blocks, jnp.asarray(classes, jnp.int32)
+            out = np.zeros(
+                (
+                    len(classes),
+                    rows.shape[0] * plan.size,
+                    data.n_batches(n_columns, plan.size) * plan.size,
+                ),
+                np.float32,
+            )
+            for i, j, block in blocks(
+                params,
+                net_state,
+                rows,
+                jnp.asarray(classes, jnp.int32),
+                columns=columns,
             ):
-                rows = slice(i * plan.size, (i + 1) * plan.size)
-                cols = slice(j * plan.size, (j + 1) * plan.size)
-                upper[:, rows, cols] = np.asarray(block)
+                out[
+                    :,
+                    i * plan.size : (i + 1) * plan.size,
+                    j * plan.size : (j + 1) * plan.size,
+                ] = np.asarray(block)
                 bar.update()
-            for c, kernel in zip(classes, upper, strict=True):
-                kernels[c] = kernel[: plan.n_images, : plan.n_images]
+            for c, kernel in zip(classes, out, strict=True):
+                kernels[c] = kernel[: len(images), :n_columns]
     return kernels
 
 

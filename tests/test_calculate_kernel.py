@@ -14,7 +14,12 @@ import data
 import kernel_files
 import models
 import utils
-from helpers import legacy_balanced_indices, needs_fashion_mnist
+from helpers import (
+    assert_close,
+    legacy_balanced_indices,
+    load_pickle,
+    needs_fashion_mnist,
+)
 from helpers import run_script as run_entry_script
 from kernel_reference import perturb, reference_kernels, relative_error
 
@@ -235,3 +240,148 @@ def test_error_from_the_command_line_has_no_traceback(run_dir):
     assert result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+# --------------------------------------------------------------------------
+# Several checkpoints in one process, {name}, cross kernels
+# --------------------------------------------------------------------------
+
+TEST_SIZE = 10  # one test image of each class
+
+
+@pytest.fixture(scope="module")
+def sweep(run_dir):
+    """Two checkpoints of one run named as run_exp.py --constant_save names
+    them, without an epoch in their meta (it comes from the names)."""
+    folder = run_dir["root"] / "sweep"
+    paths = []
+    for seed, epoch in ((5, "0.5"), (6, "2")):
+        path = str(folder / f"parameters_checkpoint_{epoch}.pkl")
+        utils.save_checkpoint(
+            path,
+            perturb(run_dir["params"], seed, 0.05),
+            run_dir["params"],
+            run_dir["state"],
+            dict(SPEC.as_meta(), phase="standard"),
+        )
+        paths.append(path)
+    return paths
+
+
+def sweep_args(run_dir, paths, bonus_dir, *extra):
+    return [
+        "--model_path",
+        *paths,
+        "--dataset_size",
+        str(SIZE),
+        "--data_path",
+        run_dir["data"],
+        "--bonus_dir",
+        bonus_dir,
+        "--block_size",
+        str(BLOCK),
+        "--class_index",
+        "3",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_several_checkpoints_with_cross_kernels(run_dir, sweep, capsys):
+    calculate_kernel.main(
+        sweep_args(
+            run_dir, sweep, "kernels/{name}", "--test_size", str(TEST_SIZE)
+        )
+    )
+    out = capsys.readouterr().out.splitlines()
+    name = f"saved_kernel_class_3_{SIZE}.pkl"
+    folder = os.path.dirname(sweep[0])
+    written = [
+        os.path.join(folder, "kernels", stem, name)
+        for stem in ("parameters_checkpoint_0.5", "parameters_checkpoint_2")
+    ]
+    # The plan once, then one line per file.
+    assert len(out) == 3 and out[0].startswith("kernel (rows)")
+    for line, path in zip(out[1:], written, strict=True):
+        assert line.startswith(f"wrote {path}: N = {SIZE}, M = {TEST_SIZE}")
+
+    test_images, test_labels = data.load_split(
+        "fashion_mnist", run_dir["data"], train=False
+    )
+    test_indices = legacy_balanced_indices(test_labels, TEST_SIZE, 10, 0)
+    indices = legacy_balanced_indices(run_dir["labels"], SIZE, 10, 0)
+    both = np.concatenate(
+        [run_dir["images"][indices], test_images[test_indices]]
+    )
+    checkpoints = [utils.load_checkpoint(path) for path in sweep]
+    references = reference_kernels(
+        SPEC.build().apply,
+        [checkpoint["params"] for checkpoint in checkpoints],
+        run_dir["state"],
+        both,
+    )
+    for path, epoch, reference in zip(
+        written, (0.5, 2), references, strict=True
+    ):
+        kernel = kernel_files.read(
+            path, class_index=3, size=SIZE, train_labels=run_dir["labels"]
+        )
+        assert kernel.epoch == epoch and kernel.extras["phase"] == "standard"
+        assert kernel_files.checkpoint_folder(kernel) == folder
+        np.testing.assert_array_equal(kernel.test_indices, test_indices)
+        np.testing.assert_array_equal(
+            kernel.test_labels, test_labels[test_indices]
+        )
+        assert relative_error(kernel.kernel, reference[3, :SIZE, :SIZE]) < 1e-5
+        # The cross kernel: J_3(test) J_3(train)ᵀ.
+        assert kernel.test_kernel.shape == (TEST_SIZE, SIZE)
+        assert (
+            relative_error(kernel.test_kernel, reference[3, SIZE:, :SIZE])
+            < 1e-5
+        )
+    # The same numbers as a run given the second checkpoint alone.
+    calculate_kernel.main(
+        sweep_args(run_dir, sweep[1:], "single", "--test_size", str(TEST_SIZE))
+    )
+    alone = load_pickle(os.path.join(folder, "single", name))
+    together = load_pickle(written[1])
+    for key in ("kernel", "test_kernel", "indices", "test_indices"):
+        assert_close(together[key], alone[key], rtol=1e-6)
+
+
+def test_checkpoints_writing_the_same_file_are_refused(run_dir, sweep, capsys):
+    folder = os.path.dirname(sweep[0])
+    before = files_in(folder)
+    assert run_cli(sweep_args(run_dir, sweep, ".")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert sweep[0] in err and sweep[1] in err
+    assert "--bonus_dir kernels/{name}" in err
+    assert run_cli(sweep_args(run_dir, [sweep[0], sweep[0]], "k/{name}")) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert files_in(folder) == before
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--test_size", "15", "--test_size 15"),
+        ("--test_size", "10010", "exceeds the 10000 test images"),
+        ("--model_path", "missing.pkl", "missing.pkl"),
+    ],
+)
+def test_bad_input_among_several_writes_nothing(
+    run_dir, sweep, capsys, flag, value, message
+):
+    """Every checkpoint and size is checked before any kernel is computed."""
+    paths = list(sweep)
+    extra = []
+    if flag == "--model_path":
+        paths.append(os.path.join(os.path.dirname(sweep[0]), value))
+    else:
+        extra = [flag, value]
+    assert run_cli(sweep_args(run_dir, paths, "bad/{name}", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert files_in(os.path.join(os.path.dirname(sweep[0]), "bad")) == []

@@ -295,3 +295,128 @@ def test_use_linear_params_contradicting_the_kernel_is_refused(tmp_path):
     path = write(tmp_path, kernel_record(use_linear_params=False))
     with pytest.raises(UserError, match="computed at params"):
         kernel_files.resolve_use_linear_params(True, kernel_files.read(path))
+
+
+# --------------------------------------------------------------------------
+# Cross kernels, names, runs
+# --------------------------------------------------------------------------
+
+
+def test_cross_kernels_are_written_per_class_and_read_back(tmp_path):
+    kernels = np.stack([kernel_matrix(seed=c) for c in range(N_CLASSES)])
+    cross = np.random.default_rng(3).normal(size=(N_CLASSES, 4, SIZE))
+    paths = kernel_files.write(
+        str(tmp_path),
+        "k",
+        ALL_CLASSES,
+        kernels,
+        np.repeat(np.arange(N_CLASSES), 2),
+        np.arange(SIZE),
+        n_logits=N_CLASSES,
+        epoch=1,
+        test_kernel=cross,
+        test_labels=np.array([0, 1, 2, 0]),
+        test_indices=np.array([7, 3, 9, 1]),
+    )
+    for c, path in enumerate(paths):
+        record = load_pickle(path)
+        assert record["test_kernel"].dtype == np.float32
+        np.testing.assert_array_equal(
+            record["test_kernel"], cross[c].astype(np.float32)
+        )
+        loaded = kernel_files.read(path)
+        assert loaded.test_kernel.dtype == np.float64
+        np.testing.assert_array_equal(loaded.test_indices, [7, 3, 9, 1])
+        np.testing.assert_array_equal(loaded.test_labels, [0, 1, 2, 0])
+    plain = kernel_files.read(
+        write(tmp_path, kernel_record(), name="plain.pkl")
+    )
+    assert plain.test_kernel is None and plain.test_labels is None
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(test_kernel=np.ones((2, 4))), "without test_labels"),
+        (
+            dict(
+                test_kernel=np.ones((2, 3)),
+                test_labels=np.zeros(2, int),
+                test_indices=np.arange(2),
+            ),
+            "of 4 columns",
+        ),
+        (
+            dict(
+                test_kernel=np.full((2, 4), np.inf),
+                test_labels=np.zeros(2, int),
+                test_indices=np.arange(2),
+            ),
+            "NaN or infinite",
+        ),
+        (
+            dict(
+                test_kernel=np.ones((2, 4)),
+                test_labels=np.zeros(3, int),
+                test_indices=np.arange(2),
+            ),
+            "'test_labels'",
+        ),
+    ],
+)
+def test_bad_cross_kernels_are_refused(tmp_path, changes, message):
+    path = write(tmp_path, kernel_record(**changes))
+    with pytest.raises(UserError, match=message) as error:
+        kernel_files.read(path)
+    assert path in str(error.value) and "\n" not in str(error.value)
+
+
+def test_pickles_that_are_not_kernel_files(tmp_path):
+    with pytest.raises(kernel_files.NotAKernelFile, match="lacks key"):
+        kernel_files.read(write(tmp_path, {"params": {}}))
+    with pytest.raises(kernel_files.NotAKernelFile, match="lacks key"):
+        kernel_files.read(write(tmp_path, [1, 2]))
+    original = write(
+        tmp_path, {"kernel": kernel_matrix(), "labels": np.zeros(SIZE, int)}
+    )
+    with pytest.raises(UserError, match="original code") as error:
+        kernel_files.read(original, recorded_only=True)
+    assert not isinstance(error.value, kernel_files.NotAKernelFile)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("saved_kernel_500.pkl", True),
+        ("saved_kernel_class_3_500.pkl", True),
+        ("k_20.pkl", True),
+        ("parameters_checkpoint_20.pkl", False),
+        ("parameters_checkpoint_linear_3.pkl", False),
+        ("parameters_final.pkl", False),
+        ("results.pkl", False),
+        ("saved_kernel_500.json", False),
+    ],
+)
+def test_kernel_file_names(name, expected):
+    assert kernel_files.is_kernel_file_name(name) is expected
+
+
+def test_checkpoint_folder_follows_the_relative_path(tmp_path):
+    folder = tmp_path / "run" / "kernels" / "parameters_checkpoint_2"
+    folder.mkdir(parents=True)
+    path = write(
+        folder,
+        kernel_record(
+            checkpoint_relpath=os.path.join(
+                "..", "..", "parameters_checkpoint_2.pkl"
+            )
+        ),
+    )
+    loaded = kernel_files.read(path)
+    assert kernel_files.checkpoint_folder(loaded) == str(tmp_path / "run")
+    assert (
+        kernel_files.checkpoint_folder(
+            kernel_files.read(write(tmp_path, kernel_record()))
+        )
+        is None
+    )

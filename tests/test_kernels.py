@@ -147,6 +147,62 @@ def test_kernel_at_lin_params(references, implementation):
     assert relative_error(got, references["resnet", "lin"]) < 1e-5
 
 
+# Cross kernels: training images 0..3 (two blocks of 3, the last padded),
+# test images 2..6 (two blocks, the last padded); the reference is the
+# (test, train) part of the kernel of all seven.
+CROSS_TRAIN = slice(0, 4)
+CROSS_TEST = slice(2, 7)
+
+
+@pytest.mark.parametrize(
+    "net, implementation, class_index",
+    [
+        ("mlp", "rows", ALL_CLASSES),
+        ("mlp", "structured", COMBINED),
+        ("resnet", "rows", COMBINED),
+        ("resnet", "rows", 1),
+        ("resnet", "jacobian", ALL_CLASSES),
+    ],
+)
+def test_cross_kernel_matches_reference(
+    references, net, implementation, class_index
+):
+    apply_fn, params, _, state, images = {"resnet": resnet, "mlp": mlp}[net]()
+    got = kernels.cross_ntk(
+        apply_fn,
+        params,
+        state,
+        images[CROSS_TEST],
+        images[CROSS_TRAIN],
+        class_index,
+        implementation=implementation,
+        block_size=BLOCK,
+        classes_per_pass=PER_PASS,
+        schedule=schedule(net, implementation),
+    )
+    want = expected(references[net], class_index)[..., CROSS_TEST, CROSS_TRAIN]
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert relative_error(got, want) < 1e-5
+
+
+def test_cross_kernel_of_the_training_images_is_the_kernel():
+    """K(X, X) from the rectangle schedule equals the square kernel."""
+    apply_fn, params, _, state, images = resnet()
+    square = compute("resnet", "rows", ALL_CLASSES)
+    cross = kernels.cross_ntk(
+        apply_fn,
+        params,
+        state,
+        images,
+        images,
+        ALL_CLASSES,
+        block_size=BLOCK,
+        classes_per_pass=PER_PASS,
+        schedule=schedule("resnet", "rows"),
+    )
+    assert relative_error(cross, square) < 1e-6
+
+
 @pytest.mark.parametrize("class_index", [2, COMBINED])
 def test_symmetric_and_positive_semidefinite(class_index):
     kernel = compute("resnet", "rows", class_index)

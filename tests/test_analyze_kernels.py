@@ -1,0 +1,437 @@
+"""analyze_kernels.py end to end: on kernel files written by
+kernel_files.write from small random positive semi-definite kernels (two
+runs over the same epochs, per-class and combined kernels, cross kernels),
+every table checked against the formulas evaluated directly on the files'
+matrices; one-line refusals of bad input that write nothing; and the whole
+chain run_exp.py → calculate_kernel.py → analyze_kernels.py on a tiny
+Fashion-MNIST run."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import analyze_kernels
+import cli
+import kernel_files
+import utils
+from helpers import (
+    assert_one_line_error,
+    load_pickle,
+    needs_fashion_mnist,
+    run_script,
+)
+
+N, M, C = 12, 6, 3  # images, test images, classes
+EPOCHS = (0, 0.125, 0.5, 1, 2)
+RUNS = ("CC", "AC")
+REQUIRED = [
+    "path",
+    "epoch",
+    "class_index",
+    "n",
+    "top10_mass",
+    "top20_mass",
+    "effective_rank",
+    "condition_number",
+    "lambda_max",
+    "target_alignment",
+    "centered_target_alignment",
+    "kernel_regression_accuracy",
+]
+
+
+def write_run(folder, seed, epochs=EPOCHS, indices=None, speed=1.0):
+    """Kernels of classes 0..C−1 and their mean at each epoch, in
+    folder/kernels/{checkpoint name}/ as calculate_kernel.py --bonus_dir
+    kernels/{name} writes them, drifting from a common start."""
+    rng = np.random.default_rng(seed)
+    start = np.random.default_rng(0).normal(size=(N + M, 5))
+    labels = np.arange(N) % C
+    for epoch in epochs:
+        features = start + speed * np.sqrt(epoch) * rng.normal(size=(N + M, 5))
+        full = np.stack(
+            [(1 + c) * features @ features.T + c for c in range(C)]
+        ).astype(np.float32)
+        name = f"parameters_checkpoint_{epoch:g}"
+        out = os.path.join(folder, "kernels", name)
+        os.makedirs(out, exist_ok=True)
+        common = dict(
+            n_logits=C,
+            epoch=epoch,
+            phase="standard",
+            checkpoint_relpath=os.path.join("..", "..", f"{name}.pkl"),
+            test_labels=np.arange(M) % C,
+            test_indices=np.arange(M),
+        )
+        chosen = np.arange(N) if indices is None else indices
+        kernel_files.write(
+            out,
+            "saved_kernel",
+            kernel_files.ALL_CLASSES,
+            full[:, :N, :N],
+            labels,
+            chosen,
+            test_kernel=full[:, N:, :N],
+            **common,
+        )
+        kernel_files.write(
+            out,
+            "saved_kernel",
+            kernel_files.COMBINED,
+            full.mean(0)[:N, :N],
+            labels,
+            chosen,
+            test_kernel=full.mean(0)[N:, :N],
+            **common,
+        )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for seed, run in enumerate(RUNS):
+        write_run(str(root / run), seed + 1, speed=1.0 + 2 * seed)
+    return root
+
+
+def analyze(argv):
+    """(exit status, stdout, stderr) of main(argv) run as the script runs
+    it, in this process."""
+    return analyze_kernels.main([str(a) for a in argv])
+
+
+def run_main(argv, capsys):
+    try:
+        cli.run_cli(lambda: analyze(argv))
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def kernel_matrix(path):
+    """The file's kernel as a notebook reads it, float64."""
+    return load_pickle(path)["kernel"].astype(np.float64)
+
+
+def direct_distance(a, b):
+    return 1 - np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b))
+
+
+@pytest.fixture(scope="module")
+def analysed(runs, tmp_path_factory):
+    """The analysis of both runs with --compare, figures left out."""
+    out = tmp_path_factory.mktemp("analysis")
+    cc, ac = runs / "CC" / "kernels", runs / "AC" / "kernels"
+    analyze(
+        [cc, ac, "--out_dir", out, "--compare", cc, ac]
+        + ["--no_figures", "--no_progress"]
+    )
+    return out
+
+
+def test_tables_hold_every_kernel_and_pair(analysed, runs):
+    kernels = pd.read_csv(analysed / "kernels.csv")
+    assert set(REQUIRED) <= set(kernels.columns)
+    assert len(kernels) == len(RUNS) * len(EPOCHS) * (C + 1)
+    assert sorted(kernels["epoch"].unique()) == list(EPOCHS)
+    assert set(kernels["run"]) == {str(runs / run) for run in RUNS}
+    # Pairs: within each class (and the combined kernel), every two of the
+    # two runs' five epochs.
+    pairwise = pd.read_csv(analysed / "pairwise.csv")
+    assert list(pairwise.columns[:3]) == ["a", "b", "distance"]
+    n = len(RUNS) * len(EPOCHS)
+    assert len(pairwise) == (C + 1) * n * (n - 1) // 2
+    for row in pairwise.sample(10, random_state=0).itertuples():
+        want = direct_distance(kernel_matrix(row.a), kernel_matrix(row.b))
+        assert row.distance == pytest.approx(want, abs=1e-9)
+        assert load_pickle(row.a)["class_index"] == row.class_index
+        assert load_pickle(row.b)["class_index"] == row.class_index
+
+
+def test_kernel_rows_match_the_formulas(analysed):
+    kernels = pd.read_csv(analysed / "kernels.csv")
+    for row in kernels.sample(6, random_state=1).itertuples():
+        record = load_pickle(row.path)
+        matrix = record["kernel"].astype(np.float64)
+        values = np.sort(np.linalg.eigvalsh(matrix))[::-1]
+        assert row.n == N and row.class_index == record["class_index"]
+        assert row.lambda_max == pytest.approx(values[0])
+        assert row.top10_mass == pytest.approx(
+            np.sum(values[:10] ** 2) / np.sum(matrix**2)
+        )
+        assert row.top20_mass == pytest.approx(1.0)  # 20 > N
+        y = np.eye(C)[record["labels"]]
+        if row.class_index != kernel_files.COMBINED:
+            y = y[:, [row.class_index]]
+        target = y @ y.T
+        assert row.target_alignment == pytest.approx(
+            np.sum(matrix * target)
+            / (np.linalg.norm(matrix) * np.linalg.norm(target))
+        )
+        assert 0 <= row.kernel_regression_accuracy <= 1
+
+
+def test_series_hold_velocities_and_polar_coordinates(analysed, runs):
+    series = pd.read_csv(analysed / "series.csv")
+    combined = series[
+        (series["class_index"] == kernel_files.COMBINED)
+        & (series["run"] == str(runs / "AC"))
+    ]
+    assert list(combined["epoch"]) == list(EPOCHS)
+    matrices = [kernel_matrix(path) for path in combined["path"]]
+    for i in range(len(EPOCHS) - 1):
+        want = direct_distance(matrices[i], matrices[i + 1]) / (
+            EPOCHS[i + 1] - EPOCHS[i]
+        )
+        assert combined["velocity"].iloc[i] == pytest.approx(want)
+    assert np.isnan(combined["velocity"].iloc[-1])
+    gaps = [np.linalg.norm(k - matrices[0]) for k in matrices]
+    np.testing.assert_allclose(combined["r_whole"], np.array(gaps) / gaps[-1])
+    np.testing.assert_allclose(
+        combined["phi_whole"],
+        [np.arccos(1 - direct_distance(k, matrices[0])) for k in matrices],
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        combined["distance_to_last"],
+        [direct_distance(k, matrices[-1]) for k in matrices],
+        atol=1e-9,
+    )
+
+
+def test_compare_is_the_distance_between_runs(analysed):
+    rows = pd.read_csv(analysed / "compare.csv")
+    assert len(rows) == len(EPOCHS) * (C + 1)
+    for row in rows.itertuples():
+        assert "CC" in row.a and "AC" in row.b
+        assert (
+            load_pickle(row.a)["epoch"]
+            == row.epoch
+            == load_pickle(row.b)["epoch"]
+        )
+        want = direct_distance(kernel_matrix(row.a), kernel_matrix(row.b))
+        assert row.distance == pytest.approx(want, abs=1e-9)
+    start = rows[rows["epoch"] == 0]
+    assert np.allclose(start["distance"], 0, atol=1e-6)  # same start
+
+
+def test_json_is_strict_and_complete(analysed):
+    text = (analysed / "analysis.json").read_text()
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in analysis.json")
+
+    report = json.loads(text, parse_constant=refuse)
+    assert len(report["kernels"]) == len(RUNS) * len(EPOCHS) * (C + 1)
+    assert len(report["kernels"][0]["eigenvalues"]) == N
+    assert len(report["series"]) == len(RUNS) * (C + 1)
+    assert len(report["compare"]["rows"]) == len(EPOCHS) * (C + 1)
+    first = report["series"][0]
+    assert set(first["polar"]) == {"whole", "top", "rest"}
+    assert len(first["velocity"]) == len(EPOCHS) - 1
+
+
+@pytest.mark.slow
+def test_figures_and_notes(runs, tmp_path, capsys):
+    """Figures of one run; a kernel without an epoch and pickles that are
+    not kernels in the folder are listed in notes."""
+    folder = tmp_path / "run"
+    shutil.copytree(runs / "CC", folder)
+    undated = folder / "kernels" / "other" / "saved_kernel_12.pkl"
+    record = load_pickle(
+        folder / "kernels" / "parameters_checkpoint_1" / "saved_kernel_12.pkl"
+    )
+    utils.atomic_pickle(undated, dict(record, epoch=None))
+    utils.atomic_pickle(
+        folder / "kernels" / "ntk_eig_images_class_0_12.pkl",
+        {"pos_images": np.zeros((1, 1, 2, 2))},
+    )
+    out = tmp_path / "out"
+    code, stdout, err = run_main(
+        [folder, "--out_dir", out, "--no_progress"], capsys
+    )
+    assert code == 0, err
+    assert "1 kernel file(s) record no epoch" in stdout
+    assert "1 pickle(s) named like kernel files" in stdout
+    for name in (
+        "distance_heatmap.png",
+        "velocity.png",
+        "polar.png",
+        "eigenvalue_decay.png",
+        "alignment.png",
+        "kernel_regression.png",
+    ):
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
+    kernels = pd.read_csv(out / "kernels.csv")
+    row = kernels[kernels["path"] == str(undated)]
+    assert len(row) == 1 and np.isnan(row["distance_to_first"].iloc[0])
+    assert str(undated) not in set(pd.read_csv(out / "series.csv")["path"])
+
+
+# --------------------------------------------------------------------------
+# Bad input: one line, nothing written
+# --------------------------------------------------------------------------
+
+
+def one_file(runs, epoch=1, name="saved_kernel_12.pkl", run="CC"):
+    return runs / run / "kernels" / f"parameters_checkpoint_{epoch:g}" / name
+
+
+def bad_cases(runs, tmp_path):
+    corrupt = tmp_path / "corrupt_12.pkl"
+    corrupt.write_bytes(b"\x80\x05 not a pickle")
+    checkpoint = tmp_path / "parameters_checkpoint_3.pkl"
+    utils.atomic_pickle(checkpoint, {"params": {}, "net_state": {}})
+    original = tmp_path / "original_12.pkl"
+    record = load_pickle(one_file(runs))
+    utils.atomic_pickle(
+        original, {"kernel": record["kernel"], "labels": record["labels"]}
+    )
+    zero = tmp_path / "zero_12.pkl"
+    utils.atomic_pickle(zero, dict(record, kernel=np.zeros((N, N))))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # A copy of the CC run whose epoch-2 kernels are of other images.
+    other = tmp_path / "other_images"
+    write_run(str(other), 5, epochs=(1,))
+    write_run(str(other), 5, epochs=(2,), indices=np.arange(N) + 100)
+    # Two kernels of one epoch in one series.
+    twice = tmp_path / "twice"
+    shutil.copytree(runs / "CC", twice)
+    shutil.copytree(
+        twice / "kernels" / "parameters_checkpoint_1",
+        twice / "kernels" / "copy",
+    )
+    cc = runs / "CC" / "kernels"
+    return {
+        "missing": ([tmp_path / "absent.pkl", cc], "absent.pkl"),
+        "corrupt": ([corrupt, cc], "corrupt_12.pkl"),
+        "not a kernel": ([checkpoint, cc], "lacks key(s) kernel"),
+        "original": ([original, cc], "original code"),
+        "zero": ([zero, cc], "is zero"),
+        "single": ([one_file(runs)], "only one kernel"),
+        "no pair": (
+            [
+                one_file(runs),
+                one_file(runs, name="saved_kernel_class_0_12.pkl"),
+            ],
+            "no pair",
+        ),
+        "empty folder": ([empty], "holds no kernel files"),
+        "other images": ([other], "different images"),
+        "same epoch twice": ([twice], "both kernels of epoch 1"),
+        "compare a file": (
+            [cc, "--compare", cc, one_file(runs)],
+            "is not a folder",
+        ),
+        "compare other images": (
+            [cc, "--compare", cc, other / "kernels"],
+            "different images",
+        ),
+        "nothing": ([], "no kernels given"),
+        "bad top_k": ([cc, "--top_k", "0"], "--top_k"),
+    }
+
+
+CASES = (
+    "missing",
+    "corrupt",
+    "not a kernel",
+    "original",
+    "zero",
+    "single",
+    "no pair",
+    "empty folder",
+    "other images",
+    "same epoch twice",
+    "compare a file",
+    "compare other images",
+    "nothing",
+    "bad top_k",
+)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_writes_nothing(
+    runs, tmp_path, capsys, case
+):
+    argv, message = bad_cases(runs, tmp_path)[case]
+    out = tmp_path / "out"
+    code, _, err = run_main(
+        [*argv, "--out_dir", out, "--no_figures", "--no_progress"], capsys
+    )
+    assert code == 2
+    assert_one_line_error(err, message)
+    assert not out.exists()
+
+
+def test_refusal_of_other_images_names_both_files(runs, tmp_path, capsys):
+    argv, _ = bad_cases(runs, tmp_path)["other images"]
+    _, _, err = run_main([*argv, "--out_dir", tmp_path / "out"], capsys)
+    assert (
+        "parameters_checkpoint_1" in err and "parameters_checkpoint_2" in err
+    )
+
+
+def test_script_error_has_no_traceback(tmp_path):
+    result = run_script(
+        "analyze_kernels.py", tmp_path / "absent", "--out_dir", tmp_path / "o"
+    )
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "absent")
+
+
+# --------------------------------------------------------------------------
+# The whole chain on a tiny run
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_kernels_of_a_tiny_runs_checkpoints(tmp_path):
+    """run_exp.py --constant_save (one epoch: checkpoints 0, 0.125, ...,
+    0.75, 1), calculate_kernel.py over all of them in one process with
+    cross kernels, then analyze_kernels.py over the kernel folder."""
+    data_path, save = tmp_path / "data", tmp_path / "run"
+    run_script(
+        "run_exp.py",
+        *("--standard_epochs", 1, "--linear_epochs", 0, "--constant_save"),
+        *("--save_path", save, "--data_path", data_path, "--skip_first_test"),
+        *("--dataset", "fashion_mnist", "--model", "mlp_skinny"),
+        *("--train_size", 200, "--batch_size", 25, "--no_progress"),
+        check=True,
+    )
+    checkpoints = sorted(
+        str(save / name)
+        for name in os.listdir(save)
+        if name.startswith("parameters_checkpoint_")
+    )
+    assert len(checkpoints) == 7
+    run_script(
+        "calculate_kernel.py",
+        *("--model_path", *checkpoints, "--bonus_dir", "kernels/{name}"),
+        *("--dataset_size", 50, "--test_size", 50, "--data_path", data_path),
+        check=True,
+    )
+    out = tmp_path / "analysis"
+    result = run_script(
+        "analyze_kernels.py", save / "kernels", "--out_dir", out, check=True
+    )
+    assert "7 kernel(s), 21 pair(s), 1 series" in result.stdout
+    series = pd.read_csv(out / "series.csv")
+    assert list(series["epoch"]) == [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1]
+    assert set(series["run"]) == {str(save)}
+    assert (series["velocity"].iloc[:-1] > 0).all()
+    kernels = pd.read_csv(out / "kernels.csv")
+    # The kernel changes as the network trains, and predicts better than
+    # chance from epoch 0 on.
+    assert (kernels["kernel_regression_accuracy"] > 0.2).all()
+    assert series["distance_to_first"].iloc[-1] > 0
+    assert (out / "polar.png").exists() and (out / "velocity.png").exists()
