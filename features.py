@@ -15,14 +15,23 @@ J. Two kinds of coefficients are used:
   y_c (1 for the images of class c, 0 for the others): v_w is the direction
   in which kernel regression on these targets moves θ.
 
-A feature image starts grey (every pixel 0.5) and takes signed-gradient
-steps, clipped to [0, 1], on the cosine between ∇θ f_c(image) and v: up for
-the "positive" and "w" images, down for the "negative" ones.
+A feature image starts from a start image (`Start`: grey, every pixel 0.5,
+as the original; the mean of the kernel's images; or a constant) and takes
+signed-gradient steps, clipped to [0, 1], on the cosine between
+∇θ f_c(image) and v: up for the "positive" and "w" images, down for the
+"negative" ones. Besides the final image, the image of the best cosine along
+the way is kept (highest for positive and w, lowest for negative).
+
+A pixel moves only where the cosine's gradient is non-zero. A ReLU network
+whose first-layer channels are all in their flat region for the start image
+(a narrow ResNet at the grey start, whose first convolution has no bias)
+has an exactly zero gradient inside the image: `zero_gradient_fractions`
+measures this before the loop, and `feature_images` warns.
 
 Parameters are handled as one flat float32 vector
 (`jax.flatten_util.ravel_pytree`), so features and parameter gradients are
-plain (P,) arrays. Images are (H, W, C) as everywhere in this code base;
-`FeatureImages.as_record` turns them into the (C, H, W) of the output files.
+plain (P,) arrays. Images are (H, W, C) as everywhere in this code base and
+in the original's output files.
 """
 
 import dataclasses
@@ -35,6 +44,7 @@ import numpy as np
 import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
+import cli
 from kernel_files import KernelFile
 from utils import UserError
 
@@ -49,10 +59,68 @@ MAX_JITTER = 0.1
 # |v_i|² must match λ_i to this fraction of λ_0, or the kernel file does not
 # belong to the network (another checkpoint, or params vs lin_params).
 NORM_TOLERANCE = 0.05
+# More than this fraction of the start image's pixels with an exactly zero
+# cosine gradient (for one kind of image) gets a warning.
+DEAD_WARNING_FRACTION = 0.5
 _TINY = 1e-30
 
 # (flat θ (P,), images (B, H, W, C)) -> logit c of each image, (B,).
 LogitFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+# --------------------------------------------------------------------------
+# The start image
+# --------------------------------------------------------------------------
+
+START_CHOICES = "grey, mean or constant:V with V in [0, 1]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where every feature image starts.
+
+    kind: 'grey' (every pixel GREY, the original's), 'mean' (the pixel-wise
+      mean of the kernel's N images) or 'constant' (every pixel `value`).
+    value: the constant's pixel value in [0, 1]; None for the other kinds.
+    """
+
+    kind: str = "grey"
+    value: float | None = None
+
+    def __str__(self) -> str:
+        """The text `parse_start` reads back: 'grey', 'mean', 'constant:V'."""
+        return self.kind if self.value is None else f"constant:{self.value:g}"
+
+    def image(self, images: np.ndarray) -> np.ndarray:
+        """The start image, float32 (H, W, C) in [0, 1].
+
+        Args:
+          images: (N, H, W, C) in [0, 1], the kernel's images.
+        """
+        images = np.asarray(images)
+        if self.kind == "mean":
+            return np.mean(images, axis=0, dtype=np.float64).astype(np.float32)
+        value = GREY if self.kind == "grey" else self.value
+        return np.full(images.shape[1:], value, np.float32)
+
+
+def parse_start(text: str) -> Start:
+    """A --start value: 'grey', 'mean' or 'constant:V' with V in [0, 1].
+
+    Raises:
+      UserError: anything else (one line naming the choices).
+    """
+    if text in ("grey", "mean"):
+        return Start(text)
+    kind, colon, number = text.partition(":")
+    if kind == "constant" and colon:
+        try:
+            value = float(number)
+        except ValueError:
+            value = None
+        if value is not None and 0.0 <= value <= 1.0:
+            return Start("constant", value)
+    raise UserError(f"{text!r} is not one of {START_CHOICES}")
 
 
 # --------------------------------------------------------------------------
@@ -62,6 +130,13 @@ LogitFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 def sorted_eigh(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of a symmetric kernel, largest eigenvalue first.
+
+    For a positive semi-definite K this is the original's SVD K = U S Vᵀ:
+    the same eigenvalues and, for distinct eigenvalues, the same U up to
+    the sign of each column. The SVD leaves that sign to LAPACK (it can
+    change with the LAPACK build), so it is no convention to reproduce;
+    here it is fixed, and it decides which image is "positive" (cosine
+    with +v_i raised) and which "negative".
 
     Args:
       kernel: (N, N) symmetric.
@@ -182,11 +257,11 @@ def feature_vectors(
     images = np.asarray(images, np.float32)
     coefficients = np.asarray(coefficients, np.float32)
     batch = min(batch_size, len(images))
-    accumulate = _accumulate_features_fn(logit_fn)
     total = jnp.zeros((coefficients.shape[1], flat_params.size), jnp.float32)
     for start in range(0, len(images), batch):
         stop = start + batch
-        total = accumulate(
+        total = _accumulate_features(
+            logit_fn,
             total,
             flat_params,
             _pad_rows(images[start:stop], batch),
@@ -195,17 +270,18 @@ def feature_vectors(
     return total
 
 
-def _accumulate_features_fn(logit_fn: LogitFn) -> Callable:
-    """Compiled (total (M, P), flat θ, images (B, ...), coefficients (B, M))
+# The compiled functions below take `logit_fn` as a static argument: JAX
+# keeps one compilation per function object and shapes, so repeated calls
+# with the logit function of one `class_logit_fn` call compile once.
+
+
+@functools.partial(jax.jit, static_argnames="logit_fn")
+def _accumulate_features(logit_fn, total, flat_params, images, coefficients):
+    """(total (M, P), flat θ, images (B, ...), coefficients (B, M))
     -> total + coefficientsᵀ J_batch."""
-
-    @jax.jit
-    def accumulate(total, flat_params, images, coefficients):
-        _, pullback = jax.vjp(lambda p: logit_fn(p, images), flat_params)
-        (batch_features,) = jax.vmap(pullback)(coefficients.T)
-        return total + batch_features
-
-    return accumulate
+    _, pullback = jax.vjp(lambda p: logit_fn(p, images), flat_params)
+    (batch_features,) = jax.vmap(pullback)(coefficients.T)
+    return total + batch_features
 
 
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -238,6 +314,74 @@ def gradient_cosine(
     return jnp.vdot(gradient, unit_feature) / norm
 
 
+def unit_rows(features: jax.Array) -> jax.Array:
+    """`features` (M, P) with each row scaled to unit length, float32."""
+    features = jnp.asarray(features, jnp.float32)
+    norms = jnp.linalg.norm(features, axis=1, keepdims=True)
+    return features / jnp.maximum(norms, _TINY)
+
+
+def zero_gradient_fractions(
+    logit_fn: LogitFn,
+    flat_params: jax.Array,
+    features: jax.Array,
+    start_image: np.ndarray,
+) -> np.ndarray:
+    """For each feature, the fraction of the start image's pixels at which
+    ∇x cos(∇θ f_c(x), v) is exactly zero.
+
+    Such pixels do not move in a signed-gradient step. A pixel (h, w)
+    counts when its gradient is zero in every channel.
+
+    Args:
+      logit_fn, flat_params: from `class_logit_fn`.
+      features: (M, P), the v_m (any length).
+      start_image: (H, W, C) in [0, 1].
+    Returns:
+      float64 (M,), each in [0, 1].
+    """
+    fractions = _zero_gradient_fractions(
+        logit_fn,
+        flat_params,
+        unit_rows(features),
+        jnp.asarray(start_image, jnp.float32),
+    )
+    return np.asarray(fractions, np.float64)
+
+
+@functools.partial(jax.jit, static_argnames="logit_fn")
+def _zero_gradient_fractions(logit_fn, flat_params, units, image):
+    """(flat θ, units (M, P), image (H, W, C)) -> (M,) fractions."""
+    gradient = jax.grad(
+        functools.partial(gradient_cosine, logit_fn, flat_params)
+    )
+    grads = jax.lax.map(lambda unit: gradient(image, unit), units)
+    zero = jnp.all(grads == 0, axis=-1)  # (M, H, W)
+    return jnp.mean(zero.astype(jnp.float32), axis=(1, 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """What `align_images` returns; M images, T steps.
+
+    images: float32 (M, H, W, C) in [0, 1], after the T-th step.
+    cosines: float32 (T + 1, M): row t the cosines after t steps.
+    best_images: float32 (M, H, W, C): image m after best_steps[m] steps.
+    best_steps: int64 (M,): the first step t at which signs[m] · cosine
+      is highest (the highest cosine to raise, the lowest to lower).
+    """
+
+    images: np.ndarray
+    cosines: np.ndarray
+    best_images: np.ndarray
+    best_steps: np.ndarray
+
+    @property
+    def best_cosines(self) -> np.ndarray:
+        """float32 (M,): the cosine of each best image."""
+        return self.cosines[self.best_steps, np.arange(len(self.best_steps))]
+
+
 def align_images(
     logit_fn: LogitFn,
     flat_params: jax.Array,
@@ -246,17 +390,18 @@ def align_images(
     start_image: np.ndarray,
     steps: int,
     step_size: float,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Alignment:
     """Signed-gradient ascent (or descent) of each image's feature cosine.
 
     Image m starts at `start_image` and takes `steps` steps
-    x ← clip(x + step_size · signs[m] · sign(∇x cos(∇θ f_c(x), v_m)), 0, 1).
-    The loop is one `lax.fori_loop` in one compiled function; within a
-    step the M images are taken one after another (`lax.map`), so one
-    per-image parameter gradient (P,) is alive at a time. (Vmapping over
-    images makes every convolution's per-image weight gradient a grouped
-    convolution: 50 times slower on CPU, and it crashes XLA:CPU of jaxlib
-    0.5.3 for some networks.)
+    x ← clip(x + step_size · signs[m] · sign(∇x cos(∇θ f_c(x), v_m)), 0, 1),
+    keeping the image of its best cosine on the way. The loop is one
+    `lax.fori_loop` in one compiled function; within a step the M images
+    are taken one after another (`lax.map`), so one per-image parameter
+    gradient (P,) is alive at a time. (Vmapping over images makes every
+    convolution's per-image weight gradient a grouped convolution: 50 times
+    slower on CPU, and it crashes XLA:CPU of jaxlib 0.5.3 for some
+    networks.)
 
     Args:
       logit_fn, flat_params: from `class_logit_fn`.
@@ -265,50 +410,69 @@ def align_images(
       start_image: (H, W, C) in [0, 1].
       steps: number of steps (>= 0).
       step_size: per-pixel change of one step, in pixel units.
-    Returns:
-      images: float32 (M, H, W, C) in [0, 1].
-      cosines: float32 (steps + 1, M): row t the cosines after t steps.
     """
-    features = jnp.asarray(features, jnp.float32)
-    norms = jnp.linalg.norm(features, axis=1, keepdims=True)
-    units = features / jnp.maximum(norms, _TINY)
-    run = _alignment_loop(logit_fn, steps)
-    images, cosines = run(
+    images, cosines, best_images, best_steps = _alignment_loop(
+        logit_fn,
+        steps,
         flat_params,
-        units,
+        unit_rows(features),
         jnp.asarray(signs, jnp.float32),
         jnp.asarray(start_image, jnp.float32),
         jnp.float32(step_size),
     )
-    return np.asarray(images), np.asarray(cosines)
+    return Alignment(
+        images=np.asarray(images),
+        cosines=np.asarray(cosines),
+        best_images=np.asarray(best_images),
+        best_steps=np.asarray(best_steps, np.int64),
+    )
 
 
-def _alignment_loop(logit_fn: LogitFn, steps: int) -> Callable:
-    """Compiled (flat θ, units (M, P), signs (M,), start (H, W, C), step)
-    -> (images (M, H, W, C), cosines (steps + 1, M))."""
+@functools.partial(jax.jit, static_argnames=("logit_fn", "steps"))
+def _alignment_loop(
+    logit_fn, steps, flat_params, units, signs, start, step_size
+):
+    """(flat θ, units (M, P), signs (M,), start (H, W, C), step size)
+    -> (images (M, H, W, C), cosines (steps + 1, M), best images
+    (M, H, W, C), best steps (M,))."""
+    cosine = functools.partial(gradient_cosine, logit_fn, flat_params)
+    value_and_grad = jax.value_and_grad(cosine)
+    count = units.shape[0]
+    per_image = (count,) + (1,) * start.ndim  # broadcasts over pixels
+    direction = step_size * signs.reshape(per_image)
 
-    @jax.jit
-    def run(flat_params, units, signs, start, step_size):
-        cosine = functools.partial(gradient_cosine, logit_fn, flat_params)
-        value_and_grad = jax.value_and_grad(cosine)
-        count = units.shape[0]
-        direction = step_size * signs.reshape((count,) + (1,) * start.ndim)
+    def keep_best(t, images, values, best):
+        best_images, best_scores, best_steps = best
+        scores = signs * values
+        better = scores > best_scores  # ties keep the earlier step
+        return (
+            jnp.where(better.reshape(per_image), images, best_images),
+            jnp.where(better, scores, best_scores),
+            jnp.where(better, t, best_steps),
+        )
 
-        def step(t, carry):
-            images, history = carry
-            values, grads = jax.lax.map(
-                lambda pair: value_and_grad(*pair), (images, units)
-            )
-            images = jnp.clip(images + direction * jnp.sign(grads), 0.0, 1.0)
-            return images, history.at[t].set(values)
+    def step(t, carry):
+        images, history, best = carry
+        values, grads = jax.lax.map(
+            lambda pair: value_and_grad(*pair), (images, units)
+        )
+        best = keep_best(t, images, values, best)
+        images = jnp.clip(images + direction * jnp.sign(grads), 0.0, 1.0)
+        return images, history.at[t].set(values), best
 
-        images = jnp.broadcast_to(start, (count,) + start.shape)
-        history = jnp.zeros((steps + 1, count), jnp.float32)
-        images, history = jax.lax.fori_loop(0, steps, step, (images, history))
-        final = jax.lax.map(lambda pair: cosine(*pair), (images, units))
-        return images, history.at[steps].set(final)
-
-    return run
+    images = jnp.broadcast_to(start, (count,) + start.shape)
+    history = jnp.zeros((steps + 1, count), jnp.float32)
+    best = (
+        images,
+        jnp.full((count,), -jnp.inf, jnp.float32),
+        jnp.zeros((count,), jnp.int32),
+    )
+    images, history, best = jax.lax.fori_loop(
+        0, steps, step, (images, history, best)
+    )
+    final = jax.lax.map(lambda pair: cosine(*pair), (images, units))
+    best_images, _, best_steps = keep_best(steps, images, final, best)
+    return images, history.at[steps].set(final), best_images, best_steps
 
 
 # --------------------------------------------------------------------------
@@ -320,15 +484,28 @@ def _alignment_loop(logit_fn: LogitFn, steps: int) -> Callable:
 class FeatureImages:
     """Images aligned with the top eigenfeatures and the w feature.
 
-    n = number of eigenvectors, N = kernel size, T = steps; images (H, W, C).
-    pos_images, neg_images: float32 (n, H, W, C), raising / lowering the
-      cosine with v_i = Jᵀ U[:, i].
-    w_image: float32 (H, W, C), raising the cosine with v_w = Jᵀ w.
+    n = number of eigenvectors, N = kernel size, T = steps; images are
+    float32 (H, W, C) in [0, 1].
+    pos_images, neg_images: (n, H, W, C), after T steps raising / lowering
+      the cosine with v_i = Jᵀ U[:, i].
+    w_image: (H, W, C), after T steps raising the cosine with v_w = Jᵀ w.
+    best_pos_images, best_neg_images, best_w_image: the same shapes, each
+      image at the step of its best cosine (highest for pos and w, lowest
+      for neg).
     pos_cosines, neg_cosines: float32 (n, T + 1), the cosine after each step
-      (column 0 at the grey start, column T the final one).
+      (column 0 at the start image, column T the final one).
     w_cosines: float32 (T + 1,).
+    best_pos_cosines, best_neg_cosines: float32 (n,); best_w_cosine: float.
+    best_pos_steps, best_neg_steps: int64 (n,); best_w_step: int; the first
+      step with the best cosine (0 = the start image).
+    start: the start, as `parse_start` reads it ('grey', 'mean',
+      'constant:V').
+    start_image: float32 (H, W, C), the image every run starts from.
+    zero_gradient_fractions: {'pos': float64 (n,), 'neg': float64 (n,),
+      'w': float}, the fraction of the start image's pixels whose cosine
+      gradient is exactly zero (pixels that cannot move at first).
     eigenvalues: float64 (N,), all of K's, descending.
-    eigenvectors: float64 (N, n), the U[:, i] used.
+    eigenvectors: float64 (N, n), the U[:, i] used (`sorted_eigh`'s signs).
     w: float64 (N,), (K + εI)⁻¹ y_c.
     jitter: ε, in kernel units.
     feature_sq_norms: float64 (n + 1,), |v_i|² then |v_w|²; |v_i|² ≈ λ_i.
@@ -337,9 +514,21 @@ class FeatureImages:
     pos_images: np.ndarray
     neg_images: np.ndarray
     w_image: np.ndarray
+    best_pos_images: np.ndarray
+    best_neg_images: np.ndarray
+    best_w_image: np.ndarray
     pos_cosines: np.ndarray
     neg_cosines: np.ndarray
     w_cosines: np.ndarray
+    best_pos_cosines: np.ndarray
+    best_neg_cosines: np.ndarray
+    best_w_cosine: float
+    best_pos_steps: np.ndarray
+    best_neg_steps: np.ndarray
+    best_w_step: int
+    start: str
+    start_image: np.ndarray
+    zero_gradient_fractions: dict
     eigenvalues: np.ndarray
     eigenvectors: np.ndarray
     w: np.ndarray
@@ -347,23 +536,29 @@ class FeatureImages:
     feature_sq_norms: np.ndarray
 
     def as_record(self, **extra) -> dict:
-        """The output pickle: the original's keys 'pos_images' (n, C, H, W),
-        'neg_images' (n, C, H, W) and 'w_image' (C, H, W), every other field
-        under its own name, 'image_layout': 'NCHW', 'targets', and `extra`."""
+        """The output pickle, in the original's layout: 'pos_images' and
+        'neg_images' float64 (n, H, W, C), 'w_image' float64 (H, W, C); the
+        best and start images likewise float64; every other field under its
+        own name; 'image_layout': 'NHWC', 'targets', and `extra`."""
         record = {
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(self)
         }
-        record["pos_images"] = _channels_first(self.pos_images)
-        record["neg_images"] = _channels_first(self.neg_images)
-        record["w_image"] = _channels_first(self.w_image[None])[0]
-        record.update(image_layout="NCHW", targets=TARGETS, **extra)
+        for name in _IMAGE_FIELDS:
+            record[name] = np.asarray(record[name], np.float64)
+        record.update(image_layout="NHWC", targets=TARGETS, **extra)
         return record
 
 
-def _channels_first(images: np.ndarray) -> np.ndarray:
-    """(n, H, W, C) -> C-contiguous float32 (n, C, H, W)."""
-    return np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2)), np.float32)
+_IMAGE_FIELDS = (
+    "pos_images",
+    "neg_images",
+    "w_image",
+    "best_pos_images",
+    "best_neg_images",
+    "best_w_image",
+    "start_image",
+)
 
 
 def feature_images(
@@ -375,8 +570,14 @@ def feature_images(
     steps: int,
     step_size: float,
     batch_size: int,
+    start: Start = Start(),
+    warn: Callable[[str], None] = cli.warn,
 ) -> FeatureImages:
     """The positive, negative and w images of a per-class kernel.
+
+    Before the loop, calls `warn` with one line when more than
+    DEAD_WARNING_FRACTION of the start image's pixels have a zero cosine
+    gradient for the positive/negative images (on average) or the w image.
 
     Args:
       logit_fn, flat_params: from `class_logit_fn` for the kernel's class.
@@ -385,6 +586,8 @@ def feature_images(
       n_images: eigenvectors to visualise, 1 <= n_images <= N.
       steps, step_size: of `align_images`.
       batch_size: of `feature_vectors`.
+      start: the start image.
+      warn: takes the warning's text.
     Raises:
       UserError: the kernel cannot be solved, or |v_i|² differs from λ_i
         (the kernel belongs to other parameters).
@@ -398,24 +601,80 @@ def feature_images(
     )
     sq_norms = np.asarray(jnp.sum(features * features, axis=1), np.float64)
     check_feature_norms(sq_norms[:n_images], eigenvalues, kernel.path)
+
+    start_image = start.image(images)
+    # Positive and negative images share their features, so their pixels.
+    fractions = zero_gradient_fractions(
+        logit_fn, flat_params, features, start_image
+    )
+    zero = {
+        "pos": fractions[:n_images],
+        "neg": fractions[:n_images].copy(),
+        "w": float(fractions[-1]),
+    }
+    message = dead_start_message(zero, start)
+    if message:
+        warn(message)
+
     directions = jnp.concatenate([features[:n_images], features])
     signs = np.array([1.0] * n_images + [-1.0] * n_images + [1.0])
-    start = np.full(images.shape[1:], GREY, np.float32)
-    aligned, cosines = align_images(
-        logit_fn, flat_params, directions, signs, start, steps, step_size
+    aligned = align_images(
+        logit_fn, flat_params, directions, signs, start_image, steps, step_size
     )
+    pos, neg = slice(0, n_images), slice(n_images, -1)
+    best_cosines = aligned.best_cosines
     return FeatureImages(
-        pos_images=aligned[:n_images],
-        neg_images=aligned[n_images:-1],
-        w_image=aligned[-1],
-        pos_cosines=cosines[:, :n_images].T.copy(),
-        neg_cosines=cosines[:, n_images:-1].T.copy(),
-        w_cosines=cosines[:, -1].copy(),
+        pos_images=aligned.images[pos],
+        neg_images=aligned.images[neg],
+        w_image=aligned.images[-1],
+        best_pos_images=aligned.best_images[pos],
+        best_neg_images=aligned.best_images[neg],
+        best_w_image=aligned.best_images[-1],
+        pos_cosines=aligned.cosines[:, pos].T.copy(),
+        neg_cosines=aligned.cosines[:, neg].T.copy(),
+        w_cosines=aligned.cosines[:, -1].copy(),
+        best_pos_cosines=best_cosines[pos],
+        best_neg_cosines=best_cosines[neg],
+        best_w_cosine=float(best_cosines[-1]),
+        best_pos_steps=aligned.best_steps[pos],
+        best_neg_steps=aligned.best_steps[neg],
+        best_w_step=int(aligned.best_steps[-1]),
+        start=str(start),
+        start_image=start_image,
+        zero_gradient_fractions=zero,
         eigenvalues=eigenvalues,
         eigenvectors=eigenvectors[:, :n_images].copy(),
         w=w,
         jitter=jitter,
         feature_sq_norms=sq_norms,
+    )
+
+
+def dead_start_message(zero_fractions: dict, start: Start) -> str | None:
+    """The warning for a start image whose pixels mostly cannot move, or
+    None when no kind of image has more than DEAD_WARNING_FRACTION of its
+    pixels with a zero gradient.
+
+    Args:
+      zero_fractions: {'pos': (n,), 'neg': (n,), 'w': float}, as in
+        `FeatureImages.zero_gradient_fractions`.
+    """
+    per_kind = {
+        kind: float(np.mean(zero_fractions[kind]))
+        for kind in ("pos", "neg", "w")
+    }
+    if max(per_kind.values()) <= DEAD_WARNING_FRACTION:
+        return None
+    fix = (
+        "--start constant:V or a wider network"
+        if start.kind == "mean"
+        else "--start mean (or a wider network)"
+    )
+    fractions = ", ".join(f"{k} {v:.0%}" for k, v in per_kind.items())
+    return (
+        f"at the {start} start image, {fractions} of the pixels have an "
+        "exactly zero cosine gradient (the first-layer ReLUs they feed are "
+        f"off), so they cannot move and the images stay flat: try {fix}"
     )
 
 

@@ -5,7 +5,8 @@ code, whose images are then recomputed with the original's rule and
 --random_seed) and the checkpoint it was computed from, and writes, in
 {dirname(model_path)}/{bonus_dir}/, `{save_name}_class_{c}_{N}.pkl` (images
 and the numbers behind them; see `features.FeatureImages.as_record`) and a
-PNG grid of the same name.
+PNG grid of the same name. Before the loop it warns (one `warning:` line)
+when most pixels of the start image cannot move.
 
     python visualize_ntk_features.py --class_index 3 --dataset_size 500 \
         --model_path saved_models/parameters_final.pkl
@@ -75,6 +76,13 @@ def parse_args(argv=None):
         default=0.001,
         help="per-pixel step, pixels in [0, 1]",
     )
+    parser.add_argument(
+        "--start",
+        type=_start,
+        default=features.Start(),
+        help="start image: grey (every pixel 0.5, the original's), mean (the "
+        "mean of the kernel's images) or constant:V with V in [0, 1]",
+    )
     cli.add_model_flags(parser)
     cli.add_data_flags(parser)
     parser.add_argument(
@@ -101,6 +109,14 @@ def parse_args(argv=None):
         help="images per vector-Jacobian product",
     )
     return parser.parse_args(argv)
+
+
+def _start(text: str) -> features.Start:
+    """The --start type: features.parse_start, its error argparse's."""
+    try:
+        return features.parse_start(text)
+    except UserError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main(argv=None):
@@ -140,11 +156,14 @@ def main(argv=None):
         args.steps,
         args.step_size,
         args.batch_size,
+        start=args.start,
+        warn=cli.warn,
     )
     _report(result)
 
     config = dict(
         vars(args),
+        start=str(args.start),
         kernel_path=kernel_path,
         indices_recomputed=kernel.indices_recomputed,
         use_linear_params=use_linear,
@@ -158,7 +177,8 @@ def main(argv=None):
     )
     title = (
         f"{spec.model} on {spec.dataset}, class {args.class_index}, "
-        f"N = {kernel.size}: {os.path.basename(args.model_path)}"
+        f"N = {kernel.size}, {args.start} start\n"
+        f"{os.path.basename(args.model_path)}"
         f"{' (lin_params)' if use_linear else ''}"
     )
     _write_outputs(
@@ -214,53 +234,79 @@ def _write_outputs(stem, record, png):
     print(f"wrote {stem}.pkl and {stem}.png")
 
 
-def _report(result):
-    """One line per image: the cosine at the start and at the end (ASCII,
-    whatever the terminal's encoding)."""
+def _report(result: features.FeatureImages) -> None:
+    """One line per image: the cosine at the start, at the end and at its
+    best (ASCII, whatever the terminal's encoding)."""
     print(f"w = (K + eps I)^-1 y solved with jitter eps = {result.jitter:.3g}")
     for i, (pos, neg) in enumerate(
         zip(result.pos_cosines, result.neg_cosines, strict=True)
     ):
         print(
             f"eigenvector {i} (eigenvalue {result.eigenvalues[i]:.4g}): "
-            f"cosine {pos[0]:.4f} -> {pos[-1]:.4f} (pos), {neg[-1]:.4f} "
-            "(neg)"
+            f"cosine {pos[0]:.4f} -> {pos[-1]:.4f} (pos; best "
+            f"{result.best_pos_cosines[i]:.4f} at step "
+            f"{result.best_pos_steps[i]}), {neg[-1]:.4f} (neg; best "
+            f"{result.best_neg_cosines[i]:.4f} at step "
+            f"{result.best_neg_steps[i]})"
         )
-    print(f"w: cosine {result.w_cosines[0]:.4f} -> {result.w_cosines[-1]:.4f}")
+    print(
+        f"w: cosine {result.w_cosines[0]:.4f} -> {result.w_cosines[-1]:.4f} "
+        f"(best {result.best_w_cosine:.4f} at step {result.best_w_step})"
+    )
 
 
 def grid_png(result: features.FeatureImages, title: str = "") -> bytes:
-    """A PNG of the images: rows positive, negative, w; column i for
-    eigenvector i (the w image in column 0). Titles give λ_i and the cosine
-    at the start and the end."""
+    """A PNG of the images, final and best: rows positive (final),
+    positive (best), negative (final), negative (best), column i for
+    eigenvector i; a last row with the w image, final in column 0 and best
+    in column 1. Titles give λ_i (or w), the step, and the cosine at the
+    start and at that step."""
     # Imported here: matplotlib is slow to import and only this needs it.
     # Figure draws through Agg without touching pyplot's global backend.
     from matplotlib.figure import Figure
 
     n = len(result.pos_images)
-    figure = Figure(figsize=(2.3 * max(n, 2), 7.6), layout="constrained")
-    axes = figure.subplots(3, n, squeeze=False)
-    for i in range(n):
-        eigen = rf"$\lambda_{{{i}}}$ = {result.eigenvalues[i]:.3g}"
-        _show(
-            axes[0, i],
-            result.pos_images[i],
-            f"{eigen}\n{_trajectory(result.pos_cosines[i])}",
-        )
-        _show(
-            axes[1, i],
-            result.neg_images[i],
-            f"{eigen}\n{_trajectory(result.neg_cosines[i])}",
-        )
+    columns = max(n, 2)
+    figure = Figure(figsize=(2.3 * columns, 13.0), layout="constrained")
+    axes = figure.subplots(5, columns, squeeze=False)
+    steps = result.w_cosines.shape[0] - 1
+    for row, kind in enumerate(("pos", "neg")):
+        final_images = getattr(result, f"{kind}_images")
+        best_images = getattr(result, f"best_{kind}_images")
+        cosines = getattr(result, f"{kind}_cosines")
+        best_steps = getattr(result, f"best_{kind}_steps")
+        for i in range(n):
+            eigen = rf"$\lambda_{{{i}}}$ = {result.eigenvalues[i]:.3g}"
+            _show(
+                axes[2 * row, i],
+                final_images[i],
+                f"{eigen}, final\n{_trajectory(cosines[i], steps)}",
+            )
+            _show(
+                axes[2 * row + 1, i],
+                best_images[i],
+                f"{eigen}, best\n{_trajectory(cosines[i], best_steps[i])}",
+            )
+        for axis in axes[2 * row : 2 * row + 2, n:].flat:
+            axis.set_axis_off()
+    w_name = "$w = K^{-1}y$"
     _show(
-        axes[2, 0],
+        axes[4, 0],
         result.w_image,
-        f"$w = K^{{-1}}y$\n{_trajectory(result.w_cosines)}",
+        f"{w_name}, final\n{_trajectory(result.w_cosines, steps)}",
     )
-    for axis in axes[2, 1:]:
+    _show(
+        axes[4, 1],
+        result.best_w_image,
+        f"{w_name}, best\n{_trajectory(result.w_cosines, result.best_w_step)}",
+    )
+    for axis in axes[4, 2:]:
         axis.set_axis_off()
-    for row, name in enumerate(("positive", "negative", "w")):
-        axes[row, 0].set_ylabel(name)
+    names = ("positive", "negative")
+    for row, name in enumerate(names):
+        axes[2 * row, 0].set_ylabel(f"{name}, final")
+        axes[2 * row + 1, 0].set_ylabel(f"{name}, best")
+    axes[4, 0].set_ylabel("w, final | best")
     if title:
         figure.suptitle(title)
     buffer = io.BytesIO()
@@ -279,8 +325,9 @@ def _show(axis, image: np.ndarray, title: str) -> None:
     axis.set_title(title, fontsize=9)
 
 
-def _trajectory(cosines: np.ndarray) -> str:
-    return f"cos {cosines[0]:.3f} → {cosines[-1]:.3f}"
+def _trajectory(cosines: np.ndarray, step: int) -> str:
+    """'cos a → b at step t': the cosine at the start and after t steps."""
+    return f"cos {cosines[0]:.3f} → {cosines[step]:.3f} at step {step}"
 
 
 if __name__ == "__main__":

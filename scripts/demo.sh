@@ -22,11 +22,14 @@ $PY run_exp.py --base_model_path $OUT/phase_1/parameters_checkpoint_2.pkl \
 $PY eval_and_make_adv.py --model_path $OUT/phase_2/parameters_final.pkl \
     --linear --centering --save_examples --bonus_dir test_results \
     --random_seed 0 --data_path "$DATA" --test_size 200 --pgd_iters 10
-# Per-class kernels of θ(2) on 100 training images, and feature images.
+# Per-class kernels of θ(2) on 100 training images, and feature images of
+# class 1 (README's figure). They start from the mean of the kernel's images:
+# on the grey start every first-layer channel of this width-4 network is off,
+# so no pixel inside the image could move (the script warns of this).
 $PY calculate_kernel.py --model_path $OUT/phase_1/parameters_checkpoint_2.pkl \
     --dataset_size 100 --random_seed 0 --class_index all --data_path "$DATA"
 $PY visualize_ntk_features.py --model_path $OUT/phase_1/parameters_checkpoint_2.pkl \
-    --dataset_size 100 --class_index 1 --n_images 2 --steps 200 --data_path "$DATA"
+    --dataset_size 100 --class_index 1 --start mean --data_path "$DATA"
 set +x
 echo "demo: results in $OUT/ (results.json, log.jsonl, test_results/, kernels, PNG)"
 cat $OUT/phase_1/results.json $OUT/phase_2/results.json

@@ -112,20 +112,43 @@ def test_cli_writes_images_and_grid(run_dir):
         os.path.basename(stem) + ".png",
     ]
 
-    record = utils.load_pickle_arrays(
-        stem + ".pkl", ("pos_images", "neg_images", "w_image")
-    )
-    assert record["pos_images"].shape == (N_IMAGES, 1, 28, 28)
-    assert record["neg_images"].shape == (N_IMAGES, 1, 28, 28)
-    assert record["w_image"].shape == (1, 28, 28)
-    for key in ("pos_images", "neg_images", "w_image"):
-        assert record[key].dtype == np.float32
+    record = load_pickle(stem + ".pkl")  # plain pickle, as a notebook
+    # The original's layout: (n, H, W, C) and (H, W, C), float64.
+    for key in (
+        "pos_images",
+        "neg_images",
+        "best_pos_images",
+        "best_neg_images",
+    ):
+        assert record[key].shape == (N_IMAGES, 28, 28, 1), key
+    for key in ("w_image", "best_w_image", "start_image"):
+        assert record[key].shape == (28, 28, 1), key
+    for key in (
+        "pos_images",
+        "neg_images",
+        "w_image",
+        "best_pos_images",
+        "best_neg_images",
+        "best_w_image",
+    ):
+        assert record[key].dtype == np.float64
         assert record[key].min() >= 0.0 and record[key].max() <= 1.0
-    assert record["image_layout"] == "NCHW"
+    assert record["image_layout"] == "NHWC"
     assert record["eigenvalues"].shape == (SIZE,)
     assert record["pos_cosines"].shape == (N_IMAGES, STEPS + 1)
     assert record["w_cosines"].shape == (STEPS + 1,)
+    for kind, sign in (("pos", 1), ("neg", -1)):
+        cosines = record[f"{kind}_cosines"]
+        steps = record[f"best_{kind}_steps"]
+        np.testing.assert_array_equal(steps, np.argmax(sign * cosines, 1))
+        np.testing.assert_array_equal(
+            record[f"best_{kind}_cosines"], cosines[np.arange(N_IMAGES), steps]
+        )
+    assert record["best_w_cosine"] == np.max(record["w_cosines"])
+    assert record["best_w_step"] == np.argmax(record["w_cosines"])
     assert record["jitter"] > 0
+    assert record["start"] == record["config"]["start"] == "grey"
+    np.testing.assert_array_equal(record["start_image"], 0.5)
     np.testing.assert_array_equal(
         record["indices"], run_dir["kernel_record"]["indices"]
     )
@@ -137,6 +160,35 @@ def test_cli_writes_images_and_grid(run_dir):
     import matplotlib.image
 
     assert matplotlib.image.imread(stem + ".png").ndim == 3
+
+
+@pytest.mark.slow
+def test_mean_start_and_a_dead_start(run_dir, capsys):
+    """--start mean starts from the mean of the kernel's images, with no
+    warning; at --start constant:0 every first-layer unit of the untrained
+    MLP (zero biases) sits at the ReLU's kink, whose derivative is 0: one
+    warning, and no pixel moves."""
+    folder = os.path.dirname(run_dir["checkpoint"])
+    name = f"ntk_eig_images_class_{CLASS_INDEX}_{SIZE}.pkl"
+    run_main(cli_args(run_dir, bonus_dir="mean", start="mean"))
+    assert "warning" not in capsys.readouterr().err
+    record = load_pickle(os.path.join(folder, "mean", name))
+    images, _ = data.load_split("fashion_mnist", run_dir["data"])
+    mean = images[run_dir["kernel_record"]["indices"]].astype(np.float64)
+    np.testing.assert_allclose(record["start_image"], mean.mean(0), atol=1e-6)
+    assert record["start"] == record["config"]["start"] == "mean"
+    assert not np.array_equal(record["pos_images"][0], record["start_image"])
+
+    run_main(cli_args(run_dir, bonus_dir="dead", start="constant:0"))
+    stderr = capsys.readouterr().err.splitlines()
+    assert len(stderr) == 1 and stderr[0].startswith("warning: "), stderr
+    assert "constant:0 start" in stderr[0] and "pos 100%" in stderr[0]
+    assert "--start mean" in stderr[0]
+    record = load_pickle(os.path.join(folder, "dead", name))
+    assert record["config"]["start"] == "constant:0"
+    np.testing.assert_array_equal(record["zero_gradient_fractions"]["pos"], 1)
+    for key in ("pos_images", "neg_images", "w_image"):
+        np.testing.assert_array_equal(record[key], 0.0)
 
 
 def write_kernel(run_dir, name, **changes):
@@ -312,7 +364,15 @@ def test_cli_process_exits_2_on_bad_input(run_dir):
 
 
 @pytest.mark.parametrize(
-    "flags", [["--class_index", "-1"], ["--class_index", "x"], []]
+    "flags",
+    [
+        ["--class_index", "-1"],
+        ["--class_index", "x"],
+        [],
+        ["--class_index", "0", "--start", "white"],
+        ["--class_index", "0", "--start", "constant:1.5"],
+        ["--class_index", "0", "--start", "constant:"],
+    ],
 )
 def test_bad_flags_are_one_line(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -335,13 +395,30 @@ def fake_result(n, shape, steps=3):
     rng = np.random.default_rng(3)
     images = lambda *lead: rng.uniform(size=(*lead, *shape)).astype(np.float32)
     cosines = lambda *lead: rng.uniform(-1, 1, (*lead, steps + 1))
+    best_steps = lambda *lead: rng.integers(0, steps + 1, lead)
     return features.FeatureImages(
         pos_images=images(n),
         neg_images=images(n),
         w_image=images(),
+        best_pos_images=images(n),
+        best_neg_images=images(n),
+        best_w_image=images(),
         pos_cosines=cosines(n),
         neg_cosines=cosines(n),
         w_cosines=cosines(),
+        best_pos_cosines=cosines(n)[:, 0],
+        best_neg_cosines=cosines(n)[:, 0],
+        best_w_cosine=0.5,
+        best_pos_steps=best_steps(n),
+        best_neg_steps=best_steps(n),
+        best_w_step=1,
+        start="grey",
+        start_image=images(),
+        zero_gradient_fractions={
+            "pos": np.zeros(n),
+            "neg": np.zeros(n),
+            "w": 0.0,
+        },
         eigenvalues=np.linspace(5, 1, 8),
         eigenvectors=np.zeros((8, n)),
         w=np.zeros(8),
