@@ -120,6 +120,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    kernels.require_implementation(args.implementation)
     checkpoint = utils.load_checkpoint(args.model_path)
     spec = models.resolve_spec(
         checkpoint["meta"],

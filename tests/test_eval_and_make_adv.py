@@ -13,6 +13,7 @@ import utils
 from helpers import (
     assert_close,
     linearized_logits,
+    needs_neural_tangents,
     require_fashion_mnist,
     run_script,
     train_tiny_mlp,
@@ -146,6 +147,7 @@ def test_example_5_records_the_attack(example5):
     assert "jax" in record["environment"]
 
 
+@needs_neural_tangents
 def test_components_are_the_centered_linearization(example5, workdir):
     _, trained = workdir
     results, _, _ = example5

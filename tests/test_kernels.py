@@ -10,6 +10,7 @@ import pytest
 import jacobians
 import kernels
 import models
+from helpers import kernel_implementations
 from kernel_reference import network, reference_kernels, relative_error
 from utils import UserError
 
@@ -104,7 +105,9 @@ def test_networks_are_not_trivial(references):
     assert means and all(np.abs(m).max() > 0 for m in means)
 
 
-@pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "implementation", kernel_implementations(kernels.IMPLEMENTATIONS)
+)
 @pytest.mark.parametrize(
     "class_index", [1, kernels.COMBINED, kernels.ALL_CLASSES]
 )
@@ -115,13 +118,17 @@ def test_resnet_matches_reference(references, implementation, class_index):
     assert relative_error(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "implementation", kernel_implementations(kernels.IMPLEMENTATIONS)
+)
 def test_mlp_matches_reference(references, implementation):
     got = compute("mlp", implementation, kernels.ALL_CLASSES)
     assert relative_error(got, references["mlp"]) < 1e-5
 
 
-@pytest.mark.parametrize("implementation", ["rows", "structured"])
+@pytest.mark.parametrize(
+    "implementation", kernel_implementations(["rows", "structured"])
+)
 def test_kernel_at_lin_params(references, implementation):
     got = compute(
         "resnet", implementation, kernels.ALL_CLASSES, use_lin_params=True
