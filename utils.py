@@ -402,8 +402,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     build by calling their type are on the list.
     """
 
-    def __init__(self, file, path):
-        super().__init__(file)
+    def __init__(self, file, path, encoding="ASCII"):
+        super().__init__(file, encoding=encoding)
         self._path = path
 
     def find_class(self, module, name):
@@ -424,13 +424,15 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         )
 
 
-def safe_load_pickle(path):
+def safe_load_pickle(path, encoding="ASCII"):
     """Load a pickle that may hold only arrays, NumPy scalars and containers.
 
     Allowed: ``dict``, ``list``, ``tuple``, ``set``, ``frozenset``,
     ``collections.OrderedDict``, Python numbers, strings and bytes,
     ``np.ndarray`` (any dtype NumPy can name), NumPy scalars and dtypes, as
-    written by NumPy 1.x or 2.x with pickle protocols 3 to 5.
+    written by NumPy 1.x or 2.x with pickle protocols 3 to 5. ``encoding``
+    decodes Python 2 strings (``"latin1"`` for Python 2 pickles of arrays,
+    such as CIFAR's files).
 
     Raises:
         UserError: the file is missing or unreadable, truncated or corrupt,
@@ -443,7 +445,7 @@ def safe_load_pickle(path):
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     with file:
         try:
-            return _ArrayOnlyUnpickler(file, path).load()
+            return _ArrayOnlyUnpickler(file, path, encoding).load()
         except UserError:
             raise
         except Exception as err:  # pickle raises many types on bad input
