@@ -436,10 +436,10 @@ def main(argv=None) -> list:
         result, _ = measure(setup, args, phase, adversarial)
         results.append(result)
         print(table_row(result, setup), flush=True)
-    if args.json:
-        utils.atomic_write_json(
-            args.json, results_record(setup, args, results)
-        )
+        if args.json:  # after each kind, so a run cut short keeps them
+            utils.atomic_write_json(
+                args.json, results_record(setup, args, results)
+            )
     return results
 
 

@@ -228,20 +228,21 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     setup = bench_epochs.make_setup(args.width, args.image_shape, args.images)
     bench_epochs.print_header(setup, args)
-    profiled = [
-        profile_kind(setup, args, phase, adversarial, args.trace)
-        for phase, adversarial in bench_epochs.selected_kinds(args.kinds)
-    ]
+    profiled = []
+    for phase, adversarial in bench_epochs.selected_kinds(args.kinds):
+        profiled.append(
+            profile_kind(setup, args, phase, adversarial, args.trace)
+        )
+        if args.json:  # after each kind, so a run cut short keeps them
+            record = bench_epochs.results_record(
+                setup, args, [result for result, _ in profiled]
+            )
+            for kind, (_, rows) in zip(record["kinds"], profiled, strict=True):
+                kind["parts"] = [dataclasses.asdict(part) for part in rows]
+            utils.atomic_write_json(args.json, record)
     print("\n" + bench_epochs.TABLE_HEAD)
     for result, _ in profiled:
         print(bench_epochs.table_row(result, setup))
-    if args.json:
-        record = bench_epochs.results_record(
-            setup, args, [result for result, _ in profiled]
-        )
-        for kind, (_, rows) in zip(record["kinds"], profiled, strict=True):
-            kind["parts"] = [dataclasses.asdict(part) for part in rows]
-        utils.atomic_write_json(args.json, record)
     return profiled
 
 

@@ -14,8 +14,9 @@
 #      bench/bench_epochs.py on that code -> bench_before.{txt,json}
 #   2. bench/bench_epochs.py, the four rates      -> bench.{txt,json}
 #   3. bench/profile_epochs.py with traces        -> profile.{txt,json}, trace/
-#   4. run_exp.py, one adversarial epoch of each phase on Fashion-MNIST
-#      (skipped with E2E=0)                       -> run_exp.txt
+#   4. run_exp.py, one adversarial epoch of each phase on $E2E_TRAIN (5120)
+#      Fashion-MNIST images, evaluated on $E2E_TEST (500) (skipped with
+#      E2E=0)                                     -> run_exp.txt
 # ResNet-18 of width $WIDTH (64); the bench on $IMAGES (10240) random 32×32×3
 # images, the profile on $PROFILE_IMAGES (2560). About 8 minutes with step 1
 # skipped; with BENCH_BEFORE set, pass E2E=0 to stay within 10 minutes.
@@ -68,19 +69,20 @@ for gz in .gpu/fm/*.gz; do
 done
 
 if [ -n "${BENCH_BEFORE:-}" ]; then
-  step bench_before 200 env BENCH_CODE_DIR="$(realpath "$BENCH_BEFORE")" \
+  step bench_before 180 env BENCH_CODE_DIR="$(realpath "$BENCH_BEFORE")" \
     python3 bench/bench_epochs.py --width "$WIDTH" --images "$IMAGES" \
     --json "$OUT/bench_before.json"
 fi
-step bench 200 python3 bench/bench_epochs.py --width "$WIDTH" \
+step bench 180 python3 bench/bench_epochs.py --width "$WIDTH" \
   --images "$IMAGES" --json "$OUT/bench.json"
-step profile 240 python3 bench/profile_epochs.py --width "$WIDTH" \
+step profile 220 python3 bench/profile_epochs.py --width "$WIDTH" \
   --images "$PROFILE_IMAGES" --trace "$OUT/trace" --trace_steps 1 \
   --json "$OUT/profile.json"
 if [ "${E2E:-1}" != 0 ]; then
-  step run_exp 120 python3 run_exp.py --dataset fashion_mnist \
-    --data_path /tmp/data --width "$WIDTH" --train_size 5120 \
-    --test_size 500 --standard_epochs 1 --linear_epochs 1 --loaders AA \
-    --centering --eval_pgd_iters 20 --save_path /tmp/run --no_progress
+  step run_exp 150 python3 run_exp.py --dataset fashion_mnist \
+    --data_path /tmp/data --width "$WIDTH" \
+    --train_size "${E2E_TRAIN:-5120}" --test_size "${E2E_TEST:-500}" \
+    --standard_epochs 1 --linear_epochs 1 --loaders AA --centering \
+    --eval_pgd_iters 10 --save_path /tmp/run --no_progress
 fi
 log "done"
