@@ -146,6 +146,7 @@ class _Images:
 
 def main(argv=None):
     args = parse_args(argv)
+    kernels.require_implementation(args.implementation)
     jobs = [_checked_job(args, path) for path in args.model_path]
     _refuse_collisions(jobs, args.bonus_dir)
     images = {}

@@ -2,18 +2,24 @@
 
 Images are float32 in [0, 1], laid out N x H x W x C (NHWC); labels are int32
 class indices. Files are read through torchvision's dataset classes, which
-know the on-disk formats; nothing is normalised or augmented.
+know the on-disk formats, or, where torchvision is not installed (the JAX
+0.11 stack), by `datafiles`' NumPy readers of the same files into the same
+arrays, without downloads; nothing is normalised or augmented.
 """
 
 import dataclasses
 import gzip
+import importlib.util
 import os
 
 import numpy as np
 
+import datafiles
 import utils
 from utils import UserError
 
+# Looked up, not imported: torch is slow to import.
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
@@ -93,8 +99,30 @@ def load_split(name, data_path="./data", train=True):
     Raises:
       UserError: unknown name, or the files are absent and cannot be had.
     """
-    dataset = _open_torchvision(get_dataset(name), data_path, train)
-    return _pixels_to_float(dataset.data), _labels_to_int32(dataset.targets)
+    dataset = get_dataset(name)
+    if not HAS_TORCHVISION:
+        pixels, targets = _read_without_torchvision(dataset, data_path, train)
+        return _pixels_to_float(pixels), _labels_to_int32(targets)
+    opened = _open_torchvision(dataset, data_path, train)
+    return _pixels_to_float(opened.data), _labels_to_int32(opened.targets)
+
+
+def _read_without_torchvision(dataset: Dataset, data_path: str, train: bool):
+    """datafiles.read_split, after Debian's Fashion-MNIST where needed."""
+    name = dataset.name
+    try:
+        return datafiles.read_split(name, data_path, train)
+    except FileNotFoundError as error:
+        missing = error.filename
+    if name == "fashion_mnist" and os.path.isdir(DEBIAN_FASHION_MNIST):
+        _install_debian_fashion_mnist(data_path)
+        return datafiles.read_split(name, data_path, train)
+    raise UserError(
+        f"dataset {name} not found under {data_path} ({missing} is missing) "
+        f"and torchvision, which would download it, is not installed: place "
+        f"torchvision's {dataset.folder} folder under {data_path} or "
+        f"pass --data_path"
+    )
 
 
 def _open_torchvision(dataset: Dataset, data_path: str, train: bool):

@@ -431,6 +431,16 @@ def _eval_logits(apply_fn: Callable) -> Callable:
     return logits
 
 
+def require_implementation(implementation: str) -> None:
+    """Raises UserError, naming the cause and the fix, when `implementation`
+    needs neural-tangents and it cannot be used here (see nt_compat); call
+    it before any work."""
+    if implementation in _NT_IMPLEMENTATIONS:
+        import nt_compat
+
+        nt_compat.load()
+
+
 def nt_block_fn(apply_fn: Callable, implementation: str) -> BlockFn:
     """Compiled kernel of one pair of blocks through neural-tangents.
 

@@ -626,7 +626,7 @@ def _check_bounds(obj) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def safe_load_pickle(path):
+def safe_load_pickle(path, encoding: str = "ASCII"):
     """Load a pickle that may hold only arrays, NumPy scalars and containers.
 
     Allowed: ``dict``, ``list``, ``tuple``, ``set``, ``frozenset``,
@@ -636,6 +636,8 @@ def safe_load_pickle(path):
     pickled by JAX (``jax.Array``, and the ``DeviceArray`` of JAX before 0.4)
     become NumPy arrays. At most MAX_PICKLE_DEPTH levels of containers and
     MAX_PICKLE_OBJECTS objects.
+    ``encoding`` decodes Python 2 strings (``"latin1"`` for Python 2
+    pickles of arrays, such as CIFAR's files).
 
     Raises:
         UserError: the file is missing or unreadable, truncated or corrupt,
@@ -648,7 +650,7 @@ def safe_load_pickle(path):
         raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     with file:
         try:
-            obj = _ArrayOnlyUnpickler(file).load()
+            obj = _ArrayOnlyUnpickler(file, encoding=encoding).load()
             _check_bounds(obj)
             return obj
         except _RefusedPickle as err:

@@ -34,7 +34,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import enable_x64
 from jax.flatten_util import ravel_pytree
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,6 +45,16 @@ import models  # noqa: E402
 IMAGE_SHAPE = (32, 32, 3)
 N_CLASSES = 10
 ORIGINAL_BLOCK = 4
+
+
+def enable_x64():
+    """A context manager computing in 64 bits, on JAX 0.5.3
+    (`jax.experimental.enable_x64`) and 0.11 (`jax.enable_x64`)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64 as experimental_enable_x64
+
+    return experimental_enable_x64()
 
 
 def perturbed_resnet(width, seed=0):

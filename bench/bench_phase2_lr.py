@@ -59,26 +59,31 @@ def curvatures(network: models.Network, images, iters: int = 30):
     """(λ_max(J Jᵀ), λ_max(Jᵀ H J)) for the logits of `images` at
     network.params0, batch norm in eval mode (see the module docstring)."""
     theta = network.params0
+    images = jnp.asarray(images)
 
-    def logits(params):
-        return network.apply_fn(params, network.state, None, images, False)[0]
+    def logits(params, x):
+        return network.apply_fn(params, network.state, None, x, False)[0]
 
-    _, pullback = jax.vjp(logits, theta)
-    batch, n_logits = len(images), logits(theta).shape[-1]
+    batch, n_logits = len(images), logits(theta, images[:1]).shape[-1]
+
+    def jvp(v, x):
+        return jax.jvp(lambda p: logits(p, x), (theta,), (v,))[1]
+
+    def vjp(u, x):
+        return jax.vjp(lambda p: logits(p, x), theta)[1](u)[0]
+
+    # The images are arguments, not constants, so XLA does not fold them.
+    ntk = jax.jit(lambda v, x: vjp(jvp(v, x), x))
 
     @jax.jit
-    def ntk(v):
-        return pullback(jax.jvp(logits, (theta,), (v,))[1])[0]
-
-    @jax.jit
-    def gauss_newton(v):
-        u = jax.jvp(logits, (theta,), (v,))[1]
+    def gauss_newton(v, x):
+        u = jvp(v, x)
         u = (u - u.mean(axis=-1, keepdims=True)) / (batch * n_logits)
-        return pullback(u)[0]
+        return vjp(u, x)
 
     return (
-        _power_iteration(ntk, theta, iters),
-        _power_iteration(gauss_newton, theta, iters),
+        _power_iteration(lambda v: ntk(v, images), theta, iters),
+        _power_iteration(lambda v: gauss_newton(v, images), theta, iters),
     )
 
 

@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 
 import data  # noqa: E402
 import models  # noqa: E402
-from nt_compat import nt  # noqa: E402
+import nt_compat  # noqa: E402
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 # A limit on a whole subprocess, not a performance expectation: generous
@@ -47,6 +47,32 @@ def require_fashion_mnist() -> None:
     """Skips the calling test or fixture when Fashion-MNIST is missing."""
     if not has_fashion_mnist:
         pytest.skip("Debian package dataset-fashion-mnist is not installed")
+
+
+# neural-tangents serves only as an independent reference and as optional
+# kernel implementations; the JAX 0.11 stack (requirements-jax011.txt) has
+# none, and these tests skip there, saying why.
+NT_UNAVAILABLE = nt_compat.unavailable_reason()
+needs_neural_tangents = pytest.mark.skipif(
+    NT_UNAVAILABLE is not None,
+    reason=f"{NT_UNAVAILABLE} (the JAX 0.11 stack has none)",
+)
+
+
+def kernel_implementations(names) -> list:
+    """pytest parameters of kernel implementations `names`; those that run
+    through neural-tangents carry `needs_neural_tangents`."""
+    import kernels
+
+    return [
+        pytest.param(
+            name,
+            marks=[needs_neural_tangents]
+            if name in kernels._NT_IMPLEMENTATIONS
+            else [],
+        )
+        for name in names
+    ]
 
 
 def run_script(
@@ -67,6 +93,16 @@ def run_script(
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def enable_x64():
+    """A context manager in which JAX computes in 64 bits, on JAX 0.5.3
+    (`jax.experimental.enable_x64`) and 0.11 (`jax.enable_x64`)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64 as experimental_enable_x64
+
+    return experimental_enable_x64()
 
 
 def load_pickle(path):
@@ -223,4 +259,5 @@ def linearized_logits(model, params0, params, state, images):
     def f(p, x):
         return model.apply(p, state, None, x, False)[0]
 
-    return np.asarray(jax.jit(nt.linearize(f, params0))(params, images))
+    linearize = nt_compat.load().linearize
+    return np.asarray(jax.jit(linearize(f, params0))(params, images))

@@ -13,12 +13,15 @@ import cli
 import data
 import kernel_files
 import models
+import nt_compat
 import utils
 from helpers import (
+    NT_UNAVAILABLE,
     assert_close,
     legacy_balanced_indices,
     load_pickle,
     needs_fashion_mnist,
+    needs_neural_tangents,
 )
 from helpers import run_script as run_entry_script
 from kernel_reference import perturb, reference_kernels, relative_error
@@ -153,6 +156,7 @@ def test_all_classes_one_file_each(run_dir):
 
 
 @pytest.mark.slow
+@needs_neural_tangents
 def test_combined_kernel_at_lin_params(run_dir, capsys):
     calculate_kernel.main(
         cli_args(
@@ -215,6 +219,25 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert files_in(out_dir(run_dir, "bad")) == []
+
+
+@pytest.mark.parametrize("implementation", ["jacobian", "ntvp", "structured"])
+def test_neural_tangents_options_refused_where_it_is_unavailable(
+    run_dir, capsys, monkeypatch, implementation
+):
+    """On the JAX 0.11 stack for real; elsewhere as if it were missing."""
+    if NT_UNAVAILABLE is None:
+        monkeypatch.setattr(
+            nt_compat,
+            "unavailable_reason",
+            lambda: "neural-tangents is not installed",
+        )
+    code = run_cli(cli_args(run_dir, "nt", "--implementation", implementation))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: neural-tangents ") and err.count("\n") == 1
+    assert "requirements.txt" in err and "--implementation rows" in err
+    assert not os.path.exists(out_dir(run_dir, "nt"))
 
 
 def test_checkpoint_of_another_model_is_refused(run_dir, capsys):

@@ -1,17 +1,43 @@
-"""Tests of data.py on tiny datasets written in the real on-disk formats."""
+"""Tests of data.py on tiny datasets written in the real on-disk formats.
+
+Every file-reading test runs twice: through torchvision (where installed)
+and through datafiles' NumPy readers (the JAX 0.11 stack's), against the
+same expected arrays."""
 
 import hashlib
 import os
 import pickle
+import struct
 import urllib.error
 
 import numpy as np
 import pytest
-import torchvision.datasets
 
 import data
-from helpers import legacy_balanced_indices, needs_fashion_mnist
+import datafiles
+from helpers import (
+    legacy_balanced_indices,
+    needs_fashion_mnist,
+    require_fashion_mnist,
+)
 from utils import UserError
+
+try:
+    import torchvision.datasets as tv_datasets
+except ImportError:  # the JAX 0.11 stack reads the files without it
+    tv_datasets = None
+
+
+@pytest.fixture(params=["torchvision", "numpy"])
+def reader(request, monkeypatch):
+    """Which reader data.load_split uses: torchvision's classes, or
+    datafiles' (as on a stack without torchvision)."""
+    if request.param == "torchvision":
+        if tv_datasets is None:
+            pytest.skip("torchvision is not installed (the JAX 0.11 stack)")
+    else:
+        monkeypatch.setattr(data, "HAS_TORCHVISION", False)
+    return request.param
 
 
 def _md5(path):
@@ -31,16 +57,88 @@ def _write_pickle(path, obj):
     return [os.path.basename(path), _md5(path)]
 
 
+def _py2_string(text: bytes) -> bytes:
+    """Opcode SHORT_BINSTRING: a Python 2 str (read back with latin1)."""
+    return b"U" + bytes([len(text)]) + text
+
+
+def _py2_int(number: int) -> bytes:
+    """Opcode BININT: a signed 4-byte little-endian integer."""
+    return b"J" + struct.pack("<i", number)
+
+
+def _py2_uint8_array(array: np.ndarray) -> bytes:
+    """How Python 2's NumPy pickled a uint8 array (protocol 2): the
+    ndarray rebuilt by _reconstruct, its state (version, shape, dtype,
+    Fortran order, the raw bytes as a Python 2 str)."""
+    raw = array.tobytes()
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + _py2_string(b"u1")
+        + b"K\x00K\x01\x87R(K\x03"  # (0, 1) -> REDUCE; state version 3
+        + _py2_string(b"|")
+        + b"NNN"
+        + _py2_int(-1)
+        + _py2_int(-1)
+        + b"K\x00tb"
+    )
+    return (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+        + b"K\x00\x85"
+        + _py2_string(b"b")
+        + b"\x87R(K\x01"
+        + b"".join(_py2_int(n) for n in array.shape)
+        + b"\x86"
+        + dtype
+        + b"\x89T"  # Fortran order False, then BINSTRING
+        + struct.pack("<i", len(raw))
+        + raw
+        + b"tb"
+    )
+
+
+def _write_py2_cifar_batch(path, rows, labels):
+    """A CIFAR batch as the dataset ships it: a Python 2 pickle (protocol
+    2) of {'data': uint8 (n, 3072), 'labels': [int]}, str keys."""
+    content = (
+        b"\x80\x02}("
+        + _py2_string(b"data")
+        + _py2_uint8_array(rows)
+        + _py2_string(b"labels")
+        + b"]("
+        + b"".join(_py2_int(int(label)) for label in labels)
+        + b"eu."
+    )
+    with open(path, "wb") as f:
+        f.write(content)
+    return [os.path.basename(path), _md5(path)]
+
+
 def _cifar_rows(images):
     """NHWC uint8 -> the CIFAR file layout: one row of R, G, B planes."""
     return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
 
 
-def _no_network(monkeypatch, dataset_class):
+def _no_network(monkeypatch, class_name):
+    """torchvision's dataset class `class_name` may not download."""
+    if tv_datasets is None:
+        return
+
     def refuse(self):
         raise urllib.error.URLError("network disabled by the test")
 
-    monkeypatch.setattr(dataset_class, "download", refuse)
+    monkeypatch.setattr(getattr(tv_datasets, class_name), "download", refuse)
+
+
+def _point_md5s(monkeypatch, class_name, train_list, test_list, meta):
+    """torchvision checks each file's md5 against the real dataset's; point
+    those checksums at the files the test wrote, so the check still runs."""
+    if tv_datasets is None:
+        return
+    cifar = getattr(tv_datasets, class_name)
+    monkeypatch.setattr(cifar, "train_list", train_list)
+    monkeypatch.setattr(cifar, "test_list", test_list)
+    monkeypatch.setattr(cifar, "meta", meta)
 
 
 def _expected(images_uint8, labels):
@@ -56,14 +154,9 @@ def _assert_split(got, expected):
     np.testing.assert_array_equal(got_labels, want_labels)
 
 
-@pytest.fixture
-def tiny_cifar10(tmp_path, monkeypatch):
-    """Five train batches of 3 images and a test batch of 4, on disk.
-
-    torchvision checks each file's md5 against the real dataset's; the test
-    points those checksums at the files written here, so the check still
-    runs on them.
-    """
+def _tiny_cifar10(tmp_path, monkeypatch, write_batch):
+    """Five train batches of 3 images and a test batch of 4, on disk, each
+    written by `write_batch(path, rows, labels)`; the expected splits."""
     rng = np.random.default_rng(0)
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -72,9 +165,8 @@ def tiny_cifar10(tmp_path, monkeypatch):
         images = _random_images(rng, 3, 32, 32, 3)
         labels = rng.integers(0, 10, size=3).tolist()
         train_list.append(
-            _write_pickle(
-                folder / f"data_batch_{batch}",
-                {"data": _cifar_rows(images), "labels": labels},
+            write_batch(
+                folder / f"data_batch_{batch}", _cifar_rows(images), labels
             )
         )
         train_images.append(images)
@@ -82,37 +174,58 @@ def tiny_cifar10(tmp_path, monkeypatch):
     test_images = _random_images(rng, 4, 32, 32, 3)
     test_labels = rng.integers(0, 10, size=4).tolist()
     test_list = [
-        _write_pickle(
-            folder / "test_batch",
-            {"data": _cifar_rows(test_images), "labels": test_labels},
+        write_batch(
+            folder / "test_batch", _cifar_rows(test_images), test_labels
         )
     ]
     meta = _write_pickle(
         folder / "batches.meta", {"label_names": [str(c) for c in range(10)]}
     )
-    cifar = torchvision.datasets.CIFAR10
-    monkeypatch.setattr(cifar, "train_list", train_list)
-    monkeypatch.setattr(cifar, "test_list", test_list)
-    monkeypatch.setattr(
-        cifar,
-        "meta",
+    _point_md5s(
+        monkeypatch,
+        "CIFAR10",
+        train_list,
+        test_list,
         {"filename": meta[0], "key": "label_names", "md5": meta[1]},
     )
-    _no_network(monkeypatch, cifar)
+    _no_network(monkeypatch, "CIFAR10")
     return {
         True: _expected(np.concatenate(train_images), train_labels),
         False: _expected(test_images, test_labels),
     }
 
 
-def test_load_cifar10_reads_pixels_and_labels(tmp_path, tiny_cifar10):
+def _write_py3_cifar_batch(path, rows, labels):
+    return _write_pickle(path, {"data": rows, "labels": labels})
+
+
+def test_load_cifar10_reads_pixels_and_labels(tmp_path, monkeypatch, reader):
+    expected = _tiny_cifar10(tmp_path, monkeypatch, _write_py3_cifar_batch)
     for train in (True, False):
         got = data.load_split("cifar10", str(tmp_path), train=train)
         assert got[0].shape[1:] == (32, 32, 3)
-        _assert_split(got, tiny_cifar10[train])
+        _assert_split(got, expected[train])
 
 
-def test_load_cifar100_reads_fine_labels(tmp_path, monkeypatch):
+def test_load_cifar10_reads_python2_pickles(tmp_path, monkeypatch, reader):
+    """The files CIFAR ships are Python 2 pickles; the safe loader reads
+    them with latin1, as torchvision does."""
+    expected = _tiny_cifar10(tmp_path, monkeypatch, _write_py2_cifar_batch)
+    # The hand-written opcodes mean what they should, by plain pickle.
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    np.testing.assert_array_equal(
+        batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
+        np.round(expected[False][0] * 255).astype(np.uint8),
+    )
+    assert batch["labels"] == list(expected[False][1])
+    for train in (True, False):
+        _assert_split(
+            data.load_split("cifar10", str(tmp_path), train), expected[train]
+        )
+
+
+def test_load_cifar100_reads_fine_labels(tmp_path, monkeypatch, reader):
     rng = np.random.default_rng(1)
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
@@ -137,15 +250,14 @@ def test_load_cifar100_reads_fine_labels(tmp_path, monkeypatch):
             "coarse_label_names": [str(c) for c in range(20)],
         },
     )
-    cifar = torchvision.datasets.CIFAR100
-    monkeypatch.setattr(cifar, "train_list", [files[True]])
-    monkeypatch.setattr(cifar, "test_list", [files[False]])
-    monkeypatch.setattr(
-        cifar,
-        "meta",
+    _point_md5s(
+        monkeypatch,
+        "CIFAR100",
+        [files[True]],
+        [files[False]],
         {"filename": meta[0], "key": "fine_label_names", "md5": meta[1]},
     )
-    _no_network(monkeypatch, cifar)
+    _no_network(monkeypatch, "CIFAR100")
     for train in (True, False):
         _assert_split(
             data.load_split("cifar100", str(tmp_path), train), expected[train]
@@ -160,7 +272,7 @@ def _write_idx(path, array):
         f.write(array.astype(np.uint8).tobytes())
 
 
-def test_load_mnist_reads_idx_files(tmp_path, monkeypatch):
+def test_load_mnist_reads_idx_files(tmp_path, monkeypatch, reader):
     rng = np.random.default_rng(2)
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
@@ -171,16 +283,41 @@ def test_load_mnist_reads_idx_files(tmp_path, monkeypatch):
         _write_idx(raw / f"{prefix}-images-idx3-ubyte", images[..., 0])
         _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
         expected[train] = _expected(images, labels)
-    _no_network(monkeypatch, torchvision.datasets.MNIST)
+    _no_network(monkeypatch, "MNIST")
     for train in (True, False):
         got = data.load_split("mnist", str(tmp_path), train)
         assert got[0].shape[1:] == (28, 28, 1)
         _assert_split(got, expected[train])
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x00\x00\x0b\x01\x00\x00\x00\x02ab",  # int16, not uint8
+        b"\x00\x00\x08\x01\x00\x00\x00\x05abc",  # 3 bytes, 5 announced
+        b"\x00\x00",  # cut inside the header
+    ],
+)
+def test_corrupt_idx_file_is_refused(tmp_path, content):
+    path = tmp_path / "t10k-labels-idx1-ubyte"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte"):
+        datafiles.read_idx(str(path))
+
+
+def test_cifar_batch_without_data_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "HAS_TORCHVISION", False)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test"):
+        _write_pickle(folder / name, {"fine_labels": [1]})
+    with pytest.raises(UserError, match="cifar-100-python/test.*keys"):
+        data.load_split("cifar100", str(tmp_path), train=False)
+
+
 @needs_fashion_mnist
-def test_debian_fashion_mnist_installs_offline(tmp_path, monkeypatch):
-    _no_network(monkeypatch, torchvision.datasets.FashionMNIST)
+def test_debian_fashion_mnist_installs_offline(tmp_path, monkeypatch, reader):
+    _no_network(monkeypatch, "FashionMNIST")
     # The first ten labels of each split, as published with the dataset.
     first_labels = {
         True: [9, 0, 0, 3, 0, 2, 7, 2, 5, 5],
@@ -197,17 +334,33 @@ def test_debian_fashion_mnist_installs_offline(tmp_path, monkeypatch):
     assert sorted(os.listdir(raw)) == sorted(data._IDX_FILES)
 
 
-def test_missing_dataset_names_dataset_and_path(tmp_path, monkeypatch):
-    _no_network(monkeypatch, torchvision.datasets.CIFAR10)
+def test_readers_agree_on_fashion_mnist(tmp_path, monkeypatch):
+    """The NumPy readers give torchvision's arrays on the real files."""
+    require_fashion_mnist()
+    if tv_datasets is None:
+        pytest.skip("torchvision is not installed (the JAX 0.11 stack)")
+    _no_network(monkeypatch, "FashionMNIST")
+    for train in (True, False):
+        by_torchvision = data.load_split("fashion_mnist", str(tmp_path), train)
+        with monkeypatch.context() as patch:
+            patch.setattr(data, "HAS_TORCHVISION", False)
+            by_numpy = data.load_split("fashion_mnist", str(tmp_path), train)
+        _assert_split(by_numpy, by_torchvision)
+
+
+def test_missing_dataset_names_dataset_and_path(tmp_path, monkeypatch, reader):
+    _no_network(monkeypatch, "CIFAR10")
     with pytest.raises(UserError, match="cifar10") as error:
         data.load_split("cifar10", str(tmp_path / "nowhere"))
     assert str(tmp_path / "nowhere") in str(error.value)
     assert "cifar-10-batches-py" in str(error.value)
 
 
-def test_missing_fashion_mnist_without_debian_copy(tmp_path, monkeypatch):
+def test_missing_fashion_mnist_without_debian_copy(
+    tmp_path, monkeypatch, reader
+):
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", str(tmp_path / "no"))
-    _no_network(monkeypatch, torchvision.datasets.FashionMNIST)
+    _no_network(monkeypatch, "FashionMNIST")
     with pytest.raises(UserError, match="fashion_mnist") as error:
         data.load_split("fashion_mnist", str(tmp_path))
     assert str(tmp_path) in str(error.value)

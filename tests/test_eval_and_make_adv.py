@@ -19,6 +19,7 @@ from helpers import (
     ROOT,
     assert_close,
     linearized_logits,
+    needs_neural_tangents,
     require_fashion_mnist,
     run_script,
     train_tiny_mlp,
@@ -161,6 +162,7 @@ def test_example_5_records_the_attack(example5):
     assert "jax" in record["environment"]
 
 
+@needs_neural_tangents
 def test_components_are_the_centered_linearization(example5, workdir):
     _, trained = workdir
     results, _, _ = example5

@@ -16,6 +16,7 @@ from helpers import TINY_TEST_SIZE as TEST_SIZE
 from helpers import (
     assert_close,
     linearized_logits,
+    needs_neural_tangents,
     require_fashion_mnist,
     train_tiny_mlp,
 )
@@ -47,6 +48,7 @@ def run(trained, dynamics, attack=None, **kwargs):
     )
 
 
+@needs_neural_tangents
 def test_linear_components_match_neural_tangents(trained):
     result = run(trained, models.Dynamics(linear=True, centering=False))
     f, df = result.components_clean["f"], result.components_clean["df"]
@@ -73,6 +75,7 @@ def test_linear_components_match_neural_tangents(trained):
     assert result.acc_dirty is None and result.components_dirty is None
 
 
+@needs_neural_tangents
 def test_centered_model_classifies_with_df(trained):
     dynamics = models.Dynamics(linear=True, centering=True)
     result = run(trained, dynamics)
@@ -122,6 +125,7 @@ def random_tree_like(tree, rng):
     return jax.tree_util.tree_map_with_path(leaf, tree)
 
 
+@needs_neural_tangents
 def test_resnet_components_use_eval_mode_batch_norm():
     model = models.get_model("resnet18", 10, width=2)
     shapes = jax.eval_shape(

@@ -12,9 +12,10 @@ import pytest
 import jacobians
 import kernels
 import models
+import nt_compat
+from helpers import kernel_implementations, needs_neural_tangents
 from kernel_files import ALL_CLASSES, COMBINED
 from kernel_reference import network, reference_kernels, relative_error
-from nt_compat import nt
 from utils import UserError
 
 N_IMAGES = 7  # blocks of 3: two full, one padded with two zero images
@@ -111,7 +112,9 @@ def test_networks_are_not_trivial(references):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "implementation", kernel_implementations(kernels.IMPLEMENTATIONS)
+)
 @pytest.mark.parametrize("class_index", [1, COMBINED, ALL_CLASSES])
 def test_resnet_matches_reference(references, implementation, class_index):
     got = compute("resnet", implementation, class_index)
@@ -120,12 +123,15 @@ def test_resnet_matches_reference(references, implementation, class_index):
     assert relative_error(got, want) < 1e-5
 
 
-@pytest.mark.parametrize("implementation", kernels.IMPLEMENTATIONS)
+@pytest.mark.parametrize(
+    "implementation", kernel_implementations(kernels.IMPLEMENTATIONS)
+)
 def test_mlp_matches_reference(references, implementation):
     got = compute("mlp", implementation, ALL_CLASSES)
     assert relative_error(got, references["mlp"]) < 1e-5
 
 
+@needs_neural_tangents
 def test_combined_kernel_is_the_originals_traced_kernel():
     """The original's --class_index -1: neural-tangents' empirical kernel
     with its default trace_axes=(-1,), no factor between the two."""
@@ -134,14 +140,16 @@ def test_combined_kernel_is_the_originals_traced_kernel():
     def f(p, x):
         return apply_fn(p, state, None, x, False)[0]
 
-    original = nt.empirical_kernel_fn(f, vmap_axes=0)(
+    original = nt_compat.load().empirical_kernel_fn(f, vmap_axes=0)(
         images, images, "ntk", params
     )
     got = compute("mlp", "rows", COMBINED)
     assert relative_error(got, np.asarray(original, np.float64)) < 1e-5
 
 
-@pytest.mark.parametrize("implementation", ["rows", "structured"])
+@pytest.mark.parametrize(
+    "implementation", kernel_implementations(["rows", "structured"])
+)
 def test_kernel_at_lin_params(references, implementation):
     got = compute("resnet", implementation, ALL_CLASSES, use_lin_params=True)
     assert relative_error(got, references["resnet", "lin"]) < 1e-5
@@ -158,10 +166,14 @@ CROSS_TEST = slice(2, 7)
     "net, implementation, class_index",
     [
         ("mlp", "rows", ALL_CLASSES),
-        ("mlp", "structured", COMBINED),
+        pytest.param(
+            "mlp", "structured", COMBINED, marks=needs_neural_tangents
+        ),
         ("resnet", "rows", COMBINED),
         ("resnet", "rows", 1),
-        ("resnet", "jacobian", ALL_CLASSES),
+        pytest.param(
+            "resnet", "jacobian", ALL_CLASSES, marks=needs_neural_tangents
+        ),
     ],
 )
 def test_cross_kernel_matches_reference(

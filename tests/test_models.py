@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import models
+import nt_compat
 import utils
-from helpers import assert_close
-from nt_compat import nt
+from helpers import assert_close, enable_x64, needs_neural_tangents
 
 IMAGE_SHAPE = (32, 32, 3)
 
@@ -140,7 +140,7 @@ def axpy(a, x, y):
 
 def test_linearization_error_falls_quadratically(tiny_resnet):
     model, params, state, images = tiny_resnet
-    with jax.experimental.enable_x64():
+    with enable_x64():
         to64 = lambda t: jax.tree_util.tree_map(
             lambda a: jnp.asarray(a, jnp.float64), t
         )
@@ -161,11 +161,12 @@ def test_linearization_error_falls_quadratically(tiny_resnet):
         assert 3.0 < r < 5.0, (errors, ratios)
 
 
+@needs_neural_tangents
 def test_linearization_matches_neural_tangents(tiny_resnet):
     model, params, state, images = tiny_resnet
     f_apply = lambda p, x: model.apply(p, state, None, x, False)[0]
     moved = axpy(0.01, perturbation(params, 3), params)
-    reference = nt.linearize(f_apply, params)(moved, images)
+    reference = nt_compat.nt.linearize(f_apply, params)(moved, images)
     f, df, _ = models.linearized_parts(
         model.apply, params, moved, state, images
     )
