@@ -10,8 +10,11 @@ seaborn figures in --out_dir.
         --out_dir runs/analysis --compare runs/CC/kernels runs/AC/kernels
 """
 
+import argparse
 import os
 import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +29,7 @@ from kernel_analysis import Kernel
 from utils import UserError
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "inputs",
@@ -78,13 +81,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     with threadpoolctl.threadpool_limits(args.blas_threads, user_api="blas"):
         _analyse(args)
 
 
-def _analyse(args) -> None:
+def _analyse(args: argparse.Namespace) -> None:
     """main's work, within the BLAS thread limit."""
     if not args.inputs and not args.compare:
         raise UserError(
@@ -236,13 +239,15 @@ def _read(path: str) -> Kernel:
     return Kernel(file, run, n_classes)
 
 
-def _read_all(args, notes: list):
+def _read_all(
+    args: argparse.Namespace, notes: list
+) -> tuple[list[Kernel], tuple[list[Kernel], ...] | None]:
     """(every kernel once, in the order given; the two --compare folders'
     kernels or None)."""
     by_file: dict[str, Kernel] = {}
     skipped = 0
 
-    def collect(argument):
+    def collect(argument: str) -> list[Kernel]:
         nonlocal skipped
         found = _found(argument)
         kernels = []
@@ -293,7 +298,7 @@ def _read_all(args, notes: list):
 # --------------------------------------------------------------------------
 
 
-def _short_names(paths) -> dict[str, str]:
+def _short_names(paths: Iterable[str]) -> dict[str, str]:
     """Each folder named by what tells it apart from the others."""
     unique = sorted(set(paths))
     absolute = [os.path.abspath(p) for p in unique]
@@ -306,7 +311,9 @@ def _short_names(paths) -> dict[str, str]:
     }
 
 
-def _series_labels(kernels) -> dict[kernel_analysis.SeriesKey, str]:
+def _series_labels(
+    kernels: Sequence[Kernel],
+) -> dict[kernel_analysis.SeriesKey, str]:
     """A short name of each kernel's series key: the run, and its phase
     and lin_params where they are not phase 1 and params."""
     keys = {kernel_analysis.series_key(k) for k in kernels}
@@ -322,7 +329,9 @@ def _series_labels(kernels) -> dict[kernel_analysis.SeriesKey, str]:
     return labels
 
 
-def _label(kernel: Kernel, labels) -> str:
+def _label(
+    kernel: Kernel, labels: Mapping[kernel_analysis.SeriesKey, str]
+) -> str:
     """The series label and epoch of a kernel (or its file name)."""
     series = labels[kernel_analysis.series_key(kernel)]
     if kernel.epoch is None:
@@ -333,7 +342,13 @@ def _label(kernel: Kernel, labels) -> str:
 _ARRAYS = ("eigenvalues", "label_energy")
 
 
-def _tables(kernels, measures, groups, series_measures, labels):
+def _tables(
+    kernels: Sequence[Kernel],
+    measures: Sequence[dict],
+    groups: Mapping[kernel_analysis.SeriesKey, list[Kernel]],
+    series_measures: Mapping[kernel_analysis.SeriesKey, dict],
+    labels: Mapping[kernel_analysis.SeriesKey, str],
+) -> dict[str, pd.DataFrame]:
     """{'kernels': a row per file, 'series': a row per file of a series}."""
     to_first = {}
     series_rows = []
@@ -408,7 +423,11 @@ def _tables(kernels, measures, groups, series_measures, labels):
     }
 
 
-def _pairwise(kernels, sets, labels):
+def _pairwise(
+    kernels: Sequence[Kernel],
+    sets: Sequence[Sequence[int]],
+    labels: Mapping[kernel_analysis.SeriesKey, str],
+) -> tuple[pd.DataFrame, list[tuple[str, np.ndarray, list[str]]]]:
     """(a row per pair of comparable kernels, [(title, S (T, T), tick
     labels)] per set of two or more, kernels in order of series and
     epoch)."""
@@ -450,7 +469,9 @@ def _pairwise(kernels, sets, labels):
     return pd.DataFrame(rows, columns=columns), heatmaps
 
 
-def _compare_table(matched) -> pd.DataFrame:
+def _compare_table(
+    matched: Sequence[tuple[Kernel, Kernel]],
+) -> pd.DataFrame:
     """A row per matched pair of the --compare folders."""
     rows = []
     for a, b in matched:
@@ -480,7 +501,7 @@ def _compare_table(matched) -> pd.DataFrame:
 # --------------------------------------------------------------------------
 
 
-def _plain(value):
+def _plain(value: object) -> Any:
     """JSON-ready: arrays as lists, non-finite numbers as None."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -503,14 +524,14 @@ def _records(table: pd.DataFrame) -> list[dict]:
 
 
 def _report(
-    args,
-    kernels,
-    measures,
-    pairwise,
-    series_measures,
-    labels,
-    compare_table,
-    notes,
+    args: argparse.Namespace,
+    kernels: Sequence[Kernel],
+    measures: Sequence[dict],
+    pairwise: pd.DataFrame,
+    series_measures: Mapping[kernel_analysis.SeriesKey, dict],
+    labels: Mapping[kernel_analysis.SeriesKey, str],
+    compare_table: pd.DataFrame | None,
+    notes: list[str],
 ) -> dict:
     """The content of analysis.json."""
     kernel_entries = []
@@ -562,7 +583,15 @@ def _report(
     return _plain(report)
 
 
-def _figures(args, kernels, measures, tables, heatmaps, compare_table, labels):
+def _figures(
+    args: argparse.Namespace,
+    kernels: Sequence[Kernel],
+    measures: Sequence[dict],
+    tables: Mapping[str, pd.DataFrame],
+    heatmaps: Sequence[tuple[str, np.ndarray, list[str]]],
+    compare_table: pd.DataFrame | None,
+    labels: Mapping[kernel_analysis.SeriesKey, str],
+) -> dict[str, bytes]:
     """{file name: PNG bytes} of the figures that have data."""
     import kernel_figures  # seaborn and matplotlib: only when drawing
 
@@ -595,7 +624,7 @@ def _figures(args, kernels, measures, tables, heatmaps, compare_table, labels):
     return figures
 
 
-def _run_names(args) -> tuple[str, str]:
+def _run_names(args: argparse.Namespace) -> tuple[str, str]:
     """Short names of the two --compare folders ('A', 'B' without)."""
     if not args.compare:
         return "A", "B"
@@ -603,7 +632,11 @@ def _run_names(args) -> tuple[str, str]:
     return names[args.compare[0]], names[args.compare[1]]
 
 
-def _decay_curves(kernels, measures, labels):
+def _decay_curves(
+    kernels: Sequence[Kernel],
+    measures: Sequence[dict],
+    labels: Mapping[kernel_analysis.SeriesKey, str],
+) -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
     """Per series (kernels without an epoch apart): its title and its
     kernels' (label, eigenvalues) in order of epoch."""
     panels: dict[str, list] = {}

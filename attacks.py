@@ -57,14 +57,18 @@ class Norm:
     project: Callable[[jax.Array, float], jax.Array]
 
 
-def _linf_random_delta(key, images, eps):
+def _linf_random_delta(
+    key: jax.Array, images: jax.Array, eps: float
+) -> jax.Array:
     """Uniform in the cube [-eps, eps]^d."""
     return jax.random.uniform(
         key, images.shape, images.dtype, minval=-eps, maxval=eps
     )
 
 
-def _l2_random_delta(key, images, eps):
+def _l2_random_delta(
+    key: jax.Array, images: jax.Array, eps: float
+) -> jax.Array:
     """Uniform in the d-ball: a normalised Gaussian direction times a
     radius eps · U^(1/d)."""
     direction_key, radius_key = jax.random.split(key)
@@ -116,7 +120,7 @@ LOSSES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-def _check(norm: str, loss: str, iters, restarts) -> None:
+def _check(norm: str, loss: str, iters: int, restarts: int) -> None:
     """Raises ValueError for an unknown norm or loss, or bad counts."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {list(NORMS)}, not {norm!r}")
@@ -149,7 +153,7 @@ class AttackConfig:
     loss: str = "ce"
     restarts: int = 1
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check(self.norm, self.loss, self.iters, self.restarts)
 
     def kwargs(self) -> dict:
@@ -191,17 +195,25 @@ EVAL_ATTACKS: dict[str, Callable[[float, int], AttackConfig]] = {
 
 
 def _single_start(
-    logits_fn, images, labels, key, eps, step_size, iters, norm, loss
-):
+    logits_fn: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    labels: jax.Array,
+    key: jax.Array,
+    eps: float,
+    step_size: float,
+    iters: int,
+    norm: Norm,
+    loss: str,
+) -> jax.Array:
     """PGD from one random start: (B, ...) adversarial images."""
     loss_fn = LOSSES[loss]
 
-    def total_loss(adv):
+    def total_loss(adv: jax.Array) -> jax.Array:
         # Examples are independent, so the gradient of the sum gives each
         # example the gradient of its own loss.
         return jnp.sum(loss_fn(logits_fn(adv), labels))
 
-    def body(_, adv):
+    def body(_: jax.Array, adv: jax.Array) -> jax.Array:
         adv = adv + norm.ascent(jax.grad(total_loss)(adv), step_size)
         # Clipping to [0, 1] after the ball only moves pixels towards the
         # clean image (which lies in [0, 1]), so the result stays inside.
@@ -211,7 +223,12 @@ def _single_start(
     return jax.lax.fori_loop(0, iters, body, start)
 
 
-def _is_better(wrong, loss, best_wrong, best_loss):
+def _is_better(
+    wrong: jax.Array,
+    loss: jax.Array,
+    best_wrong: jax.Array,
+    best_loss: jax.Array,
+) -> jax.Array:
     """Per example: misclassified beats classified, then higher loss wins."""
     return (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
 
@@ -262,7 +279,9 @@ def pgd(
     _check(norm, loss, iters, restarts)
     ball = NORMS[norm]
 
-    def restart(r, best):
+    def restart(
+        r: jax.Array, best: tuple[jax.Array, jax.Array, jax.Array]
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         best_adv, best_wrong, best_loss = best
         adv = _single_start(
             logits_fn,

@@ -23,6 +23,7 @@ import dataclasses
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from utils import UserError
 NAME = "{name}"
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model_path",
@@ -144,7 +145,7 @@ class _Images:
     test_indices: np.ndarray | None = None
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     kernels.require_implementation(args.implementation)
     jobs = [_checked_job(args, path) for path in args.model_path]
@@ -160,7 +161,7 @@ def main(argv=None):
         _compute(args, job, images[job.spec.dataset], schedules)
 
 
-def _checked_job(args, model_path: str) -> _Job:
+def _checked_job(args: argparse.Namespace, model_path: str) -> _Job:
     """Loads and checks one checkpoint (then lets it go: it is loaded again
     when its turn comes, so that many checkpoints never share memory)."""
     checkpoint, spec = _load(args, model_path)
@@ -188,7 +189,9 @@ def _checked_job(args, model_path: str) -> _Job:
     )
 
 
-def _load(args, model_path: str):
+def _load(
+    args: argparse.Namespace, model_path: str
+) -> tuple[dict, models.ModelSpec]:
     """(checkpoint, spec) of models.load_checkpoint with the flags."""
     return models.load_checkpoint(
         model_path, model=args.model, width=args.width, dataset=args.dataset
@@ -224,7 +227,7 @@ def _refuse_collisions(jobs: list[_Job], bonus_dir: str) -> None:
             )
 
 
-def _subsets(args, spec) -> _Images:
+def _subsets(args: argparse.Namespace, spec: models.ModelSpec) -> _Images:
     """The class-balanced training images (and test images with
     --test_size) of the spec's dataset."""
     train_images, train_labels = data.load_split(
@@ -252,7 +255,13 @@ def _subsets(args, spec) -> _Images:
     )
 
 
-def _balanced(labels, size: int, seed: int, spec, kind: str) -> np.ndarray:
+def _balanced(
+    labels: np.ndarray,
+    size: int,
+    seed: int,
+    spec: models.ModelSpec,
+    kind: str,
+) -> np.ndarray:
     """data.balanced_subset_indices of --{kind}_size, checked against the
     split's size."""
     split = "training" if kind == "dataset" else "test"
@@ -267,7 +276,9 @@ def _balanced(labels, size: int, seed: int, spec, kind: str) -> np.ndarray:
         raise UserError(f"--{kind}_size {size}: {error}") from None
 
 
-def _compute(args, job: _Job, chosen: _Images, schedules: dict) -> None:
+def _compute(
+    args: argparse.Namespace, job: _Job, chosen: _Images, schedules: dict
+) -> None:
     """The kernels of one checkpoint, written; one line per file.
 
     `schedules` keeps one block schedule (with its compiled functions) per
@@ -344,7 +355,7 @@ def _compute(args, job: _Job, chosen: _Images, schedules: dict) -> None:
         print(f"wrote {path}: {sizes}, {seconds:.1f} s", flush=True)
 
 
-def _show_progress(flag):
+def _show_progress(flag: bool | None) -> bool:
     """The --show_progress choice, or whether stderr is a terminal."""
     return sys.stderr.isatty() if flag is None else flag
 

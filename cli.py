@@ -11,6 +11,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 import data
 import models
@@ -20,7 +21,7 @@ from utils import UserError, one_line
 class ArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are UserErrors: one line, exit 2."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         raise UserError(f"{message} (see --help)")
 
 

@@ -11,12 +11,18 @@ import dataclasses
 import gzip
 import importlib.util
 import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 import datafiles
 import utils
 from utils import UserError
+
+if TYPE_CHECKING:  # imported where used: torch is slow to import
+    import torchvision.datasets
 
 # Looked up, not imported: torch is slow to import.
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
@@ -82,7 +88,9 @@ def n_classes(name: str) -> int:
     return get_dataset(name).n_classes
 
 
-def load_split(name, data_path="./data", train=True):
+def load_split(
+    name: str, data_path: str = "./data", train: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Loads a whole split of a dataset.
 
     Args:
@@ -107,7 +115,9 @@ def load_split(name, data_path="./data", train=True):
     return _pixels_to_float(opened.data), _labels_to_int32(opened.targets)
 
 
-def _read_without_torchvision(dataset: Dataset, data_path: str, train: bool):
+def _read_without_torchvision(
+    dataset: Dataset, data_path: str, train: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """datafiles.read_split, after Debian's Fashion-MNIST where needed."""
     name = dataset.name
     try:
@@ -125,7 +135,9 @@ def _read_without_torchvision(dataset: Dataset, data_path: str, train: bool):
     )
 
 
-def _open_torchvision(dataset: Dataset, data_path: str, train: bool):
+def _open_torchvision(
+    dataset: Dataset, data_path: str, train: bool
+) -> "torchvision.datasets.VisionDataset":
     """The torchvision dataset object, trying local files before the net."""
     # Imported here: torch is slow to import and only this function needs it.
     import torchvision.datasets
@@ -151,7 +163,7 @@ def _open_torchvision(dataset: Dataset, data_path: str, train: bool):
         ) from error
 
 
-def _install_debian_fashion_mnist(data_path):
+def _install_debian_fashion_mnist(data_path: str) -> None:
     """Decompresses Debian's Fashion-MNIST into data_path/FashionMNIST/raw.
 
     torchvision reads the four decompressed idx files there without checking
@@ -174,7 +186,7 @@ def _install_debian_fashion_mnist(data_path):
         ) from error
 
 
-def _gunzip(source, target):
+def _gunzip(source: str, target: str) -> None:
     """Decompresses `source` to `target`, leaving no partial `target`.
 
     torchvision only checks that the file exists, so a half-written one
@@ -186,7 +198,7 @@ def _gunzip(source, target):
         utils.atomic_write_stream(target, reader)
 
 
-def _pixels_to_float(pixels):
+def _pixels_to_float(pixels: npt.ArrayLike) -> np.ndarray:
     """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, H, W, C) in [0, 1]."""
     images = np.asarray(pixels).astype(np.float32)
     images /= 255
@@ -195,7 +207,7 @@ def _pixels_to_float(pixels):
     return images
 
 
-def _labels_to_int32(targets):
+def _labels_to_int32(targets: npt.ArrayLike) -> np.ndarray:
     """A list or tensor of class indices -> int32 (N,)."""
     return np.asarray(targets).astype(np.int32)
 
@@ -204,7 +216,9 @@ def _labels_to_int32(targets):
 MAX_LEGACY_SEED = 2**32 - 1
 
 
-def balanced_subset_indices(labels, size, seed):
+def balanced_subset_indices(
+    labels: npt.ArrayLike, size: int, seed: int
+) -> np.ndarray:
     """Indices of a class-balanced subset, drawn as the original code draws.
 
     The rule of the paper's `calculate_kernel.py`, the only class-balanced
@@ -252,7 +266,9 @@ def balanced_subset_indices(labels, size, seed):
     return np.concatenate(chosen).astype(np.int64)
 
 
-def _choose_from_class(labels, label, count, rng):
+def _choose_from_class(
+    labels: np.ndarray, label: int, count: int, rng: np.random.RandomState
+) -> np.ndarray:
     """`count` indices of class `label`, drawn without replacement by the
     legacy generator `rng`, in drawn order."""
     members = np.flatnonzero(labels == label)
@@ -265,7 +281,9 @@ def _choose_from_class(labels, label, count, rng):
     return members[rng.choice(len(members), count, replace=False)]
 
 
-def subset(images, labels, size, seed):
+def subset(
+    images: np.ndarray, labels: np.ndarray, size: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A class-balanced subset of (images, labels), or both unchanged.
 
     Args:
@@ -284,12 +302,19 @@ def subset(images, labels, size, seed):
     return images[idx], labels[idx]
 
 
-def n_batches(n, batch_size):
+def n_batches(n: int, batch_size: int) -> int:
     """Number of batches of `batch_size` covering `n` items: ceil(n / bs)."""
     return -(-n // batch_size)
 
 
-def train_batches(images, labels, batch_size, seed, epoch, start_step=0):
+def train_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    start_step: int = 0,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """One shuffled epoch of training batches.
 
     The order is a permutation drawn from np.random.default_rng([seed,
@@ -313,7 +338,9 @@ def train_batches(images, labels, batch_size, seed, epoch, start_step=0):
         yield step, images[idx], labels[idx]
 
 
-def test_batches(images, labels, batch_size):
+def test_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches in order, the last one possibly shorter.
 
     Args:
@@ -329,19 +356,19 @@ def test_batches(images, labels, batch_size):
         yield images[start:stop], labels[start:stop]
 
 
-def to_nchw(images):
+def to_nchw(images: np.ndarray) -> np.ndarray:
     """(N, H, W, C) -> C-contiguous (N, C, H, W), same dtype."""
     _check_4d(images, "(N, H, W, C)")
     return np.ascontiguousarray(np.transpose(images, (0, 3, 1, 2)))
 
 
-def to_nhwc(images):
+def to_nhwc(images: np.ndarray) -> np.ndarray:
     """(N, C, H, W) -> C-contiguous (N, H, W, C), same dtype."""
     _check_4d(images, "(N, C, H, W)")
     return np.ascontiguousarray(np.transpose(images, (0, 2, 3, 1)))
 
 
-def _check_4d(images, layout):
+def _check_4d(images: npt.ArrayLike, layout: str) -> None:
     shape = np.shape(images)
     if len(shape) != 4:
         raise UserError(

@@ -66,7 +66,9 @@ def split_files(name: str, root: str, train: bool) -> list[str]:
     return [os.path.join(root, folder, file) for file in files[train]]
 
 
-def read_split(name: str, root: str, train: bool):
+def read_split(
+    name: str, root: str, train: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """The raw arrays of one split, as torchvision's dataset class holds them.
 
     Args:
@@ -124,7 +126,9 @@ def read_idx(path: str) -> np.ndarray:
     return pixels.reshape(shape)
 
 
-def _read_cifar(paths, label_key):
+def _read_cifar(
+    paths: list[str], label_key: str
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (N, 32, 32, 3) and int64 (N,) from CIFAR's pickled batches."""
     rows, labels = [], []
     for path in paths:

@@ -32,9 +32,13 @@ With several files the per-file outputs get the suffix `_{i}` (i = the
 file's position on the command line).
 """
 
+import argparse
 import dataclasses
 import os
 import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 import attacks
 import cli
@@ -46,7 +50,7 @@ import utils
 SHORT_BATCHES = 10
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line's flags (the original's, then ours)."""
     parser = cli.ArgumentParser(
         description="Clean and PGD-Linf accuracy of a checkpoint, "
@@ -138,7 +142,9 @@ def parse_args(argv=None):
     return args
 
 
-def load_model(args):
+def load_model(
+    args: argparse.Namespace,
+) -> tuple[dict, models.ModelSpec]:
     """The checkpoint and its ModelSpec, checked against each other.
 
     Returns:
@@ -152,7 +158,9 @@ def load_model(args):
     )
 
 
-def choose_network(args, checkpoint, spec) -> models.Network:
+def choose_network(
+    args: argparse.Namespace, checkpoint: dict, spec: models.ModelSpec
+) -> models.Network:
     """What the flags evaluate, as the original does: with --linear the
     linearization around params at lin_params (centered with
     --centering); without, the network at params, or with --centering
@@ -184,7 +192,7 @@ def describe_network(network: models.Network) -> dict:
     }
 
 
-def model_warnings(args, checkpoint):
+def model_warnings(args: argparse.Namespace, checkpoint: dict) -> list[str]:
     """Lines saying where the flags and the checkpoint do not fit."""
     meta, path = checkpoint["meta"], args.model_path
     same = utils.tree_equal(checkpoint["params"], checkpoint["lin_params"])
@@ -228,12 +236,12 @@ def model_warnings(args, checkpoint):
     return lines
 
 
-def _recorded_false(meta, key):
+def _recorded_false(meta: dict, key: str) -> bool:
     """Whether `meta` records `key` and it is false (NumPy bools too)."""
     return meta.get(key) is not None and not meta[key]
 
 
-def attack_config(args):
+def attack_config(args: argparse.Namespace) -> attacks.AttackConfig | None:
     """The PGD-L∞ attack of the flags, or None with --no_adv."""
     if args.no_adv:
         return None
@@ -244,7 +252,9 @@ def attack_config(args):
     )
 
 
-def load_sources(args, spec):
+def load_sources(
+    args: argparse.Namespace, spec: models.ModelSpec
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The test sources: [(name, images (N, H, W, C), labels (N,))].
 
     The test set, or each --test_path file; --test_size takes the same
@@ -273,7 +283,9 @@ def load_sources(args, spec):
     ]
 
 
-def output_paths(out_dir, save_name, index, count):
+def output_paths(
+    out_dir: str, save_name: str, index: int, count: int
+) -> dict[str, str]:
     """{'results', 'examples'} pickle paths of source `index` of `count`."""
     suffix = save_name if count == 1 else f"{save_name}_{index}"
     return {
@@ -282,7 +294,13 @@ def output_paths(out_dir, save_name, index, count):
     }
 
 
-def evaluate_source(args, network, attack, eval_step, source):
+def evaluate_source(
+    args: argparse.Namespace,
+    network: models.Network,
+    attack: attacks.AttackConfig | None,
+    eval_step: Callable,
+    source: tuple[str, np.ndarray, np.ndarray],
+) -> tuple[evaluation.EvalResult, np.ndarray, np.ndarray]:
     """Evaluates `network` on one (name, images, labels) source.
 
     Returns:
@@ -305,7 +323,13 @@ def evaluate_source(args, network, attack, eval_step, source):
     return result, images[: result.n], labels[: result.n]
 
 
-def write_source_outputs(args, paths, result, images, labels):
+def write_source_outputs(
+    args: argparse.Namespace,
+    paths: dict[str, str],
+    result: evaluation.EvalResult,
+    images: np.ndarray,
+    labels: np.ndarray,
+) -> dict[str, str]:
     """Writes the results pickle (and with --save_examples the examples:
     adversarial, or with --no_adv the clean images, as the original);
     returns the files written."""
@@ -320,7 +344,9 @@ def write_source_outputs(args, paths, result, images, labels):
     return written
 
 
-def attack_record(attack, args):
+def attack_record(
+    attack: attacks.AttackConfig | None, args: argparse.Namespace
+) -> dict | None:
     """The attack that ran, for the results files (None with --no_adv)."""
     if attack is None:
         return None
@@ -333,7 +359,13 @@ def attack_record(attack, args):
     )
 
 
-def run_record(args, spec, network, attack, rows):
+def run_record(
+    args: argparse.Namespace,
+    spec: models.ModelSpec,
+    network: models.Network,
+    attack: attacks.AttackConfig | None,
+    rows: list[dict],
+) -> dict:
     """The `results_{save_name}.json` content."""
     return {
         "model_path": args.model_path,
@@ -352,7 +384,7 @@ def run_record(args, spec, network, attack, rows):
     }
 
 
-def transfer_record(results):
+def transfer_record(results: dict) -> dict:
     """The `transfer_{save_name}.json` content from the results record:
     the model and attack, and one row {source, n, acc_clean, acc_dirty} per
     example file."""
@@ -367,7 +399,7 @@ def transfer_record(results):
     return transfer
 
 
-def transfer_table(rows):
+def transfer_table(rows: list[dict]) -> str:
     """The transfer matrix as text: one line per source file."""
     width = max(len(row["source"]) for row in rows)
     lines = [f"{'source':<{width}}  {'n':>6}  {'clean':>7}  {'robust':>7}"]
@@ -384,7 +416,7 @@ def transfer_table(rows):
     return "\n".join(lines)
 
 
-def summary_line(row):
+def summary_line(row: dict) -> str:
     """One line of accuracies for the terminal."""
     text = f"{row['source']}: n={row['n']} clean {100 * row['acc_clean']:.2f}%"
     if row["acc_dirty"] is not None:
@@ -392,7 +424,7 @@ def summary_line(row):
     return text
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     checkpoint, spec = load_model(args)
     network = choose_network(args, checkpoint, spec)

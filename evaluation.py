@@ -13,11 +13,12 @@ The end of the module reads and writes the files of `eval_and_make_adv.py`
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from tqdm import tqdm
 
 import attacks
@@ -72,7 +73,12 @@ def make_eval_step(attack: attacks.AttackConfig | None) -> Callable:
         batch shape.
     """
 
-    def step(network, images, labels, key):
+    def step(
+        network: models.Network,
+        images: jax.Array,
+        labels: jax.Array,
+        key: jax.Array,
+    ) -> dict[str, jax.Array]:
         f, df, _ = network.parts(images)
         out = {"f_clean": f, "df_clean": df}
         if attack is None:
@@ -91,7 +97,9 @@ def make_eval_step(attack: attacks.AttackConfig | None) -> Callable:
     return jax.jit(step)
 
 
-def _padded(images, labels, size):
+def _padded(
+    images: np.ndarray, labels: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The batch grown to `size` rows by repeating its last example.
 
     Padding the short last batch lets it reuse the compiled step instead of
@@ -109,7 +117,12 @@ def _padded(images, labels, size):
     return images[repeat], labels[repeat]
 
 
-def _to_host(dynamics, out, labels, keep_examples):
+def _to_host(
+    dynamics: models.Dynamics,
+    out: Mapping[str, jax.Array],
+    labels: np.ndarray,
+    keep_examples: bool,
+) -> dict[str, np.ndarray]:
     """The real rows of one step's outputs, as NumPy, with predictions.
 
     Args:
@@ -137,7 +150,7 @@ def _to_host(dynamics, out, labels, keep_examples):
     return host
 
 
-def _accuracy(predictions, labels):
+def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of predictions equal to labels, a float in [0, 1]."""
     return float(np.mean(predictions == labels))
 
@@ -150,13 +163,13 @@ class _Gathered:
     keep_examples: keep the adversarial images.
     """
 
-    dynamics: object
+    dynamics: models.Dynamics
     keep_examples: bool
     chunks: list = dataclasses.field(default_factory=list)
     labels: list = dataclasses.field(default_factory=list)
     correct: dict = dataclasses.field(default_factory=dict)
 
-    def add(self, out, labels):
+    def add(self, out: Mapping[str, jax.Array], labels: np.ndarray) -> None:
         """Fetches a step's output `out` for the int (n,) `labels` of its
         first n rows (the rest is padding), and counts its right answers."""
         host = _to_host(self.dynamics, out, labels, self.keep_examples)
@@ -167,7 +180,7 @@ class _Gathered:
                 right = int(np.sum(host[f"pred_{suffix}"] == labels))
                 self.correct[kind] = self.correct.get(kind, 0) + right
 
-    def running_accuracies(self):
+    def running_accuracies(self) -> dict[str, str]:
         """{'clean': '93.0%', 'robust': '41.0%'} so far, for the bar."""
         n = max(sum(map(len, self.labels)), 1)
         return {
@@ -175,7 +188,7 @@ class _Gathered:
             for kind, count in self.correct.items()
         }
 
-    def result(self):
+    def result(self) -> EvalResult:
         """The EvalResult of every batch added."""
         labels = np.concatenate(self.labels)
         joined = {
@@ -183,7 +196,7 @@ class _Gathered:
             for name in self.chunks[0]
         }
 
-        def components(suffix):
+        def components(suffix: str) -> dict[str, np.ndarray] | None:
             if f"f_{suffix}" not in joined:
                 return None
             return {
@@ -320,7 +333,9 @@ def results_record(result: EvalResult) -> dict:
     }
 
 
-def examples_record(adv_images, labels):
+def examples_record(
+    adv_images: npt.ArrayLike, labels: npt.ArrayLike
+) -> dict[str, np.ndarray]:
     """The `adv_examples_*.pkl` dict: {'images' float32 (N, C, H, W),
     'labels' int (N,)} from NHWC `adv_images` (N, H, W, C); pixels stay
     floats in [0, 1], not re-quantized."""
@@ -330,7 +345,9 @@ def examples_record(adv_images, labels):
     }
 
 
-def load_examples(path, image_shape, n_classes):
+def load_examples(
+    path: str, image_shape: tuple[int, int, int], n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Reads and checks an examples file written by `examples_record`.
 
     Args:
@@ -352,7 +369,9 @@ def load_examples(path, image_shape, n_classes):
     return data.to_nhwc(images), labels
 
 
-def _checked_images(images, image_shape, path):
+def _checked_images(
+    images: object, image_shape: tuple[int, int, int], path: str
+) -> np.ndarray:
     """float32 (N, C, H, W) images in [0, 1], or UserError naming `path`."""
     height, width, channels = image_shape
     want = (channels, height, width)
@@ -384,7 +403,9 @@ def _checked_images(images, image_shape, path):
     return images
 
 
-def _checked_labels(labels, n, n_classes, path):
+def _checked_labels(
+    labels: object, n: int, n_classes: int, path: str
+) -> np.ndarray:
     """int32 (n,) labels in [0, n_classes), or UserError naming `path`."""
     if (
         not isinstance(labels, np.ndarray)
@@ -403,7 +424,7 @@ def _checked_labels(labels, n, n_classes, path):
     return labels.astype(np.int32)
 
 
-def _describe(value):
+def _describe(value: object) -> str:
     """'float32 array of shape (2, 3)' or the type name, for messages."""
     if isinstance(value, np.ndarray):
         return f"a {value.dtype} array of shape {value.shape}"

@@ -8,6 +8,7 @@ the epoch checkpoints. While a run works in the folder it holds its lock
 (`.lock`), so a second run there is refused.
 """
 
+import argparse
 import dataclasses
 import glob
 import json
@@ -17,6 +18,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 
 import attacks
 import cli
@@ -54,7 +56,7 @@ RUN_FILES = (
 )
 
 
-def validate_flags(args) -> None:
+def validate_flags(args: argparse.Namespace) -> None:
     """Raises UserError for flags that cannot make a run together (each
     number is checked by its parser)."""
     loaders = args.loaders
@@ -77,11 +79,11 @@ def validate_flags(args) -> None:
         )
 
 
-def eval_attack_names(args) -> list[str]:
+def eval_attack_names(args: argparse.Namespace) -> list[str]:
     return [name for name in args.eval_attacks.split(",") if name]
 
 
-def run_flags(args) -> dict:
+def run_flags(args: argparse.Namespace) -> dict:
     """The flags that define what a run computes: every flag but
     NON_RUN_FLAGS."""
     return {
@@ -126,7 +128,7 @@ class ResumeRecord:
         return cls(**{k: v for k, v in record.items() if k in fields})
 
 
-def results_template(args) -> dict:
+def results_template(args: argparse.Namespace) -> dict:
     """The results dict before anything is measured: None = not (yet)
     measured."""
     return {
@@ -140,10 +142,10 @@ def results_template(args) -> dict:
 class Run:
     """What every stage of a run shares."""
 
-    args: object
+    args: argparse.Namespace
     save_dir: str
     spec: models.ModelSpec
-    apply_fn: object
+    apply_fn: models.ApplyFn
     train_x: np.ndarray
     train_y: np.ndarray
     test_x: np.ndarray
@@ -154,7 +156,9 @@ class Run:
     def path(self, name: str) -> str:
         return os.path.join(self.save_dir, name)
 
-    def meta(self, phase: str, epoch, dynamics: models.Dynamics) -> dict:
+    def meta(
+        self, phase: str, epoch: int | float, dynamics: models.Dynamics
+    ) -> dict:
         return dict(
             self.spec.as_meta(),
             phase=phase,
@@ -167,7 +171,7 @@ class Run:
         )
 
 
-def run_experiment(args) -> dict:
+def run_experiment(args: argparse.Namespace) -> dict:
     """Runs (or resumes) the experiment of `args`; returns the results."""
     validate_flags(args)
     # A first look, before anything is loaded or written; decided again
@@ -210,7 +214,7 @@ def run_experiment(args) -> dict:
     return run.record.results
 
 
-def _read_record(args) -> ResumeRecord | None:
+def _read_record(args: argparse.Namespace) -> ResumeRecord | None:
     """The resume file of --save_path, or None when there is none."""
     path = os.path.join(args.save_path, STATE_FILE)
     if not os.path.exists(path):
@@ -218,7 +222,7 @@ def _read_record(args) -> ResumeRecord | None:
     return ResumeRecord.from_dict(utils.safe_load_pickle(path), path)
 
 
-def _previous_files(args) -> list[str]:
+def _previous_files(args: argparse.Namespace) -> list[str]:
     """The run files (RUN_FILES) in --save_path, sorted."""
     found = []
     for pattern in RUN_FILES:
@@ -226,7 +230,7 @@ def _previous_files(args) -> list[str]:
     return sorted(found)
 
 
-def _plan_start(args, saved: ResumeRecord | None) -> str:
+def _plan_start(args: argparse.Namespace, saved: ResumeRecord | None) -> str:
     """'fresh', 'resume' or 'nothing to do' for the folder's content.
 
     Raises UserError where going on would mix two runs or lose one.
@@ -283,12 +287,12 @@ def _differences(saved: dict, wanted: dict, limit: int = 4) -> str:
     return "; ".join(parts) + ("; ..." if len(names) > limit else "")
 
 
-def _report_nothing_to_do(args) -> dict:
+def _report_nothing_to_do(args: argparse.Namespace) -> dict:
     print(f"{args.save_path} already holds this finished run; nothing to do")
     return _read_record(args).results
 
 
-def _remove_previous_run(args) -> None:
+def _remove_previous_run(args: argparse.Namespace) -> None:
     """Removes the run files a fresh start replaces (with --overwrite)."""
     previous = _previous_files(args)
     for path in previous:
@@ -299,7 +303,9 @@ def _remove_previous_run(args) -> None:
         )
 
 
-def _load_base_model(args):
+def _load_base_model(
+    args: argparse.Namespace,
+) -> tuple[dict, models.ModelSpec] | None:
     """(checkpoint, spec) of --base_model_path, or None."""
     if not args.base_model_path:
         return None
@@ -311,7 +317,9 @@ def _load_base_model(args):
     )
 
 
-def _prepare(args, base) -> Run:
+def _prepare(
+    args: argparse.Namespace, base: tuple[dict, models.ModelSpec] | None
+) -> Run:
     """Resolves the model and loads the data; writes nothing."""
     if base is not None:
         spec = base[1]
@@ -358,7 +366,9 @@ def _write_config(run: Run) -> None:
     utils.atomic_write_json(run.path("config.json"), config)
 
 
-def _fresh_record(run: Run, base) -> ResumeRecord:
+def _fresh_record(
+    run: Run, base: tuple[dict, models.ModelSpec] | None
+) -> ResumeRecord:
     """The resume record of a run that has not started."""
     args = run.args
     if base is None:
@@ -403,7 +413,11 @@ def _unpack(packed: dict) -> train.TrainState:
     )
 
 
-def _save_record(run: Run, state=None, position=None) -> None:
+def _save_record(
+    run: Run,
+    state: train.TrainState | None = None,
+    position: train.LoopPosition | None = None,
+) -> None:
     """Writes the resume file, with the stage's state if given."""
     record = run.record
     if state is not None:
@@ -446,7 +460,7 @@ def _trim_log(run: Run) -> None:
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
 
-    def keep(r):
+    def keep(r: dict) -> bool:
         if STAGES.index(r["phase"]) < STAGES.index(stage):
             return True
         return (
@@ -481,11 +495,20 @@ def _warn(run: Run, message: str) -> None:
     run.record.warnings.append(message)
 
 
-def _checkpoint(run, name, params, lin_params, net_state, meta):
+def _checkpoint(
+    run: Run,
+    name: str,
+    params: models.Params,
+    lin_params: models.Params,
+    net_state: models.State,
+    meta: dict,
+) -> None:
     utils.save_checkpoint(run.path(name), params, lin_params, net_state, meta)
 
 
-def _checkpoint_trees(state: train.TrainState, dynamics: models.Dynamics):
+def _checkpoint_trees(
+    state: train.TrainState, dynamics: models.Dynamics
+) -> tuple[models.Params, models.Params]:
     """(params, lin_params) of a checkpoint, the original's layout: phase 1
     and --do_standard_second put the trained network in params (and
     θ(t) in lin_params); linearized phase 2 puts θ(t) in params and the
@@ -497,11 +520,11 @@ def _checkpoint_trees(state: train.TrainState, dynamics: models.Dynamics):
     return state.params, state.params0
 
 
-def _hooks(run: Run, phase: str, dynamics) -> train.Hooks:
+def _hooks(run: Run, phase: str, dynamics: models.Dynamics) -> train.Hooks:
     """The callbacks that write a phase's files."""
     args = run.args
 
-    def save(name, state, epoch):
+    def save(name: str, state: train.TrainState, epoch: int | float) -> None:
         params, lin_params = _checkpoint_trees(state, dynamics)
         _checkpoint(
             run,
@@ -512,7 +535,9 @@ def _hooks(run: Run, phase: str, dynamics) -> train.Hooks:
             run.meta(phase, epoch, dynamics),
         )
 
-    def epoch_start(state, position):
+    def epoch_start(
+        state: train.TrainState, position: train.LoopPosition
+    ) -> None:
         if phase == "standard" and args.constant_save:
             save(
                 f"parameters_checkpoint_{position.epoch}.pkl",
@@ -526,7 +551,9 @@ def _hooks(run: Run, phase: str, dynamics) -> train.Hooks:
                 position.epoch,
             )
 
-    def fraction(state, position, value):
+    def fraction(
+        state: train.TrainState, position: train.LoopPosition, value: float
+    ) -> None:
         if phase == "standard" and args.constant_save:
             save(f"parameters_checkpoint_{value:g}.pkl", state, value)
 
@@ -541,7 +568,7 @@ def _hooks(run: Run, phase: str, dynamics) -> train.Hooks:
     )
 
 
-def _phase_one(run: Run, base) -> None:
+def _phase_one(run: Run, base: tuple[dict, models.ModelSpec] | None) -> None:
     """Standard training of the network (unless a base model was given),
     then its evaluation."""
     args = run.args
@@ -584,13 +611,15 @@ def _phase_one(run: Run, base) -> None:
     _save_record(run, phase_two, train.LoopPosition())
 
 
-def phase_two_dynamics(args) -> models.Dynamics:
+def phase_two_dynamics(args: argparse.Namespace) -> models.Dynamics:
     return models.Dynamics(
         linear=not args.do_standard_second, centering=args.centering
     )
 
 
-def _phase_two_start(args, end_of_phase_one: train.TrainState):
+def _phase_two_start(
+    args: argparse.Namespace, end_of_phase_one: train.TrainState
+) -> train.TrainState:
     """Phase 2's first state: the trained copy starts at θ(t), which stays
     as params0. --do_standard_second in one run (no base model) continues
     phase 1's optimizer, learning rate and momentum, as the original;
@@ -601,7 +630,7 @@ def _phase_two_start(args, end_of_phase_one: train.TrainState):
     return train.new_train_state(theta_t, theta_t, end_of_phase_one.net_state)
 
 
-def _phase_two_schedule(run: Run):
+def _phase_two_schedule(run: Run) -> optax.Schedule:
     args = run.args
     if args.do_standard_second and not args.base_model_path:
         print(
@@ -669,7 +698,7 @@ def _phase_two(run: Run) -> None:
     _save_record(run)
 
 
-def _skip_reasons(args) -> dict:
+def _skip_reasons(args: argparse.Namespace) -> dict:
     """{phase: why its evaluation did not run} for results.json."""
     reasons = {}
     if args.skip_first_test:
@@ -725,7 +754,7 @@ def _write_results(run: Run) -> None:
     utils.atomic_write_json(run.path("results.json"), record)
 
 
-def _base_key(args, phase: int):
+def _base_key(args: argparse.Namespace, phase: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(args.random_seed), phase)
 
 

@@ -45,6 +45,7 @@ import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
 import cli
+import models
 from kernel_files import KernelFile
 from utils import UserError
 
@@ -210,7 +211,10 @@ def solve_with_jitter(
 
 
 def class_logit_fn(
-    apply_fn: Callable, params, net_state, class_index: int
+    apply_fn: Callable,
+    params: models.Params,
+    net_state: models.State,
+    class_index: int,
 ) -> tuple[jax.Array, LogitFn]:
     """Logit `class_index` as a function of the flat parameters.
 
@@ -225,7 +229,7 @@ def class_logit_fn(
     """
     flat_params, unravel = ravel_pytree(params)
 
-    def logit_fn(flat, images):
+    def logit_fn(flat: jax.Array, images: jax.Array) -> jax.Array:
         logits, _ = apply_fn(unravel(flat), net_state, None, images, False)
         return logits[:, class_index]
 
@@ -276,7 +280,13 @@ def feature_vectors(
 
 
 @functools.partial(jax.jit, static_argnames="logit_fn")
-def _accumulate_features(logit_fn, total, flat_params, images, coefficients):
+def _accumulate_features(
+    logit_fn: LogitFn,
+    total: jax.Array,
+    flat_params: jax.Array,
+    images: jax.Array,
+    coefficients: jax.Array,
+) -> jax.Array:
     """(total (M, P), flat θ, images (B, ...), coefficients (B, M))
     -> total + coefficientsᵀ J_batch."""
     _, pullback = jax.vjp(lambda p: logit_fn(p, images), flat_params)
@@ -350,7 +360,12 @@ def zero_gradient_fractions(
 
 
 @functools.partial(jax.jit, static_argnames="logit_fn")
-def _zero_gradient_fractions(logit_fn, flat_params, units, image):
+def _zero_gradient_fractions(
+    logit_fn: LogitFn,
+    flat_params: jax.Array,
+    units: jax.Array,
+    image: jax.Array,
+) -> jax.Array:
     """(flat θ, units (M, P), image (H, W, C)) -> (M,) fractions."""
     gradient = jax.grad(
         functools.partial(gradient_cosine, logit_fn, flat_params)
@@ -430,8 +445,14 @@ def align_images(
 
 @functools.partial(jax.jit, static_argnames=("logit_fn", "steps"))
 def _alignment_loop(
-    logit_fn, steps, flat_params, units, signs, start, step_size
-):
+    logit_fn: LogitFn,
+    steps: int,
+    flat_params: jax.Array,
+    units: jax.Array,
+    signs: jax.Array,
+    start: jax.Array,
+    step_size: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """(flat θ, units (M, P), signs (M,), start (H, W, C), step size)
     -> (images (M, H, W, C), cosines (steps + 1, M), best images
     (M, H, W, C), best steps (M,))."""
@@ -441,7 +462,12 @@ def _alignment_loop(
     per_image = (count,) + (1,) * start.ndim  # broadcasts over pixels
     direction = step_size * signs.reshape(per_image)
 
-    def keep_best(t, images, values, best):
+    def keep_best(
+        t: int | jax.Array,
+        images: jax.Array,
+        values: jax.Array,
+        best: tuple[jax.Array, jax.Array, jax.Array],
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         best_images, best_scores, best_steps = best
         scores = signs * values
         better = scores > best_scores  # ties keep the earlier step
@@ -451,7 +477,12 @@ def _alignment_loop(
             jnp.where(better, t, best_steps),
         )
 
-    def step(t, carry):
+    def step(
+        t: jax.Array,
+        carry: tuple[
+            jax.Array, jax.Array, tuple[jax.Array, jax.Array, jax.Array]
+        ],
+    ) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
         images, history, best = carry
         values, grads = jax.lax.map(
             lambda pair: value_and_grad(*pair), (images, units)

@@ -21,7 +21,8 @@ import shlex
 import sys
 import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import data
 import kernel_files
@@ -63,6 +64,8 @@ KERNEL_CHECKPOINTS_PER_CALL = None
 DONE, PARTIAL, TODO = "done", "partial", "todo"
 STATE_EVERY = 100  # run_exp.py's default --state_every
 REQUIRED = object()
+# A Key's check: what is wrong with a well-typed value, or None.
+Check = Callable[[Any], str | None]
 
 
 # --------------------------------------------------------------------------
@@ -85,8 +88,8 @@ class Key:
     check: Callable | None = None
 
 
-def _at_least(minimum, strict=False):
-    def check(value):
+def _at_least(minimum: float, strict: bool = False) -> Check:
+    def check(value: float | list[float]) -> str | None:
         values = value if isinstance(value, list) else [value]
         for v in values:
             if v < minimum or (strict and v == minimum):
@@ -97,8 +100,8 @@ def _at_least(minimum, strict=False):
     return check
 
 
-def _one_of(choices):
-    def check(value):
+def _one_of(choices: Collection[str]) -> Check:
+    def check(value: str | list[str]) -> str | None:
         values = value if isinstance(value, list) else [value]
         for v in values:
             if v not in choices:
@@ -108,8 +111,8 @@ def _one_of(choices):
     return check
 
 
-def _nonempty_unique(inner=None):
-    def check(value):
+def _nonempty_unique(inner: Check | None = None) -> Check:
+    def check(value: list) -> str | None:
         if not value:
             return "must list at least one value"
         if len(set(value)) != len(value):
@@ -119,7 +122,7 @@ def _nonempty_unique(inner=None):
     return check
 
 
-def _class_index(value):
+def _class_index(value: object) -> str | None:
     if value == kernel_files.ALL_CLASSES or (
         isinstance(value, int) and not isinstance(value, bool)
     ):
@@ -127,7 +130,7 @@ def _class_index(value):
     return f"must be an integer class, -1 (the sum) or 'all', not {value!r}"
 
 
-def _times_key(meaning, default=None):
+def _times_key(meaning: str, default: list[float] | None = None) -> Key:
     """A list of kernel times t (epochs of phase 1)."""
     return Key("floats", meaning, default, _nonempty_unique(_at_least(0)))
 
@@ -327,7 +330,7 @@ CHANGEABLE = {
 }
 
 
-def _kind_ok(kind, value):
+def _kind_ok(kind: str, value: object) -> bool:
     is_int = isinstance(value, int) and not isinstance(value, bool)
     is_number = is_int or isinstance(value, float)
     simple = {
@@ -360,7 +363,9 @@ KIND_WORDS = {
 }
 
 
-def _read_table(path, prefix, table, schema):
+def _read_table(
+    path: str, prefix: str, table: dict, schema: dict[str, Key]
+) -> dict:
     """`table` checked against `schema`, defaults filled in.
 
     Raises UserError naming `prefix.key` for an unknown key, a missing one,
@@ -401,11 +406,13 @@ def _read_table(path, prefix, table, schema):
     return out
 
 
-def _dotted(prefix, key):
+def _dotted(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _toml_error(path, text, err):
+def _toml_error(
+    path: str, text: str, err: tomllib.TOMLDecodeError
+) -> UserError:
     """A one-line UserError for a TOML syntax error, naming its key."""
     message = str(err)
     line_no = getattr(err, "lineno", None)
@@ -497,7 +504,7 @@ def format_t(t: float) -> str:
     return f"{t:g}"
 
 
-def _check_combinations(path, config):
+def _check_combinations(path: str, config: dict) -> None:
     """Refuses combinations no run can make (one UserError line)."""
     p1 = config["phase1"]
     saved = saved_times(p1["epochs"])
@@ -715,13 +722,22 @@ class Grid:
     def name(self) -> str:
         return self.config[""]["name"]
 
-    def _path(self, *parts) -> str:
+    def _path(self, *parts: str) -> str:
         return os.path.join(self.root, *parts)
 
     def log_path(self, cell_id: str) -> str:
         return self._path("logs", cell_id + ".log")
 
-    def _cell(self, cell_id, stage, script, args, deps, outputs, **keys):
+    def _cell(
+        self,
+        cell_id: str,
+        stage: str,
+        script: str,
+        args: Sequence[object],
+        deps: Sequence[str],
+        outputs: Sequence[str],
+        **keys: object,
+    ) -> Cell:
         return Cell(
             cell_id,
             stage,
@@ -768,12 +784,12 @@ class Grid:
                     out += self._features(phase1, kernel_cells)
         return out
 
-    def _common(self, seed):
+    def _common(self, seed: int) -> list[str | int]:
         d = self.config["data"]
         args = ["--random_seed", seed, "--data_path", d["data_path"]]
         return args
 
-    def _run_flags(self, seed, phase):
+    def _run_flags(self, seed: int, phase: str) -> list[str | int]:
         c = self.config
         d, a = c["data"], c["attack"]
         args = self._common(seed)
@@ -795,7 +811,7 @@ class Grid:
             args += ["--state_every", state_every]
         return args + ["--no_progress"]
 
-    def _phase1(self, seed, loader):
+    def _phase1(self, seed: int, loader: str) -> Cell:
         c = self.config
         save = self._path(f"seed_{seed}", f"phase1_{loader}")
         m = c["model"]
@@ -836,7 +852,9 @@ class Grid:
             f"parameters_checkpoint_{format_t(t)}.pkl",
         )
 
-    def _phase2(self, phase1, t, loader, dynamics):
+    def _phase2(
+        self, phase1: Cell, t: float, loader: str, dynamics: str
+    ) -> Cell:
         c = self.config
         keys = dict(phase1.keys, t=t, phase2=loader, dynamics=dynamics)
         name = f"t_{format_t(t)}/phase2_{loader}_{dynamics}"
@@ -876,7 +894,7 @@ class Grid:
             f"results_{EVAL_SAVE_NAME}.json",
         )
 
-    def _eval(self, phase2):
+    def _eval(self, phase2: Cell) -> Cell:
         e = self.config["evaluation"]
         keys = {k: v for k, v in phase2.keys.items() if k != "save_path"}
         args = [
@@ -920,7 +938,7 @@ class Grid:
         stem = f"parameters_checkpoint_{format_t(t)}"
         return os.path.join(phase1.keys["save_path"], "kernels", stem)
 
-    def _kernels(self, phase1):
+    def _kernels(self, phase1: Cell) -> list[Cell]:
         """The calculate_kernel.py cells of a phase-1 cell; see
         KERNEL_CHECKPOINTS_PER_CALL."""
         k = self.config["kernels"]
@@ -979,7 +997,9 @@ class Grid:
     def analysis_dir(self, seed: int) -> str:
         return self._path(f"seed_{seed}", "analysis")
 
-    def _analysis(self, seed, runs, kernel_cells):
+    def _analysis(
+        self, seed: int, runs: dict[str, Cell], kernel_cells: list[Cell]
+    ) -> Cell:
         compare = self.config["analysis"]["compare"]
         if compare is None and {"C", "A"} <= set(runs):
             compare = ["C", "A"]
@@ -1014,7 +1034,7 @@ class Grid:
             f"{FEATURES_SAVE_NAME}_class_{f['class_index']}_{f['size']}.pkl",
         )
 
-    def _features(self, phase1, kernel_cells):
+    def _features(self, phase1: Cell, kernel_cells: list[Cell]) -> list[Cell]:
         f = self.config["features"]
         cells = []
         for t in f["times"]:

@@ -36,7 +36,7 @@ vmapped over the block.
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import haiku as hk
 import jax
@@ -85,8 +85,14 @@ class WeightLayer:
 
 
 def _conv_windows(
-    inputs, kernel_shape, stride, padding, kernel_dilation, *, output_size
-):
+    inputs: jax.Array,
+    kernel_shape: Sequence[int],
+    stride: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    kernel_dilation: Sequence[int],
+    *,
+    output_size: Sequence[int],
+) -> jax.Array:
     """(1, H, W, C) -> (1, H', W', kh, kw, C): each output pixel's input
     window, gathered from the padded input (lax's
     conv_general_dilated_patches is a convolution with an identity kernel:
@@ -140,7 +146,10 @@ class Survey:
 
 
 def survey(
-    apply_fn: Callable, params, net_state, image_shape: Sequence[int]
+    apply_fn: Callable,
+    params: models.Params,
+    net_state: models.State,
+    image_shape: Sequence[int],
 ) -> Survey:
     """Traces apply_fn abstractly on one image of `image_shape` (H, W, C).
 
@@ -154,7 +163,12 @@ def survey(
     """
     calls = []
 
-    def record(next_f, args, kwargs, context):
+    def record(
+        next_f: Callable,
+        args: tuple,
+        kwargs: dict,
+        context: hk.MethodContext,
+    ) -> Any:
         out = next_f(*args, **kwargs)
         if context.method_name == "__call__" and isinstance(
             context.module, _WEIGHT_MODULES
@@ -164,7 +178,9 @@ def survey(
             )
         return out
 
-    def logits(params, net_state, images):
+    def logits(
+        params: models.Params, net_state: models.State, images: jax.Array
+    ) -> jax.Array:
         with hk.intercept_methods(record):
             return apply_fn(params, net_state, None, images, False)[0]
 
@@ -185,12 +201,17 @@ def survey(
     )
 
 
-def _call_input(args, kwargs):
+def _call_input(args: tuple, kwargs: dict) -> jax.Array:
     """The `inputs` argument of a Conv2D or Linear call."""
     return args[0] if args else kwargs["inputs"]
 
 
-def _weight_layer(module, in_shape, out_shape, params) -> WeightLayer | None:
+def _weight_layer(
+    module: hk.Conv2D | hk.Linear,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    params: models.Params,
+) -> WeightLayer | None:
     """The WeightLayer of one Conv2D or Linear call, or None if it cannot
     be one."""
     weight = params.get(module.module_name, {}).get("w")
@@ -250,7 +271,9 @@ class BlockJacobian(NamedTuple):
     cotangents: dict
 
 
-def split_params(params, names: Sequence[str]) -> tuple[dict, dict]:
+def split_params(
+    params: models.Params, names: Sequence[str]
+) -> tuple[dict, dict]:
     """(rest, weights): params without the weights of the layers `names`,
     and {name: {'w': weight}} of those weights."""
     names = set(names)
@@ -268,7 +291,7 @@ def split_params(params, names: Sequence[str]) -> tuple[dict, dict]:
     return rest, weights
 
 
-def merge_params(*trees) -> dict:
+def merge_params(*trees: dict) -> dict:
     """The union of {module: {name: leaf}} trees (split_params' inverse)."""
     merged = {}
     for tree in trees:
@@ -281,7 +304,12 @@ def _probing(probes: dict, inputs: dict) -> Callable:
     """An interceptor adding probes[name] to the output of module `name` and
     recording its input in inputs[name]."""
 
-    def intercept(next_f, args, kwargs, context):
+    def intercept(
+        next_f: Callable,
+        args: tuple,
+        kwargs: dict,
+        context: hk.MethodContext,
+    ) -> Any:
         out = next_f(*args, **kwargs)
         name = getattr(context.module, "module_name", None)
         if context.method_name == "__call__" and name in probes:
@@ -310,13 +338,21 @@ def block_jacobian_fn(
     layers = tuple(layers)
     factored = frozenset(factored)
 
-    def one_image(rest, weights, net_state, image, classes):
+    def one_image(
+        rest: models.Params,
+        weights: models.Params,
+        net_state: models.State,
+        image: jax.Array,
+        classes: jax.Array,
+    ) -> tuple[models.Params, dict[str, jax.Array], dict[str, jax.Array]]:
         probes = {
             layer.name: jnp.zeros(layer.output_shape, image.dtype)
             for layer in layers
         }
 
-        def logits(rest, probes):
+        def logits(
+            rest: models.Params, probes: dict[str, jax.Array]
+        ) -> tuple[jax.Array, dict[str, jax.Array]]:
             inputs = {}
             with hk.intercept_methods(_probing(probes, inputs)):
                 out, _ = apply_fn(
@@ -343,7 +379,12 @@ def block_jacobian_fn(
         return grads, windows, cotangents
 
     @jax.jit
-    def block(params, net_state, images, classes):
+    def block(
+        params: models.Params,
+        net_state: models.State,
+        images: jax.Array,
+        classes: jax.Array,
+    ) -> BlockJacobian:
         rest, weights = split_params(params, [layer.name for layer in layers])
         grads, windows, cotangents = jax.vmap(
             one_image, in_axes=(None, None, None, 0, None), out_axes=(1, 0, 1)
@@ -368,7 +409,9 @@ def block_jacobian_fn(
     return block
 
 
-def _explicit_gradient(windows, cotangents, weight_shape):
+def _explicit_gradient(
+    windows: jax.Array, cotangents: jax.Array, weight_shape: tuple[int, ...]
+) -> jax.Array:
     """(B, S, D) windows and (G, B, S, O) cotangents -> (G, B,
     *weight_shape) per-image gradients Σ_s x_s ⊗ δ_gs."""
     gradient = jnp.einsum(
@@ -413,14 +456,16 @@ def gram(j1: BlockJacobian, j2: BlockJacobian, overlaps: dict) -> jax.Array:
     return kernel
 
 
-def _factored_gram(overlap, cotangents1, cotangents2):
+def _factored_gram(
+    overlap: jax.Array, cotangents1: jax.Array, cotangents2: jax.Array
+) -> jax.Array:
     """(G, B1, B2) Σ_{s,t} ⟨x_is, x'_jt⟩⟨δ_gis, δ'_gjt⟩ of one layer.
 
     overlap (B1, B2, S, S), cotangents (G, B, S, O). One logit at a time,
     so the largest intermediate is another B1·B2·S² floats.
     """
 
-    def one_logit(pair):
+    def one_logit(pair: tuple[jax.Array, jax.Array]) -> jax.Array:
         d1, d2 = pair
         products = jnp.einsum("iso,jto->ijst", d1, d2, precision=_HIGHEST)
         return jnp.einsum(

@@ -639,7 +639,9 @@ def compare_runs(
         pair is on different images, or nothing matches.
     """
 
-    def keyed(kernels):
+    def keyed(
+        kernels: Sequence[Kernel],
+    ) -> dict[tuple[tuple[str | None, int, bool | None], float], Kernel]:
         out = {}
         for kernel in kernels:
             if kernel.epoch is None:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from kernel_analysis import class_title
@@ -32,7 +33,10 @@ def _png(figure: Figure) -> bytes:
 
 
 def _panels(
-    count: int, columns: int = 4, polar: bool = False, size=_PANEL
+    count: int,
+    columns: int = 4,
+    polar: bool = False,
+    size: tuple[float, float] = _PANEL,
 ) -> tuple[Figure, list]:
     """A figure of `count` panels in rows of at most `columns`."""
     columns = max(1, min(columns, count))
@@ -56,7 +60,7 @@ def _palette(names: Sequence[str]) -> dict[str, tuple]:
     )
 
 
-def _epoch_axis(ax, epochs) -> None:
+def _epoch_axis(ax: Axes, epochs: pd.Series) -> None:
     """Symmetric-log x axis linear below the smallest positive epoch."""
     positive = np.asarray(epochs, np.float64)
     positive = positive[positive > 0]
@@ -67,7 +71,7 @@ def _epoch_axis(ax, epochs) -> None:
     ax.set_xlabel("epoch")
 
 
-def _by_class(table: pd.DataFrame):
+def _by_class(table: pd.DataFrame) -> list[tuple[int, pd.DataFrame]]:
     """(class_index, rows) for each class, combined first."""
     return sorted(table.groupby("class_index"), key=lambda item: item[0])
 

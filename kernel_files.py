@@ -114,7 +114,7 @@ def checkpoint_epoch(meta: Mapping, model_path: str) -> int | float | None:
     return float(text) if "." in text else int(text)
 
 
-def _epoch_value(value) -> int | float | None:
+def _epoch_value(value: object) -> int | float | None:
     """`value` as an int (integer types) or a float (real types); None for
     None or anything else."""
     if value is None or np.ndim(value) != 0:
@@ -438,7 +438,13 @@ def _recorded_class(record: Mapping, wanted: int | None, path: str) -> int:
     return recorded
 
 
-def _recompute_indices(path, size, train_labels, seed, dataset):
+def _recompute_indices(
+    path: str,
+    size: int,
+    train_labels: np.ndarray | None,
+    seed: int | None,
+    dataset: str,
+) -> np.ndarray:
     """The original's class-balanced indices of `size` images."""
     if train_labels is None or seed is None:
         raise UserError(
@@ -456,8 +462,14 @@ def _recompute_indices(path, size, train_labels, seed, dataset):
 
 
 def _check_images(
-    path, indices, labels, train_labels, dataset, recomputed, seed
-):
+    path: str,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    train_labels: np.ndarray,
+    dataset: str,
+    recomputed: bool,
+    seed: int | None,
+) -> None:
     """UserError unless `indices` name training images whose labels are
     the file's."""
     if indices.min() < 0 or indices.max() >= len(train_labels):
@@ -480,7 +492,7 @@ def _check_images(
     )
 
 
-def _optional_int(value, key, path) -> int | None:
+def _optional_int(value: object, key: str, path: str) -> int | None:
     """None, or `value` as a Python int; UserError naming `key` otherwise."""
     if value is None:
         return None
@@ -491,7 +503,7 @@ def _optional_int(value, key, path) -> int | None:
     return int(value)
 
 
-def _square_matrix(value, path) -> np.ndarray:
+def _square_matrix(value: object, path: str) -> np.ndarray:
     """A finite square float array, symmetrised, as float64."""
     kernel = np.asarray(value)
     if (
@@ -511,7 +523,9 @@ def _square_matrix(value, path) -> np.ndarray:
     return (kernel + kernel.T) / 2
 
 
-def _integer_vector(value, size, key, path) -> np.ndarray:
+def _integer_vector(
+    value: object, size: int, key: str, path: str
+) -> np.ndarray:
     """An integer array of shape (size,), as int64."""
     array = np.asarray(value)
     if array.shape != (size,) or not np.issubdtype(array.dtype, np.integer):
@@ -522,7 +536,7 @@ def _integer_vector(value, size, key, path) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def _recorded_flag(value, path) -> bool | None:
+def _recorded_flag(value: object, path: str) -> bool | None:
     """A kernel file's optional yes/no record: None, or a bool."""
     if value is None:
         return None
@@ -531,7 +545,7 @@ def _recorded_flag(value, path) -> bool | None:
     return bool(value)
 
 
-def _recorded_epoch(value, path) -> int | float | None:
+def _recorded_epoch(value: object, path: str) -> int | float | None:
     """A kernel file's optional epoch: None, or a number."""
     epoch = _epoch_value(value)
     if value is not None and epoch is None:

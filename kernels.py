@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 import data
 import jacobians
+import models
 from kernel_files import ALL_CLASSES, COMBINED
 from utils import UserError
 
@@ -424,7 +425,12 @@ def _eval_logits(apply_fn: Callable) -> Callable:
     """(params, images (B, ...), net_state, classes (G,)) -> (B, G) logits
     with batch norm in eval mode."""
 
-    def logits(params, images, net_state, classes):
+    def logits(
+        params: models.Params,
+        images: jax.Array,
+        net_state: models.State,
+        classes: jax.Array,
+    ) -> jax.Array:
         out, _ = apply_fn(params, net_state, None, images, False)
         return out[:, classes]
 
@@ -461,7 +467,13 @@ def nt_block_fn(apply_fn: Callable, implementation: str) -> BlockFn:
     )
 
     @jax.jit
-    def block(params, net_state, x1, x2, classes):
+    def block(
+        params: models.Params,
+        net_state: models.State,
+        x1: jax.Array,
+        x2: jax.Array,
+        classes: jax.Array,
+    ) -> jax.Array:
         kernel = ntk(x1, x2, params, net_state=net_state, classes=classes)
         return jnp.moveaxis(kernel, -1, 0)
 
@@ -474,7 +486,11 @@ def nt_block_fn(apply_fn: Callable, implementation: str) -> BlockFn:
 
 
 def _pair_blocks(
-    block_fn: BlockFn, params, net_state, blocks, classes
+    block_fn: BlockFn,
+    params: models.Params,
+    net_state: models.State,
+    blocks: jax.Array,
+    classes: jax.Array,
 ) -> Iterator[tuple[int, int, jax.Array]]:
     """Every block on or above the diagonal, from its own call."""
     for i, j in itertools.combinations_with_replacement(range(len(blocks)), 2):
@@ -482,7 +498,12 @@ def _pair_blocks(
 
 
 def _row_blocks(
-    jacobian_fn: Callable, params, net_state, blocks, classes, overlaps: dict
+    jacobian_fn: Callable,
+    params: models.Params,
+    net_state: models.State,
+    blocks: jax.Array,
+    classes: jax.Array,
+    overlaps: dict | None,
 ) -> Iterator[tuple[int, int, jax.Array]]:
     """Blocks row by row, reusing each block's Jacobian.
 
@@ -491,7 +512,12 @@ def _row_blocks(
     None, keeps each pair's jacobians.overlaps, the same in every pass.
     """
 
-    def block(i, j, row, column):
+    def block(
+        i: int,
+        j: int,
+        row: jacobians.BlockJacobian,
+        column: jacobians.BlockJacobian,
+    ) -> tuple[int, int, jax.Array]:
         pair = overlaps.get((i, j)) if overlaps is not None else None
         if pair is None:
             pair = jacobians.overlaps(row, column)
@@ -512,12 +538,12 @@ def _row_blocks(
 
 def _rectangle_blocks(
     jacobian_fn: Callable,
-    params,
-    net_state,
-    blocks,
-    columns,
-    classes,
-    overlaps: dict,
+    params: models.Params,
+    net_state: models.State,
+    blocks: jax.Array,
+    columns: jax.Array,
+    classes: jax.Array,
+    overlaps: dict | None,
 ) -> Iterator[tuple[int, int, jax.Array]]:
     """Every block (i, j) of `blocks` × `columns` (a cross kernel).
 
@@ -560,15 +586,15 @@ def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
         compiled = {}
 
         def rows(
-            params,
-            net_state,
-            blocks,
-            classes,
-            layers,
-            factored,
-            overlaps,
-            columns=None,
-        ):
+            params: models.Params,
+            net_state: models.State,
+            blocks: jax.Array,
+            classes: jax.Array,
+            layers: tuple[jacobians.WeightLayer, ...],
+            factored: tuple[str, ...],
+            overlaps: dict | None,
+            columns: jax.Array | None = None,
+        ) -> Iterator[tuple[int, int, jax.Array]]:
             if (layers, factored) not in compiled:
                 compiled[layers, factored] = jacobians.block_jacobian_fn(
                     apply_fn, layers, factored
@@ -593,15 +619,15 @@ def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
         block_fn = nt_block_fn(apply_fn, implementation)
 
         def pairs(
-            params,
-            net_state,
-            blocks,
-            classes,
-            layers,
-            factored,
-            overlaps,
-            columns=None,
-        ):
+            params: models.Params,
+            net_state: models.State,
+            blocks: jax.Array,
+            classes: jax.Array,
+            layers: tuple[jacobians.WeightLayer, ...],
+            factored: tuple[str, ...],
+            overlaps: dict | None,
+            columns: jax.Array | None = None,
+        ) -> Iterator[tuple[int, int, jax.Array]]:
             del layers, factored, overlaps  # neural-tangents does it all
             if columns is not None:
                 return (
@@ -625,8 +651,8 @@ def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
 
 def _prepare(
     apply_fn: Callable,
-    params,
-    net_state,
+    params: models.Params,
+    net_state: models.State,
     images: np.ndarray,
     class_index: int | str,
     implementation: str,
@@ -654,8 +680,8 @@ def _prepare(
 
 def empirical_ntk(
     apply_fn: Callable,
-    params,
-    net_state,
+    params: models.Params,
+    net_state: models.State,
     images: np.ndarray,
     class_index: int | str = COMBINED,
     *,
@@ -721,8 +747,8 @@ def empirical_ntk(
 
 def cross_ntk(
     apply_fn: Callable,
-    params,
-    net_state,
+    params: models.Params,
+    net_state: models.State,
     test_images: np.ndarray,
     images: np.ndarray,
     class_index: int | str = COMBINED,
@@ -797,8 +823,8 @@ def _select(
 
 def _per_class_kernels(
     schedule: Callable,
-    params,
-    net_state,
+    params: models.Params,
+    net_state: models.State,
     images: np.ndarray,
     columns: np.ndarray | None,
     plan: BlockPlan,

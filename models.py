@@ -28,6 +28,14 @@ from utils import UserError
 
 DEFAULT_WIDTH = 64  # the paper's ResNet-18
 
+# A Haiku parameter tree: {module name: {parameter name: array}}.
+Params = Any
+# A Haiku state tree (batch-norm running statistics), shaped like Params.
+State = Any
+# A model's `apply(params, state, rng, images, is_training)` -> (logits
+# (B, K), new state).
+ApplyFn = Callable[..., tuple[jax.Array, State]]
+
 
 class CifarResNet18(hk.nets.ResNet):
     """ResNet-18 v1 for small images: 3×3 stride-1 stem, no max-pool.
@@ -38,7 +46,7 @@ class CifarResNet18(hk.nets.ResNet):
     the kernel at initialisation is that of the last layer alone.
     """
 
-    def __init__(self, n_classes: int, width: int = DEFAULT_WIDTH):
+    def __init__(self, n_classes: int, width: int = DEFAULT_WIDTH) -> None:
         config = dict(hk.nets.ResNet.CONFIGS[18])
         config["channels_per_group"] = tuple(width * m for m in (1, 2, 4, 8))
         super().__init__(
@@ -51,7 +59,12 @@ class CifarResNet18(hk.nets.ResNet):
             **config,
         )
 
-    def __call__(self, inputs, is_training, test_local_stats=False):
+    def __call__(
+        self,
+        inputs: jax.Array,
+        is_training: bool,
+        test_local_stats: bool = False,
+    ) -> jax.Array:
         out = self.initial_conv(inputs)
         out = self.initial_batchnorm(out, is_training, test_local_stats)
         out = jax.nn.relu(out)
@@ -71,7 +84,7 @@ def _mlp(hidden: int) -> Callable:
     def build(n_classes: int, width: int | None) -> Callable:
         del width  # an MLP has no width flag
 
-        def forward(images, is_training):
+        def forward(images: jax.Array, is_training: bool) -> jax.Array:
             del is_training  # no batch norm or dropout
             out = hk.Flatten()(images)
             out = jax.nn.relu(hk.Linear(hidden)(out))
@@ -84,7 +97,7 @@ def _mlp(hidden: int) -> Callable:
 
 
 def _resnet18(n_classes: int, width: int | None) -> Callable:
-    def forward(images, is_training):
+    def forward(images: jax.Array, is_training: bool) -> jax.Array:
         return CifarResNet18(n_classes, width)(images, is_training)
 
     return forward
@@ -129,7 +142,7 @@ def get_model(
 
 def init_model(
     model: hk.TransformedWithState, seed: int, image_shape: tuple
-) -> tuple:
+) -> tuple[Params, State]:
     """Initial (params, state) for images of `image_shape` (H, W, C).
 
     Haiku starts every batch-norm running average at zero, so in eval mode an
@@ -145,7 +158,7 @@ def init_model(
     return params, _unit_initial_variances(state)
 
 
-def _unit_initial_variances(state):
+def _unit_initial_variances(state: State) -> State:
     """`state` with each running variance's `average` set to ones."""
     return {
         name: (
@@ -157,26 +170,26 @@ def _unit_initial_variances(state):
     }
 
 
-def count_params(params) -> int:
+def count_params(params: Params) -> int:
     """Number of scalars in a parameter tree."""
     return int(
         sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params))
     )
 
 
-def tree_sub(a, b):
+def tree_sub(a: utils.PyTree, b: utils.PyTree) -> utils.PyTree:
     """a − b, leaf by leaf."""
     return jax.tree_util.tree_map(jnp.subtract, a, b)
 
 
 def linearized_parts(
     apply_fn: Callable,
-    params0,
-    params,
-    state,
-    images,
+    params0: Params,
+    params: Params,
+    state: State,
+    images: jax.Array,
     is_training: bool = False,
-):
+) -> tuple[jax.Array, jax.Array, State]:
     """The two terms of the linearization around `params0`, and the state.
 
     Args:
@@ -192,7 +205,7 @@ def linearized_parts(
         `is_training`).
     """
 
-    def forward(p):
+    def forward(p: Params) -> tuple[jax.Array, State]:
         return apply_fn(p, state, None, images, is_training)
 
     f, df, new_state = jax.jvp(
@@ -217,33 +230,35 @@ class Dynamics:
 
     def logits(
         self,
-        apply_fn,
-        params0,
-        params,
-        state,
-        images,
+        apply_fn: ApplyFn,
+        params0: Params,
+        params: Params,
+        state: State,
+        images: jax.Array,
         is_training: bool = False,
-    ):
+    ) -> tuple[jax.Array, State]:
         """(logits (B, K), new_state) of the trainable `params`."""
         f, df, new_state = self.parts(
             apply_fn, params0, params, state, images, is_training
         )
         return self.combine(f, df), new_state
 
-    def combine(self, f, df):
+    def combine(
+        self, f: np.ndarray | jax.Array, df: np.ndarray | jax.Array
+    ) -> np.ndarray | jax.Array:
         """The logits these dynamics classify with: df if centered, else
         f + df; (B, K) NumPy or JAX arrays -> (B, K)."""
         return df if self.centering else f + df
 
     def parts(
         self,
-        apply_fn,
-        params0,
-        params,
-        state,
-        images,
+        apply_fn: ApplyFn,
+        params0: Params,
+        params: Params,
+        state: State,
+        images: jax.Array,
         is_training: bool = False,
-    ):
+    ) -> tuple[jax.Array, jax.Array, State]:
         """(f, df, new_state) where f + df are the uncentered logits.
 
         Linear: f = f(x; θ0), df = J_θ0(x)(θ − θ0). Standard and centered:
@@ -285,11 +300,13 @@ class Network:
 
     apply_fn: Callable
     dynamics: Dynamics
-    params0: Any
-    params: Any
-    state: Any
+    params0: Params
+    params: Params
+    state: State
 
-    def logits(self, images, is_training: bool = False):
+    def logits(
+        self, images: jax.Array, is_training: bool = False
+    ) -> tuple[jax.Array, State]:
         """(logits (B, K), new batch-norm state) of images (B, H, W, C)."""
         return self.dynamics.logits(
             self.apply_fn,
@@ -300,7 +317,9 @@ class Network:
             is_training,
         )
 
-    def parts(self, images, is_training: bool = False):
+    def parts(
+        self, images: jax.Array, is_training: bool = False
+    ) -> tuple[jax.Array, jax.Array, State]:
         """(f, df, new state): the logits' two terms (see Dynamics.parts)."""
         return self.dynamics.parts(
             self.apply_fn,
@@ -354,7 +373,9 @@ class ModelSpec:
         )
 
 
-def _recorded(meta: dict, key: str, valid: Callable, expected: str, source):
+def _recorded(
+    meta: dict, key: str, valid: Callable, expected: str, source: str
+) -> Any:
     """meta[key] if valid (None when absent); UserError naming `source`."""
     value = meta.get(key)
     if value is None:
@@ -370,7 +391,7 @@ def _recorded(meta: dict, key: str, valid: Callable, expected: str, source):
     return value
 
 
-def _positive_int(value) -> bool:
+def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
@@ -471,8 +492,8 @@ def adapt_params(spec: ModelSpec, params: dict) -> dict:
 
 def check_params_fit(
     spec: ModelSpec,
-    params,
-    net_state,
+    params: Params,
+    net_state: State,
     source: str = "checkpoint",
 ) -> None:
     """Raises UserError unless `params`/`net_state` have the shapes of `spec`

@@ -105,7 +105,7 @@ def load() -> types.ModuleType:
     return _module
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> types.ModuleType:
     """`nt_compat.nt` (and `from nt_compat import nt`) imports on first use."""
     if name == "nt":
         return load()

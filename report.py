@@ -24,14 +24,19 @@ import math
 import os
 import re
 import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import numpy.typing as npt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 import cli  # noqa: E402
 import grid  # noqa: E402
@@ -41,6 +46,8 @@ PRESETS = ("cpu-small", "gpu-fmnist", "paper-cifar10")
 KEYS = ["seed", "phase1", "t", "phase2", "dynamics"]
 ACCURACIES = ["clean", "linf", "l2"]
 KERNEL_KEYS = ["seed", "phase1", "t", "class_index", "n"]
+# A kernel file's (seed, phase1, t, class_index, n).
+KernelKey = tuple[int, str, float, int, int]
 DERIVED = ["distance_to_final", "velocity", "distance_between"]
 LOADER_NAMES = {
     "C": "benign",
@@ -58,7 +65,7 @@ KERNEL_FILE = re.compile(
 )
 
 
-def _read_json(path):
+def _read_json(path: str) -> Any:
     """The parsed JSON file at grid path `path`, or None when absent."""
     try:
         with open(grid.here(path)) as f:
@@ -67,7 +74,7 @@ def _read_json(path):
         return None
 
 
-def _value(record, *keys):
+def _value(record: object, *keys: str) -> float:
     """record[k1][k2]... as a float, NaN where absent or None."""
     for key in keys:
         if not isinstance(record, dict) or record.get(key) is None:
@@ -135,7 +142,7 @@ def collect_cells(the_grid: grid.Grid) -> tuple:
     return pd.DataFrame(rows), missing
 
 
-def _kernel_key(seed, path):
+def _kernel_key(seed: int, path: str) -> KernelKey | None:
     """(seed, phase1, t, class_index, n) of a kernel file's path in the
     grid's layout, or None."""
     match = KERNEL_FILE.search(str(path).replace(os.sep, "/"))
@@ -214,7 +221,7 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
     return pd.concat(frames, ignore_index=True), missing
 
 
-def _pair_distances(seed, path):
+def _pair_distances(seed: int, path: str) -> dict[frozenset, float]:
     """{frozenset of two kernel keys: distance} from pairwise.csv."""
     pairs = {}
     for row in pd.read_csv(path).itertuples(index=False):
@@ -224,7 +231,11 @@ def _pair_distances(seed, path):
     return pairs
 
 
-def _add_derived(table, pairs, compare):
+def _add_derived(
+    table: pd.DataFrame,
+    pairs: Mapping[frozenset, float],
+    compare: Sequence[str],
+) -> None:
     """Adds DERIVED columns to `table` (in place) from `pairs`."""
     for name in DERIVED:
         table[name] = math.nan
@@ -296,7 +307,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------
 
 
-def _log_t_axis(ax, times):
+def _log_t_axis(ax: Axes, times: Iterable[float]) -> None:
     """A logarithmic t axis that keeps t = 0 (linear below the smallest
     positive t), ticked at the grid's t."""
     times = sorted(set(float(t) for t in times))
@@ -312,15 +323,15 @@ def _log_t_axis(ax, times):
     ax.set_xlabel("t (epochs of phase 1)")
 
 
-def _kernel_label(loader):
+def _kernel_label(loader: str) -> str:
     return f"{LOADER_NAMES[loader]} kernel ({loader})"
 
 
-def _phase2_label(loader):
+def _phase2_label(loader: str) -> str:
     return f"{LOADER_NAMES[loader]} phase 2 ({loader})"
 
 
-def _labelled(frame):
+def _labelled(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """`frame` with 'kernel' and 'phase 2' label columns, and the seaborn
     arguments that give each kernel the same colour in every figure."""
     frame = frame.copy()
@@ -382,7 +393,7 @@ def plot_accuracy(rows: pd.DataFrame, out_dir: str) -> list:
     return written
 
 
-def _class_means(kernel_table):
+def _class_means(kernel_table: pd.DataFrame) -> pd.DataFrame:
     """Kernel rows of the largest size, averaged over classes."""
     largest = kernel_table.groupby(["seed", "phase1"])["n"].transform("max")
     table = kernel_table[kernel_table["n"] == largest]
@@ -430,7 +441,7 @@ def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
     return [path]
 
 
-def _image(chw):
+def _image(chw: npt.ArrayLike) -> np.ndarray:
     """An (C, H, W) float image as imshow takes it."""
     hwc = np.transpose(np.asarray(chw, np.float32), (1, 2, 0))
     return hwc[..., 0] if hwc.shape[-1] == 1 else np.clip(hwc, 0, 1)
@@ -489,7 +500,7 @@ def plot_features(the_grid: grid.Grid, out_dir: str, missing: list) -> list:
     return [path]
 
 
-def _save(fig, path):
+def _save(fig: Figure, path: str) -> None:
     """Writes a figure as PNG, atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
@@ -561,7 +572,7 @@ def aggregate(the_grid: grid.Grid, results_dir: str, report_path: str) -> dict:
 # --------------------------------------------------------------------------
 
 
-def _fmt(mean, std=math.nan):
+def _fmt(mean: float | None, std: float | None = math.nan) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     if std is None or math.isnan(std):
@@ -569,7 +580,7 @@ def _fmt(mean, std=math.nan):
     return f"{mean:.3f} ± {std:.3f}"
 
 
-def _main_dynamics(rows):
+def _main_dynamics(rows: pd.DataFrame) -> str:
     dynamics = list(rows["dynamics"].unique())
     return "centered" if "centered" in dynamics else dynamics[0]
 
@@ -684,7 +695,7 @@ def claim_one(kernel_table: pd.DataFrame) -> dict:
     }
 
 
-def _read_frames(results_dir, name):
+def _read_frames(results_dir: str, name: str) -> dict[str, pd.DataFrame]:
     frames = {}
     for suffix in ("", "_summary", "_kernels"):
         path = os.path.join(results_dir, f"{name}{suffix}.csv")
@@ -696,7 +707,13 @@ def _read_frames(results_dir, name):
     return frames
 
 
-def _preset_section(name, config_path, frames, results_dir, report_dir):
+def _preset_section(
+    name: str,
+    config_path: str,
+    frames: Mapping[str, pd.DataFrame],
+    results_dir: str,
+    report_dir: str,
+) -> list[str]:
     rows, kernel_table = frames["rows"], frames["_kernels"]
     lines = [f"## {name}", ""]
     try:
@@ -782,14 +799,14 @@ def _preset_section(name, config_path, frames, results_dir, report_dir):
     return lines
 
 
-def _shown(path):
+def _shown(path: str) -> str:
     """A path as the report shows it: relative to the repository when in
     it."""
     rel = os.path.relpath(os.path.abspath(path), grid.ROOT)
     return path if rel.startswith("..") else rel
 
 
-def _verdict_cells(frames):
+def _verdict_cells(frames: Mapping[str, pd.DataFrame]) -> list[str]:
     rows, kernel_table = frames["rows"], frames["_kernels"]
     if rows.empty:
         return ["not run"] * 3
@@ -799,7 +816,7 @@ def _verdict_cells(frames):
         claim_three(rows),
     )
 
-    def claim_one_text(one):
+    def claim_one_text(one: dict) -> str:
         worst = max(
             one["seeds"].values(),
             key=lambda v: v["last_velocity"] / v["first_velocity"],
@@ -858,7 +875,9 @@ CLAIMS = (
 )
 
 
-def _cost_section(config_path, results_dir, report_dir):
+def _cost_section(
+    config_path: str, results_dir: str, report_dir: str
+) -> list[str]:
     """The paper grid's commands (a file) and GPU-hours."""
     the_grid = grid.Grid.load(config_path)
     cells = the_grid.cells()
@@ -953,7 +972,7 @@ def write_report(
     return text
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     p = cli.ArgumentParser(
         description="Regenerates docs/REPORT.md from docs/results/*.csv."
     )

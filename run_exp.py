@@ -1,12 +1,15 @@
 """Phase 1 (standard training), then phase 2 (training with the kernel of
 θ(t) frozen), then clean and PGD test accuracies. See README.md."""
 
+import argparse
+from collections.abc import Sequence
+
 import attacks
 import cli
 import experiment
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = cli.ArgumentParser(description=__doc__)
     # The original's flags, with its defaults.
     p.add_argument(
@@ -127,7 +130,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     experiment.run_experiment(parse_args(argv))
 
 

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -27,6 +28,9 @@ import grid
 import utils
 from grid import DONE, PARTIAL, Cell, here
 from utils import UserError
+
+if TYPE_CHECKING:  # optional (--slurm only), imported where used
+    import submitit
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 BLOCKED, UNAVAILABLE, QUEUED = "blocked", "unavailable", "queued"
@@ -253,13 +257,13 @@ def run_local(
     processes, lock, stopping = {}, threading.Lock(), threading.Event()
     bar = tqdm(total=len(cells), disable=not progress, unit="cell")
 
-    def started(cell_id, process):
+    def started(cell_id: str, process: subprocess.Popen) -> None:
         with lock:
             processes[cell_id] = process
             if stopping.is_set():
                 _stop(process)
 
-    def finish(outcome):
+    def finish(outcome: Outcome) -> None:
         outcomes[outcome.cell_id] = outcome
         order.append(outcome)
         echo(outcome.line())
@@ -393,14 +397,14 @@ class _Jobs:
     {root}/slurm/jobs.json so that a re-run follows jobs still queued
     instead of submitting them again."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str) -> None:
         self.path = here(os.path.join(root, "slurm", "jobs.json"))
         self.by_cell = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
                 self.by_cell = json.load(f)
 
-    def save(self):
+    def save(self) -> None:
         utils.atomic_write_json(self.path, self.by_cell)
 
 
@@ -466,7 +470,7 @@ def check_slurm() -> None:
             )
 
 
-def _executor(the_grid: grid.Grid):
+def _executor(the_grid: grid.Grid) -> "submitit.SlurmExecutor":
     """A submitit SlurmExecutor with the config's [slurm] resources."""
     import submitit
 
@@ -519,7 +523,7 @@ def run_slurm(
     known = squeue_states(list(jobs.by_cell.values())) or {}
     outcomes, order = {}, []
 
-    def finish(outcome):
+    def finish(outcome: Outcome) -> None:
         outcomes[outcome.cell_id] = outcome
         order.append(outcome)
         echo(outcome.line())
@@ -582,7 +586,7 @@ def run_slurm(
     return order
 
 
-def _scheduler_log(folder: str, job_id: str) -> str:
+def _scheduler_log(folder: utils.StrPath, job_id: str) -> str:
     """submitit's stderr file of a job (where a job that failed before its
     cell started says why)."""
     from submitit.core.utils import JobPaths
@@ -590,7 +594,14 @@ def _scheduler_log(folder: str, job_id: str) -> str:
     return str(JobPaths(folder, job_id=job_id, task_id=0).stderr)
 
 
-def _follow(by_id, job_of, folder, poll_s, finish, progress):
+def _follow(
+    by_id: dict[str, Cell],
+    job_of: dict[str, str],
+    folder: utils.StrPath,
+    poll_s: float,
+    finish: Callable[[Outcome], None],
+    progress: bool,
+) -> None:
     """Waits until every job of `job_of` has left the queue; an Outcome per
     cell from the files it wrote and the job's last state."""
     waiting = dict(job_of)

@@ -3,8 +3,10 @@ runs them here or on SLURM, estimates their GPU-hours, aggregates their
 results into docs/results/ and docs/REPORT.md. See README.md, "Sweeps and
 the reproduction report"."""
 
+import argparse
 import os
 import sys
+from collections.abc import Sequence
 
 import cli
 import grid
@@ -12,7 +14,7 @@ import runners
 from utils import UserError
 
 
-def parse_args(argv=None):
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = cli.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config", help="grid file, e.g. configs/cpu-small.toml")
     mode = p.add_mutually_exclusive_group()
@@ -118,7 +120,7 @@ def print_estimate(the_grid: grid.Grid, cells: list) -> None:
     )
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     the_grid = grid.Grid.load(args.config, args.output_root)
     cells = the_grid.cells()

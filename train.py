@@ -21,7 +21,7 @@ as an uninterrupted one would.
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +31,9 @@ import optax
 import attacks
 import data
 import models
+
+if TYPE_CHECKING:  # tqdm is imported where a bar is made
+    from tqdm import tqdm
 
 MOMENTUM = 0.9
 PHASE1_LR = 0.1
@@ -70,7 +73,9 @@ def make_optimizer() -> optax.GradientTransformation:
     )
 
 
-def _with_lr(opt_state, lr):
+def _with_lr(
+    opt_state: optax.OptState, lr: jax.Array | float
+) -> optax.OptState:
     """`opt_state` of `make_optimizer` with its learning rate set to lr."""
     hyperparams = dict(opt_state.hyperparams, learning_rate=lr)
     return opt_state._replace(hyperparams=hyperparams)
@@ -93,20 +98,27 @@ class TrainState(NamedTuple):
     step: int32 scalar, the batches done; the schedule's argument.
     """
 
-    params: Any
-    params0: Any
-    opt_state: Any
-    net_state: Any
+    params: models.Params
+    params0: models.Params
+    opt_state: optax.OptState
+    net_state: models.State
     step: jax.Array
 
-    def network(self, apply_fn: Callable, dynamics) -> models.Network:
+    def network(
+        self, apply_fn: Callable, dynamics: models.Dynamics
+    ) -> models.Network:
         """The network these parameters give under `dynamics`."""
         return models.Network(
             apply_fn, dynamics, self.params0, self.params, self.net_state
         )
 
 
-def new_train_state(params, params0, net_state, step: int = 0) -> TrainState:
+def new_train_state(
+    params: models.Params,
+    params0: models.Params,
+    net_state: models.State,
+    step: int = 0,
+) -> TrainState:
     """A phase's state before its first batch: a fresh optimiser for
     (a copy of) `params`, the batch counter at `step`."""
     params = jax.tree_util.tree_map(jnp.array, params)  # own copy
@@ -122,8 +134,8 @@ def new_train_state(params, params0, net_state, step: int = 0) -> TrainState:
 class Batch(NamedTuple):
     """images (B, H, W, C) float32 in [0, 1]; labels (B,) int32."""
 
-    images: Any
-    labels: Any
+    images: np.ndarray | jax.Array
+    labels: np.ndarray | jax.Array
 
 
 class StepMetrics(NamedTuple):
@@ -183,8 +195,12 @@ def make_step_fns(
     if adversarial_bn_training is None:
         adversarial_bn_training = bn_training
 
-    def sgd_update(state: TrainState, batch: Batch, lr, training: bool):
-        def loss_fn(params):
+    def sgd_update(
+        state: TrainState, batch: Batch, lr: jax.Array, training: bool
+    ) -> tuple[TrainState, StepMetrics]:
+        def loss_fn(
+            params: models.Params,
+        ) -> tuple[jax.Array, tuple[jax.Array, models.State]]:
             logits, net_state = dynamics.logits(
                 apply_fn,
                 state.params0,
@@ -211,13 +227,17 @@ def make_step_fns(
         )
         return state, StepMetrics(loss, correct_count(logits, batch.labels))
 
-    def clean(state: TrainState, batch: Batch, key):
+    def clean(
+        state: TrainState, batch: Batch, key: jax.Array
+    ) -> tuple[TrainState, StepMetrics]:
         del key
         lr = schedule(state.step)
         state, metrics = sgd_update(state, batch, lr, bn_training)
         return state._replace(step=state.step + 1), metrics
 
-    def adversarial(state: TrainState, batch: Batch, key):
+    def adversarial(
+        state: TrainState, batch: Batch, key: jax.Array
+    ) -> tuple[TrainState, StepMetrics]:
         lr = schedule(state.step)
         state, _ = sgd_update(state, batch, lr, bn_training)
         network = state.network(apply_fn, dynamics)
@@ -290,7 +310,7 @@ class LoopPosition:
         return cls(**fields)
 
 
-def batch_key(base_key, epoch: int, step: int):
+def batch_key(base_key: jax.Array, epoch: int, step: int) -> jax.Array:
     """The PRNG key of one batch's attack."""
     return jax.random.fold_in(jax.random.fold_in(base_key, epoch), step)
 
@@ -320,7 +340,7 @@ class Diverged(Exception):
     `epoch` was not finite).
     """
 
-    def __init__(self, phase: str, epoch: int, step: int):
+    def __init__(self, phase: str, epoch: int, step: int) -> None:
         super().__init__(f"non-finite loss in {phase}, epoch {epoch}")
         self.phase, self.epoch, self.step = phase, epoch, step
 
@@ -357,7 +377,7 @@ def run_phase(
     images: np.ndarray,
     labels: np.ndarray,
     hooks: Hooks,
-    base_key,
+    base_key: jax.Array,
 ) -> TrainState:
     """Trains from (`state`, `position`) to the end of the phase.
 
@@ -395,17 +415,17 @@ def run_phase(
 
 
 def _run_epoch(
-    plan,
-    steps,
-    state,
-    position,
-    images,
-    labels,
-    hooks,
-    base_key,
-    per_epoch,
-    compiled,
-):
+    plan: PhasePlan,
+    steps: StepFns,
+    state: TrainState,
+    position: LoopPosition,
+    images: np.ndarray,
+    labels: np.ndarray,
+    hooks: Hooks,
+    base_key: jax.Array,
+    per_epoch: int,
+    compiled: set[tuple[str, int]],
+) -> TrainState:
     """Runs the rest of epoch `position.epoch`; returns the state."""
     adversarial = is_adversarial(plan.loader, position.epoch)
     kind = "adversarial" if adversarial else "clean"
@@ -457,7 +477,13 @@ def _run_epoch(
     return state
 
 
-def _absorb(plan, position, pending, hooks, started) -> float:
+def _absorb(
+    plan: PhasePlan,
+    position: LoopPosition,
+    pending: list[tuple[StepMetrics, int]],
+    hooks: Hooks,
+    started: float,
+) -> float:
     """Adds pending (metrics, batch size) pairs to the epoch's sums, with
     the time since `started` (a perf_counter reading) once their results
     are fetched; returns that time.
@@ -495,7 +521,9 @@ def _absorb(plan, position, pending, hooks, started) -> float:
     return seconds
 
 
-def _check_fractions(state, position, per_epoch, hooks):
+def _check_fractions(
+    state: TrainState, position: LoopPosition, per_epoch: int, hooks: Hooks
+) -> None:
     """Calls hooks.fraction for each fractional save point just passed."""
     done = position.epoch + position.step / per_epoch
     for fraction in FRACTIONAL_SAVE_EPOCHS:
@@ -504,7 +532,7 @@ def _check_fractions(state, position, per_epoch, hooks):
             hooks.fraction(state, position, fraction)
 
 
-def _epoch_record(plan, position) -> dict:
+def _epoch_record(plan: PhasePlan, position: LoopPosition) -> dict:
     """The epoch's line for log.jsonl.
 
     images_per_s leaves out the batches that compiled a step
@@ -531,7 +559,9 @@ def _epoch_record(plan, position) -> dict:
     }
 
 
-def _progress_bar(plan, position, per_epoch, enabled):
+def _progress_bar(
+    plan: PhasePlan, position: LoopPosition, per_epoch: int, enabled: bool
+) -> "tqdm":
     from tqdm import tqdm
 
     return tqdm(
@@ -544,7 +574,7 @@ def _progress_bar(plan, position, per_epoch, enabled):
     )
 
 
-def _show(bar, position):
+def _show(bar: "tqdm", position: LoopPosition) -> None:
     m = position.metrics
     if m.seen:
         steady = m.seconds - m.compile_seconds

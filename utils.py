@@ -26,7 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import IO, Any, BinaryIO, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,12 @@ import numpy as np
 
 # Protocol 5 (Python >= 3.8) writes large arrays in-band without an extra copy.
 PICKLE_PROTOCOL = 5
+
+# A nested tree of arrays: mappings (Haiku's dicts), lists and tuples whose
+# leaves are NumPy or JAX arrays, NumPy scalars or plain Python values.
+PyTree = Any
+# A path as the file functions take it: a str or an os.PathLike of one.
+StrPath = str | os.PathLike[str]
 
 CHECKPOINT_KEYS = ("params", "lin_params", "net_state")
 
@@ -93,7 +100,7 @@ class UserError(Exception):
     """
 
 
-def one_line(text, limit=300):
+def one_line(text: object, limit: int = 300) -> str:
     """``text`` with whitespace runs collapsed, cut to ``limit`` characters."""
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -120,7 +127,7 @@ class FolderLock:
 
     NAME = ".lock"
 
-    def __init__(self, directory: str, flag: str = "--save_path"):
+    def __init__(self, directory: str, flag: str = "--save_path") -> None:
         self.path = os.path.join(os.fspath(directory), self.NAME)
         self.directory = os.fspath(directory)
         self.flag = flag
@@ -181,7 +188,7 @@ def _read_holder(fd: int) -> str:
         return "holder unknown"
 
 
-def _unwritable(what, path, err):
+def _unwritable(what: str, path: str, err: OSError) -> UserError:
     """UserError for an OSError met while creating or writing ``path``."""
     return UserError(
         f"{what} {path}: {err.strerror or err}; "
@@ -189,7 +196,7 @@ def _unwritable(what, path, err):
     )
 
 
-def ensure_writable_dir(path):
+def ensure_writable_dir(path: StrPath) -> str:
     """Create directory ``path`` (and its parents) and check it is writable.
 
     Writability is checked by creating and removing a temporary file, which
@@ -222,7 +229,7 @@ def output_dir(model_path: str, bonus_dir: str) -> str:
     )
 
 
-def _remove_quietly(path):
+def _remove_quietly(path: str) -> None:
     """Remove file ``path`` if it exists; ignore any error."""
     try:
         os.remove(path)
@@ -230,7 +237,7 @@ def _remove_quietly(path):
         pass
 
 
-def _fsync_dir(path):
+def _fsync_dir(path: str) -> None:
     """Flush directory ``path``'s entries to disk where the OS allows it."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -253,7 +260,7 @@ _TEMP_NAME = re.compile(
 _LEGACY_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{12}\.tmp$")
 
 
-def _create_temp_file(directory, basename):
+def _create_temp_file(directory: str, basename: str) -> tuple[int, str]:
     """Open a new, uniquely named hidden file in ``directory`` for writing.
 
     Unlike ``tempfile.mkstemp`` (mode 0600), the file gets the mode any new
@@ -317,7 +324,12 @@ def remove_stale_temp_files(directory: str) -> list[str]:
     return removed
 
 
-def _atomic_write(path, write_fn, mode="wb", encoding=None):
+def _atomic_write(
+    path: StrPath,
+    write_fn: Callable[[IO[Any]], object],
+    mode: str = "wb",
+    encoding: str | None = None,
+) -> None:
     """Write a file with ``write_fn(file)`` so that it appears all or nothing.
 
     The data go to a temporary file in the destination's directory, are
@@ -352,25 +364,25 @@ def _atomic_write(path, write_fn, mode="wb", encoding=None):
     _fsync_dir(directory)
 
 
-def atomic_write_bytes(path, data):
+def atomic_write_bytes(path: StrPath, data: bytes) -> None:
     """Atomically replace file ``path`` with the bytes ``data``."""
     _atomic_write(path, lambda file: file.write(data))
 
 
-def atomic_write_stream(path, stream):
+def atomic_write_stream(path: StrPath, stream: BinaryIO) -> None:
     """Atomically replace file ``path`` with what binary ``stream`` reads
     (copied in chunks, never held whole in memory)."""
     _atomic_write(path, lambda file: shutil.copyfileobj(stream, file))
 
 
-def atomic_write_text(path, text):
+def atomic_write_text(path: StrPath, text: str) -> None:
     """Atomically replace file ``path`` with ``text``, UTF-8 encoded."""
     _atomic_write(
         path, lambda file: file.write(text), mode="w", encoding="utf-8"
     )
 
 
-def atomic_pickle(path, obj):
+def atomic_pickle(path: StrPath, obj: object) -> None:
     """Atomically replace file ``path`` with a pickle of ``obj``.
 
     The object is pickled straight into the temporary file, so a large
@@ -381,7 +393,7 @@ def atomic_pickle(path, obj):
     )
 
 
-def _json_default(obj):
+def _json_default(obj: object) -> object:
     """Plain-Python stand-in for what ``json`` cannot encode by itself."""
     if isinstance(obj, np.generic):
         return obj.item()
@@ -394,7 +406,7 @@ def _json_default(obj):
     raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
 
 
-def atomic_write_json(path, obj):
+def atomic_write_json(path: StrPath, obj: object) -> None:
     """Atomically replace ``path`` with ``obj`` as JSON, indent 2, keys sorted.
 
     NumPy scalars become Python numbers and arrays (NumPy or JAX) nested lists.
@@ -408,7 +420,7 @@ def atomic_write_json(path, obj):
 # --------------------------------------------------------------------------
 
 
-def to_numpy_tree(tree):
+def to_numpy_tree(tree: PyTree) -> PyTree:
     """Host copy of a tree of arrays made of plain Python containers.
 
     Mappings (Haiku's dicts and mapping types included) become ``dict``s,
@@ -433,7 +445,7 @@ def to_numpy_tree(tree):
     raise TypeError(f"cannot convert a {type(tree).__name__} to NumPy")
 
 
-def _leaf_equal(a, b):
+def _leaf_equal(a: object, b: object) -> bool:
     """Exact equality of two leaves: same type class, dtype, shape and bits."""
     a_is_array = isinstance(a, (np.ndarray, np.generic, jax.Array))
     b_is_array = isinstance(b, (np.ndarray, np.generic, jax.Array))
@@ -450,7 +462,7 @@ def _leaf_equal(a, b):
     )
 
 
-def tree_equal(a, b):
+def tree_equal(a: PyTree, b: PyTree) -> bool:
     """Whether two nested trees of arrays are exactly equal.
 
     Trees are mappings, lists and tuples; any two mappings with the same keys
@@ -475,7 +487,7 @@ def tree_equal(a, b):
     return _leaf_equal(a, b)
 
 
-def flatten_opt_state(opt_state):
+def flatten_opt_state(opt_state: PyTree) -> list[np.ndarray]:
     """Leaves of an optax optimiser state as a list of NumPy arrays.
 
     The order is that of ``jax.tree_util.tree_leaves``; restore the state
@@ -484,7 +496,7 @@ def flatten_opt_state(opt_state):
     return [np.array(leaf) for leaf in jax.tree_util.tree_leaves(opt_state)]
 
 
-def unflatten_like(template, leaves):
+def unflatten_like(template: PyTree, leaves: Sequence[np.ndarray]) -> PyTree:
     """Put ``leaves`` back onto the tree structure of ``template``.
 
     Args:
@@ -544,7 +556,12 @@ class _RefusedPickle(Exception):
     """Raised inside the unpickler; safe_load_pickle adds the path."""
 
 
-def _numpy_from_jax_pickle(fun, args, arr_state, aval_state=None):
+def _numpy_from_jax_pickle(
+    fun: Callable[..., np.ndarray],
+    args: tuple,
+    arr_state: object,
+    aval_state: object = None,
+) -> np.ndarray:
     """What a JAX array reconstructor builds, as a NumPy array.
 
     Only NumPy's own `_reconstruct` of an ndarray is accepted as `fun`; no
@@ -564,7 +581,7 @@ def _numpy_from_jax_pickle(fun, args, arr_state, aval_state=None):
     return value
 
 
-def _latin1_bytes(text, encoding="latin1"):
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     """`_codecs.encode` as protocol 2 uses it: bytes from a latin-1 str."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
         raise _RefusedPickle("it asks _codecs.encode for something else")
@@ -581,7 +598,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
     build by calling their type are on the list.
     """
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> object:
         """The allowed object for ``module.name``; refused otherwise."""
         if (module, name) in _JAX_RECONSTRUCTORS:
             return _numpy_from_jax_pickle
@@ -595,14 +612,14 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             )
         return getattr(importlib.import_module(target[0]), target[1])
 
-    def persistent_load(self, pid):
+    def persistent_load(self, pid: object) -> NoReturn:
         """Refuse persistent ids: plain pickles of arrays have none."""
         raise _RefusedPickle(
             "it uses a persistent id, which is not an array or container"
         )
 
 
-def _check_bounds(obj) -> None:
+def _check_bounds(obj: object) -> None:
     """Refuses containers nested deeper than MAX_PICKLE_DEPTH or more than
     MAX_PICKLE_OBJECTS objects in all; walks without recursion."""
     stack, count = [(obj, 0)], 0
@@ -626,7 +643,7 @@ def _check_bounds(obj) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def safe_load_pickle(path, encoding: str = "ASCII"):
+def safe_load_pickle(path: StrPath, encoding: str = "ASCII") -> PyTree:
     """Load a pickle that may hold only arrays, NumPy scalars and containers.
 
     Allowed: ``dict``, ``list``, ``tuple``, ``set``, ``frozenset``,
@@ -666,7 +683,9 @@ def safe_load_pickle(path, encoding: str = "ASCII"):
             ) from None
 
 
-def _check_keys(path, obj, required_keys):
+def _check_keys(
+    path: str, obj: object, required_keys: tuple[str, ...]
+) -> None:
     """UserError unless ``obj`` is a mapping holding every required key."""
     expected = ", ".join(required_keys)
     if not isinstance(obj, Mapping):
@@ -682,7 +701,9 @@ def _check_keys(path, obj, required_keys):
         )
 
 
-def load_pickle_arrays(path, required_keys=()):
+def load_pickle_arrays(
+    path: StrPath, required_keys: Iterable[str] = ()
+) -> PyTree:
     """Safely load an artefact pickle and check it holds ``required_keys``.
 
     For adversarial example files (``{'images' (N, C, H, W), 'labels' (N,)}``),
@@ -698,7 +719,13 @@ def load_pickle_arrays(path, required_keys=()):
     return obj
 
 
-def save_checkpoint(path, params, lin_params, net_state, meta):
+def save_checkpoint(
+    path: StrPath,
+    params: PyTree,
+    lin_params: PyTree,
+    net_state: PyTree,
+    meta: Mapping[str, Any] | None,
+) -> None:
     """Atomically write a checkpoint loadable with plain ``pickle.load``.
 
     The file holds ``{'params', 'lin_params', 'net_state', 'meta'}``: the
@@ -715,7 +742,7 @@ def save_checkpoint(path, params, lin_params, net_state, meta):
     atomic_pickle(path, checkpoint)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: StrPath) -> dict[str, Any]:
     """Safely load a checkpoint written by :func:`save_checkpoint`.
 
     Files of the original code, which lack ``'meta'``, load with ``meta={}``;
@@ -748,7 +775,7 @@ def load_checkpoint(path):
     return loaded
 
 
-def _first_non_finite(tree, prefix: str = "") -> str | None:
+def _first_non_finite(tree: PyTree, prefix: str = "") -> str | None:
     """The path of the first float array of `tree` with a NaN or an
     infinity (e.g. 'linear/w'), or None."""
     if isinstance(tree, Mapping):
@@ -776,7 +803,7 @@ def _first_non_finite(tree, prefix: str = "") -> str | None:
 # --------------------------------------------------------------------------
 
 
-def _package_version(distribution):
+def _package_version(distribution: str) -> str | None:
     """Installed version of ``distribution``, or None when it is absent."""
     try:
         return importlib.metadata.version(distribution)
@@ -784,7 +811,7 @@ def _package_version(distribution):
         return None
 
 
-def _git_output(*args):
+def _git_output(*args: str) -> str | None:
     """Stripped stdout of ``git args`` in this repository, or None."""
     try:
         result = subprocess.run(
@@ -800,7 +827,7 @@ def _git_output(*args):
     return result.stdout.strip()
 
 
-def environment_info():
+def environment_info() -> dict[str, str | int | bool | None]:
     """Versions, device and code revision, for a run's ``config.json``.
 
     Returns:

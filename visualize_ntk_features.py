@@ -15,6 +15,8 @@ when most pixels of the start image cannot move.
 import argparse
 import io
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,8 +28,11 @@ import models
 import utils
 from utils import UserError
 
+if TYPE_CHECKING:  # imported where used: matplotlib is slow to import
+    from matplotlib.axes import Axes
 
-def parse_args(argv=None):
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--model_path",
@@ -119,7 +124,7 @@ def _start(text: str) -> features.Start:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     out_dir = utils.output_dir(args.model_path, args.bonus_dir)
     kernel_path = args.kernel_path or os.path.join(
@@ -190,7 +195,12 @@ def main(argv=None):
     )
 
 
-def _load_kernel(args, kernel_path, train_labels, dataset):
+def _load_kernel(
+    args: argparse.Namespace,
+    kernel_path: str,
+    train_labels: np.ndarray,
+    dataset: str,
+) -> kernel_files.KernelFile:
     """The checked kernel file of logit --class_index, its indices checked
     against (or, for a file of the original code, recomputed from)
     `train_labels`, with room for --n_images eigenvectors."""
@@ -210,7 +220,9 @@ def _load_kernel(args, kernel_path, train_labels, dataset):
     return kernel
 
 
-def _load_model(args):
+def _load_model(
+    args: argparse.Namespace,
+) -> tuple[dict, models.ModelSpec]:
     """(checkpoint, ModelSpec), --class_index and the parameters' shapes
     checked against the spec."""
     checkpoint, spec = models.load_checkpoint(
@@ -227,7 +239,7 @@ def _load_model(args):
     return checkpoint, spec
 
 
-def _write_outputs(stem, record, png):
+def _write_outputs(stem: str, record: dict, png: bytes) -> None:
     """`stem`.pkl and `stem`.png, each written atomically."""
     utils.atomic_pickle(stem + ".pkl", record)
     utils.atomic_write_bytes(stem + ".png", png)
@@ -314,7 +326,7 @@ def grid_png(result: features.FeatureImages, title: str = "") -> bytes:
     return buffer.getvalue()
 
 
-def _show(axis, image: np.ndarray, title: str) -> None:
+def _show(axis: "Axes", image: np.ndarray, title: str) -> None:
     """Draws one (H, W, C) image in [0, 1], grey for one channel."""
     if image.shape[-1] == 1:
         axis.imshow(image[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
