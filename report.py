@@ -40,6 +40,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import cli  # noqa: E402
 import grid  # noqa: E402
+import models  # noqa: E402
 import utils  # noqa: E402
 
 PRESETS = ("cpu-small", "gpu-fmnist", "paper-cifar10")
@@ -130,7 +131,11 @@ def collect_cells(the_grid: grid.Grid) -> tuple:
         row.update(
             dataset=c["data"]["dataset"],
             model=c["model"]["name"],
-            width=c["model"]["width"],
+            width=(
+                c["model"]["width"]
+                if models.MODELS[c["model"]["name"]].has_width
+                else None
+            ),
             eps=c["attack"]["eps"],
             pgd_iters=c["attack"]["eval_pgd_iters"],
             test_images=(config or {}).get("test_images", math.nan),
@@ -441,9 +446,10 @@ def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
     return [path]
 
 
-def _image(chw: npt.ArrayLike) -> np.ndarray:
-    """An (C, H, W) float image as imshow takes it."""
-    hwc = np.transpose(np.asarray(chw, np.float32), (1, 2, 0))
+def _image(hwc: npt.ArrayLike) -> np.ndarray:
+    """An (H, W, C) float image (the feature files' layout, the original's)
+    as imshow takes it."""
+    hwc = np.asarray(hwc, np.float32)
     return hwc[..., 0] if hwc.shape[-1] == 1 else np.clip(hwc, 0, 1)
 
 
@@ -590,7 +596,8 @@ def claim_two(rows: pd.DataFrame) -> dict:
     after benign phase 2 against the benign kernel's, at the largest t.
 
     Returns:
-        {'verdict': 'supported' | 'not supported' | 'no data', 't',
+        {'verdict': 'supported' | 'in direction only' (higher in every
+        seed, not by the margin in all) | 'not supported' | 'no data', 't',
         'gains': {seed: linf(A) - linf(C)}, 'adversarial', 'benign':
         (mean, std) of linf}.
     """
@@ -615,6 +622,8 @@ def claim_two(rows: pd.DataFrame) -> dict:
         verdict = "no data"
     elif all(v > ROBUSTNESS_GAIN for v in values):
         verdict = "supported"
+    elif all(v > 0 for v in values):
+        verdict = "in direction only"
     else:
         verdict = "not supported"
     by_loader = frame[frame["t"] == t].groupby("phase1")["linf"]
@@ -737,8 +746,13 @@ def _preset_section(
     lines += [
         f"Results: {len(rows)} of {expected} phase-2 cells, seeds "
         f"{', '.join(map(str, seeds))}; device {devices}, JAX {jaxes}; "
-        f"{rows['dataset'].iloc[0]}, {rows['model'].iloc[0]} (width "
-        f"{rows['width'].iloc[0]}), ε = {rows['eps'].iloc[0]:g}/255, "
+        f"{rows['dataset'].iloc[0]}, {rows['model'].iloc[0]}"
+        + (
+            f" (width {int(rows['width'].iloc[0])})"
+            if pd.notna(rows["width"].iloc[0])
+            else ""
+        )
+        + f", ε = {rows['eps'].iloc[0]:g}/255, "
         f"PGD-{int(rows['pgd_iters'].iloc[0])} on "
         f"{int(rows['test_images'].iloc[0])} test images.",
         "",
@@ -835,6 +849,8 @@ def _verdict_cells(frames: Mapping[str, pd.DataFrame]) -> list[str]:
             lambda r: (
                 f"PGD-L∞ at t = {r['t']:g}, adversarial kernel "
                 f"{_fmt(*r['adversarial'])} vs. benign {_fmt(*r['benign'])}"
+                "; per seed "
+                + ", ".join(f"{g:+.3f}" for g in r["gains"].values())
             ),
             "no data",
         ),
@@ -943,7 +959,9 @@ def write_report(
         "last (kernels averaged over classes). Claim 2 holds when, at the "
         "largest t, the adversarial kernel's PGD-L∞ accuracy after benign "
         "phase 2 exceeds the benign kernel's by more than "
-        f"{ROBUSTNESS_GAIN:g} in every seed. Claim 3 holds when the mean is "
+        f'{ROBUSTNESS_GAIN:g} in every seed ("in direction only" when it '
+        "is higher in every seed, but not by that margin in all). Claim 3 "
+        "holds when the mean is "
         f"at least {PAPER_ROBUST - PAPER_TOLERANCE:.3f} (the paper's "
         f"{PAPER_ROBUST:.3f} less {PAPER_TOLERANCE:g}); it is tested only "
         "on CIFAR-10 at ε = 4/255.",
