@@ -339,6 +339,23 @@ def _label(
     return f"{series} e{kernel.epoch:g}"
 
 
+def _identity(
+    kernel: Kernel, labels: Mapping[kernel_analysis.SeriesKey, str]
+) -> dict:
+    """What names a kernel in the tables: its file, series, run, phase,
+    parameters, epoch and class."""
+    key = kernel_analysis.series_key(kernel)
+    return dict(
+        path=kernel.path,
+        series=labels[key],
+        run=key.run,
+        phase=key.phase,
+        use_linear_params=key.use_linear_params,
+        epoch=kernel.epoch,
+        class_index=kernel.class_index,
+    )
+
+
 _ARRAYS = ("eigenvalues", "label_energy")
 
 
@@ -382,17 +399,10 @@ def _tables(
             series_rows.append(row)
     kernel_rows = []
     for kernel, measured in zip(kernels, measures, strict=True):
-        key = kernel_analysis.series_key(kernel)
         first, last = to_first.get(id(kernel), (np.nan, np.nan))
         kernel_rows.append(
             dict(
-                path=kernel.path,
-                series=labels[key],
-                run=key.run,
-                phase=key.phase,
-                use_linear_params=key.use_linear_params,
-                epoch=kernel.epoch,
-                class_index=kernel.class_index,
+                _identity(kernel, labels),
                 **{k: v for k, v in measured.items() if k not in _ARRAYS},
                 distance_to_first=first,
                 distance_to_last=last,
@@ -536,16 +546,9 @@ def _report(
     """The content of analysis.json."""
     kernel_entries = []
     for kernel, measured in zip(kernels, measures, strict=True):
-        key = kernel_analysis.series_key(kernel)
         kernel_entries.append(
             dict(
-                path=kernel.path,
-                series=labels[key],
-                run=key.run,
-                phase=key.phase,
-                use_linear_params=key.use_linear_params,
-                epoch=kernel.epoch,
-                class_index=kernel.class_index,
+                _identity(kernel, labels),
                 n_classes=kernel.n_classes,
                 **measured,
             )

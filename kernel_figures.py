@@ -11,7 +11,7 @@ smallest positive epoch, logarithmic above.
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -101,33 +101,57 @@ def distance_heatmaps(sets: Sequence[tuple[str, np.ndarray, list]]) -> bytes:
         return _png(figure)
 
 
-def velocity(series: pd.DataFrame) -> bytes:
-    """v(t) = S(K_t, K_{t+Δ}) / Δ against the pair's midpoint (t + t')/2,
-    log x (and log y when every velocity is positive)."""
-    rows = series.dropna(subset=["velocity"])
-    palette = _palette(series["series"])
+def _class_lines(
+    rows: pd.DataFrame,
+    palette: dict[str, tuple],
+    x: str,
+    y: str,
+    ylabel: str,
+    configure: Callable[[Axes, pd.DataFrame], None],
+    style: str | None = None,
+) -> bytes:
+    """A panel per class of `rows`: `y` against `x`, a line per series
+    (dashes by `style`), then `configure(ax, group)` for its axes."""
     with sns.axes_style("whitegrid"):
         classes = _by_class(rows)
         figure, axes = _panels(len(classes))
         for ax, (class_index, group) in zip(axes, classes, strict=True):
             sns.lineplot(
-                data=group,
-                x="velocity_midpoint",
-                y="velocity",
+                data=group.sort_values(x),
+                x=x,
+                y=y,
                 hue="series",
+                style=style,
                 palette=palette,
                 marker="o",
                 estimator=None,
                 errorbar=None,
                 ax=ax,
             )
-            ax.set_xscale("log")
-            if (group["velocity"] > 0).all():
-                ax.set_yscale("log")
-            ax.set_xlabel("epoch (midpoint of t, t + Δ)")
-            ax.set_ylabel("kernel velocity S(K_t, K_t+Δ) / Δ")
+            configure(ax, group)
+            ax.set_ylabel(ylabel)
             ax.set_title(class_title(class_index))
         return _png(figure)
+
+
+def velocity(series: pd.DataFrame) -> bytes:
+    """v(t) = S(K_t, K_{t+Δ}) / Δ against the pair's midpoint (t + t')/2,
+    log x (and log y when every velocity is positive)."""
+
+    def configure(ax: Axes, group: pd.DataFrame) -> None:
+        ax.set_xscale("log")
+        if (group["velocity"] > 0).all():
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch (midpoint of t, t + Δ)")
+
+    return _class_lines(
+        series.dropna(subset=["velocity"]),
+        _palette(series["series"]),
+        "velocity_midpoint",
+        "velocity",
+        "kernel velocity S(K_t, K_t+Δ) / Δ",
+        configure,
+    )
 
 
 def polar(series: pd.DataFrame, polar_k: int) -> bytes:
@@ -225,53 +249,28 @@ def alignment(kernels: pd.DataFrame) -> bytes:
             "centered_target_alignment": "centered",
         }
     )
-    palette = _palette(kernels["series"])
-    with sns.axes_style("whitegrid"):
-        classes = _by_class(rows)
-        figure, axes = _panels(len(classes))
-        for ax, (class_index, group) in zip(axes, classes, strict=True):
-            sns.lineplot(
-                data=group.sort_values("epoch"),
-                x="epoch",
-                y="value",
-                hue="series",
-                style="alignment",
-                palette=palette,
-                marker="o",
-                estimator=None,
-                errorbar=None,
-                ax=ax,
-            )
-            _epoch_axis(ax, group["epoch"])
-            ax.set_ylabel("kernel–target alignment")
-            ax.set_title(class_title(class_index))
-        return _png(figure)
+    return _class_lines(
+        rows,
+        _palette(kernels["series"]),
+        "epoch",
+        "value",
+        "kernel–target alignment",
+        lambda ax, group: _epoch_axis(ax, group["epoch"]),
+        style="alignment",
+    )
 
 
 def regression_accuracy(kernels: pd.DataFrame) -> bytes:
     """Test accuracy of kernel regression against the epoch, a panel per
     class."""
-    rows = kernels.dropna(subset=["epoch", "kernel_regression_accuracy"])
-    palette = _palette(kernels["series"])
-    with sns.axes_style("whitegrid"):
-        classes = _by_class(rows)
-        figure, axes = _panels(len(classes))
-        for ax, (class_index, group) in zip(axes, classes, strict=True):
-            sns.lineplot(
-                data=group.sort_values("epoch"),
-                x="epoch",
-                y="kernel_regression_accuracy",
-                hue="series",
-                palette=palette,
-                marker="o",
-                estimator=None,
-                errorbar=None,
-                ax=ax,
-            )
-            _epoch_axis(ax, group["epoch"])
-            ax.set_ylabel("kernel regression test accuracy")
-            ax.set_title(class_title(class_index))
-        return _png(figure)
+    return _class_lines(
+        kernels.dropna(subset=["epoch", "kernel_regression_accuracy"]),
+        _palette(kernels["series"]),
+        "epoch",
+        "kernel_regression_accuracy",
+        "kernel regression test accuracy",
+        lambda ax, group: _epoch_axis(ax, group["epoch"]),
+    )
 
 
 def compare(rows: pd.DataFrame, run_a: str, run_b: str) -> bytes:

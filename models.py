@@ -308,14 +308,8 @@ class Network:
         self, images: jax.Array, is_training: bool = False
     ) -> tuple[jax.Array, State]:
         """(logits (B, K), new batch-norm state) of images (B, H, W, C)."""
-        return self.dynamics.logits(
-            self.apply_fn,
-            self.params0,
-            self.params,
-            self.state,
-            images,
-            is_training,
-        )
+        f, df, new_state = self.parts(images, is_training)
+        return self.dynamics.combine(f, df), new_state
 
     def parts(
         self, images: jax.Array, is_training: bool = False
@@ -329,14 +323,6 @@ class Network:
             images,
             is_training,
         )
-
-    def describe(self) -> dict:
-        """What is evaluated, for results files."""
-        dynamics = self.dynamics
-        return {
-            "linear": dynamics.linear,
-            "centering": dynamics.centering,
-        }
 
 
 jax.tree_util.register_dataclass(
