@@ -494,6 +494,9 @@ def test_promise_one_run_per_folder(tmp_path, data_path):
     try:
         reached, seen = wait_until(save, in_phase_one, holder)
         assert reached, seen
+        # Frozen, it holds the lock however long the second run takes to
+        # start (on a loaded machine it could otherwise finish first).
+        holder.send_signal(signal.SIGSTOP)
         second = run_script(
             *flags, "--resume", data_path=data_path, check=False
         )
