@@ -292,21 +292,17 @@ def sweep(run_dir):
 
 
 def sweep_args(run_dir, paths, bonus_dir, *extra):
-    return [
+    """cli_args with the checkpoints `paths` and class 3 (the later
+    --model_path replaces cli_args' one)."""
+    return cli_args(
+        run_dir,
+        bonus_dir,
         "--model_path",
         *paths,
-        "--dataset_size",
-        str(SIZE),
-        "--data_path",
-        run_dir["data"],
-        "--bonus_dir",
-        bonus_dir,
-        "--block_size",
-        str(BLOCK),
         "--class_index",
         "3",
         *extra,
-    ]
+    )
 
 
 @pytest.mark.slow
