@@ -8,6 +8,9 @@ seaborn figures in --out_dir.
     python analyze_kernels.py run/kernels --out_dir run/analysis
     python analyze_kernels.py runs/CC/kernels runs/AC/kernels \\
         --out_dir runs/analysis --compare runs/CC/kernels runs/AC/kernels
+    python analyze_kernels.py --out_dir seeds/analysis \\
+        --replicates s0/CC/kernels s1/CC/kernels s2/CC/kernels \\
+        --replicates s0/AC/kernels s1/AC/kernels s2/AC/kernels
 """
 
 import argparse
@@ -51,6 +54,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "are analysed too",
     )
     parser.add_argument(
+        "--replicates",
+        nargs="+",
+        action="append",
+        metavar="RUN",
+        default=None,
+        help="two or more folders of kernels of runs that differ only in "
+        "their seed, on the same images (repeat the flag for each group): "
+        "each kernel's mean distance to the same class and epoch of the "
+        "other runs, the distance_between_seeds column and "
+        "replicates.csv; their kernels are analysed too",
+    )
+    parser.add_argument(
+        "--settle_fraction",
+        type=cli.number(float, 0, 1),
+        default=kernel_analysis.DEFAULT_SETTLE_FRACTION,
+        help="a series has settled at the first epoch after which every "
+        "kernel is within this fraction of the first kernel's distance to "
+        "the last (settle_t; default "
+        f"{kernel_analysis.DEFAULT_SETTLE_FRACTION:g})",
+    )
+    parser.add_argument(
         "--top_k",
         type=cli.positive_int,
         nargs="+",
@@ -89,13 +113,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _analyse(args: argparse.Namespace) -> None:
     """main's work, within the BLAS thread limit."""
-    if not args.inputs and not args.compare:
+    if not args.inputs and not args.compare and not args.replicates:
         raise UserError(
-            "no kernels given: pass kernel files or folders, or --compare "
-            "RUN_A RUN_B"
+            "no kernels given: pass kernel files or folders, --compare "
+            "RUN_A RUN_B or --replicates RUN RUN ..."
         )
+    for group in args.replicates or []:
+        if len(group) < 2:
+            raise UserError(
+                f"--replicates {group[0]}: give two or more folders of runs "
+                "that differ only in their seed"
+            )
     notes = []
-    kernels, sides = _read_all(args, notes)
+    kernels, sides, replicates = _read_all(args, notes)
     if len(kernels) < 2:
         raise UserError(
             f"only one kernel file ({kernels[0].path}): distances need "
@@ -116,6 +146,7 @@ def _analyse(args: argparse.Namespace) -> None:
                 f"{len(unmatched)} kernel(s) of the --compare folders have "
                 "no kernel of the same class and epoch in the other folder"
             )
+    replicate_rows, between_seeds = _replicates(replicates)
     utils.ensure_writable_dir(args.out_dir)
 
     measures = [
@@ -125,7 +156,9 @@ def _analyse(args: argparse.Namespace) -> None:
         )
     ]
     series_measures = {
-        key: kernel_analysis.series_measures(members, args.polar_k)
+        key: kernel_analysis.series_measures(
+            members, args.polar_k, args.settle_fraction
+        )
         for key, members in groups.items()
         if len(members) > 1
     }
@@ -145,6 +178,9 @@ def _analyse(args: argparse.Namespace) -> None:
 
     labels = _series_labels(kernels)
     tables = _tables(kernels, measures, groups, series_measures, labels)
+    tables["kernels"]["distance_between_seeds"] = [
+        between_seeds.get(id(kernel), np.nan) for kernel in kernels
+    ]
     pairwise, heatmaps = _pairwise(kernels, sets, labels)
     compare_table = _compare_table(matched) if matched else None
     files = {
@@ -154,6 +190,8 @@ def _analyse(args: argparse.Namespace) -> None:
     }
     if compare_table is not None:
         files["compare.csv"] = compare_table.to_csv(index=False)
+    if replicate_rows is not None:
+        files["replicates.csv"] = replicate_rows.to_csv(index=False)
     report = _report(
         args,
         kernels,
@@ -164,6 +202,10 @@ def _analyse(args: argparse.Namespace) -> None:
         compare_table,
         notes,
     )
+    if replicate_rows is not None:
+        report["replicates"] = dict(
+            groups=args.replicates, rows=_records(replicate_rows)
+        )
     figures = (
         {}
         if args.no_figures
@@ -241,9 +283,14 @@ def _read(path: str) -> Kernel:
 
 def _read_all(
     args: argparse.Namespace, notes: list
-) -> tuple[list[Kernel], tuple[list[Kernel], ...] | None]:
+) -> tuple[
+    list[Kernel],
+    tuple[list[Kernel], ...] | None,
+    list[tuple[list[str], list[list[Kernel]]]],
+]:
     """(every kernel once, in the order given; the two --compare folders'
-    kernels or None)."""
+    kernels or None; per --replicates group, its folders and each folder's
+    kernels)."""
     by_file: dict[str, Kernel] = {}
     skipped = 0
 
@@ -285,12 +332,53 @@ def _read_all(
                     "folders of two runs"
                 )
         sides = tuple(collect(folder) for folder in args.compare)
+    replicates = []
+    for group in args.replicates or []:
+        for folder in group:
+            if not os.path.isdir(folder):
+                raise UserError(
+                    f"--replicates {folder} is not a folder: give the kernel "
+                    "folders of runs that differ only in their seed"
+                )
+        replicates.append((group, [collect(folder) for folder in group]))
     if skipped:
         notes.append(
             f"{skipped} pickle(s) named like kernel files hold no 'kernel' "
             "and were skipped"
         )
-    return list(by_file.values()), sides
+    return list(by_file.values()), sides, replicates
+
+
+def _replicates(
+    groups: Sequence[tuple[list[str], list[list[Kernel]]]],
+) -> tuple[pd.DataFrame | None, dict[int, float]]:
+    """(replicates.csv's rows, or None without --replicates; {id(kernel):
+    distance_between_seeds})."""
+    if not groups:
+        return None, {}
+    rows, between = [], {}
+    for number, (folders, runs) in enumerate(groups):
+        pairs = kernel_analysis.replicate_pairs(runs)
+        between.update(kernel_analysis.distance_between_seeds(pairs))
+        for i, j, a, b in pairs:
+            key = kernel_analysis.series_key(a)
+            rows.append(
+                dict(
+                    group=number,
+                    run_a=folders[i],
+                    run_b=folders[j],
+                    class_index=a.class_index,
+                    phase=key.phase,
+                    use_linear_params=key.use_linear_params,
+                    epoch=a.epoch,
+                    a=a.path,
+                    b=b.path,
+                    distance=kernel_analysis.kernel_distance(
+                        a.file.kernel, b.file.kernel
+                    ),
+                )
+            )
+    return pd.DataFrame(rows), between
 
 
 # --------------------------------------------------------------------------
@@ -378,6 +466,7 @@ def _tables(
             to_first[id(kernel)] = (
                 result["distance_to_first"][i],
                 result["distance_to_last"][i],
+                result["settle_t"],
             )
             row = dict(
                 series=labels[key],
@@ -392,6 +481,7 @@ def _tables(
                 velocity=velocity[i],
                 next_epoch=following[i],
                 velocity_midpoint=(kernel.epoch + following[i]) / 2,
+                settle_t=result["settle_t"],
             )
             for name in kernel_analysis.PROJECTIONS:
                 row[f"r_{name}"] = polar[name]["r"][i]
@@ -399,13 +489,14 @@ def _tables(
             series_rows.append(row)
     kernel_rows = []
     for kernel, measured in zip(kernels, measures, strict=True):
-        first, last = to_first.get(id(kernel), (np.nan, np.nan))
+        first, last, settle = to_first.get(id(kernel), (np.nan,) * 3)
         kernel_rows.append(
             dict(
                 _identity(kernel, labels),
                 **{k: v for k, v in measured.items() if k not in _ARRAYS},
                 distance_to_first=first,
                 distance_to_last=last,
+                settle_t=settle,
             )
         )
     series_columns = [
@@ -421,6 +512,7 @@ def _tables(
         "velocity",
         "next_epoch",
         "velocity_midpoint",
+        "settle_t",
         *(
             f"{coordinate}_{name}"
             for name in kernel_analysis.PROJECTIONS

@@ -54,6 +54,9 @@ STAGES = ("phase1", "phase2", "eval", "kernel", "analysis", "features")
 EVAL_DIR = "eval"  # eval_and_make_adv.py's --bonus_dir
 EVAL_SAVE_NAME = "test_results"
 ANALYSIS_FILES = ("kernels.csv", "pairwise.csv", "analysis.json")
+# The analysis across seeds (analyze_kernels.py --replicates).
+SEEDS_ANALYSIS_DIR = "between_seeds"
+SEEDS_ANALYSIS_FILES = (*ANALYSIS_FILES, "replicates.csv")
 FEATURES_SAVE_NAME = "ntk_eig_images"
 # Checkpoints per calculate_kernel.py call. None: every checkpoint of a
 # phase-1 run (of one kernel size) in one call, `--model_path P1 P2 ...
@@ -228,6 +231,14 @@ SCHEMA = {
         "times": _times_key("the t of the kernels (default: phase1.times)"),
         "memory_gb": Key(
             "float", "calculate_kernel.py --memory_gb", 0.0, _at_least(0)
+        ),
+        "image_seed": Key(
+            "int",
+            "calculate_kernel.py --random_seed: the seed of the kernel "
+            "images, the same for every seed of the grid so that kernels of "
+            "different seeds can be compared",
+            0,
+            _at_least(0),
         ),
     },
     "analysis": {
@@ -753,6 +764,7 @@ class Grid:
         """Every cell, in an order where each comes after those it needs."""
         c = self.config
         out = []
+        every_kernel_cell: list[Cell] = []
         for seed in c[""]["seeds"]:
             runs = {}
             for loader in c["phase1"]["loaders"]:
@@ -782,6 +794,15 @@ class Grid:
             if c["features"] is not None:
                 for phase1 in runs.values():
                     out += self._features(phase1, kernel_cells)
+            every_kernel_cell += kernel_cells
+        # The seed baseline of the kernel distances: every phase-1 run's
+        # kernels against the same loader's of the other seeds.
+        if (
+            c["analysis"] is not None
+            and every_kernel_cell
+            and len(c[""]["seeds"]) > 1
+        ):
+            out.append(self._seeds_analysis(every_kernel_cell))
         return out
 
     def _common(self, seed: int) -> list[str | int]:
@@ -966,7 +987,7 @@ class Grid:
                     k["class_index"],
                     "--bonus_dir",
                     bonus,
-                    *self._common(phase1.keys["seed"]),
+                    *self._common(k["image_seed"]),
                 ]
                 if k["memory_gb"]:
                     args += ["--memory_gb", f"{k['memory_gb']:g}"]
@@ -1024,6 +1045,32 @@ class Grid:
             deps,
             [os.path.join(out_dir, name) for name in ANALYSIS_FILES],
             seed=seed,
+        )
+
+    def seeds_analysis_dir(self) -> str:
+        return self._path(SEEDS_ANALYSIS_DIR)
+
+    def _seeds_analysis(self, kernel_cells: list[Cell]) -> Cell:
+        """analyze_kernels.py --replicates over the seeds: a group per
+        phase-1 loader, its runs' kernel folders of every seed."""
+        folders: dict[str, list[str]] = {}
+        for cell in kernel_cells:
+            folder = os.path.join(cell.keys["save_path"], "kernels")
+            group = folders.setdefault(cell.keys["phase1"], [])
+            if folder not in group:
+                group.append(folder)
+        out_dir = self.seeds_analysis_dir()
+        args = []
+        for group in folders.values():
+            args += ["--replicates", *group]
+        args += ["--out_dir", out_dir, "--no_figures", "--no_progress"]
+        return self._cell(
+            f"{SEEDS_ANALYSIS_DIR}/analysis",
+            "analysis",
+            "analyze_kernels.py",
+            args,
+            [c.id for c in kernel_cells],
+            [os.path.join(out_dir, name) for name in SEEDS_ANALYSIS_FILES],
         )
 
     def features_file(self, phase1: Cell, t: float) -> str:

@@ -10,6 +10,11 @@ regression.
 * Kernel distance S(K, K') = 1 − ⟨K, K'⟩_F / (‖K‖_F ‖K'‖_F), in [0, 1]
   for positive semi-definite kernels (kernel_distance, distance_matrix).
 * Kernel velocity v(t) = S(K_t, K_{t+Δ}) / Δ, Δ in epochs (velocities).
+* Time to settle: the first t after which S(K_t', K_T) ≤ f · S(K_0, K_T)
+  for every t' ≥ t (settle_time).
+* Distance between seeds: the mean S between a kernel and the kernels of
+  the same class and epoch of replicate runs that differ only in their
+  seed, on the same images (replicate_pairs, distance_between_seeds).
 * Polar trajectory r(t) = ‖K_t − K_0‖_F / ‖K_T − K_0‖_F and
   φ(t) = arccos(1 − S(K_t, K_0)) (polar_trajectory), for the whole kernel
   and its projections U_kᵀ K U_k on the top-k and the remaining
@@ -49,6 +54,9 @@ RIDGE_EXPONENTS = tuple(range(-6, 2))
 # Share of the training images held out to choose λ.
 VALIDATION_FRACTION = 0.2
 PROJECTIONS = ("whole", "top", "rest")
+# settle_time's fraction: a kernel has settled once it stays within this
+# fraction of its first kernel's distance to its last.
+DEFAULT_SETTLE_FRACTION = 0.25
 
 
 # --------------------------------------------------------------------------
@@ -116,6 +124,42 @@ def velocities(
             for i in range(len(steps))
         ]
     )
+
+
+def settle_time(
+    epochs: Sequence[float],
+    distance_to_last: Sequence[float],
+    fraction: float,
+) -> float:
+    """The first epoch after which a kernel stays settled: the first t_i
+    with S(K_j, K_T) ≤ fraction · S(K_0, K_T) for every j ≥ i, where K_0
+    and K_T are the series' first and last kernels (so the kernel has come
+    at least 1 − fraction of the way from its first to its last kernel,
+    and stays there).
+
+    Args:
+      epochs: (T,) increasing epochs t_i.
+      distance_to_last: (T,) S(K_i, K_T); NaN entries are not kernels and
+        are skipped.
+      fraction: in [0, 1).
+    Returns:
+      that epoch; the first epoch when the first and last kernels are the
+      same kernel (S(K_0, K_T) = 0); NaN for an empty series.
+    """
+    points = [
+        (float(t), float(d))
+        for t, d in zip(epochs, distance_to_last, strict=True)
+        if not np.isnan(d)
+    ]
+    if not points:
+        return float("nan")
+    limit = fraction * points[0][1]
+    settled = points[-1][0]
+    for t, d in reversed(points):
+        if d > limit:
+            break
+        settled = t
+    return settled
 
 
 def polar_trajectory(
@@ -597,14 +641,19 @@ def series(kernels: Sequence[Kernel]) -> dict[SeriesKey, list[Kernel]]:
     return groups
 
 
-def series_measures(members: Sequence[Kernel], polar_k: int) -> dict:
+def series_measures(
+    members: Sequence[Kernel],
+    polar_k: int,
+    settle_fraction: float = DEFAULT_SETTLE_FRACTION,
+) -> dict:
     """The measurements of one series (kernels sorted by epoch).
 
     Returns:
       {'epochs' (T,), 'paths', 'distance_to_first' (T,),
       'distance_to_last' (T,), 'velocity' (T − 1,), 'velocity_epoch' and
       'velocity_next_epoch' (T − 1,) the pairs' epochs, 'polar':
-      {'whole', 'top', 'rest': {'r', 'phi'} (T,) each}, 'polar_k'}.
+      {'whole', 'top', 'rest': {'r', 'phi'} (T,) each}, 'polar_k',
+      'settle_t' (settle_time at `settle_fraction`), 'settle_fraction'}.
     """
     matrices = [m.file.kernel for m in members]
     epochs = np.array([m.epoch for m in members], np.float64)
@@ -622,7 +671,50 @@ def series_measures(members: Sequence[Kernel], polar_k: int) -> dict:
             name: {"r": r, "phi": phi} for name, (r, phi) in polar.items()
         },
         "polar_k": min(polar_k, len(matrices[0])),
+        "settle_t": settle_time(epochs, distances[-1], settle_fraction),
+        "settle_fraction": settle_fraction,
     }
+
+
+RunKey = tuple[tuple[str | None, int, bool | None], float]
+
+
+def _by_key(kernels: Sequence[Kernel], what: str) -> dict[RunKey, Kernel]:
+    """A run's kernels with an epoch by ((phase, class, lin_params),
+    epoch); UserError when two share a key (`what` names the folder)."""
+    out: dict[RunKey, Kernel] = {}
+    for kernel in kernels:
+        if kernel.epoch is None:
+            continue
+        key = series_key(kernel)
+        run_key = (
+            (key.phase, key.class_index, key.use_linear_params),
+            kernel.epoch,
+        )
+        other = out.setdefault(run_key, kernel)
+        if other is not kernel:
+            raise UserError(
+                f"{other.path} and {kernel.path} are both kernels of "
+                f"epoch {kernel.epoch} of class {kernel.class_index} in "
+                f"one {what}: a folder must hold one run"
+            )
+    return out
+
+
+def _matched(a: dict, b: dict) -> list[tuple[Kernel, Kernel]]:
+    """The pairs of kernels of two runs (`_by_key`) under the same key, in
+    order of key; UserError when a pair is on different images."""
+    matched = []
+    for key in sorted(
+        set(a) & set(b),
+        key=lambda k: (str(k[0][0]), k[0][1], str(k[0][2]), k[1]),
+    ):
+        if not a[key].same_images(b[key]):
+            raise _differ(
+                a[key], b[key], f"kernels of class {a[key].class_index}"
+            )
+        matched.append((a[key], b[key]))
+    return matched
 
 
 def compare_runs(
@@ -638,36 +730,9 @@ def compare_runs(
       UserError: a run holds two kernels of one key and epoch, a matched
         pair is on different images, or nothing matches.
     """
-
-    def keyed(
-        kernels: Sequence[Kernel],
-    ) -> dict[tuple[tuple[str | None, int, bool | None], float], Kernel]:
-        out = {}
-        for kernel in kernels:
-            if kernel.epoch is None:
-                continue
-            key = series_key(kernel)
-            key = (key.phase, key.class_index, key.use_linear_params)
-            other = out.setdefault((key, kernel.epoch), kernel)
-            if other is not kernel:
-                raise UserError(
-                    f"{other.path} and {kernel.path} are both kernels of "
-                    f"epoch {kernel.epoch} of class {kernel.class_index} in "
-                    "one --compare folder: a folder must hold one run"
-                )
-        return out
-
-    a, b = keyed(run_a), keyed(run_b)
-    matched = []
-    for key in sorted(
-        set(a) & set(b),
-        key=lambda k: (str(k[0][0]), k[0][1], str(k[0][2]), k[1]),
-    ):
-        if not a[key].same_images(b[key]):
-            raise _differ(
-                a[key], b[key], f"kernels of class {a[key].class_index}"
-            )
-        matched.append((a[key], b[key]))
+    a = _by_key(run_a, "--compare folder")
+    b = _by_key(run_b, "--compare folder")
+    matched = _matched(a, b)
     if not matched:
         raise UserError(
             "the two --compare folders hold no kernels of the same class "
@@ -678,3 +743,49 @@ def compare_runs(
         b[k] for k in set(b) - set(a)
     ]
     return matched, unmatched
+
+
+def replicate_pairs(
+    runs: Sequence[Sequence[Kernel]],
+) -> list[tuple[int, int, Kernel, Kernel]]:
+    """The kernels of replicate runs (the same training but for the seed)
+    matched pairwise, as compare_runs matches two runs.
+
+    Args:
+      runs: R ≥ 2 runs, each its kernels.
+    Returns:
+      (i, j, a, b) for every pair of runs i < j and every kernel a of run
+      i with a kernel b of run j of the same phase, class, lin_params and
+      epoch.
+    Raises:
+      UserError: a run holds two kernels of one key and epoch, a matched
+        pair is on different images (kernels of replicates must be taken
+        on the same images: one --dataset_size and --random_seed), or no
+        pair of runs has a matched kernel.
+    """
+    keyed = [_by_key(run, "--replicates folder") for run in runs]
+    pairs = []
+    for i in range(len(keyed)):
+        for j in range(i + 1, len(keyed)):
+            pairs += [(i, j, a, b) for a, b in _matched(keyed[i], keyed[j])]
+    if not pairs:
+        raise UserError(
+            "the --replicates folders hold no kernels of the same class and "
+            "epoch: give the kernel folders of runs over the same "
+            "checkpoints"
+        )
+    return pairs
+
+
+def distance_between_seeds(
+    pairs: Sequence[tuple[int, int, Kernel, Kernel]],
+) -> dict[int, float]:
+    """{id(kernel): the mean of S(kernel, K') over the matched kernels K'
+    of the other replicate runs} of every kernel in `pairs`
+    (replicate_pairs)."""
+    found: dict[int, list[float]] = {}
+    for _, _, a, b in pairs:
+        distance = kernel_distance(a.file.kernel, b.file.kernel)
+        found.setdefault(id(a), []).append(distance)
+        found.setdefault(id(b), []).append(distance)
+    return {key: float(np.mean(values)) for key, values in found.items()}

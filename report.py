@@ -40,30 +40,45 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import cli  # noqa: E402
 import grid  # noqa: E402
+import kernel_analysis  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
 
-PRESETS = ("cpu-small", "gpu-fmnist", "paper-cifar10")
+PRESETS = ("cpu-small", "cpu-resnet", "gpu-fmnist", "paper-cifar10")
+COMMITTED_RESULTS = os.path.join(grid.ROOT, "docs", "results")
 KEYS = ["seed", "phase1", "t", "phase2", "dynamics"]
 ACCURACIES = ["clean", "linf", "l2"]
 KERNEL_KEYS = ["seed", "phase1", "t", "class_index", "n"]
 # A kernel file's (seed, phase1, t, class_index, n).
 KernelKey = tuple[int, str, float, int, int]
-DERIVED = ["distance_to_final", "velocity", "distance_between"]
+DERIVED = [
+    "distance_to_final",
+    "velocity",
+    "distance_between",
+    "distance_between_seeds",
+]
 LOADER_NAMES = {
     "C": "benign",
     "A": "adversarial",
     "F": "benign, then adversarial",
 }
 # Thresholds of the verdicts (stated in the report beside each verdict).
-CONVERGED_VELOCITY_RATIO = 0.2  # claim 1: last velocity / first velocity
+# Claim 1: the distance between the benign and adversarial kernels over
+# the distance between two seeds' kernels of the same training, and the
+# fraction of kernel_analysis.settle_time.
+SEED_BASELINE_FACTOR = 2.0
+SETTLE_FRACTION = kernel_analysis.DEFAULT_SETTLE_FRACTION
 ROBUSTNESS_GAIN = 0.05  # claim 2: robust accuracy gained, every seed
 PAPER_ROBUST = 0.761  # claim 3: the abstract's PGD accuracy (CIFAR-10, 4/255)
 PAPER_TOLERANCE = 0.02
 KERNEL_FILE = re.compile(
+    r"(?:seed_(?P<seed>\d+)/)?"
     r"phase1_(?P<phase1>[CAF])/kernels/parameters_checkpoint_(?P<t>[^/]+)/"
     r"saved_kernel(?:_class_(?P<class_index>\d+))?_(?P<n>\d+)\.pkl$"
 )
+# Columns of the kernel table: the distance to the same loader's kernel of
+# seed s (same t, class and images), one column per seed of the grid.
+TO_SEED = "distance_to_seed_{}"
 
 
 def _read_json(path: str) -> Any:
@@ -147,15 +162,15 @@ def collect_cells(the_grid: grid.Grid) -> tuple:
     return pd.DataFrame(rows), missing
 
 
-def _kernel_key(seed: int, path: str) -> KernelKey | None:
+def _kernel_key(seed: int | None, path: str) -> KernelKey | None:
     """(seed, phase1, t, class_index, n) of a kernel file's path in the
-    grid's layout, or None."""
+    grid's layout (seed None: read from the path), or None."""
     match = KERNEL_FILE.search(str(path).replace(os.sep, "/"))
-    if match is None:
+    if match is None or (seed is None and match["seed"] is None):
         return None
     c = match["class_index"]
     return (
-        seed,
+        int(match["seed"]) if seed is None else seed,
         match["phase1"],
         float(match["t"]),
         -1 if c is None else int(c),
@@ -173,7 +188,9 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
     distance_to_final (to the same run's kernel at its last t), velocity
     (distance to the run's kernel at the previous t of the grid, per epoch)
     and distance_between (to the other run of analysis.compare at the same
-    t).
+    t). From the analysis across seeds (between_seeds/replicates.csv):
+    distance_to_seed_{s} (to the same loader's kernel of seed s at the same
+    t) and distance_between_seeds (their mean over the other seeds).
 
     Returns:
         (DataFrame, missing).
@@ -183,6 +200,7 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
     if c["analysis"] is None:
         return pd.DataFrame(), missing
     compare = c["analysis"]["compare"] or ["C", "A"]
+    pairs: dict[frozenset, float] = {}
     for seed in c[""]["seeds"]:
         out_dir = the_grid.analysis_dir(seed)
         paths = {
@@ -218,16 +236,29 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
             and pd.api.types.is_numeric_dtype(table[col])
         ]
         table = table[KERNEL_KEYS + measures]
-        pairs = _pair_distances(seed, grid.here(paths["pairwise.csv"]))
-        _add_derived(table, pairs, compare)
+        pairs.update(_pair_distances(seed, grid.here(paths["pairwise.csv"])))
         frames.append(table)
     if not frames:
         return pd.DataFrame(), missing
-    return pd.concat(frames, ignore_index=True), missing
+    seeds = [s for s in c[""]["seeds"]]
+    if len(seeds) > 1:
+        path = os.path.join(the_grid.seeds_analysis_dir(), "replicates.csv")
+        if os.path.exists(grid.here(path)):
+            pairs.update(_pair_distances(None, grid.here(path)))
+        else:
+            missing.append(
+                f"{grid.SEEDS_ANALYSIS_DIR}/analysis: no replicates.csv "
+                f"(analyze_kernels.py --replicates output) in "
+                f"{the_grid.seeds_analysis_dir()}: no seed baseline"
+            )
+    table = pd.concat(frames, ignore_index=True)
+    _add_derived(table, pairs, compare, seeds)
+    return table, missing
 
 
-def _pair_distances(seed: int, path: str) -> dict[frozenset, float]:
-    """{frozenset of two kernel keys: distance} from pairwise.csv."""
+def _pair_distances(seed: int | None, path: str) -> dict[frozenset, float]:
+    """{frozenset of two kernel keys: distance} from pairwise.csv or
+    replicates.csv (seed None: each kernel's seed read from its path)."""
     pairs = {}
     for row in pd.read_csv(path).itertuples(index=False):
         a, b = _kernel_key(seed, row.a), _kernel_key(seed, row.b)
@@ -240,10 +271,15 @@ def _add_derived(
     table: pd.DataFrame,
     pairs: Mapping[frozenset, float],
     compare: Sequence[str],
+    seeds: Sequence[int],
 ) -> None:
-    """Adds DERIVED columns to `table` (in place) from `pairs`."""
+    """Adds DERIVED and TO_SEED columns to `table` (in place) from
+    `pairs`."""
     for name in DERIVED:
         table[name] = math.nan
+    if len(seeds) > 1:
+        for other in seeds:
+            table[TO_SEED.format(other)] = math.nan
     keys = [tuple(k) for k in table[KERNEL_KEYS].itertuples(index=False)]
     runs = {}
     for key in keys:
@@ -269,6 +305,19 @@ def _add_derived(
             table.loc[index, "distance_between"] = pairs.get(
                 frozenset((key, twin)), math.nan
             )
+        if len(seeds) > 1:
+            found = []
+            for other_seed in seeds:
+                if other_seed == seed:
+                    continue
+                replicate = (other_seed, phase1, t, class_index, n)
+                d = pairs.get(frozenset((key, replicate)), math.nan)
+                table.loc[index, TO_SEED.format(other_seed)] = d
+                found.append(d)
+            if found and not any(math.isnan(d) for d in found):
+                table.loc[index, "distance_between_seeds"] = float(
+                    np.mean(found)
+                )
 
 
 def join_kernels(
@@ -398,48 +447,94 @@ def plot_accuracy(rows: pd.DataFrame, out_dir: str) -> list:
     return written
 
 
+def _seed_columns(table: pd.DataFrame) -> list[str]:
+    """The TO_SEED columns of a kernel table."""
+    prefix = TO_SEED.format("")
+    return [c for c in table.columns if c.startswith(prefix)]
+
+
 def _class_means(kernel_table: pd.DataFrame) -> pd.DataFrame:
-    """Kernel rows of the largest size, averaged over classes."""
+    """Kernel rows of the largest size, averaged over classes (a mean is
+    NaN where a class lacks the value)."""
     largest = kernel_table.groupby(["seed", "phase1"])["n"].transform("max")
     table = kernel_table[kernel_table["n"] == largest]
-    return table.groupby(["seed", "phase1", "t"], as_index=False)[
-        DERIVED
-    ].mean()
+    columns = [c for c in DERIVED if c in table] + _seed_columns(table)
+    return table.groupby(["seed", "phase1", "t"], as_index=False)[columns].agg(
+        lambda values: values.mean(skipna=False)
+    )
 
 
 def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
-    """kernel_dynamics.png: velocity, distance to the run's last kernel and
-    the distance between the two compared runs against t (mean ± sd over
-    seeds, averaged over classes). Returns the paths written."""
+    """kernel_dynamics.png: velocity, distance to the run's last kernel, and
+    the distance between the two compared runs beside the seed baseline
+    (each run's kernel against the same training's of the other seeds),
+    against t (mean ± sd over seeds, averaged over classes). Returns the
+    paths written."""
     if kernel_table.empty:
         return []
     sns.set_theme(style="whitegrid")
-    frame, style = _labelled(_class_means(kernel_table))
-    panels = [
-        ("velocity", "kernel velocity (distance / epoch)"),
-        ("distance_to_final", "distance to the run's last kernel"),
-        ("distance_between", "distance between the runs' kernels"),
-    ]
+    means = _class_means(kernel_table)
+    frame, style = _labelled(means)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (column, label) in zip(axes, panels, strict=True):
-        data = frame.dropna(subset=[column])
-        # The distance between the runs is one line; the others, one a run.
-        if column == "distance_between":
-            data, hue = data.drop_duplicates(["seed", "t"]), {"color": "0.3"}
-        else:
-            hue = style
+    for ax, (column, label) in zip(
+        axes[:2],
+        [
+            ("velocity", "kernel velocity (distance / epoch)"),
+            ("distance_to_final", "distance to the run's last kernel"),
+        ],
+        strict=True,
+    ):
         sns.lineplot(
-            data=data,
+            data=frame.dropna(subset=[column]),
             x="t",
             y=column,
             marker="o",
             errorbar="sd",
             err_style="bars",
             ax=ax,
-            **hue,
+            **style,
         )
         _log_t_axis(ax, frame["t"])
         ax.set_ylabel(label)
+    # The distance between the runs (one line: it is the same from either
+    # run), and each training's distance between seeds.
+    between = means.dropna(subset=["distance_between"])
+    between = between.drop_duplicates(["seed", "t"]).assign(
+        line="benign vs. adversarial (same seed)",
+        distance=lambda f: f["distance_between"],
+    )
+    lines = [between]
+    if "distance_between_seeds" in means:
+        for loader in grid.PHASE1_LOADERS:
+            seeds = means[
+                (means["phase1"] == loader)
+                & means["distance_between_seeds"].notna()
+            ]
+            if len(seeds):
+                lines.append(
+                    seeds.assign(
+                        line=f"seed baseline: {LOADER_NAMES[loader]} "
+                        "vs. other seeds",
+                        distance=seeds["distance_between_seeds"],
+                    )
+                )
+    data = pd.concat(lines, ignore_index=True)
+    ax = axes[2]
+    if len(data):
+        sns.lineplot(
+            data=data,
+            x="t",
+            y="distance",
+            hue="line",
+            style="line",
+            marker="o",
+            errorbar="sd",
+            err_style="bars",
+            ax=ax,
+        )
+        ax.legend(fontsize=7)
+    _log_t_axis(ax, frame["t"])
+    ax.set_ylabel("distance between kernels")
     fig.tight_layout()
     path = os.path.join(out_dir, "kernel_dynamics.png")
     _save(fig, path)
@@ -626,13 +721,13 @@ def claim_two(rows: pd.DataFrame) -> dict:
         verdict = "in direction only"
     else:
         verdict = "not supported"
-    by_loader = frame[frame["t"] == t].groupby("phase1")["linf"]
+    at = frame[frame["t"] == t]
     return {
         "verdict": verdict,
         "t": t,
         "gains": gains,
-        "adversarial": (by_loader.mean().get("A"), by_loader.std().get("A")),
-        "benign": (by_loader.mean().get("C"), by_loader.std().get("C")),
+        "adversarial": _stats(at[at["phase1"] == "A"]["linf"]),
+        "benign": _stats(at[at["phase1"] == "C"]["linf"]),
     }
 
 
@@ -649,8 +744,9 @@ def claim_three(rows: pd.DataFrame) -> dict:
     if frame.empty:
         return {"verdict": "no data"}
     t = frame["t"].max()
-    values = frame[frame["t"] == t]["linf"]
-    mean, std = values.mean(), values.std()
+    at = frame[frame["t"] == t]
+    values = at["linf"]
+    mean = values.mean()
     comparable = (rows["dataset"].iloc[0] == "cifar10") and (
         float(rows["eps"].iloc[0]) == 4.0
     )
@@ -660,51 +756,99 @@ def claim_three(rows: pd.DataFrame) -> dict:
         verdict = "supported"
     else:
         verdict = "not supported"
-    return {"verdict": verdict, "t": t, "robust": (mean, std)}
-
-
-def claim_one(kernel_table: pd.DataFrame) -> dict:
-    """Claim 1 on a preset's kernel table: the adversarial run's kernel
-    converges (its velocity over the grid's last interval is below
-    CONVERGED_VELOCITY_RATIO of that over its first), to a kernel other than
-    the benign run's (at the last t the runs' kernels are farther apart than
-    the adversarial kernel moved from the grid's middle t to its last), in
-    every seed."""
-    if kernel_table.empty:
-        return {"verdict": "no data"}
-    frame = _class_means(kernel_table)
-    per_seed = {}
-    for seed, runs in frame.groupby("seed"):
-        adversarial = runs[runs["phase1"] == "A"].sort_values("t")
-        velocities = adversarial["velocity"].dropna()
-        between = adversarial["distance_between"]
-        if len(velocities) < 2 or between.isna().all():
-            continue
-        times = list(adversarial["t"])
-        middle = times[len(times) // 2]
-        moved = adversarial.set_index("t")["distance_to_final"][middle]
-        per_seed[seed] = {
-            "first_velocity": velocities.iloc[0],
-            "last_velocity": velocities.iloc[-1],
-            "between_last": between.iloc[-1],
-            "moved": moved,
-            "middle": middle,
-            "last": times[-1],
-        }
-    if not per_seed:
-        return {"verdict": "no data"}
-    ok = all(
-        v["last_velocity"] < CONVERGED_VELOCITY_RATIO * v["first_velocity"]
-        and v["between_last"] > v["moved"]
-        for v in per_seed.values()
-    )
     return {
-        "verdict": "supported" if ok else "not supported",
-        "seeds": per_seed,
+        "verdict": verdict,
+        "t": t,
+        "robust": _stats(values),
+        "per_seed": dict(zip(at["seed"], values, strict=True)),
     }
 
 
+def claim_one(kernel_table: pd.DataFrame) -> dict:
+    """Claim 1 on a preset's kernel table (class means of the largest N).
+
+    Holds when (a) in every pair of seeds (s, s'), at the last t, the
+    distance between the benign and the adversarial kernel is, in each of
+    the two seeds, more than SEED_BASELINE_FACTOR times the seed baseline:
+    the larger of the distances between the two seeds' benign kernels and
+    between their adversarial kernels; and (b) in every seed the
+    adversarial run settles no later than the benign run
+    (kernel_analysis.settle_time at SETTLE_FRACTION of the class-mean
+    distance to the run's last kernel).
+
+    Returns:
+        {'verdict': 'supported' | 'not supported' | 'no data', 'why' (for
+        'no data'), 't', 'pairs': {(s, s'): {'between': (d_s, d_s'),
+        'baseline', 'ratio'}}, 'settle': {s: {'A', 'C'}}, 'between' and
+        'baseline': (mean, sd, count)}.
+    """
+    if kernel_table.empty or "distance_between" not in kernel_table:
+        return {"verdict": "no data", "why": "no kernel analysis"}
+    frame = _class_means(kernel_table)
+    if not {"A", "C"} <= set(frame["phase1"]):
+        return {"verdict": "no data", "why": "needs kernels of C and A"}
+    seeds = sorted(frame["seed"].unique())
+    if len(seeds) < 2 or not _seed_columns(frame):
+        return {"verdict": "no data", "why": "no seed baseline (one seed)"}
+    t = frame["t"].max()
+    last = frame[frame["t"] == t].set_index(["seed", "phase1"])
+    between = {
+        s: last["distance_between"].get((s, "A"), math.nan) for s in seeds
+    }
+    pairs = {}
+    for i, a in enumerate(seeds):
+        for b in seeds[i + 1 :]:
+            baseline = max(
+                last[TO_SEED.format(b)].get((a, loader), math.nan)
+                for loader in ("C", "A")
+            )
+            pair_between = (between[a], between[b])
+            pairs[(a, b)] = {
+                "between": pair_between,
+                "baseline": baseline,
+                "ratio": min(pair_between) / baseline
+                if baseline > 0
+                else math.inf,
+            }
+    settle = {}
+    for seed in seeds:
+        settle[seed] = {}
+        for loader in ("C", "A"):
+            run = frame[
+                (frame["seed"] == seed) & (frame["phase1"] == loader)
+            ].sort_values("t")
+            settle[seed][loader] = kernel_analysis.settle_time(
+                run["t"], run["distance_to_final"], SETTLE_FRACTION
+            )
+    values = [
+        v for p in pairs.values() for v in (*p["between"], p["baseline"])
+    ]
+    values += [v for d in settle.values() for v in d.values()]
+    if any(math.isnan(v) for v in values):
+        return {"verdict": "no data", "why": "kernels missing at some t"}
+    far = all(p["ratio"] > SEED_BASELINE_FACTOR for p in pairs.values())
+    rapid = all(d["A"] <= d["C"] for d in settle.values())
+    baselines = [p["baseline"] for p in pairs.values()]
+    return {
+        "verdict": "supported" if far and rapid else "not supported",
+        "t": t,
+        "pairs": pairs,
+        "settle": settle,
+        "between": _stats(list(between.values())),
+        "baseline": _stats(baselines),
+    }
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation (NaN for one value), count)."""
+    values = [float(v) for v in values]
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return float(np.mean(values)), sd, len(values)
+
+
 def _read_frames(results_dir: str, name: str) -> dict[str, pd.DataFrame]:
+    """{'rows', '_summary', '_kernels': the preset's CSVs in
+    `results_dir` (empty where absent)}."""
     frames = {}
     for suffix in ("", "_summary", "_kernels"):
         path = os.path.join(results_dir, f"{name}{suffix}.csv")
@@ -720,11 +864,20 @@ def _preset_section(
     name: str,
     config_path: str,
     frames: Mapping[str, pd.DataFrame],
-    results_dir: str,
+    dirs: tuple[str, str],
     report_dir: str,
 ) -> list[str]:
+    """A preset's section; dirs: (the folder its CSVs and figures were
+    read from, the report's results folder)."""
+    results_dir, report_results = dirs
     rows, kernel_table = frames["rows"], frames["_kernels"]
     lines = [f"## {name}", ""]
+    if os.path.abspath(results_dir) != os.path.abspath(report_results):
+        lines += [
+            f"Committed results, read from `{_shown(results_dir)}` (this "
+            "report's own results are elsewhere).",
+            "",
+        ]
     try:
         the_grid = grid.Grid.load(config_path)
     except utils.UserError as err:
@@ -762,18 +915,18 @@ def _preset_section(
     t_max = frame["t"].max()
     lines += [
         f"Accuracy after {dynamics} phase 2 from θ(t = {t_max:g}), mean ± "
-        f"standard deviation over seeds (`{name}_summary.csv` has every t):",
+        f"standard deviation over n seeds (`{name}_summary.csv` has every "
+        "t):",
         "",
-        "| kernel (phase 1) | phase 2 | clean | PGD-L∞ | PGD-L2 |",
-        "|---|---|---|---|---|",
+        "| kernel (phase 1) | phase 2 | n | clean | PGD-L∞ | PGD-L2 |",
+        "|---|---|---|---|---|---|",
     ]
     at_t = frame[frame["t"] == t_max]
     for (p1, p2), group in at_t.groupby(["phase1", "phase2"]):
         cells = [_fmt(group[m].mean(), group[m].std()) for m in ACCURACIES]
         lines.append(
             f"| {LOADER_NAMES[p1]} ({p1}) | {LOADER_NAMES[p2]} ({p2}) | "
-            + " | ".join(cells)
-            + " |"
+            f"{group['seed'].nunique()} | " + " | ".join(cells) + " |"
         )
     lines.append("")
     for reference in c["reference"]:
@@ -784,8 +937,8 @@ def _preset_section(
             & (rows["dynamics"] == reference["dynamics"])
         ]
         ours = (
-            f"clean {_fmt(match['clean'].mean())}, PGD-L∞ "
-            f"{_fmt(match['linf'].mean())}"
+            f"clean {_mean_text(_stats(match['clean']))}, PGD-L∞ "
+            f"{_mean_text(_stats(match['linf']))}"
             if not match.empty
             else "no matching cell"
         )
@@ -820,50 +973,61 @@ def _shown(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def _mean_text(stats: tuple[float, float, int], unit: str = "seeds") -> str:
+    """'m ± sd (n = k seeds)' of _stats' (mean, sd, count)."""
+    mean, sd, count = stats
+    return f"{_fmt(mean, sd)} (n = {count} {unit})"
+
+
+def _claim_one_text(one: dict) -> str:
+    pairs = "; ".join(
+        f"s{a}–s{b}: {p['between'][0]:.3f}, {p['between'][1]:.3f} vs. "
+        f"{p['baseline']:.3f} (×{p['ratio']:.1f})"
+        for (a, b), p in one["pairs"].items()
+    )
+    settle = ", ".join(
+        f"s{seed}: {grid.format_t(d['A'])} vs. {grid.format_t(d['C'])}"
+        for seed, d in one["settle"].items()
+    )
+    return (
+        f"at t = {one['t']:g}, benign vs. adversarial kernel "
+        f"{_mean_text(one['between'])}, seed baseline "
+        f"{_mean_text(one['baseline'], 'seed pairs')}; per pair (C vs. A of "
+        f"each seed vs. baseline, smaller ratio): {pairs}; t settled, "
+        f"adversarial vs. benign run: {settle}"
+    )
+
+
+def _claim_two_text(two: dict) -> str:
+    return (
+        f"PGD-L∞ at t = {two['t']:g}, adversarial kernel "
+        f"{_mean_text(two['adversarial'])} vs. benign "
+        f"{_mean_text(two['benign'])}; gain per seed "
+        + ", ".join(f"s{s}: {g:+.3f}" for s, g in two["gains"].items())
+    )
+
+
+def _claim_three_text(three: dict) -> str:
+    return (
+        f"PGD-L∞ {_mean_text(three['robust'])} at t = {three['t']:g}; per "
+        "seed "
+        + ", ".join(f"s{s}: {v:.3f}" for s, v in three["per_seed"].items())
+    )
+
+
 def _verdict_cells(frames: Mapping[str, pd.DataFrame]) -> list[str]:
     rows, kernel_table = frames["rows"], frames["_kernels"]
     if rows.empty:
         return ["not run"] * 3
-    one, two, three = (
-        claim_one(kernel_table),
-        claim_two(rows),
-        claim_three(rows),
-    )
-
-    def claim_one_text(one: dict) -> str:
-        worst = max(
-            one["seeds"].values(),
-            key=lambda v: v["last_velocity"] / v["first_velocity"],
-        )
-        return (
-            f"velocity {worst['first_velocity']:.3g} → "
-            f"{worst['last_velocity']:.3g}; distance between runs at t = "
-            f"{worst['last']:g}: {worst['between_last']:.3g} vs. "
-            f"{worst['moved']:.3g} moved since t = {worst['middle']:g}"
-        )
-
-    texts = (
-        (one, claim_one_text, "no kernel analysis"),
-        (
-            two,
-            lambda r: (
-                f"PGD-L∞ at t = {r['t']:g}, adversarial kernel "
-                f"{_fmt(*r['adversarial'])} vs. benign {_fmt(*r['benign'])}"
-                "; per seed "
-                + ", ".join(f"{g:+.3f}" for g in r["gains"].values())
-            ),
-            "no data",
-        ),
-        (
-            three,
-            lambda r: f"PGD-L∞ {_fmt(*r['robust'])} at t = {r['t']:g}",
-            "no data",
-        ),
+    results = (
+        (claim_one(kernel_table), _claim_one_text),
+        (claim_two(rows), _claim_two_text),
+        (claim_three(rows), _claim_three_text),
     )
     cells = []
-    for result, text, no_data in texts:
+    for result, text in results:
         if result["verdict"] == "no data":
-            cells.append(no_data)
+            cells.append(result.get("why", "no data"))
         else:
             cells.append(f"{result['verdict']}: {text(result)}")
     return cells
@@ -940,31 +1104,59 @@ def write_report(
     configs = {n: os.path.join(configs_dir, f"{n}.toml") for n in PRESETS}
     configs.update(extra or {})
     names = list(configs)
-    frames = {name: _read_frames(results_dir, name) for name in names}
+    sources, frames = {}, {}
+    for name in names:
+        sources[name] = results_dir
+        frames[name] = _read_frames(results_dir, name)
+        # A preset not aggregated into results_dir: its committed results.
+        if (
+            frames[name]["rows"].empty
+            and name in PRESETS
+            and os.path.abspath(results_dir) != COMMITTED_RESULTS
+        ):
+            committed = _read_frames(COMMITTED_RESULTS, name)
+            if not committed["rows"].empty:
+                sources[name], frames[name] = COMMITTED_RESULTS, committed
     lines = [
         "# Reproduction report",
         "",
-        "Generated by `python report.py` from the CSVs in `docs/results/` "
-        "(written by `python sweep.py configs/PRESET.toml --aggregate`); do "
-        "not edit by hand. Every number below is read from those files or, "
-        "for costs, computed from the presets' configs.",
+        f"Generated from the CSVs in `{_shown(results_dir)}` (written by "
+        "`python sweep.py configs/PRESET.toml --aggregate`; `python "
+        "report.py` regenerates it), and for presets with none there, "
+        "from the committed ones in `docs/results/`; do not edit by hand. "
+        "Every number below is read from those files or, for costs, "
+        "computed from the presets' configs.",
         "",
         "## The paper's claims",
         "",
-        "Verdicts are mechanical: claim 1 holds in a preset when, in every "
-        "seed, the adversarial run's kernel velocity over the last interval "
-        f"of t is below {CONVERGED_VELOCITY_RATIO:g}× that over the first, "
-        "and at the last t the benign and adversarial kernels are farther "
-        "apart than the adversarial kernel moved from the middle t to the "
-        "last (kernels averaged over classes). Claim 2 holds when, at the "
-        "largest t, the adversarial kernel's PGD-L∞ accuracy after benign "
-        "phase 2 exceeds the benign kernel's by more than "
-        f'{ROBUSTNESS_GAIN:g} in every seed ("in direction only" when it '
-        "is higher in every seed, but not by that margin in all). Claim 3 "
-        "holds when the mean is "
-        f"at least {PAPER_ROBUST - PAPER_TOLERANCE:.3f} (the paper's "
+        "Verdicts are mechanical, decided by these rules, stated before "
+        "any number. Kernel distances S are class means of the per-class "
+        "kernels of the largest N, all kernels on the same images in every "
+        "seed.",
+        "",
+        "- **Claim 1** holds when (a) at the last t, in every pair of seeds "
+        "(s, s′), the distance between the benign and the adversarial "
+        "kernel of the same seed is, in each of s and s′, more than "
+        f"**{SEED_BASELINE_FACTOR:g}×** the seed baseline: the distance "
+        "between the kernels of s and s′ of the same training (the larger "
+        "of benign's and adversarial's); and (b) in every seed the "
+        "adversarial run settles no later than the benign run. A run "
+        "settles at the first t after which its kernel stays within "
+        f"**{SETTLE_FRACTION:g}** of its first kernel's distance to its "
+        "last kernel. It needs two or more seeds.",
+        "- **Claim 2** holds when, at the largest t, the adversarial "
+        "kernel's PGD-L∞ accuracy after benign phase 2 exceeds the benign "
+        f"kernel's by more than **{ROBUSTNESS_GAIN:g}** in every seed "
+        '("in direction only" when it is higher in every seed, but not by '
+        "that margin in all).",
+        "- **Claim 3** holds when the mean is at least "
+        f"{PAPER_ROBUST - PAPER_TOLERANCE:.3f} (the paper's "
         f"{PAPER_ROBUST:.3f} less {PAPER_TOLERANCE:g}); it is tested only "
         "on CIFAR-10 at ε = 4/255.",
+        "",
+        "Means are given as mean ± sample standard deviation over seeds "
+        "(n = the number of seeds, or of seed pairs); each verdict lists "
+        "the per-seed (or per-pair) values it was decided on.",
         "",
         "| # | claim (abstract) | tested by | " + " | ".join(names) + " |",
         "|---|---|---|" + "---|" * len(names),
@@ -980,7 +1172,11 @@ def write_report(
     lines.append("")
     for name, config_path in configs.items():
         lines += _preset_section(
-            name, config_path, frames[name], results_dir, report_dir
+            name,
+            config_path,
+            frames[name],
+            (sources[name], results_dir),
+            report_dir,
         )
         if name == "paper-cifar10" and os.path.exists(config_path):
             lines += _cost_section(config_path, results_dir, report_dir)

@@ -435,3 +435,118 @@ def test_kernels_of_a_tiny_runs_checkpoints(tmp_path):
     assert (kernels["kernel_regression_accuracy"] > 0.2).all()
     assert series["distance_to_first"].iloc[-1] > 0
     assert (out / "polar.png").exists() and (out / "velocity.png").exists()
+
+
+# --------------------------------------------------------------------------
+# Replicates (distance between seeds) and time to settle, by hand
+# --------------------------------------------------------------------------
+
+# Kernels diag(cos θ, sin θ) of two images: S between two of them is
+# 1 − cos(θ − θ′). Three replicate runs over epochs 0, 1, 2.
+ANGLES = {"r0": (0.1, 0.7, 0.8), "r1": (0.1, 0.5, 0.8), "r2": (0.3, 0.7, 1.0)}
+
+
+def write_angle_run(folder, angles):
+    for epoch, theta in enumerate(angles):
+        name = f"parameters_checkpoint_{epoch}"
+        out = os.path.join(folder, "kernels", name)
+        os.makedirs(out)
+        kernel_files.write(
+            out,
+            "saved_kernel",
+            0,
+            np.diag([np.cos(theta), np.sin(theta)]).astype(np.float32),
+            np.array([0, 1]),
+            np.array([5, 9]),
+            n_logits=2,
+            epoch=epoch,
+            phase="standard",
+            checkpoint_relpath=os.path.join("..", "..", f"{name}.pkl"),
+        )
+
+
+@pytest.fixture(scope="module")
+def angle_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("angles")
+    for run, angles in ANGLES.items():
+        write_angle_run(str(root / run), angles)
+    return root
+
+
+def test_distance_between_seeds_and_settle_t_by_hand(angle_runs, tmp_path):
+    folders = [angle_runs / run / "kernels" for run in ANGLES]
+    out = tmp_path / "out"
+    analyze(
+        ["--replicates", *folders, "--out_dir", out, "--no_figures"]
+        + ["--no_progress", "--settle_fraction", "0.25"]
+    )
+    table = pd.read_csv(out / "kernels.csv")
+    c = 1 - np.cos(0.2)
+    expected = {
+        # run: per epoch, the mean S to the other two runs' kernels
+        "r0": (c / 2, c / 2, c / 2),
+        "r1": (c / 2, c, c / 2),
+        "r2": (c, c / 2, c),
+    }
+    for run, values in expected.items():
+        rows = table[table["run"].str.endswith(run)].sort_values("epoch")
+        np.testing.assert_allclose(
+            rows["distance_between_seeds"], values, rtol=1e-6, atol=1e-9
+        )
+    # r0: S to its last kernel 1 − cos 0.7, 1 − cos 0.1, 0; with f = 0.25
+    # the limit is 0.0588, so it settles at epoch 1.
+    # r1 and r2: 1 − cos 0.7, 1 − cos 0.3 = 0.0447 < 0.0588, 0: epoch 1.
+    assert set(table["settle_t"]) == {1.0}
+    pairs = pd.read_csv(out / "replicates.csv")
+    assert len(pairs) == 3 * 3  # three pairs of runs, three epochs each
+    one = pairs[(pairs["epoch"] == 1)]
+    np.testing.assert_allclose(
+        sorted(one["distance"]), sorted([c, 0.0, c]), rtol=1e-6, atol=1e-9
+    )
+    # A smaller fraction: r0's 1 − cos 0.1 = 0.0050 exceeds 0.01 · 0.235.
+    strict = tmp_path / "strict"
+    analyze(
+        [folders[0], "--out_dir", strict, "--no_figures", "--no_progress"]
+        + ["--settle_fraction", "0.01"]
+    )
+    assert set(pd.read_csv(strict / "kernels.csv")["settle_t"]) == {2.0}
+    series = pd.read_csv(strict / "series.csv")
+    assert set(series["settle_t"]) == {2.0}
+    # Without --replicates the column is there, and empty.
+    assert (
+        pd.read_csv(strict / "kernels.csv")["distance_between_seeds"]
+        .isna()
+        .all()
+    )
+
+
+def test_replicates_refusals(angle_runs, tmp_path, capsys):
+    one = angle_runs / "r0" / "kernels"
+    code, _, err = run_main(
+        ["--replicates", one, "--out_dir", tmp_path / "o"], capsys
+    )
+    assert code == 2 and "two or more folders" in err
+    code, _, err = run_main(
+        [
+            "--replicates",
+            one,
+            tmp_path / "nothing",
+            "--out_dir",
+            tmp_path / "o",
+        ],
+        capsys,
+    )
+    assert code == 2 and "is not a folder" in err
+    # Replicates on other images cannot be compared.
+    other = tmp_path / "other"
+    write_angle_run(str(other), ANGLES["r1"])
+    for path in other.rglob("*.pkl"):
+        record = load_pickle(path)
+        record["indices"] = np.array([6, 9])
+        utils.atomic_pickle(str(path), record)
+    code, _, err = run_main(
+        ["--replicates", one, other / "kernels", "--out_dir", tmp_path / "o"],
+        capsys,
+    )
+    assert code == 2 and "different images" in err
+    assert not (tmp_path / "o").exists()

@@ -375,7 +375,11 @@ def test_analysis_compares_benign_and_adversarial(tiny):
     config["seeds"] = [0, 1]
     the_grid = grid.Grid.load(write(config))
     analyses = [c for c in the_grid.cells() if c.stage == "analysis"]
-    assert [c.id for c in analyses] == ["seed_0/analysis", "seed_1/analysis"]
+    assert [c.id for c in analyses] == [
+        "seed_0/analysis",
+        "seed_1/analysis",
+        "between_seeds/analysis",
+    ]
     s1 = f"{root}/seed_1"
     assert analyses[1].args == (
         f"{s1}/phase1_C/kernels",
@@ -390,6 +394,39 @@ def test_analysis_compares_benign_and_adversarial(tiny):
         "seed_1/phase1_C/kernels/t_1_n_20",
         "seed_1/phase1_A/kernels/t_1_n_20",
     )
+    # The seed baseline: each loader's runs of every seed, as replicates,
+    # after every kernel cell.
+    s0 = f"{root}/seed_0"
+    assert analyses[2].args == (
+        "--replicates",
+        f"{s0}/phase1_C/kernels",
+        f"{s1}/phase1_C/kernels",
+        "--replicates",
+        f"{s0}/phase1_A/kernels",
+        f"{s1}/phase1_A/kernels",
+        "--out_dir",
+        f"{root}/between_seeds",
+        "--no_figures",
+        "--no_progress",
+    )
+    assert set(analyses[2].deps) == {
+        c.id for c in the_grid.cells() if c.stage == "kernel"
+    }
+    assert f"{root}/between_seeds/replicates.csv" in analyses[2].outputs
+    # Kernels of every seed are taken on the same images (kernels.
+    # image_seed, default 0), so that they can be compared.
+    for cell in the_grid.cells():
+        if cell.stage == "kernel":
+            seed_flag = cell.args.index("--random_seed")
+            assert cell.args[seed_flag + 1] == "0", cell.id
+    config["kernels"]["image_seed"] = 5
+    the_grid = grid.Grid.load(write(config))
+    kernel = [c for c in the_grid.cells() if c.stage == "kernel"][-1]
+    assert kernel.args[kernel.args.index("--random_seed") + 1] == "5"
+    # One seed: no seed baseline.
+    config["seeds"] = [0]
+    the_grid = grid.Grid.load(write(config))
+    assert "between_seeds/analysis" not in [c.id for c in the_grid.cells()]
 
 
 def test_kernel_cells_in_the_several_path_form(tiny, monkeypatch):

@@ -75,6 +75,23 @@ def test_velocities_are_distance_per_epoch():
         ka.velocities([0, 1, 1], kernels[:3])
 
 
+def test_settle_time_hand_cases():
+    """The first t after which S(K_t, K_T) stays ≤ f · S(K_0, K_T)."""
+    epochs = [0, 1, 2, 4]
+    # 0.5 > 0.25 · 1.0, then 0.2 and 0 stay below: settled at t = 2.
+    assert ka.settle_time(epochs, [1.0, 0.5, 0.2, 0.0], 0.25) == 2
+    # A larger fraction takes t = 1 as well.
+    assert ka.settle_time(epochs, [1.0, 0.5, 0.2, 0.0], 0.5) == 1
+    # Close at t = 1 but away again at t = 2: not settled before t = 4.
+    assert ka.settle_time(epochs, [1.0, 0.1, 0.4, 0.0], 0.25) == 4
+    # The scale is the first kernel's distance, not the largest.
+    assert ka.settle_time(epochs, [0.4, 0.8, 0.05, 0.0], 0.25) == 2
+    # NaN entries are skipped; a series that never moved settles at once.
+    assert ka.settle_time(epochs, [1.0, math.nan, 0.2, 0.0], 0.25) == 2
+    assert ka.settle_time(epochs, [0.0, 0.0, 0.0, 0.0], 0.25) == 0
+    assert math.isnan(ka.settle_time([], [], 0.25))
+
+
 def test_polar_hand_case():
     """K_0 = diag(1, 0), K_1 = I, K_2 = diag(0, 1): ‖K_1 − K_0‖ = 1,
     ‖K_2 − K_0‖ = √2; cos(K_1, K_0) = 1/√2, cos(K_2, K_0) = 0."""

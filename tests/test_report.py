@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import grid
+import kernel_analysis as ka
 import report
 import utils
 from sweep_fixtures import tiny_config, write_config
@@ -77,6 +78,7 @@ def synthetic(tmp_path):
                 {"pos_images": rng.uniform(size=(2, 28, 28, 1))},
             )
     kernels_of = {}
+    all_paths = {}
     for seed in (0, 1):
         runs = [
             c
@@ -89,6 +91,7 @@ def synthetic(tmp_path):
                 the_grid.kernel_dir(run, t), "saved_kernel_class_0_20.pkl"
             )
             paths[(run.keys["phase1"], t)] = path
+            all_paths[(seed, run.keys["phase1"], t)] = path
             row = {"path": path, "epoch": t, "class_index": 0, "n": 20}
             row.update({m: float(rng.uniform()) for m in MEASURES})
             rows.append(row)
@@ -108,6 +111,24 @@ def synthetic(tmp_path):
         )
         utils.atomic_write_json(os.path.join(out_dir, "analysis.json"), {})
         kernels_of[seed] = (rows, distances)
+    # The analysis across seeds: the same loader and t of seeds 0 and 1.
+    seed_rows, between_seeds = [], {}
+    for loader, t in itertools.product("CA", (1.0, 2.0)):
+        d = float(rng.uniform())
+        between_seeds[(loader, t)] = d
+        seed_rows.append(
+            {
+                "a": all_paths[(0, loader, t)],
+                "b": all_paths[(1, loader, t)],
+                "distance": d,
+            }
+        )
+    out_dir = the_grid.seeds_analysis_dir()
+    os.makedirs(out_dir)
+    pd.DataFrame(seed_rows).to_csv(
+        os.path.join(out_dir, "replicates.csv"), index=False
+    )
+    kernels_of["seeds"] = between_seeds
     return the_grid, files, kernels_of, tmp_path
 
 
@@ -200,6 +221,13 @@ def test_kernel_distances_and_velocities(synthetic):
             for t in (1.0, 2.0):
                 between = d[frozenset(((loader, t), (other, t)))]
                 assert at[t]["distance_between"] == pytest.approx(between)
+                # Two seeds: the one other seed's distance is the mean.
+                seeds = kernels_of["seeds"][(loader, t)]
+                assert at[t]["distance_between_seeds"] == pytest.approx(seeds)
+                assert at[t][f"distance_to_seed_{1 - seed}"] == pytest.approx(
+                    seeds
+                )
+                assert math.isnan(at[t][f"distance_to_seed_{seed}"])
 
 
 def test_figures_and_report_written(synthetic):
@@ -220,6 +248,29 @@ def test_figures_and_report_written(synthetic):
     assert "## synth" in text and "16 of 16 phase-2 cells" in text
     for preset in report.PRESETS:
         assert f"## {preset}" in text
+
+
+def test_report_keeps_committed_presets(synthetic):
+    """Aggregating into another results folder: the committed presets'
+    columns and sections are still there, read from docs/results/, and
+    their figures are linked there."""
+    the_grid, _, _, tmp_path = synthetic
+    _aggregate(the_grid, tmp_path)
+    text = (tmp_path / "R.md").read_text()
+    header = next(line for line in text.splitlines() if "| # |" in line)
+    assert header.endswith(
+        "| cpu-small | cpu-resnet | gpu-fmnist | paper-cifar10 | synth |"
+    )
+    claim_two = next(line for line in text.splitlines() if "| 2 |" in line)
+    cpu_small = claim_two.split(" | ")[3]
+    assert cpu_small != "not run" and "PGD-L∞" in cpu_small
+    committed = os.path.relpath(
+        os.path.join(report.COMMITTED_RESULTS, "cpu-small"), tmp_path
+    )
+    assert f"]({committed}/kernel_dynamics.png)" in text
+    assert "Committed results, read from `docs/results`" in text
+    # The new grid's own section reads its own folder.
+    assert "](results/synth/kernel_dynamics.png)" in text
 
 
 def test_missing_analysis_is_reported_not_fatal(synthetic):
@@ -249,10 +300,15 @@ def test_nothing_to_aggregate(synthetic):
 
 def test_report_without_results(tmp_path):
     """The report of presets not run yet says so, and gives the paper
-    grid's commands and cost."""
+    grid's commands and cost; committed presets come from docs/results."""
     text = report.write_report(str(tmp_path), str(tmp_path / "R.md"))
-    assert "| not run | not run | not run |" in text
-    assert "**Not run yet**: no `cpu-small.csv`" in text
+    assert "| not run | not run |" in text
+    assert "**Not run yet**: no `gpu-fmnist.csv`" in text
+    committed = pd.read_csv(
+        os.path.join(report.COMMITTED_RESULTS, "cpu-small.csv")
+    )
+    assert f"{len(committed)} of " in text
+    assert "Committed results, read from `docs/results`" in text
     paper = grid.Grid.load(
         os.path.join(grid.ROOT, "configs/paper-cifar10.toml")
     )
@@ -319,36 +375,75 @@ def test_claim_three_verdicts():
     assert report.claim_three(low)["verdict"] == "not supported"
 
 
-def _kernel_table(velocities, between_last, moved):
-    """Kernel rows of one seed at t = 1, 2, 4 for C and A: the A run's
-    velocities at t = 2 and 4, its distance to its last kernel at the
-    middle t (2), and the runs' distance at t = 4."""
-    rows = []
-    for p1, t in itertools.product("CA", (1.0, 2.0, 4.0)):
-        velocity = {1.0: math.nan, 2.0: velocities[0], 4.0: velocities[1]}
-        rows.append(
-            dict(
-                seed=0,
-                phase1=p1,
-                t=t,
-                class_index=0,
-                n=20,
-                velocity=velocity[t],
-                distance_to_final={1.0: 0.9, 2.0: moved, 4.0: 0.0}[t],
-                distance_between=between_last if t == 4.0 else 0.3,
-            )
+def _synthetic_kernels(seed_noise, speeds, times=(0.0, 1.0, 2.0, 4.0)):
+    """The class-0 kernels (N = 8) of three seeds' benign and adversarial
+    runs: each run goes from a common start K_s to its training's end
+    (K_C or K_A) by t · speed of the way (capped at all of it), plus a
+    per-seed perturbation of relative size `seed_noise`, as report's
+    kernel table holds them: the derived columns computed from the
+    kernels' pairwise distances."""
+    rng = np.random.default_rng(7)
+
+    def unit_psd():
+        m = rng.normal(size=(8, 8))
+        k = m @ m.T
+        return k / np.linalg.norm(k)
+
+    start, ends = unit_psd(), {"C": unit_psd(), "A": unit_psd()}
+    kernels = {}
+    for seed in (0, 1, 2):
+        noise = unit_psd()
+        for loader in "CA":
+            for t in times:
+                w = min(1.0, t * speeds[loader])
+                kernels[(seed, loader, t, 0, 8)] = (
+                    (1 - w) * start + w * ends[loader] + seed_noise * noise
+                )
+    keys = list(kernels)
+    pairs = {
+        frozenset((a, b)): ka.kernel_distance(kernels[a], kernels[b])
+        for a, b in itertools.combinations(keys, 2)
+    }
+    table = pd.DataFrame(keys, columns=report.KERNEL_KEYS)
+    report._add_derived(table, pairs, ["C", "A"], [0, 1, 2])
+    return table, kernels
+
+
+def test_claim_one_on_synthetic_kernels():
+    """Claim 1 holds where the adversarial kernel reaches its own end by
+    t = 1 and seeds barely differ; fails where the seeds differ as much as
+    the trainings, or where the adversarial kernel settles last."""
+    fast_a = {"A": 1.0, "C": 0.25}
+    table, kernels = _synthetic_kernels(0.02, fast_a)
+    one = report.claim_one(table)
+    assert one["verdict"] == "supported", one
+    assert one["t"] == 4.0
+    assert set(one["pairs"]) == {(0, 1), (0, 2), (1, 2)}
+    # The numbers it was decided on are the kernels' distances.
+    pair = one["pairs"][(0, 2)]
+    d = ka.kernel_distance
+    assert pair["between"][0] == pytest.approx(
+        d(kernels[(0, "C", 4.0, 0, 8)], kernels[(0, "A", 4.0, 0, 8)])
+    )
+    assert pair["baseline"] == pytest.approx(
+        max(
+            d(kernels[(0, p, 4.0, 0, 8)], kernels[(2, p, 4.0, 0, 8)])
+            for p in "CA"
         )
-    return pd.DataFrame(rows)
-
-
-def test_claim_one_verdicts():
-    one = report.claim_one(_kernel_table((1.0, 0.1), 0.5, 0.2))
-    assert one["verdict"] == "supported"
-    assert one["seeds"][0]["middle"] == 2.0
-    # Still moving fast at the end: not converged.
-    slow = report.claim_one(_kernel_table((1.0, 0.5), 0.5, 0.2))
+    )
+    assert one["settle"][1] == {"A": 1.0, "C": 4.0}
+    # Seeds as far apart as the trainings: the baseline swallows the gap.
+    noisy = report.claim_one(_synthetic_kernels(2.0, fast_a)[0])
+    assert noisy["verdict"] == "not supported"
+    assert all(
+        p["ratio"] < report.SEED_BASELINE_FACTOR
+        for p in noisy["pairs"].values()
+    )
+    # The adversarial kernel settles after the benign one.
+    slow = report.claim_one(_synthetic_kernels(0.02, {"A": 0.25, "C": 1.0})[0])
     assert slow["verdict"] == "not supported"
-    # Converged, but no farther from the benign kernel than it moved.
-    near = report.claim_one(_kernel_table((1.0, 0.1), 0.1, 0.2))
-    assert near["verdict"] == "not supported"
+    assert slow["settle"][0] == {"A": 4.0, "C": 1.0}
+    # One seed has no baseline; no kernels, no data.
+    single = table[table["seed"] == 0]
+    assert report.claim_one(single)["verdict"] == "no data"
     assert report.claim_one(pd.DataFrame())["verdict"] == "no data"
