@@ -790,6 +790,11 @@ def claim_one(kernel_table: pd.DataFrame) -> dict:
     seeds = sorted(frame["seed"].unique())
     if len(seeds) < 2 or not _seed_columns(frame):
         return {"verdict": "no data", "why": "no seed baseline (one seed)"}
+    if frame[_seed_columns(frame)].isna().all().all():
+        return {
+            "verdict": "no data",
+            "why": "no seed baseline (no analysis across seeds)",
+        }
     t = frame["t"].max()
     last = frame[frame["t"] == t].set_index(["seed", "phase1"])
     between = {
@@ -798,10 +803,11 @@ def claim_one(kernel_table: pd.DataFrame) -> dict:
     pairs = {}
     for i, a in enumerate(seeds):
         for b in seeds[i + 1 :]:
-            baseline = max(
+            both = [
                 last[TO_SEED.format(b)].get((a, loader), math.nan)
                 for loader in ("C", "A")
-            )
+            ]
+            baseline = math.nan if any(map(math.isnan, both)) else max(both)
             pair_between = (between[a], between[b])
             pairs[(a, b)] = {
                 "between": pair_between,

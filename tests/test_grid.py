@@ -14,7 +14,7 @@ import utils
 from helpers import ROOT, assert_one_line_error
 from sweep_fixtures import tiny_config, toml_text, write_config
 
-PRESETS = ("cpu-small", "gpu-fmnist", "paper-cifar10")
+PRESETS = ("cpu-small", "cpu-resnet", "gpu-fmnist", "paper-cifar10")
 
 
 def run_main(*argv):
@@ -55,6 +55,22 @@ def test_presets_load(name):
     assert the_grid.config["phase2"]["dynamics"] == ["centered"]
     stages = {cell.stage for cell in the_grid.cells()}
     assert stages == set(grid.STAGES)
+
+
+@pytest.mark.parametrize("name", ["cpu-small", "cpu-resnet"])
+def test_cpu_presets_decide_claim_one(name):
+    """The CPU presets have three seeds, kernels of every seed on the same
+    images and the analysis across seeds: the seed baseline exists."""
+    the_grid = grid.Grid.load(os.path.join(ROOT, "configs", f"{name}.toml"))
+    assert the_grid.config[""]["seeds"] == [0, 1, 2]
+    cells = the_grid.cells()
+    assert "between_seeds/analysis" in [c.id for c in cells]
+    image_seeds = {
+        c.args[c.args.index("--random_seed") + 1]
+        for c in cells
+        if c.stage == "kernel"
+    }
+    assert image_seeds == {"0"}
 
 
 def test_paper_preset_is_the_paper_grid():
