@@ -25,6 +25,32 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
+def number_problem(
+    value: float,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    above: bool = False,
+) -> str | None:
+    """What is wrong with `value` under the rule of every number a script
+    or a grid file takes: finite, at least `minimum` (greater than it with
+    `above`), at most `maximum` (None: no bound). None when it is fine.
+
+    Example: `number_problem(float("nan"))` is 'must be finite'.
+    """
+    # An int is finite (and may be too large for a float).
+    if not isinstance(value, int) and not math.isfinite(value):
+        return "must be finite"
+    if minimum is not None and (
+        value <= minimum if above else value < minimum
+    ):
+        bound = "greater than" if above else "at least"
+        return f"must be {bound} {minimum}"
+    if maximum is not None and value > maximum:
+        return f"must be at most {maximum}"
+    return None
+
+
 def number(
     kind: type,
     minimum: float | None = None,
@@ -32,8 +58,8 @@ def number(
     *,
     above: bool = False,
 ) -> Callable[[str], int | float]:
-    """An argparse type: `kind(text)`, finite, at least `minimum` (greater
-    than it with `above`) and at most `maximum` (None: no bound).
+    """An argparse type: `kind(text)`, checked by `number_problem` (finite,
+    at least `minimum`, greater than it with `above`, at most `maximum`).
 
     Example: `number(float, 0, above=True)` takes positive finite floats.
     """
@@ -46,15 +72,9 @@ def number(
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {noun}"
             ) from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be finite, not {text}")
-        if minimum is not None and (
-            value <= minimum if above else value < minimum
-        ):
-            bound = "greater than" if above else "at least"
-            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}")
+        problem = number_problem(value, minimum, maximum, above=above)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in messages
