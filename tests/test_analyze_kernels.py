@@ -706,3 +706,39 @@ def test_promise_analysis_is_finished_only_when_every_output_is_written(
     assert run_main(argv, capsys)[0] == 0
     assert grid.cell_status(the_cell) == grid.DONE
     assert (out / failing).exists()
+
+
+@pytest.mark.parametrize("case", ["bad kernel", "under a file", "drawing"])
+def test_promise_nothing_is_created_before_the_checks_pass(
+    runs, tmp_path, capsys, monkeypatch, case
+):
+    """--out_dir (and its missing parents) is created only when the
+    outputs are ready: a refused kernel, an --out_dir under a file, or a
+    failure while the figures are made leave no folder."""
+    folder = tmp_path / "run"
+    write_kernel_copy(folder, 1, one_file(runs, epoch=1))
+    out = tmp_path / "new" / "out"
+    if case == "bad kernel":
+        kernel = -kernel_matrix(one_file(runs, epoch=0))
+        write_kernel_copy(folder, 2, one_file(runs, epoch=0), kernel=kernel)
+        message = "not positive semi-definite"
+    else:
+        write_kernel_copy(folder, 2, one_file(runs, epoch=2))
+    if case == "under a file":
+        (tmp_path / "new").write_text("a file where a folder would go")
+        message = "is a file"
+    if case == "drawing":
+
+        def fail(*args):
+            raise utils.UserError("the figures could not be drawn")
+
+        monkeypatch.setattr(analyze_kernels, "_figures", fail)
+        message = "could not be drawn"
+    code, _, err = run_main(
+        [folder, "--out_dir", out, "--no_progress"], capsys
+    )
+    assert code == 2
+    assert_one_line_error(err, message)
+    assert sorted(os.listdir(tmp_path)) == (
+        ["new", "run"] if case == "under a file" else ["run"]
+    )
