@@ -136,8 +136,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         the_grid.check_record()
         if args.slurm:
             runners.check_slurm()
-        runners.prepare_data(the_grid)
-        the_grid.write_record()
         progress = not args.no_progress
         if args.slurm:
             outcomes = runners.run_slurm(
