@@ -317,11 +317,12 @@ def _read(path: str) -> Kernel:
     violation = kernel_analysis.psd_violation(values)
     if violation > kernel_analysis.PSD_TOLERANCE:
         raise UserError(
-            f"{path}: the kernel is not positive semi-definite (smallest "
-            f"eigenvalue {values[-1]:.3g}, {violation:.3g} x the largest in "
-            f"magnitude, beyond -{kernel_analysis.PSD_TOLERANCE:g}), so it "
-            "is not a Gram matrix of gradients and its distances would leave "
-            "[0, 1]; recompute it with calculate_kernel.py"
+            f"{path}: the kernel is not positive semi-definite: its smallest "
+            f"eigenvalue {values[-1]:.3g} is {-violation:.3g} x its largest "
+            f"in magnitude, below the -{kernel_analysis.PSD_TOLERANCE:g} "
+            "that rounding allows, so it is not a Gram matrix of gradients "
+            "and its distances would leave [0, 1]; recompute it with "
+            "calculate_kernel.py"
         )
     return kernel
 
