@@ -9,6 +9,7 @@ names the flag. Choices of models and datasets come from their registries
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -79,6 +80,25 @@ def number(
 
     parse.__name__ = kind.__name__  # argparse names the type in messages
     return parse
+
+
+def file_prefix(text: str) -> str:
+    """An argparse type: the prefix of output file names, a plain name:
+    not empty, without a folder separator, not starting with '.' (hidden
+    names are skipped by the scripts that read folders, and are those of
+    temporary files). The folder is another flag's (--bonus_dir)."""
+    separators = {os.sep, os.altsep or os.sep}
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "is empty: give a plain file-name prefix"
+        )
+    if any(sep in text for sep in separators) or text.startswith("."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain file-name prefix: give a name without "
+            "'/' that does not start with '.' (--bonus_dir chooses the "
+            "folder)"
+        )
+    return text
 
 
 positive_int = number(int, 1)

@@ -154,8 +154,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         the_grid.check_cells(cells, strict=False)
         if args.slurm:
             runners.check_slurm()
-        runners.prepare_data(the_grid)
-        the_grid.write_record()
         progress = not args.no_progress
         if args.slurm:
             outcomes = runners.run_slurm(
