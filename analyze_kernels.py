@@ -147,7 +147,8 @@ def _analyse(args: argparse.Namespace) -> None:
                 "no kernel of the same class and epoch in the other folder"
             )
     replicate_rows, between_seeds = _replicates(replicates)
-    utils.ensure_writable_dir(args.out_dir)
+    # Created only when the outputs are ready to be written.
+    utils.check_writable_dir(args.out_dir)
 
     measures = [
         kernel_analysis.measure(kernel, args.top_k, args.random_seed)
@@ -214,21 +215,52 @@ def _analyse(args: argparse.Namespace) -> None:
         )
     )
 
-    for name, text in files.items():
-        utils.atomic_write_text(os.path.join(args.out_dir, name), text)
-    utils.atomic_write_json(
-        os.path.join(args.out_dir, "analysis.json"), report
-    )
-    for name, png in figures.items():
-        utils.atomic_write_bytes(os.path.join(args.out_dir, name), png)
+    _write(args.out_dir, files, report, figures)
     for note in notes:
         print(f"note: {note}")
-    written = [*files, "analysis.json", *figures]
+    written = [*figures, *files, MARKER]
     print(
         f"analysed {len(kernels)} kernel(s), {len(pairwise)} pair(s), "
         f"{len(series_measures)} series; wrote {', '.join(written)} in "
         f"{args.out_dir}"
     )
+
+
+# The files a sweep checks to count an analysis finished
+# (grid.ANALYSIS_FILES, grid.SEEDS_ANALYSIS_FILES) are written after every
+# other output, analysis.json last of all.
+MARKER = "analysis.json"
+CHECKED_TABLES = ("kernels.csv", "pairwise.csv", "replicates.csv")
+
+
+def _write(
+    out_dir: str,
+    tables: Mapping[str, str],
+    report: dict,
+    figures: Mapping[str, bytes],
+) -> None:
+    """Writes the outputs so that the folder counts as finished only when
+    every one of them is there: the previous analysis.json first removed,
+    then the figures, the other tables, the tables a sweep checks, and
+    analysis.json last. A write that fails (a full disk) leaves no
+    analysis.json, so the sweep runs the analysis again."""
+    utils.ensure_writable_dir(out_dir)
+    marker = os.path.join(out_dir, MARKER)
+    try:
+        os.remove(marker)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise UserError(
+            f"cannot replace {marker}: {err.strerror or err}; fix its "
+            "permissions or choose another --out_dir"
+        ) from None
+    for name, png in figures.items():
+        utils.atomic_write_bytes(os.path.join(out_dir, name), png)
+    order = sorted(tables, key=lambda name: name in CHECKED_TABLES)
+    for name in order:
+        utils.atomic_write_text(os.path.join(out_dir, name), tables[name])
+    utils.atomic_write_json(marker, report)
 
 
 # --------------------------------------------------------------------------
@@ -260,7 +292,9 @@ def _found(path: str) -> list[tuple[str, bool]]:
 
 
 def _read(path: str) -> Kernel:
-    """A checked kernel file, as a kernel_analysis.Kernel."""
+    """A checked kernel file, as a kernel_analysis.Kernel: finite,
+    symmetric and with a finite epoch or none (kernel_files.read), not
+    zero, positive semi-definite within kernel_analysis.PSD_TOLERANCE."""
     file = kernel_files.read(path, recorded_only=True)
     if not np.any(file.kernel):
         raise UserError(
@@ -278,7 +312,19 @@ def _read(path: str) -> Kernel:
     run = kernel_files.checkpoint_folder(file) or os.path.normpath(
         os.path.dirname(path) or "."
     )
-    return Kernel(file, run, n_classes)
+    kernel = Kernel(file, run, n_classes)
+    values = kernel.eigh[0]  # kept: every measurement needs it
+    violation = kernel_analysis.psd_violation(values)
+    if violation > kernel_analysis.PSD_TOLERANCE:
+        raise UserError(
+            f"{path}: the kernel is not positive semi-definite: its smallest "
+            f"eigenvalue {values[-1]:.3g} is {-violation:.3g} x its largest "
+            f"in magnitude, below the -{kernel_analysis.PSD_TOLERANCE:g} "
+            "that rounding allows, so it is not a Gram matrix of gradients "
+            "and its distances would leave [0, 1]; recompute it with "
+            "calculate_kernel.py"
+        )
+    return kernel
 
 
 def _read_all(

@@ -56,8 +56,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--save_name",
+        type=cli.file_prefix,
         default=kernel_files.DEFAULT_SAVE_NAME,
-        help="prefix of the output file names",
+        help="prefix of the output file names (a plain name: --bonus_dir "
+        "chooses the folder)",
     )
     parser.add_argument(
         "--class_index",
@@ -150,10 +152,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     kernels.require_implementation(args.implementation)
     jobs = [_checked_job(args, path) for path in args.model_path]
     _refuse_collisions(jobs, args.bonus_dir)
+    for job in jobs:
+        utils.check_writable_dir(job.out_dir)
     images = {}
     for job in jobs:
         if job.spec.dataset not in images:
             images[job.spec.dataset] = _subsets(args, job.spec)
+    # Every check passed: the folders are created now, not before.
     for job in jobs:
         utils.ensure_writable_dir(job.out_dir)
     schedules = {}
@@ -199,9 +204,13 @@ def _load(
 
 
 def _refuse_collisions(jobs: list[_Job], bonus_dir: str) -> None:
-    """UserError when a checkpoint is given twice or two checkpoints
-    would write the same file."""
-    given = set()
+    """UserError when a checkpoint is given twice, two checkpoints would
+    write the same file, or a kernel file would replace a checkpoint given.
+
+    Paths are compared as real paths (symbolic links resolved), so two
+    names of one file through a link count as the same file.
+    """
+    given = {}
     for job in jobs:
         key = os.path.realpath(job.model_path)
         if key in given:
@@ -209,13 +218,20 @@ def _refuse_collisions(jobs: list[_Job], bonus_dir: str) -> None:
                 f"--model_path {job.model_path} is given twice: give each "
                 "checkpoint once"
             )
-        given.add(key)
+        given[key] = job.model_path
     writers = {}
     for job in jobs:
         for path in job.paths:
-            other = writers.setdefault(os.path.abspath(path), job.model_path)
+            key = os.path.realpath(path)
+            if key in given:
+                raise UserError(
+                    f"the kernel file {path} would replace the checkpoint "
+                    f"{given[key]}: pass another --save_name or --bonus_dir"
+                )
+            other, other_path = writers.setdefault(key, (job.model_path, path))
             if other == job.model_path:
                 continue
+            same = "" if other_path == path else f" (the file {other_path})"
             hint = (
                 f"put {NAME} in --bonus_dir (e.g. --bonus_dir "
                 f"kernels/{NAME}) to give each checkpoint its own folder"
@@ -223,7 +239,8 @@ def _refuse_collisions(jobs: list[_Job], bonus_dir: str) -> None:
                 else "pass another --bonus_dir or --save_name"
             )
             raise UserError(
-                f"{other} and {job.model_path} would both write {path}: {hint}"
+                f"{other} and {job.model_path} would both write {path}"
+                f"{same}: {hint}"
             )
 
 

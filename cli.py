@@ -9,6 +9,7 @@ names the flag. Choices of models and datasets come from their registries
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -25,6 +26,32 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
+def number_problem(
+    value: float,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    above: bool = False,
+) -> str | None:
+    """What is wrong with `value` under the rule of every number a script
+    or a grid file takes: finite, at least `minimum` (greater than it with
+    `above`), at most `maximum` (None: no bound). None when it is fine.
+
+    Example: `number_problem(float("nan"))` is 'must be finite'.
+    """
+    # An int is finite (and may be too large for a float).
+    if not isinstance(value, int) and not math.isfinite(value):
+        return "must be finite"
+    if minimum is not None and (
+        value <= minimum if above else value < minimum
+    ):
+        bound = "greater than" if above else "at least"
+        return f"must be {bound} {minimum}"
+    if maximum is not None and value > maximum:
+        return f"must be at most {maximum}"
+    return None
+
+
 def number(
     kind: type,
     minimum: float | None = None,
@@ -32,8 +59,8 @@ def number(
     *,
     above: bool = False,
 ) -> Callable[[str], int | float]:
-    """An argparse type: `kind(text)`, finite, at least `minimum` (greater
-    than it with `above`) and at most `maximum` (None: no bound).
+    """An argparse type: `kind(text)`, checked by `number_problem` (finite,
+    at least `minimum`, greater than it with `above`, at most `maximum`).
 
     Example: `number(float, 0, above=True)` takes positive finite floats.
     """
@@ -46,19 +73,32 @@ def number(
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {noun}"
             ) from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be finite, not {text}")
-        if minimum is not None and (
-            value <= minimum if above else value < minimum
-        ):
-            bound = "greater than" if above else "at least"
-            raise argparse.ArgumentTypeError(f"must be {bound} {minimum}")
-        if maximum is not None and value > maximum:
-            raise argparse.ArgumentTypeError(f"must be at most {maximum}")
+        problem = number_problem(value, minimum, maximum, above=above)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in messages
     return parse
+
+
+def file_prefix(text: str) -> str:
+    """An argparse type: the prefix of output file names, a plain name:
+    not empty, without a folder separator, not starting with '.' (hidden
+    names are skipped by the scripts that read folders, and are those of
+    temporary files). The folder is another flag's (--bonus_dir)."""
+    separators = {os.sep, os.altsep or os.sep}
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "is empty: give a plain file-name prefix"
+        )
+    if any(sep in text for sep in separators) or text.startswith("."):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain file-name prefix: give a name without "
+            "'/' that does not start with '.' (--bonus_dir chooses the "
+            "folder)"
+        )
+    return text
 
 
 positive_int = number(int, 1)

@@ -216,6 +216,29 @@ def _labels_to_int32(targets: npt.ArrayLike) -> np.ndarray:
 MAX_LEGACY_SEED = 2**32 - 1
 
 
+def subset_size_problem(size: int, num_classes: int) -> str | None:
+    """Why `size` cannot be a class-balanced subset of `num_classes`
+    classes (balanced_subset_indices' words), or None."""
+    if size <= 0 or size % num_classes:
+        return (
+            f"subset size {size} is not a positive multiple of "
+            f"the {num_classes} classes: pick a multiple of "
+            f"{num_classes}"
+        )
+    return None
+
+
+def seed_problem(seed: int) -> str | None:
+    """Why `seed` cannot seed the legacy generator of
+    balanced_subset_indices (its words), or None."""
+    if not 0 <= seed <= MAX_LEGACY_SEED:
+        return (
+            f"seed {seed} is outside NumPy's legacy generator's range: pick "
+            f"a --random_seed from 0 to {MAX_LEGACY_SEED}"
+        )
+    return None
+
+
 def balanced_subset_indices(
     labels: npt.ArrayLike, size: int, seed: int
 ) -> np.ndarray:
@@ -246,17 +269,9 @@ def balanced_subset_indices(
     """
     labels = np.asarray(labels)
     num_classes = int(labels.max()) + 1
-    if size <= 0 or size % num_classes:
-        raise UserError(
-            f"subset size {size} is not a positive multiple of "
-            f"the {num_classes} classes: pick a multiple of "
-            f"{num_classes}"
-        )
-    if not 0 <= seed <= MAX_LEGACY_SEED:
-        raise UserError(
-            f"seed {seed} is outside NumPy's legacy generator's range: pick "
-            f"a --random_seed from 0 to {MAX_LEGACY_SEED}"
-        )
+    problem = subset_size_problem(size, num_classes) or seed_problem(seed)
+    if problem:
+        raise UserError(problem)
     per_class = size // num_classes
     rng = np.random.RandomState(seed)
     chosen = [

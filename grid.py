@@ -16,6 +16,7 @@ scripts live), unless absolute; commands run from that root.
 
 import dataclasses
 import json
+import math
 import os
 import shlex
 import sys
@@ -24,9 +25,13 @@ import tomllib
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+import cli
 import data
+import eval_and_make_adv
+import experiment
 import kernel_files
 import models
+import run_exp
 import train
 import utils
 from models import MODELS
@@ -91,16 +96,69 @@ class Key:
     check: Callable | None = None
 
 
-def _at_least(minimum: float, strict: bool = False) -> Check:
+def _number(
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: bool = False,
+) -> Check:
+    """A number (or each of a list) by the scripts' rule for their flags,
+    `cli.number_problem`: finite, at least `minimum` (greater with
+    `above`), at most `maximum`."""
+
     def check(value: float | list[float]) -> str | None:
         values = value if isinstance(value, list) else [value]
         for v in values:
-            if v < minimum or (strict and v == minimum):
-                bound = "greater than" if strict else "at least"
-                return f"must be {bound} {minimum}, not {v!r}"
+            problem = cli.number_problem(v, minimum, maximum, above=above)
+            if problem:
+                return f"{problem}, not {v!r}"
         return None
 
     return check
+
+
+def _at_least(minimum: float, strict: bool = False) -> Check:
+    """At least `minimum` (greater than it when `strict`), and finite."""
+    return _number(minimum, above=strict)
+
+
+# Every number of a grid is finite; TOML's integers are 64-bit (a larger
+# one is refused, as TOML says).
+FINITE = _number()
+TOML_INT = _number(-(2**63), 2**63 - 1)
+
+
+def _seeds(value: int | list[int]) -> str | None:
+    """Seeds of the class-balanced subsets (and of the runs): the scripts'
+    range, in data.seed_problem's words."""
+    for v in value if isinstance(value, list) else [value]:
+        problem = data.seed_problem(v)
+        if problem:
+            return f": {problem}"
+    return None
+
+
+def _file_name(value: str) -> str | None:
+    """A plain file name: printable, not empty, no folder in it."""
+    if (
+        value in ("", ".", "..")
+        or "/" in value
+        or "\\" in value
+        or not value.isprintable()
+    ):
+        return (
+            "must be a plain file name (printable, no '/' or '\\', not "
+            f"empty, '.' or '..'), not {value!r}"
+        )
+    return None
+
+
+def _path(value: str) -> str | None:
+    """A path: not empty, printable."""
+    if not value:
+        return "must not be empty (a folder; '.' is the repository root)"
+    if not value.isprintable():
+        return f"must be a path of printable characters, not {value!r}"
+    return None
 
 
 def _one_of(choices: Collection[str]) -> Check:
@@ -147,22 +205,25 @@ SCHEMA = {
         "name": Key(
             "str",
             "the preset's name; aggregation writes docs/results/{name}.csv",
+            check=_file_name,
         ),
         "description": Key("str", "one line on what the grid is for", ""),
         "output_root": Key(
-            "str", "folder of every cell's files (relative to the repository)"
+            "str",
+            "folder of every cell's files (relative to the repository)",
+            check=_path,
         ),
         "seeds": Key(
             "ints",
             "random seeds (--random_seed)",
-            check=_nonempty_unique(_at_least(0)),
+            check=_nonempty_unique(_seeds),
         ),
     },
     "data": {
         "dataset": Key(
             "str", "dataset", check=_one_of(tuple(sorted(data.DATASETS)))
         ),
-        "data_path": Key("str", "dataset folder", "./data"),
+        "data_path": Key("str", "dataset folder", "./data", _path),
         "train_size": Key(
             "int", "training subset (0: all)", 0, check=_at_least(0)
         ),
@@ -238,7 +299,7 @@ SCHEMA = {
             "images, the same for every seed of the grid so that kernels of "
             "different seeds can be compared",
             0,
-            _at_least(0),
+            _seeds,
         ),
     },
     "analysis": {
@@ -312,8 +373,8 @@ REFERENCE_KEYS = {
     "t": Key("float", "t", check=_at_least(0)),
     "phase2": Key("str", "phase-2 loader", check=_one_of(PHASE2_LOADERS)),
     "dynamics": Key("str", "dynamics", "centered"),
-    "clean": Key("float", "clean accuracy (fraction)"),
-    "linf": Key("float", "PGD-L∞ accuracy (fraction)"),
+    "clean": Key("float", "clean accuracy (fraction)", check=_number(0, 1)),
+    "linf": Key("float", "PGD-L∞ accuracy (fraction)", check=_number(0, 1)),
     "source": Key("str", "where the numbers come from"),
 }
 # Keys a re-run may change on an existing output root: the grid's axes
@@ -410,11 +471,32 @@ def _read_table(
             value = float(value)
         if spec.kind == "floats":
             value = [float(v) for v in value]
-        problem = spec.check(value) if spec.check else None
+        problem = _general_problem(spec.kind, value)
+        if problem is None and spec.check:
+            problem = spec.check(value)
         if problem:
-            raise UserError(f"{path}: {name} {problem}")
+            sep = "" if problem.startswith((":", ".")) else " "
+            raise UserError(f"{path}: {name}{sep}{problem}")
         out[key] = value
     return out
+
+
+def _general_problem(kind: str, value: object) -> str | None:
+    """What every value of its kind must be: numbers finite (integers
+    64-bit), numbers of a table too ('.key must ...')."""
+    if kind in ("int", "ints", "str|int") and not isinstance(value, str):
+        return TOML_INT(value)
+    if kind in ("float", "floats"):
+        return FINITE(value)
+    if kind == "table":
+        for key, v in value.items():
+            is_number = isinstance(v, int | float) and not isinstance(v, bool)
+            problem = is_number and (
+                TOML_INT(v) if isinstance(v, int) else FINITE(v)
+            )
+            if problem:
+                return f".{key} {problem}"
+    return None
 
 
 def _dotted(prefix: str, key: str) -> str:
@@ -504,24 +586,48 @@ def load_config(path: str) -> dict:
 def saved_times(epochs: int) -> list:
     """The t of the checkpoints `run_exp.py --constant_save` writes in
     `epochs` epochs of phase 1: every integer 0..epochs and the fractional
-    save points below `epochs`, ascending."""
+    save points below `epochs`, ascending. (A list as long as `epochs`:
+    the config check uses `is_saved`, which holds none.)"""
     times = {float(k) for k in range(epochs + 1)}
     times |= {f for f in train.FRACTIONAL_SAVE_EPOCHS if f < epochs}
     return sorted(times)
 
 
+def is_saved(t: float, epochs: int) -> bool:
+    """Whether `run_exp.py --constant_save` writes θ(t) in `epochs` epochs
+    of phase 1 (t in saved_times(epochs), without listing them)."""
+    if float(t).is_integer():
+        return 0 <= t <= epochs
+    return t in train.FRACTIONAL_SAVE_EPOCHS and t < epochs
+
+
+def _saved_text(epochs: int) -> str:
+    """saved_times(epochs) in words, short for any number of epochs."""
+    if epochs <= 10:
+        return ", ".join(format_t(t) for t in saved_times(epochs))
+    fractions = [f for f in train.FRACTIONAL_SAVE_EPOCHS if f < epochs]
+    return (
+        f"every integer from 0 to {epochs} and "
+        f"{', '.join(format_t(f) for f in fractions)}"
+    )
+
+
 def format_t(t: float) -> str:
-    """t as run_exp.py names its checkpoint: 3 -> '3', 0.125 -> '0.125'."""
-    return f"{t:g}"
+    """t as run_exp.py names its checkpoint: 3 -> '3', 0.125 -> '0.125',
+    10**8 -> '100000000' (an epoch's number, never '1e+08')."""
+    t = float(t)
+    if t.is_integer():
+        return str(int(t))
+    short = f"{t:g}"
+    return short if float(short) == t else repr(t)
 
 
 def _check_combinations(path: str, config: dict) -> None:
     """Refuses combinations no run can make (one UserError line)."""
     p1 = config["phase1"]
-    saved = saved_times(p1["epochs"])
+    epochs = p1["epochs"]
     if p1["times"] is None:
-        p1["times"] = [float(t) for t in PAPER_TIMES if t in saved]
-    listed = ", ".join(format_t(t) for t in saved)
+        p1["times"] = [float(t) for t in PAPER_TIMES if is_saved(t, epochs)]
     timed = [("phase1.times", p1["times"])]
     timed.append(("phase2.times", config["phase2"]["times"]))
     for section in ("kernels", "features"):
@@ -529,27 +635,35 @@ def _check_combinations(path: str, config: dict) -> None:
             timed.append((f"{section}.times", config[section]["times"]))
     for name, times in timed:
         for t in times or []:
-            if t not in saved:
+            if not is_saved(t, epochs):
                 raise UserError(
                     f"{path}: {name} has t = {format_t(t)}, which phase 1 "
-                    f"(phase1.epochs = {p1['epochs']}) does not save; "
-                    f"saved: {listed}"
+                    f"(phase1.epochs = {epochs}) does not save; "
+                    f"saved: {_saved_text(epochs)}"
                 )
     for section in ("phase2", "kernels"):
         if config[section] is not None and config[section]["times"] is None:
             config[section]["times"] = list(p1["times"])
     classes = data.n_classes(config["data"]["dataset"])
+    # The class-balanced subsets the scripts draw, in their words.
+    sized = [
+        (f"data.{k}", config["data"][k]) for k in ("train_size", "test_size")
+    ]
+    if config["evaluation"] is not None:
+        sized.append(
+            ("evaluation.test_size", config["evaluation"]["test_size"])
+        )
+    if config["kernels"] is not None:
+        sized += [("kernels.sizes", n) for n in config["kernels"]["sizes"]]
+    for name, size in sized:
+        problem = size and data.subset_size_problem(size, classes)
+        if problem:
+            raise UserError(f"{path}: {name}: {problem}")
     attacks_ = config["attack"]
     if len(set(attacks_["eval_attacks"])) != len(attacks_["eval_attacks"]):
         raise UserError(f"{path}: attack.eval_attacks lists an attack twice")
     kern = config["kernels"]
     if kern is not None:
-        for n in kern["sizes"]:
-            if n % classes:
-                raise UserError(
-                    f"{path}: kernels.sizes has N = {n}, not a multiple of "
-                    f"the {classes} classes of {config['data']['dataset']}"
-                )
         c = kern["class_index"]
         if c != kernel_files.ALL_CLASSES and not -1 <= c < classes:
             raise UserError(
@@ -613,10 +727,14 @@ def _check_combinations(path: str, config: dict) -> None:
                     f"{path}: unknown key slurm.timeout_min.{stage}; the "
                     f"stages are {', '.join(STAGES)}"
                 )
-            if not isinstance(minutes, int) or minutes < 1:
+            if (
+                not isinstance(minutes, int)
+                or isinstance(minutes, bool)
+                or minutes < 1
+            ):
                 raise UserError(
                     f"{path}: slurm.timeout_min.{stage} must be a positive "
-                    f"number of minutes"
+                    f"integer number of minutes, not {minutes!r}"
                 )
 
 
@@ -708,6 +826,138 @@ def cell_status(cell: Cell) -> str:
     if state.get("stage") == "done":
         return DONE if finished else TODO
     return PARTIAL
+
+
+def damaged(cell_id: str, path: str, problem: str, folder: str) -> UserError:
+    """The one-line refusal of a cell's file that is not what its script
+    writes: names the cell, the file, what is wrong and the fix."""
+    return UserError(
+        f"{cell_id}: {path} is damaged ({problem}): restore it, or remove "
+        f"{folder} and run the sweep again to remake it"
+    )
+
+
+def read_cell_json(cell_id: str, path: str, folder: str) -> dict | None:
+    """The JSON object a cell wrote at grid path `path`, or None when the
+    file is absent.
+
+    Raises:
+        UserError (`damaged`): the file cannot be read, is not JSON, or
+        holds something else than an object (e.g. a list).
+    """
+    try:
+        with open(here(path), encoding="utf-8") as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise damaged(cell_id, path, "a folder, not a file", folder) from None
+    except OSError as err:
+        raise damaged(cell_id, path, err.strerror, folder) from None
+    except (ValueError, RecursionError) as err:
+        problem = f"not valid JSON: {utils.one_line(err, limit=120)}"
+        raise damaged(cell_id, path, problem, folder) from None
+    if not isinstance(record, dict):
+        kind = "a list" if isinstance(record, list) else type(record).__name__
+        problem = f"{kind}, not a JSON object"
+        raise damaged(cell_id, path, problem, folder)
+    return record
+
+
+# Flags that say where a cell reads and writes, or how it shows progress,
+# not what it computes: a moved output root keeps its cells.
+WHERE_FLAGS = set(experiment.NON_RUN_FLAGS) | {
+    "base_model_path",
+    "model_path",
+    "bonus_dir",
+    "save_name",
+}
+# The grid key behind each flag the grid sets, for the refusals' fix.
+FLAG_KEYS = {
+    "standard_epochs": "phase1.epochs",
+    "linear_epochs": "phase2.epochs",
+    "second_lr": "phase2.lr",
+    "eps": "attack.eps",
+    "train_pgd_iters": "attack.train_pgd_iters",
+    "eval_pgd_iters": "attack.eval_pgd_iters",
+    "eval_attacks": "attack.eval_attacks",
+    "train_size": "data.train_size",
+    "dataset": "data.dataset",
+    "model": "model.name",
+    "width": "model.width",
+    "random_seed": "seeds",
+    "pgd_iters": "evaluation.pgd_iters",
+    "save_examples": "evaluation.save_examples",
+}
+
+
+def _flag_key(cell: Cell, flag: str) -> str:
+    """The grid key behind `flag` of `cell`'s command, or '--flag'."""
+    if flag == "test_size":
+        return "data.test_size" if cell.run_exp else "evaluation.test_size"
+    return FLAG_KEYS.get(flag, f"--{flag}")
+
+
+def flags_record(cell: Cell) -> tuple[str, str] | None:
+    """(the grid path of the file that records the flags a cell's command
+    ran with, the folder that holds the cell's files), for run_exp.py cells
+    (config.json) and evaluations (their results json); None for others."""
+    if cell.run_exp:
+        folder = cell.keys["save_path"]
+        return os.path.join(folder, "config.json"), folder
+    if cell.stage == "eval":
+        return cell.outputs[0], os.path.dirname(cell.outputs[0])
+    return None
+
+
+def _same(a: object, b: object) -> bool:
+    both_nan = all(isinstance(v, float) and math.isnan(v) for v in (a, b))
+    return both_nan or a == b
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """A flag a cell's files record with another value than its command's."""
+
+    flag: str
+    recorded: object
+    wanted: object
+
+    def __str__(self) -> str:
+        return f"--{self.flag} {self.recorded!r}, not {self.wanted!r}"
+
+
+def flag_mismatch(cell: Cell, strict: bool = True) -> Mismatch | None:
+    """The first flag whose value the cell's files record differently from
+    its command (str: '--eps 4.0, not 8.0'); None when they agree or
+    nothing is recorded yet. Flags of WHERE_FLAGS do not count.
+
+    strict: a damaged record raises UserError (`damaged`); otherwise it
+    counts as nothing recorded (the cell's script handles it when it runs).
+    """
+    where = flags_record(cell)
+    if where is None:
+        return None
+    path, folder = where
+    try:
+        record = read_cell_json(cell.id, path, folder)
+        if record is not None and not isinstance(record.get("flags"), dict):
+            raise damaged(cell.id, path, "no 'flags' object", folder)
+    except UserError:
+        if strict:
+            raise
+        return None
+    if record is None:
+        return None
+    parse = (
+        run_exp.parse_args if cell.run_exp else eval_and_make_adv.parse_args
+    )
+    wanted = vars(parse(list(cell.args)))
+    recorded = record["flags"]
+    for name in sorted(set(wanted) & set(recorded) - WHERE_FLAGS):
+        if not _same(recorded[name], wanted[name]):
+            return Mismatch(name, recorded[name], wanted[name])
+    return None
 
 
 @dataclasses.dataclass
@@ -1147,23 +1397,76 @@ class Grid:
                     flat[name] = value
         return flat
 
+    def read_record(self) -> dict | None:
+        """The output root's sweep.json ({'fixed': {...}, ...}), or None
+        when there is none.
+
+        Raises:
+            UserError: one line naming the file and the fix, when it is
+            not a sweep record (truncated, not an object, a folder, ...).
+        """
+        path = here(self.record_path())
+        if not os.path.lexists(path):
+            return None
+
+        def refused(problem: str) -> UserError:
+            return UserError(
+                f"{path} is not a sweep record ({problem}): restore it, or "
+                f"remove it if every cell under {self.root} was made with "
+                f"the settings of {self.path} (the next run writes it anew)"
+            )
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+        except IsADirectoryError:
+            raise refused("a folder, not a file") from None
+        except OSError as err:
+            raise refused(f"cannot be read: {err.strerror}") from None
+        except (ValueError, RecursionError) as err:
+            problem = f"not valid JSON: {utils.one_line(err, limit=120)}"
+            raise refused(problem) from None
+        if not isinstance(record, dict):
+            raise refused(f"a JSON {type(record).__name__}, not an object")
+        if not isinstance(record.get("fixed"), dict):
+            raise refused("no 'fixed' object of settings")
+        return record
+
     def check_record(self) -> None:
         """Refuses to mix this grid's cells into an output root that holds a
-        sweep made with other fixed settings."""
-        path = here(self.record_path())
-        if not os.path.exists(path):
+        sweep made with other fixed settings (or a damaged sweep.json)."""
+        record = self.read_record()
+        if record is None:
             return
-        with open(path) as f:
-            recorded = json.load(f).get("fixed", {})
+        recorded = record["fixed"]
         current = self.fixed_settings()
         # A section added or dropped only adds or drops cells.
         for name in sorted(set(recorded) & set(current)):
-            if recorded[name] != current[name]:
+            if not _same(recorded[name], current[name]):
                 raise UserError(
                     f"{self.path}: output_root {self.root} holds a sweep made "
                     f"with {name} = {recorded.get(name)!r}, not "
                     f"{current.get(name)!r}; choose another output_root or "
                     f"restore {name}"
+                )
+
+    def check_cells(self, cells: Sequence[Cell], strict: bool = True) -> None:
+        """Refuses cells under the output root whose files record other
+        flags than their commands (see flag_mismatch): they were made with
+        other settings, by another grid or by hand.
+
+        strict: a damaged record is refused too (otherwise the cell's
+        script decides when it runs).
+        """
+        for cell in cells:
+            mismatch = flag_mismatch(cell, strict)
+            if mismatch:
+                path = flags_record(cell)[0]
+                raise UserError(
+                    f"{self.path}: output_root {self.root} holds cell "
+                    f"{cell.id} made with {mismatch} (recorded in {path}); "
+                    f"choose another output_root or restore "
+                    f"{_flag_key(cell, mismatch.flag)}"
                 )
 
     def write_record(self) -> None:

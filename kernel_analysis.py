@@ -8,7 +8,11 @@ its spectrum, its label energies, the polar projections and its kernel
 regression.
 
 * Kernel distance S(K, K') = 1 − ⟨K, K'⟩_F / (‖K‖_F ‖K'‖_F), in [0, 1]
-  for positive semi-definite kernels (kernel_distance, distance_matrix).
+  for positive semi-definite kernels (kernel_distance, distance_matrix),
+  each kernel divided by its largest entry before any product, so that
+  S(K, cK) = 0 whatever the scale c (1e300 included). Kernels that are
+  not positive semi-definite within PSD_TOLERANCE (psd_violation) are
+  refused by analyze_kernels.py.
 * Kernel velocity v(t) = S(K_t, K_{t+Δ}) / Δ, Δ in epochs (velocities).
 * Time to settle: the first t after which S(K_t', K_T) ≤ f · S(K_0, K_T)
   for every t' ≥ t (settle_time).
@@ -57,6 +61,10 @@ PROJECTIONS = ("whole", "top", "rest")
 # settle_time's fraction: a kernel has settled once it stays within this
 # fraction of its first kernel's distance to its last.
 DEFAULT_SETTLE_FRACTION = 0.25
+# A kernel is positive semi-definite within rounding when its smallest
+# eigenvalue is at least −PSD_TOLERANCE × its largest in magnitude
+# (float32 rounding of an N×N Gram matrix stays far above).
+PSD_TOLERANCE = 1e-3
 
 
 # --------------------------------------------------------------------------
@@ -64,16 +72,38 @@ DEFAULT_SETTLE_FRACTION = 0.25
 # --------------------------------------------------------------------------
 
 
-def _norm(kernel: np.ndarray) -> float:
-    """‖K‖_F; ValueError for a zero matrix (every ratio below needs it)."""
-    norm = float(np.linalg.norm(kernel))
-    if norm == 0:
+def _scaled(kernel: np.ndarray) -> tuple[np.ndarray, float]:
+    """(K / max |K|, max |K|) in float64; ValueError for a zero matrix.
+
+    Every product below is formed from the scaled matrix, whose entries lie
+    in [−1, 1], so that no square or inner product overflows (K × 1e300) or
+    underflows (K × 1e-300) whatever the kernel's units.
+    """
+    kernel = np.asarray(kernel, np.float64)
+    largest = float(np.max(np.abs(kernel), initial=0.0))
+    if largest == 0:
         raise ValueError("a zero kernel has no direction")
-    return norm
+    return kernel / largest, largest
+
+
+def _norm(kernel: np.ndarray) -> float:
+    """‖K‖_F, computed scale-safely; ValueError for a zero matrix (every
+    ratio below needs it)."""
+    scaled, largest = _scaled(kernel)
+    return largest * float(np.linalg.norm(scaled))
+
+
+def _direction(kernel: np.ndarray) -> np.ndarray:
+    """K / ‖K‖_F, flattened (scale-safe; ValueError for a zero matrix)."""
+    scaled, _ = _scaled(kernel)
+    flat = np.ravel(scaled)
+    return flat / np.linalg.norm(flat)
 
 
 def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """S(K, K') = 1 − ⟨K, K'⟩_F / (‖K‖_F ‖K'‖_F).
+    """S(K, K') = 1 − ⟨K, K'⟩_F / (‖K‖_F ‖K'‖_F), each kernel divided by
+    its largest entry first (scale-safe: S(K, cK) = 0 for any c > 0 that
+    keeps cK finite).
 
     Args:
       a, b: (N, N) kernels (any same-shape arrays).
@@ -83,18 +113,16 @@ def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
     Raises:
       ValueError: either kernel is zero.
     """
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    cosine = np.vdot(a, b) / (_norm(a) * _norm(b))
+    cosine = float(np.dot(_direction(a), _direction(b)))
     return float(np.clip(1.0 - cosine, 0.0, 2.0))
 
 
 def distance_matrix(kernels: Sequence[np.ndarray]) -> np.ndarray:
     """S of every pair of `kernels`: float64 (T, T), symmetric, zero
-    diagonal. One product of the normalised flattened kernels (T, N²)."""
-    flat = np.stack(
-        [np.ravel(np.asarray(k, np.float64)) / _norm(k) for k in kernels]
-    )
+    diagonal. One product of the normalised flattened kernels (T, N²),
+    each divided by its largest entry first (scale-safe, as
+    kernel_distance)."""
+    flat = np.stack([_direction(k) for k in kernels])
     distances = np.clip(1.0 - flat @ flat.T, 0.0, 2.0)
     distances = (distances + distances.T) / 2
     np.fill_diagonal(distances, 0.0)
@@ -162,6 +190,14 @@ def settle_time(
     return settled
 
 
+def _norm_or_zero(matrix: np.ndarray) -> float:
+    """‖M‖_F (scale-safe), 0 for a zero matrix."""
+    try:
+        return _norm(matrix)
+    except ValueError:
+        return 0.0
+
+
 def polar_trajectory(
     kernels: Sequence[np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +213,7 @@ def polar_trajectory(
       and φ NaN where a kernel is zero.
     """
     first = np.asarray(kernels[0], np.float64)
-    gaps = np.array([np.linalg.norm(k - first) for k in kernels])
+    gaps = np.array([_norm_or_zero(k - first) for k in kernels])
     radius = gaps / gaps[-1] if gaps[-1] > 0 else np.full(len(gaps), np.nan)
     angles = []
     for kernel in kernels:
@@ -230,10 +266,19 @@ def eigen(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[::-1].copy(), vectors[:, ::-1].copy()
 
 
+def psd_violation(eigenvalues: np.ndarray) -> float:
+    """−λ_min / max |λ|: how far below zero the smallest eigenvalue goes,
+    relative to the largest in magnitude (≤ 0 for a positive semi-definite
+    kernel; above PSD_TOLERANCE, the kernel is not one within rounding)."""
+    values = np.asarray(eigenvalues, np.float64)
+    return float(-values.min() / np.max(np.abs(values)))
+
+
 def top_k_mass(eigenvalues: np.ndarray, k: int) -> float:
     """Σ_{i≤k} λ_i² / Σ_i λ_i², eigenvalues in descending order (the
     share of ‖K‖_F² in the top k eigendirections)."""
-    squares = np.asarray(eigenvalues, np.float64) ** 2
+    values = np.asarray(eigenvalues, np.float64)
+    squares = (values / np.max(np.abs(values))) ** 2  # scale-safe
     return float(squares[:k].sum() / squares.sum())
 
 

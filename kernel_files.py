@@ -45,6 +45,9 @@ DEFAULT_SAVE_NAME = "saved_kernel"  # calculate_kernel.py's --save_name
 MEAN_OVER_LOGITS = "mean_over_logits"  # 'combined' of a combined kernel
 ORIGINAL_KEYS = ("kernel", "labels")  # what every kernel file holds
 TEST_KEYS = ("test_kernel", "test_labels", "test_indices")  # --test_size
+# The largest max |K - Kᵀ| / max |K| a kernel file may hold: float32
+# rounding of a matrix computed in two halves stays far below it.
+SYMMETRY_TOLERANCE = 1e-3
 
 # The names file_name gives: {save_name}_{N}.pkl and
 # {save_name}_class_{c}_{N}.pkl.
@@ -97,15 +100,16 @@ def is_kernel_file_name(name: str) -> bool:
 
 
 def checkpoint_epoch(meta: Mapping, model_path: str) -> int | float | None:
-    """The epoch of a checkpoint: its meta['epoch'], else the e of a file
-    named parameters_checkpoint_{e}.pkl or parameters_checkpoint_linear_
-    {e}.pkl (e may be a fraction, e.g. 0.125), else None.
+    """The epoch of a checkpoint: its meta['epoch'] (when a finite number),
+    else the e of a file named parameters_checkpoint_{e}.pkl or
+    parameters_checkpoint_linear_{e}.pkl (e may be a fraction, e.g. 0.125),
+    else None.
 
     Returns:
       an int for a whole epoch count, a float for a fraction, or None.
     """
     recorded = _epoch_value(meta.get("epoch"))
-    if recorded is not None:
+    if recorded is not None and np.isfinite(recorded):
         return recorded
     match = _CHECKPOINT_EPOCH.match(os.path.basename(model_path))
     if match is None:
@@ -313,7 +317,9 @@ def read(
         'labels'.
       UserError (one line naming the file): the file is missing, corrupt or
         unsafe, holds another class's kernel or another number of images,
-        its arrays (test ones included) have the wrong shapes or values,
+        its arrays (test ones included) have the wrong shapes or values
+        (a kernel that is not finite or not symmetric within
+        SYMMETRY_TOLERANCE; an epoch that is not a finite number),
         its class or indices cannot be known, or its indices do not name
         training images with its labels.
     """
@@ -504,7 +510,8 @@ def _optional_int(value: object, key: str, path: str) -> int | None:
 
 
 def _square_matrix(value: object, path: str) -> np.ndarray:
-    """A finite square float array, symmetrised, as float64."""
+    """A finite, symmetric (within SYMMETRY_TOLERANCE) square float array,
+    symmetrised, as float64."""
     kernel = np.asarray(value)
     if (
         kernel.ndim != 2
@@ -520,7 +527,18 @@ def _square_matrix(value: object, path: str) -> np.ndarray:
             f"{path}: 'kernel' holds NaN or infinite values; recompute it"
         )
     kernel = kernel.astype(np.float64)
-    return (kernel + kernel.T) / 2
+    largest = np.max(np.abs(kernel), initial=0.0)
+    if largest > 0:
+        asymmetry = np.max(np.abs(kernel - kernel.T)) / largest
+        if asymmetry > SYMMETRY_TOLERANCE:
+            raise UserError(
+                f"{path}: 'kernel' is not symmetric (max |K - K^T| is "
+                f"{asymmetry:.3g} x max |K|, above {SYMMETRY_TOLERANCE:g}), "
+                "so it is not a kernel of calculate_kernel.py; recompute it"
+            )
+    # Halves first: the sum of two entries near the largest float would
+    # overflow.
+    return kernel / 2 + kernel.T / 2
 
 
 def _integer_vector(
@@ -546,10 +564,16 @@ def _recorded_flag(value: object, path: str) -> bool | None:
 
 
 def _recorded_epoch(value: object, path: str) -> int | float | None:
-    """A kernel file's optional epoch: None, or a number."""
+    """A kernel file's optional epoch: None, or a finite number."""
     epoch = _epoch_value(value)
     if value is not None and epoch is None:
         raise UserError(f"{path}: 'epoch' is not a number")
+    if epoch is not None and not np.isfinite(epoch):
+        raise UserError(
+            f"{path}: 'epoch' is {epoch}, not a finite number of epochs: "
+            "recompute the kernel with calculate_kernel.py, or record "
+            "'epoch': None in the file for a kernel of no known epoch"
+        )
     return epoch
 
 

@@ -15,15 +15,18 @@ reads every cell's files under the grid's output root and writes, in
   {name}/*.png        the figures;
 then regenerates the report from every preset's committed CSVs
 (`python report.py` does only that). Files that are absent are reported as
-missing, never guessed.
+missing, never guessed; a file that is there but damaged is refused in one
+line naming its cell. Every output path is checked before anything is
+written, and a preset's outputs replace its earlier ones as a whole.
 """
 
 import io
-import json
 import math
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +50,8 @@ import utils  # noqa: E402
 PRESETS = ("cpu-small", "cpu-resnet", "gpu-fmnist", "paper-cifar10")
 COMMITTED_RESULTS = os.path.join(grid.ROOT, "docs", "results")
 KEYS = ["seed", "phase1", "t", "phase2", "dynamics"]
+# The paper grid's commands, beside the report's CSVs (write_report).
+COMMANDS_FILE = "paper-cifar10_commands.txt"
 ACCURACIES = ["clean", "linf", "l2"]
 KERNEL_KEYS = ["seed", "phase1", "t", "class_index", "n"]
 # A kernel file's (seed, phase1, t, class_index, n).
@@ -81,22 +86,47 @@ KERNEL_FILE = re.compile(
 TO_SEED = "distance_to_seed_{}"
 
 
-def _read_json(path: str) -> Any:
-    """The parsed JSON file at grid path `path`, or None when absent."""
-    try:
-        with open(grid.here(path)) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-
-
 def _value(record: object, *keys: str) -> float:
-    """record[k1][k2]... as a float, NaN where absent or None."""
+    """record[k1][k2]... as a float, NaN where absent or None.
+
+    Raises:
+        ValueError: the value is there but not a number.
+    """
     for key in keys:
         if not isinstance(record, dict) or record.get(key) is None:
             return math.nan
         record = record[key]
+    if isinstance(record, bool) or not isinstance(record, int | float):
+        raise ValueError(f"{'.'.join(keys)} is {record!r}, not a number")
     return float(record)
+
+
+def _read_record(
+    cell_id: str, path: str, folder: str, needs: Sequence[str] = ()
+) -> dict | None:
+    """A cell's JSON object (None when absent; grid.read_cell_json), with
+    the keys `needs` its script always writes.
+
+    Raises:
+        UserError: naming the cell and the file, when it is damaged.
+    """
+    record = grid.read_cell_json(cell_id, path, folder)
+    if record is not None:
+        absent = [key for key in needs if key not in record]
+        if absent:
+            raise grid.damaged(cell_id, path, f"no {absent[0]!r}", folder)
+    return record
+
+
+def _numbers(
+    cell_id: str, path: str, folder: str, values: Mapping[str, tuple]
+) -> dict[str, float]:
+    """{name: _value(record, *keys)} for values {name: (record, *keys)};
+    a value that is not a number makes the file damaged."""
+    try:
+        return {name: _value(*where) for name, where in values.items()}
+    except ValueError as err:
+        raise grid.damaged(cell_id, path, str(err), folder) from None
 
 
 # --------------------------------------------------------------------------
@@ -111,38 +141,65 @@ def collect_cells(the_grid: grid.Grid) -> tuple:
         (DataFrame, missing): the rows (columns in the module docstring;
         accuracies as fractions, NaN where not measured) and a list of
         'cell id: what is missing' strings.
+    Raises:
+        UserError: one line naming the cell and the file, for a file that
+        is there but is not what its script writes (truncated, not JSON, a
+        list, a value that is not a number, ...).
     """
     c = the_grid.config
     rows, missing = [], []
     phase1_results = {}
     for cell in the_grid.cells():
         if cell.stage == "phase1":
-            phase1_results[cell.id] = _read_json(cell.outputs[0])
+            phase1_results[cell.id] = (
+                _read_record(
+                    cell.id,
+                    cell.outputs[0],
+                    cell.keys["save_path"],
+                    ("standard",),
+                ),
+                cell.outputs[0],
+            )
         if cell.stage != "phase2":
             continue
-        results = _read_json(cell.outputs[0])
+        folder = cell.keys["save_path"]
+        results = _read_record(cell.id, cell.outputs[0], folder, ("linear",))
         if results is None:
             missing.append(f"{cell.id}: no results.json")
             continue
         row = {key: cell.keys[key] for key in KEYS}
-        for name in ACCURACIES:
-            row[name] = _value(results, "linear", name)
-        if c["evaluation"] is not None:
-            record = _read_json(the_grid.eval_results(cell))
-            if record is None:
-                missing.append(f"{cell.id}/eval: no results json")
-            source = (record or {}).get("sources", [{}])[0]
-            row["eval_clean"] = _value(source, "acc_clean")
-            row["eval_linf"] = _value(source, "acc_dirty")
-            row["eval_pgd_iters"] = _value(record, "attack", "iters")
-            row["eval_images"] = _value(source, "n")
-        phase1 = phase1_results.get(cell.deps[0])
-        for name in ACCURACIES:
-            row[f"phase1_{name}"] = _value(phase1, "standard", name)
-        config = _read_json(
-            os.path.join(cell.keys["save_path"], "config.json")
+        row.update(
+            _numbers(
+                cell.id,
+                cell.outputs[0],
+                folder,
+                {name: (results, "linear", name) for name in ACCURACIES},
+            )
         )
-        env = (config or {}).get("environment", {})
+        if c["evaluation"] is not None:
+            row.update(_eval_numbers(the_grid, cell, missing))
+        phase1, phase1_path = phase1_results.get(cell.deps[0], (None, ""))
+        row.update(
+            _numbers(
+                cell.deps[0],
+                phase1_path,
+                os.path.dirname(phase1_path),
+                {
+                    f"phase1_{name}": (phase1, "standard", name)
+                    for name in ACCURACIES
+                },
+            )
+        )
+        config_path = os.path.join(folder, "config.json")
+        config = _read_record(cell.id, config_path, folder)
+        env = (config or {}).get("environment")
+        env = env if isinstance(env, dict) else {}
+        test_images = _numbers(
+            cell.id,
+            config_path,
+            folder,
+            {"test_images": (config, "test_images")},
+        )
         row.update(
             dataset=c["data"]["dataset"],
             model=c["model"]["name"],
@@ -153,13 +210,44 @@ def collect_cells(the_grid: grid.Grid) -> tuple:
             ),
             eps=c["attack"]["eps"],
             pgd_iters=c["attack"]["eval_pgd_iters"],
-            test_images=(config or {}).get("test_images", math.nan),
+            **test_images,
             device=env.get("device_kind", ""),
             jax=env.get("jax", ""),
             cell=cell.id,
         )
         rows.append(row)
     return pd.DataFrame(rows), missing
+
+
+def _eval_numbers(
+    the_grid: grid.Grid, cell: grid.Cell, missing: list
+) -> dict[str, float]:
+    """The eval_* columns of a phase-2 cell from its evaluation's results
+    json (NaN, and noted in `missing`, when it is absent)."""
+    cell_id = f"{cell.id}/eval"
+    path = the_grid.eval_results(cell)
+    folder = os.path.dirname(path)
+    record = _read_record(cell_id, path, folder, ("sources",))
+    if record is None:
+        missing.append(f"{cell_id}: no results json")
+        record = {"sources": [{}]}
+    sources = record["sources"]
+    if not (
+        isinstance(sources, list) and sources and isinstance(sources[0], dict)
+    ):
+        raise grid.damaged(cell_id, path, "no 'sources' rows", folder)
+    source = sources[0]
+    return _numbers(
+        cell_id,
+        path,
+        folder,
+        {
+            "eval_clean": (source, "acc_clean"),
+            "eval_linf": (source, "acc_dirty"),
+            "eval_pgd_iters": (record, "attack", "iters"),
+            "eval_images": (source, "n"),
+        },
+    )
 
 
 def _kernel_key(seed: int | None, path: str) -> KernelKey | None:
@@ -193,36 +281,49 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
     t) and distance_between_seeds (their mean over the other seeds).
 
     Returns:
-        (DataFrame, missing).
+        (DataFrame, missing): an absent file, or a kernel of the grid that
+        kernels.csv has no row for (an analysis older than the grid's
+        kernel times, or a file cut at a line's end), is listed in missing.
+    Raises:
+        UserError: one line naming the cell and the file, for a CSV that is
+        there but is not what analyze_kernels.py writes (cut short, not a
+        table, a column absent, a distance that is not a number).
     """
     c = the_grid.config
     frames, missing = [], []
     if c["analysis"] is None:
         return pd.DataFrame(), missing
     compare = c["analysis"]["compare"] or ["C", "A"]
+    expected = _grid_kernels(the_grid)
     pairs: dict[frozenset, float] = {}
     for seed in c[""]["seeds"]:
         out_dir = the_grid.analysis_dir(seed)
+        cell_id = f"seed_{seed}/analysis"
         paths = {
             name: os.path.join(out_dir, name) for name in grid.ANALYSIS_FILES
         }
         absent = [
-            n for n, p in paths.items() if not os.path.exists(grid.here(p))
+            n for n, p in paths.items() if not os.path.lexists(grid.here(p))
         ]
         if "kernels.csv" in absent or "pairwise.csv" in absent:
             missing.append(
-                f"seed_{seed}/analysis: no {' or '.join(absent)} "
+                f"{cell_id}: no {' or '.join(absent)} "
                 f"(analyze_kernels.py output) in {out_dir}"
             )
             continue
-        table = pd.read_csv(grid.here(paths["kernels.csv"]))
+        table = _read_csv(cell_id, paths["kernels.csv"], out_dir, ["path"])
         keys = [_kernel_key(seed, p) for p in table["path"]]
         unknown = [
             p for p, k in zip(table["path"], keys, strict=True) if k is None
         ]
         if unknown:
+            missing.append(f"{cell_id}: unknown kernel path {unknown[0]}")
+        lacking = sorted(expected.get(seed, set()) - set(keys))
+        if lacking:
             missing.append(
-                f"seed_{seed}/analysis: unknown kernel path {unknown[0]}"
+                f"{cell_id}: kernels.csv has no row for {len(lacking)} "
+                f"kernel(s) of the grid, e.g. {_key_text(lacking[0])} "
+                f"(remove {out_dir} and run the sweep again to remake it)"
             )
         table = table[[k is not None for k in keys]].copy()
         keyed = [k for k in keys if k is not None]
@@ -236,34 +337,123 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
             and pd.api.types.is_numeric_dtype(table[col])
         ]
         table = table[KERNEL_KEYS + measures]
-        pairs.update(_pair_distances(seed, grid.here(paths["pairwise.csv"])))
+        pairs.update(
+            _pair_distances(seed, cell_id, paths["pairwise.csv"], out_dir)
+        )
         frames.append(table)
     if not frames:
         return pd.DataFrame(), missing
     seeds = [s for s in c[""]["seeds"]]
     if len(seeds) > 1:
-        path = os.path.join(the_grid.seeds_analysis_dir(), "replicates.csv")
-        if os.path.exists(grid.here(path)):
-            pairs.update(_pair_distances(None, grid.here(path)))
+        out_dir = the_grid.seeds_analysis_dir()
+        path = os.path.join(out_dir, "replicates.csv")
+        if os.path.lexists(grid.here(path)):
+            cell_id = f"{grid.SEEDS_ANALYSIS_DIR}/analysis"
+            pairs.update(_pair_distances(None, cell_id, path, out_dir))
         else:
             missing.append(
                 f"{grid.SEEDS_ANALYSIS_DIR}/analysis: no replicates.csv "
                 f"(analyze_kernels.py --replicates output) in "
-                f"{the_grid.seeds_analysis_dir()}: no seed baseline"
+                f"{out_dir}: no seed baseline"
             )
     table = pd.concat(frames, ignore_index=True)
     _add_derived(table, pairs, compare, seeds)
     return table, missing
 
 
-def _pair_distances(seed: int | None, path: str) -> dict[frozenset, float]:
+def _grid_kernels(the_grid: grid.Grid) -> dict[int, set[KernelKey]]:
+    """{seed: the keys of the kernel files the grid's kernel cells write}."""
+    kernels: dict[int, set[KernelKey]] = {}
+    for cell in the_grid.cells():
+        if cell.stage == "kernel":
+            seed = cell.keys["seed"]
+            for path in cell.outputs:
+                key = _kernel_key(seed, path)
+                if key is not None:
+                    kernels.setdefault(seed, set()).add(key)
+    return kernels
+
+
+def _key_text(key: KernelKey) -> str:
+    seed, phase1, t, class_index, n = key
+    return (
+        f"seed {seed}, phase1_{phase1}, t = {grid.format_t(t)}, class "
+        f"{class_index}, N = {n}"
+    )
+
+
+def _read_csv(
+    cell_id: str, path: str, folder: str, columns: Sequence[str]
+) -> pd.DataFrame:
+    """The CSV table a cell wrote at grid path `path`, with `columns`
+    (none of them empty).
+
+    Raises:
+        UserError (grid.damaged): it cannot be read, is not a CSV table,
+        was cut short (pandas writes a line break after every row), lacks
+        a column or has an empty cell in one.
+    """
+    try:
+        with open(grid.here(path), "rb") as f:
+            raw = f.read()
+    except IsADirectoryError:
+        raise grid.damaged(cell_id, path, "a folder", folder) from None
+    except OSError as err:
+        raise grid.damaged(cell_id, path, err.strerror, folder) from None
+    if not raw.endswith(b"\n"):
+        problem = (
+            "cut short: its last line has no line break"
+            if raw
+            else "an empty file"
+        )
+        raise grid.damaged(cell_id, path, problem, folder)
+    try:
+        # An empty table is written as one line break.
+        table = (
+            pd.DataFrame(columns=list(columns))
+            if raw == b"\n"
+            else pd.read_csv(io.BytesIO(raw))
+        )
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        problem = f"not a CSV table: {utils.one_line(err, limit=120)}"
+        raise grid.damaged(cell_id, path, problem, folder) from None
+    for column in columns:
+        if column not in table.columns:
+            problem = f"no column {column!r}"
+            raise grid.damaged(cell_id, path, problem, folder)
+        if table[column].isna().any():
+            problem = f"an empty {column!r} in row {_first_na(table, column)}"
+            raise grid.damaged(cell_id, path, problem, folder)
+    return table
+
+
+def _first_na(table: pd.DataFrame, column: str) -> int:
+    """The 1-based data row of the first empty cell of `column`."""
+    return int(np.flatnonzero(table[column].isna().to_numpy())[0]) + 1
+
+
+def _pair_distances(
+    seed: int | None, cell_id: str, path: str, folder: str
+) -> dict[frozenset, float]:
     """{frozenset of two kernel keys: distance} from pairwise.csv or
-    replicates.csv (seed None: each kernel's seed read from its path)."""
+    replicates.csv at grid path `path` (seed None: each kernel's seed read
+    from its path). A damaged file is refused (_read_csv)."""
+    table = _read_csv(cell_id, path, folder, ["a", "b", "distance"])
+    distances = pd.to_numeric(table["distance"], errors="coerce")
+    if distances.isna().any():
+        row = int(np.flatnonzero(distances.isna().to_numpy())[0])
+        problem = (
+            f"distance {table['distance'].iloc[row]!r} in row {row + 1} is "
+            "not a number"
+        )
+        raise grid.damaged(cell_id, path, problem, folder)
     pairs = {}
-    for row in pd.read_csv(path).itertuples(index=False):
-        a, b = _kernel_key(seed, row.a), _kernel_key(seed, row.b)
+    for a_path, b_path, distance in zip(
+        table["a"], table["b"], distances, strict=True
+    ):
+        a, b = _kernel_key(seed, a_path), _kernel_key(seed, b_path)
         if a is not None and b is not None:
-            pairs[frozenset((a, b))] = float(row.distance)
+            pairs[frozenset((a, b))] = float(distance)
     return pairs
 
 
@@ -614,17 +804,101 @@ def _save(fig: Figure, path: str) -> None:
 # --------------------------------------------------------------------------
 
 
+def _unwritable(flag: str, path: str, problem: str) -> utils.UserError:
+    return utils.UserError(
+        f"{flag} {path}: {problem}; choose another {flag} (nothing was "
+        "written)"
+    )
+
+
+def _check_folder(flag: str, path: str, given: str | None = None) -> None:
+    """Refuses a folder that cannot be made or written, writing nothing
+    that stays: the nearest existing folder gets a probe file, removed at
+    once. given: the flag's value, as the message shows it."""
+    given = path if given is None else given
+    probe_dir = os.path.abspath(path)
+    while not os.path.isdir(probe_dir):
+        if os.path.lexists(probe_dir):
+            raise _unwritable(
+                flag, given, f"{probe_dir} is a file, not a folder"
+            )
+        probe_dir = os.path.dirname(probe_dir)
+    try:
+        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".write_test.")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise _unwritable(
+            flag, given, f"{probe_dir} is not writable ({err.strerror})"
+        ) from None
+
+
+def _check_file(flag: str, path: str, given: str | None = None) -> None:
+    """Refuses a file path that names a folder or lies in a folder that
+    cannot be made or written."""
+    given = path if given is None else given
+    if path.endswith(os.sep) or os.path.isdir(path):
+        where = "" if path == given else f"{path} is "
+        raise _unwritable(flag, given, f"{where}a folder, not a file")
+    _check_folder(flag, os.path.dirname(os.path.abspath(path)), given)
+
+
+def preset_csvs(results_dir: str, name: str) -> dict[str, str]:
+    """{'', '_summary', '_kernels': the path of the preset's CSV}."""
+    return {
+        suffix: os.path.join(results_dir, f"{name}{suffix}.csv")
+        for suffix in ("", "_summary", "_kernels")
+    }
+
+
+def check_outputs(name: str, results_dir: str, report_path: str) -> None:
+    """Refuses, before anything is written, outputs `aggregate` could not
+    write: a --results_dir (or its figure folder `{name}/`) that is a file
+    or cannot be written, a CSV path that is a folder, a --report that is
+    a folder or in a folder that cannot be written.
+
+    Raises:
+        UserError: one line naming the flag and the path.
+    """
+    _check_folder("--results_dir", results_dir)
+    figure_dir = os.path.join(results_dir, name)
+    _check_folder("--results_dir", figure_dir, results_dir)
+    for path in preset_csvs(results_dir, name).values():
+        _check_file("--results_dir", path, results_dir)
+    _check_report(results_dir, report_path)
+
+
+def _check_report(results_dir: str, report_path: str) -> None:
+    """Refuses what write_report could not write: the report, and the
+    paper grid's commands in `results_dir`."""
+    _check_file("--report", report_path)
+    commands = os.path.join(results_dir, COMMANDS_FILE)
+    _check_file("--results_dir", commands, results_dir)
+
+
 def aggregate(the_grid: grid.Grid, results_dir: str, report_path: str) -> dict:
     """Writes the CSVs and figures of `the_grid` into `results_dir`, then
     regenerates the report at `report_path` from every preset's CSVs there.
-    Refuses (UserError, nothing written) when no phase-2 cell has results,
-    so that a wrong output root never overwrites committed results.
+
+    Refuses (UserError, nothing written): an output that cannot be written
+    (check_outputs); an output root whose sweep.json or cells record other
+    settings than the grid's (Grid.check_record, Grid.check_cells); a
+    damaged file of a cell; no phase-2 cell with results (so that a wrong
+    output root never overwrites committed results).
+
+    The preset's outputs in `results_dir` ({name}.csv, {name}_summary.csv,
+    {name}_kernels.csv, the figures {name}/*.png) are replaced as a whole:
+    made in a hidden folder there, then moved into place, and those of an
+    earlier aggregation that this one does not make are removed.
 
     Returns:
         {'rows': DataFrame, 'summary': DataFrame, 'kernels': DataFrame,
         'missing': list of str, 'written': list of paths}.
     """
     name = the_grid.name
+    check_outputs(name, results_dir, report_path)
+    the_grid.check_record()
+    the_grid.check_cells(the_grid.cells())
     rows, missing = collect_cells(the_grid)
     kernel_table, kernel_missing = collect_kernels(the_grid)
     missing += kernel_missing
@@ -637,19 +911,10 @@ def aggregate(the_grid: grid.Grid, results_dir: str, report_path: str) -> dict:
     rows = join_kernels(rows, kernel_table)
     summary = summarize(rows)
     utils.ensure_writable_dir(results_dir)
-    figure_dir = utils.ensure_writable_dir(os.path.join(results_dir, name))
-    written = []
-    for suffix, frame in (("", rows), ("_summary", summary)):
-        path = os.path.join(results_dir, f"{name}{suffix}.csv")
-        utils.atomic_write_text(path, frame.to_csv(index=False))
-        written.append(path)
-    if not kernel_table.empty:
-        path = os.path.join(results_dir, f"{name}_kernels.csv")
-        utils.atomic_write_text(path, kernel_table.to_csv(index=False))
-        written.append(path)
-    written += plot_accuracy(rows, figure_dir)
-    written += plot_kernels(kernel_table, figure_dir)
-    written += plot_features(the_grid, figure_dir, missing)
+    with utils.FolderLock(results_dir, "--results_dir"):
+        written = _replace_outputs(
+            the_grid, results_dir, (rows, summary, kernel_table), missing
+        )
     expected = sum(c.stage == "phase2" for c in the_grid.cells())
     print(f"aggregate: {len(rows)} of {expected} phase-2 cells have results")
     for line in missing:
@@ -666,6 +931,56 @@ def aggregate(the_grid: grid.Grid, results_dir: str, report_path: str) -> dict:
         missing=missing,
         written=written,
     )
+
+
+def _replace_outputs(
+    the_grid: grid.Grid,
+    results_dir: str,
+    frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    missing: list,
+) -> list[str]:
+    """Makes the preset's CSVs and figures in a hidden folder of
+    `results_dir`, then moves them into place and removes the preset's
+    outputs this run does not make. Call with the folder's lock held.
+    Returns the paths written."""
+    name = the_grid.name
+    rows, summary, kernel_table = frames
+    staging = os.path.join(results_dir, f".{name}.aggregating")
+    shutil.rmtree(staging, ignore_errors=True)  # of a killed aggregation
+    os.makedirs(os.path.join(staging, name))
+    try:
+        made = {}  # final path -> staged path
+        csvs = preset_csvs(results_dir, name)
+        tables = {"": rows, "_summary": summary}
+        if not kernel_table.empty:
+            tables["_kernels"] = kernel_table
+        for suffix, frame in tables.items():
+            staged = os.path.join(staging, os.path.basename(csvs[suffix]))
+            utils.atomic_write_text(staged, frame.to_csv(index=False))
+            made[csvs[suffix]] = staged
+        staged_figures = os.path.join(staging, name)
+        figures = plot_accuracy(rows, staged_figures)
+        figures += plot_kernels(kernel_table, staged_figures)
+        figures += plot_features(the_grid, staged_figures, missing)
+        figure_dir = os.path.join(results_dir, name)
+        for staged in figures:
+            made[os.path.join(figure_dir, os.path.basename(staged))] = staged
+        # Everything is made: into place, then away with the earlier run's.
+        os.makedirs(figure_dir, exist_ok=True)
+        for final, staged in made.items():
+            os.replace(staged, final)
+        stale = [p for p in csvs.values() if p not in made]
+        stale += [
+            os.path.join(figure_dir, f)
+            for f in os.listdir(figure_dir)
+            if f.endswith(".png") and os.path.join(figure_dir, f) not in made
+        ]
+        for path in stale:
+            if os.path.isfile(path) or os.path.islink(path):
+                os.remove(path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return list(made)
 
 
 # --------------------------------------------------------------------------
@@ -1067,7 +1382,7 @@ def _cost_section(
     """The paper grid's commands (a file) and GPU-hours."""
     the_grid = grid.Grid.load(config_path)
     cells = the_grid.cells()
-    commands = os.path.join(results_dir, f"{the_grid.name}_commands.txt")
+    commands = os.path.join(results_dir, COMMANDS_FILE)
     text = "".join(
         f"# {cell.id}\n{cell.command('python')}\n" for cell in cells
     )
@@ -1105,7 +1420,9 @@ def write_report(
 ) -> str:
     """Writes the report from the CSVs in `results_dir` and the configs:
     a column and a section per preset (configs_dir/{name}.toml) and per
-    grid of `extra` ({name: config path}); returns its text."""
+    grid of `extra` ({name: config path}); returns its text. Refuses
+    (UserError, nothing written) a report path that cannot be written."""
+    _check_report(results_dir, report_path)
     report_dir = os.path.dirname(os.path.abspath(report_path))
     configs = {n: os.path.join(configs_dir, f"{n}.toml") for n in PRESETS}
     configs.update(extra or {})

@@ -6,9 +6,17 @@ from the repository root, its output appended to the cell's log file, with
 `--resume` when a run_exp.py cell was interrupted. A cell counts as finished
 by the files it wrote (grid.cell_status), so both ways of running write the
 same files and a re-run skips what is done.
+
+While either runs, the sweep holds a lock on its output root
+(`claimed_root`), so a second sweep there is refused with one line naming
+the holder. A cell's command runs in a process group of its own, which
+Ctrl-C or SIGTERM to the sweep stops; on Linux the kernel also kills the
+command when the sweep dies in any other way (SIGKILL included), so no
+cell outlives its sweep.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,8 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -82,6 +90,93 @@ class Outcome:
         return text
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a sweep running cells here: it stops them as Ctrl-C does
+    (cli.run_cli reports it as an interruption)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def claimed_root(the_grid: grid.Grid) -> Iterator[None]:
+    """Holds the sweep's lock on its output root (utils.FolderLock, the
+    `.lock` file of the root) while the body runs, with the dataset
+    prepared (prepare_data) and the sweep's record written (write_record)
+    under it.
+
+    A root that exists is locked first, so that a second sweep there is
+    refused at once, before it reads or writes anything; a new root is
+    created only once the dataset is ready, so a refused sweep leaves none.
+
+    Raises (on entering):
+        UserError: another sweep holds the root (the message names it), the
+            dataset cannot be had, or the root holds a sweep of other
+            settings.
+    """
+    root = here(the_grid.root)
+    with contextlib.ExitStack() as held:
+        locked = os.path.isdir(root)
+        if locked:
+            held.enter_context(utils.FolderLock(root, "--output_root"))
+        prepare_data(the_grid)
+        if not locked:
+            utils.ensure_writable_dir(root)
+            held.enter_context(utils.FolderLock(root, "--output_root"))
+        the_grid.check_record()  # again: another sweep may have written it
+        the_grid.write_record()
+        yield
+
+
+# Run by this interpreter in place of a cell's command, which it then
+# becomes (exec): on Linux it first asks the kernel to send it SIGKILL when
+# its parent, the thread of the sweep that started it, ends, however the
+# sweep ends. (Popen's preexec_fn could do the same, but is not safe in a
+# process with threads, as a sweep is.) argv: the sweep's pid, then the
+# command.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+parent, command = int(sys.argv[1]), sys.argv[2:]
+if sys.platform.startswith("linux"):
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(128 + signal.SIGKILL)
+os.execv(command[0], command)
+"""
+# How much of a cell's stderr is kept to report its error.
+_TAIL_BYTES = 16384
+
+
+def _launch(command: list[str]) -> list[str]:
+    """`command` started through _LAUNCHER."""
+    return [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *command]
+
+
+def _copy_stderr(
+    stream: IO[bytes], log_file: IO[bytes], tail: bytearray
+) -> None:
+    """Copies a command's stderr into its log as it comes, keeping its
+    last _TAIL_BYTES in `tail`."""
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        log_file.write(chunk)
+        log_file.flush()
+        tail += chunk
+        del tail[:-_TAIL_BYTES]
+
+
+def _error_line(stderr_tail: bytes) -> str:
+    """What a failed command said: its last `error: ...` line (the entry
+    scripts' one-line errors), else its last non-empty line ('' when
+    none)."""
+    text = stderr_tail.decode(errors="replace").replace("\r", "\n")
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    chosen = errors or lines
+    return chosen[-1][:300] if chosen else ""
+
+
 def _last_line(path: str) -> str:
     """The last non-empty line of a text file ('' when none)."""
     try:
@@ -99,9 +194,12 @@ def execute_cell(
 ) -> Outcome:
     """Runs `cell` unless its files show it finished.
 
-    The command runs from the repository root with this interpreter; its
+    The command runs from the repository root with this interpreter, in a
+    process group of its own that dies with the sweep (_LAUNCHER); its
     stdout and stderr are appended to the cell's log after a header line
-    with the command. An interrupted run_exp.py cell gets `--resume`.
+    with the command. An interrupted run_exp.py cell gets `--resume`. A
+    failure is reported with the command's own stderr (its `error:` line),
+    never with a line another process wrote to the log.
 
     Args:
       cell: the cell.
@@ -126,22 +224,35 @@ def execute_cell(
     command = [sys.executable, *cell.argv(resume)]
     os.makedirs(os.path.dirname(log), exist_ok=True)
     started = time.time()
-    with open(log, "a") as log_file:
+    tail = bytearray()
+    with open(log, "ab") as log_file:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        log_file.write(f"# {stamp} {shlex.join(command)}\n")
+        log_file.write(f"# {stamp} {shlex.join(command)}\n".encode())
         log_file.flush()
         process = subprocess.Popen(
-            command,
+            _launch(command),
             cwd=grid.ROOT,
             stdout=log_file,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             env=dict(os.environ, **(env or {})),
             start_new_session=True,
         )
-        if on_start is not None:
-            on_start(process)
-        code = process.wait()
+        copier = threading.Thread(
+            target=_copy_stderr, args=(process.stderr, log_file, tail)
+        )
+        copier.start()
+        try:
+            if on_start is not None:
+                on_start(process)
+            code = process.wait()
+        except BaseException:  # e.g. Ctrl-C where the sweep waits here
+            _stop(process)
+            process.wait()
+            raise
+        finally:
+            copier.join()
+            process.stderr.close()
     seconds = time.time() - started
     finished = grid.cell_status(cell) == DONE
     if code == 0 and finished:
@@ -149,8 +260,13 @@ def execute_cell(
     if code == 0:
         missing = [p for p in cell.outputs if not os.path.exists(here(p))]
         why = f"exit 0 but {missing[0]} is missing"
+    elif code < 0:
+        why = f"killed by {signal.Signals(-code).name}"
     else:
-        why = f"exit {code}: {_last_line(log)}"
+        said = _error_line(bytes(tail))
+        why = (
+            f"exit {code}: {said}" if said else f"exit {code}, no error output"
+        )
     return Outcome(cell.id, FAILED, seconds, why, log)
 
 
@@ -240,16 +356,38 @@ def run_local(
     progress: bool = True,
 ) -> list:
     """Runs `cells` here, up to `workers` at once, each after the cells it
-    needs.
+    needs, holding the output root (claimed_root).
 
     A cell whose needed cell failed is BLOCKED; independent cells go on.
     Prints a line per cell as it ends and keeps an overall tqdm bar.
-    Ctrl-C stops the running commands (their run_exp.py state stays, so a
-    re-run resumes them) and raises KeyboardInterrupt.
+    Ctrl-C or SIGTERM stops the running commands (their run_exp.py state
+    stays, so a re-run resumes them), waits for them to end and raises
+    KeyboardInterrupt (Terminated for SIGTERM).
 
     Returns:
         The Outcomes, in the order the cells ended.
+    Raises:
+        UserError: as claimed_root, before any cell starts.
     """
+    with claimed_root(the_grid):
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread:
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            return _run_local(the_grid, cells, workers, echo, progress)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+
+
+def _run_local(
+    the_grid: grid.Grid,
+    cells: list,
+    workers: int,
+    echo: Callable,
+    progress: bool,
+) -> list:
+    """run_local's work, under its lock and SIGTERM handler."""
     gpus = visible_gpus()
     device = f"GPUs {','.join(gpus)}" if gpus else "CPU"
     echo(f"sweep: {len(cells)} cells, {workers} worker(s) on {device}")
@@ -331,11 +469,13 @@ def run_local(
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """Terminates a cell's command and its children (its own session)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except OSError:
-        pass
+    """Terminates a cell's command and its children (its own process
+    group), stopped ones included (SIGCONT lets them receive SIGTERM)."""
+    for signum in (signal.SIGTERM, signal.SIGCONT):
+        try:
+            os.killpg(process.pid, signum)
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------
@@ -514,9 +654,26 @@ def run_slurm(
     from an earlier call are followed, not submitted again. A failed job
     cancels the jobs that need it (--kill-on-invalid-dep=yes).
 
+    Holds the output root (claimed_root) while it submits and follows.
+
     Returns:
         The Outcomes: one per cell (QUEUED for those not waited for).
+    Raises:
+        UserError: as claimed_root, before any job is submitted.
     """
+    with claimed_root(the_grid):
+        return _run_slurm(the_grid, cells, wait, poll_s, echo, progress)
+
+
+def _run_slurm(
+    the_grid: grid.Grid,
+    cells: list,
+    wait: bool,
+    poll_s: float,
+    echo: Callable,
+    progress: bool,
+) -> list:
+    """run_slurm's work, under its lock."""
     executor = _executor(the_grid)
     timeouts = (the_grid.config["slurm"] or {}).get("timeout_min", {})
     jobs = _Jobs(the_grid.root)

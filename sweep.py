@@ -87,6 +87,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if args.no_wait and not args.slurm:
         raise UserError("--no_wait goes with --slurm")
+    for flag in ("output_root", "results_dir", "report"):
+        if getattr(args, flag) == "":
+            raise UserError(f"--{flag} must not be empty: give a path")
     return args
 
 
@@ -100,6 +103,15 @@ def dry_run(the_grid: grid.Grid, cells: list) -> None:
         status = grid.cell_status(cell)
         needs = f"; needs {', '.join(cell.deps)}" if cell.deps else ""
         state = states.get(status, "to run")
+        if status != grid.TODO:
+            # Its files may be another run's: not finished for this grid.
+            try:
+                mismatch = grid.flag_mismatch(cell)
+            except UserError:
+                state = f"damaged: {grid.flags_record(cell)[0]}"
+            else:
+                if mismatch:
+                    state = f"made with other flags: {mismatch}"
         if not cell.available():
             state = f"{cell.script} not in this checkout"
         print(f"# {cell.id} [{cell.stage}, {state}{needs}]")
@@ -127,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     running = args.local is not None or args.slurm
     if running or args.dry_run or args.estimate:
         grid.check_output_root(args.config, the_grid.root)
+    if args.aggregate:
+        import report
+
+        # Before any cell runs: where the results will go can be written.
+        report.check_outputs(the_grid.name, args.results_dir, args.report)
     status = 0
     if args.dry_run:
         dry_run(the_grid, cells)
@@ -134,10 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_estimate(the_grid, cells)
     elif running:
         the_grid.check_record()
+        the_grid.check_cells(cells, strict=False)
         if args.slurm:
             runners.check_slurm()
-        runners.prepare_data(the_grid)
-        the_grid.write_record()
         progress = not args.no_progress
         if args.slurm:
             outcomes = runners.run_slurm(
@@ -157,8 +173,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             status = 1
     if args.aggregate:
-        import report
-
         report.aggregate(the_grid, args.results_dir, args.report)
     return status
 

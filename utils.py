@@ -221,6 +221,38 @@ def ensure_writable_dir(path: StrPath) -> str:
     return path
 
 
+def check_writable_dir(path: StrPath) -> str:
+    """Check that directory ``path`` could be created and written, creating
+    nothing that stays: the nearest folder that exists (``path`` itself, or
+    the one its missing parents would go in) gets a probe file, removed at
+    once. For the checks a script makes before its outputs' folder is
+    created (with :func:`ensure_writable_dir`, once every check passed).
+
+    Returns:
+        ``path`` as a ``str``.
+    Raises:
+        UserError: ``path`` or a parent is a file, or the nearest existing
+            folder cannot be written.
+    """
+    path = os.fspath(path)
+    existing = os.path.abspath(path)
+    while not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            raise UserError(
+                f"cannot create directory {path}: {existing} is a file; "
+                "choose another path"
+            )
+        existing = os.path.dirname(existing)
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write_test.")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        what = "write in" if existing == os.path.abspath(path) else "create"
+        raise _unwritable(f"cannot {what} directory", path, err) from None
+    return path
+
+
 def output_dir(model_path: str, bonus_dir: str) -> str:
     """Where the scripts that read a checkpoint write: the folder
     ``{dirname(model_path)}/{bonus_dir}``, normalised (not created)."""

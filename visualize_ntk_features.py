@@ -47,8 +47,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--save_name",
+        type=cli.file_prefix,
         default="ntk_eig_images",
-        help="prefix of the output file names",
+        help="prefix of the output file names (a plain name: --bonus_dir "
+        "chooses the folder)",
     )
     parser.add_argument(
         "--class_index",
@@ -140,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.use_linear_params, kernel
     )
     images = train_images[kernel.indices]
-    utils.ensure_writable_dir(out_dir)
+    # Created only once the images are made, after every check (the
+    # kernel's match with this network is checked in feature_images).
+    utils.check_writable_dir(out_dir)
     if kernel.indices_recomputed:
         print(
             f"{kernel_path} holds no indices (a file of the original code): "
@@ -186,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{os.path.basename(args.model_path)}"
         f"{' (lin_params)' if use_linear else ''}"
     )
+    utils.ensure_writable_dir(out_dir)
     _write_outputs(
         os.path.join(
             out_dir, f"{args.save_name}_class_{args.class_index}_{kernel.size}"

@@ -6,9 +6,11 @@ matrices; one-line refusals of bad input that write nothing; and the whole
 chain run_exp.py → calculate_kernel.py → analyze_kernels.py on a tiny
 Fashion-MNIST run."""
 
+import errno
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,8 @@ import pytest
 
 import analyze_kernels
 import cli
+import grid
+import kernel_analysis
 import kernel_files
 import utils
 from helpers import (
@@ -550,3 +554,191 @@ def test_replicates_refusals(angle_runs, tmp_path, capsys):
     )
     assert code == 2 and "different images" in err
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------
+# Kernels checked on load; distances whatever the kernels' units
+# --------------------------------------------------------------------------
+
+
+def write_kernel_copy(folder, at, source, **changes):
+    """A copy of kernel file `source` as the kernel of epoch `at` of the run
+    in `folder`, with `changes` to its entries (arrays kept as given, e.g.
+    float64)."""
+    name = f"parameters_checkpoint_{at:g}"
+    path = folder / "kernels" / name / "saved_kernel_12.pkl"
+    record = dict(
+        load_pickle(source),
+        epoch=at,
+        checkpoint_relpath=os.path.join("..", "..", f"{name}.pkl"),
+    )
+    record.pop("test_kernel")
+    for key in ("test_labels", "test_indices"):
+        record.pop(key)
+    utils.atomic_pickle(path, dict(record, **changes))
+    return path
+
+
+def test_promise_kernels_are_checked_on_load_and_distances_are_scale_safe(
+    runs, tmp_path, capsys
+):
+    """A kernel that is not positive semi-definite, not symmetric, or of
+    epoch NaN or infinity is refused with one line naming its file, and
+    nothing is written; K and 1e300·K are at distance 0, without a NumPy
+    warning."""
+    source = one_file(runs, epoch=0)
+    kernel = kernel_matrix(source)
+    noise = np.triu(np.random.default_rng(0).normal(size=(N, N)), 1)
+    bad = {
+        "negative": (
+            dict(kernel=-kernel),
+            "not positive semi-definite",
+        ),
+        "indefinite": (
+            dict(kernel=kernel - 0.5 * np.abs(kernel).max() * np.eye(N)),
+            "not positive semi-definite",
+        ),
+        "asymmetric": (
+            dict(kernel=kernel + np.abs(kernel).max() * noise),
+            "not symmetric",
+        ),
+        "epoch nan": (dict(epoch=float("nan")), "'epoch' is nan"),
+        "epoch inf": (dict(epoch=np.float64("inf")), "'epoch' is inf"),
+    }
+    for case, (changes, message) in bad.items():
+        folder = tmp_path / case.replace(" ", "_")
+        write_kernel_copy(folder, 1, one_file(runs, epoch=1))
+        path = write_kernel_copy(folder, 2, source, **changes)
+        out = tmp_path / "out" / case
+        code, _, err = run_main(
+            [folder, "--out_dir", out, "--no_figures", "--no_progress"],
+            capsys,
+        )
+        assert code == 2, case
+        assert_one_line_error(err, str(path), message)
+        assert "Warning" not in err
+        assert not (tmp_path / "out").exists()
+
+    scaled = tmp_path / "scaled"
+    write_kernel_copy(scaled, 0, source, kernel=kernel)
+    write_kernel_copy(scaled, 1, source, kernel=kernel * 1e300)
+    for factor in (1e300, 1e-300, 3.0):
+        assert kernel_analysis.kernel_distance(kernel, kernel * factor) < 1e-12
+    out = tmp_path / "scaled_out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, _, err = run_main(
+            [scaled, "--out_dir", out, "--no_figures", "--no_progress"],
+            capsys,
+        )
+    assert code == 0, err
+    pairwise = pd.read_csv(out / "pairwise.csv")
+    assert len(pairwise) == 1 and pairwise["distance"][0] < 1e-12
+    series = pd.read_csv(out / "series.csv")
+    np.testing.assert_allclose(series["distance_to_first"], 0, atol=1e-12)
+    np.testing.assert_allclose(series["velocity"][:1], 0, atol=1e-12)
+    kernels = pd.read_csv(out / "kernels.csv").sort_values("epoch")
+    for column in ("target_alignment", "top10_mass", "effective_rank"):
+        first, second = kernels[column]
+        assert second == pytest.approx(first, rel=1e-9), column
+
+
+# --------------------------------------------------------------------------
+# A finished analysis has every output
+# --------------------------------------------------------------------------
+
+
+def analysis_cell(out, names, tmp_path):
+    """A grid cell whose outputs are `names` in `out`, as the sweep's."""
+    return grid.Cell(
+        id="analysis",
+        stage="analysis",
+        script="analyze_kernels.py",
+        args=(),
+        deps=(),
+        outputs=tuple(str(out / name) for name in names),
+        keys={},
+        log=str(tmp_path / "analysis.log"),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["per seed", "between seeds"])
+def test_promise_analysis_is_finished_only_when_every_output_is_written(
+    angle_runs, tmp_path, capsys, monkeypatch, cell
+):
+    """A full disk met after the tables a sweep checks were written before
+    (a figure of the per-seed cell, series.csv of the cross-seed cell)
+    leaves the cell unfinished, so the sweep runs it again, and the re-run
+    writes every output."""
+    folders = [angle_runs / run / "kernels" for run in ANGLES]
+    out = tmp_path / "out"
+    if cell == "per seed":
+        argv = [folders[0], "--out_dir", out, "--no_progress"]
+        names, failing = grid.ANALYSIS_FILES, "distance_heatmap.png"
+    else:
+        argv = ["--replicates", *folders, "--out_dir", out]
+        argv += ["--no_figures", "--no_progress"]
+        names, failing = grid.SEEDS_ANALYSIS_FILES, "series.csv"
+    the_cell = analysis_cell(out, names, tmp_path)
+    assert run_main(argv, capsys)[0] == 0
+    assert grid.cell_status(the_cell) == grid.DONE
+
+    def no_space(file):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    writers = {"atomic_write_bytes": utils.atomic_write_bytes}
+    writers["atomic_write_text"] = utils.atomic_write_text
+    for name, write in writers.items():
+
+        def full_disk(path, content, write=write):
+            if os.path.basename(path) == failing:
+                utils._atomic_write(path, no_space)
+            write(path, content)
+
+        monkeypatch.setattr(utils, name, full_disk)
+    code, _, err = run_main(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, failing, os.strerror(errno.ENOSPC))
+    assert grid.cell_status(the_cell) == grid.TODO
+    monkeypatch.undo()
+
+    assert run_main(argv, capsys)[0] == 0
+    assert grid.cell_status(the_cell) == grid.DONE
+    assert (out / failing).exists()
+
+
+@pytest.mark.parametrize("case", ["bad kernel", "under a file", "drawing"])
+def test_promise_nothing_is_created_before_the_checks_pass(
+    runs, tmp_path, capsys, monkeypatch, case
+):
+    """--out_dir (and its missing parents) is created only when the
+    outputs are ready: a refused kernel, an --out_dir under a file, or a
+    failure while the figures are made leave no folder."""
+    folder = tmp_path / "run"
+    write_kernel_copy(folder, 1, one_file(runs, epoch=1))
+    out = tmp_path / "new" / "out"
+    if case == "bad kernel":
+        kernel = -kernel_matrix(one_file(runs, epoch=0))
+        write_kernel_copy(folder, 2, one_file(runs, epoch=0), kernel=kernel)
+        message = "not positive semi-definite"
+    else:
+        write_kernel_copy(folder, 2, one_file(runs, epoch=2))
+    if case == "under a file":
+        (tmp_path / "new").write_text("a file where a folder would go")
+        message = "is a file"
+    if case == "drawing":
+
+        def fail(*args):
+            raise utils.UserError("the figures could not be drawn")
+
+        monkeypatch.setattr(analyze_kernels, "_figures", fail)
+        message = "could not be drawn"
+    code, _, err = run_main(
+        [folder, "--out_dir", out, "--no_progress"], capsys
+    )
+    assert code == 2
+    assert_one_line_error(err, message)
+    assert sorted(os.listdir(tmp_path)) == (
+        ["new", "run"] if case == "under a file" else ["run"]
+    )

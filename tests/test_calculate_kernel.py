@@ -404,3 +404,57 @@ def test_bad_input_among_several_writes_nothing(
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert files_in(os.path.join(os.path.dirname(sweep[0]), "bad")) == []
+
+
+def test_promise_output_paths_are_compared_as_real_paths(
+    run_dir, sweep, capsys
+):
+    """Two checkpoints whose kernel files are one file through a symbolic
+    link (cklink -> ck) are refused before anything is written, and so is
+    a --save_name that is not a plain file-name prefix."""
+    folder = os.path.dirname(sweep[0])
+    link = os.path.join(run_dir["root"], "sweep_link")
+    os.symlink(folder, link)
+    through_link = os.path.join(link, os.path.basename(sweep[1]))
+    before = files_in(folder)
+    assert run_cli(sweep_args(run_dir, [sweep[0], through_link], ".")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    name = f"saved_kernel_class_3_{SIZE}.pkl"
+    assert f"would both write {os.path.join(link, name)}" in err
+    assert f"(the file {os.path.join(folder, name)})" in err
+    assert files_in(folder) == before
+    # A kernel file that would replace a checkpoint given.
+    argv = sweep_args(run_dir, sweep, "{name}/..", "--class_index", "-1")
+    argv += ["--save_name", "parameters_checkpoint", "--dataset_size", "2"]
+    assert run_cli(argv) == 2
+    assert "would replace the checkpoint" in capsys.readouterr().err
+    for save_name in ("sub/x", "../sn", "", ".hidden"):
+        argv = sweep_args(run_dir, sweep, "bad/{name}", "--save_name")
+        assert run_cli([*argv, save_name]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: argument --save_name: ") and (
+            err.count("\n") == 1
+        ), err
+    assert files_in(folder) == before
+
+
+def test_promise_nothing_is_created_before_the_checks_pass(
+    run_dir, sweep, capsys
+):
+    """The second checkpoint's output folder cannot be made (a file is in
+    the way): refused with one line before the first checkpoint's folder
+    is created."""
+    root = run_dir["root"] / "blocked"
+    paths = []
+    for part, checkpoint in zip(("a", "b"), sweep, strict=True):
+        path = root / part / os.path.basename(checkpoint)
+        os.makedirs(path.parent)
+        os.symlink(checkpoint, path)
+        paths.append(str(path))
+    (root / "b" / "kernels").write_text("a file where a folder would go")
+    assert run_cli(sweep_args(run_dir, paths, "kernels/{name}")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "is a file" in err and str(root / "b" / "kernels") in err
+    assert sorted(os.listdir(root / "a")) == [os.path.basename(sweep[0])]

@@ -34,9 +34,13 @@ def parser_with(*flag_types):
         (cli.positive_int, "2.5", "not an integer"),
         (cli.positive_float, "four", "not a number"),
         (cli.number(float, 0, 1), "1.5", "at most 1"),
+        (cli.file_prefix, "", "is empty"),
+        (cli.file_prefix, "sub/x", "not a plain file-name prefix"),
+        (cli.file_prefix, "../sn", "not a plain file-name prefix"),
+        (cli.file_prefix, ".x", "not a plain file-name prefix"),
     ],
 )
-def test_bad_numbers_are_refused_at_parse_time(kind, text, problem):
+def test_bad_numbers_and_names_are_refused_at_parse_time(kind, text, problem):
     with pytest.raises(cli.UserError) as info:
         parser_with(("x", kind)).parse_args([f"--x={text}"])
     message = str(info.value)

@@ -7,6 +7,7 @@ import shlex
 import pytest
 
 import cli
+import data
 import grid
 import runners
 import sweep
@@ -582,3 +583,274 @@ def test_visible_gpus_from_the_environment(monkeypatch):
     assert runners.visible_gpus() == ["0", "2"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert runners.visible_gpus() == []
+
+
+# --------------------------------------------------------------------------
+# Promises of sweep.py (README.md, "Promises of sweep.py")
+# --------------------------------------------------------------------------
+
+THROUGHPUT = {
+    "device": "D",
+    "source": "S",
+    "phase1_benign_images_per_s": 600.0,
+    "phase1_adversarial_images_per_s": 100.0,
+    "phase2_benign_images_per_s": 50.0,
+    "phase2_adversarial_images_per_s": 30.0,
+    "pgd_image_steps_per_s": 1000.0,
+    "kernel_file_s": 2.0,
+}
+REFERENCE = {
+    "phase1": "C",
+    "t": 1.0,
+    "phase2": "C",
+    "clean": 0.5,
+    "linf": 0.25,
+    "source": "S",
+}
+
+
+def _with(config, section, key, placeholder):
+    """`config` with `section.key` set to a number written as
+    `placeholder` (replaced in the TOML text by a value Python cannot
+    write there, e.g. nan)."""
+    if section == "":
+        config[key] = placeholder
+    elif isinstance(config.get(section), list):
+        config[section][0][key] = placeholder
+    else:
+        config[section] = dict(config.get(section) or {}, **{key: placeholder})
+    return config
+
+
+@pytest.mark.parametrize(
+    "section, key, toml_value, value, rule",
+    [
+        ("attack", "eps", "nan", float("nan"), (0, None, True)),
+        ("attack", "eps", "-inf", float("-inf"), (0, None, True)),
+        ("phase2", "lr", "inf", float("inf"), (0, None, True)),
+        ("phase2", "lr", "nan", float("nan"), (0, None, True)),
+        ("kernels", "memory_gb", "nan", float("nan"), (0, None, False)),
+        ("slurm", "mem_gb", "inf", float("inf"), (0, None, False)),
+        (
+            "throughput",
+            "phase1_adversarial_images_per_s",
+            "nan",
+            float("nan"),
+            (0, None, True),
+        ),
+        ("throughput", "kernel_file_s", "inf", float("inf"), (0, None, False)),
+        ("reference", "clean", "nan", float("nan"), (0, 1, False)),
+        ("reference", "linf", "1.5", 1.5, (0, 1, False)),
+        ("attack", "eps", "0.0", 0.0, (0, None, True)),
+        ("phase1", "epochs", "-1", -1, (0, None, False)),
+        (
+            "phase1",
+            "epochs",
+            str(2**63),
+            2**63,
+            (-(2**63), 2**63 - 1, False),
+        ),
+    ],
+)
+def test_promise_grid_numbers_checked_like_cli(
+    tiny, capsys, section, key, toml_value, value, rule
+):
+    """Every number of a grid by cli.number's rule (finite, in range), one
+    line naming the key, before anything is written: even with --local,
+    no sweep.json, no cell."""
+    config, root, write = tiny
+    config["throughput"] = dict(THROUGHPUT)
+    config["reference"] = [dict(REFERENCE)]
+    placeholder = 123456.75
+    _with(config, section, key, placeholder)
+    text = toml_text(config).replace(repr(placeholder), toml_value)
+    minimum, maximum, above = rule
+    problem = cli.number_problem(value, minimum, maximum, above=above)
+    assert problem  # the scripts' own rule refuses it
+    status = run_main(write(text=text), "--local", "1")
+    assert status == 2
+    name = f"{section}.{key}" if section else key
+    assert_one_line_error(capsys.readouterr().err, f"{name} {problem}")
+    assert not os.path.exists(root)
+
+
+def test_promise_grid_numbers_checked_like_cli_in_tables(tiny, capsys):
+    """The numbers of [slurm] tables too; a boolean is not a number."""
+    config, root, write = tiny
+    config["slurm"]["additional"] = {"exclusive": True, "nodes": 1.5}
+    text = toml_text(config).replace("nodes = 1.5", "nodes = nan")
+    assert run_main(write(text=text), "--dry_run") == 2
+    assert_one_line_error(
+        capsys.readouterr().err, "slurm.additional.nodes must be finite"
+    )
+    assert not os.path.exists(root)
+
+
+def _script_refusal(call):
+    with pytest.raises(utils.UserError) as info:
+        call()
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "section, key, value, words",
+    [
+        ("", "seeds", [2**32], lambda: _subset(20, 2**32)),
+        ("kernels", "image_seed", 2**32, lambda: _subset(20, 2**32)),
+        ("data", "train_size", 205, lambda: _subset(205, 0)),
+        ("data", "test_size", 55, lambda: _subset(55, 0)),
+        ("evaluation", "test_size", 55, lambda: _subset(55, 0)),
+        ("kernels", "sizes", [25], lambda: _subset(25, 0)),
+    ],
+)
+def test_promise_grid_refuses_what_the_scripts_refuse(
+    tiny, capsys, section, key, value, words
+):
+    """Values the cells' scripts would refuse are refused by the grid
+    check, in the scripts' own words (data.balanced_subset_indices, which
+    run_exp.py, eval_and_make_adv.py and calculate_kernel.py draw their
+    subsets with)."""
+    config, root, write = tiny
+    _with(config, section, key, value)
+    assert run_main(write(config), "--dry_run") == 2
+    name = f"{section}.{key}" if section else key
+    assert_one_line_error(capsys.readouterr().err, f"{name}: {words()}")
+    assert not os.path.exists(root)
+
+
+def _subset(size, seed):
+    """The refusal of the scripts' class-balanced draw, 10 classes."""
+    labels = [c for c in range(10) for _ in range(30)]
+    return _script_refusal(
+        lambda: data.balanced_subset_indices(labels, size, seed)
+    )
+
+
+def test_promise_grid_refuses_what_the_scripts_refuse_the_seed_limit():
+    """The grid's limit is the scripts': 2**32 - 1 is taken by both."""
+    labels = [c for c in range(10) for _ in range(3)]
+    assert len(data.balanced_subset_indices(labels, 20, 2**32 - 1)) == 20
+    assert grid._seeds([0, 2**32 - 1]) is None
+
+
+def test_promise_huge_epochs_planned_lazily(tiny, capsys):
+    """phase1.epochs = 10**8: the saved t are never listed; the dry run
+    prints every command, and an unsaved t is refused in a short line."""
+    config, root, write = tiny
+    config["phase1"]["epochs"] = 100_000_000
+    config["phase2"]["times"] = [1, 99_999_999]
+    config["kernels"]["times"] = [0.125, 100_000_000]
+    assert run_main(write(config), "--dry_run") == 0
+    out = capsys.readouterr().out
+    assert "--standard_epochs 100000000 " in out
+    assert "parameters_checkpoint_99999999.pkl" in out
+    assert not os.path.exists(root)
+    config["phase2"]["times"] = [2.5, 99_999_999.5]
+    assert run_main(write(config), "--dry_run") == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(
+        err,
+        "phase2.times has t = 99999999.5",
+        "saved: every integer from 0 to 100000000 and 0.125, 0.25",
+    )
+    assert len(err) < 400
+    # is_saved is saved_times without the list.
+    for epochs in range(5):
+        saved = grid.saved_times(epochs)
+        for t in [k / 8 for k in range(50)]:
+            assert grid.is_saved(t, epochs) == (t in saved), (t, epochs)
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (dict(name="../../evil"), "name must be a plain file name"),
+        (dict(name=""), "name must be a plain file name"),
+        (dict(name=".."), "name must be a plain file name"),
+        (dict(name="a/b"), "name must be a plain file name"),
+        (dict(output_root=""), "output_root must not be empty"),
+        (dict(data={"data_path": ""}), "data.data_path must not be empty"),
+        (
+            dict(slurm={"timeout_min": {"phase1": True}}),
+            "slurm.timeout_min.phase1 must be a positive integer",
+        ),
+        (dict(phase2={"epochs": True}), "phase2.epochs must be an integer"),
+        (dict(attack={"eps": True}), "attack.eps must be a number"),
+        (dict(seeds=[0, False]), "seeds must be a list of integers"),
+    ],
+)
+def test_promise_grid_names_are_plain_and_values_typed(
+    tiny, capsys, tmp_path, change, named
+):
+    """Names that become file names are plain file names (nothing written
+    outside --results_dir); no value may be empty where a path is meant;
+    booleans are not numbers. Refused even with --aggregate, before
+    anything is written."""
+    config, root, write = tiny
+    for section, value in change.items():
+        if isinstance(value, dict) and isinstance(config.get(section), dict):
+            config[section] = dict(config[section], **value)
+        else:
+            config[section] = value
+    results = tmp_path / "results"
+    status = run_main(
+        write(config),
+        "--aggregate",
+        "--results_dir",
+        results,
+        "--report",
+        tmp_path / "R.md",
+    )
+    assert status == 2
+    assert_one_line_error(capsys.readouterr().err, named)
+    assert sorted(os.listdir(tmp_path)) == ["grid.toml"]
+
+
+def test_promise_grid_names_are_plain_and_values_typed_flags(tiny, capsys):
+    """The same of sweep.py's own path flags: an empty one is refused."""
+    _, root, write = tiny
+    path = write()
+    for flag in ("--output_root", "--results_dir", "--report"):
+        assert run_main(path, "--dry_run", flag, "") == 2
+        assert_one_line_error(capsys.readouterr().err, f"{flag} must not")
+    assert not os.path.exists(root)
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda p: p.write_text('{"fixed": {"attack.ep'), "not valid JSON"),
+        (lambda p: p.write_text("[1, 2]"), "a JSON list, not an object"),
+        (lambda p: p.write_text('{"fixed": [1]}'), "no 'fixed' object"),
+        (lambda p: p.write_text('"fixed"'), "a JSON str, not an object"),
+        (lambda p: p.write_bytes(b"\xff\xfe\x00"), "not valid JSON"),
+        (lambda p: p.mkdir(), "a folder, not a file"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["--local", "--aggregate"])
+def test_promise_damaged_sweep_record_is_one_line(
+    tiny, capsys, tmp_path, damage, problem, mode
+):
+    """A truncated, wrong-typed or folder sweep.json: one line naming the
+    file and the fix, exit 2, nothing else written in the output root."""
+    config, root, write = tiny
+    os.makedirs(root)
+    record = root / "sweep.json"
+    damage(record)
+    args = ["--local", "1"] if mode == "--local" else ["--aggregate"]
+    status = run_main(
+        write(config),
+        *args,
+        "--results_dir",
+        tmp_path / "results",
+        "--report",
+        tmp_path / "R.md",
+    )
+    assert status == 2
+    assert_one_line_error(
+        capsys.readouterr().err,
+        f"{record} is not a sweep record ({problem}",
+        "restore it, or remove it",
+    )
+    assert os.listdir(root) == ["sweep.json"]
+    assert not (tmp_path / "results").exists()

@@ -85,6 +85,8 @@ def test_parse_class_index():
         ({}, "parameters_final.pkl", None),
         ({}, "parameters_checkpoint_x.pkl", None),
         ({}, "old_parameters_checkpoint_3.pkl", None),
+        ({"epoch": float("nan")}, "parameters_checkpoint_2.pkl", 2),
+        ({"epoch": float("inf")}, "parameters_final.pkl", None),
     ],
 )
 def test_checkpoint_epoch(meta, name, epoch):
@@ -225,6 +227,14 @@ def test_kernel_file_loads(tmp_path):
     np.testing.assert_array_equal(loaded.indices, [10, 11, 12, 13])
 
 
+def test_rounding_asymmetry_is_symmetrised(tmp_path):
+    kernel = kernel_matrix(4).astype(np.float64)
+    kernel[0, 1] *= 1 + 1e-6
+    loaded = kernel_files.read(write(tmp_path, kernel_record(kernel=kernel)))
+    np.testing.assert_array_equal(loaded.kernel, loaded.kernel.T)
+    np.testing.assert_allclose(loaded.kernel, kernel, rtol=1e-6)
+
+
 def test_kernel_file_without_params_record(tmp_path):
     path = write(tmp_path, kernel_record(use_linear_params=None))
     assert kernel_files.read(path).use_linear_params is None
@@ -245,6 +255,13 @@ def test_kernel_file_without_params_record(tmp_path):
         (dict(labels=None), 4, "lacks key"),
         (dict(use_linear_params=np.ones(2)), 4, "not a yes/no"),
         (dict(epoch="three"), 4, "'epoch' is not a number"),
+        (dict(epoch=float("nan")), 4, "'epoch' is nan, not a finite"),
+        (dict(epoch=np.float32("-inf")), 4, "'epoch' is -inf, not a finite"),
+        (
+            dict(kernel=kernel_matrix(4) + np.triu(np.ones((4, 4)), 1)),
+            4,
+            "not symmetric",
+        ),
     ],
 )
 def test_bad_kernel_files_are_refused(tmp_path, changes, size, message):

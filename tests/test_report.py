@@ -11,10 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import eval_and_make_adv
 import grid
 import kernel_analysis as ka
 import report
+import run_exp
 import utils
+from helpers import assert_one_line_error
 from sweep_fixtures import tiny_config, write_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -54,6 +57,7 @@ def synthetic(tmp_path):
             utils.atomic_write_json(
                 os.path.join(cell.keys["save_path"], "config.json"),
                 {
+                    "flags": vars(run_exp.parse_args(cell.args)),
                     "test_images": 100,
                     "environment": {"jax": "0.5.3", "device_kind": "cpu"},
                 },
@@ -61,6 +65,7 @@ def synthetic(tmp_path):
             files[cell.id] = record
         elif cell.stage == "eval":
             record = {
+                "flags": vars(eval_and_make_adv.parse_args(cell.args)),
                 "attack": {"iters": 5},
                 "sources": [
                     {
@@ -447,3 +452,401 @@ def test_claim_one_on_synthetic_kernels():
     single = table[table["seed"] == 0]
     assert report.claim_one(single)["verdict"] == "no data"
     assert report.claim_one(pd.DataFrame())["verdict"] == "no data"
+
+
+# --------------------------------------------------------------------------
+# Promises of sweep.py (README.md, "Promises of sweep.py")
+# --------------------------------------------------------------------------
+
+
+def _cut(path):
+    """The file at `path` cut in the middle of a line."""
+    text = open(path).read()
+    half = len(text) // 2
+    if text[half - 1] == "\n":
+        half -= 2
+    with open(path, "w") as f:
+        f.write(text[:half])
+
+
+def _phase2(the_grid, index=0):
+    return [c for c in the_grid.cells() if c.stage == "phase2"][index]
+
+
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+DAMAGES = {
+    "truncated results.json": (
+        lambda g: _phase2(g).outputs[0],
+        _cut,
+        "not valid JSON",
+    ),
+    "results.json of []": (
+        lambda g: _phase2(g).outputs[0],
+        lambda p: _write(p, "[]"),
+        "a list, not a JSON object",
+    ),
+    "results.json without results": (
+        lambda g: _phase2(g).outputs[0],
+        lambda p: _write(p, '{"standard": null}'),
+        "no 'linear'",
+    ),
+    "results.json with a word for a number": (
+        lambda g: _phase2(g).outputs[0],
+        lambda p: _write(p, '{"linear": {"clean": "high"}}'),
+        "linear.clean is 'high', not a number",
+    ),
+    "phase-1 results.json of a number": (
+        lambda g: [c for c in g.cells() if c.stage == "phase1"][0].outputs[0],
+        lambda p: _write(p, "3"),
+        "int, not a JSON object",
+    ),
+    "truncated eval json": (
+        lambda g: g.eval_results(_phase2(g)),
+        _cut,
+        "not valid JSON",
+    ),
+    "eval json without sources": (
+        lambda g: g.eval_results(_phase2(g)),
+        lambda p: _write(p, '{"sources": [], "flags": {}}'),
+        "no 'sources' rows",
+    ),
+    "config.json a folder": (
+        lambda g: os.path.join(_phase2(g).keys["save_path"], "config.json"),
+        lambda p: (os.remove(p), os.mkdir(p)),
+        "a folder, not a file",
+    ),
+    "garbage kernels.csv": (
+        lambda g: os.path.join(g.analysis_dir(0), "kernels.csv"),
+        lambda p: open(p, "wb").write(b'\x00\xff"garbage\nx\n'),
+        "not a CSV table",
+    ),
+    "truncated kernels.csv": (
+        lambda g: os.path.join(g.analysis_dir(0), "kernels.csv"),
+        _cut,
+        "cut short: its last line has no line break",
+    ),
+    "kernels.csv without paths": (
+        lambda g: os.path.join(g.analysis_dir(1), "kernels.csv"),
+        lambda p: _write(p, "epoch,n\n1,20\n"),
+        "no column 'path'",
+    ),
+    "garbage pairwise.csv": (
+        lambda g: os.path.join(g.analysis_dir(1), "pairwise.csv"),
+        lambda p: _write(p, "a,b,distance\nx,y,far\n"),
+        "distance 'far' in row 1 is not a number",
+    ),
+    "empty pairwise.csv": (
+        lambda g: os.path.join(g.analysis_dir(1), "pairwise.csv"),
+        lambda p: _write(p, ""),
+        "an empty file",
+    ),
+    "garbage replicates.csv": (
+        lambda g: os.path.join(g.seeds_analysis_dir(), "replicates.csv"),
+        lambda p: _write(p, "hello\nworld\n"),
+        "no column 'a'",
+    ),
+}
+
+
+def _cell_of(the_grid, path):
+    """The id and folder of the cell whose file `path` is."""
+    for cell in the_grid.cells():
+        if cell.stage == "analysis":
+            folder = os.path.dirname(cell.outputs[0])
+        elif cell.run_exp:
+            folder = cell.keys["save_path"]
+        else:
+            folder = os.path.dirname(cell.outputs[0])
+        if os.path.dirname(path) == folder:
+            return cell.id, folder
+    raise AssertionError(path)
+
+
+@pytest.mark.parametrize("case", list(DAMAGES))
+def test_promise_damaged_cell_files_refused_by_aggregate(synthetic, case):
+    """A cell's file that is there but is not what its script writes: one
+    line naming the cell and the file and the fix, nothing written."""
+    the_grid, _, _, tmp_path = synthetic
+    where, damage, problem = DAMAGES[case]
+    path = where(the_grid)
+    damage(path)
+    cell_id, folder = _cell_of(the_grid, path)
+    with pytest.raises(utils.UserError) as info:
+        _aggregate(the_grid, tmp_path)
+    assert_one_line_error(
+        f"error: {info.value}\n",
+        f"{cell_id}: {path} is damaged (",
+        problem,
+        f"remove {folder} and run the sweep again",
+    )
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "R.md").exists()
+
+
+def test_promise_damaged_cell_files_refused_by_aggregate_cli(synthetic):
+    """The same through sweep.py: exit 2, one line."""
+    the_grid, _, _, tmp_path = synthetic
+    _cut(_phase2(the_grid).outputs[0])
+    status, err = _sweep_main(the_grid.path, "--aggregate", tmp_path)
+    assert status == 2
+    assert_one_line_error(err, _phase2(the_grid).id, "results.json")
+    assert not (tmp_path / "results").exists()
+
+
+def test_promise_damaged_cell_files_incomplete_kernels_listed(synthetic):
+    """kernels.csv cut at the end of a line has no row for some of the
+    grid's kernels: listed among the missing, never silently ignored."""
+    the_grid, _, _, tmp_path = synthetic
+    path = os.path.join(the_grid.analysis_dir(0), "kernels.csv")
+    lines = open(path).read().splitlines(keepends=True)
+    _write(path, "".join(lines[:2]))  # the header and one kernel of four
+    out, results = _aggregate(the_grid, tmp_path)
+    (line,) = [m for m in out["missing"] if "kernels.csv has no row" in m]
+    assert line.startswith("seed_0/analysis: kernels.csv has no row for 3")
+    table = pd.read_csv(results / "synth_kernels.csv")
+    assert len(table[table["seed"] == 0]) == 1
+
+
+def _sweep_main(config, mode, tmp_path, *more):
+    """sweep.py's main in this process; (exit status, stderr)."""
+    import contextlib
+    import io
+
+    import cli
+    import sweep
+
+    err = io.StringIO()
+    argv = [str(config), mode, *map(str, more)]
+    if "--results_dir" not in more:
+        argv += ["--results_dir", str(tmp_path / "results")]
+    if "--report" not in more:
+        argv += ["--report", str(tmp_path / "R.md")]
+    with contextlib.redirect_stderr(err):
+        try:
+            status = cli.run_cli(lambda: sweep.main(argv))
+        except SystemExit as exit_:
+            status = exit_.code
+    return status, err.getvalue()
+
+
+def _unwritable_dir():
+    """A folder that refuses new files even to root (/sys), or skip."""
+    try:
+        report._check_folder("x", "/sys/probe")
+    except utils.UserError:
+        return "/sys"
+    pytest.skip("/sys is writable here")
+
+
+OUTPUTS = {
+    "--report a folder": (
+        lambda t: ["--report", t / "folder"],
+        "--report",
+        "a folder, not a file",
+    ),
+    "--report in a read-only place": (
+        lambda t: ["--report", os.path.join(_unwritable_dir(), "R.md")],
+        "--report",
+        "is not writable",
+    ),
+    "--report under a file": (
+        lambda t: ["--report", t / "a_file" / "R.md"],
+        "--report",
+        "is a file, not a folder",
+    ),
+    "--results_dir in a read-only place": (
+        lambda t: ["--results_dir", os.path.join(_unwritable_dir(), "r")],
+        "--results_dir",
+        "is not writable",
+    ),
+    "--results_dir a file": (
+        lambda t: ["--results_dir", t / "a_file"],
+        "--results_dir",
+        "is a file, not a folder",
+    ),
+    "a CSV path that is a folder": (
+        lambda t: ["--results_dir", t / "held"],
+        "--results_dir",
+        "synth_summary.csv is a folder, not a file",
+    ),
+    "the figure folder a file": (
+        lambda t: ["--results_dir", t / "held2"],
+        "--results_dir",
+        "synth is a file, not a folder",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OUTPUTS))
+def test_promise_aggregate_checks_every_output_first(synthetic, case):
+    """An output --aggregate could not write is refused before any CSV,
+    figure or report is written (and, by sweep.py, before any cell
+    runs)."""
+    the_grid, _, _, tmp_path = synthetic
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "held" / "synth_summary.csv").mkdir(parents=True)
+    (tmp_path / "held2").mkdir()
+    (tmp_path / "held2" / "synth").write_text("")
+    flags, flag, problem = OUTPUTS[case]
+    argv = flags(tmp_path)
+    before = sorted(p for p in tmp_path.rglob("*") if "root" not in p.parts)
+    status, err = _sweep_main(the_grid.path, "--aggregate", tmp_path, *argv)
+    assert status == 2
+    assert_one_line_error(err, f"{flag} {argv[1]}", problem)
+    after = sorted(p for p in tmp_path.rglob("*") if "root" not in p.parts)
+    assert after == before
+    # In the same order when report.aggregate is called itself.
+    results = tmp_path / "results"
+    report_path = tmp_path / "R.md"
+    chosen = {"--results_dir": results, "--report": report_path}
+    chosen[argv[0]] = argv[1]
+    with pytest.raises(utils.UserError, match=problem):
+        report.aggregate(
+            the_grid, str(chosen["--results_dir"]), str(chosen["--report"])
+        )
+    after = sorted(p for p in tmp_path.rglob("*") if "root" not in p.parts)
+    assert after == before
+
+
+def _outputs(results):
+    return sorted(
+        str(p.relative_to(results)) for p in results.rglob("*") if p.is_file()
+    )
+
+
+def test_promise_aggregate_replaces_a_presets_outputs_whole(
+    synthetic, monkeypatch
+):
+    """A second aggregation into the same folder replaces the preset's
+    CSVs and figures as a whole: what the new run does not make (its
+    kernel table, kernel and feature figures, a stray figure) is gone, and
+    the report does not read it. A failure while making the outputs
+    leaves the earlier ones as they were."""
+    the_grid, _, _, tmp_path = synthetic
+    out, results = _aggregate(the_grid, tmp_path)
+    first = _outputs(results)
+    assert "synth_kernels.csv" in first
+    assert "synth/kernel_dynamics.png" in first
+    assert "synth/features.png" in first
+    (results / "synth" / "from_an_older_version.png").write_bytes(PNG_MAGIC)
+    (results / "synth" / "notes.txt").write_text("mine")
+    # A failure half-way: nothing of the earlier outputs changes.
+    contents = {p: (results / p).read_bytes() for p in _outputs(results)}
+
+    def fail(*_):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(report, "plot_features", fail)
+        with pytest.raises(OSError):
+            _aggregate(the_grid, tmp_path)
+    assert {p: (results / p).read_bytes() for p in _outputs(results)} == (
+        contents
+    )
+    assert not [p for p in os.listdir(results) if p.startswith(".")]
+    # The kernels and feature images gone: their outputs go too.
+    for seed in (0, 1):
+        for name in grid.ANALYSIS_FILES:
+            os.remove(os.path.join(the_grid.analysis_dir(seed), name))
+    for cell in the_grid.cells():
+        if cell.stage == "features":
+            for path in cell.outputs:
+                if os.path.exists(path):
+                    os.remove(path)
+    out, results = _aggregate(the_grid, tmp_path)
+    assert _outputs(results) == [
+        "paper-cifar10_commands.txt",
+        "synth.csv",
+        "synth/accuracy_vs_t_centered.png",
+        "synth/notes.txt",
+        "synth_summary.csv",
+    ]
+    text = (tmp_path / "R.md").read_text()
+    section = text[text.index("## synth") :]
+    assert "kernel_dynamics.png" not in section
+    assert "Kernel measures: missing" in section
+    assert not [p for p in os.listdir(results) if p.startswith(".")]
+    # One aggregation at a time in a results folder.
+    outputs = {p: (results / p).read_bytes() for p in _outputs(results)}
+    with utils.FolderLock(str(results)):
+        with pytest.raises(utils.UserError, match="in use by another run"):
+            _aggregate(the_grid, tmp_path)
+    assert {p: (results / p).read_bytes() for p in _outputs(results)} == (
+        outputs
+    )
+
+
+def _other_eps(the_grid, tmp_path, eps=4.0):
+    """The synthetic grid's config with another attack.eps, on its root."""
+    text = open(the_grid.path).read().replace("eps = 8.0", f"eps = {eps}")
+    path = tmp_path / "other.toml"
+    path.write_text(text)
+    return grid.Grid.load(str(path), the_grid.root)
+
+
+def test_promise_aggregate_refuses_cells_of_other_settings(synthetic, capsys):
+    """--aggregate --output_root R with a config whose eps is not that of
+    R's cells: refused from each cell's recorded flags (config.json), and
+    from R's sweep.json as --local refuses it; --dry_run does not call
+    those cells finished."""
+    import sweep
+
+    the_grid, _, _, tmp_path = synthetic
+    other = _other_eps(the_grid, tmp_path)
+    phase2 = _phase2(the_grid)
+    with pytest.raises(utils.UserError) as info:
+        _aggregate(other, tmp_path)
+    assert_one_line_error(
+        f"error: {info.value}\n",
+        f"holds cell {phase2.id} made with --eps 8.0, not 4.0",
+        os.path.join(phase2.keys["save_path"], "config.json"),
+        "restore attack.eps",
+    )
+    assert not (tmp_path / "results").exists()
+    status, err = _sweep_main(
+        other.path, "--aggregate", tmp_path, "--output_root", the_grid.root
+    )
+    assert status == 2 and "made with --eps 8.0, not 4.0" in err
+    # --local refuses the same cells before running any.
+    status, err = _sweep_main(
+        other.path, "--local", tmp_path, "1", "--output_root", the_grid.root
+    )
+    assert status == 2 and "made with --eps 8.0, not 4.0" in err
+    # With R's sweep.json: the words of --local's refusal.
+    the_grid.write_record()
+    status, err = _sweep_main(
+        other.path, "--aggregate", tmp_path, "--output_root", the_grid.root
+    )
+    assert status == 2
+    assert_one_line_error(
+        err, "holds a sweep made with attack.eps = 8.0, not 4.0"
+    )
+    assert not (tmp_path / "results").exists()
+    # The dry run: finished phase-2 runs (train_state.pkl done) of eps 8
+    # are finished for the grid of eps 8, not for that of eps 4.
+    phase2_cells = [c for c in the_grid.cells() if c.stage == "phase2"]
+    for cell in phase2_cells:
+        state = os.path.join(cell.keys["save_path"], "train_state.pkl")
+        utils.atomic_pickle(state, {"stage": "done"})
+    capsys.readouterr()
+    sweep.dry_run(the_grid, the_grid.cells())
+    lines = capsys.readouterr().out.splitlines()
+    for cell in phase2_cells:
+        assert any(
+            line.startswith(f"# {cell.id} [phase2, finished;")
+            for line in lines
+        )
+    sweep.dry_run(other, other.cells())
+    lines = capsys.readouterr().out.splitlines()
+    for cell in phase2_cells:
+        (line,) = [x for x in lines if x.startswith(f"# {cell.id} [phase2")]
+        assert "finished" not in line
+        assert "made with other flags: --eps 8.0, not 4.0" in line
+    # The same grid aggregates them.
+    out, _ = _aggregate(the_grid, tmp_path)
+    assert len(out["rows"]) == len(phase2_cells)

@@ -3,12 +3,14 @@ workers, a re-run that skips every finished cell, an interrupted cell
 resumed, a failed cell reported while independent cells go on; and the
 aggregation of the real run."""
 
+import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pandas as pd
@@ -16,7 +18,15 @@ import pytest
 
 import grid
 import report
-from helpers import ROOT, SUBPROCESS_TIMEOUT_S, assert_close, load_pickle
+import runners
+import utils
+from helpers import (
+    ROOT,
+    SUBPROCESS_TIMEOUT_S,
+    assert_close,
+    assert_one_line_error,
+    load_pickle,
+)
 from sweep_fixtures import (
     outcome_lines,
     run_sweep,
@@ -239,3 +249,223 @@ def test_interrupted_cell_resumes(tiny_local_run, sweep_data, tmp_path):
             for layer, params in want[key].items():
                 for name, value in params.items():
                     assert_close(got[key][layer][name], value, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# One sweep per output root; cells report their own errors and die with
+# their sweep
+# --------------------------------------------------------------------------
+
+
+def test_promise_failed_cell_reports_its_own_error(tmp_path):
+    """Another process appends an error line to the cell's log after the
+    cell's own: the cell is reported with its own `error:` line."""
+    log = tmp_path / "logs" / "cell.log"
+    script = tmp_path / "fails.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+            print("error: the cell's own failure", file=sys.stderr, flush=True)
+            print("output after it", flush=True)
+            with open({str(log)!r}, "a") as other:
+                other.write("error: another process's line\\n")
+            sys.exit(2)
+            """
+        )
+    )
+    cell = grid.Cell(
+        id="cell",
+        stage="analysis",
+        script=str(script),
+        args=(),
+        deps=(),
+        outputs=(str(tmp_path / "never_written"),),
+        keys={},
+        log=str(log),
+    )
+    outcome = runners.execute_cell(cell)
+    assert outcome.status == runners.FAILED
+    assert outcome.message == "exit 2: error: the cell's own failure"
+    text = log.read_text()
+    assert text.startswith("# ") and str(script) in text.splitlines()[0]
+    for line in ("the cell's own failure", "output after", "another process"):
+        assert line in text
+
+
+def _small_grid(tmp_path, sweep_data):
+    """(config file, root) of the tiny grid's phase 1 and one phase 2."""
+    root = tmp_path / "root"
+    config = tiny_config(
+        root,
+        sweep_data,
+        phase2={"loaders": ["C"]},
+        evaluation=None,
+        kernels=None,
+        analysis=None,
+    )
+    return write_config(tmp_path / "grid.toml", config), root
+
+
+def _start_sweep(config):
+    return subprocess.Popen(
+        [sys.executable, "sweep.py", config, "--local", "1", "--no_progress"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+
+
+def _holder(lock_path):
+    """The pid a FolderLock file records, or None."""
+    try:
+        with open(lock_path) as f:
+            return json.load(f)["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _stat(pid):
+    """(state letter, parent pid) of a process from /proc, or None when
+    it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _dead(pid):
+    """Gone, or a zombie whose threads have all ended (so its files are
+    closed and its locks free): it runs no more and writes nothing."""
+    stat = _stat(pid)
+    if stat is None:
+        return True
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    return stat[0] in "ZX" and threads == [str(pid)]
+
+
+def _wait_until(condition, what, process=None):
+    """Polls `condition` until it holds (returns its value); fails when
+    `process` ends first or after SUBPROCESS_TIMEOUT_S."""
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+    while True:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"the sweep ended before {what}: {err}")
+        assert time.monotonic() < deadline, f"{what}: never"
+        time.sleep(0.01)
+
+
+def _freeze_a_running_cell(root, sweep):
+    """Waits until a run_exp.py cell of `sweep` holds its run folder's
+    lock, and stops it (SIGSTOP) while it runs; returns (its pid, its
+    folder). A cell that ends first is passed over for the next one."""
+
+    def frozen():
+        for lock in glob.glob(
+            os.path.join(root, "**", ".lock"), recursive=True
+        ):
+            pid = _holder(lock)
+            if os.path.dirname(lock) == str(root) or pid is None:
+                continue
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+
+            def settled(pid=pid):
+                stat = _stat(pid)
+                if stat is None:
+                    return ("gone", 0)
+                return stat if stat[0] in "tTZX" else None
+
+            if _wait_until(settled, "the cell stopped")[0] in "tT":
+                return pid, os.path.dirname(lock)
+        return None
+
+    return _wait_until(frozen, "a cell running", sweep)
+
+
+def _files(root):
+    """{path: (size, mtime)} of every file under `root`."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            info = os.stat(os.path.join(folder, name))
+            found[os.path.join(folder, name)] = (
+                info.st_size,
+                info.st_mtime_ns,
+            )
+    return found
+
+
+def test_promise_sweep_holds_a_lock_on_its_output_root(sweep_data, tmp_path):
+    """While a sweep runs (frozen, with its running cell, so that nothing
+    moves), a second sweep on its output root is refused at once with one
+    line naming the holder, and writes nothing."""
+    config, root = _small_grid(tmp_path, sweep_data)
+    first = _start_sweep(config)
+    cell = None
+    try:
+        _wait_until(
+            lambda: _holder(root / ".lock") == first.pid,
+            "the sweep locked its root",
+            first,
+        )
+        cell, _ = _freeze_a_running_cell(root, first)
+        first.send_signal(signal.SIGSTOP)
+        before = _files(root)
+        second = run_sweep(config, "--local", "1")
+        assert second.returncode == 2
+        assert_one_line_error(
+            second.stderr,
+            f"{root} is in use by another run",
+            f"pid {first.pid}",
+            "--output_root",
+        )
+        assert second.stdout == ""
+        assert _files(root) == before
+    finally:
+        first.kill()
+        first.communicate()
+        if cell is not None and not _dead(cell):
+            os.kill(cell, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_promise_cells_die_with_the_sweep(sweep_data, tmp_path, signum):
+    """SIGTERM or SIGKILL to a sweep takes its running cell with it (the
+    cell frozen first, so it cannot end by itself); the next run finds no
+    process holding the cell's folder or the root."""
+    config, root = _small_grid(tmp_path, sweep_data)
+    sweep = _start_sweep(config)
+    cell = None
+    try:
+        cell, folder = _freeze_a_running_cell(root, sweep)
+        assert _stat(cell)[1] == sweep.pid  # the cell's command itself
+        sweep.send_signal(signum)
+        _, err = sweep.communicate(timeout=SUBPROCESS_TIMEOUT_S)
+        if signum == signal.SIGTERM:
+            assert sweep.returncode == 130 and "interrupted" in err, err
+        else:
+            assert sweep.returncode == -signal.SIGKILL
+        _wait_until(lambda: _dead(cell), "the cell died")
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.communicate()
+        if cell is not None and not _dead(cell):
+            os.kill(cell, signal.SIGKILL)
+    for held in (folder, root):
+        with utils.FolderLock(held):
+            pass

@@ -388,6 +388,19 @@ def test_ensure_writable_dir(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_check_writable_dir_creates_nothing(tmp_path):
+    target = tmp_path / "runs" / "one"
+    assert utils.check_writable_dir(target) == str(target)
+    assert os.listdir(tmp_path) == []
+    blocker = tmp_path / "plain_file"
+    blocker.write_text("")
+    for path in (blocker, blocker / "sub" / "deeper"):
+        with pytest.raises(utils.UserError) as info:
+            utils.check_writable_dir(path)
+        assert str(path) in str(info.value) and "is a file" in str(info.value)
+    assert os.listdir(tmp_path) == ["plain_file"]
+
+
 # --------------------------------------------------------------------------
 # Trees, optimiser state, random keys
 # --------------------------------------------------------------------------

@@ -339,17 +339,32 @@ def test_bad_input_is_one_line_and_writes_nothing(run_dir, case, capsys):
     assert not os.path.exists(out_dir)
 
 
-def test_kernel_of_other_parameters_writes_no_files(run_dir, capsys):
-    kernel = run_dir["kernel_record"]["kernel"]
-    path = write_kernel(run_dir, "scaled.pkl", kernel=3 * kernel)
-    args = cli_args(run_dir, bonus_dir="bad_scaled", kernel_path=path)
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize(
+    "case", ["kernel of other parameters", "sub/x", "../sn", ""]
+)
+def test_promise_nothing_is_created_before_the_checks_pass(
+    run_dir, capsys, case
+):
+    """A kernel that is not this network's (found only once its features
+    are computed) or a --save_name that is not a plain file-name prefix
+    is refused with one line, and leaves no --bonus_dir folder behind,
+    nor its missing parents."""
+    if case == "kernel of other parameters":
+        kernel = run_dir["kernel_record"]["kernel"]
+        path = write_kernel(run_dir, "scaled.pkl", kernel=3 * kernel)
+        changes, message = dict(kernel_path=path), "not the kernel of this"
+    else:
+        changes = dict(save_name=case)
+        message = "is empty" if case == "" else "not a plain file-name prefix"
+    args = cli_args(run_dir, bonus_dir="refused/bonus", **changes)
+    with pytest.raises(SystemExit) as exit_info:
         cli.run_cli(lambda: visualize_ntk_features.main(args))
-    assert "not the kernel of this network" in capsys.readouterr().err
-    out_dir = os.path.join(
-        os.path.dirname(run_dir["checkpoint"]), "bad_scaled"
-    )
-    assert files_under(out_dir) == []
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    folder = os.path.dirname(run_dir["checkpoint"])
+    assert not os.path.exists(os.path.join(folder, "refused"))
 
 
 @pytest.mark.slow
