@@ -216,7 +216,11 @@ def collect_cells(the_grid: grid.Grid) -> tuple:
             cell=cell.id,
         )
         rows.append(row)
-    return pd.DataFrame(rows), missing
+    frame = pd.DataFrame(rows)
+    # Image counts are whole numbers: written as such when all are known.
+    if "test_images" in frame and frame["test_images"].notna().all():
+        frame["test_images"] = frame["test_images"].astype(int)
+    return frame, missing
 
 
 def _eval_numbers(
