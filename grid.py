@@ -20,7 +20,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import tomllib
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -741,23 +740,19 @@ def _check_combinations(path: str, config: dict) -> None:
 def check_output_root(path: str, root: str) -> None:
     """Refuses an output root that cannot be written, writing nothing that
     stays: the nearest existing folder gets a probe file, removed at once."""
-    probe_dir = os.path.abspath(root)
-    while not os.path.isdir(probe_dir):
-        if os.path.exists(probe_dir):
-            raise UserError(
-                f"{path}: output_root {root} is under a file, "
-                f"{probe_dir}; choose another output_root"
-            )
-        probe_dir = os.path.dirname(probe_dir)
-    try:
-        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".write_test.")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
+    problem = utils.dir_write_problem(root)
+    if problem is None:
+        return
+    kind, probe_dir, reason = problem
+    if kind == "file":
         raise UserError(
-            f"{path}: output_root {root} is not writable ({probe_dir}: "
-            f"{err.strerror}); choose another output_root"
-        ) from None
+            f"{path}: output_root {root} is under a file, "
+            f"{probe_dir}; choose another output_root"
+        )
+    raise UserError(
+        f"{path}: output_root {root} is not writable ({probe_dir}: "
+        f"{reason}); choose another output_root"
+    )
 
 
 # --------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -820,21 +819,13 @@ def _check_folder(flag: str, path: str, given: str | None = None) -> None:
     that stays: the nearest existing folder gets a probe file, removed at
     once. given: the flag's value, as the message shows it."""
     given = path if given is None else given
-    probe_dir = os.path.abspath(path)
-    while not os.path.isdir(probe_dir):
-        if os.path.lexists(probe_dir):
-            raise _unwritable(
-                flag, given, f"{probe_dir} is a file, not a folder"
-            )
-        probe_dir = os.path.dirname(probe_dir)
-    try:
-        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".write_test.")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        raise _unwritable(
-            flag, given, f"{probe_dir} is not writable ({err.strerror})"
-        ) from None
+    problem = utils.dir_write_problem(path)
+    if problem is None:
+        return
+    kind, probe_dir, reason = problem
+    if kind == "file":
+        raise _unwritable(flag, given, f"{probe_dir} is a file, not a folder")
+    raise _unwritable(flag, given, f"{probe_dir} is not writable ({reason})")
 
 
 def _check_file(flag: str, path: str, given: str | None = None) -> None:

@@ -221,12 +221,36 @@ def ensure_writable_dir(path: StrPath) -> str:
     return path
 
 
+def dir_write_problem(path: StrPath) -> tuple[str, str, str] | None:
+    """Why directory ``path`` could not be created and written, finding
+    out without creating anything that stays: the nearest folder that
+    exists (``path`` itself, or the one its missing parents would go in)
+    gets a probe file, removed at once.
+
+    Returns:
+        None when it could; else ``('file', F, '')``, F the file in the
+        way (``path`` or a parent), or ``('unwritable', D, reason)``, D the
+        nearest existing folder and reason the system's words.
+    """
+    existing = os.path.abspath(os.fspath(path))
+    while not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            return ("file", existing, "")
+        existing = os.path.dirname(existing)
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write_test.")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        return ("unwritable", existing, err.strerror or str(err))
+    return None
+
+
 def check_writable_dir(path: StrPath) -> str:
     """Check that directory ``path`` could be created and written, creating
-    nothing that stays: the nearest folder that exists (``path`` itself, or
-    the one its missing parents would go in) gets a probe file, removed at
-    once. For the checks a script makes before its outputs' folder is
-    created (with :func:`ensure_writable_dir`, once every check passed).
+    nothing that stays (:func:`dir_write_problem`). For the checks a script
+    makes before its outputs' folder is created (with
+    :func:`ensure_writable_dir`, once every check passed).
 
     Returns:
         ``path`` as a ``str``.
@@ -235,22 +259,20 @@ def check_writable_dir(path: StrPath) -> str:
             folder cannot be written.
     """
     path = os.fspath(path)
-    existing = os.path.abspath(path)
-    while not os.path.isdir(existing):
-        if os.path.lexists(existing):
-            raise UserError(
-                f"cannot create directory {path}: {existing} is a file; "
-                "choose another path"
-            )
-        existing = os.path.dirname(existing)
-    try:
-        fd, probe = tempfile.mkstemp(dir=existing, prefix=".write_test.")
-        os.close(fd)
-        os.remove(probe)
-    except OSError as err:
-        what = "write in" if existing == os.path.abspath(path) else "create"
-        raise _unwritable(f"cannot {what} directory", path, err) from None
-    return path
+    problem = dir_write_problem(path)
+    if problem is None:
+        return path
+    kind, existing, reason = problem
+    if kind == "file":
+        raise UserError(
+            f"cannot create directory {path}: {existing} is a file; "
+            "choose another path"
+        )
+    what = "write in" if existing == os.path.abspath(path) else "create"
+    raise UserError(
+        f"cannot {what} directory {path}: {reason}; choose another path or "
+        "fix its permissions"
+    )
 
 
 def output_dir(model_path: str, bonus_dir: str) -> str:

@@ -98,6 +98,8 @@ def synthetic(tmp_path):
             paths[(run.keys["phase1"], t)] = path
             all_paths[(seed, run.keys["phase1"], t)] = path
             row = {"path": path, "epoch": t, "class_index": 0, "n": 20}
+            # analyze_kernels.py's time to settle of the run (per class).
+            row["settle_t"] = {"C": 2.0, "A": 1.0}[run.keys["phase1"]]
             row.update({m: float(rng.uniform()) for m in MEASURES})
             rows.append(row)
         out_dir = the_grid.analysis_dir(seed)
@@ -207,6 +209,9 @@ def test_kernel_distances_and_velocities(synthetic):
     _, results = _aggregate(the_grid, tmp_path)
     table = pd.read_csv(results / "synth_kernels.csv")
     assert len(table) == 8
+    # The run's time to settle comes from analyze_kernels.py's kernels.csv.
+    settle = table.groupby("phase1")["settle_t"].unique()
+    assert list(settle["C"]) == [2.0] and list(settle["A"]) == [1.0]
     for seed in (0, 1):
         _, d = kernels_of[seed]
         for loader, other in (("C", "A"), ("A", "C")):

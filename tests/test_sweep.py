@@ -214,6 +214,9 @@ def test_interrupted_cell_resumes(tiny_local_run, sweep_data, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        # A suite started in the background by a shell inherits SIGINT
+        # ignored, and Python keeps it so: give the sweep Ctrl-C back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
     while not os.path.exists(state) and process.poll() is None:
