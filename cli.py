@@ -108,9 +108,15 @@ nonnegative_float = number(float, 0)
 
 
 def add_seed_flag(parser: argparse.ArgumentParser, help: str) -> None:
-    """--random_seed: a non-negative int, default 0."""
+    """--random_seed: an int from 0 to 2³² − 1, default 0. The bound is
+    NumPy's legacy generator's (the class-balanced subsets), and beyond it
+    jax.random.PRNGKey keeps only the low 32 bits, so 2³² would give seed
+    0's numbers."""
     parser.add_argument(
-        "--random_seed", type=nonnegative_int, default=0, help=help
+        "--random_seed",
+        type=number(int, 0, data.MAX_LEGACY_SEED),
+        default=0,
+        help=f"{help} (0 to {data.MAX_LEGACY_SEED})",
     )
 
 

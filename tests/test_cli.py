@@ -85,6 +85,10 @@ def test_shared_flags_take_their_choices_from_the_registries():
             parser.parse_args(bad)
     with pytest.raises(cli.UserError, match="random_seed"):
         parser.parse_args(["--random_seed", "-1"])
+    # 2**32 would draw seed 0's numbers (PRNGKey keeps the low 32 bits).
+    assert parser.parse_args(["--random_seed", str(2**32 - 1)]).random_seed
+    with pytest.raises(cli.UserError, match="at most 4294967295"):
+        parser.parse_args(["--random_seed", str(2**32)])
 
 
 def test_run_cli_user_error_exits_2_without_traceback():
