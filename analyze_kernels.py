@@ -402,11 +402,13 @@ def _replicates(
     distance_between_seeds})."""
     if not groups:
         return None, {}
-    rows, between = [], {}
+    rows, distances = [], []
     for number, (folders, runs) in enumerate(groups):
-        pairs = kernel_analysis.replicate_pairs(runs)
-        between.update(kernel_analysis.distance_between_seeds(pairs))
-        for i, j, a, b in pairs:
+        for i, j, a, b in kernel_analysis.replicate_pairs(runs):
+            distance = kernel_analysis.kernel_distance(
+                a.file.kernel, b.file.kernel
+            )
+            distances.append((a, b, distance))
             key = kernel_analysis.series_key(a)
             rows.append(
                 dict(
@@ -419,11 +421,10 @@ def _replicates(
                     epoch=a.epoch,
                     a=a.path,
                     b=b.path,
-                    distance=kernel_analysis.kernel_distance(
-                        a.file.kernel, b.file.kernel
-                    ),
+                    distance=distance,
                 )
             )
+    between = kernel_analysis.distance_between_seeds(distances)
     return pd.DataFrame(rows), between
 
 

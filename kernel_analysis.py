@@ -823,14 +823,13 @@ def replicate_pairs(
 
 
 def distance_between_seeds(
-    pairs: Sequence[tuple[int, int, Kernel, Kernel]],
+    distances: Sequence[tuple[Kernel, Kernel, float]],
 ) -> dict[int, float]:
     """{id(kernel): the mean of S(kernel, K') over the matched kernels K'
-    of the other replicate runs} of every kernel in `pairs`
-    (replicate_pairs)."""
+    of the other replicate runs} of every kernel of `distances`, the
+    (a, b, S(a, b)) of replicate_pairs' pairs."""
     found: dict[int, list[float]] = {}
-    for _, _, a, b in pairs:
-        distance = kernel_distance(a.file.kernel, b.file.kernel)
+    for a, b, distance in distances:
         found.setdefault(id(a), []).append(distance)
         found.setdefault(id(b), []).append(distance)
     return {key: float(np.mean(values)) for key, values in found.items()}

@@ -1166,8 +1166,7 @@ def _read_frames(results_dir: str, name: str) -> dict[str, pd.DataFrame]:
     """{'rows', '_summary', '_kernels': the preset's CSVs in
     `results_dir` (empty where absent)}."""
     frames = {}
-    for suffix in ("", "_summary", "_kernels"):
-        path = os.path.join(results_dir, f"{name}{suffix}.csv")
+    for suffix, path in preset_csvs(results_dir, name).items():
         frames[suffix or "rows"] = (
             pd.read_csv(path)
             if os.path.exists(path) and os.path.getsize(path) > 1
