@@ -17,7 +17,7 @@ per candidate:
     .venv/bin/python bench/pilot_cpu_preset.py --out /tmp/pilot \\
         --candidate train_size=4000,eps=16 --candidate train_size=4000,eps=32
 
-Keys of a candidate: train_size, test_size (both data and evaluation),
+Keys of a candidate: train_size, test_size (run_exp.py's evaluation),
 eps, phase1_epochs, phase2_epochs, t (the largest t; default
 phase1_epochs), train_pgd_iters, model.
 """
@@ -35,15 +35,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grid  # noqa: E402
 import runners  # noqa: E402
 
+# A candidate's key: its type and the (section, key) of the config it sets
+# (t: the largest t, set below).
 KEYS = {
-    "train_size": int,
-    "test_size": int,
-    "eps": float,
-    "phase1_epochs": int,
-    "phase2_epochs": int,
-    "t": float,
-    "train_pgd_iters": int,
-    "model": str,
+    "train_size": (int, ("data", "train_size")),
+    "test_size": (int, ("data", "test_size")),
+    "eps": (float, ("attack", "eps")),
+    "phase1_epochs": (int, ("phase1", "epochs")),
+    "phase2_epochs": (int, ("phase2", "epochs")),
+    "t": (float, None),
+    "train_pgd_iters": (int, ("attack", "train_pgd_iters")),
+    "model": (str, ("model", "name")),
 }
 
 
@@ -53,26 +55,17 @@ def parse_candidate(text: str) -> dict:
         key, _, value = item.partition("=")
         if key not in KEYS:
             raise SystemExit(f"error: unknown candidate key {key!r}")
-        out[key] = KEYS[key](value)
+        out[key] = KEYS[key][0](value)
     return out
 
 
 def candidate_config(base: dict, cand: dict) -> dict:
     c = copy.deepcopy(base)
-    if "train_size" in cand:
-        c["data"]["train_size"] = cand["train_size"]
-    if "test_size" in cand:
-        c["data"]["test_size"] = cand["test_size"]
-    if "eps" in cand:
-        c["attack"]["eps"] = cand["eps"]
-    if "train_pgd_iters" in cand:
-        c["attack"]["train_pgd_iters"] = cand["train_pgd_iters"]
-    if "model" in cand:
-        c["model"]["name"] = cand["model"]
-    if "phase1_epochs" in cand:
-        c["phase1"]["epochs"] = cand["phase1_epochs"]
-    if "phase2_epochs" in cand:
-        c["phase2"]["epochs"] = cand["phase2_epochs"]
+    for key, value in cand.items():
+        where = KEYS[key][1]
+        if where is not None:
+            section, name = where
+            c[section][name] = value
     t = cand.get("t", float(c["phase1"]["epochs"]))
     c["phase1"]["times"] = [t]
     c["phase2"]["times"] = [t]

@@ -511,16 +511,7 @@ def test_estimate_by_hand(tiny, capsys):
     config, _, write = tiny
     config["phase1"]["loaders"] = ["C", "A"]
     config["phase2"] = {"loaders": ["A"], "epochs": 3}
-    config["throughput"] = {
-        "device": "D",
-        "source": "S",
-        "phase1_benign_images_per_s": 600.0,
-        "phase1_adversarial_images_per_s": 100.0,
-        "phase2_benign_images_per_s": 50.0,
-        "phase2_adversarial_images_per_s": 30.0,
-        "pgd_image_steps_per_s": 1000.0,
-        "kernel_file_s": 2.0,
-    }
+    config["throughput"] = dict(THROUGHPUT)
     the_grid = grid.Grid.load(write(config))
     cost = grid.estimate(the_grid, the_grid.cells())
     # 300 training images, 100 test images, 5 PGD steps x 2 attacks.

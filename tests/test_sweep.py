@@ -192,32 +192,11 @@ def test_interrupted_cell_resumes(tiny_local_run, sweep_data, tmp_path):
     --resume and ends with the same results and parameters as the
     uninterrupted run."""
     assert tiny_local_run["result"].returncode == 0
-    root = tmp_path / "root"
-    config = write_config(
-        tmp_path / "grid.toml",
-        tiny_config(
-            root,
-            sweep_data,
-            phase2={"loaders": ["C"]},
-            evaluation=None,
-            kernels=None,
-            analysis=None,
-        ),
-    )
+    config, _ = _small_grid(tmp_path, sweep_data)
     cells = grid.Grid.load(config).cells()
     phase1 = cells[0]
     state = os.path.join(phase1.keys["save_path"], "train_state.pkl")
-    process = subprocess.Popen(
-        [sys.executable, "sweep.py", config, "--local", "1", "--no_progress"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        # A suite started in the background by a shell inherits SIGINT
-        # ignored, and Python keeps it so: give the sweep Ctrl-C back.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    process = _start_sweep(config)
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
     while not os.path.exists(state) and process.poll() is None:
         assert time.monotonic() < deadline, "phase 1 never saved its state"
@@ -311,6 +290,7 @@ def _small_grid(tmp_path, sweep_data):
 
 
 def _start_sweep(config):
+    """`sweep.py config --local 1` started, its output piped."""
     return subprocess.Popen(
         [sys.executable, "sweep.py", config, "--local", "1", "--no_progress"],
         cwd=ROOT,
@@ -318,6 +298,9 @@ def _start_sweep(config):
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        # A suite started in the background by a shell inherits SIGINT
+        # ignored, and Python keeps it so: give the sweep Ctrl-C back.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
