@@ -25,10 +25,10 @@ import threadpoolctl
 from tqdm import tqdm
 
 import cli
-import kernel_analysis
-import kernel_files
 import utils
-from kernel_analysis import Kernel
+from analysis import kernel_analysis
+from analysis.kernel_analysis import Kernel
+from ntk import kernel_files
 from utils import UserError
 
 
@@ -735,7 +735,9 @@ def _figures(
     labels: Mapping[kernel_analysis.SeriesKey, str],
 ) -> dict[str, bytes]:
     """{file name: PNG bytes} of the figures that have data."""
-    import kernel_figures  # seaborn and matplotlib: only when drawing
+    from analysis import (
+        kernel_figures,  # seaborn and matplotlib: only when drawing
+    )
 
     series = tables["series"]
     table = tables["kernels"]

@@ -29,10 +29,9 @@ import numpy as np
 
 import cli
 import data
-import kernel_files
-import kernels
 import models
 import utils
+from ntk import kernel_files, kernels
 from utils import UserError
 
 # In --bonus_dir: the checkpoint's file name without .pkl.

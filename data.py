@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-import datafiles
 import utils
+from store import datafiles
 from utils import UserError
 
 if TYPE_CHECKING:  # imported where used: torch is slow to import

@@ -43,9 +43,9 @@ import numpy as np
 import attacks
 import cli
 import data
-import evaluation
 import models
 import utils
+from training import evaluation
 
 SHORT_BATCHES = 10
 

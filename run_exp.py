@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import attacks
 import cli
-import experiment
+from training import experiment
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

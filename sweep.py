@@ -9,8 +9,7 @@ import sys
 from collections.abc import Sequence
 
 import cli
-import grid
-import runners
+from sweeper import grid, runners
 from utils import UserError
 
 
@@ -140,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if running or args.dry_run or args.estimate:
         grid.check_output_root(args.config, the_grid.root)
     if args.aggregate:
-        import report
+        from sweeper import report
 
         # Before any cell runs: where the results will go can be written.
         report.check_outputs(the_grid.name, args.results_dir, args.report)

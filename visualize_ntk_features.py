@@ -22,10 +22,10 @@ import numpy as np
 
 import cli
 import data
-import features
-import kernel_files
 import models
 import utils
+from analysis import features
+from ntk import kernel_files
 from utils import UserError
 
 if TYPE_CHECKING:  # imported where used: matplotlib is slow to import

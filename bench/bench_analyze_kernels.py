@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import kernel_files  # noqa: E402
+from ntk import kernel_files  # noqa: E402
 
 N_CLASSES = 10
 FEATURES = 64

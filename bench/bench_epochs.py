@@ -43,8 +43,8 @@ import attacks  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import models  # noqa: E402
-import train  # noqa: E402
 import utils  # noqa: E402
+from training import train  # noqa: E402
 
 N_CLASSES = 10
 EPS_255 = 4.0

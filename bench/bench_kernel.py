@@ -37,10 +37,12 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import jacobians  # noqa: E402
-import kernel_files  # noqa: E402
-import kernels  # noqa: E402
 import models  # noqa: E402
+from ntk import (
+    jacobians,  # noqa: E402
+    kernel_files,  # noqa: E402
+    kernels,  # noqa: E402
+)
 
 IMAGE_SHAPE = (32, 32, 3)
 N_CLASSES = 10
@@ -120,7 +122,7 @@ def original_kernel_fn(apply_fn, state, class_index):
     One logit for class_index ≥ 0; otherwise all logits, traced (the mean
     over logits) by neural-tangents.
     """
-    from nt_compat import nt  # here: only the original needs it
+    from ntk.nt_compat import nt  # here: only the original needs it
 
     def f(params, images):
         logits, _ = apply_fn(params, state, None, images, False)

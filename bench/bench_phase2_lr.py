@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import attacks  # noqa: E402
 import data  # noqa: E402
 import models  # noqa: E402
-import train  # noqa: E402
+from training import train  # noqa: E402
 
 
 def _power_iteration(matvec, template, iters: int) -> float:

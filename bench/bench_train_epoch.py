@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import attacks  # noqa: E402
 import models  # noqa: E402
-import train  # noqa: E402
+from training import train  # noqa: E402
 
 
 def time_epoch(steps, state, images, labels, loader, batch_size):

@@ -32,8 +32,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import grid  # noqa: E402
-import runners  # noqa: E402
+from sweeper import (
+    grid,  # noqa: E402
+    runners,  # noqa: E402
+)
 
 # A candidate's key: its type and the (section, key) of the config it sets
 # (t: the largest t, set below).

@@ -29,7 +29,7 @@ import pytest  # noqa: E402
 
 import data  # noqa: E402
 import models  # noqa: E402
-import nt_compat  # noqa: E402
+from ntk import nt_compat  # noqa: E402
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 # A limit on a whole subprocess, not a performance expectation: generous
@@ -62,7 +62,7 @@ needs_neural_tangents = pytest.mark.skipif(
 def kernel_implementations(names) -> list:
     """pytest parameters of kernel implementations `names`; those that run
     through neural-tangents carry `needs_neural_tangents`."""
-    import kernels
+    from ntk import kernels
 
     return [
         pytest.param(

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import attacks
-import train
+from training import train
 
 SHAPE = (4, 4, 3)
 DIM = int(np.prod(SHAPE))

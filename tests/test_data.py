@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 import data
-import datafiles
 from helpers import (
     legacy_balanced_indices,
     needs_fashion_mnist,
     require_fashion_mnist,
 )
+from store import datafiles
 from utils import UserError
 
 try:

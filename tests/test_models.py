@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import models
-import nt_compat
 import utils
 from helpers import assert_close, enable_x64, needs_neural_tangents
+from ntk import nt_compat
 
 IMAGE_SHAPE = (32, 32, 3)
 

@@ -19,7 +19,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from kernel_analysis import class_title
+from analysis.kernel_analysis import class_title
 
 _PANEL = (4.2, 3.3)  # inches per panel
 _DPI = 110

@@ -18,16 +18,16 @@ import pytest
 
 import analyze_kernels
 import cli
-import grid
-import kernel_analysis
-import kernel_files
 import utils
+from analysis import kernel_analysis
 from helpers import (
     assert_one_line_error,
     load_pickle,
     needs_fashion_mnist,
     run_script,
 )
+from ntk import kernel_files
+from sweeper import grid
 
 N, M, C = 12, 6, 3  # images, test images, classes
 EPOCHS = (0, 0.125, 0.5, 1, 2)

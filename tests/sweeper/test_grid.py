@@ -8,12 +8,11 @@ import pytest
 
 import cli
 import data
-import grid
-import runners
 import sweep
 import utils
 from helpers import ROOT, assert_one_line_error
 from sweep_fixtures import tiny_config, toml_text, write_config
+from sweeper import grid, runners
 
 PRESETS = ("cpu-small", "cpu-resnet", "gpu-fmnist", "paper-cifar10")
 

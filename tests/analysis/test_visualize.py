@@ -13,10 +13,10 @@ import pytest
 import calculate_kernel
 import cli
 import data
-import features
 import models
 import utils
 import visualize_ntk_features
+from analysis import features
 from helpers import (
     legacy_balanced_indices,
     load_pickle,

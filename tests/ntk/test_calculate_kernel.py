@@ -11,9 +11,7 @@ import pytest
 import calculate_kernel
 import cli
 import data
-import kernel_files
 import models
-import nt_compat
 import utils
 from helpers import (
     NT_UNAVAILABLE,
@@ -25,6 +23,7 @@ from helpers import (
 )
 from helpers import run_script as run_entry_script
 from kernel_reference import perturb, reference_kernels, relative_error
+from ntk import kernel_files, nt_compat
 
 SIZE = 20  # two images of each of the ten classes
 BLOCK = 8  # three blocks, the last padded

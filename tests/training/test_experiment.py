@@ -10,11 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import experiment
 import models
 import run_exp
-import train
 import utils
+from training import experiment, train
 
 ARGS = run_exp.parse_args([])
 

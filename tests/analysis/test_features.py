@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import data
-import features
 import models
+from analysis import features
 from helpers import require_fashion_mnist
-from kernel_files import KernelFile
+from ntk.kernel_files import KernelFile
 from utils import UserError
 
 IMAGE_SHAPE = (6, 6, 2)

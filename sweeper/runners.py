@@ -32,9 +32,9 @@ from typing import IO, TYPE_CHECKING
 
 from tqdm import tqdm
 
-import grid
 import utils
-from grid import DONE, PARTIAL, Cell, here
+from sweeper import grid
+from sweeper.grid import DONE, PARTIAL, Cell, here
 from utils import UserError
 
 if TYPE_CHECKING:  # optional (--slurm only), imported where used

@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-import nt_compat
+from ntk import nt_compat
 from utils import UserError
 
 INSTALLED = importlib.util.find_spec("neural_tangents") is not None
@@ -21,7 +21,7 @@ def test_missing_package_is_named(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", _not_installed)
     assert nt_compat.unavailable_reason() == "neural-tangents is not installed"
     with pytest.raises(UserError) as error:
-        from nt_compat import nt  # noqa: F401
+        from ntk.nt_compat import nt  # noqa: F401
     message = str(error.value)
     assert message.startswith("neural-tangents is not installed: ")
     assert "requirements.txt" in message and "--implementation rows" in message

@@ -17,8 +17,6 @@ import time
 import numpy as np
 import pytest
 
-import grid
-import runners
 from helpers import (
     assert_close,
     assert_one_line_error,
@@ -26,6 +24,7 @@ from helpers import (
     run_script,
 )
 from sweep_fixtures import outcome_lines, tiny_config, write_config
+from sweeper import grid, runners
 
 SBIN = os.pathsep.join(["/usr/sbin", "/sbin", os.environ.get("PATH", "")])
 DAEMONS = ("munged", "slurmctld", "slurmd")

@@ -16,9 +16,6 @@ import time
 import pandas as pd
 import pytest
 
-import grid
-import report
-import runners
 import utils
 from helpers import (
     ROOT,
@@ -33,6 +30,7 @@ from sweep_fixtures import (
     tiny_config,
     write_config,
 )
+from sweeper import grid, report, runners
 
 pytestmark = pytest.mark.slow
 

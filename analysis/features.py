@@ -46,7 +46,7 @@ from jax.flatten_util import ravel_pytree
 
 import cli
 import models
-from kernel_files import KernelFile
+from ntk.kernel_files import KernelFile
 from utils import UserError
 
 GREY = 0.5

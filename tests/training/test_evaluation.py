@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import attacks
-import evaluation
 import models
 import utils
 from helpers import TINY_IMAGE_SHAPE as IMAGE_SHAPE
@@ -20,6 +19,7 @@ from helpers import (
     require_fashion_mnist,
     train_tiny_mlp,
 )
+from training import evaluation
 from utils import UserError
 
 

@@ -61,9 +61,9 @@ import numpy as np
 from tqdm import tqdm
 
 import data
-import jacobians
 import models
-from kernel_files import ALL_CLASSES, COMBINED
+from ntk import jacobians
+from ntk.kernel_files import ALL_CLASSES, COMBINED
 from utils import UserError
 
 IMPLEMENTATIONS = ("rows", "jacobian", "ntvp", "structured")
@@ -442,7 +442,7 @@ def require_implementation(implementation: str) -> None:
     needs neural-tangents and it cannot be used here (see nt_compat); call
     it before any work."""
     if implementation in _NT_IMPLEMENTATIONS:
-        import nt_compat
+        from ntk import nt_compat
 
         nt_compat.load()
 
@@ -454,7 +454,7 @@ def nt_block_fn(apply_fn: Callable, implementation: str) -> BlockFn:
       (params, net_state, x1 (B, ...), x2 (B, ...), classes (G,) int) ->
       float32 (G, B, B), entry [g, i, j] = ∇θ f_g(x1_i) · ∇θ f_g(x2_j).
     """
-    from nt_compat import nt  # here: see _NT_IMPLEMENTATIONS
+    from ntk.nt_compat import nt  # here: see _NT_IMPLEMENTATIONS
 
     ntk = nt.empirical_ntk_fn(
         _eval_logits(apply_fn),

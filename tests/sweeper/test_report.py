@@ -12,13 +12,12 @@ import pandas as pd
 import pytest
 
 import eval_and_make_adv
-import grid
-import kernel_analysis as ka
-import report
 import run_exp
 import utils
+from analysis import kernel_analysis as ka
 from helpers import assert_one_line_error
 from sweep_fixtures import tiny_config, write_config
+from sweeper import grid, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MEASURES = ("top10_mass", "effective_rank", "lambda_max")

@@ -12,11 +12,10 @@ import optax
 import pytest
 
 import attacks
-import experiment
 import models
-import train
 import utils
 from helpers import assert_close
+from training import experiment, train
 
 SHAPE = (6, 6, 1)
 N_CLASSES = 4

@@ -9,13 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jacobians
-import kernels
 import models
-import nt_compat
 from helpers import kernel_implementations, needs_neural_tangents
-from kernel_files import ALL_CLASSES, COMBINED
 from kernel_reference import network, reference_kernels, relative_error
+from ntk import jacobians, kernels, nt_compat
+from ntk.kernel_files import ALL_CLASSES, COMBINED
 from utils import UserError
 
 N_IMAGES = 7  # blocks of 3: two full, one padded with two zero images

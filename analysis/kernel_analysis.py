@@ -48,7 +48,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kernel_files import COMBINED, KernelFile
+from ntk.kernel_files import COMBINED, KernelFile
 from utils import UserError
 
 DEFAULT_TOP_K = (10, 20)

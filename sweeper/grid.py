@@ -27,16 +27,15 @@ from typing import Any
 import cli
 import data
 import eval_and_make_adv
-import experiment
-import kernel_files
 import models
 import run_exp
-import train
 import utils
 from models import MODELS
+from ntk import kernel_files
+from training import experiment, train
 from utils import UserError
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The paper's kernel times t (in epochs of phase 1).
 PAPER_TIMES = (0, 0.125, 0.25, 0.375, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 5, 10)
 PAPER_TIMES += (20, 50, 100)

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-import kernel_files
 from helpers import legacy_balanced_indices, load_pickle
-from kernel_files import ALL_CLASSES, COMBINED
+from ntk import kernel_files
+from ntk.kernel_files import ALL_CLASSES, COMBINED
 from utils import UserError, atomic_pickle
 
 N_CLASSES = 3

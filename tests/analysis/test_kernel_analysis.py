@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-import kernel_analysis as ka
-from kernel_files import COMBINED, KernelFile
+from analysis import kernel_analysis as ka
+from ntk.kernel_files import COMBINED, KernelFile
 from utils import UserError
 
 

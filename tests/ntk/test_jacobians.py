@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-import jacobians
 from kernel_reference import network, reference_kernels, relative_error
+from ntk import jacobians
 
 N_CLASSES = 3
 IMAGE_SHAPE = (16, 16, 3)

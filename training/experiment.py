@@ -23,10 +23,9 @@ import optax
 import attacks
 import cli
 import data
-import evaluation
 import models
-import train
 import utils
+from training import evaluation, train
 from utils import UserError
 
 STATE_FILE = "train_state.pkl"
