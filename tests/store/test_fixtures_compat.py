@@ -9,9 +9,9 @@ import pickle
 
 import jax.numpy as jnp
 import numpy as np
-from helpers import ROOT
 
 import models
+from helpers import ROOT
 from ntk import kernel_files
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "pre_packages")
