@@ -25,10 +25,10 @@ import threadpoolctl
 from tqdm import tqdm
 
 import cli
-import utils
 from analysis import kernel_analysis
 from analysis.kernel_analysis import Kernel
 from ntk import kernel_files
+from store import atomic
 from utils import UserError
 
 
@@ -148,7 +148,7 @@ def _analyse(args: argparse.Namespace) -> None:
             )
     replicate_rows, between_seeds = _replicates(replicates)
     # Created only when the outputs are ready to be written.
-    utils.check_writable_dir(args.out_dir)
+    atomic.check_writable_dir(args.out_dir)
 
     measures = [
         kernel_analysis.measure(kernel, args.top_k, args.random_seed)
@@ -244,7 +244,7 @@ def _write(
     then the figures, the other tables, the tables a sweep checks, and
     analysis.json last. A write that fails (a full disk) leaves no
     analysis.json, so the sweep runs the analysis again."""
-    utils.ensure_writable_dir(out_dir)
+    atomic.ensure_writable_dir(out_dir)
     marker = os.path.join(out_dir, MARKER)
     try:
         os.remove(marker)
@@ -256,11 +256,11 @@ def _write(
             "permissions or choose another --out_dir"
         ) from None
     for name, png in figures.items():
-        utils.atomic_write_bytes(os.path.join(out_dir, name), png)
+        atomic.atomic_write_bytes(os.path.join(out_dir, name), png)
     order = sorted(tables, key=lambda name: name in CHECKED_TABLES)
     for name in order:
-        utils.atomic_write_text(os.path.join(out_dir, name), tables[name])
-    utils.atomic_write_json(marker, report)
+        atomic.atomic_write_text(os.path.join(out_dir, name), tables[name])
+    atomic.atomic_write_json(marker, report)
 
 
 # --------------------------------------------------------------------------

@@ -30,8 +30,8 @@ import numpy as np
 import cli
 import data
 import models
-import utils
 from ntk import kernel_files, kernels
+from store import atomic, layout
 from utils import UserError
 
 # In --bonus_dir: the checkpoint's file name without .pkl.
@@ -152,14 +152,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     jobs = [_checked_job(args, path) for path in args.model_path]
     _refuse_collisions(jobs, args.bonus_dir)
     for job in jobs:
-        utils.check_writable_dir(job.out_dir)
+        atomic.check_writable_dir(job.out_dir)
     images = {}
     for job in jobs:
         if job.spec.dataset not in images:
             images[job.spec.dataset] = _subsets(args, job.spec)
     # Every check passed: the folders are created now, not before.
     for job in jobs:
-        utils.ensure_writable_dir(job.out_dir)
+        atomic.ensure_writable_dir(job.out_dir)
     schedules = {}
     for job in jobs:
         _compute(args, job, images[job.spec.dataset], schedules)
@@ -173,7 +173,7 @@ def _checked_job(args: argparse.Namespace, model_path: str) -> _Job:
     if args.class_index != kernel_files.ALL_CLASSES:
         classes = (args.class_index,)
     stem = os.path.splitext(os.path.basename(model_path))[0]
-    out_dir = utils.output_dir(model_path, args.bonus_dir.replace(NAME, stem))
+    out_dir = layout.output_dir(model_path, args.bonus_dir.replace(NAME, stem))
     meta = checkpoint["meta"]
     return _Job(
         model_path=model_path,

@@ -184,8 +184,3 @@ def run_cli(main_fn: Callable[[], object]) -> object:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-
-
-def warn(message: str) -> None:
-    """One `warning: ...` line on stderr."""
-    print(f"warning: {one_line(message, limit=1000)}", file=sys.stderr)

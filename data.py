@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-import utils
-from store import datafiles
+from store import atomic, datafiles
 from utils import UserError
 
 if TYPE_CHECKING:  # imported where used: torch is slow to import
@@ -195,7 +194,7 @@ def _gunzip(source: str, target: str) -> None:
     processes decompressing at once each leave a whole file.
     """
     with gzip.open(source, "rb") as reader:
-        utils.atomic_write_stream(target, reader)
+        atomic.atomic_write_stream(target, reader)
 
 
 def _pixels_to_float(pixels: npt.ArrayLike) -> np.ndarray:

@@ -45,6 +45,7 @@ import cli
 import data
 import models
 import utils
+from store import atomic, provenance
 from training import evaluation
 
 SHORT_BATCHES = 10
@@ -333,11 +334,11 @@ def write_source_outputs(
     """Writes the results pickle (and with --save_examples the examples:
     adversarial, or with --no_adv the clean images, as the original);
     returns the files written."""
-    utils.atomic_pickle(paths["results"], evaluation.results_record(result))
+    atomic.atomic_pickle(paths["results"], evaluation.results_record(result))
     written = {"results_file": paths["results"]}
     if args.save_examples:
         examples = images if result.adv_images is None else result.adv_images
-        utils.atomic_pickle(
+        atomic.atomic_pickle(
             paths["examples"], evaluation.examples_record(examples, labels)
         )
         written["examples_file"] = paths["examples"]
@@ -380,7 +381,7 @@ def run_record(
         },
         "sources": rows,
         "flags": vars(args),
-        "environment": utils.environment_info(),
+        "environment": provenance.environment_info(),
     }
 
 
@@ -430,13 +431,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     network = choose_network(args, checkpoint, spec)
     attack = attack_config(args)
     sources = load_sources(args, spec)
-    out_dir = utils.ensure_writable_dir(
+    out_dir = atomic.ensure_writable_dir(
         os.path.join(os.path.dirname(args.model_path), args.bonus_dir)
     )
-    utils.remove_stale_temp_files(out_dir)
+    atomic.remove_stale_temp_files(out_dir)
     # Only once every input has been checked, so that errors stay one line.
     for line in model_warnings(args, checkpoint):
-        cli.warn(line)
+        utils.warn(line)
 
     eval_step = evaluation.make_eval_step(attack)
     rows = []
@@ -458,11 +459,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(summary_line(row))
 
     record = run_record(args, spec, network, attack, rows)
-    utils.atomic_write_json(
+    atomic.atomic_write_json(
         os.path.join(out_dir, f"results_{args.save_name}.json"), record
     )
     if args.test_path:
-        utils.atomic_write_json(
+        atomic.atomic_write_json(
             os.path.join(out_dir, f"transfer_{args.save_name}.json"),
             transfer_record(record),
         )

@@ -24,6 +24,7 @@ import numpy as np
 
 import data
 import utils
+from store import checkpoints
 from utils import UserError
 
 DEFAULT_WIDTH = 64  # the paper's ResNet-18
@@ -515,7 +516,8 @@ def load_checkpoint(
 ) -> tuple[dict, ModelSpec]:
     """A checkpoint and the spec of its network, checked against each other.
 
-    Loads `path` safely (utils.load_checkpoint), resolves the spec from its
+    Loads `path` safely (checkpoints.load_checkpoint), resolves the spec
+    from its
     meta and the flags (resolve_spec), renames the MLP layers of earlier
     versions (adapt_params), and checks that params and lin_params fit.
 
@@ -524,7 +526,7 @@ def load_checkpoint(
     Raises:
       UserError: anything wrong with the file, its meta or the flags.
     """
-    checkpoint = utils.load_checkpoint(path)
+    checkpoint = checkpoints.load_checkpoint(path)
     spec = resolve_spec(
         checkpoint["meta"],
         model=model,

@@ -26,6 +26,7 @@ import models
 import utils
 from analysis import features
 from ntk import kernel_files
+from store import atomic, layout
 from utils import UserError
 
 if TYPE_CHECKING:  # imported where used: matplotlib is slow to import
@@ -128,7 +129,7 @@ def _start(text: str) -> features.Start:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    out_dir = utils.output_dir(args.model_path, args.bonus_dir)
+    out_dir = layout.output_dir(args.model_path, args.bonus_dir)
     kernel_path = args.kernel_path or os.path.join(
         out_dir,
         kernel_files.file_name(
@@ -144,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     images = train_images[kernel.indices]
     # Created only once the images are made, after every check (the
     # kernel's match with this network is checked in feature_images).
-    utils.check_writable_dir(out_dir)
+    atomic.check_writable_dir(out_dir)
     if kernel.indices_recomputed:
         print(
             f"{kernel_path} holds no indices (a file of the original code): "
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.step_size,
         args.batch_size,
         start=args.start,
-        warn=cli.warn,
+        warn=utils.warn,
     )
     _report(result)
 
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{os.path.basename(args.model_path)}"
         f"{' (lin_params)' if use_linear else ''}"
     )
-    utils.ensure_writable_dir(out_dir)
+    atomic.ensure_writable_dir(out_dir)
     _write_outputs(
         os.path.join(
             out_dir, f"{args.save_name}_class_{args.class_index}_{kernel.size}"
@@ -246,8 +247,8 @@ def _load_model(
 
 def _write_outputs(stem: str, record: dict, png: bytes) -> None:
     """`stem`.pkl and `stem`.png, each written atomically."""
-    utils.atomic_pickle(stem + ".pkl", record)
-    utils.atomic_write_bytes(stem + ".png", png)
+    atomic.atomic_pickle(stem + ".pkl", record)
+    atomic.atomic_write_bytes(stem + ".png", png)
     print(f"wrote {stem}.pkl and {stem}.png")
 
 

@@ -44,8 +44,8 @@ import numpy as np
 import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
-import cli
 import models
+import utils
 from ntk.kernel_files import KernelFile
 from utils import UserError
 
@@ -602,7 +602,7 @@ def feature_images(
     step_size: float,
     batch_size: int,
     start: Start = Start(),
-    warn: Callable[[str], None] = cli.warn,
+    warn: Callable[[str], None] = utils.warn,
 ) -> FeatureImages:
     """The positive, negative and w images of a per-class kernel.
 

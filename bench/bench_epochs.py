@@ -43,7 +43,7 @@ import attacks  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import models  # noqa: E402
-import utils  # noqa: E402
+from store import atomic
 from training import train  # noqa: E402
 
 N_CLASSES = 10
@@ -467,7 +467,7 @@ def main(argv=None) -> list:
         results.append(result)
         print(table_row(result, setup), flush=True)
         if args.json:  # after each kind, so a run cut short keeps them
-            utils.atomic_write_json(
+            atomic.atomic_write_json(
                 args.json, results_record(setup, args, results)
             )
     return results

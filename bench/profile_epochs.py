@@ -44,7 +44,7 @@ import bench_epochs  # noqa: E402  (puts the measured code on sys.path)
 import attacks  # noqa: E402
 import cli  # noqa: E402
 import models  # noqa: E402
-import utils  # noqa: E402
+from store import atomic
 
 DISPATCH_CALLS = 200
 
@@ -245,7 +245,7 @@ def main(argv=None) -> list:
             )
             for kind, (_, rows) in zip(record["kinds"], profiled, strict=True):
                 kind["parts"] = [dataclasses.asdict(part) for part in rows]
-            utils.atomic_write_json(args.json, record)
+            atomic.atomic_write_json(args.json, record)
     print("\n" + bench_epochs.TABLE_HEAD)
     for result, _ in profiled:
         print(bench_epochs.table_row(result, setup))

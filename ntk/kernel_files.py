@@ -36,7 +36,7 @@ from collections.abc import Mapping
 import numpy as np
 
 import data
-import utils
+from store import atomic, pickles
 from utils import UserError
 
 COMBINED = -1  # class_index of the kernel averaged over all logits
@@ -210,7 +210,7 @@ def write(
         if c == COMBINED:
             record["combined"] = MEAN_OVER_LOGITS
         path = os.path.join(out_dir, file_name(save_name, c, len(labels)))
-        utils.atomic_pickle(path, record)
+        atomic.atomic_pickle(path, record)
         paths.append(path)
     return paths
 
@@ -323,7 +323,7 @@ def read(
         its class or indices cannot be known, or its indices do not name
         training images with its labels.
     """
-    record = utils.safe_load_pickle(path)
+    record = pickles.safe_load_pickle(path)
     missing = [
         key
         for key in ORIGINAL_KEYS

@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-import utils
+from store import pickles
 from utils import UserError
 
 _IDX_UBYTE = 0x08  # the idx type code of unsigned bytes
@@ -132,7 +132,7 @@ def _read_cifar(
     """uint8 (N, 32, 32, 3) and int64 (N,) from CIFAR's pickled batches."""
     rows, labels = [], []
     for path in paths:
-        batch = utils.safe_load_pickle(path, encoding="latin1")
+        batch = pickles.safe_load_pickle(path, encoding="latin1")
         _check(
             isinstance(batch, dict) and "data" in batch and label_key in batch,
             path,

@@ -32,6 +32,7 @@ import run_exp
 import utils
 from models import MODELS
 from ntk import kernel_files
+from store import atomic, resume
 from training import experiment, train
 from utils import UserError
 
@@ -739,7 +740,7 @@ def _check_combinations(path: str, config: dict) -> None:
 def check_output_root(path: str, root: str) -> None:
     """Refuses an output root that cannot be written, writing nothing that
     stays: the nearest existing folder gets a probe file, removed at once."""
-    problem = utils.dir_write_problem(root)
+    problem = atomic.dir_write_problem(root)
     if problem is None:
         return
     kind, probe_dir, reason = problem
@@ -810,14 +811,13 @@ def cell_status(cell: Cell) -> str:
     finished = all(os.path.exists(here(p)) for p in cell.outputs)
     if not cell.run_exp:
         return DONE if finished else TODO
-    state_path = here(os.path.join(cell.keys["save_path"], "train_state.pkl"))
-    if not os.path.exists(state_path):
-        return TODO
     try:
-        state = utils.safe_load_pickle(state_path)
+        stage = resume.stage(here(cell.keys["save_path"]))
     except UserError:
         return PARTIAL  # being written, or damaged: run_exp.py says which
-    if state.get("stage") == "done":
+    if stage is None:
+        return TODO
+    if stage == "done":
         return DONE if finished else TODO
     return PARTIAL
 
@@ -1464,8 +1464,8 @@ class Grid:
                 )
 
     def write_record(self) -> None:
-        utils.ensure_writable_dir(here(self.root))
-        utils.atomic_write_json(
+        atomic.ensure_writable_dir(here(self.root))
+        atomic.atomic_write_json(
             here(self.record_path()),
             {
                 "config_file": os.path.abspath(self.path),

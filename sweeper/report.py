@@ -44,6 +44,7 @@ import cli  # noqa: E402
 import models  # noqa: E402
 import utils  # noqa: E402
 from analysis import kernel_analysis  # noqa: E402
+from store import atomic, checkpoints
 from sweeper import grid  # noqa: E402
 
 PRESETS = ("cpu-small", "cpu-resnet", "gpu-fmnist", "paper-cifar10")
@@ -770,7 +771,9 @@ def plot_features(the_grid: grid.Grid, out_dir: str, missing: list) -> list:
                 missing.append(f"{run.id}: no feature images {path}")
                 ax.set_title("missing", fontsize=8)
                 continue
-            images = utils.load_pickle_arrays(grid.here(path), ("pos_images",))
+            images = checkpoints.load_pickle_arrays(
+                grid.here(path), ("pos_images",)
+            )
             ax.imshow(
                 _image(images["pos_images"][0]), cmap="gray", vmin=0, vmax=1
             )
@@ -799,7 +802,7 @@ def _save(fig: Figure, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    utils.atomic_write_bytes(path, buffer.getvalue())
+    atomic.atomic_write_bytes(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------
@@ -819,7 +822,7 @@ def _check_folder(flag: str, path: str, given: str | None = None) -> None:
     that stays: the nearest existing folder gets a probe file, removed at
     once. given: the flag's value, as the message shows it."""
     given = path if given is None else given
-    problem = utils.dir_write_problem(path)
+    problem = atomic.dir_write_problem(path)
     if problem is None:
         return
     kind, probe_dir, reason = problem
@@ -905,8 +908,8 @@ def aggregate(the_grid: grid.Grid, results_dir: str, report_path: str) -> dict:
         )
     rows = join_kernels(rows, kernel_table)
     summary = summarize(rows)
-    utils.ensure_writable_dir(results_dir)
-    with utils.FolderLock(results_dir, "--results_dir"):
+    atomic.ensure_writable_dir(results_dir)
+    with atomic.FolderLock(results_dir, "--results_dir"):
         written = _replace_outputs(
             the_grid, results_dir, (rows, summary, kernel_table), missing
         )
@@ -951,7 +954,7 @@ def _replace_outputs(
             tables["_kernels"] = kernel_table
         for suffix, frame in tables.items():
             staged = os.path.join(staging, os.path.basename(csvs[suffix]))
-            utils.atomic_write_text(staged, frame.to_csv(index=False))
+            atomic.atomic_write_text(staged, frame.to_csv(index=False))
             made[csvs[suffix]] = staged
         staged_figures = os.path.join(staging, name)
         figures = plot_accuracy(rows, staged_figures)
@@ -1380,7 +1383,7 @@ def _cost_section(
     text = "".join(
         f"# {cell.id}\n{cell.command('python')}\n" for cell in cells
     )
-    utils.atomic_write_text(commands, text)
+    atomic.atomic_write_text(commands, text)
     cost = grid.estimate(the_grid, cells)
     rel = os.path.relpath(commands, report_dir)
     lines = [
@@ -1498,8 +1501,8 @@ def write_report(
         if name == "paper-cifar10" and os.path.exists(config_path):
             lines += _cost_section(config_path, results_dir, report_dir)
     text = "\n".join(lines).rstrip() + "\n"
-    utils.ensure_writable_dir(report_dir)
-    utils.atomic_write_text(report_path, text)
+    atomic.ensure_writable_dir(report_dir)
+    atomic.atomic_write_text(report_path, text)
     return text
 
 

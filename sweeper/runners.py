@@ -33,6 +33,7 @@ from typing import IO, TYPE_CHECKING
 from tqdm import tqdm
 
 import utils
+from store import atomic
 from sweeper import grid
 from sweeper.grid import DONE, PARTIAL, Cell, here
 from utils import UserError
@@ -101,7 +102,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 @contextlib.contextmanager
 def claimed_root(the_grid: grid.Grid) -> Iterator[None]:
-    """Holds the sweep's lock on its output root (utils.FolderLock, the
+    """Holds the sweep's lock on its output root (atomic.FolderLock, the
     `.lock` file of the root) while the body runs, with the dataset
     prepared (prepare_data) and the sweep's record written (write_record)
     under it.
@@ -119,11 +120,11 @@ def claimed_root(the_grid: grid.Grid) -> Iterator[None]:
     with contextlib.ExitStack() as held:
         locked = os.path.isdir(root)
         if locked:
-            held.enter_context(utils.FolderLock(root, "--output_root"))
+            held.enter_context(atomic.FolderLock(root, "--output_root"))
         prepare_data(the_grid)
         if not locked:
-            utils.ensure_writable_dir(root)
-            held.enter_context(utils.FolderLock(root, "--output_root"))
+            atomic.ensure_writable_dir(root)
+            held.enter_context(atomic.FolderLock(root, "--output_root"))
         the_grid.check_record()  # again: another sweep may have written it
         the_grid.write_record()
         yield
@@ -545,7 +546,7 @@ class _Jobs:
                 self.by_cell = json.load(f)
 
     def save(self) -> None:
-        utils.atomic_write_json(self.path, self.by_cell)
+        atomic.atomic_write_json(self.path, self.by_cell)
 
 
 def _dependency(deps: list, sizes: dict) -> str | None:

@@ -10,6 +10,7 @@ import models
 import utils
 from helpers import assert_close, enable_x64, needs_neural_tangents
 from ntk import nt_compat
+from store import checkpoints
 
 IMAGE_SHAPE = (32, 32, 3)
 
@@ -249,7 +250,7 @@ def _mlp_checkpoint(tmp_path, names, meta):
         )
     }
     path = str(tmp_path / "checkpoint.pkl")
-    utils.save_checkpoint(path, renamed, renamed, state, meta)
+    checkpoints.save_checkpoint(path, renamed, renamed, state, meta)
     return path, params
 
 

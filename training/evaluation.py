@@ -24,7 +24,7 @@ from tqdm import tqdm
 import attacks
 import data
 import models
-import utils
+from store import checkpoints
 from utils import UserError
 
 
@@ -363,7 +363,7 @@ def load_examples(
         UserError: unreadable file, missing keys, or wrong shapes, dtypes or
             values.
     """
-    record = utils.load_pickle_arrays(path, EXAMPLE_KEYS)
+    record = checkpoints.load_pickle_arrays(path, EXAMPLE_KEYS)
     images = _checked_images(record["images"], image_shape, path)
     labels = _checked_labels(record["labels"], len(images), n_classes, path)
     return data.to_nhwc(images), labels

@@ -21,17 +21,14 @@ import numpy as np
 import optax
 
 import attacks
-import cli
 import data
 import models
 import utils
+from store import atomic, checkpoints, layout, provenance, resume
 from training import evaluation, train
 from utils import UserError
 
-STATE_FILE = "train_state.pkl"
 TEST_BATCH_SIZE = 100  # as the original
-STAGES = ("standard", "linear", "done")
-STATE_VERSION = 2  # of the resume file's layout
 # Flags that do not change what a run computes (how it is shown, how often
 # it saves, where its files are). Every other flag is recorded with the
 # run, and --resume must repeat it.
@@ -44,15 +41,7 @@ NON_RUN_FLAGS = (
     "data_path",
 )
 # The files run_exp.py writes in --save_path (what --overwrite removes).
-RUN_FILES = (
-    "config.json",
-    "log.jsonl",
-    STATE_FILE,
-    "results.pkl",
-    "results.json",
-    "parameters_final.pkl",
-    "parameters_checkpoint_*.pkl",
-)
+RUN_FILES = (*layout.RUN_FILES, *layout.RUN_GLOBS)
 
 
 def validate_flags(args: argparse.Namespace) -> None:
@@ -92,41 +81,6 @@ def run_flags(args: argparse.Namespace) -> dict:
     }
 
 
-@dataclasses.dataclass
-class ResumeRecord:
-    """What `train_state.pkl` holds: enough to continue the run exactly.
-
-    stage: 'standard' (phase 1 and its test), 'linear' (phase 2 and its
-      test) or 'done'.
-    flags: run_flags of the run.
-    results: the results so far (see `results_template`).
-    state: the TrainState of the stage as plain NumPy trees, or None.
-    position: the LoopPosition of the stage as plain values, or None.
-    warnings: warnings given so far (also written to results.json).
-    """
-
-    stage: str
-    flags: dict
-    results: dict
-    state: dict | None = None
-    position: dict | None = None
-    warnings: list = dataclasses.field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return dict(dataclasses.asdict(self), version=STATE_VERSION)
-
-    @classmethod
-    def from_dict(cls, record: dict, path: str) -> "ResumeRecord":
-        if record.get("version") != STATE_VERSION:
-            raise UserError(
-                f"{path} was written by an earlier version of this code and "
-                "cannot be resumed: start the run again in another "
-                "--save_path, or pass --overwrite"
-            )
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in record.items() if k in fields})
-
-
 def results_template(args: argparse.Namespace) -> dict:
     """The results dict before anything is measured: None = not (yet)
     measured."""
@@ -149,7 +103,7 @@ class Run:
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
-    record: ResumeRecord | None = None
+    record: resume.ResumeRecord | None = None
     last_saved: str | None = None  # where the resume file's state is
 
     def path(self, name: str) -> str:
@@ -179,9 +133,9 @@ def run_experiment(args: argparse.Namespace) -> dict:
         return _report_nothing_to_do(args)
     base = _load_base_model(args)
     run = _prepare(args, base)
-    utils.ensure_writable_dir(args.save_path)
-    with utils.FolderLock(args.save_path):
-        removed = utils.remove_stale_temp_files(args.save_path)
+    atomic.ensure_writable_dir(args.save_path)
+    with atomic.FolderLock(args.save_path):
+        removed = atomic.remove_stale_temp_files(args.save_path)
         if removed:
             print(f"removed {len(removed)} temporary file(s) of a killed run")
         saved = _read_record(args)
@@ -213,12 +167,9 @@ def run_experiment(args: argparse.Namespace) -> dict:
     return run.record.results
 
 
-def _read_record(args: argparse.Namespace) -> ResumeRecord | None:
+def _read_record(args: argparse.Namespace) -> resume.ResumeRecord | None:
     """The resume file of --save_path, or None when there is none."""
-    path = os.path.join(args.save_path, STATE_FILE)
-    if not os.path.exists(path):
-        return None
-    return ResumeRecord.from_dict(utils.safe_load_pickle(path), path)
+    return resume.read(args.save_path)
 
 
 def _previous_files(args: argparse.Namespace) -> list[str]:
@@ -229,7 +180,9 @@ def _previous_files(args: argparse.Namespace) -> list[str]:
     return sorted(found)
 
 
-def _plan_start(args: argparse.Namespace, saved: ResumeRecord | None) -> str:
+def _plan_start(
+    args: argparse.Namespace, saved: resume.ResumeRecord | None
+) -> str:
     """'fresh', 'resume' or 'nothing to do' for the folder's content.
 
     Raises UserError where going on would mix two runs or lose one.
@@ -242,7 +195,7 @@ def _plan_start(args: argparse.Namespace, saved: ResumeRecord | None) -> str:
             raise UserError(
                 f"{folder} holds files of another run ({names}"
                 f"{', ...' if len(previous) > 3 else ''}) but no "
-                f"{STATE_FILE}: pass --overwrite to replace them, or choose "
+                f"{layout.STATE}: pass --overwrite to replace them, or choose "
                 "another --save_path"
             )
         return "fresh"
@@ -323,7 +276,7 @@ def _prepare(
     if base is not None:
         spec = base[1]
         if args.loaders[0] != "C":
-            cli.warn(
+            utils.warn(
                 f"--loaders {args.loaders}: with --base_model_path phase 1 "
                 f"is skipped, so its letter {args.loaders[0]} is not used"
             )
@@ -360,14 +313,14 @@ def _write_config(run: Run) -> None:
         "train_images": len(run.train_x),
         "test_images": len(run.test_x),
         "command": " ".join(sys.argv),
-        "environment": utils.environment_info(),
+        "environment": provenance.environment_info(),
     }
-    utils.atomic_write_json(run.path("config.json"), config)
+    atomic.atomic_write_json(run.path("config.json"), config)
 
 
 def _fresh_record(
     run: Run, base: tuple[dict, models.ModelSpec] | None
-) -> ResumeRecord:
+) -> resume.ResumeRecord:
     """The resume record of a run that has not started."""
     args = run.args
     if base is None:
@@ -380,7 +333,7 @@ def _fresh_record(
         print(f"loaded θ(t) from {args.base_model_path}; skipping phase 1")
         params, net_state = base[0]["params"], base[0]["net_state"]
     state = train.new_train_state(params, None, net_state)
-    return ResumeRecord(
+    return resume.ResumeRecord(
         stage="standard",
         flags=run_flags(args),
         results=results_template(args),
@@ -428,7 +381,7 @@ def _save_record(
             else f"phase {record.stage}, epoch {position.epoch + 1}, "
             f"batch {position.step}"
         )
-    utils.atomic_pickle(run.path(STATE_FILE), record.as_dict())
+    atomic.atomic_pickle(run.path(layout.STATE), record.as_dict())
 
 
 def _divergence_error(run: Run, err: train.Diverged) -> UserError:
@@ -437,7 +390,7 @@ def _divergence_error(run: Run, err: train.Diverged) -> UserError:
         saved = "no resume state had been written before it"
     else:
         saved = (
-            f"{STATE_FILE} holds the last state written before it "
+            f"{layout.STATE} holds the last state written before it "
             f"({run.last_saved})"
         )
     rate = "--second_lr" if err.phase == "linear" else "the learning rate"
@@ -460,7 +413,7 @@ def _trim_log(run: Run) -> None:
         records = [json.loads(line) for line in f if line.strip()]
 
     def keep(r: dict) -> bool:
-        if STAGES.index(r["phase"]) < STAGES.index(stage):
+        if resume.STAGES.index(r["phase"]) < resume.STAGES.index(stage):
             return True
         return (
             r["phase"] == stage
@@ -469,7 +422,7 @@ def _trim_log(run: Run) -> None:
         )
 
     kept = [r for r in records if keep(r)]
-    utils.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _append_log(run: Run, record: dict) -> None:
@@ -490,7 +443,7 @@ def _log_epoch(run: Run, record: dict) -> None:
 
 
 def _warn(run: Run, message: str) -> None:
-    cli.warn(message)
+    utils.warn(message)
     run.record.warnings.append(message)
 
 
@@ -502,7 +455,9 @@ def _checkpoint(
     net_state: models.State,
     meta: dict,
 ) -> None:
-    utils.save_checkpoint(run.path(name), params, lin_params, net_state, meta)
+    checkpoints.save_checkpoint(
+        run.path(name), params, lin_params, net_state, meta
+    )
 
 
 def _checkpoint_trees(
@@ -727,7 +682,7 @@ def _write_results(run: Run) -> None:
     nothing was measured, with the reasons, the attacks and warnings)."""
     args = run.args
     results = run.record.results
-    utils.atomic_pickle(run.path("results.pkl"), _original_results(results))
+    atomic.atomic_pickle(run.path("results.pkl"), _original_results(results))
     attacks_run = {
         name: dict(
             attacks.EVAL_ATTACKS[name](args.eps, args.eval_pgd_iters).kwargs(),
@@ -750,7 +705,7 @@ def _write_results(run: Run) -> None:
         test_batch_size=TEST_BATCH_SIZE,
         warnings=list(run.record.warnings),
     )
-    utils.atomic_write_json(run.path("results.json"), record)
+    atomic.atomic_write_json(run.path("results.json"), record)
 
 
 def _base_key(args: argparse.Namespace, phase: int) -> jax.Array:

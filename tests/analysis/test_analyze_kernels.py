@@ -27,6 +27,7 @@ from helpers import (
     run_script,
 )
 from ntk import kernel_files
+from store import atomic
 from sweeper import grid
 
 N, M, C = 12, 6, 3  # images, test images, classes
@@ -251,8 +252,8 @@ def test_figures_and_notes(runs, tmp_path, capsys):
     record = load_pickle(
         folder / "kernels" / "parameters_checkpoint_1" / "saved_kernel_12.pkl"
     )
-    utils.atomic_pickle(undated, dict(record, epoch=None))
-    utils.atomic_pickle(
+    atomic.atomic_pickle(undated, dict(record, epoch=None))
+    atomic.atomic_pickle(
         folder / "kernels" / "ntk_eig_images_class_0_12.pkl",
         {"pos_images": np.zeros((1, 1, 2, 2))},
     )
@@ -292,14 +293,14 @@ def bad_cases(runs, tmp_path):
     corrupt = tmp_path / "corrupt_12.pkl"
     corrupt.write_bytes(b"\x80\x05 not a pickle")
     checkpoint = tmp_path / "parameters_checkpoint_3.pkl"
-    utils.atomic_pickle(checkpoint, {"params": {}, "net_state": {}})
+    atomic.atomic_pickle(checkpoint, {"params": {}, "net_state": {}})
     original = tmp_path / "original_12.pkl"
     record = load_pickle(one_file(runs))
-    utils.atomic_pickle(
+    atomic.atomic_pickle(
         original, {"kernel": record["kernel"], "labels": record["labels"]}
     )
     zero = tmp_path / "zero_12.pkl"
-    utils.atomic_pickle(zero, dict(record, kernel=np.zeros((N, N))))
+    atomic.atomic_pickle(zero, dict(record, kernel=np.zeros((N, N))))
     empty = tmp_path / "empty"
     empty.mkdir()
     # A copy of the CC run whose epoch-2 kernels are of other images.
@@ -547,7 +548,7 @@ def test_replicates_refusals(angle_runs, tmp_path, capsys):
     for path in other.rglob("*.pkl"):
         record = load_pickle(path)
         record["indices"] = np.array([6, 9])
-        utils.atomic_pickle(str(path), record)
+        atomic.atomic_pickle(str(path), record)
     code, _, err = run_main(
         ["--replicates", one, other / "kernels", "--out_dir", tmp_path / "o"],
         capsys,
@@ -575,7 +576,7 @@ def write_kernel_copy(folder, at, source, **changes):
     record.pop("test_kernel")
     for key in ("test_labels", "test_indices"):
         record.pop(key)
-    utils.atomic_pickle(path, dict(record, **changes))
+    atomic.atomic_pickle(path, dict(record, **changes))
     return path
 
 
@@ -687,16 +688,16 @@ def test_promise_analysis_is_finished_only_when_every_output_is_written(
     def no_space(file):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    writers = {"atomic_write_bytes": utils.atomic_write_bytes}
-    writers["atomic_write_text"] = utils.atomic_write_text
+    writers = {"atomic_write_bytes": atomic.atomic_write_bytes}
+    writers["atomic_write_text"] = atomic.atomic_write_text
     for name, write in writers.items():
 
         def full_disk(path, content, write=write):
             if os.path.basename(path) == failing:
-                utils._atomic_write(path, no_space)
+                atomic._atomic_write(path, no_space)
             write(path, content)
 
-        monkeypatch.setattr(utils, name, full_disk)
+        monkeypatch.setattr(atomic, name, full_disk)
     code, _, err = run_main(argv, capsys)
     assert code == 2
     assert_one_line_error(err, failing, os.strerror(errno.ENOSPC))

@@ -14,7 +14,6 @@ import calculate_kernel
 import cli
 import data
 import models
-import utils
 import visualize_ntk_features
 from analysis import features
 from helpers import (
@@ -23,6 +22,7 @@ from helpers import (
     require_fashion_mnist,
     run_script,
 )
+from store import atomic, checkpoints
 
 CLASS_INDEX = 3
 SIZE = 20  # two images of each of the ten classes
@@ -45,7 +45,9 @@ def run_dir(tmp_path_factory):
     spec = models.ModelSpec("mlp_skinny", 64, "fashion_mnist", 10)
     params, state = models.init_model(spec.build(), 0, images.shape[1:])
     checkpoint = str(root / "model" / "parameters_final.pkl")
-    utils.save_checkpoint(checkpoint, params, params, state, spec.as_meta())
+    checkpoints.save_checkpoint(
+        checkpoint, params, params, state, spec.as_meta()
+    )
 
     indices = data.balanced_subset_indices(labels, SIZE, seed=0)
     flat, logit_fn = features.class_logit_fn(
@@ -61,7 +63,7 @@ def run_dir(tmp_path_factory):
         "model_path": checkpoint,
     }
     kernel_path = str(root / "kernels" / f"k_class_{CLASS_INDEX}_{SIZE}.pkl")
-    utils.atomic_pickle(kernel_path, kernel)
+    atomic.atomic_pickle(kernel_path, kernel)
     return dict(
         root=root,
         data=data_path,
@@ -197,7 +199,7 @@ def write_kernel(run_dir, name, **changes):
     record = dict(run_dir["kernel_record"], **changes)
     record = {key: value for key, value in record.items() if value is not None}
     path = str(run_dir["root"] / "kernels" / name)
-    utils.atomic_pickle(path, record)
+    atomic.atomic_pickle(path, record)
     return path
 
 
@@ -207,7 +209,7 @@ def original_kernel(run_dir, name, labels=None):
     record = run_dir["kernel_record"]
     labels = record["labels"] if labels is None else labels
     path = str(run_dir["root"] / "kernels" / name)
-    utils.atomic_pickle(path, {"kernel": record["kernel"], "labels": labels})
+    atomic.atomic_pickle(path, {"kernel": record["kernel"], "labels": labels})
     return path
 
 

@@ -12,7 +12,6 @@ import calculate_kernel
 import cli
 import data
 import models
-import utils
 from helpers import (
     NT_UNAVAILABLE,
     assert_close,
@@ -24,6 +23,7 @@ from helpers import (
 from helpers import run_script as run_entry_script
 from kernel_reference import perturb, reference_kernels, relative_error
 from ntk import kernel_files, nt_compat
+from store import checkpoints
 
 SIZE = 20  # two images of each of the ten classes
 BLOCK = 8  # three blocks, the last padded
@@ -46,7 +46,7 @@ def run_dir(tmp_path_factory):
     lin_params = perturb(params, 2, 0.05)
     _, state = model.apply(params, state, None, images[:64], True)
     checkpoint = str(root / "model" / "parameters_final.pkl")
-    utils.save_checkpoint(
+    checkpoints.save_checkpoint(
         checkpoint,
         params,
         lin_params,
@@ -123,7 +123,7 @@ def test_all_classes_one_file_each(run_dir):
     assert "block" in result.stderr  # the progress bar
 
     records = [
-        utils.load_pickle_arrays(
+        checkpoints.load_pickle_arrays(
             os.path.join(folder, name), ("kernel", "labels", "indices")
         )
         for name in names
@@ -173,7 +173,9 @@ def test_combined_kernel_at_lin_params(run_dir, capsys):
     path = os.path.join(out_dir(run_dir, "lin"), f"k_{SIZE}.pkl")
     assert files_in(out_dir(run_dir, "lin")) == [os.path.basename(path)]
     assert path in capsys.readouterr().out
-    record = utils.load_pickle_arrays(path, ("kernel", "labels", "indices"))
+    record = checkpoints.load_pickle_arrays(
+        path, ("kernel", "labels", "indices")
+    )
     assert record["class_index"] == -1 and record["use_linear_params"]
     assert record["combined"] == "mean_over_logits"
     assert record["n_logits"] == 10 and record["epoch"] == EPOCH
@@ -242,7 +244,7 @@ def test_neural_tangents_options_refused_where_it_is_unavailable(
 def test_checkpoint_of_another_model_is_refused(run_dir, capsys):
     """A checkpoint without meta whose parameters are not a width-64 net."""
     path = str(run_dir["root"] / "old" / "parameters_final.pkl")
-    utils.save_checkpoint(
+    checkpoints.save_checkpoint(
         path, run_dir["params"], run_dir["params"], run_dir["state"], {}
     )
     code = run_cli(
@@ -279,7 +281,7 @@ def sweep(run_dir):
     paths = []
     for seed, epoch in ((5, "0.5"), (6, "2")):
         path = str(folder / f"parameters_checkpoint_{epoch}.pkl")
-        utils.save_checkpoint(
+        checkpoints.save_checkpoint(
             path,
             perturb(run_dir["params"], seed, 0.05),
             run_dir["params"],
@@ -331,7 +333,7 @@ def test_several_checkpoints_with_cross_kernels(run_dir, sweep, capsys):
     both = np.concatenate(
         [run_dir["images"][indices], test_images[test_indices]]
     )
-    checkpoints = [utils.load_checkpoint(path) for path in sweep]
+    checkpoints = [checkpoints.load_checkpoint(path) for path in sweep]
     references = reference_kernels(
         SPEC.build().apply,
         [checkpoint["params"] for checkpoint in checkpoints],

@@ -10,7 +10,8 @@ import pytest
 from helpers import legacy_balanced_indices, load_pickle
 from ntk import kernel_files
 from ntk.kernel_files import ALL_CLASSES, COMBINED
-from utils import UserError, atomic_pickle
+from store.atomic import atomic_pickle
+from utils import UserError
 
 N_CLASSES = 3
 SIZE = 6  # two images of each class

@@ -19,6 +19,7 @@ import pytest
 
 import utils
 from helpers import ROOT, SUBPROCESS_TIMEOUT_S
+from store import atomic, checkpoints, pickles, provenance
 
 # --------------------------------------------------------------------------
 # Helpers
@@ -49,7 +50,7 @@ def checkpoint_path(tmp_path, model):
     params, state, _ = model
     lin_params = jax.tree_util.tree_map(lambda p: p + 1, params)
     path = tmp_path / "parameters_final.pkl"
-    utils.save_checkpoint(
+    checkpoints.save_checkpoint(
         path,
         params,
         lin_params,
@@ -119,7 +120,7 @@ def _globals_named(data):
 
 def test_checkpoint_round_trip_is_exact(model, checkpoint_path):
     params, state, _ = model
-    loaded = utils.load_checkpoint(checkpoint_path)
+    loaded = checkpoints.load_checkpoint(checkpoint_path)
     assert set(loaded) == {"params", "lin_params", "net_state", "meta"}
     assert utils.tree_equal(loaded["params"], params)
     assert utils.tree_equal(loaded["net_state"], state)
@@ -142,7 +143,7 @@ def test_checkpoint_loads_with_plain_pickle(checkpoint_path):
 
 def test_loaded_params_drive_the_model(model, checkpoint_path):
     params, state, apply = model
-    loaded = utils.load_checkpoint(checkpoint_path)
+    loaded = checkpoints.load_checkpoint(checkpoint_path)
     images = jnp.ones((2, 2, 2, 3))
     expected, _ = apply(params, state, None, images, False)
     got, _ = apply(loaded["params"], loaded["net_state"], None, images, False)
@@ -156,7 +157,7 @@ def test_original_files_without_meta_load(tmp_path):
         pickle.dump(
             {"params": params, "lin_params": params, "net_state": {}}, file
         )
-    loaded = utils.load_checkpoint(path)
+    loaded = checkpoints.load_checkpoint(path)
     assert loaded["meta"] == {}
     assert utils.tree_equal(loaded["params"], params)
 
@@ -174,7 +175,9 @@ def test_numpy_1_pickles_load(tmp_path):
     assert b"numpy.core.multiarray" in old_data
     path = tmp_path / "numpy1.pkl"
     path.write_bytes(old_data)
-    assert utils.tree_equal(utils.load_checkpoint(path)["params"], arrays)
+    assert utils.tree_equal(
+        checkpoints.load_checkpoint(path)["params"], arrays
+    )
 
 
 @pytest.mark.parametrize(
@@ -196,7 +199,7 @@ def test_bad_checkpoints_are_user_errors(
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(utils.UserError) as info:
-        utils.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     message = str(info.value)
     assert str(path) in message
     assert "\n" not in message
@@ -205,15 +208,15 @@ def test_bad_checkpoints_are_user_errors(
 def test_missing_checkpoint_is_a_user_error(tmp_path):
     path = tmp_path / "nowhere.pkl"
     with pytest.raises(utils.UserError, match="nowhere.pkl"):
-        utils.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 def test_missing_keys_are_named(tmp_path):
     path = tmp_path / "adv.pkl"
-    utils.atomic_pickle(path, {"images": np.zeros((1, 3, 2, 2))})
+    atomic.atomic_pickle(path, {"images": np.zeros((1, 3, 2, 2))})
     with pytest.raises(utils.UserError, match="labels"):
-        utils.load_pickle_arrays(path, ("images", "labels"))
-    assert set(utils.load_pickle_arrays(path, ("images",))) == {"images"}
+        checkpoints.load_pickle_arrays(path, ("images", "labels"))
+    assert set(checkpoints.load_pickle_arrays(path, ("images",))) == {"images"}
 
 
 # --------------------------------------------------------------------------
@@ -236,7 +239,7 @@ def test_code_in_pickles_is_refused_and_not_run(tmp_path, payload, asked_for):
         pickle.dumps({"params": params, "lin_params": {}, "net_state": {}})
     )
     with pytest.raises(utils.UserError) as info:
-        utils.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     assert str(info.value) == (
         f"refusing to load {path}: it asks for {asked_for}, which is not an "
         "array or container"
@@ -248,7 +251,7 @@ def test_other_classes_are_refused(tmp_path):
     path = tmp_path / "counter.pkl"
     path.write_bytes(pickle.dumps({"c": collections.Counter("ab")}))
     with pytest.raises(utils.UserError, match="collections.Counter"):
-        utils.safe_load_pickle(path)
+        pickles.safe_load_pickle(path)
 
 
 ALLOWED_VALUES = [
@@ -283,7 +286,7 @@ def test_arrays_scalars_and_dtypes_load(tmp_path, protocol):
     tree = {"values": ALLOWED_VALUES, "python": PYTHON_VALUES}
     path = tmp_path / "arrays.pkl"
     path.write_bytes(pickle.dumps(tree, protocol=protocol))
-    loaded = utils.safe_load_pickle(path)
+    loaded = pickles.safe_load_pickle(path)
     assert loaded["python"] == PYTHON_VALUES
     for want, got in zip(ALLOWED_VALUES, loaded["values"], strict=True):
         if isinstance(want, np.dtype):
@@ -308,7 +311,7 @@ def test_allow_list_is_exactly_what_numpy_asks_for():
         for module, name in seen
     }
     assert ("numpy", "dtype") in seen
-    assert set(utils._ALLOWED_GLOBALS) == seen | numpy_1_names
+    assert set(pickles._ALLOWED_GLOBALS) == seen | numpy_1_names
 
 
 # --------------------------------------------------------------------------
@@ -319,19 +322,19 @@ def test_allow_list_is_exactly_what_numpy_asks_for():
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyboardInterrupt()])
 def test_failed_write_keeps_old_file(tmp_path, error):
     path = tmp_path / "parameters_final.pkl"
-    utils.atomic_pickle(path, {"old": np.arange(3)})
+    atomic.atomic_pickle(path, {"old": np.arange(3)})
     before = path.read_bytes()
     broken = {"a": np.zeros(100_000), "b": _FailsToPickle(error)}
     with pytest.raises(type(error)):
-        utils.atomic_pickle(path, broken)
+        atomic.atomic_pickle(path, broken)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == [path.name]
 
 
 def test_atomic_writers_create_parents(tmp_path):
     base = tmp_path / "a" / "b"
-    utils.atomic_write_bytes(base / "x.bin", b"\x00\x01")
-    utils.atomic_write_text(base / "x.txt", "héllo\n")
+    atomic.atomic_write_bytes(base / "x.bin", b"\x00\x01")
+    atomic.atomic_write_text(base / "x.txt", "héllo\n")
     assert (base / "x.bin").read_bytes() == b"\x00\x01"
     assert (base / "x.txt").read_text(encoding="utf-8") == "héllo\n"
     assert sorted(os.listdir(base)) == ["x.bin", "x.txt"]
@@ -340,13 +343,13 @@ def test_atomic_writers_create_parents(tmp_path):
 def test_atomic_files_get_the_usual_mode(tmp_path):
     plain = tmp_path / "plain"
     plain.write_bytes(b"")
-    utils.atomic_write_bytes(tmp_path / "atomic", b"")
+    atomic.atomic_write_bytes(tmp_path / "atomic", b"")
     assert (tmp_path / "atomic").stat().st_mode == plain.stat().st_mode
 
 
 def test_json_converts_numpy_and_jax(tmp_path):
     path = tmp_path / "config.json"
-    utils.atomic_write_json(
+    atomic.atomic_write_json(
         path,
         {
             "b": np.float32(0.5),
@@ -373,30 +376,30 @@ def test_write_under_a_file_is_a_user_error(tmp_path):
     blocker.write_text("")
     target = blocker / "sub" / "x.pkl"
     with pytest.raises(utils.UserError, match=str(target)):
-        utils.atomic_pickle(target, {})
+        atomic.atomic_pickle(target, {})
 
 
 def test_ensure_writable_dir(tmp_path):
-    made = utils.ensure_writable_dir(tmp_path / "runs" / "one")
+    made = atomic.ensure_writable_dir(tmp_path / "runs" / "one")
     assert made == str(tmp_path / "runs" / "one")
     assert os.path.isdir(made) and os.listdir(made) == []
     blocker = tmp_path / "plain_file"
     blocker.write_text("")
     with pytest.raises(utils.UserError) as info:
-        utils.ensure_writable_dir(blocker / "sub")
+        atomic.ensure_writable_dir(blocker / "sub")
     assert str(blocker / "sub") in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_check_writable_dir_creates_nothing(tmp_path):
     target = tmp_path / "runs" / "one"
-    assert utils.check_writable_dir(target) == str(target)
+    assert atomic.check_writable_dir(target) == str(target)
     assert os.listdir(tmp_path) == []
     blocker = tmp_path / "plain_file"
     blocker.write_text("")
     for path in (blocker, blocker / "sub" / "deeper"):
         with pytest.raises(utils.UserError) as info:
-            utils.check_writable_dir(path)
+            atomic.check_writable_dir(path)
         assert str(path) in str(info.value) and "is a file" in str(info.value)
     assert os.listdir(tmp_path) == ["plain_file"]
 
@@ -437,10 +440,10 @@ def test_opt_state_round_trip(model, tmp_path):
     grads = jax.tree_util.tree_map(jnp.ones_like, params)
     _, opt_state = optimizer.update(grads, optimizer.init(params), params)
     path = tmp_path / "opt.pkl"
-    utils.atomic_pickle(
+    atomic.atomic_pickle(
         path, {"opt_state": utils.flatten_opt_state(opt_state)}
     )
-    leaves = utils.load_pickle_arrays(path, ("opt_state",))["opt_state"]
+    leaves = checkpoints.load_pickle_arrays(path, ("opt_state",))["opt_state"]
     restored = utils.unflatten_like(optimizer.init(params), leaves)
     assert jax.tree_util.tree_structure(
         restored
@@ -469,7 +472,7 @@ def test_opt_state_mismatch_is_a_user_error(model):
 
 
 def test_environment_info_is_json_ready(tmp_path):
-    info = utils.environment_info()
+    info = provenance.environment_info()
     for key in (
         "python",
         "jax",
@@ -487,7 +490,7 @@ def test_environment_info_is_json_ready(tmp_path):
         assert key in info
     assert info["jax"] == jax.__version__
     assert info["jax_backend"] == "cpu"
-    utils.atomic_write_json(tmp_path / "config.json", info)
+    atomic.atomic_write_json(tmp_path / "config.json", info)
 
 
 # --------------------------------------------------------------------------
@@ -512,7 +515,7 @@ def test_jax_arrays_pickled_by_jax_load_as_numpy(tmp_path):
             file,
         )
     assert b"_reconstruct_array" in path.read_bytes()
-    loaded = utils.load_checkpoint(path)
+    loaded = checkpoints.load_checkpoint(path)
     w = loaded["params"]["linear"]["w"]
     assert type(w) is np.ndarray and w.dtype == np.float32
     np.testing.assert_array_equal(w, np.arange(6).reshape(2, 3))
@@ -563,7 +566,7 @@ def test_device_arrays_of_old_jax_load_as_numpy(tmp_path):
     path = tmp_path / "old_jax.pkl"
     path.write_bytes(_old_device_array_pickle(tree))
     assert b"reconstruct_device_array" in path.read_bytes()
-    loaded = utils.load_checkpoint(path)
+    loaded = checkpoints.load_checkpoint(path)
     np.testing.assert_array_equal(loaded["params"]["linear"]["w"], w)
     np.testing.assert_array_equal(loaded["lin_params"]["linear"]["w"], 2 * w)
 
@@ -586,7 +589,7 @@ def test_jax_reconstructor_calls_nothing_but_numpy(tmp_path):
     path = tmp_path / "evil_jax.pkl"
     path.write_bytes(pickle.dumps({"x": _EvilReconstruction(marker)}))
     with pytest.raises(utils.UserError, match="refusing to load"):
-        utils.safe_load_pickle(path)
+        pickles.safe_load_pickle(path)
     assert not marker.exists()
 
 
@@ -616,18 +619,18 @@ def test_deep_nesting_is_refused(tmp_path):
     path = tmp_path / "deep.pkl"
     path.write_bytes(_deep_list_pickle(300_000))
     with pytest.raises(utils.UserError, match="nest deeper than"):
-        utils.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     shallow = tmp_path / "shallow.pkl"
-    shallow.write_bytes(_deep_list_pickle(utils.MAX_PICKLE_DEPTH))
-    assert "params" in utils.safe_load_pickle(shallow)
+    shallow.write_bytes(_deep_list_pickle(pickles.MAX_PICKLE_DEPTH))
+    assert "params" in pickles.safe_load_pickle(shallow)
 
 
 def test_too_many_objects_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(utils, "MAX_PICKLE_OBJECTS", 100)
+    monkeypatch.setattr(pickles, "MAX_PICKLE_OBJECTS", 100)
     path = tmp_path / "many.pkl"
     path.write_bytes(pickle.dumps({"params": list(range(200))}))
     with pytest.raises(utils.UserError, match="more than 100 objects"):
-        utils.safe_load_pickle(path)
+        pickles.safe_load_pickle(path)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -635,9 +638,9 @@ def test_non_finite_parameters_are_refused(tmp_path, bad):
     params = {"linear": {"w": np.ones((2, 2), np.float32)}}
     broken = {"linear": {"w": np.array([[1, bad], [0, 1]], np.float32)}}
     path = tmp_path / "diverged.pkl"
-    utils.save_checkpoint(path, broken, params, {}, {})
+    checkpoints.save_checkpoint(path, broken, params, {}, {})
     with pytest.raises(utils.UserError) as info:
-        utils.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     assert str(path) in str(info.value)
     assert "params hold NaN or infinite values (at linear/w)" in str(
         info.value
@@ -657,7 +660,7 @@ def _dead_pid() -> int:
 
 
 def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
-    host = utils.socket.gethostname()
+    host = atomic.socket.gethostname()
     stale = f".parameters_checkpoint_0.pkl.tmp-{host}-{_dead_pid()}-{'a' * 12}"
     live = f".results.pkl.tmp-{host}-{os.getpid()}-{'b' * 12}"
     other_host = f".results.pkl.tmp-elsewhere-{_dead_pid()}-{'c' * 12}"
@@ -665,7 +668,7 @@ def test_stale_temp_files_are_removed_and_live_ones_kept(tmp_path):
     unrelated = [".hidden", "notes.tmp", "parameters_final.pkl"]
     for name in [stale, live, other_host, legacy, *unrelated]:
         (tmp_path / name).write_bytes(b"x")
-    removed = utils.remove_stale_temp_files(str(tmp_path))
+    removed = atomic.remove_stale_temp_files(str(tmp_path))
     assert sorted(removed) == sorted([stale, legacy])
     assert sorted(os.listdir(tmp_path)) == sorted(
         [live, other_host, *unrelated]
@@ -680,9 +683,9 @@ def test_temp_files_are_named_for_the_cleanup(tmp_path, monkeypatch):
         names.append(os.path.basename(source))
         real_replace(source, target)
 
-    monkeypatch.setattr(utils.os, "replace", spy)
-    utils.atomic_pickle(tmp_path / "x.pkl", {"a": 1})
-    match = utils._TEMP_NAME.match(names[0])
+    monkeypatch.setattr(atomic.os, "replace", spy)
+    atomic.atomic_pickle(tmp_path / "x.pkl", {"a": 1})
+    match = atomic._TEMP_NAME.match(names[0])
     assert match and match["target"] == "x.pkl"
     assert int(match["pid"]) == os.getpid()
 
@@ -693,7 +696,7 @@ def test_folder_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
             sys.executable,
             "-c",
             "import sys, utils\n"
-            f"with utils.FolderLock({str(tmp_path)!r}):\n"
+            f"with atomic.FolderLock({str(tmp_path)!r}):\n"
             "    print('locked', flush=True)\n"
             "    sys.stdin.read()\n",
         ],
@@ -706,7 +709,7 @@ def test_folder_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
     try:
         assert holder.stdout.readline() == "locked\n"
         with pytest.raises(utils.UserError) as info:
-            with utils.FolderLock(str(tmp_path)):
+            with atomic.FolderLock(str(tmp_path)):
                 pass
         message = str(info.value)
         assert f"pid {holder.pid}" in message and "--save_path" in message
@@ -714,6 +717,6 @@ def test_folder_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
         holder.kill()  # as a crash would: no clean release
         holder.wait(timeout=SUBPROCESS_TIMEOUT_S)
     assert (tmp_path / ".lock").exists()  # left by the killed holder
-    with utils.FolderLock(str(tmp_path)):
+    with atomic.FolderLock(str(tmp_path)):
         pass  # its lock died with it
     assert not (tmp_path / ".lock").exists()

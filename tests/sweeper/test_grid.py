@@ -11,6 +11,7 @@ import data
 import sweep
 import utils
 from helpers import ROOT, assert_one_line_error
+from store import atomic
 from sweep_fixtures import tiny_config, toml_text, write_config
 from sweeper import grid, runners
 
@@ -475,16 +476,16 @@ def test_cell_status_from_the_files(tiny, tmp_path):
     save = phase1.keys["save_path"]
     os.makedirs(save)
     state = os.path.join(save, "train_state.pkl")
-    utils.atomic_pickle(state, {"stage": "standard"})
+    atomic.atomic_pickle(state, {"stage": "standard"})
     assert grid.cell_status(phase1) == grid.PARTIAL
-    utils.atomic_pickle(state, {"stage": "done"})
+    atomic.atomic_pickle(state, {"stage": "done"})
     assert grid.cell_status(phase1) == grid.TODO  # no results.json
-    utils.atomic_write_json(os.path.join(save, "results.json"), {})
+    atomic.atomic_write_json(os.path.join(save, "results.json"), {})
     assert grid.cell_status(phase1) == grid.DONE
     for i, path in enumerate(kernel.outputs):
         assert grid.cell_status(kernel) == grid.TODO
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        utils.atomic_write_bytes(path, b"x")
+        atomic.atomic_write_bytes(path, b"x")
         if i == len(kernel.outputs) - 1:
             assert grid.cell_status(kernel) == grid.DONE
 

@@ -16,6 +16,7 @@ import run_exp
 import utils
 from analysis import kernel_analysis as ka
 from helpers import assert_one_line_error
+from store import atomic
 from sweep_fixtures import tiny_config, write_config
 from sweeper import grid, report
 
@@ -44,7 +45,7 @@ def synthetic(tmp_path):
     for cell in the_grid.cells():
         if cell.stage == "phase1":
             record = {"standard": _accuracies(rng), "linear": None}
-            utils.atomic_write_json(cell.outputs[0], record)
+            atomic.atomic_write_json(cell.outputs[0], record)
             files[cell.id] = record
         elif cell.stage == "phase2":
             record = {
@@ -52,8 +53,8 @@ def synthetic(tmp_path):
                 "linear": _accuracies(rng),
                 "standard_second": False,
             }
-            utils.atomic_write_json(cell.outputs[0], record)
-            utils.atomic_write_json(
+            atomic.atomic_write_json(cell.outputs[0], record)
+            atomic.atomic_write_json(
                 os.path.join(cell.keys["save_path"], "config.json"),
                 {
                     "flags": vars(run_exp.parse_args(cell.args)),
@@ -74,10 +75,10 @@ def synthetic(tmp_path):
                     }
                 ],
             }
-            utils.atomic_write_json(cell.outputs[0], record)
+            atomic.atomic_write_json(cell.outputs[0], record)
             files[cell.id] = record
         elif cell.stage == "features":
-            utils.atomic_pickle(
+            atomic.atomic_pickle(
                 cell.outputs[0],
                 {"pos_images": rng.uniform(size=(2, 28, 28, 1))},
             )
@@ -115,7 +116,7 @@ def synthetic(tmp_path):
         pd.DataFrame(pair_rows).to_csv(
             os.path.join(out_dir, "pairwise.csv"), index=False
         )
-        utils.atomic_write_json(os.path.join(out_dir, "analysis.json"), {})
+        atomic.atomic_write_json(os.path.join(out_dir, "analysis.json"), {})
         kernels_of[seed] = (rows, distances)
     # The analysis across seeds: the same loader and t of seeds 0 and 1.
     seed_rows, between_seeds = [], {}
@@ -777,7 +778,7 @@ def test_promise_aggregate_replaces_a_presets_outputs_whole(
     assert not [p for p in os.listdir(results) if p.startswith(".")]
     # One aggregation at a time in a results folder.
     outputs = {p: (results / p).read_bytes() for p in _outputs(results)}
-    with utils.FolderLock(str(results)):
+    with atomic.FolderLock(str(results)):
         with pytest.raises(utils.UserError, match="in use by another run"):
             _aggregate(the_grid, tmp_path)
     assert {p: (results / p).read_bytes() for p in _outputs(results)} == (
@@ -836,7 +837,7 @@ def test_promise_aggregate_refuses_cells_of_other_settings(synthetic, capsys):
     phase2_cells = [c for c in the_grid.cells() if c.stage == "phase2"]
     for cell in phase2_cells:
         state = os.path.join(cell.keys["save_path"], "train_state.pkl")
-        utils.atomic_pickle(state, {"stage": "done"})
+        atomic.atomic_pickle(state, {"stage": "done"})
     capsys.readouterr()
     sweep.dry_run(the_grid, the_grid.cells())
     lines = capsys.readouterr().out.splitlines()

@@ -16,7 +16,6 @@ import time
 import pandas as pd
 import pytest
 
-import utils
 from helpers import (
     ROOT,
     SUBPROCESS_TIMEOUT_S,
@@ -24,6 +23,7 @@ from helpers import (
     assert_one_line_error,
     load_pickle,
 )
+from store import atomic
 from sweep_fixtures import (
     outcome_lines,
     run_sweep,
@@ -451,5 +451,5 @@ def test_promise_cells_die_with_the_sweep(sweep_data, tmp_path, signum):
         if cell is not None and not _dead(cell):
             os.kill(cell, signal.SIGKILL)
     for held in (folder, root):
-        with utils.FolderLock(held):
+        with atomic.FolderLock(held):
             pass

@@ -14,7 +14,6 @@ import pytest
 import cli
 import data
 import eval_and_make_adv
-import utils
 from helpers import (
     ROOT,
     assert_close,
@@ -24,6 +23,7 @@ from helpers import (
     run_script,
     train_tiny_mlp,
 )
+from store import atomic, checkpoints
 
 RUN_DIR = "saved_model_loaded_centering_phase_2"
 EPS_255 = 4.0
@@ -48,7 +48,7 @@ def workdir(tmp_path_factory):
     require_fashion_mnist()
     root = tmp_path_factory.mktemp("work")
     trained = train_tiny_mlp(str(root / "data"))
-    utils.save_checkpoint(
+    checkpoints.save_checkpoint(
         root / RUN_DIR / "parameters_final.pkl",
         trained["params"],
         trained["lin_params"],
@@ -104,8 +104,8 @@ def example5(workdir):
         run_main(root, EXAMPLE_5 + small(root, 200), monkeypatch)
     files = outputs(root)
     return (
-        utils.load_pickle_arrays(files["results"]),
-        utils.load_pickle_arrays(files["examples"]),
+        checkpoints.load_pickle_arrays(files["results"]),
+        checkpoints.load_pickle_arrays(files["examples"]),
         json.loads(files["json"].read_text()),
     )
 
@@ -205,7 +205,7 @@ def test_own_examples_reproduce_robust_accuracy(
     )
     folder = root / RUN_DIR / "test_results"
     for index in (0, 1):
-        again = utils.load_pickle_arrays(
+        again = checkpoints.load_pickle_arrays(
             folder / f"test_results_transfer_{index}.pkl"
         )
         assert again["acc_clean"] == results["acc_dirty"]
@@ -231,7 +231,7 @@ def test_own_examples_reproduce_robust_accuracy(
 def test_linear_without_phase_2_warns(workdir, monkeypatch, capsys):
     root, trained = workdir
     path = root / "phase1" / "parameters_final.pkl"
-    utils.save_checkpoint(
+    checkpoints.save_checkpoint(
         path,
         trained["params"],
         trained["params"],
@@ -245,14 +245,14 @@ def test_linear_without_phase_2_warns(workdir, monkeypatch, capsys):
         monkeypatch,
     )
     assert "warning: lin_params equal params" in capsys.readouterr().err
-    results = utils.load_pickle_arrays(
+    results = checkpoints.load_pickle_arrays(
         root / "phase1" / "test_results_test_results.pkl"
     )
     assert not np.any(results["components_clean"]["df"])
 
 
 def write_pickle(path, obj):
-    utils.atomic_pickle(path, obj)
+    atomic.atomic_pickle(path, obj)
     return str(path)
 
 
@@ -359,7 +359,7 @@ def test_centering_without_linear_is_the_difference_of_networks(
         + small(root),
         monkeypatch,
     )
-    results = utils.load_pickle_arrays(
+    results = checkpoints.load_pickle_arrays(
         root / RUN_DIR / "difference" / "test_results_difference.pkl"
     )
     images, _ = small_test_set(root)
@@ -393,11 +393,13 @@ def test_no_adv_save_examples_writes_the_clean_images(workdir, monkeypatch):
         monkeypatch,
     )
     folder = root / RUN_DIR / "clean"
-    examples = utils.load_pickle_arrays(folder / "adv_examples_clean.pkl")
+    examples = checkpoints.load_pickle_arrays(
+        folder / "adv_examples_clean.pkl"
+    )
     images, labels = small_test_set(root)
     np.testing.assert_array_equal(examples["images"], data.to_nchw(images))
     np.testing.assert_array_equal(examples["labels"], labels)
-    results = utils.load_pickle_arrays(folder / "test_results_clean.pkl")
+    results = checkpoints.load_pickle_arrays(folder / "test_results_clean.pkl")
     assert results["acc_dirty"] == results["acc_clean"]
     assert not (folder / "transfer_clean.json").exists()
 

@@ -9,7 +9,6 @@ import pytest
 
 import attacks
 import models
-import utils
 from helpers import TINY_IMAGE_SHAPE as IMAGE_SHAPE
 from helpers import TINY_TEST_SIZE as TEST_SIZE
 from helpers import (
@@ -19,6 +18,7 @@ from helpers import (
     require_fashion_mnist,
     train_tiny_mlp,
 )
+from store import atomic, checkpoints
 from training import evaluation
 from utils import UserError
 
@@ -277,7 +277,7 @@ def test_empty_input_is_refused(trained):
 
 def write_examples(path, images, labels):
     """Writes an examples pickle as eval_and_make_adv.py does."""
-    utils.atomic_pickle(path, evaluation.examples_record(images, labels))
+    atomic.atomic_pickle(path, evaluation.examples_record(images, labels))
     return str(path)
 
 
@@ -286,7 +286,7 @@ def test_examples_file_round_trip(tmp_path):
     images = rng.uniform(size=(5, 28, 28, 1)).astype(np.float32)
     labels = np.arange(5)
     path = write_examples(tmp_path / "adv.pkl", images, labels)
-    record = utils.load_pickle_arrays(path, evaluation.EXAMPLE_KEYS)
+    record = checkpoints.load_pickle_arrays(path, evaluation.EXAMPLE_KEYS)
     assert record["images"].shape == (5, 1, 28, 28)
     assert record["images"].dtype == np.float32
     loaded_images, loaded_labels = evaluation.load_examples(
@@ -311,6 +311,6 @@ def test_examples_file_round_trip(tmp_path):
 )
 def test_bad_examples_files_are_refused(tmp_path, images, labels, message):
     path = tmp_path / "bad.pkl"
-    utils.atomic_pickle(path, {"images": images, "labels": labels})
+    atomic.atomic_pickle(path, {"images": images, "labels": labels})
     with pytest.raises(UserError, match=message):
         evaluation.load_examples(str(path), IMAGE_SHAPE, 10)

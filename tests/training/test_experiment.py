@@ -13,6 +13,7 @@ import pytest
 import models
 import run_exp
 import utils
+from store import atomic, layout, pickles, resume
 from training import experiment, train
 
 ARGS = run_exp.parse_args([])
@@ -44,7 +45,7 @@ def test_run_flags_are_every_flag_but_the_few_that_change_nothing():
 
 
 def record(stage, **flag_changes):
-    return experiment.ResumeRecord(
+    return resume.ResumeRecord(
         stage=stage,
         flags=experiment.run_flags(args_with(**flag_changes)),
         results=experiment.results_template(ARGS),
@@ -176,7 +177,7 @@ def test_resume_record_round_trip(tmp_path):
     state = train.new_train_state(tree(0.5), tree(0.25), {}, step=3)
     position = train.LoopPosition(epoch=2, step=5, saved_fractions=[0.125])
     position.metrics.loss_sum = 1.5
-    saved = experiment.ResumeRecord(
+    saved = resume.ResumeRecord(
         stage="linear",
         flags=experiment.run_flags(ARGS),
         results=experiment.results_template(ARGS),
@@ -184,10 +185,10 @@ def test_resume_record_round_trip(tmp_path):
         position=position.as_record(),
         warnings=["w"],
     )
-    path = tmp_path / experiment.STATE_FILE
-    utils.atomic_pickle(path, saved.as_dict())
-    loaded = experiment.ResumeRecord.from_dict(
-        utils.safe_load_pickle(path), str(path)
+    path = tmp_path / layout.STATE
+    atomic.atomic_pickle(path, saved.as_dict())
+    loaded = resume.ResumeRecord.from_dict(
+        pickles.safe_load_pickle(path), str(path)
     )
     assert loaded.flags == saved.flags and loaded.warnings == ["w"]
     again = experiment._unpack(loaded.state)
@@ -197,7 +198,7 @@ def test_resume_record_round_trip(tmp_path):
     )
     assert train.LoopPosition.from_record(loaded.position) == position
     with pytest.raises(utils.UserError, match="earlier version"):
-        experiment.ResumeRecord.from_dict({"stage": "done"}, str(path))
+        resume.ResumeRecord.from_dict({"stage": "done"}, str(path))
 
 
 def test_trim_log_keeps_what_the_resumed_run_will_not_redo(tmp_path):
@@ -215,7 +216,7 @@ def test_trim_log_keeps_what_the_resumed_run_will_not_redo(tmp_path):
     run = experiment.Run(
         ARGS, str(tmp_path), None, None, None, None, None, None
     )
-    run.record = experiment.ResumeRecord(
+    run.record = resume.ResumeRecord(
         "linear", {}, {}, position=train.LoopPosition(epoch=1).as_record()
     )
     experiment._trim_log(run)

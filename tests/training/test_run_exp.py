@@ -31,6 +31,7 @@ from helpers import (
     needs_fashion_mnist,
 )
 from helpers import run_script as run_entry_script
+from store import atomic, checkpoints, pickles
 
 pytestmark = [needs_fashion_mnist, pytest.mark.slow]
 
@@ -403,7 +404,7 @@ def wait_until(save, predicate, process):
     seen = "no train_state.pkl yet"
     while time.monotonic() < deadline and process.poll() is None:
         if path.exists():
-            saved = utils.safe_load_pickle(path)
+            saved = pickles.safe_load_pickle(path)
             where = saved.get("position") or {}
             point = (saved["stage"], where.get("epoch"), where.get("step"))
             seen = "stage {}, epoch {}, step {}".format(*point)
@@ -446,7 +447,7 @@ def stale_temp_name(target):
     """The name of a temporary file that a killed run of this host left."""
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
-    host = utils.socket.gethostname()
+    host = atomic.socket.gethostname()
     return f".{target}.tmp-{host}-{process.pid}-{'0' * 12}"
 
 
@@ -594,7 +595,7 @@ def test_promise_divergence_stops_with_the_truth(
         "of phase linear)",
         "lower --second_lr",
     )
-    assert utils.safe_load_pickle(save / "train_state.pkl")["stage"] in (
+    assert pickles.safe_load_pickle(save / "train_state.pkl")["stage"] in (
         "standard",
         "linear",
     )
@@ -629,7 +630,7 @@ def test_promise_growing_loss_is_reported(
 def write_checkpoint_like(path, source, **meta_changes):
     checkpoint = load_pickle(source)
     checkpoint["meta"] = dict(checkpoint["meta"], **meta_changes)
-    utils.atomic_pickle(path, checkpoint)
+    atomic.atomic_pickle(path, checkpoint)
     return path
 
 
@@ -639,11 +640,11 @@ def bad_input_cases(tmp_path, phase_one_runs):
     mlp_base = phase_one_runs["CC"] / "parameters_checkpoint_1.pkl"
     no_meta = tmp_path / "no_meta.pkl"  # as the original's checkpoints
     checkpoint = load_pickle(mlp_base)
-    utils.atomic_pickle(
-        no_meta, {k: checkpoint[k] for k in utils.CHECKPOINT_KEYS}
+    atomic.atomic_pickle(
+        no_meta, {k: checkpoint[k] for k in checkpoints.CHECKPOINT_KEYS}
     )
     nan_base = tmp_path / "nan_base.pkl"
-    utils.save_checkpoint(
+    checkpoints.save_checkpoint(
         nan_base,
         jax.tree_util.tree_map(lambda a: a * np.nan, checkpoint["params"]),
         checkpoint["lin_params"],

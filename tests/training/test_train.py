@@ -15,6 +15,7 @@ import attacks
 import models
 import utils
 from helpers import assert_close
+from store import atomic, pickles
 from training import experiment, train
 
 SHAPE = (6, 6, 1)
@@ -377,8 +378,8 @@ def test_resumed_phase_equals_uninterrupted(start, tmp_path):
             labels,
         )
     path = tmp_path / "train_state.pkl"
-    utils.atomic_pickle(path, stopped.saved)
-    saved = utils.safe_load_pickle(path)
+    atomic.atomic_pickle(path, stopped.saved)
+    saved = pickles.safe_load_pickle(path)
     resumed = run(
         plan,
         steps,
