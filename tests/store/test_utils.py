@@ -695,7 +695,7 @@ def test_folder_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, utils\n"
+            "import sys\nfrom store import atomic\n"
             f"with atomic.FolderLock({str(tmp_path)!r}):\n"
             "    print('locked', flush=True)\n"
             "    sys.stdin.read()\n",
