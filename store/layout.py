@@ -121,6 +121,7 @@ KERNELS_CSV = "kernels.csv"
 PAIRWISE_CSV = "pairwise.csv"
 SERIES_CSV = "series.csv"
 REPLICATES_CSV = "replicates.csv"
+COMPARE_CSV = "compare.csv"  # with --compare
 ANALYSIS_MARKER = "analysis.json"  # written last: the analysis is complete
 
 # --------------------------------------------------------------------------
