@@ -21,6 +21,7 @@ import threadpoolctl
 
 import cli
 from analysis import kernel_analysis, pipeline
+from store import layout
 from utils import UserError
 
 
@@ -55,7 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "their seed, on the same images (repeat the flag for each group): "
         "each kernel's mean distance to the same class and epoch of the "
         "other runs, the distance_between_seeds column and "
-        "replicates.csv; their kernels are analysed too",
+        f"{layout.REPLICATES_CSV}; their kernels are analysed too",
     )
     parser.add_argument(
         "--settle_fraction",

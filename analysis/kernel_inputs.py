@@ -20,6 +20,12 @@ from ntk import kernel_files
 from store import layout
 from utils import UserError
 
+# How kernel files' names end: _{N}.pkl and _class_{c}_{N}.pkl.
+_ENDINGS = (
+    layout.kernel_file("", None, "{N}"),
+    layout.kernel_file("", "{c}", "{N}"),
+)
+
 
 def found(path: str) -> list[tuple[str, bool]]:
     """(file, whether found in a folder) for a file or folder argument."""
@@ -37,8 +43,8 @@ def found(path: str) -> list[tuple[str, bool]]:
         ]
     if not files:
         raise UserError(
-            f"{path} holds no kernel files (names ending in _{{N}}.pkl or "
-            "_class_{c}_{N}.pkl, as calculate_kernel.py writes them)"
+            f"{path} holds no kernel files (names ending in {_ENDINGS[0]} "
+            f"or {_ENDINGS[1]}, as calculate_kernel.py writes them)"
         )
     return files
 
