@@ -37,6 +37,7 @@ in the original's output files.
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -592,16 +593,29 @@ _IMAGE_FIELDS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What to make of a kernel (visualize_ntk_features.py's flags).
+
+    n_images: eigenvectors to visualise, 1 <= n_images <= N.
+    steps, step_size: of `align_images`.
+    batch_size: of `feature_vectors`.
+    start: the start image.
+    """
+
+    n_images: int
+    steps: int
+    step_size: float
+    batch_size: int
+    start: Start = Start()
+
+
 def feature_images(
     logit_fn: LogitFn,
     flat_params: jax.Array,
     images: np.ndarray,
     kernel: KernelFile,
-    n_images: int,
-    steps: int,
-    step_size: float,
-    batch_size: int,
-    start: Start = Start(),
+    settings: Settings,
     warn: Callable[[str], None] = utils.warn,
 ) -> FeatureImages:
     """The positive, negative and w images of a per-class kernel.
@@ -614,26 +628,25 @@ def feature_images(
       logit_fn, flat_params: from `class_logit_fn` for the kernel's class.
       images: (N, H, W, C), the kernel's images in its order.
       kernel: the checked kernel file of logit c (kernel_files.read).
-      n_images: eigenvectors to visualise, 1 <= n_images <= N.
-      steps, step_size: of `align_images`.
-      batch_size: of `feature_vectors`.
-      start: the start image.
+      settings: how many images, how many steps of which size, from which
+        start.
       warn: takes the warning's text.
     Raises:
       UserError: the kernel cannot be solved, or |v_i|² differs from λ_i
         (the kernel belongs to other parameters).
     """
+    n_images = settings.n_images
     eigenvalues, eigenvectors = sorted_eigh(kernel.kernel)
     targets = one_vs_rest_targets(kernel.labels, kernel.class_index)
     w, jitter = solve_with_jitter(kernel.kernel, targets)
     coefficients = np.column_stack([eigenvectors[:, :n_images], w])
     features = feature_vectors(
-        logit_fn, flat_params, images, coefficients, batch_size
+        logit_fn, flat_params, images, coefficients, settings.batch_size
     )
     sq_norms = np.asarray(jnp.sum(features * features, axis=1), np.float64)
     check_feature_norms(sq_norms[:n_images], eigenvalues, kernel.path)
 
-    start_image = start.image(images)
+    start_image = settings.start.image(images)
     # Positive and negative images share their features, so their pixels.
     fractions = zero_gradient_fractions(
         logit_fn, flat_params, features, start_image
@@ -643,15 +656,38 @@ def feature_images(
         "neg": fractions[:n_images].copy(),
         "w": float(fractions[-1]),
     }
-    message = dead_start_message(zero, start)
+    message = dead_start_message(zero, settings.start)
     if message:
         warn(message)
 
     directions = jnp.concatenate([features[:n_images], features])
     signs = np.array([1.0] * n_images + [-1.0] * n_images + [1.0])
     aligned = align_images(
-        logit_fn, flat_params, directions, signs, start_image, steps, step_size
+        logit_fn,
+        flat_params,
+        directions,
+        signs,
+        start_image,
+        settings.steps,
+        settings.step_size,
     )
+    return _split(
+        aligned,
+        n_images,
+        start=str(settings.start),
+        start_image=start_image,
+        zero_gradient_fractions=zero,
+        eigenvalues=eigenvalues,
+        eigenvectors=eigenvectors[:, :n_images].copy(),
+        w=w,
+        jitter=jitter,
+        feature_sq_norms=sq_norms,
+    )
+
+
+def _split(aligned: Alignment, n_images: int, **fields: Any) -> FeatureImages:
+    """FeatureImages of the images aligned with n positive, n negative
+    directions and w's, in this order; `fields` its other fields."""
     pos, neg = slice(0, n_images), slice(n_images, -1)
     best_cosines = aligned.best_cosines
     return FeatureImages(
@@ -670,14 +706,7 @@ def feature_images(
         best_pos_steps=aligned.best_steps[pos],
         best_neg_steps=aligned.best_steps[neg],
         best_w_step=int(aligned.best_steps[-1]),
-        start=str(start),
-        start_image=start_image,
-        zero_gradient_fractions=zero,
-        eigenvalues=eigenvalues,
-        eigenvectors=eigenvectors[:, :n_images].copy(),
-        w=w,
-        jitter=jitter,
-        feature_sq_norms=sq_norms,
+        **fields,
     )
 
 

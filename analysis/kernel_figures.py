@@ -296,6 +296,82 @@ def compare(rows: pd.DataFrame, run_a: str, run_b: str) -> bytes:
         return _png(figure)
 
 
+def _overview_velocity(ax: Axes, series: pd.DataFrame, common: dict) -> None:
+    """The overview's velocity panel, against the midpoint epoch."""
+    moving = series.dropna(subset=["velocity"])
+    sns.lineplot(
+        data=moving,
+        x="velocity_midpoint",
+        y="velocity",
+        ax=ax,
+        **common,
+    )
+    ax.set_xscale("log")
+    if (moving["velocity"] > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch (midpoint of t, t + Δ)")
+    ax.set_ylabel("velocity S(K_t, K_t+Δ) / Δ")
+
+
+def _overview_runs_apart(
+    ax: Axes,
+    kernels: pd.DataFrame,
+    compared: pd.DataFrame | None,
+    class_index: int,
+    run_names: tuple[str, str],
+    common: dict,
+) -> None:
+    """The overview's third panel: the distance between the --compare
+    runs, else the centered alignment."""
+    if compared is not None:
+        rows = compared[compared["class_index"] == class_index]
+        sns.lineplot(
+            data=rows.sort_values("epoch"),
+            x="epoch",
+            y="distance",
+            marker="o",
+            color="black",
+            estimator=None,
+            errorbar=None,
+            ax=ax,
+        )
+        ax.set_ylabel("S(K_A(t), K_B(t)), the runs apart")
+        run_a, run_b = run_names
+        ax.set_title(f"A = {run_a}\nB = {run_b}", fontsize=8)
+    else:
+        sns.lineplot(
+            data=kernels.sort_values("epoch"),
+            x="epoch",
+            y="centered_target_alignment",
+            ax=ax,
+            **common,
+        )
+        ax.set_ylabel("centered target alignment")
+
+
+def _overview_quality(ax: Axes, kernels: pd.DataFrame, common: dict) -> None:
+    """The overview's last panel: kernel regression accuracy, else the
+    target alignment."""
+    quality = (
+        "kernel_regression_accuracy"
+        if "kernel_regression_accuracy" in kernels
+        and kernels["kernel_regression_accuracy"].notna().any()
+        else "target_alignment"
+    )
+    sns.lineplot(
+        data=kernels.sort_values("epoch"),
+        x="epoch",
+        y=quality,
+        ax=ax,
+        **common,
+    )
+    ax.set_ylabel(
+        "kernel regression test accuracy"
+        if quality == "kernel_regression_accuracy"
+        else "target alignment"
+    )
+
+
 def overview(
     series: pd.DataFrame,
     kernels: pd.DataFrame,
@@ -322,64 +398,15 @@ def overview(
     )
     with sns.axes_style("whitegrid"):
         figure, axes = _panels(4, columns=4, size=(3.9, 3.3))
-        moving = series.dropna(subset=["velocity"])
-        sns.lineplot(
-            data=moving,
-            x="velocity_midpoint",
-            y="velocity",
-            ax=axes[0],
-            **common,
-        )
-        axes[0].set_xscale("log")
-        if (moving["velocity"] > 0).all():
-            axes[0].set_yscale("log")
-        axes[0].set_xlabel("epoch (midpoint of t, t + Δ)")
-        axes[0].set_ylabel("velocity S(K_t, K_t+Δ) / Δ")
+        _overview_velocity(axes[0], series, common)
         sns.lineplot(
             data=series, x="epoch", y="distance_to_first", ax=axes[1], **common
         )
         axes[1].set_ylabel("S(K_t, K_0)")
-        if compared is not None:
-            rows = compared[compared["class_index"] == class_index]
-            sns.lineplot(
-                data=rows.sort_values("epoch"),
-                x="epoch",
-                y="distance",
-                marker="o",
-                color="black",
-                estimator=None,
-                errorbar=None,
-                ax=axes[2],
-            )
-            axes[2].set_ylabel("S(K_A(t), K_B(t)), the runs apart")
-            axes[2].set_title(f"A = {run_a}\nB = {run_b}", fontsize=8)
-        else:
-            sns.lineplot(
-                data=kernels.sort_values("epoch"),
-                x="epoch",
-                y="centered_target_alignment",
-                ax=axes[2],
-                **common,
-            )
-            axes[2].set_ylabel("centered target alignment")
-        quality = (
-            "kernel_regression_accuracy"
-            if "kernel_regression_accuracy" in kernels
-            and kernels["kernel_regression_accuracy"].notna().any()
-            else "target_alignment"
+        _overview_runs_apart(
+            axes[2], kernels, compared, class_index, (run_a, run_b), common
         )
-        sns.lineplot(
-            data=kernels.sort_values("epoch"),
-            x="epoch",
-            y=quality,
-            ax=axes[3],
-            **common,
-        )
-        axes[3].set_ylabel(
-            "kernel regression test accuracy"
-            if quality == "kernel_regression_accuracy"
-            else "target alignment"
-        )
+        _overview_quality(axes[3], kernels, common)
         for ax in axes[1:]:
             _epoch_axis(ax, series["epoch"])
         for ax in axes[1:]:

@@ -25,6 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from ntk import kernel_files  # noqa: E402
+from store import layout  # noqa: E402
 
 N_CLASSES = 10
 FEATURES = 64
@@ -48,12 +49,12 @@ def write_kernels(folder: str, count: int, size: int, test_size: int) -> None:
     for epoch in epochs(count):
         f = x @ (np.eye(FEATURES) + np.log1p(epoch) * drift)
         kernel = (f @ f.T).astype(np.float32)
-        name = f"parameters_checkpoint_{epoch:g}"
+        name = layout.checkpoint_stem(epoch)
         out = os.path.join(folder, "kernels", name)
         os.makedirs(out, exist_ok=True)
         kernel_files.write(
             out,
-            "saved_kernel",
+            layout.KERNEL_SAVE_NAME,
             kernel_files.COMBINED,
             kernel[:size, :size],
             labels,
@@ -61,7 +62,9 @@ def write_kernels(folder: str, count: int, size: int, test_size: int) -> None:
             n_logits=N_CLASSES,
             epoch=epoch,
             phase="standard",
-            checkpoint_relpath=os.path.join("..", "..", f"{name}.pkl"),
+            checkpoint_relpath=os.path.join(
+                "..", "..", layout.checkpoint(epoch)
+            ),
             test_kernel=kernel[size:, :size],
             test_labels=test_labels,
             test_indices=np.arange(test_size),

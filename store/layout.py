@@ -108,6 +108,13 @@ def is_kernel_file(name: str) -> bool:
 FEATURES_SAVE_NAME = "ntk_eig_images"  # visualize_ntk_features.py's
 
 
+def feature_stem(save_name: str, class_index: int, size: int) -> str:
+    """visualize_ntk_features.py's output stem (no folder, no extension)
+    for the kernel of logit `class_index` on `size` images:
+    {save_name}_class_{c}_{N}."""
+    return f"{save_name}_class_{class_index}_{size}"
+
+
 def feature_outputs(stem: str) -> tuple[str, str]:
     """visualize_ntk_features.py's (pickle, PNG) for the output stem."""
     return stem + ".pkl", stem + ".png"
@@ -121,6 +128,7 @@ KERNELS_CSV = "kernels.csv"
 PAIRWISE_CSV = "pairwise.csv"
 SERIES_CSV = "series.csv"
 REPLICATES_CSV = "replicates.csv"
+COMPARE_CSV = "compare.csv"  # with --compare
 ANALYSIS_MARKER = "analysis.json"  # written last: the analysis is complete
 
 # --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 import analyze_kernels
 import cli
 import utils
-from analysis import kernel_analysis
+from analysis import kernel_analysis, outputs
 from helpers import (
     assert_one_line_error,
     load_pickle,
@@ -733,7 +733,7 @@ def test_promise_nothing_is_created_before_the_checks_pass(
         def fail(*args):
             raise utils.UserError("the figures could not be drawn")
 
-        monkeypatch.setattr(analyze_kernels, "_figures", fail)
+        monkeypatch.setattr(outputs, "figures", fail)
         message = "could not be drawn"
     code, _, err = run_main(
         [folder, "--out_dir", out, "--no_progress"], capsys

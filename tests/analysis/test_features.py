@@ -415,11 +415,13 @@ def test_feature_images_and_record(problem, start):
         problem["flat"],
         problem["images"],
         problem["kernel"],
-        n_images=2,
-        steps=5,
-        step_size=0.01,
-        batch_size=4,
-        start=features.parse_start(start),
+        features.Settings(
+            n_images=2,
+            steps=5,
+            step_size=0.01,
+            batch_size=4,
+            start=features.parse_start(start),
+        ),
         warn=warnings.append,
     )
     assert result.pos_images.shape == (2, *IMAGE_SHAPE)
@@ -485,10 +487,7 @@ def test_kernel_of_other_parameters_is_refused(problem):
             problem["flat"],
             problem["images"],
             scaled,
-            1,
-            1,
-            0.01,
-            10,
+            features.Settings(1, 1, 0.01, 10),
         )
 
 
@@ -588,17 +587,18 @@ def test_resnet_grey_start_is_dead_and_mean_start_moves(resnet):
         resnet["flat"],
         resnet["images"],
         resnet["kernel"],
-        n_images=1,
-        steps=10,
-        step_size=0.01,
-        batch_size=RESNET_IMAGES,
     )
     results = {}
     for start in ("grey", "mean"):
         warnings = []
-        results[start] = run(
-            start=features.parse_start(start), warn=warnings.append
+        settings = features.Settings(
+            n_images=1,
+            steps=10,
+            step_size=0.01,
+            batch_size=RESNET_IMAGES,
+            start=features.parse_start(start),
         )
+        results[start] = run(settings, warn=warnings.append)
         results[start + "_warnings"] = warnings
         expected = first_layer_dead_fraction(
             resnet["params"],

@@ -15,7 +15,7 @@ import cli
 import data
 import models
 import visualize_ntk_features
-from analysis import features
+from analysis import feature_figures, features
 from helpers import (
     legacy_balanced_indices,
     load_pickle,
@@ -448,9 +448,7 @@ def fake_result(n, shape, steps=3):
 def test_grid_is_a_readable_png(n, shape):
     import matplotlib.image
 
-    png = visualize_ntk_features.grid_png(
-        fake_result(n, shape), title="class 0"
-    )
+    png = feature_figures.grid_png(fake_result(n, shape), title="class 0")
     assert png.startswith(PNG_SIGNATURE)
     pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
     assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
