@@ -83,6 +83,12 @@ def eval_outputs(out_dir: str, suffix: str) -> dict[str, str]:
     }
 
 
+def eval_record(out_dir: str, save_name: str) -> str:
+    """eval_and_make_adv.py's JSON record of its evaluation (accuracies,
+    the model and attack) for --save_name `save_name`."""
+    return os.path.join(out_dir, f"results_{save_name}.json")
+
+
 KERNEL_SAVE_NAME = "saved_kernel"  # calculate_kernel.py's --save_name
 # The names kernel_file gives: {save_name}_{N}.pkl and
 # {save_name}_class_{c}_{N}.pkl.
@@ -106,6 +112,12 @@ def is_kernel_file(name: str) -> bool:
 
 
 FEATURES_SAVE_NAME = "ntk_eig_images"  # visualize_ntk_features.py's
+
+
+def feature_stem(save_name: str, class_index: int, size: int) -> str:
+    """visualize_ntk_features.py's output stem (no folder) for logit
+    `class_index` on `size` images."""
+    return f"{save_name}_class_{class_index}_{size}"
 
 
 def feature_outputs(stem: str) -> tuple[str, str]:
