@@ -38,6 +38,7 @@ class Dataset:
     torchvision_class: the torchvision.datasets class that reads its files.
     folder: what that class reads under `--data_path` (what a user must put
       there to work offline).
+    n_train, n_test: images of its training and test split.
     """
 
     name: str
@@ -45,22 +46,42 @@ class Dataset:
     image_shape: tuple[int, int, int]
     torchvision_class: str
     folder: str
+    n_train: int
+    n_test: int
 
 
 # The registry: add a dataset here (and nowhere else).
 DATASETS: dict[str, Dataset] = {
     entry.name: entry
     for entry in (
-        Dataset("cifar10", 10, (32, 32, 3), "CIFAR10", "cifar-10-batches-py"),
-        Dataset("cifar100", 100, (32, 32, 3), "CIFAR100", "cifar-100-python"),
+        Dataset(
+            "cifar10",
+            10,
+            (32, 32, 3),
+            "CIFAR10",
+            "cifar-10-batches-py",
+            50000,
+            10000,
+        ),
+        Dataset(
+            "cifar100",
+            100,
+            (32, 32, 3),
+            "CIFAR100",
+            "cifar-100-python",
+            50000,
+            10000,
+        ),
         Dataset(
             "fashion_mnist",
             10,
             (28, 28, 1),
             "FashionMNIST",
             "FashionMNIST/raw",
+            60000,
+            10000,
         ),
-        Dataset("mnist", 10, (28, 28, 1), "MNIST", "MNIST/raw"),
+        Dataset("mnist", 10, (28, 28, 1), "MNIST", "MNIST/raw", 60000, 10000),
     )
 }
 

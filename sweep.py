@@ -9,8 +9,18 @@ import sys
 from collections.abc import Sequence
 
 import cli
+import eval_and_make_adv
+import run_exp
 from sweeper import grid, runners
+from sweeper.estimate import estimate
 from utils import UserError
+
+# The parsers of the scripts whose cells record their flags: a cell's
+# files are checked against its command parsed by its script's parser.
+PARSERS: grid.Parsers = {
+    "run_exp.py": run_exp.parse_args,
+    "eval_and_make_adv.py": eval_and_make_adv.parse_args,
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -105,7 +115,7 @@ def dry_run(the_grid: grid.Grid, cells: list) -> None:
         if status != grid.TODO:
             # Its files may be another run's: not finished for this grid.
             try:
-                mismatch = grid.flag_mismatch(cell)
+                mismatch = grid.flag_mismatch(cell, PARSERS)
             except UserError:
                 state = f"damaged: {grid.flags_record(cell)[0]}"
             else:
@@ -120,7 +130,7 @@ def dry_run(the_grid: grid.Grid, cells: list) -> None:
 
 
 def print_estimate(the_grid: grid.Grid, cells: list) -> None:
-    cost = grid.estimate(the_grid, cells)
+    cost = estimate(the_grid, cells)
     print(f"# estimate on {cost['device']} ({cost['source']})")
     for stage, (count, hours) in cost["stages"].items():
         print(f"#   {stage:<9} {count:>5} cells  {hours:9.1f} GPU-hours")
@@ -150,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_estimate(the_grid, cells)
     elif running:
         the_grid.check_record()
-        the_grid.check_cells(cells, strict=False)
+        the_grid.check_cells(cells, PARSERS, strict=False)
         if args.slurm:
             runners.check_slurm()
         progress = not args.no_progress
@@ -172,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             status = 1
     if args.aggregate:
-        report.aggregate(the_grid, args.results_dir, args.report)
+        report.aggregate(the_grid, args.results_dir, args.report, PARSERS)
     return status
 
 

@@ -32,9 +32,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sweeper import (
-    grid,  # noqa: E402
-    runners,  # noqa: E402
+from sweeper import (  # noqa: E402
+    grid,
+    runners,
+    schema,
 )
 
 # A candidate's key: its type and the (section, key) of the config it sets
@@ -101,82 +102,10 @@ def main() -> None:
         help="seconds of an eval, kernel, analysis or feature cell",
     )
     args = p.parse_args()
-    base = grid.load_config(args.config)
-    results = []
+    base = schema.load_config(args.config)
     for text in args.candidate:
-        cand = parse_candidate(text)
-        config = candidate_config(base, cand)
-        config[""]["seeds"] = list(args.seeds)
-        root = os.path.join(args.out, label(cand).replace("=", "_"))
-        the_grid = grid.Grid(args.config, config, root)
-        cells = the_grid.cells()
-        runners.prepare_data(the_grid)
-        started = time.time()
-        outcomes = runners.run_local(
-            the_grid,
-            cells,
-            args.workers,
-            echo=lambda *_: None,
-            progress=False,
-        )
-        wall = time.time() - started
-        bad = [o for o in outcomes if o.status not in runners.GOOD]
-        if bad:
-            raise SystemExit(f"error: {bad[0].line()}")
-        seconds = {o.cell_id: o.seconds for o in outcomes}
-        linf, kinds = {}, {}
-        for cell in cells:
-            if cell.stage == "phase1":
-                kind = f"phase1_{cell.keys['phase1']}"
-            else:
-                kind = f"phase2_{cell.keys['phase2']}"
-                with open(grid.here(cell.outputs[0])) as f:
-                    record = json.load(f)
-                linf[
-                    (
-                        cell.keys["seed"],
-                        cell.keys["phase1"],
-                        cell.keys["phase2"],
-                    )
-                ] = record["linear"]["linf"]
-            kinds.setdefault(kind, []).append(seconds[cell.id])
-        gains = [linf[(s, "A", "C")] - linf[(s, "C", "C")] for s in args.seeds]
-        mean_s = {k: statistics.mean(v) for k, v in kinds.items()}
-        seeds = len(args.seeds)
-        # The full grid: phase-2 C and A from both kernels at every t, an
-        # evaluation per phase-2 cell, and about 8 other cells per seed.
-        phase2_cells = 2 * args.t_count
-        cell_s = seeds * (
-            mean_s["phase1_C"]
-            + mean_s["phase1_A"]
-            + phase2_cells * (mean_s["phase2_C"] + mean_s["phase2_A"])
-            + (4 * args.t_count + 8) * args.other_cell_s
-        )
-        row = dict(
-            candidate=label(cand),
-            gains=gains,
-            gain_mean=statistics.mean(gains),
-            gain_sd=statistics.stdev(gains),
-            linf_A=[linf[(s, "A", "C")] for s in args.seeds],
-            linf_C=[linf[(s, "C", "C")] for s in args.seeds],
-            linf_AA=[linf[(s, "A", "A")] for s in args.seeds],
-            cell_seconds=mean_s,
-            pilot_wall_s=wall,
-            projected_full_grid_min=cell_s / args.workers / 60,
-        )
-        results.append(row)
-        print(
-            f"{row['candidate']}: gains "
-            + " ".join(f"{g:+.3f}" for g in gains)
-            + f"; mean {row['gain_mean']:+.3f} sd {row['gain_sd']:.3f}"
-            + f" (mean/sd {row['gain_mean'] / max(row['gain_sd'], 1e-9):.1f})"
-            + f"; linf A {statistics.mean(row['linf_A']):.3f} C "
-            + f"{statistics.mean(row['linf_C']):.3f}; cells "
-            + ", ".join(f"{k} {v:.1f}s" for k, v in mean_s.items())
-            + f"; pilot {wall:.0f}s; full grid ~"
-            + f"{row['projected_full_grid_min']:.0f} min",
-            flush=True,
-        )
+        row = pilot(args, base, parse_candidate(text))
+        print_row(row)
         if args.json:
             done = []
             if os.path.exists(args.json):
@@ -184,6 +113,81 @@ def main() -> None:
                     done = json.load(f)
             with open(args.json, "w") as f:
                 json.dump(done + [row], f, indent=1)
+
+
+def pilot(args: argparse.Namespace, base: dict, cand: dict) -> dict:
+    """Runs a candidate's grid; its gains, accuracies and cell times."""
+    config = candidate_config(base, cand)
+    config[""]["seeds"] = list(args.seeds)
+    root = os.path.join(args.out, label(cand).replace("=", "_"))
+    the_grid = grid.Grid(args.config, config, root)
+    cells = the_grid.cells()
+    runners.prepare_data(the_grid)
+    started = time.time()
+    outcomes = runners.run_local(
+        the_grid,
+        cells,
+        args.workers,
+        echo=lambda *_: None,
+        progress=False,
+    )
+    wall = time.time() - started
+    bad = [o for o in outcomes if o.status not in runners.GOOD]
+    if bad:
+        raise SystemExit(f"error: {bad[0].line()}")
+    seconds = {o.cell_id: o.seconds for o in outcomes}
+    linf, kinds = {}, {}
+    for cell in cells:
+        if cell.stage == "phase1":
+            kind = f"phase1_{cell.keys['phase1']}"
+        else:
+            kind = f"phase2_{cell.keys['phase2']}"
+            with open(grid.here(cell.outputs[0])) as f:
+                record = json.load(f)
+            key = (cell.keys["seed"], cell.keys["phase1"], cell.keys["phase2"])
+            linf[key] = record["linear"]["linf"]
+        kinds.setdefault(kind, []).append(seconds[cell.id])
+    gains = [linf[(s, "A", "C")] - linf[(s, "C", "C")] for s in args.seeds]
+    mean_s = {k: statistics.mean(v) for k, v in kinds.items()}
+    seeds = len(args.seeds)
+    # The full grid: phase-2 C and A from both kernels at every t, an
+    # evaluation per phase-2 cell, and about 8 other cells per seed.
+    phase2_cells = 2 * args.t_count
+    cell_s = seeds * (
+        mean_s["phase1_C"]
+        + mean_s["phase1_A"]
+        + phase2_cells * (mean_s["phase2_C"] + mean_s["phase2_A"])
+        + (4 * args.t_count + 8) * args.other_cell_s
+    )
+    return dict(
+        candidate=label(cand),
+        gains=gains,
+        gain_mean=statistics.mean(gains),
+        gain_sd=statistics.stdev(gains),
+        linf_A=[linf[(s, "A", "C")] for s in args.seeds],
+        linf_C=[linf[(s, "C", "C")] for s in args.seeds],
+        linf_AA=[linf[(s, "A", "A")] for s in args.seeds],
+        cell_seconds=mean_s,
+        pilot_wall_s=wall,
+        projected_full_grid_min=cell_s / args.workers / 60,
+    )
+
+
+def print_row(row: dict) -> None:
+    """One line of a candidate's pilot."""
+    mean_s, gains = row["cell_seconds"], row["gains"]
+    print(
+        f"{row['candidate']}: gains "
+        + " ".join(f"{g:+.3f}" for g in gains)
+        + f"; mean {row['gain_mean']:+.3f} sd {row['gain_sd']:.3f}"
+        + f" (mean/sd {row['gain_mean'] / max(row['gain_sd'], 1e-9):.1f})"
+        + f"; linf A {statistics.mean(row['linf_A']):.3f} C "
+        + f"{statistics.mean(row['linf_C']):.3f}; cells "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in mean_s.items())
+        + f"; pilot {row['pilot_wall_s']:.0f}s; full grid ~"
+        + f"{row['projected_full_grid_min']:.0f} min",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

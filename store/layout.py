@@ -83,6 +83,12 @@ def eval_outputs(out_dir: str, suffix: str) -> dict[str, str]:
     }
 
 
+def eval_record(out_dir: str, save_name: str) -> str:
+    """eval_and_make_adv.py's JSON record of its evaluation (accuracies,
+    the model and attack) for --save_name `save_name`."""
+    return os.path.join(out_dir, f"results_{save_name}.json")
+
+
 KERNEL_SAVE_NAME = "saved_kernel"  # calculate_kernel.py's --save_name
 # The names kernel_file gives: {save_name}_{N}.pkl and
 # {save_name}_class_{c}_{N}.pkl.

@@ -1,7 +1,19 @@
-"""The sweep layer: the grid's config schema, its cells and cost estimate,
-the local and SLURM runners, and the reproduction report (sweep.py).
+"""The sweep layer: experiment grids of the entry scripts' commands, how
+they run, what they cost, and the reproduction report (sweep.py).
+
+- `schema`: the grid's TOML file, a frozen dataclass per section (keys,
+  types, defaults, checks), read by `load_config`;
+- `grid`: its cells (the commands, what each needs and writes), their
+  state, the output root's layout and its record (sweep.json), and the
+  check that a cell's files were made with its flags;
+- `estimate`: device hours of the cells (`--estimate`);
+- `runners`: running the cells here (`--local`) or on SLURM (`--slurm`);
+- `collect`: the cells' files read into tables;
+- `report_figures`: the figures; `verdicts`: the verdicts on the paper's
+  claims; `report`: `--aggregate` and the markdown report (docs/REPORT.md).
 
 May import: every lower layer (`analysis`, `training`, `ntk`, `store`,
-the core modules, `utils`) and `cli`. Nothing imports it but the entry
-scripts `sweep.py` and `report.py`.
+the core modules, `utils`) and `cli`, never an entry script: the scripts'
+parsers that the flag check needs come from `sweep.py` (`grid.Parsers`).
+Nothing imports it but the entry scripts `sweep.py` and `report.py`.
 """

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 import utils
 from store import atomic
-from sweeper import grid
+from sweeper import grid, schema
 from sweeper.grid import DONE, PARTIAL, Cell, here
 from utils import UserError
 
@@ -221,10 +221,36 @@ def execute_cell(
             message=f"{cell.script} is not in this checkout",
             log=log,
         )
-    resume = status == PARTIAL
-    command = [sys.executable, *cell.argv(resume)]
-    os.makedirs(os.path.dirname(log), exist_ok=True)
+    command = [sys.executable, *cell.argv(resume=status == PARTIAL)]
     started = time.time()
+    code, tail = _run_command(command, log, env, on_start)
+    seconds = time.time() - started
+    finished = grid.cell_status(cell) == DONE
+    if code == 0 and finished:
+        return Outcome(cell.id, OK, seconds, log=log)
+    if code == 0:
+        missing = [p for p in cell.outputs if not os.path.exists(here(p))]
+        why = f"exit 0 but {missing[0]} is missing"
+    elif code < 0:
+        why = f"killed by {signal.Signals(-code).name}"
+    else:
+        said = _error_line(tail)
+        why = (
+            f"exit {code}: {said}" if said else f"exit {code}, no error output"
+        )
+    return Outcome(cell.id, FAILED, seconds, why, log)
+
+
+def _run_command(
+    command: list[str],
+    log: str,
+    env: dict | None,
+    on_start: Callable | None,
+) -> tuple[int, bytes]:
+    """Runs `command` from the repository root as execute_cell says, its
+    output appended to the file `log`. Returns (its exit status, the last
+    _TAIL_BYTES of its stderr)."""
+    os.makedirs(os.path.dirname(log), exist_ok=True)
     tail = bytearray()
     with open(log, "ab") as log_file:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -254,21 +280,7 @@ def execute_cell(
         finally:
             copier.join()
             process.stderr.close()
-    seconds = time.time() - started
-    finished = grid.cell_status(cell) == DONE
-    if code == 0 and finished:
-        return Outcome(cell.id, OK, seconds, log=log)
-    if code == 0:
-        missing = [p for p in cell.outputs if not os.path.exists(here(p))]
-        why = f"exit 0 but {missing[0]} is missing"
-    elif code < 0:
-        why = f"killed by {signal.Signals(-code).name}"
-    else:
-        said = _error_line(bytes(tail))
-        why = (
-            f"exit {code}: {said}" if said else f"exit {code}, no error output"
-        )
-    return Outcome(cell.id, FAILED, seconds, why, log)
+    return code, bytes(tail)
 
 
 def prepare_data(the_grid: grid.Grid) -> None:
@@ -334,7 +346,7 @@ def worker_env(slot: int, workers: int, gpus: list, root: str) -> dict:
             env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         env["JAX_COMPILATION_CACHE_DIR"] = here(
-            os.path.join(root, "jax_cache")
+            os.path.join(root, grid.JAX_CACHE_DIR)
         )
     return env
 
@@ -345,7 +357,8 @@ def _summary(outcomes: list, root: str) -> str:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
     parts = [f"{n} {status}" for status, n in counts.items()]
     return (
-        f"sweep: {', '.join(parts)}; logs under {os.path.join(root, 'logs')}"
+        f"sweep: {', '.join(parts)}; logs under "
+        f"{os.path.join(root, grid.LOGS_DIR)}"
     )
 
 
@@ -392,81 +405,110 @@ def _run_local(
     gpus = visible_gpus()
     device = f"GPUs {','.join(gpus)}" if gpus else "CPU"
     echo(f"sweep: {len(cells)} cells, {workers} worker(s) on {device}")
-    outcomes, order = {}, []
-    processes, lock, stopping = {}, threading.Lock(), threading.Event()
     bar = tqdm(total=len(cells), disable=not progress, unit="cell")
-
-    def started(cell_id: str, process: subprocess.Popen) -> None:
-        with lock:
-            processes[cell_id] = process
-            if stopping.is_set():
-                _stop(process)
-
-    def finish(outcome: Outcome) -> None:
-        outcomes[outcome.cell_id] = outcome
-        order.append(outcome)
-        echo(outcome.line())
-        bar.update(1)
-
+    run = _LocalRun(the_grid.root, workers, gpus, echo, bar)
     pending = []
     for cell in cells:
         if grid.cell_status(cell) == DONE:
-            finish(Outcome(cell.id, SKIPPED, message="finished earlier"))
+            run.finish(Outcome(cell.id, SKIPPED, message="finished earlier"))
         else:
             pending.append(cell)
-    free = list(range(workers))
-    running = {}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     try:
-        while pending or running:
-            changed = True
-            while changed:
-                changed = False
-                for cell in list(pending):
-                    why = _blocker(cell, outcomes)
-                    if why is not None:
-                        pending.remove(cell)
-                        finish(Outcome(cell.id, BLOCKED, message=why))
-                        changed = True
-                    elif free and _ready(cell, outcomes):
-                        pending.remove(cell)
-                        slot = free.pop(0)
-                        env = worker_env(slot, workers, gpus, the_grid.root)
-                        future = pool.submit(
-                            execute_cell,
-                            cell,
-                            env,
-                            lambda p, c=cell: started(c.id, p),
-                        )
-                        running[future] = (cell, slot)
-                        changed = True
-            if not running:
-                for cell in pending:
-                    missing = [d for d in cell.deps if d not in outcomes]
-                    message = f"needs {missing[0]}, which is not in this run"
-                    finish(Outcome(cell.id, BLOCKED, message=message))
-                break
-            done, _ = concurrent.futures.wait(
-                running, return_when=concurrent.futures.FIRST_COMPLETED
-            )
-            for future in done:
-                cell, slot = running.pop(future)
-                with lock:
-                    processes.pop(cell.id, None)
-                free.append(slot)
-                finish(future.result())
+        run.run(pending, pool)
     except KeyboardInterrupt:
-        with lock:
-            stopping.set()
-            for process in processes.values():
-                _stop(process)
+        run.stop_all()
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         raise
     pool.shutdown(wait=True)
     bar.close()
-    echo(_summary(order, the_grid.root))
-    return order
+    echo(_summary(run.order, the_grid.root))
+    return run.order
+
+
+class _LocalRun:
+    """The state of run_local: the outcomes so far, the free worker slots,
+    the cells running and their processes (to stop them on Ctrl-C)."""
+
+    def __init__(
+        self, root: str, workers: int, gpus: list, echo: Callable, bar: tqdm
+    ) -> None:
+        self.root, self.workers, self.gpus = root, workers, gpus
+        self.echo, self.bar = echo, bar
+        self.outcomes: dict[str, Outcome] = {}
+        self.order: list[Outcome] = []
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.lock, self.stopping = threading.Lock(), threading.Event()
+        self.free = list(range(workers))
+        self.running: dict[concurrent.futures.Future, tuple] = {}
+
+    def started(self, cell_id: str, process: subprocess.Popen) -> None:
+        """Notes a cell's process (stopped at once when stopping)."""
+        with self.lock:
+            self.processes[cell_id] = process
+            if self.stopping.is_set():
+                _stop(process)
+
+    def finish(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.cell_id] = outcome
+        self.order.append(outcome)
+        self.echo(outcome.line())
+        self.bar.update(1)
+
+    def stop_all(self) -> None:
+        """Stops every running command, and those that start later."""
+        with self.lock:
+            self.stopping.set()
+            for process in self.processes.values():
+                _stop(process)
+
+    def _start_ready(
+        self, pending: list, pool: concurrent.futures.Executor
+    ) -> None:
+        """Blocks the cells whose needed cells failed and starts those that
+        can run on free slots, until nothing changes."""
+        changed = True
+        while changed:
+            changed = False
+            for cell in list(pending):
+                why = _blocker(cell, self.outcomes)
+                if why is not None:
+                    pending.remove(cell)
+                    self.finish(Outcome(cell.id, BLOCKED, message=why))
+                    changed = True
+                elif self.free and _ready(cell, self.outcomes):
+                    pending.remove(cell)
+                    slot = self.free.pop(0)
+                    env = worker_env(slot, self.workers, self.gpus, self.root)
+                    future = pool.submit(
+                        execute_cell,
+                        cell,
+                        env,
+                        lambda p, c=cell: self.started(c.id, p),
+                    )
+                    self.running[future] = (cell, slot)
+                    changed = True
+
+    def run(self, pending: list, pool: concurrent.futures.Executor) -> None:
+        """Runs the `pending` cells, each once those it needs finished."""
+        while pending or self.running:
+            self._start_ready(pending, pool)
+            if not self.running:
+                for cell in pending:
+                    missing = [d for d in cell.deps if d not in self.outcomes]
+                    message = f"needs {missing[0]}, which is not in this run"
+                    self.finish(Outcome(cell.id, BLOCKED, message=message))
+                break
+            done, _ = concurrent.futures.wait(
+                self.running, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            for future in done:
+                cell, slot = self.running.pop(future)
+                with self.lock:
+                    self.processes.pop(cell.id, None)
+                self.free.append(slot)
+                self.finish(future.result())
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -539,7 +581,7 @@ class _Jobs:
     instead of submitting them again."""
 
     def __init__(self, root: str) -> None:
-        self.path = here(os.path.join(root, "slurm", "jobs.json"))
+        self.path = here(os.path.join(root, grid.SLURM_DIR, "jobs.json"))
         self.by_cell = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
@@ -616,7 +658,7 @@ def _executor(the_grid: grid.Grid) -> "submitit.SlurmExecutor":
     import submitit
 
     check_slurm()
-    folder = here(os.path.join(the_grid.root, "slurm", "%j"))
+    folder = here(os.path.join(the_grid.root, grid.SLURM_DIR, "%j"))
     executor = submitit.SlurmExecutor(folder=folder)
     s = the_grid.config["slurm"] or {}
     params = {
@@ -699,7 +741,7 @@ def _run_slurm(
         elif recorded and known.get(recorded, ("",))[0] in ACTIVE_STATES:
             job_of[cell.id] = recorded
             echo(f"{'following':<11} {cell.id}: job {recorded} still queued")
-    for stage in grid.STAGES:
+    for stage in schema.STAGES:
         stage_cells = []
         for cell in cells:
             if cell.stage != stage or cell.id in outcomes:

@@ -13,7 +13,7 @@ import utils
 from helpers import ROOT, assert_one_line_error
 from store import atomic
 from sweep_fixtures import tiny_config, toml_text, write_config
-from sweeper import grid, runners
+from sweeper import estimate, grid, runners, schema
 
 PRESETS = ("cpu-small", "cpu-resnet", "gpu-fmnist", "paper-cifar10")
 
@@ -55,7 +55,7 @@ def test_presets_load(name):
     assert the_grid.name == name
     assert the_grid.config["phase2"]["dynamics"] == ["centered"]
     stages = {cell.stage for cell in the_grid.cells()}
-    assert stages == set(grid.STAGES)
+    assert stages == set(schema.STAGES)
 
 
 @pytest.mark.parametrize("name", ["cpu-small", "cpu-resnet"])
@@ -75,21 +75,21 @@ def test_cpu_presets_decide_claim_one(name):
 
 
 def test_paper_preset_is_the_paper_grid():
-    c = grid.load_config(os.path.join(ROOT, "configs", "paper-cifar10.toml"))
+    c = schema.load_config(os.path.join(ROOT, "configs", "paper-cifar10.toml"))
     assert c["data"]["dataset"] == "cifar10"
     assert c["attack"]["eps"] == 4.0
     assert c["phase1"]["epochs"] == 101 and c["phase2"]["epochs"] == 100
     assert c["phase1"]["loaders"] == ["C", "A"]
     assert c["phase2"]["loaders"] == ["C", "A"]
     # Default t: all of the paper's, since 101 epochs save every one.
-    assert c["phase1"]["times"] == [float(t) for t in grid.PAPER_TIMES]
+    assert c["phase1"]["times"] == [float(t) for t in schema.PAPER_TIMES]
     assert c["kernels"]["sizes"] == [500]
 
 
 def test_saved_times_are_run_exps_checkpoints():
-    assert grid.saved_times(0) == [0.0]
-    assert grid.saved_times(1) == [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1]
-    assert grid.saved_times(3) == [
+    assert schema.saved_times(0) == [0.0]
+    assert schema.saved_times(1) == [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1]
+    assert schema.saved_times(3) == [
         0,
         0.125,
         0.25,
@@ -107,7 +107,7 @@ def test_saved_times_are_run_exps_checkpoints():
 def test_default_times_are_the_papers_that_phase1_saves(tiny):
     config, _, write = tiny
     config["phase1"] = {"loaders": ["C"], "epochs": 3}
-    c = grid.load_config(write(config))
+    c = schema.load_config(write(config))
     want = [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1, 1.5, 2, 2.5, 3]
     assert c["phase1"]["times"] == want
     assert c["phase2"]["times"] == want and c["kernels"]["times"] == want
@@ -513,7 +513,7 @@ def test_estimate_by_hand(tiny, capsys):
     config["phase2"] = {"loaders": ["A"], "epochs": 3}
     config["throughput"] = dict(THROUGHPUT)
     the_grid = grid.Grid.load(write(config))
-    cost = grid.estimate(the_grid, the_grid.cells())
+    cost = estimate.estimate(the_grid, the_grid.cells())
     # 300 training images, 100 test images, 5 PGD steps x 2 attacks.
     run_eval = 100 * 5 * 2 / 1000
     phase1 = (300 / 600 + run_eval) + (300 / 100 + run_eval)
@@ -721,7 +721,7 @@ def test_promise_grid_refuses_what_the_scripts_refuse_the_seed_limit():
     """The grid's limit is the scripts': 2**32 - 1 is taken by both."""
     labels = [c for c in range(10) for _ in range(3)]
     assert len(data.balanced_subset_indices(labels, 20, 2**32 - 1)) == 20
-    assert grid._seeds([0, 2**32 - 1]) is None
+    assert schema._seeds([0, 2**32 - 1]) is None
 
 
 def test_promise_huge_epochs_planned_lazily(tiny, capsys):
@@ -747,9 +747,9 @@ def test_promise_huge_epochs_planned_lazily(tiny, capsys):
     assert len(err) < 400
     # is_saved is saved_times without the list.
     for epochs in range(5):
-        saved = grid.saved_times(epochs)
+        saved = schema.saved_times(epochs)
         for t in [k / 8 for k in range(50)]:
-            assert grid.is_saved(t, epochs) == (t in saved), (t, epochs)
+            assert schema.is_saved(t, epochs) == (t in saved), (t, epochs)
 
 
 @pytest.mark.parametrize(

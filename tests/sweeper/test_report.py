@@ -13,12 +13,20 @@ import pytest
 
 import eval_and_make_adv
 import run_exp
+import sweep
 import utils
 from analysis import kernel_analysis as ka
 from helpers import assert_one_line_error
 from store import atomic
 from sweep_fixtures import tiny_config, write_config
-from sweeper import grid, report
+from sweeper import (
+    collect,
+    estimate,
+    grid,
+    report,
+    report_figures,
+    verdicts,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MEASURES = ("top10_mass", "effective_rank", "lambda_max")
@@ -145,7 +153,9 @@ def _accuracies(rng):
 
 def _aggregate(the_grid, tmp_path):
     results = tmp_path / "results"
-    out = report.aggregate(the_grid, str(results), str(tmp_path / "R.md"))
+    out = report.aggregate(
+        the_grid, str(results), str(tmp_path / "R.md"), sweep.PARSERS
+    )
     return out, results
 
 
@@ -252,7 +262,7 @@ def test_figures_and_report_written(synthetic):
         assert path.read_bytes()[:8] == PNG_MAGIC, name
     text = (tmp_path / "R.md").read_text()
     rows = pd.read_csv(results / "synth.csv")
-    two = report.claim_two(rows)
+    two = verdicts.claim_two(rows)
     assert two["verdict"] in ("supported", "not supported")
     assert f"{two['verdict']}: PGD-L∞ at t = 2" in text
     assert "## synth" in text and "16 of 16 phase-2 cells" in text
@@ -323,7 +333,7 @@ def test_report_without_results(tmp_path):
         os.path.join(grid.ROOT, "configs/paper-cifar10.toml")
     )
     cells = paper.cells()
-    cost = grid.estimate(paper, cells)
+    cost = estimate.estimate(paper, cells)
     assert f"prints its {len(cells)} commands" in text
     assert f"**{cost['total']:.1f}**" in text
     listed = (tmp_path / "paper-cifar10_commands.txt").read_text()
@@ -359,7 +369,7 @@ def _rows(linf_a, linf_c, dataset="fashion_mnist", eps=8.0):
 
 
 def test_claim_two_verdicts():
-    two = report.claim_two(_rows((0.80, 0.84), (0.39, 0.30)))
+    two = verdicts.claim_two(_rows((0.80, 0.84), (0.39, 0.30)))
     assert two["verdict"] == "supported" and two["t"] == 3.0
     assert two["gains"] == {
         0: pytest.approx(0.41),
@@ -368,21 +378,21 @@ def test_claim_two_verdicts():
     assert two["adversarial"][0] == pytest.approx(0.82)
     # A gain below 0.05 in one seed is not enough; higher in every seed is
     # "in direction only"; lower in one seed is not supported.
-    two = report.claim_two(_rows((0.80, 0.33), (0.39, 0.30)))
+    two = verdicts.claim_two(_rows((0.80, 0.33), (0.39, 0.30)))
     assert two["verdict"] == "in direction only"
-    two = report.claim_two(_rows((0.80, 0.29), (0.39, 0.30)))
+    two = verdicts.claim_two(_rows((0.80, 0.29), (0.39, 0.30)))
     assert two["verdict"] == "not supported"
-    assert report.claim_two(pd.DataFrame())["verdict"] == "no data"
+    assert verdicts.claim_two(pd.DataFrame())["verdict"] == "no data"
 
 
 def test_claim_three_verdicts():
-    three = report.claim_three(_rows((0.80, 0.84), (0.3, 0.3)))
+    three = verdicts.claim_three(_rows((0.80, 0.84), (0.3, 0.3)))
     assert three["verdict"].startswith("not tested")
     assert three["robust"][0] == pytest.approx(0.82)
     cifar = _rows((0.75, 0.76), (0.3, 0.3), "cifar10", 4.0)
-    assert report.claim_three(cifar)["verdict"] == "supported"
+    assert verdicts.claim_three(cifar)["verdict"] == "supported"
     low = _rows((0.70, 0.71), (0.3, 0.3), "cifar10", 4.0)
-    assert report.claim_three(low)["verdict"] == "not supported"
+    assert verdicts.claim_three(low)["verdict"] == "not supported"
 
 
 def _synthetic_kernels(seed_noise, speeds, times=(0.0, 1.0, 2.0, 4.0)):
@@ -414,8 +424,8 @@ def _synthetic_kernels(seed_noise, speeds, times=(0.0, 1.0, 2.0, 4.0)):
         frozenset((a, b)): ka.kernel_distance(kernels[a], kernels[b])
         for a, b in itertools.combinations(keys, 2)
     }
-    table = pd.DataFrame(keys, columns=report.KERNEL_KEYS)
-    report._add_derived(table, pairs, ["C", "A"], [0, 1, 2])
+    table = pd.DataFrame(keys, columns=collect.KERNEL_KEYS)
+    collect._add_derived(table, pairs, ["C", "A"], [0, 1, 2])
     return table, kernels
 
 
@@ -425,7 +435,7 @@ def test_claim_one_on_synthetic_kernels():
     the trainings, or where the adversarial kernel settles last."""
     fast_a = {"A": 1.0, "C": 0.25}
     table, kernels = _synthetic_kernels(0.02, fast_a)
-    one = report.claim_one(table)
+    one = verdicts.claim_one(table)
     assert one["verdict"] == "supported", one
     assert one["t"] == 4.0
     assert set(one["pairs"]) == {(0, 1), (0, 2), (1, 2)}
@@ -443,20 +453,22 @@ def test_claim_one_on_synthetic_kernels():
     )
     assert one["settle"][1] == {"A": 1.0, "C": 4.0}
     # Seeds as far apart as the trainings: the baseline swallows the gap.
-    noisy = report.claim_one(_synthetic_kernels(2.0, fast_a)[0])
+    noisy = verdicts.claim_one(_synthetic_kernels(2.0, fast_a)[0])
     assert noisy["verdict"] == "not supported"
     assert all(
-        p["ratio"] < report.SEED_BASELINE_FACTOR
+        p["ratio"] < verdicts.SEED_BASELINE_FACTOR
         for p in noisy["pairs"].values()
     )
     # The adversarial kernel settles after the benign one.
-    slow = report.claim_one(_synthetic_kernels(0.02, {"A": 0.25, "C": 1.0})[0])
+    slow = verdicts.claim_one(
+        _synthetic_kernels(0.02, {"A": 0.25, "C": 1.0})[0]
+    )
     assert slow["verdict"] == "not supported"
     assert slow["settle"][0] == {"A": 4.0, "C": 1.0}
     # One seed has no baseline; no kernels, no data.
     single = table[table["seed"] == 0]
-    assert report.claim_one(single)["verdict"] == "no data"
-    assert report.claim_one(pd.DataFrame())["verdict"] == "no data"
+    assert verdicts.claim_one(single)["verdict"] == "no data"
+    assert verdicts.claim_one(pd.DataFrame())["verdict"] == "no data"
 
 
 # --------------------------------------------------------------------------
@@ -712,7 +724,10 @@ def test_promise_aggregate_checks_every_output_first(synthetic, case):
     chosen[argv[0]] = argv[1]
     with pytest.raises(utils.UserError, match=problem):
         report.aggregate(
-            the_grid, str(chosen["--results_dir"]), str(chosen["--report"])
+            the_grid,
+            str(chosen["--results_dir"]),
+            str(chosen["--report"]),
+            sweep.PARSERS,
         )
     after = sorted(p for p in tmp_path.rglob("*") if "root" not in p.parts)
     assert after == before
@@ -747,7 +762,7 @@ def test_promise_aggregate_replaces_a_presets_outputs_whole(
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(report, "plot_features", fail)
+        patch.setattr(report_figures, "plot_features", fail)
         with pytest.raises(OSError):
             _aggregate(the_grid, tmp_path)
     assert {p: (results / p).read_bytes() for p in _outputs(results)} == (

@@ -16,6 +16,7 @@ import time
 import pandas as pd
 import pytest
 
+import sweep
 from helpers import (
     ROOT,
     SUBPROCESS_TIMEOUT_S,
@@ -103,7 +104,10 @@ def test_aggregate_of_the_real_run(tiny_local_run, tmp_path):
     assert tiny_local_run["result"].returncode == 0
     the_grid = grid.Grid.load(tiny_local_run["config"])
     out = report.aggregate(
-        the_grid, str(tmp_path / "results"), str(tmp_path / "REPORT.md")
+        the_grid,
+        str(tmp_path / "results"),
+        str(tmp_path / "REPORT.md"),
+        sweep.PARSERS,
     )
     rows = pd.read_csv(tmp_path / "results" / "tiny.csv")
     assert len(rows) == 2

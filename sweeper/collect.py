@@ -1,0 +1,539 @@
+"""Reading a sweep's cells into tables: a row per phase-2 cell (its
+accuracies, its evaluation's, its phase-1 run's, the settings) and a row
+per kernel file that analyze_kernels.py analysed (its measures and the
+distances between kernels). Files that are absent are listed as missing,
+never guessed; a file that is there but damaged is refused in one line
+naming its cell (grid.damaged)."""
+
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+import models
+import utils
+from store import layout
+from sweeper import grid
+from sweeper.grid import KernelKey
+
+KEYS = ["seed", "phase1", "t", "phase2", "dynamics"]
+ACCURACIES = ["clean", "linf", "l2"]
+KERNEL_KEYS = ["seed", "phase1", "t", "class_index", "n"]
+DERIVED = [
+    "distance_to_final",
+    "velocity",
+    "distance_between",
+    "distance_between_seeds",
+]
+# Columns of the kernel table: the distance to the same loader's kernel of
+# seed s (same t, class and images), one column per seed of the grid.
+TO_SEED = "distance_to_seed_{}"
+
+
+def _value(record: object, *keys: str) -> float:
+    """record[k1][k2]... as a float, NaN where absent or None.
+
+    Raises:
+        ValueError: the value is there but not a number.
+    """
+    for key in keys:
+        if not isinstance(record, dict) or record.get(key) is None:
+            return math.nan
+        record = record[key]
+    if isinstance(record, bool) or not isinstance(record, int | float):
+        raise ValueError(f"{'.'.join(keys)} is {record!r}, not a number")
+    return float(record)
+
+
+def _read_record(
+    records: grid.CellRecords,
+    cell_id: str,
+    path: str,
+    folder: str,
+    needs: Sequence[str] = (),
+) -> dict | None:
+    """A cell's JSON object (None when absent; read through `records`),
+    with the keys `needs` its script always writes.
+
+    Raises:
+        UserError: naming the cell and the file, when it is damaged.
+    """
+    record = records.read(cell_id, path, folder)
+    if record is not None:
+        absent = [key for key in needs if key not in record]
+        if absent:
+            raise grid.damaged(cell_id, path, f"no {absent[0]!r}", folder)
+    return record
+
+
+def _numbers(
+    cell_id: str, path: str, folder: str, values: Mapping[str, tuple]
+) -> dict[str, float]:
+    """{name: _value(record, *keys)} for values {name: (record, *keys)};
+    a value that is not a number makes the file damaged."""
+    try:
+        return {name: _value(*where) for name, where in values.items()}
+    except ValueError as err:
+        raise grid.damaged(cell_id, path, str(err), folder) from None
+
+
+# --------------------------------------------------------------------------
+# Collecting the cells' files
+# --------------------------------------------------------------------------
+
+
+def collect_cells(
+    the_grid: grid.Grid, records: grid.CellRecords | None = None
+) -> tuple:
+    """A row per phase-2 cell with results, and what is missing.
+
+    records: where the cells' JSON files are read (each once; the flag
+    check of the same files may have read them already).
+    Returns:
+        (DataFrame, missing): the rows (columns in the module docstring;
+        accuracies as fractions, NaN where not measured) and a list of
+        'cell id: what is missing' strings.
+    Raises:
+        UserError: one line naming the cell and the file, for a file that
+        is there but is not what its script writes (truncated, not JSON, a
+        list, a value that is not a number, ...).
+    """
+    records = records or grid.CellRecords()
+    rows, missing = [], []
+    phase1_results = {}
+    for cell in the_grid.cells():
+        if cell.stage == "phase1":
+            phase1_results[cell.id] = (
+                _read_record(
+                    records,
+                    cell.id,
+                    cell.outputs[0],
+                    cell.keys["save_path"],
+                    ("standard",),
+                ),
+                cell.outputs[0],
+            )
+        if cell.stage != "phase2":
+            continue
+        folder = cell.keys["save_path"]
+        results = _read_record(
+            records, cell.id, cell.outputs[0], folder, ("linear",)
+        )
+        if results is None:
+            missing.append(f"{cell.id}: no {layout.RESULTS_JSON}")
+            continue
+        row = {key: cell.keys[key] for key in KEYS}
+        row.update(
+            _numbers(
+                cell.id,
+                cell.outputs[0],
+                folder,
+                {name: (results, "linear", name) for name in ACCURACIES},
+            )
+        )
+        if the_grid.config["evaluation"] is not None:
+            row.update(_eval_numbers(the_grid, cell, records, missing))
+        phase1 = phase1_results.get(cell.deps[0], (None, ""))
+        row.update(_phase1_numbers(cell.deps[0], *phase1))
+        row.update(_settings(the_grid, cell, records))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    # Image counts are whole numbers: written as such when all are known.
+    if "test_images" in frame and frame["test_images"].notna().all():
+        frame["test_images"] = frame["test_images"].astype(int)
+    return frame, missing
+
+
+def _phase1_numbers(
+    cell_id: str, results: dict | None, path: str
+) -> dict[str, float]:
+    """The phase1_* columns: the final accuracies of a phase-1 run from
+    its results.json at `path` (NaN when it has none)."""
+    return _numbers(
+        cell_id,
+        path,
+        os.path.dirname(path),
+        {f"phase1_{name}": (results, "standard", name) for name in ACCURACIES},
+    )
+
+
+def _settings(
+    the_grid: grid.Grid, cell: grid.Cell, records: grid.CellRecords
+) -> dict:
+    """The settings columns of a phase-2 cell's row: the grid's, the test
+    images, device and JAX version its config.json records."""
+    c = the_grid.config
+    folder = cell.keys["save_path"]
+    config_path = os.path.join(folder, layout.CONFIG)
+    config = _read_record(records, cell.id, config_path, folder)
+    env = (config or {}).get("environment")
+    env = env if isinstance(env, dict) else {}
+    test_images = _numbers(
+        cell.id,
+        config_path,
+        folder,
+        {"test_images": (config, "test_images")},
+    )
+    return dict(
+        dataset=c["data"]["dataset"],
+        model=c["model"]["name"],
+        width=(
+            c["model"]["width"]
+            if models.MODELS[c["model"]["name"]].has_width
+            else None
+        ),
+        eps=c["attack"]["eps"],
+        pgd_iters=c["attack"]["eval_pgd_iters"],
+        **test_images,
+        device=env.get("device_kind", ""),
+        jax=env.get("jax", ""),
+        cell=cell.id,
+    )
+
+
+def _eval_numbers(
+    the_grid: grid.Grid,
+    cell: grid.Cell,
+    records: grid.CellRecords,
+    missing: list,
+) -> dict[str, float]:
+    """The eval_* columns of a phase-2 cell from its evaluation's results
+    json (NaN, and noted in `missing`, when it is absent)."""
+    cell_id = f"{cell.id}/eval"
+    path = the_grid.eval_results(cell)
+    folder = os.path.dirname(path)
+    record = _read_record(records, cell_id, path, folder, ("sources",))
+    if record is None:
+        missing.append(f"{cell_id}: no results json")
+        record = {"sources": [{}]}
+    sources = record["sources"]
+    if not (
+        isinstance(sources, list) and sources and isinstance(sources[0], dict)
+    ):
+        raise grid.damaged(cell_id, path, "no 'sources' rows", folder)
+    source = sources[0]
+    return _numbers(
+        cell_id,
+        path,
+        folder,
+        {
+            "eval_clean": (source, "acc_clean"),
+            "eval_linf": (source, "acc_dirty"),
+            "eval_pgd_iters": (record, "attack", "iters"),
+            "eval_images": (source, "n"),
+        },
+    )
+
+
+def collect_kernels(the_grid: grid.Grid) -> tuple:
+    """A row per kernel file that analyze_kernels.py analysed, and what is
+    missing.
+
+    Reads {output_root}/seed_{s}/analysis/kernels.csv (its numeric columns
+    are the measures) and pairwise.csv (a, b, distance). Adds, from the
+    pairwise distances between kernels of the same class and size:
+    distance_to_final (to the same run's kernel at its last t), velocity
+    (distance to the run's kernel at the previous t of the grid, per epoch)
+    and distance_between (to the other run of analysis.compare at the same
+    t). From the analysis across seeds (between_seeds/replicates.csv):
+    distance_to_seed_{s} (to the same loader's kernel of seed s at the same
+    t) and distance_between_seeds (their mean over the other seeds).
+
+    Returns:
+        (DataFrame, missing): an absent file, or a kernel of the grid that
+        kernels.csv has no row for (an analysis older than the grid's
+        kernel times, or a file cut at a line's end), is listed in missing.
+    Raises:
+        UserError: one line naming the cell and the file, for a CSV that is
+        there but is not what analyze_kernels.py writes (cut short, not a
+        table, a column absent, a distance that is not a number).
+    """
+    c = the_grid.config
+    frames, missing = [], []
+    if c["analysis"] is None:
+        return pd.DataFrame(), missing
+    compare = c["analysis"]["compare"] or ["C", "A"]
+    expected = _grid_kernels(the_grid)
+    pairs: dict[frozenset, float] = {}
+    for seed in c[""]["seeds"]:
+        found = _seed_kernels(the_grid, seed, expected, missing)
+        if found is not None:
+            frames.append(found[0])
+            pairs.update(found[1])
+    if not frames:
+        return pd.DataFrame(), missing
+    seeds = [s for s in c[""]["seeds"]]
+    if len(seeds) > 1:
+        pairs.update(_seeds_pairs(the_grid, missing))
+    table = pd.concat(frames, ignore_index=True)
+    _add_derived(table, pairs, compare, seeds)
+    return table, missing
+
+
+def _seed_kernels(
+    the_grid: grid.Grid,
+    seed: int,
+    expected: dict[int, set[KernelKey]],
+    missing: list,
+) -> tuple[pd.DataFrame, dict[frozenset, float]] | None:
+    """(the kernel rows, the pairwise distances) of a seed's analysis, or
+    None when its kernels.csv or pairwise.csv is absent; what is absent
+    or lacking is noted in `missing`."""
+    out_dir = the_grid.analysis_dir(seed)
+    cell_id = f"{grid.SEED_DIR.format(seed)}/{grid.ANALYSIS_DIR}"
+    paths = {name: os.path.join(out_dir, name) for name in grid.ANALYSIS_FILES}
+    absent = [n for n, p in paths.items() if not os.path.lexists(grid.here(p))]
+    if layout.KERNELS_CSV in absent or layout.PAIRWISE_CSV in absent:
+        missing.append(
+            f"{cell_id}: no {' or '.join(absent)} "
+            f"(analyze_kernels.py output) in {out_dir}"
+        )
+        return None
+    table = _read_csv(cell_id, paths[layout.KERNELS_CSV], out_dir, ["path"])
+    keys = [grid.kernel_key(seed, p) for p in table["path"]]
+    unknown = [
+        p for p, k in zip(table["path"], keys, strict=True) if k is None
+    ]
+    if unknown:
+        missing.append(f"{cell_id}: unknown kernel path {unknown[0]}")
+    lacking = sorted(expected.get(seed, set()) - set(keys))
+    if lacking:
+        missing.append(
+            f"{cell_id}: {layout.KERNELS_CSV} has no row for {len(lacking)} "
+            f"kernel(s) of the grid, e.g. {_key_text(lacking[0])} "
+            f"(remove {out_dir} and run the sweep again to remake it)"
+        )
+    table = table[[k is not None for k in keys]].copy()
+    keyed = [k for k in keys if k is not None]
+    for i, name in enumerate(KERNEL_KEYS):
+        table[name] = [k[i] for k in keyed]
+    measures = [
+        col
+        for col in table.columns
+        if col not in KERNEL_KEYS + ["path", "epoch"]
+        and not col.startswith("Unnamed:")  # a written index
+        and pd.api.types.is_numeric_dtype(table[col])
+    ]
+    pairs = _pair_distances(seed, cell_id, paths[layout.PAIRWISE_CSV], out_dir)
+    return table[KERNEL_KEYS + measures], pairs
+
+
+def _seeds_pairs(the_grid: grid.Grid, missing: list) -> dict:
+    """The distances between seeds' kernels from the analysis across seeds
+    (empty, and noted in `missing`, when its replicates.csv is absent)."""
+    out_dir = the_grid.seeds_analysis_dir()
+    path = os.path.join(out_dir, layout.REPLICATES_CSV)
+    cell_id = f"{grid.SEEDS_ANALYSIS_DIR}/{grid.ANALYSIS_DIR}"
+    if os.path.lexists(grid.here(path)):
+        return _pair_distances(None, cell_id, path, out_dir)
+    missing.append(
+        f"{cell_id}: no {layout.REPLICATES_CSV} "
+        f"(analyze_kernels.py --replicates output) in "
+        f"{out_dir}: no seed baseline"
+    )
+    return {}
+
+
+def _grid_kernels(the_grid: grid.Grid) -> dict[int, set[KernelKey]]:
+    """{seed: the keys of the kernel files the grid's kernel cells write}."""
+    kernels: dict[int, set[KernelKey]] = {}
+    for cell in the_grid.cells():
+        if cell.stage == "kernel":
+            seed = cell.keys["seed"]
+            for path in cell.outputs:
+                key = grid.kernel_key(seed, path)
+                if key is not None:
+                    kernels.setdefault(seed, set()).add(key)
+    return kernels
+
+
+def _key_text(key: KernelKey) -> str:
+    seed, phase1, t, class_index, n = key
+    return (
+        f"seed {seed}, phase1_{phase1}, t = {layout.format_t(t)}, class "
+        f"{class_index}, N = {n}"
+    )
+
+
+def _read_csv(
+    cell_id: str, path: str, folder: str, columns: Sequence[str]
+) -> pd.DataFrame:
+    """The CSV table a cell wrote at grid path `path`, with `columns`
+    (none of them empty).
+
+    Raises:
+        UserError (grid.damaged): it cannot be read, is not a CSV table,
+        was cut short (pandas writes a line break after every row), lacks
+        a column or has an empty cell in one.
+    """
+    try:
+        with open(grid.here(path), "rb") as f:
+            raw = f.read()
+    except IsADirectoryError:
+        raise grid.damaged(cell_id, path, "a folder", folder) from None
+    except OSError as err:
+        raise grid.damaged(cell_id, path, err.strerror, folder) from None
+    if not raw.endswith(b"\n"):
+        problem = (
+            "cut short: its last line has no line break"
+            if raw
+            else "an empty file"
+        )
+        raise grid.damaged(cell_id, path, problem, folder)
+    try:
+        # An empty table is written as one line break.
+        table = (
+            pd.DataFrame(columns=list(columns))
+            if raw == b"\n"
+            else pd.read_csv(io.BytesIO(raw))
+        )
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        problem = f"not a CSV table: {utils.one_line(err, limit=120)}"
+        raise grid.damaged(cell_id, path, problem, folder) from None
+    for column in columns:
+        if column not in table.columns:
+            problem = f"no column {column!r}"
+            raise grid.damaged(cell_id, path, problem, folder)
+        if table[column].isna().any():
+            problem = f"an empty {column!r} in row {_first_na(table, column)}"
+            raise grid.damaged(cell_id, path, problem, folder)
+    return table
+
+
+def _first_na(table: pd.DataFrame, column: str) -> int:
+    """The 1-based data row of the first empty cell of `column`."""
+    return int(np.flatnonzero(table[column].isna().to_numpy())[0]) + 1
+
+
+def _pair_distances(
+    seed: int | None, cell_id: str, path: str, folder: str
+) -> dict[frozenset, float]:
+    """{frozenset of two kernel keys: distance} from pairwise.csv or
+    replicates.csv at grid path `path` (seed None: each kernel's seed read
+    from its path). A damaged file is refused (_read_csv)."""
+    table = _read_csv(cell_id, path, folder, ["a", "b", "distance"])
+    distances = pd.to_numeric(table["distance"], errors="coerce")
+    if distances.isna().any():
+        row = int(np.flatnonzero(distances.isna().to_numpy())[0])
+        problem = (
+            f"distance {table['distance'].iloc[row]!r} in row {row + 1} is "
+            "not a number"
+        )
+        raise grid.damaged(cell_id, path, problem, folder)
+    pairs = {}
+    for a_path, b_path, distance in zip(
+        table["a"], table["b"], distances, strict=True
+    ):
+        a, b = grid.kernel_key(seed, a_path), grid.kernel_key(seed, b_path)
+        if a is not None and b is not None:
+            pairs[frozenset((a, b))] = float(distance)
+    return pairs
+
+
+def _add_derived(
+    table: pd.DataFrame,
+    pairs: Mapping[frozenset, float],
+    compare: Sequence[str],
+    seeds: Sequence[int],
+) -> None:
+    """Adds DERIVED and TO_SEED columns to `table` (in place) from
+    `pairs`."""
+    for name in DERIVED:
+        table[name] = math.nan
+    if len(seeds) > 1:
+        for other in seeds:
+            table[TO_SEED.format(other)] = math.nan
+    keys = [tuple(k) for k in table[KERNEL_KEYS].itertuples(index=False)]
+    runs = {}
+    for key in keys:
+        seed, phase1, t, class_index, n = key
+        runs.setdefault((seed, phase1, class_index, n), []).append(t)
+    for index, key in zip(table.index, keys, strict=True):
+        seed, phase1, t, class_index, n = key
+        times = sorted(runs[(seed, phase1, class_index, n)])
+        final = (seed, phase1, times[-1], class_index, n)
+        table.loc[index, "distance_to_final"] = (
+            0.0
+            if final == key
+            else pairs.get(frozenset((key, final)), math.nan)
+        )
+        position = times.index(t)
+        if position > 0:
+            previous = (seed, phase1, times[position - 1], class_index, n)
+            step = pairs.get(frozenset((key, previous)), math.nan)
+            table.loc[index, "velocity"] = step / (t - times[position - 1])
+        if phase1 in compare:
+            other = compare[1 - compare.index(phase1)]
+            twin = (seed, other, t, class_index, n)
+            table.loc[index, "distance_between"] = pairs.get(
+                frozenset((key, twin)), math.nan
+            )
+        if len(seeds) > 1:
+            found = []
+            for other_seed in seeds:
+                if other_seed == seed:
+                    continue
+                replicate = (other_seed, phase1, t, class_index, n)
+                d = pairs.get(frozenset((key, replicate)), math.nan)
+                table.loc[index, TO_SEED.format(other_seed)] = d
+                found.append(d)
+            if found and not any(math.isnan(d) for d in found):
+                table.loc[index, "distance_between_seeds"] = float(
+                    np.mean(found)
+                )
+
+
+def join_kernels(
+    rows: pd.DataFrame, kernel_table: pd.DataFrame
+) -> pd.DataFrame:
+    """`rows` with kernel_* columns: the measures of θ(t) of each row's
+    phase-1 run at the largest kernel size, averaged over classes."""
+    if rows.empty or kernel_table.empty:
+        return rows
+    largest = kernel_table.groupby(["seed", "phase1"])["n"].transform("max")
+    table = kernel_table[kernel_table["n"] == largest]
+    measures = [c for c in table.columns if c not in KERNEL_KEYS]
+    means = table.groupby(["seed", "phase1", "t"])[measures].mean()
+    means["n"] = table.groupby(["seed", "phase1", "t"])["n"].first()
+    means = means.add_prefix("kernel_").reset_index()
+    return rows.merge(means, on=["seed", "phase1", "t"], how="left")
+
+
+def summarize(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of every numeric
+    column, per (phase1, t, phase2, dynamics); n_seeds counts the seeds."""
+    if rows.empty:
+        return pd.DataFrame()
+    group = ["phase1", "t", "phase2", "dynamics"]
+    skip = set(group) | {"seed", "width", "eps", "pgd_iters", "kernel_n"}
+    skip |= {"eval_pgd_iters", "eval_images", "test_images"}
+    numeric = [
+        c
+        for c in rows.columns
+        if c not in skip and pd.api.types.is_numeric_dtype(rows[c])
+    ]
+    grouped = rows.groupby(group)
+    out = grouped[numeric].agg(["mean", "std"])
+    out.columns = [f"{name}_{stat}" for name, stat in out.columns]
+    out.insert(0, "n_seeds", grouped["seed"].nunique())
+    return out.reset_index()
+
+
+def seed_columns(table: pd.DataFrame) -> list[str]:
+    """The TO_SEED columns of a kernel table."""
+    prefix = TO_SEED.format("")
+    return [c for c in table.columns if c.startswith(prefix)]
+
+
+def class_means(kernel_table: pd.DataFrame) -> pd.DataFrame:
+    """Kernel rows of the largest size, averaged over classes (a mean is
+    NaN where a class lacks the value)."""
+    largest = kernel_table.groupby(["seed", "phase1"])["n"].transform("max")
+    table = kernel_table[kernel_table["n"] == largest]
+    columns = [c for c in DERIVED if c in table] + seed_columns(table)
+    return table.groupby(["seed", "phase1", "t"], as_index=False)[columns].agg(
+        lambda values: values.mean(skipna=False)
+    )

@@ -1,0 +1,97 @@
+"""The cost of a grid (`sweep.py --estimate`): device hours of each cell
+from the config's [throughput], measured images per second, and the
+dataset registry's split sizes (`data.DATASETS`)."""
+
+import data
+from ntk import kernel_files
+from sweeper.grid import Cell, Grid
+from training import train
+from utils import UserError
+
+
+def _run_eval_seconds(grid: Grid) -> float:
+    """Seconds of run_exp.py's evaluation at the end of a run."""
+    c = grid.config
+    test_images = c["data"]["test_size"] or _dataset(grid).n_test
+    run_eval = test_images * c["attack"]["eval_pgd_iters"]
+    run_eval *= len(c["attack"]["eval_attacks"])
+    return run_eval / c["throughput"]["pgd_image_steps_per_s"]
+
+
+def _dataset(grid: Grid) -> data.Dataset:
+    return data.get_dataset(grid.config["data"]["dataset"])
+
+
+def _phase1_seconds(grid: Grid, cell: Cell, train_images: int) -> float:
+    """Phase-1 training: adversarial epochs at their rate, the others at
+    the benign one."""
+    c = grid.config
+    rate = c["throughput"]
+    epochs = c["phase1"]["epochs"]
+    adversarial = {
+        "C": 0,
+        "A": epochs,
+        "F": max(0, epochs - train.MIXED_SWITCH_EPOCH),
+    }[cell.keys["phase1"]]
+    seconds = adversarial * train_images
+    seconds /= rate["phase1_adversarial_images_per_s"]
+    seconds += (
+        (epochs - adversarial)
+        * train_images
+        / (rate["phase1_benign_images_per_s"])
+    )
+    return seconds
+
+
+def cell_seconds(grid: Grid, cell: Cell) -> float:
+    """Estimated device seconds of `cell` from the config's [throughput]."""
+    c = grid.config
+    rate = c["throughput"]
+    d = c["data"]
+    train_images = d["train_size"] or _dataset(grid).n_train
+    if cell.stage == "phase1":
+        seconds = _phase1_seconds(grid, cell, train_images)
+        return seconds + _run_eval_seconds(grid)
+    if cell.stage == "phase2":
+        kind = "adversarial" if cell.keys["phase2"] == "A" else "benign"
+        per_s = rate[f"phase2_{kind}_images_per_s"]
+        seconds = c["phase2"]["epochs"] * train_images / per_s
+        return seconds + _run_eval_seconds(grid)
+    if cell.stage == "eval":
+        e = c["evaluation"]
+        images = e["test_size"] or _dataset(grid).n_test
+        return images * e["pgd_iters"] / rate["pgd_image_steps_per_s"]
+    if cell.stage == "kernel":
+        files = len(cell.keys["times"]) * len(grid.kernel_classes())
+        if c["kernels"]["class_index"] == kernel_files.COMBINED:
+            files = len(cell.keys["times"]) * _dataset(grid).n_classes
+        return files * rate["kernel_file_s"]
+    if cell.stage == "features":
+        return rate["features_s"]
+    return 0.0
+
+
+def estimate(grid: Grid, cells: list) -> dict:
+    """Device hours by stage: {stage: (cells, hours)}, plus 'total' and
+    'per_seed'. Raises UserError when the config has no [throughput]."""
+    if grid.config["throughput"] is None:
+        raise UserError(
+            f"{grid.path}: --estimate needs a [throughput] section (measured "
+            f"images/s and their source)"
+        )
+    by_stage = {}
+    for cell in cells:
+        count, hours = by_stage.get(cell.stage, (0, 0.0))
+        by_stage[cell.stage] = (
+            count + 1,
+            hours + cell_seconds(grid, cell) / 3600,
+        )
+    total = sum(hours for _, hours in by_stage.values())
+    seeds = len(grid.config[""]["seeds"])
+    return {
+        "stages": by_stage,
+        "total": total,
+        "per_seed": total / seeds,
+        "device": grid.config["throughput"]["device"],
+        "source": grid.config["throughput"]["source"],
+    }

@@ -1,0 +1,192 @@
+"""The verdicts on the paper's three claims, decided mechanically from a
+preset's tables by the thresholds below (the report states them beside
+each verdict)."""
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis import kernel_analysis
+from sweeper.collect import TO_SEED, class_means, seed_columns
+
+# Claim 1: the distance between the benign and adversarial kernels over
+# the distance between two seeds' kernels of the same training, and the
+# fraction of kernel_analysis.settle_time.
+SEED_BASELINE_FACTOR = 2.0
+SETTLE_FRACTION = kernel_analysis.DEFAULT_SETTLE_FRACTION
+ROBUSTNESS_GAIN = 0.05  # claim 2: robust accuracy gained, every seed
+PAPER_ROBUST = 0.761  # claim 3: the abstract's PGD accuracy (CIFAR-10, 4/255)
+PAPER_TOLERANCE = 0.02
+
+
+def main_dynamics(rows: pd.DataFrame) -> str:
+    dynamics = list(rows["dynamics"].unique())
+    return "centered" if "centered" in dynamics else dynamics[0]
+
+
+def claim_two(rows: pd.DataFrame) -> dict:
+    """Claim 2 on a preset's rows: the adversarial kernel's robust accuracy
+    after benign phase 2 against the benign kernel's, at the largest t.
+
+    Returns:
+        {'verdict': 'supported' | 'in direction only' (higher in every
+        seed, not by the margin in all) | 'not supported' | 'no data', 't',
+        'gains': {seed: linf(A) - linf(C)}, 'adversarial', 'benign':
+        (mean, std) of linf}.
+    """
+    if rows.empty:
+        return {"verdict": "no data"}
+    frame = rows[
+        (rows["phase2"] == "C") & (rows["dynamics"] == main_dynamics(rows))
+    ]
+    both = frame.groupby("t")["phase1"].agg(lambda s: {"A", "C"} <= set(s))
+    times = sorted(t for t, ok in both.items() if ok)
+    if not times:
+        return {"verdict": "no data"}
+    t = times[-1]
+    at_t = frame[frame["t"] == t].set_index(["seed", "phase1"])["linf"]
+    seeds = sorted({s for s, _ in at_t.index})
+    gains = {
+        s: at_t.get((s, "A"), math.nan) - at_t.get((s, "C"), math.nan)
+        for s in seeds
+    }
+    values = list(gains.values())
+    if any(math.isnan(v) for v in values):
+        verdict = "no data"
+    elif all(v > ROBUSTNESS_GAIN for v in values):
+        verdict = "supported"
+    elif all(v > 0 for v in values):
+        verdict = "in direction only"
+    else:
+        verdict = "not supported"
+    at = frame[frame["t"] == t]
+    return {
+        "verdict": verdict,
+        "t": t,
+        "gains": gains,
+        "adversarial": stats(at[at["phase1"] == "A"]["linf"]),
+        "benign": stats(at[at["phase1"] == "C"]["linf"]),
+    }
+
+
+def claim_three(rows: pd.DataFrame) -> dict:
+    """Claim 3: robust accuracy after adversarial phase 2 on the adversarial
+    kernel at the largest t; tested only on CIFAR-10 at ε = 4/255."""
+    if rows.empty:
+        return {"verdict": "no data"}
+    frame = rows[
+        (rows["phase1"] == "A")
+        & (rows["phase2"] == "A")
+        & (rows["dynamics"] == main_dynamics(rows))
+    ]
+    if frame.empty:
+        return {"verdict": "no data"}
+    t = frame["t"].max()
+    at = frame[frame["t"] == t]
+    values = at["linf"]
+    mean = values.mean()
+    comparable = (rows["dataset"].iloc[0] == "cifar10") and (
+        float(rows["eps"].iloc[0]) == 4.0
+    )
+    if not comparable:
+        verdict = "not tested (needs CIFAR-10 at ε = 4/255)"
+    elif mean >= PAPER_ROBUST - PAPER_TOLERANCE:
+        verdict = "supported"
+    else:
+        verdict = "not supported"
+    return {
+        "verdict": verdict,
+        "t": t,
+        "robust": stats(values),
+        "per_seed": dict(zip(at["seed"], values, strict=True)),
+    }
+
+
+def claim_one(kernel_table: pd.DataFrame) -> dict:
+    """Claim 1 on a preset's kernel table (class means of the largest N).
+
+    Holds when (a) in every pair of seeds (s, s'), at the last t, the
+    distance between the benign and the adversarial kernel is, in each of
+    the two seeds, more than SEED_BASELINE_FACTOR times the seed baseline:
+    the larger of the distances between the two seeds' benign kernels and
+    between their adversarial kernels; and (b) in every seed the
+    adversarial run settles no later than the benign run
+    (kernel_analysis.settle_time at SETTLE_FRACTION of the class-mean
+    distance to the run's last kernel).
+
+    Returns:
+        {'verdict': 'supported' | 'not supported' | 'no data', 'why' (for
+        'no data'), 't', 'pairs': {(s, s'): {'between': (d_s, d_s'),
+        'baseline', 'ratio'}}, 'settle': {s: {'A', 'C'}}, 'between' and
+        'baseline': (mean, sd, count)}.
+    """
+    if kernel_table.empty or "distance_between" not in kernel_table:
+        return {"verdict": "no data", "why": "no kernel analysis"}
+    frame = class_means(kernel_table)
+    if not {"A", "C"} <= set(frame["phase1"]):
+        return {"verdict": "no data", "why": "needs kernels of C and A"}
+    seeds = sorted(frame["seed"].unique())
+    if len(seeds) < 2 or not seed_columns(frame):
+        return {"verdict": "no data", "why": "no seed baseline (one seed)"}
+    if frame[seed_columns(frame)].isna().all().all():
+        return {
+            "verdict": "no data",
+            "why": "no seed baseline (no analysis across seeds)",
+        }
+    t = frame["t"].max()
+    last = frame[frame["t"] == t].set_index(["seed", "phase1"])
+    between = {
+        s: last["distance_between"].get((s, "A"), math.nan) for s in seeds
+    }
+    pairs = {}
+    for i, a in enumerate(seeds):
+        for b in seeds[i + 1 :]:
+            both = [
+                last[TO_SEED.format(b)].get((a, loader), math.nan)
+                for loader in ("C", "A")
+            ]
+            baseline = math.nan if any(map(math.isnan, both)) else max(both)
+            pair_between = (between[a], between[b])
+            pairs[(a, b)] = {
+                "between": pair_between,
+                "baseline": baseline,
+                "ratio": min(pair_between) / baseline
+                if baseline > 0
+                else math.inf,
+            }
+    settle = {}
+    for seed in seeds:
+        settle[seed] = {}
+        for loader in ("C", "A"):
+            run = frame[
+                (frame["seed"] == seed) & (frame["phase1"] == loader)
+            ].sort_values("t")
+            settle[seed][loader] = kernel_analysis.settle_time(
+                run["t"], run["distance_to_final"], SETTLE_FRACTION
+            )
+    values = [
+        v for p in pairs.values() for v in (*p["between"], p["baseline"])
+    ]
+    values += [v for d in settle.values() for v in d.values()]
+    if any(math.isnan(v) for v in values):
+        return {"verdict": "no data", "why": "kernels missing at some t"}
+    far = all(p["ratio"] > SEED_BASELINE_FACTOR for p in pairs.values())
+    rapid = all(d["A"] <= d["C"] for d in settle.values())
+    baselines = [p["baseline"] for p in pairs.values()]
+    return {
+        "verdict": "supported" if far and rapid else "not supported",
+        "t": t,
+        "pairs": pairs,
+        "settle": settle,
+        "between": stats(list(between.values())),
+        "baseline": stats(baselines),
+    }
+
+
+def stats(values: Sequence[float]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation (NaN for one value), count)."""
+    values = [float(v) for v in values]
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return float(np.mean(values)), sd, len(values)
