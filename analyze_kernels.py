@@ -28,7 +28,7 @@ import cli
 from analysis import kernel_analysis
 from analysis.kernel_analysis import Kernel
 from ntk import kernel_files
-from store import atomic
+from store import atomic, layout
 from utils import UserError
 
 
@@ -280,8 +280,7 @@ def _found(path: str) -> list[tuple[str, bool]]:
         found += [
             (os.path.join(folder, name), True)
             for name in sorted(names)
-            if not name.startswith(".")
-            and kernel_files.is_kernel_file_name(name)
+            if not name.startswith(".") and layout.is_kernel_file(name)
         ]
     if not found:
         raise UserError(

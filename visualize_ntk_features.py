@@ -132,8 +132,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     out_dir = layout.output_dir(args.model_path, args.bonus_dir)
     kernel_path = args.kernel_path or os.path.join(
         out_dir,
-        kernel_files.file_name(
-            kernel_files.DEFAULT_SAVE_NAME, args.class_index, args.dataset_size
+        layout.kernel_file(
+            layout.KERNEL_SAVE_NAME,
+            None
+            if args.class_index == kernel_files.COMBINED
+            else args.class_index,
+            args.dataset_size,
         ),
     )
     checkpoint, spec = _load_model(args)

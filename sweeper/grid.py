@@ -32,7 +32,7 @@ import run_exp
 import utils
 from models import MODELS
 from ntk import kernel_files
-from store import atomic, resume
+from store import atomic, layout, resume
 from training import experiment, train
 from utils import UserError
 
@@ -1238,8 +1238,10 @@ class Grid:
                 outputs = [
                     os.path.join(
                         self.kernel_dir(phase1, t),
-                        kernel_files.file_name(
-                            kernel_files.DEFAULT_SAVE_NAME, c, n
+                        layout.kernel_file(
+                            layout.KERNEL_SAVE_NAME,
+                            None if c == kernel_files.COMBINED else c,
+                            n,
                         ),
                     )
                     for t in chunk
