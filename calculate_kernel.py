@@ -5,12 +5,12 @@ original's class-balanced subset of the training split
 (data.balanced_subset_indices). Writes, in {dirname(model_path)}/
 {bonus_dir}/, `{save_name}_{N}.pkl` for the mean over logits
 (--class_index -1, as the original) or `{save_name}_class_{c}_{N}.pkl` per
-class (--class_index c, or all); kernel_files.py describes their keys.
+class (--class_index c, or all); ntk/kernel_files.py describes their keys.
 With --test_size M each file also holds the cross kernel K(test, train) of
 a class-balanced subset of M test images. Several --model_path values are
 computed in one process, with the data loaded and the functions compiled
 once; `{name}` in --bonus_dir stands for each checkpoint's file name
-without .pkl.
+without .pkl. The work is ntk/compute.py's; this script parses the flags.
 
     python calculate_kernel.py --model_path saved_models/parameters_final.pkl \
         --dataset_size 500 --class_index all --show_progress
@@ -19,23 +19,11 @@ without .pkl.
 """
 
 import argparse
-import dataclasses
-import os
-import sys
-import time
 from collections.abc import Sequence
 
-import numpy as np
-
 import cli
-import data
-import models
-from ntk import kernel_files, kernels
-from store import atomic, layout
-from utils import UserError
-
-# In --bonus_dir: the checkpoint's file name without .pkl.
-NAME = "{name}"
+from ntk import compute, kernel_files, kernels
+from store import layout
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -56,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--save_name",
         type=cli.file_prefix,
-        default=kernel_files.DEFAULT_SAVE_NAME,
+        default=layout.KERNEL_SAVE_NAME,
         help="prefix of the output file names (a plain name: --bonus_dir "
         "chooses the folder)",
     )
@@ -98,7 +86,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--implementation",
         choices=kernels.IMPLEMENTATIONS,
         default=kernels.DEFAULT_IMPLEMENTATION,
-        help="how blocks are computed (see kernels.py)",
+        help="how blocks are computed (see ntk/kernels.py)",
     )
     parser.add_argument(
         "--block_size",
@@ -116,264 +104,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Job:
-    """One checkpoint, checked: where its kernels go and what its files
-    record."""
-
-    model_path: str
-    spec: models.ModelSpec
-    out_dir: str
-    paths: tuple[str, ...]
-    epoch: int | float | None
-    phase: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Images:
-    """The class-balanced images of one dataset.
-
-    images: (N, H, W, C) float32; labels, indices: int64 (N,), positions
-    in the training split. test_*: the same for the --test_size subset of
-    the test split, None without it.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    indices: np.ndarray
-    test_images: np.ndarray | None = None
-    test_labels: np.ndarray | None = None
-    test_indices: np.ndarray | None = None
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    kernels.require_implementation(args.implementation)
-    jobs = [_checked_job(args, path) for path in args.model_path]
-    _refuse_collisions(jobs, args.bonus_dir)
-    for job in jobs:
-        atomic.check_writable_dir(job.out_dir)
-    images = {}
-    for job in jobs:
-        if job.spec.dataset not in images:
-            images[job.spec.dataset] = _subsets(args, job.spec)
-    # Every check passed: the folders are created now, not before.
-    for job in jobs:
-        atomic.ensure_writable_dir(job.out_dir)
-    schedules = {}
-    for job in jobs:
-        _compute(args, job, images[job.spec.dataset], schedules)
-
-
-def _checked_job(args: argparse.Namespace, model_path: str) -> _Job:
-    """Loads and checks one checkpoint (then lets it go: it is loaded again
-    when its turn comes, so that many checkpoints never share memory)."""
-    checkpoint, spec = _load(args, model_path)
-    classes = kernels.kernel_classes(args.class_index, spec.n_classes)
-    if args.class_index != kernel_files.ALL_CLASSES:
-        classes = (args.class_index,)
-    stem = os.path.splitext(os.path.basename(model_path))[0]
-    out_dir = layout.output_dir(model_path, args.bonus_dir.replace(NAME, stem))
-    meta = checkpoint["meta"]
-    return _Job(
-        model_path=model_path,
-        spec=spec,
-        out_dir=out_dir,
-        paths=tuple(
-            os.path.join(
-                out_dir,
-                kernel_files.file_name(args.save_name, c, args.dataset_size),
-            )
-            for c in classes
-        ),
-        epoch=kernel_files.checkpoint_epoch(meta, model_path),
-        phase=meta.get("phase")
-        if isinstance(meta.get("phase"), str)
-        else None,
-    )
-
-
-def _load(
-    args: argparse.Namespace, model_path: str
-) -> tuple[dict, models.ModelSpec]:
-    """(checkpoint, spec) of models.load_checkpoint with the flags."""
-    return models.load_checkpoint(
-        model_path, model=args.model, width=args.width, dataset=args.dataset
-    )
-
-
-def _refuse_collisions(jobs: list[_Job], bonus_dir: str) -> None:
-    """UserError when a checkpoint is given twice, two checkpoints would
-    write the same file, or a kernel file would replace a checkpoint given.
-
-    Paths are compared as real paths (symbolic links resolved), so two
-    names of one file through a link count as the same file.
-    """
-    given = {}
-    for job in jobs:
-        key = os.path.realpath(job.model_path)
-        if key in given:
-            raise UserError(
-                f"--model_path {job.model_path} is given twice: give each "
-                "checkpoint once"
-            )
-        given[key] = job.model_path
-    writers = {}
-    for job in jobs:
-        for path in job.paths:
-            key = os.path.realpath(path)
-            if key in given:
-                raise UserError(
-                    f"the kernel file {path} would replace the checkpoint "
-                    f"{given[key]}: pass another --save_name or --bonus_dir"
-                )
-            other, other_path = writers.setdefault(key, (job.model_path, path))
-            if other == job.model_path:
-                continue
-            same = "" if other_path == path else f" (the file {other_path})"
-            hint = (
-                f"put {NAME} in --bonus_dir (e.g. --bonus_dir "
-                f"kernels/{NAME}) to give each checkpoint its own folder"
-                if NAME not in bonus_dir
-                else "pass another --bonus_dir or --save_name"
-            )
-            raise UserError(
-                f"{other} and {job.model_path} would both write {path}"
-                f"{same}: {hint}"
-            )
-
-
-def _subsets(args: argparse.Namespace, spec: models.ModelSpec) -> _Images:
-    """The class-balanced training images (and test images with
-    --test_size) of the spec's dataset."""
-    train_images, train_labels = data.load_split(
-        spec.dataset, args.data_path, train=True
-    )
-    indices = _balanced(
-        train_labels, args.dataset_size, args.random_seed, spec, "dataset"
-    )
-    chosen = _Images(
-        train_images[indices], train_labels[indices].astype(np.int64), indices
-    )
-    if args.test_size is None:
-        return chosen
-    test_images, test_labels = data.load_split(
-        spec.dataset, args.data_path, train=False
-    )
-    test_indices = _balanced(
-        test_labels, args.test_size, args.random_seed, spec, "test"
-    )
-    return dataclasses.replace(
-        chosen,
-        test_images=test_images[test_indices],
-        test_labels=test_labels[test_indices].astype(np.int64),
-        test_indices=test_indices,
-    )
-
-
-def _balanced(
-    labels: np.ndarray,
-    size: int,
-    seed: int,
-    spec: models.ModelSpec,
-    kind: str,
-) -> np.ndarray:
-    """data.balanced_subset_indices of --{kind}_size, checked against the
-    split's size."""
-    split = "training" if kind == "dataset" else "test"
-    if size > len(labels):
-        raise UserError(
-            f"--{kind}_size {size} exceeds the {len(labels)} {split} images "
-            f"of {spec.dataset}"
-        )
-    try:
-        return data.balanced_subset_indices(labels, size, seed)
-    except UserError as error:
-        raise UserError(f"--{kind}_size {size}: {error}") from None
-
-
-def _compute(
-    args: argparse.Namespace, job: _Job, chosen: _Images, schedules: dict
-) -> None:
-    """The kernels of one checkpoint, written; one line per file.
-
-    `schedules` keeps one block schedule (with its compiled functions) per
-    model spec across checkpoints; the plan is printed the first time.
-    """
-    checkpoint, spec = _load(args, job.model_path)
-    first = spec not in schedules
-    if first:
-        apply_fn = spec.build().apply
-        schedules[spec] = (
-            apply_fn,
-            kernels.block_schedule(apply_fn, args.implementation),
-        )
-    apply_fn, schedule = schedules[spec]
-    params = checkpoint["lin_params" if args.use_linear_params else "params"]
-    options = dict(
-        implementation=args.implementation,
-        block_size=args.block_size,
-        memory_gb=args.memory_gb,
-        show_progress=_show_progress(args.show_progress),
-        schedule=schedule,
-    )
-    started = time.perf_counter()
-    kernel = kernels.empirical_ntk(
-        apply_fn,
-        params,
-        checkpoint["net_state"],
-        chosen.images,
-        args.class_index,
-        log=print if first else None,
-        **options,
-    )
-    test = {}
-    if chosen.test_images is not None:
-        test = dict(
-            test_kernel=kernels.cross_ntk(
-                apply_fn,
-                params,
-                checkpoint["net_state"],
-                chosen.test_images,
-                chosen.images,
-                args.class_index,
-                **options,
-            ),
-            test_labels=chosen.test_labels,
-            test_indices=chosen.test_indices,
-        )
-    seconds = time.perf_counter() - started
-
-    paths = kernel_files.write(
-        job.out_dir,
-        args.save_name,
-        args.class_index,
-        kernel,
-        chosen.labels,
-        chosen.indices,
-        n_logits=spec.n_classes,
-        epoch=job.epoch,
-        phase=job.phase,
-        model_path=os.path.abspath(job.model_path),
-        checkpoint_relpath=os.path.relpath(
-            os.path.abspath(job.model_path), os.path.abspath(job.out_dir)
-        ),
-        use_linear_params=args.use_linear_params,
-        implementation=args.implementation,
-        random_seed=args.random_seed,
-        **test,
-        **spec.as_meta(),
-    )
-    sizes = f"N = {len(chosen.indices)}"
-    if test:
-        sizes += f", M = {len(chosen.test_indices)} test images"
-    for path in paths:
-        print(f"wrote {path}: {sizes}, {seconds:.1f} s", flush=True)
-
-
-def _show_progress(flag: bool | None) -> bool:
-    """The --show_progress choice, or whether stderr is a terminal."""
-    return sys.stderr.isatty() if flag is None else flag
+    compute.compute_kernels(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -55,19 +55,21 @@ def write_kernels(folder: str, count: int, size: int, test_size: int) -> None:
         kernel_files.write(
             out,
             layout.KERNEL_SAVE_NAME,
-            kernel_files.COMBINED,
-            kernel[:size, :size],
-            labels,
-            np.arange(size),
+            kernel_files.Kernels(
+                kernel_files.COMBINED,
+                kernel[:size, :size],
+                labels,
+                np.arange(size),
+                test_kernel=kernel[size:, :size],
+                test_labels=test_labels,
+                test_indices=np.arange(test_size),
+            ),
             n_logits=N_CLASSES,
             epoch=epoch,
             phase="standard",
             checkpoint_relpath=os.path.join(
                 "..", "..", layout.checkpoint(epoch)
             ),
-            test_kernel=kernel[size:, :size],
-            test_labels=test_labels,
-            test_indices=np.arange(test_size),
         )
 
 

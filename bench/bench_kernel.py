@@ -42,6 +42,7 @@ from ntk import (
     jacobians,  # noqa: E402
     kernel_files,  # noqa: E402
     kernels,  # noqa: E402
+    planner,  # noqa: E402
 )
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -101,18 +102,16 @@ def time_ours(
     block_size,
     memory_gb,
 ):
-    """(seconds, kernel) of kernels.empirical_ntk, compilation included."""
+    """(seconds, kernel) of kernels.ntk_fn's square kernel, compilation
+    included."""
     started = time.perf_counter()
-    kernel = kernels.empirical_ntk(
-        apply_fn,
-        params,
-        state,
-        images,
-        class_index,
-        implementation=implementation,
-        block_size=block_size,
-        memory_gb=memory_gb,
-    )
+    kernel = kernels.ntk_fn(
+        kernels.Network(apply_fn, params, state),
+        implementation,
+        kernels.KernelOptions(
+            class_index, block_size=block_size, memory_gb=memory_gb
+        ),
+    )(images)
     return time.perf_counter() - started, kernel
 
 
@@ -181,7 +180,7 @@ def ours_rows(width, apply_fn, params, state, images, args):
     classes = kernels.kernel_classes(args.class_index, N_CLASSES)
     rows, results = [], []
     for implementation in args.implementations:
-        plan = kernels.make_plan(
+        plan = planner.make_plan(
             len(images),
             survey,
             classes,
@@ -245,7 +244,7 @@ def original_row(width, apply_fn, params, state, images, args, rows, results):
 
 
 def float64_kernel(apply_fn, params, state, images, class_index):
-    """(N, N) or (K, N, N) like empirical_ntk's result, from jax.jacrev of
+    """(N, N) or (K, N, N) like kernels.ntk_fn's result, from jax.jacrev of
     each image's logits in float64 (N·K·P doubles: keep N small)."""
     with enable_x64():
         params, state, images = jax.tree_util.tree_map(

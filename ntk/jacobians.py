@@ -22,8 +22,8 @@ Haiku method interceptor. Then each layer is either
   instead of G·B·D·O. It pays where positions are few and weights many:
   linear layers, and the last stage of a ResNet-18 on 32×32 images (S = 16;
   at width 64 its 8.4M of the 11.2M weights are then never formed per
-  image); kernels.py decides which (kernels.factoring_pays) and models
-  the cost of either choice (kernels.BlockCosts); or
+  image); planner.py decides which (planner.factoring_pays) and models
+  the cost of either choice (planner.BlockCosts); or
 * explicit: its per-image gradient formed as one batched matrix product
   of inputs and cotangents, several times faster on a CPU than the
   per-example weight gradients of vmapped autodiff (grouped convolutions).
@@ -337,6 +337,47 @@ def block_jacobian_fn(
     """
     layers = tuple(layers)
     factored = frozenset(factored)
+    one_image = _one_image_fn(apply_fn, layers)
+
+    @jax.jit
+    def block(
+        params: models.Params,
+        net_state: models.State,
+        images: jax.Array,
+        classes: jax.Array,
+    ) -> BlockJacobian:
+        rest, weights = split_params(params, [layer.name for layer in layers])
+        grads, windows, cotangents = jax.vmap(
+            one_image, in_axes=(None, None, None, 0, None), out_axes=(1, 0, 1)
+        )(rest, weights, net_state, images, classes)
+        formed = {
+            layer.name: {
+                "w": _explicit_gradient(
+                    windows[layer.name],
+                    cotangents[layer.name],
+                    weights[layer.name]["w"].shape,
+                )
+            }
+            for layer in layers
+            if layer.name not in factored
+        }
+        return BlockJacobian(
+            merge_params(grads, formed),
+            {name: windows[name] for name in factored},
+            {name: cotangents[name] for name in factored},
+        )
+
+    return block
+
+
+def _one_image_fn(
+    apply_fn: Callable, layers: tuple[WeightLayer, ...]
+) -> Callable:
+    """(rest, weights, net_state, image, classes (G,)) -> (the gradients
+    of the G logits of one image with respect to `rest`, {layer: its
+    input windows (S, D)}, {layer: its cotangents (G, S, O)}), batch norm
+    in eval mode; `weights` are the collected layers' parameters (their
+    gradients come from the windows and cotangents)."""
 
     def one_image(
         rest: models.Params,
@@ -378,35 +419,7 @@ def block_jacobian_fn(
         }
         return grads, windows, cotangents
 
-    @jax.jit
-    def block(
-        params: models.Params,
-        net_state: models.State,
-        images: jax.Array,
-        classes: jax.Array,
-    ) -> BlockJacobian:
-        rest, weights = split_params(params, [layer.name for layer in layers])
-        grads, windows, cotangents = jax.vmap(
-            one_image, in_axes=(None, None, None, 0, None), out_axes=(1, 0, 1)
-        )(rest, weights, net_state, images, classes)
-        formed = {
-            layer.name: {
-                "w": _explicit_gradient(
-                    windows[layer.name],
-                    cotangents[layer.name],
-                    weights[layer.name]["w"].shape,
-                )
-            }
-            for layer in layers
-            if layer.name not in factored
-        }
-        return BlockJacobian(
-            merge_params(grads, formed),
-            {name: windows[name] for name in factored},
-            {name: cotangents[name] for name in factored},
-        )
-
-    return block
+    return one_image
 
 
 def _explicit_gradient(

@@ -1,7 +1,8 @@
-"""The kernel files of calculate_kernel.py: names, writing and reading.
+"""The kernel files of calculate_kernel.py: writing and reading.
 
 A kernel file is a pickle of a plain dict, in
-{dirname(model_path)}/{bonus_dir}/:
+{dirname(model_path)}/{bonus_dir}/, named by store/layout.py
+(layout.kernel_file, whose class_index None is COMBINED here):
 
 * `{save_name}_{N}.pkl` for the combined kernel (class_index COMBINED, −1):
   the mean over the K logits, (1/K) Σ_c K_c, as the original's
@@ -30,18 +31,16 @@ the seed, then checked against the file's labels.
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 
 import numpy as np
 
 import data
-from store import atomic, pickles
+from store import atomic, layout, pickles
 from utils import UserError
 
 COMBINED = -1  # class_index of the kernel averaged over all logits
 ALL_CLASSES = "all"  # class_index asking for every per-class kernel
-DEFAULT_SAVE_NAME = "saved_kernel"  # calculate_kernel.py's --save_name
 MEAN_OVER_LOGITS = "mean_over_logits"  # 'combined' of a combined kernel
 ORIGINAL_KEYS = ("kernel", "labels")  # what every kernel file holds
 TEST_KEYS = ("test_kernel", "test_labels", "test_indices")  # --test_size
@@ -49,21 +48,9 @@ TEST_KEYS = ("test_kernel", "test_labels", "test_indices")  # --test_size
 # rounding of a matrix computed in two halves stays far below it.
 SYMMETRY_TOLERANCE = 1e-3
 
-# The names file_name gives: {save_name}_{N}.pkl and
-# {save_name}_class_{c}_{N}.pkl.
-_KERNEL_FILE_NAME = re.compile(r"^.+?(?:_class_\d+)?_\d+\.pkl$")
-# run_exp.py's checkpoints, whose names also end in _{number}.pkl.
-_CHECKPOINT_NAME = re.compile(r"^parameters_(?:checkpoint_|final).*\.pkl$")
-
-# parameters_checkpoint_{e}.pkl and parameters_checkpoint_linear_{e}.pkl,
-# e an epoch count or a fraction such as 0.125 (run_exp.py --constant_save).
-_CHECKPOINT_EPOCH = re.compile(
-    r"^parameters_checkpoint_(?:linear_)?(\d+(?:\.\d+)?)\.pkl$"
-)
-
 
 # --------------------------------------------------------------------------
-# Which kernel, and its file name
+# Which kernel, and its checkpoint's epoch
 # --------------------------------------------------------------------------
 
 
@@ -83,22 +70,6 @@ def parse_class_index(text: str) -> int | str:
         ) from None
 
 
-def file_name(save_name: str, class_index: int, size: int) -> str:
-    """The file name of the kernel of logit `class_index` (COMBINED for the
-    mean over logits) on `size` images."""
-    if class_index == COMBINED:
-        return f"{save_name}_{size}.pkl"
-    return f"{save_name}_class_{class_index}_{size}.pkl"
-
-
-def is_kernel_file_name(name: str) -> bool:
-    """Whether the file name `name` (no folder) is one that file_name gives
-    and not one of run_exp.py's checkpoints (parameters_*.pkl)."""
-    return bool(_KERNEL_FILE_NAME.match(name)) and not _CHECKPOINT_NAME.match(
-        name
-    )
-
-
 def checkpoint_epoch(meta: Mapping, model_path: str) -> int | float | None:
     """The epoch of a checkpoint: its meta['epoch'] (when a finite number),
     else the e of a file named parameters_checkpoint_{e}.pkl or
@@ -111,7 +82,7 @@ def checkpoint_epoch(meta: Mapping, model_path: str) -> int | float | None:
     recorded = _epoch_value(meta.get("epoch"))
     if recorded is not None and np.isfinite(recorded):
         return recorded
-    match = _CHECKPOINT_EPOCH.match(os.path.basename(model_path))
+    match = layout.CHECKPOINT_EPOCH.match(os.path.basename(model_path))
     if match is None:
         return None
     text = match.group(1)
@@ -138,68 +109,83 @@ def _epoch_value(value: object) -> int | float | None:
 # --------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Kernels:
+    """The kernels of one checkpoint, as kernels.ntk_fn gives them.
+
+    class_index: c, COMBINED or ALL_CLASSES, as in the KernelOptions.
+    kernel: float32 (N, N), or (K, N, N) for ALL_CLASSES.
+    labels: (N,) the images' labels; indices: (N,) their positions in the
+      training split.
+    test_kernel: None, or the cross kernel K(test, train) of the same
+      kernels: float32 (M, N), or (K, M, N) for ALL_CLASSES.
+    test_labels, test_indices: (M,) the test images' labels and their
+      positions in the test split (with test_kernel).
+    """
+
+    class_index: int | str
+    kernel: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    test_kernel: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    test_indices: np.ndarray | None = None
+
+    def by_class(self) -> list[tuple[int, np.ndarray, np.ndarray | None]]:
+        """[(c or COMBINED, kernel (N, N), test kernel (M, N) or None)],
+        one per file, in class order."""
+        if self.class_index != ALL_CLASSES:
+            return [(self.class_index, self.kernel, self.test_kernel)]
+        tests = (
+            [None] * len(self.kernel)
+            if self.test_kernel is None
+            else list(self.test_kernel)
+        )
+        return [
+            (c, kernel, test)
+            for c, (kernel, test) in enumerate(
+                zip(self.kernel, tests, strict=True)
+            )
+        ]
+
+
 def write(
     out_dir: str,
     save_name: str,
-    class_index: int | str,
-    kernel: np.ndarray,
-    labels: np.ndarray,
-    indices: np.ndarray,
+    kernels: Kernels,
     *,
     n_logits: int,
     epoch: int | float | None,
-    test_kernel: np.ndarray | None = None,
-    test_labels: np.ndarray | None = None,
-    test_indices: np.ndarray | None = None,
     **extra,
 ) -> list[str]:
-    """Writes each kernel of kernels.empirical_ntk's result to its file,
+    """Writes each of `kernels` to its file (layout.kernel_file),
     atomically.
 
     Args:
       out_dir: the folder, which must exist.
       save_name: the file-name prefix.
-      class_index: c, COMBINED or ALL_CLASSES, as given to empirical_ntk.
-      kernel: float32 (N, N), or (K, N, N) for ALL_CLASSES.
-      labels: (N,) the images' labels; indices: (N,) their positions in the
-        training split.
+      kernels: the kernels and their images.
       n_logits: K, the number of logits of the model.
       epoch: the checkpoint's (checkpoint_epoch).
-      test_kernel: None, or the cross kernel K(test, train) of the same
-        kernels: float32 (M, N), or (K, M, N) for ALL_CLASSES.
-      test_labels, test_indices: (M,) the test images' labels and their
-        positions in the test split (with test_kernel).
       extra: more entries for every file (plain values).
     Returns:
       the paths written, in class order.
     """
-    if class_index == ALL_CLASSES:
-        by_class = list(enumerate(kernel))
-        test_by_class = (
-            [None] * len(by_class)
-            if test_kernel is None
-            else list(test_kernel)
-        )
-    else:
-        by_class = [(class_index, kernel)]
-        test_by_class = [test_kernel]
-    if test_kernel is not None:
+    if kernels.test_kernel is not None:
         extra = dict(
             extra,
-            test_labels=np.asarray(test_labels, np.int64),
-            test_indices=np.asarray(test_indices, np.int64),
+            test_labels=np.asarray(kernels.test_labels, np.int64),
+            test_indices=np.asarray(kernels.test_indices, np.int64),
         )
     common = dict(
         extra,
-        labels=np.asarray(labels, np.int64),
-        indices=np.asarray(indices, np.int64),
+        labels=np.asarray(kernels.labels, np.int64),
+        indices=np.asarray(kernels.indices, np.int64),
         epoch=epoch,
         n_logits=int(n_logits),
     )
     paths = []
-    for (c, class_kernel), class_test in zip(
-        by_class, test_by_class, strict=True
-    ):
+    for c, class_kernel, class_test in kernels.by_class():
         record = dict(
             common,
             kernel=np.asarray(class_kernel, np.float32),
@@ -209,7 +195,10 @@ def write(
             record["test_kernel"] = np.asarray(class_test, np.float32)
         if c == COMBINED:
             record["combined"] = MEAN_OVER_LOGITS
-        path = os.path.join(out_dir, file_name(save_name, c, len(labels)))
+        name = layout.kernel_file(
+            save_name, None if c == COMBINED else c, len(kernels.labels)
+        )
+        path = os.path.join(out_dir, name)
         atomic.atomic_pickle(path, record)
         paths.append(path)
     return paths
@@ -323,22 +312,7 @@ def read(
         its class or indices cannot be known, or its indices do not name
         training images with its labels.
     """
-    record = pickles.safe_load_pickle(path)
-    missing = [
-        key
-        for key in ORIGINAL_KEYS
-        if not isinstance(record, Mapping) or key not in record
-    ]
-    if missing:
-        raise NotAKernelFile(
-            f"cannot use {path}: it lacks key(s) {', '.join(missing)} of a "
-            "kernel file (expected a dict with keys kernel, labels)"
-        )
-    if recorded_only and not {"class_index", "indices"} <= set(record):
-        raise UserError(
-            f"{path} holds no 'class_index' or 'indices' (a file of the "
-            "original code): recompute it with calculate_kernel.py"
-        )
+    record = _load_record(path, recorded_only)
     kernel = _square_matrix(record["kernel"], path)
     n = len(kernel)
     if size is not None and n != size:
@@ -379,6 +353,28 @@ def read(
         test_indices=test_indices,
         extras={k: v for k, v in record.items() if k not in _PARSED_KEYS},
     )
+
+
+def _load_record(path: str, recorded_only: bool) -> Mapping:
+    """The pickle `path`, checked to hold a kernel file's keys (and, with
+    `recorded_only`, not to be one of the original code's files)."""
+    record = pickles.safe_load_pickle(path)
+    missing = [
+        key
+        for key in ORIGINAL_KEYS
+        if not isinstance(record, Mapping) or key not in record
+    ]
+    if missing:
+        raise NotAKernelFile(
+            f"cannot use {path}: it lacks key(s) {', '.join(missing)} of a "
+            "kernel file (expected a dict with keys kernel, labels)"
+        )
+    if recorded_only and not {"class_index", "indices"} <= set(record):
+        raise UserError(
+            f"{path} holds no 'class_index' or 'indices' (a file of the "
+            "original code): recompute it with calculate_kernel.py"
+        )
+    return record
 
 
 def _test_arrays(record: Mapping, size: int, path: str) -> tuple:

@@ -18,8 +18,13 @@ blocks on or above the diagonal are computed and the lower triangle is the
 transpose. The last block is padded with zero images, so every call has
 the same shapes and one compiled function serves every block. Peak memory
 depends on the block size and the parameter count, never on N. The cross
-kernel K(test, train) (cross_ntk), M×N, takes every block of the rectangle
-(test blocks × training blocks) with the same compiled block functions.
+kernel K(test, train), M×N, takes every block of the rectangle (test
+blocks × training blocks) with the same compiled block functions.
+
+One factory gives both, in the manner of neural-tangents'
+`empirical_ntk_fn`: `ntk_fn(Network(apply_fn, params, net_state),
+implementation, KernelOptions(...))` returns `kernel(images)` for the
+N×N kernel and `kernel(test_images, images)` for the M×N cross kernel.
 
 Implementations (`implementation=`), measured in bench/bench_kernel.py:
 
@@ -41,10 +46,10 @@ Implementations (`implementation=`), measured in bench/bench_kernel.py:
   what makes the original code slow on CNNs.
 
 Block size and logits per pass come from a model of memory and work
-(BlockCosts, make_plan). 'rows' is the default because it was the
-fastest everywhere we measured; see BENCHMARKS.md for the numbers. All
+(planner.py: BlockCosts, make_plan). 'rows' is the default because it was
+the fastest everywhere we measured; see BENCHMARKS.md for the numbers. All
 four agree with J Jᵀ from `jax.jacrev` to float32 rounding
-(tests/test_kernels.py).
+(tests/ntk/test_kernels.py).
 
 Products run at full float32 precision (`jax.default_matmul_precision
 ("highest")`), also on GPUs whose default would be TF32.
@@ -62,12 +67,17 @@ from tqdm import tqdm
 
 import data
 import models
-from ntk import jacobians
+from ntk import jacobians, planner
 from ntk.kernel_files import ALL_CLASSES, COMBINED
+from ntk.planner import (
+    DEFAULT_IMPLEMENTATION,
+    DEFAULT_MEMORY_GB,
+    IMPLEMENTATIONS,
+)
 from utils import UserError
 
-IMPLEMENTATIONS = ("rows", "jacobian", "ntvp", "structured")
-DEFAULT_IMPLEMENTATION = "rows"
+# IMPLEMENTATIONS, DEFAULT_IMPLEMENTATION and DEFAULT_MEMORY_GB are the
+# planner's, imported for the callers of ntk_fn too.
 # Our names of neural-tangents' NtkImplementation members. neural-tangents
 # is imported only when one of them is used, so 'rows' also runs where it
 # cannot be (nt_compat's patches are made for the pinned JAX).
@@ -77,15 +87,6 @@ _NT_IMPLEMENTATIONS = {
     "structured": "STRUCTURED_DERIVATIVES",
 }
 
-# Memory a kernel's blocks may take by default, in GiB.
-DEFAULT_MEMORY_GB = 8.0
-# 'ntvp' keeps intermediates for each pair of images and logit, so its
-# memory grows with B²·G: by default it gets the original code's 4×4 blocks.
-NTVP_BLOCK_SIZE = 4
-_BYTES_PER_FLOAT = 4
-# Work charged to every compiled call on top of its multiply-adds (dispatch,
-# copies), so that tiny blocks are not chosen for tiny models.
-_CALL_OVERHEAD_MACS = 10**8
 
 # (params, net_state, x1 (B, ...), x2 (B, ...), classes (G,)) -> (G, B, B).
 BlockFn = Callable[..., jax.Array]
@@ -119,301 +120,6 @@ def kernel_classes(class_index: int | str, n_classes: int) -> tuple[int, ...]:
         f"class model: pick 0..{n_classes - 1}, {COMBINED} (the mean over "
         f"logits) or {ALL_CLASSES!r}"
     )
-
-
-# --------------------------------------------------------------------------
-# Block cost model
-# --------------------------------------------------------------------------
-
-
-def factoring_pays(layer: jacobians.WeightLayer, logits: int) -> bool:
-    """Whether, with `logits` per pass, the factored inner product of a pair
-    of images through `layer` (S²·(D + G·O) multiply-adds) takes fewer
-    multiply-adds than the explicit one (G·D·O)."""
-    factored = layer.positions**2 * (
-        layer.in_features + logits * layer.out_features
-    )
-    return factored < logits * layer.in_features * layer.out_features
-
-
-def factored_layers(survey: jacobians.Survey, logits: int) -> tuple[str, ...]:
-    """Names of the survey's layers worth factoring with `logits` per
-    pass (factoring_pays), in the survey's order."""
-    return tuple(
-        layer.name for layer in survey.layers if factoring_pays(layer, logits)
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockCosts:
-    """Memory (float32 values) and work (multiply-adds) of the Jacobian of
-    a block of B images and G logits, and of the Gram of two blocks, with
-    the layers `factored` kept factored. The model behind make_plan's
-    choice of block size and logits per pass."""
-
-    survey: jacobians.Survey
-    factored: tuple[str, ...]
-
-    def _factored_layers(self) -> tuple[jacobians.WeightLayer, ...]:
-        return tuple(
-            layer
-            for layer in self.survey.layers
-            if layer.name in self.factored
-        )
-
-    def _explicit_params(self) -> int:
-        """Parameters whose per-image gradients are formed."""
-        return self.survey.n_params - sum(
-            layer.in_features * layer.out_features
-            for layer in self._factored_layers()
-        )
-
-    def jacobian_floats(self, images: int, logits: int) -> int:
-        """A BlockJacobian: explicit gradients, inputs and cotangents."""
-        per_logit = self._explicit_params() + sum(
-            layer.positions * layer.out_features
-            for layer in self._factored_layers()
-        )
-        per_image = sum(
-            layer.positions * layer.in_features
-            for layer in self._factored_layers()
-        )
-        return images * (logits * per_logit + per_image)
-
-    def forming_floats(self, images: int, logits: int) -> int:
-        """Inputs and cotangents of every collected layer, held while a
-        block's Jacobian is formed."""
-        return images * sum(
-            layer.positions * (layer.in_features + logits * layer.out_features)
-            for layer in self.survey.layers
-        )
-
-    def overlap_floats(self, images: int) -> int:
-        """The overlaps ⟨x_s, x'_t⟩ of two blocks (jacobians.overlaps)."""
-        return images**2 * sum(
-            layer.positions**2 for layer in self._factored_layers()
-        )
-
-    def peak_floats(self, images: int, logits: int) -> int:
-        """Peak while two Jacobians are kept (a row's and a column's) and a
-        third is formed, or the two are multiplied."""
-        jacobian = self.jacobian_floats(images, logits)
-        return 2 * jacobian + max(
-            jacobian + self.forming_floats(images, logits),
-            2 * self.overlap_floats(images),
-        )
-
-    def jacobian_macs(self, images: int, logits: int) -> int:
-        """One forward and `logits` backward passes (twice the forward's
-        work each) per image."""
-        return images * self.survey.forward_macs * (1 + 2 * logits)
-
-    def overlap_macs(self, images: int) -> int:
-        """The overlaps of two blocks of `images`."""
-        return images**2 * sum(
-            layer.positions**2 * layer.in_features
-            for layer in self._factored_layers()
-        )
-
-    def gram_macs(self, images: int, logits: int) -> int:
-        """The Gram of two blocks of `images`, given their overlaps."""
-        per_logit = self._explicit_params() + sum(
-            layer.positions**2 * layer.out_features
-            for layer in self._factored_layers()
-        )
-        return images**2 * logits * per_logit
-
-
-# --------------------------------------------------------------------------
-# Block plan
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockPlan:
-    """How N images split into blocks and the logits into passes.
-
-    size: images per block B (the last block is padded up to it).
-    n_blocks: ⌈N / B⌉ blocks per row of the kernel.
-    passes: class indices per pass, each of the same length G (the last
-      repeats its final class to keep the shape; repeats are dropped).
-    factored: the layers kept factored ('rows'; see jacobians.py).
-    """
-
-    n_images: int
-    size: int
-    passes: tuple[tuple[int, ...], ...]
-    factored: tuple[str, ...] = ()
-
-    @property
-    def n_blocks(self) -> int:
-        return data.n_batches(self.n_images, self.size)
-
-    @property
-    def n_upper_blocks(self) -> int:
-        """Blocks computed per pass: those on or above the diagonal."""
-        return _upper_blocks(self.n_blocks)
-
-    def blocks(self, images: np.ndarray) -> np.ndarray:
-        """(M, H, W, C) -> (⌈M / B⌉, B, H, W, C), zero-padded; M is N or
-        any other count (the test images of a cross kernel)."""
-        count = data.n_batches(len(images), self.size)
-        padded = np.zeros((count * self.size, *images.shape[1:]), np.float32)
-        padded[: len(images)] = images
-        return padded.reshape(count, self.size, *images.shape[1:])
-
-
-def make_plan(
-    n_images: int,
-    survey: jacobians.Survey,
-    classes: Sequence[int],
-    block_size: int | None = None,
-    classes_per_pass: int | None = None,
-    memory_gb: float = DEFAULT_MEMORY_GB,
-    implementation: str = DEFAULT_IMPLEMENTATION,
-) -> BlockPlan:
-    """Block size, passes over the classes and factored layers for a kernel.
-
-    'rows' factors the layers that pay with every wanted logit in one pass
-    (factored_layers). Then, among the block sizes that split N with the
-    least padding and the pass sizes that split the classes evenly, the
-    pair with the least modelled work (_modelled_macs) whose modelled peak
-    memory (BlockCosts.peak_floats) fits `memory_gb` is chosen;
-    `block_size` or `classes_per_pass` fixes one of them. If none fits, the
-    smallest is taken. 'ntvp' gets NTVP_BLOCK_SIZE images per block by
-    default.
-
-    Args:
-      n_images: N.
-      survey: the model's jacobians.survey.
-      classes: the logits wanted (see kernel_classes).
-      block_size: images per block, or None to choose; capped at N.
-      classes_per_pass: logits per pass G, or None to choose.
-      memory_gb: the GiB the blocks may take.
-      implementation: one of IMPLEMENTATIONS.
-    """
-    factored = (
-        factored_layers(survey, len(classes))
-        if implementation == "rows"
-        else ()
-    )
-    costs = BlockCosts(survey, factored)
-    if block_size is None and implementation == "ntvp":
-        block_size = NTVP_BLOCK_SIZE
-    sizes = (
-        [min(block_size, n_images)] if block_size else _even_splits(n_images)
-    )
-    per_pass = (
-        [min(classes_per_pass, len(classes))]
-        if classes_per_pass
-        else _even_splits(len(classes))
-    )
-    budget = memory_gb * 2**30 / _BYTES_PER_FLOAT
-    fitting = [
-        (size, logits)
-        for size in sizes
-        for logits in per_pass
-        if _peak_floats(n_images, len(classes), size, logits, costs) <= budget
-    ]
-    size, logits = min(
-        fitting or [(min(sizes), min(per_pass))],
-        key=lambda choice: _modelled_macs(
-            n_images, len(classes), *choice, costs, implementation
-        ),
-    )
-    return BlockPlan(n_images, size, _split_classes(classes, logits), factored)
-
-
-def plan_peak_gib(plan: BlockPlan, survey: jacobians.Survey) -> float:
-    """The modelled peak memory of `plan`'s blocks, GiB."""
-    costs = BlockCosts(survey, plan.factored)
-    n_classes = len({c for classes in plan.passes for c in classes})
-    floats = _peak_floats(
-        plan.n_images, n_classes, plan.size, len(plan.passes[0]), costs
-    )
-    return floats * _BYTES_PER_FLOAT / 2**30
-
-
-def describe_plan(
-    plan: BlockPlan, survey: jacobians.Survey, implementation: str
-) -> str:
-    """One line: images, blocks, passes, factored layers, modelled peak."""
-    logits = len(plan.passes[0])
-    return (
-        f"kernel ({implementation}): {plan.n_images} images in "
-        f"{plan.n_blocks} block(s) of {plan.size}, {logits} logit(s) "
-        f"per pass, {len(plan.passes)} pass(es), "
-        f"{len(plan.factored)} of {len(survey.layers)} weight layers "
-        f"factored, modelled peak "
-        f"{plan_peak_gib(plan, survey):.2f} GiB"
-    )
-
-
-def _peak_floats(
-    n_images: int,
-    n_classes: int,
-    size: int,
-    logits: int,
-    costs: BlockCosts,
-) -> int:
-    """The blocks' peak (BlockCosts.peak_floats) plus, when there are
-    several passes, the overlaps kept for every pair of blocks; float32
-    values."""
-    n_blocks = data.n_batches(n_images, size)
-    kept_pairs = _upper_blocks(n_blocks) if n_classes > logits else 0
-    return costs.peak_floats(size, logits) + kept_pairs * costs.overlap_floats(
-        size
-    )
-
-
-def _modelled_macs(
-    n_images: int,
-    n_classes: int,
-    size: int,
-    logits: int,
-    costs: BlockCosts,
-    implementation: str,
-) -> int:
-    """Multiply-adds of a whole kernel in blocks of `size` images and
-    passes of `logits` (the last pass padded by repetition)."""
-    n_blocks = data.n_batches(n_images, size)
-    grams = _upper_blocks(n_blocks)
-    block_jacobians = (
-        1 + n_blocks * (n_blocks - 1) // 2
-        if implementation == "rows"
-        else 2 * grams
-    )
-    per_pass = block_jacobians * costs.jacobian_macs(size, logits) + grams * (
-        costs.gram_macs(size, logits) + _CALL_OVERHEAD_MACS
-    )
-    return data.n_batches(
-        n_classes, logits
-    ) * per_pass + grams * costs.overlap_macs(size)
-
-
-def _upper_blocks(n_blocks: int) -> int:
-    """Blocks on or above the diagonal of an n_blocks × n_blocks grid."""
-    return n_blocks * (n_blocks + 1) // 2
-
-
-def _even_splits(n: int) -> list[int]:
-    """The sizes ⌈n / k⌉, k = 1..n: the least padding for each count k."""
-    return sorted({data.n_batches(n, k) for k in range(1, n + 1)})
-
-
-def _split_classes(
-    classes: Sequence[int], per_pass: int
-) -> tuple[tuple[int, ...], ...]:
-    """`classes` in ⌈K / per_pass⌉ chunks of equal length, at most
-    `per_pass`, the last padded by repetition."""
-    per_pass = data.n_batches(
-        len(classes), data.n_batches(len(classes), per_pass)
-    )
-    chunks = []
-    for start in range(0, len(classes), per_pass):
-        chunk = tuple(classes[start : start + per_pass])
-        chunks.append(chunk + (chunk[-1],) * (per_pass - len(chunk)))
-    return tuple(chunks)
 
 
 # --------------------------------------------------------------------------
@@ -649,161 +355,133 @@ def block_schedule(apply_fn: Callable, implementation: str) -> Callable:
 # --------------------------------------------------------------------------
 
 
-def _prepare(
-    apply_fn: Callable,
-    params: models.Params,
-    net_state: models.State,
-    images: np.ndarray,
-    class_index: int | str,
-    implementation: str,
-    block_size: int | None,
-    classes_per_pass: int | None,
-    memory_gb: float,
-    log: Callable[[str], object] | None,
-) -> tuple[tuple[int, ...], BlockPlan, jacobians.Survey]:
-    """(the wanted logits, the plan for N = len(images), the survey)."""
-    survey = jacobians.survey(apply_fn, params, net_state, images.shape[1:])
-    classes = kernel_classes(class_index, survey.n_logits)
-    plan = make_plan(
-        len(images),
-        survey,
-        classes,
-        block_size,
-        classes_per_pass,
-        memory_gb,
-        implementation,
-    )
-    if log is not None:
-        log(describe_plan(plan, survey, implementation))
-    return classes, plan, survey
+@dataclasses.dataclass(frozen=True, eq=False)
+class Network:
+    """A model at the parameters its kernel is taken at.
+
+    apply_fn: the model's `apply(params, state, rng, images, is_training)`
+      returning ((B, K) logits, state).
+    params: the parameter tree θ the kernel is taken at.
+    net_state: batch-norm state (running statistics), held fixed.
+    """
+
+    apply_fn: Callable
+    params: models.Params
+    net_state: models.State
 
 
-def empirical_ntk(
-    apply_fn: Callable,
-    params: models.Params,
-    net_state: models.State,
-    images: np.ndarray,
-    class_index: int | str = COMBINED,
-    *,
+@dataclasses.dataclass(frozen=True)
+class KernelOptions:
+    """Which kernel, and how its blocks are planned.
+
+    class_index: c for K_c, COMBINED (−1) for the mean over logits
+      (1/K) Σ_c K_c, ALL_CLASSES for every K_c.
+    block_size, classes_per_pass, memory_gb: see planner.make_plan.
+    show_progress: a tqdm bar over blocks on stderr.
+    """
+
+    class_index: int | str = COMBINED
+    block_size: int | None = None
+    classes_per_pass: int | None = None
+    memory_gb: float = DEFAULT_MEMORY_GB
+    show_progress: bool = False
+
+
+# kernel(images_a (M, H, W, C), images_b (N, H, W, C) or None) -> float32.
+KernelFn = Callable[..., np.ndarray]
+
+
+def ntk_fn(
+    network: Network,
     implementation: str = DEFAULT_IMPLEMENTATION,
-    block_size: int | None = None,
-    classes_per_pass: int | None = None,
-    memory_gb: float = DEFAULT_MEMORY_GB,
-    show_progress: bool = False,
+    options: KernelOptions | None = None,
+    *,
     schedule: Callable | None = None,
     log: Callable[[str], object] | None = None,
-) -> np.ndarray:
-    """The empirical NTK of a model on `images`, batch norm in eval mode.
+) -> KernelFn:
+    """The empirical NTK of `network`, batch norm in eval mode, as a
+    function of images (in the manner of neural-tangents'
+    `empirical_ntk_fn`).
 
-    Args:
-      apply_fn: the model's `apply(params, state, rng, images, is_training)`
-        returning ((B, K) logits, state).
-      params: the parameter tree θ the kernel is taken at.
-      net_state: batch-norm state (running statistics), held fixed.
-      images: (N, H, W, C) float32.
-      class_index: c for K_c, COMBINED (−1) for the mean over logits
-        (1/K) Σ_c K_c, ALL_CLASSES for every K_c.
-      implementation: one of IMPLEMENTATIONS.
-      block_size, classes_per_pass, memory_gb: see make_plan.
-      show_progress: a tqdm bar over blocks on stderr.
-      schedule: a block_schedule(apply_fn, implementation) to reuse
-        (compiled functions are kept in it); built when None.
-      log: called with a line describing the plan (describe_plan).
-    Returns:
-      float32 (N, N) for one class or COMBINED, (K, N, N) for ALL_CLASSES;
-      exactly symmetric.
-    Raises:
-      UserError: `class_index` is not valid for the model's K logits.
-    """
-    images = np.asarray(images, np.float32)
-    classes, plan, survey = _prepare(
-        apply_fn,
-        params,
-        net_state,
-        images,
-        class_index,
-        implementation,
-        block_size,
-        classes_per_pass,
-        memory_gb,
-        log,
-    )
-    kernels = _per_class_kernels(
-        schedule or block_schedule(apply_fn, implementation),
-        params,
-        net_state,
-        images,
-        None,
-        plan,
-        survey,
-        show_progress,
-    )
-    return _select(
-        {c: _symmetric(kernel) for c, kernel in kernels.items()},
-        classes,
-        class_index,
-    )
+    `kernel(images)`, images (N, H, W, C): the kernel of the N images,
+    float32 (N, N) for one class or COMBINED, (K, N, N) for ALL_CLASSES;
+    exactly symmetric (the blocks on or above the diagonal, the rest their
+    transpose).
 
-
-def cross_ntk(
-    apply_fn: Callable,
-    params: models.Params,
-    net_state: models.State,
-    test_images: np.ndarray,
-    images: np.ndarray,
-    class_index: int | str = COMBINED,
-    *,
-    implementation: str = DEFAULT_IMPLEMENTATION,
-    block_size: int | None = None,
-    classes_per_pass: int | None = None,
-    memory_gb: float = DEFAULT_MEMORY_GB,
-    show_progress: bool = False,
-    schedule: Callable | None = None,
-) -> np.ndarray:
-    """The cross kernel K(test, train) of a model, batch norm in eval mode.
-
-    Entry [a, i] = ∇θ f_c(x_test_a) · ∇θ f_c(x_i) for K_c (the mean over
-    c for COMBINED). Blocks as empirical_ntk's plan for the N training
-    images (the same block size, logits per pass and factored layers, so
-    the same compiled functions); the M test images are cut into blocks of
-    that size, the last zero-padded, and every block of the rectangle is
-    computed (block_schedule with `columns`). Peak memory is at most
-    empirical_ntk's; with several passes the overlaps of all
+    `kernel(images_a, images_b)`, (M, H, W, C) and (N, H, W, C): the cross
+    kernel K(a, b), entry [a, i] = ∇θ f_c(x_a) · ∇θ f_c(x_i) for K_c (the
+    mean over c for COMBINED), float32 (M, N) or (K, M, N). Blocks as
+    the plan for the N images_b (the same block size, logits per pass and
+    factored layers, so the same compiled functions); images_a are cut
+    into blocks of that size, the last zero-padded, and every block of the
+    rectangle is computed (block_schedule with `columns`). Peak memory is
+    at most the square kernel's; with several passes the overlaps of all
     ⌈M/B⌉·⌈N/B⌉ pairs of blocks are kept.
 
     Args:
-      test_images: (M, H, W, C) float32, the rows.
-      images: (N, H, W, C) float32, the training images, the columns.
-      the rest: as empirical_ntk.
+      network: the model and the parameters.
+      implementation: one of IMPLEMENTATIONS.
+      options: the kernel wanted and its plan (KernelOptions() if None).
+      schedule: a block_schedule(network.apply_fn, implementation) to
+        reuse (compiled functions are kept in it, across parameters of
+        the same model); built once here when None.
+      log: called with a line describing the plan (planner.describe_plan)
+        by every square kernel; never by a cross kernel.
     Returns:
-      float32 (M, N) for one class or COMBINED, (K, M, N) for ALL_CLASSES.
-    Raises:
-      UserError: `class_index` is not valid for the model's K logits.
+      kernel(images_a, images_b=None), which raises UserError when
+      `options.class_index` is not valid for the model's K logits.
     """
-    images = np.asarray(images, np.float32)
-    classes, plan, survey = _prepare(
-        apply_fn,
-        params,
-        net_state,
-        images,
-        class_index,
-        implementation,
-        block_size,
-        classes_per_pass,
-        memory_gb,
-        None,
+    options = options or KernelOptions()
+    schedule = schedule or block_schedule(network.apply_fn, implementation)
+
+    def kernel(
+        images_a: np.ndarray, images_b: np.ndarray | None = None
+    ) -> np.ndarray:
+        square = images_b is None
+        images = np.asarray(images_a if square else images_b, np.float32)
+        classes, plan, survey = _prepare(
+            network, images, implementation, options, log if square else None
+        )
+        kernels = _per_class_kernels(
+            schedule,
+            network,
+            images if square else np.asarray(images_a, np.float32),
+            None if square else images,
+            plan,
+            survey,
+            options.show_progress,
+        )
+        if square:
+            kernels = {c: _symmetric(k) for c, k in kernels.items()}
+        return _select(kernels, classes, options.class_index)
+
+    return kernel
+
+
+def _prepare(
+    network: Network,
+    images: np.ndarray,
+    implementation: str,
+    options: KernelOptions,
+    log: Callable[[str], object] | None,
+) -> tuple[tuple[int, ...], planner.BlockPlan, jacobians.Survey]:
+    """(the wanted logits, the plan for N = len(images), the survey)."""
+    survey = jacobians.survey(
+        network.apply_fn, network.params, network.net_state, images.shape[1:]
     )
-    kernels = _per_class_kernels(
-        schedule or block_schedule(apply_fn, implementation),
-        params,
-        net_state,
-        np.asarray(test_images, np.float32),
-        images,
-        plan,
+    classes = kernel_classes(options.class_index, survey.n_logits)
+    plan = planner.make_plan(
+        len(images),
         survey,
-        show_progress,
+        classes,
+        options.block_size,
+        options.classes_per_pass,
+        options.memory_gb,
+        implementation,
     )
-    return _select(kernels, classes, class_index)
+    if log is not None:
+        log(planner.describe_plan(plan, survey, implementation))
+    return classes, plan, survey
 
 
 def _select(
@@ -823,11 +501,10 @@ def _select(
 
 def _per_class_kernels(
     schedule: Callable,
-    params: models.Params,
-    net_state: models.State,
+    network: Network,
     images: np.ndarray,
     columns: np.ndarray | None,
-    plan: BlockPlan,
+    plan: planner.BlockPlan,
     survey: jacobians.Survey,
     show_progress: bool,
 ) -> dict[int, np.ndarray]:
@@ -838,6 +515,8 @@ def _per_class_kernels(
     even where XLA would use TF32 (GPUs)."""
     blocks = functools.partial(
         schedule,
+        network.params,
+        network.net_state,
         layers=survey.layers,
         factored=plan.factored,
         overlaps={} if len(plan.passes) > 1 else None,
@@ -870,11 +549,7 @@ def _per_class_kernels(
                 np.float32,
             )
             for i, j, block in blocks(
-                params,
-                net_state,
-                rows,
-                jnp.asarray(classes, jnp.int32),
-                columns=columns,
+                rows, jnp.asarray(classes, jnp.int32), columns=columns
             ):
                 out[
                     :,

@@ -69,28 +69,33 @@ def write_run(folder, seed, epochs=EPOCHS, indices=None, speed=1.0):
             epoch=epoch,
             phase="standard",
             checkpoint_relpath=os.path.join("..", "..", f"{name}.pkl"),
-            test_labels=np.arange(M) % C,
-            test_indices=np.arange(M),
         )
         chosen = np.arange(N) if indices is None else indices
+        tests = dict(test_labels=np.arange(M) % C, test_indices=np.arange(M))
         kernel_files.write(
             out,
             "saved_kernel",
-            kernel_files.ALL_CLASSES,
-            full[:, :N, :N],
-            labels,
-            chosen,
-            test_kernel=full[:, N:, :N],
+            kernel_files.Kernels(
+                kernel_files.ALL_CLASSES,
+                full[:, :N, :N],
+                labels,
+                chosen,
+                test_kernel=full[:, N:, :N],
+                **tests,
+            ),
             **common,
         )
         kernel_files.write(
             out,
             "saved_kernel",
-            kernel_files.COMBINED,
-            full.mean(0)[:N, :N],
-            labels,
-            chosen,
-            test_kernel=full.mean(0)[N:, :N],
+            kernel_files.Kernels(
+                kernel_files.COMBINED,
+                full.mean(0)[:N, :N],
+                labels,
+                chosen,
+                test_kernel=full.mean(0)[N:, :N],
+                **tests,
+            ),
             **common,
         )
 
@@ -459,10 +464,12 @@ def write_angle_run(folder, angles):
         kernel_files.write(
             out,
             "saved_kernel",
-            0,
-            np.diag([np.cos(theta), np.sin(theta)]).astype(np.float32),
-            np.array([0, 1]),
-            np.array([5, 9]),
+            kernel_files.Kernels(
+                0,
+                np.diag([np.cos(theta), np.sin(theta)]).astype(np.float32),
+                np.array([0, 1]),
+                np.array([5, 9]),
+            ),
             n_logits=2,
             epoch=epoch,
             phase="standard",

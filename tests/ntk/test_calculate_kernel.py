@@ -333,10 +333,10 @@ def test_several_checkpoints_with_cross_kernels(run_dir, sweep, capsys):
     both = np.concatenate(
         [run_dir["images"][indices], test_images[test_indices]]
     )
-    checkpoints = [checkpoints.load_checkpoint(path) for path in sweep]
+    loaded = [checkpoints.load_checkpoint(path) for path in sweep]
     references = reference_kernels(
         SPEC.build().apply,
-        [checkpoint["params"] for checkpoint in checkpoints],
+        [checkpoint["params"] for checkpoint in loaded],
         run_dir["state"],
         both,
     )

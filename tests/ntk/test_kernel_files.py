@@ -1,6 +1,6 @@
-"""kernel_files: names, the checkpoint's epoch, atomic writes read back by
-plain pickle, and reading with every check, the original's files included
-(their indices recomputed as the original drew them)."""
+"""kernel_files: names (layout's), the checkpoint's epoch, atomic writes
+read back by plain pickle, and reading with every check, the original's
+files included (their indices recomputed as the original drew them)."""
 
 import os
 
@@ -10,6 +10,7 @@ import pytest
 from helpers import legacy_balanced_indices, load_pickle
 from ntk import kernel_files
 from ntk.kernel_files import ALL_CLASSES, COMBINED
+from store import layout
 from store.atomic import atomic_pickle
 from utils import UserError
 
@@ -56,10 +57,11 @@ def write(tmp_path, record, name="kernel.pkl"):
 
 
 def test_file_names():
-    assert kernel_files.file_name("k", 3, 500) == "k_class_3_500.pkl"
-    assert kernel_files.file_name("k", COMBINED, 500) == "k_500.pkl"
+    """layout.kernel_file, whose class None is COMBINED."""
+    assert layout.kernel_file("k", 3, 500) == "k_class_3_500.pkl"
+    assert layout.kernel_file("k", None, 500) == "k_500.pkl"
     assert (
-        kernel_files.file_name(kernel_files.DEFAULT_SAVE_NAME, 0, 20)
+        layout.kernel_file(layout.KERNEL_SAVE_NAME, 0, 20)
         == "saved_kernel_class_0_20.pkl"
     )
 
@@ -107,10 +109,12 @@ def test_all_classes_one_file_each(tmp_path):
     paths = kernel_files.write(
         str(tmp_path),
         "k",
-        ALL_CLASSES,
-        kernels,
-        labels,
-        indices,
+        kernel_files.Kernels(
+            ALL_CLASSES,
+            kernels,
+            labels,
+            indices,
+        ),
         n_logits=N_CLASSES,
         epoch=0.25,
         model="mlp_skinny",
@@ -140,10 +144,12 @@ def test_combined_file_says_it_is_the_mean(tmp_path):
     (path,) = kernel_files.write(
         str(tmp_path),
         "k",
-        COMBINED,
-        kernel_matrix(),
-        np.zeros(SIZE, int),
-        np.arange(SIZE),
+        kernel_files.Kernels(
+            COMBINED,
+            kernel_matrix(),
+            np.zeros(SIZE, int),
+            np.arange(SIZE),
+        ),
         n_logits=10,
         epoch=None,
         random_seed=4,
@@ -326,15 +332,17 @@ def test_cross_kernels_are_written_per_class_and_read_back(tmp_path):
     paths = kernel_files.write(
         str(tmp_path),
         "k",
-        ALL_CLASSES,
-        kernels,
-        np.repeat(np.arange(N_CLASSES), 2),
-        np.arange(SIZE),
+        kernel_files.Kernels(
+            ALL_CLASSES,
+            kernels,
+            np.repeat(np.arange(N_CLASSES), 2),
+            np.arange(SIZE),
+            test_kernel=cross,
+            test_labels=np.array([0, 1, 2, 0]),
+            test_indices=np.array([7, 3, 9, 1]),
+        ),
         n_logits=N_CLASSES,
         epoch=1,
-        test_kernel=cross,
-        test_labels=np.array([0, 1, 2, 0]),
-        test_indices=np.array([7, 3, 9, 1]),
     )
     for c, path in enumerate(paths):
         record = load_pickle(path)
@@ -416,7 +424,7 @@ def test_pickles_that_are_not_kernel_files(tmp_path):
     ],
 )
 def test_kernel_file_names(name, expected):
-    assert kernel_files.is_kernel_file_name(name) is expected
+    assert layout.is_kernel_file(name) is expected
 
 
 def test_checkpoint_folder_follows_the_relative_path(tmp_path):

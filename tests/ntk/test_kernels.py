@@ -1,6 +1,6 @@
 """kernels: every implementation against J Jᵀ from jax.jacrev, the combined
-kernel against the original's (neural-tangents' traced kernel), block plans
-and their cost model."""
+kernel against the original's (neural-tangents' traced kernel); planner:
+block plans and their cost model."""
 
 import functools
 
@@ -12,7 +12,7 @@ import pytest
 import models
 from helpers import kernel_implementations, needs_neural_tangents
 from kernel_reference import network, reference_kernels, relative_error
-from ntk import jacobians, kernels, nt_compat
+from ntk import jacobians, kernels, nt_compat, planner
 from ntk.kernel_files import ALL_CLASSES, COMBINED
 from utils import UserError
 
@@ -55,15 +55,25 @@ def compute(net, implementation, class_index, use_lin_params=False):
         "resnet": resnet,
         "mlp": mlp,
     }[net]()
-    return kernels.empirical_ntk(
+    return kernel_fn(
         apply_fn,
         lin_params if use_lin_params else params,
         state,
-        images,
+        net,
+        implementation,
         class_index,
-        implementation=implementation,
-        block_size=BLOCK,
-        classes_per_pass=PER_PASS,
+    )(images)
+
+
+def kernel_fn(apply_fn, params, state, net, implementation, class_index):
+    """kernels.ntk_fn in blocks of BLOCK images, PER_PASS logits per pass,
+    with the shared schedule."""
+    return kernels.ntk_fn(
+        kernels.Network(apply_fn, params, state),
+        implementation,
+        kernels.KernelOptions(
+            class_index, block_size=BLOCK, classes_per_pass=PER_PASS
+        ),
         schedule=schedule(net, implementation),
     )
 
@@ -178,17 +188,8 @@ def test_cross_kernel_matches_reference(
     references, net, implementation, class_index
 ):
     apply_fn, params, _, state, images = {"resnet": resnet, "mlp": mlp}[net]()
-    got = kernels.cross_ntk(
-        apply_fn,
-        params,
-        state,
-        images[CROSS_TEST],
-        images[CROSS_TRAIN],
-        class_index,
-        implementation=implementation,
-        block_size=BLOCK,
-        classes_per_pass=PER_PASS,
-        schedule=schedule(net, implementation),
+    got = kernel_fn(apply_fn, params, state, net, implementation, class_index)(
+        images[CROSS_TEST], images[CROSS_TRAIN]
     )
     want = expected(references[net], class_index)[..., CROSS_TEST, CROSS_TRAIN]
     assert got.dtype == np.float32 and got.shape == want.shape
@@ -199,18 +200,29 @@ def test_cross_kernel_of_the_training_images_is_the_kernel():
     """K(X, X) from the rectangle schedule equals the square kernel."""
     apply_fn, params, _, state, images = resnet()
     square = compute("resnet", "rows", ALL_CLASSES)
-    cross = kernels.cross_ntk(
-        apply_fn,
-        params,
-        state,
-        images,
-        images,
-        ALL_CLASSES,
-        block_size=BLOCK,
-        classes_per_pass=PER_PASS,
-        schedule=schedule("resnet", "rows"),
+    cross = kernel_fn(apply_fn, params, state, "resnet", "rows", ALL_CLASSES)(
+        images, images
     )
     assert relative_error(cross, square) < 1e-6
+
+
+def test_plan_is_logged_by_square_kernels_only():
+    """ntk_fn's `log` gets planner.describe_plan's line for each square
+    kernel; the cross kernel (two arguments) logs nothing."""
+    apply_fn, params, _, state, images = mlp()
+    lines = []
+    kernel = kernels.ntk_fn(
+        kernels.Network(apply_fn, params, state),
+        "rows",
+        kernels.KernelOptions(0, block_size=BLOCK),
+        schedule=schedule("mlp", "rows"),
+        log=lines.append,
+    )
+    assert kernel(images[:4], images).shape == (4, N_IMAGES)
+    assert lines == []
+    assert kernel(images).shape == (N_IMAGES, N_IMAGES)
+    assert len(lines) == 1
+    assert lines[0].startswith("kernel (rows): 7 images in 3 block(s) of 3")
 
 
 @pytest.mark.parametrize("class_index", [2, COMBINED])
@@ -231,18 +243,15 @@ def test_one_trace_serves_every_block():
         return apply_fn(*args)
 
     schedule_ = kernels.block_schedule(counting_apply, "rows")
-    run = functools.partial(
-        kernels.empirical_ntk,
-        counting_apply,
-        params,
-        state,
-        class_index=0,
-        block_size=2,
+    run = kernels.ntk_fn(
+        kernels.Network(counting_apply, params, state),
+        "rows",
+        kernels.KernelOptions(class_index=0, block_size=2),
         schedule=schedule_,
     )
-    run(images=images[:2])  # one block
+    run(images[:2])  # one block
     after_one_block = len(traces)
-    run(images=images)  # four blocks, ten of them computed
+    run(images)  # four blocks, ten of them computed
     # The second run only evaluates the logit count's shape once more.
     assert len(traces) == after_one_block + 1
 
@@ -268,7 +277,7 @@ def resnet18_survey():
 
 def test_plan_pads_blocks_and_passes():
     survey = abstract_survey("mlp_skinny", 1, (2, 2, 1), N_CLASSES)
-    plan = kernels.make_plan(
+    plan = planner.make_plan(
         7, survey, (0, 1, 2), block_size=3, classes_per_pass=2
     )
     assert plan.size == 3 and plan.n_blocks == 3 and plan.n_upper_blocks == 6
@@ -282,10 +291,10 @@ def test_plan_fits_memory_with_even_blocks():
     survey = resnet18_survey()
     assert survey.n_params == 11_173_962
     for memory_gb in (4.0, 8.0, 24.0):
-        plan = kernels.make_plan(
+        plan = planner.make_plan(
             500, survey, tuple(range(10)), memory_gb=memory_gb
         )
-        assert kernels.plan_peak_gib(plan, survey) <= memory_gb
+        assert planner.plan_peak_gib(plan, survey) <= memory_gb
         assert plan.n_blocks * plan.size - 500 < plan.n_blocks  # least pad
         assert sorted(c for p in plan.passes for c in set(p)) == list(
             range(10)
@@ -307,20 +316,20 @@ def test_plan_fits_memory_with_even_blocks():
 
 
 def test_plan_falls_back_to_the_smallest_blocks():
-    plan = kernels.make_plan(500, resnet18_survey(), (0, 1), memory_gb=1e-3)
+    plan = planner.make_plan(500, resnet18_survey(), (0, 1), memory_gb=1e-3)
     assert plan.size == 1 and plan.passes == ((0,), (1,))
     assert (
-        kernels.make_plan(5, resnet18_survey(), (4,), block_size=64).size == 5
+        planner.make_plan(5, resnet18_survey(), (4,), block_size=64).size == 5
     )
-    ntvp = kernels.make_plan(
+    ntvp = planner.make_plan(
         500, resnet18_survey(), (4,), implementation="ntvp"
     )
-    assert ntvp.size == kernels.NTVP_BLOCK_SIZE and ntvp.factored == ()
+    assert ntvp.size == planner.NTVP_BLOCK_SIZE and ntvp.factored == ()
 
 
 def test_passes_balance_classes():
     survey = abstract_survey("mlp_skinny", 1, (2, 2, 1))
-    plan = kernels.make_plan(
+    plan = planner.make_plan(
         10, survey, tuple(range(10)), block_size=10, classes_per_pass=7
     )
     assert plan.passes == ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
@@ -341,12 +350,12 @@ def test_factoring_rule():
     linear = jacobians.WeightLayer("linear", (1, 10), 1, 512, 10)
     # S²(D + G·O) against G·D·O multiply-adds per pair of images.
     assert 16**2 * (4608 + 512) < 4608 * 512  # late, one logit
-    assert kernels.factoring_pays(late, 1)
-    assert kernels.factoring_pays(linear, 1)
+    assert planner.factoring_pays(late, 1)
+    assert planner.factoring_pays(linear, 1)
     assert 1024**2 * (576 + 10 * 64) > 10 * 576 * 64  # early, ten logits
-    assert not kernels.factoring_pays(early, 10)
+    assert not planner.factoring_pays(early, 10)
     survey = jacobians.Survey(10, 0, (late, early, linear))
-    assert kernels.factored_layers(survey, 1) == ("late", "linear")
+    assert planner.factored_layers(survey, 1) == ("late", "linear")
 
 
 @pytest.mark.parametrize("factored", ["all", "none"])
@@ -361,7 +370,7 @@ def test_memory_model_counts_the_block(factored):
         params, state, images[:3], jnp.asarray([0, 1], jnp.int32)
     )
     held = sum(leaf.size for leaf in jax.tree_util.tree_leaves(block))
-    assert kernels.BlockCosts(survey, names).jacobian_floats(3, 2) == held
+    assert planner.BlockCosts(survey, names).jacobian_floats(3, 2) == held
 
 
 def test_unknown_implementation_is_refused():
