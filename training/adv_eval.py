@@ -1,150 +1,81 @@
-"""Clean and PGD-L∞ accuracy of a checkpoint; adversarial examples; transfer.
+"""The library of `eval_and_make_adv.py` (see its docstring): a checkpoint's
+clean and PGD-L∞ accuracy on the test set or on example files, the
+adversarial examples, and the files that record them (named by
+`store.layout`: layout.eval_outputs, layout.eval_summaries).
 
-    python3 eval_and_make_adv.py --model_path RUN/parameters_final.pkl \
-        --linear --centering --save_examples --bonus_dir test_results
-
-evaluates the model of a checkpoint on the test set, clean and under PGD-L∞
-(eps --eps/255, --pgd_iters steps of 2·eps/--pgd_iters, random start), and
-writes in `{dirname(model_path)}/{bonus_dir}/`:
-
-- `test_results_{save_name}.pkl`: {'acc_clean', 'acc_dirty',
-  'predictions_clean', 'predictions_dirty', 'components_clean',
-  'components_dirty'}; components are {'f': (N, K), 'df': (N, K)} float32
-  with logits f + df (centered: df). With --no_adv no attack runs and, as
-  in the original, the *_dirty entries are the clean ones.
-- `adv_examples_{save_name}.pkl` (--save_examples): {'images' float32
-  (N, C, H, W) in [0, 1], 'labels' int32 (N,)}: the adversarial images, or
-  with --no_adv the clean ones.
-- `results_{save_name}.json`: accuracies, the model and attack evaluated,
-  the flags and the software environment.
-
-Without --linear the network at `params` is evaluated (f = its logits,
-df = 0), or with --centering f(x; params) − f(x; lin_params) as the original
-(for --do_standard_second checkpoints: the trained network minus θ(t));
-with --linear the linearization around `params`, at `lin_params` (centered
-with --centering).
-
---test_path F1 [F2 ...] (or '', the original's default: the test set)
-evaluates on example files (as written by
---save_examples) instead of the test set and also writes
-`transfer_{save_name}.json`, a table of clean and robust accuracy per file.
-With several files the per-file outputs get the suffix `_{i}` (i = the
-file's position on the command line).
+`evaluate_checkpoint(settings)` does what the script does, for the
+`AdvEvalSettings` of its flags.
 """
 
 import argparse
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
 import attacks
-import cli
 import data
 import models
 import utils
-from store import atomic, provenance
+from store import atomic, layout, provenance
 from training import evaluation
 
 SHORT_BATCHES = 10
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line's flags (the original's, then ours)."""
-    parser = cli.ArgumentParser(
-        description="Clean and PGD-Linf accuracy of a checkpoint, "
-        "adversarial examples and transfer tests."
-    )
-    parser.add_argument(
-        "--model_path",
-        required=True,
-        help="checkpoint (parameters_*.pkl) to evaluate",
-    )
-    parser.add_argument(
-        "--save_name",
-        default="test_results",
-        help="suffix of the output file names",
-    )
-    parser.add_argument(
-        "--linear",
-        action="store_true",
-        help="evaluate the linearization around params, at "
-        "lin_params (else the network at params)",
-    )
-    parser.add_argument(
-        "--centering",
-        action="store_true",
-        help="with --linear: the centered linearization; without: "
-        "f(x; params) - f(x; lin_params)",
-    )
-    parser.add_argument(
-        "--test_path",
-        nargs="+",
-        default=None,
-        help="example files {images (N,C,H,W), labels} to "
-        "evaluate on instead of the test set ('': the test set)",
-    )
-    parser.add_argument(
-        "--bonus_dir",
-        default=".",
-        help="output folder, relative to the model's",
-    )
-    parser.add_argument(
-        "--no_adv",
-        action="store_true",
-        help="clean accuracy only, no attack (dirty = clean)",
-    )
-    parser.add_argument(
-        "--save_examples",
-        action="store_true",
-        help="write the adversarial examples (with --no_adv: the clean "
-        "images)",
-    )
-    parser.add_argument(
-        "--short",
-        action="store_true",
-        help=f"only the first {SHORT_BATCHES} batches",
-    )
-    cli.add_seed_flag(parser, "seed of the attack and of --test_size")
-    cli.add_data_flags(parser)
-    cli.add_model_flags(parser)
-    cli.add_eps_flag(parser)
-    parser.add_argument(
-        "--test_size",
-        type=cli.positive_int,
-        default=None,
-        help="class-balanced subset of each test source (default: all)",
-    )
-    parser.add_argument("--batch_size", type=cli.positive_int, default=100)
-    parser.add_argument(
-        "--pgd_iters",
-        type=cli.positive_int,
-        default=100,
-        help="PGD steps (step size 2 eps / pgd_iters)",
-    )
-    parser.add_argument(
-        "--attack_loss",
-        default="ce",
-        choices=sorted(attacks.LOSSES),
-        help="loss PGD maximises: cross-entropy or margin",
-    )
-    parser.add_argument(
-        "--restarts",
-        type=cli.positive_int,
-        default=1,
-        help="random starts per example; the worst counts",
-    )
-    cli.add_progress_flag(parser)
-    args = parser.parse_args(argv)
-    if args.test_path is not None and all(p == "" for p in args.test_path):
-        args.test_path = None  # the original's default: the test set
-    return args
+@dataclasses.dataclass(frozen=True)
+class AdvEvalSettings:
+    """The settings of eval_and_make_adv.py: its flags, typed.
+
+    Each field is the flag of the same name (see eval_and_make_adv.py
+    --help; test_path None is the test set); `flags` is every flag as
+    parsed, which the results file records as it is.
+    """
+
+    # The model and what of it is evaluated.
+    model_path: str
+    model: str | None
+    width: int | None
+    dataset: str | None
+    linear: bool
+    centering: bool
+    # The test sources.
+    test_path: list[str] | None
+    data_path: str
+    test_size: int | None
+    random_seed: int
+    batch_size: int
+    short: bool
+    # The attack.
+    no_adv: bool
+    eps: float
+    pgd_iters: int
+    attack_loss: str
+    restarts: int
+    # The outputs.
+    bonus_dir: str
+    save_name: str
+    save_examples: bool
+    no_progress: bool
+    flags: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "AdvEvalSettings":
+        """The settings of eval_and_make_adv.py's parsed flags."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "flags"]
+        values = {name: getattr(args, name) for name in names}
+        return cls(**values, flags=dict(vars(args)))
+
+    @property
+    def max_batches(self) -> int | None:
+        """The batches evaluated per source (None: all)."""
+        return SHORT_BATCHES if self.short else None
 
 
 def load_model(
-    args: argparse.Namespace,
+    settings: AdvEvalSettings,
 ) -> tuple[dict, models.ModelSpec]:
     """The checkpoint and its ModelSpec, checked against each other.
 
@@ -152,15 +83,15 @@ def load_model(
         (checkpoint {'params', 'lin_params', 'net_state', 'meta'}, spec).
     """
     return models.load_checkpoint(
-        args.model_path,
-        model=args.model,
-        width=args.width,
-        dataset=args.dataset,
+        settings.model_path,
+        model=settings.model,
+        width=settings.width,
+        dataset=settings.dataset,
     )
 
 
 def choose_network(
-    args: argparse.Namespace, checkpoint: dict, spec: models.ModelSpec
+    settings: AdvEvalSettings, checkpoint: dict, spec: models.ModelSpec
 ) -> models.Network:
     """What the flags evaluate, as the original does: with --linear the
     linearization around params at lin_params (centered with
@@ -168,10 +99,10 @@ def choose_network(
     f(x; params) − f(x; lin_params)."""
     apply_fn, state = spec.build().apply, checkpoint["net_state"]
     params, lin_params = checkpoint["params"], checkpoint["lin_params"]
-    if args.linear:
-        dynamics = models.Dynamics(linear=True, centering=args.centering)
+    if settings.linear:
+        dynamics = models.Dynamics(linear=True, centering=settings.centering)
         return models.Network(apply_fn, dynamics, params, lin_params, state)
-    if args.centering:
+    if settings.centering:
         dynamics = models.Dynamics(linear=False, centering=True)
         return models.Network(apply_fn, dynamics, lin_params, params, state)
     return models.Network(apply_fn, models.STANDARD, params, params, state)
@@ -193,42 +124,42 @@ def describe_network(network: models.Network) -> dict:
     }
 
 
-def model_warnings(args: argparse.Namespace, checkpoint: dict) -> list[str]:
+def model_warnings(settings: AdvEvalSettings, checkpoint: dict) -> list[str]:
     """Lines saying where the flags and the checkpoint do not fit."""
-    meta, path = checkpoint["meta"], args.model_path
+    meta, path = checkpoint["meta"], settings.model_path
     same = utils.tree_equal(checkpoint["params"], checkpoint["lin_params"])
     lines = []
-    if args.centering and not args.linear and same:
+    if settings.centering and not settings.linear and same:
         lines.append(
             f"lin_params equal params in {path}: --centering without "
             "--linear evaluates f(x; params) - f(x; lin_params), all zero"
         )
-    if args.linear and same:
+    if settings.linear and same:
         lines.append(
             f"lin_params equal params in {path} (no phase 2?): --linear "
             "evaluates the linearization at its expansion point, i.e. the "
             "network at params"
-            + (" minus itself: all-zero logits" if args.centering else "")
+            + (" minus itself: all-zero logits" if settings.centering else "")
         )
-    if args.linear and _recorded_false(meta, "linear") and not same:
+    if settings.linear and _recorded_false(meta, "linear") and not same:
         lines.append(
             f"{path} trained lin_params with standard dynamics "
             "(--do_standard_second): --linear evaluates their "
             "linearization around params, not the trained model"
         )
     if (
-        args.linear
+        settings.linear
         and meta.get("linear")
         and not same
         and meta.get("centering") is not None
-        and bool(meta["centering"]) != args.centering
+        and bool(meta["centering"]) != settings.centering
     ):
         lines.append(
             f"{path} was trained with centering="
             f"{bool(meta['centering'])} but --centering is "
-            f"{'on' if args.centering else 'off'}"
+            f"{'on' if settings.centering else 'off'}"
         )
-    if not args.linear and not args.centering and not same:
+    if not settings.linear and not settings.centering and not same:
         lines.append(
             f"lin_params of {path} differ from params but are "
             "not used: evaluating the network at params (--linear "
@@ -242,26 +173,26 @@ def _recorded_false(meta: dict, key: str) -> bool:
     return meta.get(key) is not None and not meta[key]
 
 
-def attack_config(args: argparse.Namespace) -> attacks.AttackConfig | None:
+def attack_config(settings: AdvEvalSettings) -> attacks.AttackConfig | None:
     """The PGD-L∞ attack of the flags, or None with --no_adv."""
-    if args.no_adv:
+    if settings.no_adv:
         return None
     return dataclasses.replace(
-        attacks.eval_linf(args.eps, args.pgd_iters),
-        loss=args.attack_loss,
-        restarts=args.restarts,
+        attacks.eval_linf(settings.eps, settings.pgd_iters),
+        loss=settings.attack_loss,
+        restarts=settings.restarts,
     )
 
 
 def load_sources(
-    args: argparse.Namespace, spec: models.ModelSpec
+    settings: AdvEvalSettings, spec: models.ModelSpec
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The test sources: [(name, images (N, H, W, C), labels (N,))].
 
     The test set, or each --test_path file; --test_size takes the same
     class-balanced subset of each.
     """
-    if args.test_path:
+    if settings.test_path:
         sources = [
             (
                 path,
@@ -271,15 +202,20 @@ def load_sources(
                     spec.n_classes,
                 ),
             )
-            for path in args.test_path
+            for path in settings.test_path
         ]
     else:
         images, labels = data.load_split(
-            spec.dataset, args.data_path, train=False
+            spec.dataset, settings.data_path, train=False
         )
         sources = [(f"{spec.dataset} test set", images, labels)]
     return [
-        (name, *data.subset(images, labels, args.test_size, args.random_seed))
+        (
+            name,
+            *data.subset(
+                images, labels, settings.test_size, settings.random_seed
+            ),
+        )
         for name, images, labels in sources
     ]
 
@@ -289,14 +225,11 @@ def output_paths(
 ) -> dict[str, str]:
     """{'results', 'examples'} pickle paths of source `index` of `count`."""
     suffix = save_name if count == 1 else f"{save_name}_{index}"
-    return {
-        "results": os.path.join(out_dir, f"test_results_{suffix}.pkl"),
-        "examples": os.path.join(out_dir, f"adv_examples_{suffix}.pkl"),
-    }
+    return layout.eval_outputs(out_dir, suffix)
 
 
 def evaluate_source(
-    args: argparse.Namespace,
+    settings: AdvEvalSettings,
     network: models.Network,
     attack: attacks.AttackConfig | None,
     eval_step: Callable,
@@ -314,18 +247,20 @@ def evaluate_source(
         labels,
         attack=attack,
         eval_step=eval_step,
-        batch_size=args.batch_size,
-        seed=args.random_seed,
-        max_batches=SHORT_BATCHES if args.short else None,
-        keep_examples=args.save_examples and attack is not None,
-        progress=not args.no_progress,
-        desc=os.path.basename(name),
+        options=evaluation.EvalOptions(
+            batch_size=settings.batch_size,
+            seed=settings.random_seed,
+            max_batches=settings.max_batches,
+            keep_examples=settings.save_examples and attack is not None,
+            progress=not settings.no_progress,
+            desc=os.path.basename(name),
+        ),
     )
     return result, images[: result.n], labels[: result.n]
 
 
 def write_source_outputs(
-    args: argparse.Namespace,
+    settings: AdvEvalSettings,
     paths: dict[str, str],
     result: evaluation.EvalResult,
     images: np.ndarray,
@@ -336,7 +271,7 @@ def write_source_outputs(
     returns the files written."""
     atomic.atomic_pickle(paths["results"], evaluation.results_record(result))
     written = {"results_file": paths["results"]}
-    if args.save_examples:
+    if settings.save_examples:
         examples = images if result.adv_images is None else result.adv_images
         atomic.atomic_pickle(
             paths["examples"], evaluation.examples_record(examples, labels)
@@ -346,22 +281,22 @@ def write_source_outputs(
 
 
 def attack_record(
-    attack: attacks.AttackConfig | None, args: argparse.Namespace
+    attack: attacks.AttackConfig | None, settings: AdvEvalSettings
 ) -> dict | None:
     """The attack that ran, for the results files (None with --no_adv)."""
     if attack is None:
         return None
     return dict(
         attack.kwargs(),
-        eps_255=args.eps,
-        seed=args.random_seed,
+        eps_255=settings.eps,
+        seed=settings.random_seed,
         random_start=True,
         keys="fold_in(PRNGKey(seed), batch index)",
     )
 
 
 def run_record(
-    args: argparse.Namespace,
+    settings: AdvEvalSettings,
     spec: models.ModelSpec,
     network: models.Network,
     attack: attacks.AttackConfig | None,
@@ -369,18 +304,18 @@ def run_record(
 ) -> dict:
     """The `results_{save_name}.json` content."""
     return {
-        "model_path": args.model_path,
+        "model_path": settings.model_path,
         "model": spec.as_meta(),
         "evaluated": describe_network(network),
-        "attack": attack_record(attack, args),
+        "attack": attack_record(attack, settings),
         "test": {
-            "batch_size": args.batch_size,
-            "test_size": args.test_size,
-            "short": args.short,
-            "max_batches": SHORT_BATCHES if args.short else None,
+            "batch_size": settings.batch_size,
+            "test_size": settings.test_size,
+            "short": settings.short,
+            "max_batches": settings.max_batches,
         },
         "sources": rows,
-        "flags": vars(args),
+        "flags": settings.flags,
         "environment": provenance.environment_info(),
     }
 
@@ -425,50 +360,61 @@ def summary_line(row: dict) -> str:
     return text
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    checkpoint, spec = load_model(args)
-    network = choose_network(args, checkpoint, spec)
-    attack = attack_config(args)
-    sources = load_sources(args, spec)
+def evaluate_checkpoint(settings: AdvEvalSettings) -> None:
+    """What eval_and_make_adv.py does: evaluates the checkpoint's model on
+    each source, writes each source's results (and examples), then the
+    results file (and with --test_path the transfer table)."""
+    checkpoint, spec = load_model(settings)
+    network = choose_network(settings, checkpoint, spec)
+    attack = attack_config(settings)
+    sources = load_sources(settings, spec)
     out_dir = atomic.ensure_writable_dir(
-        os.path.join(os.path.dirname(args.model_path), args.bonus_dir)
+        os.path.join(os.path.dirname(settings.model_path), settings.bonus_dir)
     )
     atomic.remove_stale_temp_files(out_dir)
     # Only once every input has been checked, so that errors stay one line.
-    for line in model_warnings(args, checkpoint):
+    for line in model_warnings(settings, checkpoint):
         utils.warn(line)
 
     eval_step = evaluation.make_eval_step(attack)
     rows = []
     for index, source in enumerate(sources):
-        started = time.perf_counter()
-        result, images, labels = evaluate_source(
-            args, network, attack, eval_step, source
+        paths = output_paths(out_dir, settings.save_name, index, len(sources))
+        row = _evaluate_and_write(
+            settings, (network, attack, eval_step), source, paths
         )
-        paths = output_paths(out_dir, args.save_name, index, len(sources))
-        row = {
-            "source": source[0],
-            "n": result.n,
-            "acc_clean": result.acc_clean,
-            "acc_dirty": result.acc_dirty,
-            "seconds": time.perf_counter() - started,
-        }
-        row.update(write_source_outputs(args, paths, result, images, labels))
         rows.append(row)
         print(summary_line(row))
 
-    record = run_record(args, spec, network, attack, rows)
-    atomic.atomic_write_json(
-        os.path.join(out_dir, f"results_{args.save_name}.json"), record
-    )
-    if args.test_path:
+    record = run_record(settings, spec, network, attack, rows)
+    summaries = layout.eval_summaries(out_dir, settings.save_name)
+    atomic.atomic_write_json(summaries["results"], record)
+    if settings.test_path:
         atomic.atomic_write_json(
-            os.path.join(out_dir, f"transfer_{args.save_name}.json"),
-            transfer_record(record),
+            summaries["transfer"], transfer_record(record)
         )
         print(transfer_table(rows))
 
 
-if __name__ == "__main__":
-    cli.run_cli(main)
+def _evaluate_and_write(
+    settings: AdvEvalSettings,
+    evaluated: tuple[models.Network, attacks.AttackConfig | None, Callable],
+    source: tuple[str, np.ndarray, np.ndarray],
+    paths: dict[str, str],
+) -> dict:
+    """Evaluates (network, attack, eval_step) `evaluated` on one source and
+    writes its files; returns its row of the results file."""
+    network, attack, eval_step = evaluated
+    started = time.perf_counter()
+    result, images, labels = evaluate_source(
+        settings, network, attack, eval_step, source
+    )
+    row = {
+        "source": source[0],
+        "n": result.n,
+        "acc_clean": result.acc_clean,
+        "acc_dirty": result.acc_dirty,
+        "seconds": time.perf_counter() - started,
+    }
+    row.update(write_source_outputs(settings, paths, result, images, labels))
+    return row
