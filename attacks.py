@@ -13,8 +13,8 @@ number of restarts, and more restarts can only make the attack stronger.
 Registries, one place each to extend: `NORMS` (name -> Norm), `LOSSES`
 (name -> per-example loss) and `EVAL_ATTACKS` (the attacks a run is
 evaluated with: name -> AttackConfig factory). The paper's settings are the
-`AttackConfig`s made by `train_linf`, `eval_linf` and `eval_l2`; pass them
-on as `pgd(..., **config.kwargs())`.
+`AttackConfig`s made by `train_linf`, `eval_linf` and `eval_l2`; pass one
+to `pgd(logits_fn, images, labels, key, config)`.
 """
 
 import dataclasses
@@ -157,7 +157,7 @@ class AttackConfig:
         _check(self.norm, self.loss, self.iters, self.restarts)
 
     def kwargs(self) -> dict:
-        """The keyword arguments of `pgd`, as a dict."""
+        """The attack's numbers as a plain dict (for the results files)."""
         return dataclasses.asdict(self)
 
 
@@ -199,14 +199,12 @@ def _single_start(
     images: jax.Array,
     labels: jax.Array,
     key: jax.Array,
-    eps: float,
-    step_size: float,
-    iters: int,
-    norm: Norm,
-    loss: str,
+    attack: AttackConfig,
 ) -> jax.Array:
     """PGD from one random start: (B, ...) adversarial images."""
-    loss_fn = LOSSES[loss]
+    loss_fn = LOSSES[attack.loss]
+    norm = NORMS[attack.norm]
+    eps = attack.eps
 
     def total_loss(adv: jax.Array) -> jax.Array:
         # Examples are independent, so the gradient of the sum gives each
@@ -214,13 +212,13 @@ def _single_start(
         return jnp.sum(loss_fn(logits_fn(adv), labels))
 
     def body(_: jax.Array, adv: jax.Array) -> jax.Array:
-        adv = adv + norm.ascent(jax.grad(total_loss)(adv), step_size)
+        adv = adv + norm.ascent(jax.grad(total_loss)(adv), attack.step_size)
         # Clipping to [0, 1] after the ball only moves pixels towards the
         # clean image (which lies in [0, 1]), so the result stays inside.
         return jnp.clip(images + norm.project(adv - images, eps), 0.0, 1.0)
 
     start = jnp.clip(images + norm.random_delta(key, images, eps), 0.0, 1.0)
-    return jax.lax.fori_loop(0, iters, body, start)
+    return jax.lax.fori_loop(0, attack.iters, body, start)
 
 
 def _is_better(
@@ -238,18 +236,13 @@ def pgd(
     images: jax.Array,
     labels: jax.Array,
     key: jax.Array,
-    *,
-    eps: float,
-    step_size: float,
-    iters: int,
-    norm: str = "linf",
-    loss: str = "ce",
-    restarts: int = 1,
+    attack: AttackConfig,
 ) -> jax.Array:
     """Projected gradient ascent on the loss, inside an eps-ball.
 
-    Traceable: wrap it in `jax.jit` with `norm`, `loss`, `iters` and
-    `restarts` fixed (closed over); `eps` and `step_size` may be traced.
+    Traceable: wrap it in `jax.jit` with `attack` closed over (its `norm`,
+    `loss`, `iters` and `restarts` fix the traced program; `eps` and
+    `step_size` may be traced values).
 
     Args:
         logits_fn: pure function, (B, H, W, C) float32 images -> (B, K)
@@ -258,45 +251,30 @@ def pgd(
         images: (B, H, W, C) float32 clean images in [0, 1].
         labels: (B,) int true classes.
         key: PRNG key; every random draw comes from it.
-        eps: radius of the ball per example, in pixel units (e.g. 4/255 for
-            'linf', 0.25 for 'l2').
-        step_size: step length in pixel units: `x + step_size * sign(g)`
-            for 'linf', `x + step_size * g / ||g||_2` per example for 'l2'.
-        iters: number of steps (a Python int).
-        norm: a key of NORMS.
-        loss: a key of LOSSES.
-        restarts: number of random starts (a Python int >= 1). Per example
-            the result is a misclassified image if any start found one,
-            otherwise the one with the highest loss.
+        attack: the AttackConfig: the ball (`norm`, `eps` in pixel units,
+            e.g. 4/255 for 'linf', 0.25 for 'l2'), the step (`step_size`:
+            `x + step_size * sign(g)` for 'linf', `x + step_size * g /
+            ||g||_2` per example for 'l2'), `iters` steps, the `loss`
+            maximised and `restarts` random starts. Per example the result
+            is a misclassified image if any start found one, otherwise the
+            one with the highest loss.
 
     Returns:
         (B, H, W, C) adversarial images in [0, 1] and within eps of
         `images`; no gradient flows back through them.
-
-    Raises:
-        ValueError: for an unknown norm or loss, or bad iters / restarts.
     """
-    _check(norm, loss, iters, restarts)
-    ball = NORMS[norm]
+    loss_fn = LOSSES[attack.loss]
 
     def restart(
         r: jax.Array, best: tuple[jax.Array, jax.Array, jax.Array]
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         best_adv, best_wrong, best_loss = best
         adv = _single_start(
-            logits_fn,
-            images,
-            labels,
-            jax.random.fold_in(key, r),
-            eps,
-            step_size,
-            iters,
-            ball,
-            loss,
+            logits_fn, images, labels, jax.random.fold_in(key, r), attack
         )
         logits = logits_fn(adv)
         wrong = jnp.argmax(logits, axis=-1) != labels
-        adv_loss = LOSSES[loss](logits, labels).astype(jnp.float32)
+        adv_loss = loss_fn(logits, labels).astype(jnp.float32)
         take = (r == 0) | _is_better(wrong, adv_loss, best_wrong, best_loss)
         return (
             jnp.where(_per_example(take, adv), adv, best_adv),
@@ -310,5 +288,5 @@ def pgd(
         jnp.zeros((batch,), bool),
         jnp.full((batch,), -jnp.inf, jnp.float32),
     )
-    best_adv, _, _ = jax.lax.fori_loop(0, restarts, restart, first)
+    best_adv, _, _ = jax.lax.fori_loop(0, attack.restarts, restart, first)
     return jax.lax.stop_gradient(best_adv)

@@ -6,12 +6,20 @@ from collections.abc import Sequence
 
 import attacks
 import cli
+from store import layout
 from training import experiment
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line's flags (the original's, then ours)."""
     p = cli.ArgumentParser(description=__doc__)
-    # The original's flags, with its defaults.
+    _add_original_flags(p)
+    _add_our_flags(p)
+    return p.parse_args(argv)
+
+
+def _add_original_flags(p: argparse.ArgumentParser) -> None:
+    """The original's flags, with its defaults."""
     p.add_argument(
         "--standard_epochs",
         type=cli.nonnegative_int,
@@ -32,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--save_models",
         action="store_true",
-        help="write parameters_final.pkl",
+        help=f"write {layout.FINAL}",
     )
     p.add_argument(
         "--constant_save",
@@ -88,7 +96,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save_path", default="./saved_models/")
     cli.add_model_flags(p)
     cli.add_data_flags(p)
-    # Ours.
+
+
+def _add_our_flags(p: argparse.ArgumentParser) -> None:
+    """The flags this reimplementation adds."""
     p.add_argument(
         "--train_size",
         type=cli.positive_int,
@@ -127,7 +138,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="save the resume state every N batches (and at every epoch end)",
     )
     cli.add_progress_flag(p)
-    return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -130,8 +130,8 @@ def pgd_iteration_flops(
                     apply_fn, params0, trainable, net_state, images, False
                 )[0]
 
-            kwargs = dict(attack.kwargs(), iters=iters)
-            return attacks.pgd(logits_fn, x, y, key, **kwargs)
+            config = dataclasses.replace(attack, iters=iters)
+            return attacks.pgd(logits_fn, x, y, key, config)
 
         args = (trainable, params0, net_state, x, y, jax.random.PRNGKey(0))
         return xla_flops(jax.jit(run).lower(*args).compile())

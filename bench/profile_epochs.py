@@ -120,7 +120,7 @@ def part_functions(phase: str, apply_fn, attack) -> dict:
         def logits_fn(images):
             return logits(trainable, params0, net_state, images, False)[0]
 
-        return attacks.pgd(logits_fn, x, y, key, **attack.kwargs())
+        return attacks.pgd(logits_fn, x, y, key, attack)
 
     names = (
         ("forward (BN train)", "forward + backward")

@@ -83,10 +83,20 @@ def eval_outputs(out_dir: str, suffix: str) -> dict[str, str]:
     }
 
 
+def eval_summaries(out_dir: str, save_name: str) -> dict[str, str]:
+    """eval_and_make_adv.py's {'results', 'transfer'} JSON files for its
+    --save_name: every source's accuracies and the run's settings, and
+    (with --test_path) the transfer table."""
+    return {
+        "results": os.path.join(out_dir, f"results_{save_name}.json"),
+        "transfer": os.path.join(out_dir, f"transfer_{save_name}.json"),
+    }
+
+
 def eval_record(out_dir: str, save_name: str) -> str:
     """eval_and_make_adv.py's JSON record of its evaluation (accuracies,
     the model and attack) for --save_name `save_name`."""
-    return os.path.join(out_dir, f"results_{save_name}.json")
+    return eval_summaries(out_dir, save_name)["results"]
 
 
 KERNEL_SAVE_NAME = "saved_kernel"  # calculate_kernel.py's --save_name

@@ -1,4 +1,5 @@
-"""The resume file of a run (run_exp.py --resume): its layout and reading.
+"""The resume file of a run (run_exp.py --resume): its layout, reading and
+writing.
 
 `{save_path}/train_state.pkl` (layout.STATE) is a pickle of
 ResumeRecord.as_dict(): plain dicts and NumPy arrays, with a `version`.
@@ -7,7 +8,7 @@ ResumeRecord.as_dict(): plain dicts and NumPy arrays, with a `version`.
 import dataclasses
 import os
 
-from store import layout, pickles
+from store import atomic, layout, pickles
 from utils import UserError
 
 STAGES = ("standard", "linear", "done")
@@ -64,6 +65,12 @@ def read(save_path: str) -> ResumeRecord | None:
     if not os.path.exists(file):
         return None
     return ResumeRecord.from_dict(pickles.safe_load_pickle(file), file)
+
+
+def write(save_path: str, record: ResumeRecord) -> None:
+    """Writes `record` as the resume file of the run in `save_path`
+    (atomically: a reader sees the old file or the new one)."""
+    atomic.atomic_pickle(path(save_path), record.as_dict())
 
 
 def stage(save_path: str) -> str | None:

@@ -29,7 +29,9 @@ def linear_logits_fn(weights):
 def jitted_pgd(logits_fn, **attack_kwargs):
     """The calling pattern of the callers: one jit around the whole attack."""
     return jax.jit(
-        lambda x, y, key: attacks.pgd(logits_fn, x, y, key, **attack_kwargs)
+        lambda x, y, key: attacks.pgd(
+            logits_fn, x, y, key, attacks.AttackConfig(**attack_kwargs)
+        )
     )
 
 
@@ -149,10 +151,9 @@ def test_random_start_fills_the_ball():
                 images,
                 labels,
                 jax.random.key(5),
-                eps=eps,
-                step_size=0.0,
-                iters=0,
-                norm="linf",
+                attacks.AttackConfig(
+                    eps=eps, step_size=0.0, iters=0, norm="linf"
+                ),
             )
         )
         - 0.5
@@ -170,10 +171,9 @@ def test_random_start_fills_the_ball():
                 images,
                 labels,
                 jax.random.key(5),
-                eps=l2_eps,
-                step_size=0.0,
-                iters=0,
-                norm="l2",
+                attacks.AttackConfig(
+                    eps=l2_eps, step_size=0.0, iters=0, norm="l2"
+                ),
             )
         )
         - 0.5
@@ -193,16 +193,14 @@ def test_l2_zero_gradient_takes_no_step():
         images,
         labels,
         jax.random.key(7),
-        iters=0,
-        **kwargs,
+        attacks.AttackConfig(iters=0, **kwargs),
     )
     adv = attacks.pgd(
         constant_logits_fn,
         images,
         labels,
         jax.random.key(7),
-        iters=5,
-        **kwargs,
+        attacks.AttackConfig(iters=5, **kwargs),
     )
     assert np.all(np.isfinite(adv))
     np.testing.assert_allclose(adv, start, atol=1e-7)
@@ -272,7 +270,11 @@ def compiled_attack(apply_fn, **attack_kwargs):
     labels, key) -> adversarial images."""
     return jax.jit(
         lambda params, images, labels, key: attacks.pgd(
-            lambda x: apply_fn(params, x), images, labels, key, **attack_kwargs
+            lambda x: apply_fn(params, x),
+            images,
+            labels,
+            key,
+            attacks.AttackConfig(**attack_kwargs),
         )
     )
 
@@ -339,8 +341,7 @@ def test_restart_zero_is_the_single_start():
         images,
         labels,
         jax.random.key(13),
-        restarts=1,
-        **kwargs,
+        attacks.AttackConfig(restarts=1, **kwargs),
     )
     # Equal losses everywhere: the worst case stays the first start's.
     several = attacks.pgd(
@@ -348,8 +349,7 @@ def test_restart_zero_is_the_single_start():
         images,
         labels,
         jax.random.key(13),
-        restarts=3,
-        **kwargs,
+        attacks.AttackConfig(restarts=3, **kwargs),
     )
     np.testing.assert_array_equal(single, several)
 
@@ -407,14 +407,12 @@ def test_jitted_attack_compiles_once(trained):
 )
 def test_bad_settings_raise(bad):
     kwargs = {"norm": "linf", "eps": 0.1, "step_size": 0.01, "iters": 1, **bad}
-    images = jnp.full((2,) + SHAPE, 0.5)
-    labels = jnp.zeros((2,), jnp.int32)
-    with pytest.raises(ValueError):
-        attacks.pgd(
-            constant_logits_fn, images, labels, jax.random.key(0), **kwargs
-        )
+    # pgd takes an AttackConfig, which refuses them when made.
     with pytest.raises(ValueError):
         attacks.AttackConfig(**kwargs)
+    valid = attacks.AttackConfig(norm="linf", eps=0.1, step_size=0.01, iters=1)
+    with pytest.raises(ValueError):
+        dataclasses.replace(valid, **bad)
 
 
 def test_paper_configs():
@@ -447,7 +445,7 @@ def test_config_kwargs_drive_pgd():
         images,
         labels,
         jax.random.key(17),
-        **config.kwargs(),
+        config,
     )
     expected = np.asarray(images) + (4 / 255) * np.sign(
         wrong_minus_true(weights, labels)

@@ -88,7 +88,7 @@ def make_eval_step(attack: attacks.AttackConfig | None) -> Callable:
             images,
             labels,
             key,
-            **attack.kwargs(),
+            attack,
         )
         f_adv, df_adv, _ = network.parts(adv)
         out.update(adv_images=adv, f_adv=f_adv, df_adv=df_adv)
@@ -219,32 +219,11 @@ class _Gathered:
         )
 
 
-def evaluate(
-    network: models.Network,
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    attack: attacks.AttackConfig | None,
-    batch_size: int = 100,
-    seed: int = 0,
-    max_batches: int | None = None,
-    keep_examples: bool = False,
-    progress: bool = True,
-    desc: str = "eval",
-    eval_step: Callable | None = None,
-) -> EvalResult:
-    """Clean and (with `attack`) robust accuracy on a test set.
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """How `evaluate` goes through a test set.
 
-    Batches of `batch_size` are taken in order; a short last batch is padded
-    to the full size (so it needs no second compilation) and its padding
-    dropped. Batch b is attacked with key `fold_in(PRNGKey(seed), b)`, so
-    results do not depend on what ran before.
-
-    Args:
-        network: the `models.Network` evaluated (batch norm in eval mode).
-        images: float32 (N, H, W, C) in [0, 1].
-        labels: int (N,).
-        attack: an `attacks.AttackConfig`, or None for clean accuracy only.
+    Attributes:
         batch_size: examples per compiled call.
         seed: seed of the attack's random starts.
         max_batches: evaluate only the first `max_batches` batches (None:
@@ -253,12 +232,47 @@ def evaluate(
         progress: show a tqdm bar with the running clean and robust
             accuracy.
         desc: the bar's label.
+    """
+
+    batch_size: int = 100
+    seed: int = 0
+    max_batches: int | None = None
+    keep_examples: bool = False
+    progress: bool = True
+    desc: str = "eval"
+
+
+def evaluate(
+    network: models.Network,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    attack: attacks.AttackConfig | None,
+    options: EvalOptions | None = None,
+    eval_step: Callable | None = None,
+) -> EvalResult:
+    """Clean and (with `attack`) robust accuracy on a test set.
+
+    Batches of `options.batch_size` are taken in order; a short last batch
+    is padded to the full size (so it needs no second compilation) and its
+    padding dropped. Batch b is attacked with key
+    `fold_in(PRNGKey(options.seed), b)`, so results do not depend on what
+    ran before.
+
+    Args:
+        network: the `models.Network` evaluated (batch norm in eval mode).
+        images: float32 (N, H, W, C) in [0, 1].
+        labels: int (N,).
+        attack: an `attacks.AttackConfig`, or None for clean accuracy only.
+        options: an EvalOptions (None: its defaults).
         eval_step: a step from `make_eval_step(attack)` to reuse (and not
             compile again); None makes one.
 
     Returns:
         An EvalResult.
     """
+    options = options or EvalOptions()
+    batch_size, max_batches = options.batch_size, options.max_batches
     if len(labels) == 0:
         raise ValueError("evaluate needs at least one example")
     if max_batches is not None and max_batches < 1:
@@ -270,16 +284,20 @@ def evaluate(
     total = data.n_batches(len(labels), batch_size)
     if max_batches is not None:
         total = min(total, max_batches)
-    base_key = jax.random.PRNGKey(seed)
+    base_key = jax.random.PRNGKey(options.seed)
     batches = zip(
         range(total),
         data.test_batches(images, labels, batch_size),
         strict=False,
     )
     bar = tqdm(
-        batches, total=total, desc=desc, disable=not progress, leave=False
+        batches,
+        total=total,
+        desc=options.desc,
+        disable=not options.progress,
+        leave=False,
     )
-    gathered = _Gathered(network.dynamics, keep_examples)
+    gathered = _Gathered(network.dynamics, options.keep_examples)
     pending = None
     for index, (x, y) in bar:
         padded_x, padded_y = _padded(x, y, size)

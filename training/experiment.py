@@ -1,11 +1,14 @@
 """The run of `run_exp.py`: phase 1, phase 2, evaluation, files, resuming.
 
-Files under `--save_path` (always): `config.json` (flags, versions, device),
-`log.jsonl` (a line per epoch and per evaluation), `train_state.pkl` (what
-`--resume` needs), `results.pkl` and `results.json`. With `--save_models`:
-`parameters_final.pkl`; with `--constant_save` / `--constant_save_linear`:
-the epoch checkpoints. While a run works in the folder it holds its lock
-(`.lock`), so a second run there is refused.
+The flags become a `RunSettings` first; the functions here take it. Files
+under `--save_path`, named by `store.layout` (always): the config
+(layout.CONFIG: flags, versions, device), the log (layout.LOG: a line per
+epoch and per evaluation), the resume file (layout.STATE, written by
+`store.resume`: what `--resume` needs) and the results (layout.RESULTS_PKL,
+layout.RESULTS_JSON). With `--save_models`: the final parameters
+(layout.FINAL); with `--constant_save` / `--constant_save_linear`: the
+epoch checkpoints (layout.checkpoint). While a run works in the folder it
+holds its lock (`.lock`), so a second run there is refused.
 """
 
 import argparse
@@ -44,50 +47,126 @@ NON_RUN_FLAGS = (
 RUN_FILES = (*layout.RUN_FILES, *layout.RUN_GLOBS)
 
 
-def validate_flags(args: argparse.Namespace) -> None:
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """The settings of one run: run_exp.py's flags, typed.
+
+    Each field is the flag of the same name (see run_exp.py --help);
+    `flags` is every flag as parsed (vars of the Namespace), which the run
+    records (config.json, the resume file, checkpoint meta) as it is.
+    """
+
+    # Where.
+    save_path: str
+    data_path: str
+    base_model_path: str
+    # The model and the data.
+    model: str | None
+    width: int | None
+    dataset: str | None
+    train_size: int | None
+    test_size: int | None
+    random_seed: int
+    batch_size: int
+    # The two phases.
+    standard_epochs: int
+    linear_epochs: int
+    loaders: str
+    second_lr: float
+    centering: bool
+    do_standard_second: bool
+    loose_bn_second: bool
+    # Attacks.
+    eps: float
+    train_pgd_iters: int
+    eval_pgd_iters: int
+    eval_attacks: str
+    # Evaluations and files.
+    skip_first_test: bool
+    skip_second_test: bool
+    save_models: bool
+    constant_save: bool
+    constant_save_linear: bool
+    # How the run goes on in its folder, and how it shows.
+    resume: bool
+    overwrite: bool
+    state_every: int
+    no_progress: bool
+    flags: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "RunSettings":
+        """The settings of run_exp.py's parsed flags."""
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "flags"]
+        values = {name: getattr(args, name) for name in names}
+        return cls(**values, flags=dict(vars(args)))
+
+    @property
+    def attack_names(self) -> list[str]:
+        """The names of --eval_attacks, in order."""
+        return [name for name in self.eval_attacks.split(",") if name]
+
+    @property
+    def progress(self) -> bool:
+        return not self.no_progress
+
+    @property
+    def run_flags(self) -> dict:
+        """The recorded flags that define what the run computes."""
+        return _without_non_run_flags(self.flags)
+
+    @property
+    def continues_phase_one(self) -> bool:
+        """--do_standard_second in one run (no base model): phase 2
+        continues phase 1's optimizer, as the original."""
+        return self.do_standard_second and not self.base_model_path
+
+
+def validate_flags(settings: RunSettings) -> None:
     """Raises UserError for flags that cannot make a run together (each
     number is checked by its parser)."""
-    loaders = args.loaders
+    loaders = settings.loaders
     if len(loaders) != 2 or any(c not in train.LOADERS for c in loaders):
         raise UserError(
             f"--loaders {loaders!r} must be two letters from "
             "C (benign), A (adversarial), F (benign, then "
             "adversarial from epoch 50), e.g. CC or AC"
         )
-    unknown = set(eval_attack_names(args)) - set(attacks.EVAL_ATTACKS)
+    unknown = set(settings.attack_names) - set(attacks.EVAL_ATTACKS)
     if unknown:
         raise UserError(
             "--eval_attacks takes a comma-separated list of "
-            f"{', '.join(attacks.EVAL_ATTACKS)}, not {args.eval_attacks!r}"
+            f"{', '.join(attacks.EVAL_ATTACKS)}, not "
+            f"{settings.eval_attacks!r}"
         )
-    if args.resume and args.overwrite:
+    if settings.resume and settings.overwrite:
         raise UserError(
             "--resume continues the run in --save_path and --overwrite "
             "replaces it: pass one of them"
         )
 
 
-def eval_attack_names(args: argparse.Namespace) -> list[str]:
-    return [name for name in args.eval_attacks.split(",") if name]
-
-
 def run_flags(args: argparse.Namespace) -> dict:
     """The flags that define what a run computes: every flag but
     NON_RUN_FLAGS."""
+    return _without_non_run_flags(vars(args))
+
+
+def _without_non_run_flags(flags: dict) -> dict:
     return {
         name: value
-        for name, value in sorted(vars(args).items())
+        for name, value in sorted(flags.items())
         if name not in NON_RUN_FLAGS
     }
 
 
-def results_template(args: argparse.Namespace) -> dict:
+def results_template(settings: RunSettings) -> dict:
     """The results dict before anything is measured: None = not (yet)
     measured."""
     return {
         "standard": None,
         "linear": None,
-        "standard_second": bool(args.do_standard_second),
+        "standard_second": bool(settings.do_standard_second),
     }
 
 
@@ -95,7 +174,7 @@ def results_template(args: argparse.Namespace) -> dict:
 class Run:
     """What every stage of a run shares."""
 
-    args: argparse.Namespace
+    settings: RunSettings
     save_dir: str
     spec: models.ModelSpec
     apply_fn: models.ApplyFn
@@ -118,44 +197,30 @@ class Run:
             epoch=epoch,
             linear=dynamics.linear,
             centering=dynamics.centering,
-            loaders=self.args.loaders,
-            seed=self.args.random_seed,
-            flags=run_flags(self.args),
+            loaders=self.settings.loaders,
+            seed=self.settings.random_seed,
+            flags=self.settings.run_flags,
         )
 
 
 def run_experiment(args: argparse.Namespace) -> dict:
-    """Runs (or resumes) the experiment of `args`; returns the results."""
-    validate_flags(args)
+    """Runs (or resumes) the experiment of run_exp.py's parsed flags
+    `args`; returns the results."""
+    settings = RunSettings.from_args(args)
+    validate_flags(settings)
     # A first look, before anything is loaded or written; decided again
     # under the folder's lock below.
-    if _plan_start(args, _read_record(args)) == "nothing to do":
-        return _report_nothing_to_do(args)
-    base = _load_base_model(args)
-    run = _prepare(args, base)
-    atomic.ensure_writable_dir(args.save_path)
-    with atomic.FolderLock(args.save_path):
-        removed = atomic.remove_stale_temp_files(args.save_path)
+    if _plan_start(settings, _read_record(settings)) == "nothing to do":
+        return _report_nothing_to_do(settings)
+    base = _load_base_model(settings)
+    run = _prepare(settings, base)
+    atomic.ensure_writable_dir(settings.save_path)
+    with atomic.FolderLock(settings.save_path):
+        removed = atomic.remove_stale_temp_files(settings.save_path)
         if removed:
             print(f"removed {len(removed)} temporary file(s) of a killed run")
-        saved = _read_record(args)
-        start = _plan_start(args, saved)
-        if start == "nothing to do":
-            return _report_nothing_to_do(args)
-        if start == "fresh":
-            if args.resume and saved is None:
-                print(
-                    f"no saved state in {args.save_path}: starting from "
-                    "the beginning"
-                )
-            _remove_previous_run(args)
-            run.record = _fresh_record(run, base)
-            _save_record(run)
-            run.last_saved = "the start of the run"
-        else:
-            run.record = saved
-            run.last_saved = "the point where the run was resumed"
-            _trim_log(run)
+        if not _start(run, base):
+            return _report_nothing_to_do(settings)
         _write_config(run)
         try:
             if run.record.stage == "standard":
@@ -167,30 +232,57 @@ def run_experiment(args: argparse.Namespace) -> dict:
     return run.record.results
 
 
-def _read_record(args: argparse.Namespace) -> resume.ResumeRecord | None:
+def _start(run: Run, base: tuple[dict, models.ModelSpec] | None) -> bool:
+    """Under the folder's lock: sets run.record to a fresh record (written
+    at once) or the resumed one; False when there is nothing to do."""
+    settings = run.settings
+    saved = _read_record(settings)
+    start = _plan_start(settings, saved)
+    if start == "nothing to do":
+        return False
+    if start == "fresh":
+        if settings.resume and saved is None:
+            print(
+                f"no saved state in {settings.save_path}: starting from "
+                "the beginning"
+            )
+        _remove_previous_run(settings)
+        run.record = _fresh_record(run, base)
+        _save_record(run)
+        run.last_saved = "the start of the run"
+    else:
+        run.record = saved
+        run.last_saved = "the point where the run was resumed"
+        _trim_log(run)
+    return True
+
+
+def _read_record(settings: RunSettings) -> resume.ResumeRecord | None:
     """The resume file of --save_path, or None when there is none."""
-    return resume.read(args.save_path)
+    return resume.read(settings.save_path)
 
 
-def _previous_files(args: argparse.Namespace) -> list[str]:
+def _previous_files(settings: RunSettings) -> list[str]:
     """The run files (RUN_FILES) in --save_path, sorted."""
     found = []
     for pattern in RUN_FILES:
-        found += glob.glob(os.path.join(glob.escape(args.save_path), pattern))
+        found += glob.glob(
+            os.path.join(glob.escape(settings.save_path), pattern)
+        )
     return sorted(found)
 
 
 def _plan_start(
-    args: argparse.Namespace, saved: resume.ResumeRecord | None
+    settings: RunSettings, saved: resume.ResumeRecord | None
 ) -> str:
     """'fresh', 'resume' or 'nothing to do' for the folder's content.
 
     Raises UserError where going on would mix two runs or lose one.
     """
-    folder = args.save_path
+    folder = settings.save_path
     if saved is None:
-        previous = _previous_files(args)
-        if previous and not args.overwrite:
+        previous = _previous_files(settings)
+        if previous and not settings.overwrite:
             names = ", ".join(os.path.basename(p) for p in previous[:3])
             raise UserError(
                 f"{folder} holds files of another run ({names}"
@@ -199,19 +291,19 @@ def _plan_start(
                 "another --save_path"
             )
         return "fresh"
-    if args.overwrite:
+    if settings.overwrite:
         return "fresh"
-    same = saved.flags == run_flags(args)
+    same = saved.flags == settings.run_flags
     if saved.stage == "done":
         if same:
             return "nothing to do"
         raise UserError(
             f"{folder} holds a finished run with loaders "
             f"{saved.flags.get('loaders')} and other flags "
-            f"({_differences(saved.flags, run_flags(args))}): pass "
+            f"({_differences(saved.flags, settings.run_flags)}): pass "
             "--overwrite to replace it, or choose another --save_path"
         )
-    if not args.resume:
+    if not settings.resume:
         raise UserError(
             f"{folder} holds an unfinished run: pass --resume to continue "
             "it, --overwrite to start again, or choose another --save_path"
@@ -219,7 +311,7 @@ def _plan_start(
     if not same:
         raise UserError(
             f"--resume: {folder} holds a run with other flags "
-            f"({_differences(saved.flags, run_flags(args))}); repeat its "
+            f"({_differences(saved.flags, settings.run_flags)}); repeat its "
             "command line exactly, or choose another --save_path"
         )
     return "resume"
@@ -239,14 +331,16 @@ def _differences(saved: dict, wanted: dict, limit: int = 4) -> str:
     return "; ".join(parts) + ("; ..." if len(names) > limit else "")
 
 
-def _report_nothing_to_do(args: argparse.Namespace) -> dict:
-    print(f"{args.save_path} already holds this finished run; nothing to do")
-    return _read_record(args).results
+def _report_nothing_to_do(settings: RunSettings) -> dict:
+    print(
+        f"{settings.save_path} already holds this finished run; nothing to do"
+    )
+    return _read_record(settings).results
 
 
-def _remove_previous_run(args: argparse.Namespace) -> None:
+def _remove_previous_run(settings: RunSettings) -> None:
     """Removes the run files a fresh start replaces (with --overwrite)."""
-    previous = _previous_files(args)
+    previous = _previous_files(settings)
     for path in previous:
         os.remove(path)
     if previous:
@@ -256,47 +350,51 @@ def _remove_previous_run(args: argparse.Namespace) -> None:
 
 
 def _load_base_model(
-    args: argparse.Namespace,
+    settings: RunSettings,
 ) -> tuple[dict, models.ModelSpec] | None:
     """(checkpoint, spec) of --base_model_path, or None."""
-    if not args.base_model_path:
+    if not settings.base_model_path:
         return None
     return models.load_checkpoint(
-        args.base_model_path,
-        model=args.model,
-        width=args.width,
-        dataset=args.dataset,
+        settings.base_model_path,
+        model=settings.model,
+        width=settings.width,
+        dataset=settings.dataset,
     )
 
 
 def _prepare(
-    args: argparse.Namespace, base: tuple[dict, models.ModelSpec] | None
+    settings: RunSettings, base: tuple[dict, models.ModelSpec] | None
 ) -> Run:
     """Resolves the model and loads the data; writes nothing."""
     if base is not None:
         spec = base[1]
-        if args.loaders[0] != "C":
+        if settings.loaders[0] != "C":
             utils.warn(
-                f"--loaders {args.loaders}: with --base_model_path phase 1 "
-                f"is skipped, so its letter {args.loaders[0]} is not used"
+                f"--loaders {settings.loaders}: with --base_model_path "
+                f"phase 1 is skipped, so its letter {settings.loaders[0]} is "
+                "not used"
             )
     else:
         spec = models.resolve_spec(
-            {}, model=args.model, width=args.width, dataset=args.dataset
+            {},
+            model=settings.model,
+            width=settings.width,
+            dataset=settings.dataset,
         )
     train_x, train_y = data.subset(
-        *data.load_split(spec.dataset, args.data_path, train=True),
-        args.train_size,
-        args.random_seed,
+        *data.load_split(spec.dataset, settings.data_path, train=True),
+        settings.train_size,
+        settings.random_seed,
     )
     test_x, test_y = data.subset(
-        *data.load_split(spec.dataset, args.data_path, train=False),
-        args.test_size,
-        args.random_seed,
+        *data.load_split(spec.dataset, settings.data_path, train=False),
+        settings.test_size,
+        settings.random_seed,
     )
     return Run(
-        args,
-        args.save_path,
+        settings,
+        settings.save_path,
         spec,
         spec.build().apply,
         train_x,
@@ -308,35 +406,35 @@ def _prepare(
 
 def _write_config(run: Run) -> None:
     config = {
-        "flags": vars(run.args),
+        "flags": run.settings.flags,
         "model": run.spec.as_meta(),
         "train_images": len(run.train_x),
         "test_images": len(run.test_x),
         "command": " ".join(sys.argv),
         "environment": provenance.environment_info(),
     }
-    atomic.atomic_write_json(run.path("config.json"), config)
+    atomic.atomic_write_json(run.path(layout.CONFIG), config)
 
 
 def _fresh_record(
     run: Run, base: tuple[dict, models.ModelSpec] | None
 ) -> resume.ResumeRecord:
     """The resume record of a run that has not started."""
-    args = run.args
+    settings = run.settings
     if base is None:
         params, net_state = models.init_model(
             run.spec.build(),
-            args.random_seed,
+            settings.random_seed,
             data.get_dataset(run.spec.dataset).image_shape,
         )
     else:
-        print(f"loaded θ(t) from {args.base_model_path}; skipping phase 1")
+        print(f"loaded θ(t) from {settings.base_model_path}; skipping phase 1")
         params, net_state = base[0]["params"], base[0]["net_state"]
     state = train.new_train_state(params, None, net_state)
     return resume.ResumeRecord(
         stage="standard",
-        flags=run_flags(args),
-        results=results_template(args),
+        flags=settings.run_flags,
+        results=results_template(settings),
         state=_pack(state),
         position=train.LoopPosition().as_record(),
     )
@@ -381,7 +479,7 @@ def _save_record(
             else f"phase {record.stage}, epoch {position.epoch + 1}, "
             f"batch {position.step}"
         )
-    atomic.atomic_pickle(run.path(layout.STATE), record.as_dict())
+    resume.write(run.save_dir, record)
 
 
 def _divergence_error(run: Run, err: train.Diverged) -> UserError:
@@ -404,7 +502,7 @@ def _divergence_error(run: Run, err: train.Diverged) -> UserError:
 def _trim_log(run: Run) -> None:
     """Drops log lines of what the resumed run will do again: epochs from
     the resume point on, and the current stage's evaluations."""
-    path = run.path("log.jsonl")
+    path = run.path(layout.LOG)
     if not os.path.exists(path):
         return
     stage = run.record.stage
@@ -426,7 +524,7 @@ def _trim_log(run: Run) -> None:
 
 
 def _append_log(run: Run, record: dict) -> None:
-    with open(run.path("log.jsonl"), "a") as f:
+    with open(run.path(layout.LOG), "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -476,7 +574,7 @@ def _checkpoint_trees(
 
 def _hooks(run: Run, phase: str, dynamics: models.Dynamics) -> train.Hooks:
     """The callbacks that write a phase's files."""
-    args = run.args
+    settings = run.settings
 
     def save(name: str, state: train.TrainState, epoch: int | float) -> None:
         params, lin_params = _checkpoint_trees(state, dynamics)
@@ -492,15 +590,11 @@ def _hooks(run: Run, phase: str, dynamics: models.Dynamics) -> train.Hooks:
     def epoch_start(
         state: train.TrainState, position: train.LoopPosition
     ) -> None:
-        if phase == "standard" and args.constant_save:
+        if phase == "standard" and settings.constant_save:
+            save(layout.checkpoint(position.epoch), state, position.epoch)
+        if phase == "linear" and settings.constant_save_linear:
             save(
-                f"parameters_checkpoint_{position.epoch}.pkl",
-                state,
-                position.epoch,
-            )
-        if phase == "linear" and args.constant_save_linear:
-            save(
-                f"parameters_checkpoint_linear_{position.epoch}.pkl",
+                layout.checkpoint(position.epoch, linear=True),
                 state,
                 position.epoch,
             )
@@ -508,8 +602,8 @@ def _hooks(run: Run, phase: str, dynamics: models.Dynamics) -> train.Hooks:
     def fraction(
         state: train.TrainState, position: train.LoopPosition, value: float
     ) -> None:
-        if phase == "standard" and args.constant_save:
-            save(f"parameters_checkpoint_{value:g}.pkl", state, value)
+        if phase == "standard" and settings.constant_save:
+            save(layout.checkpoint(value), state, value)
 
     return train.Hooks(
         epoch_start=epoch_start,
@@ -517,32 +611,32 @@ def _hooks(run: Run, phase: str, dynamics: models.Dynamics) -> train.Hooks:
         epoch_end=lambda state, position, record: _log_epoch(run, record),
         save_state=lambda state, position: _save_record(run, state, position),
         warn=lambda message: _warn(run, message),
-        state_every=args.state_every,
-        progress=not args.no_progress,
+        state_every=settings.state_every,
+        progress=settings.progress,
     )
 
 
 def _phase_one(run: Run, base: tuple[dict, models.ModelSpec] | None) -> None:
     """Standard training of the network (unless a base model was given),
     then its evaluation."""
-    args = run.args
+    settings = run.settings
     state = _unpack(run.record.state)
     position = train.LoopPosition.from_record(run.record.position)
     if base is None:
         plan = train.PhasePlan(
             "standard",
-            args.standard_epochs,
-            args.loaders[0],
-            args.random_seed,
-            args.batch_size,
+            settings.standard_epochs,
+            settings.loaders[0],
+            settings.random_seed,
+            settings.batch_size,
         )
-        per_epoch = data.n_batches(len(run.train_x), args.batch_size)
+        per_epoch = data.n_batches(len(run.train_x), settings.batch_size)
         steps = train.make_step_fns(
             run.apply_fn,
             models.STANDARD,
             True,
             train.phase1_schedule(per_epoch),
-            attacks.train_linf(args.eps, args.train_pgd_iters),
+            attacks.train_linf(settings.eps, settings.train_pgd_iters),
         )
         state = train.run_phase(
             plan,
@@ -552,72 +646,72 @@ def _phase_one(run: Run, base: tuple[dict, models.ModelSpec] | None) -> None:
             run.train_x,
             run.train_y,
             _hooks(run, "standard", models.STANDARD),
-            _base_key(args, 1),
+            _base_key(settings, 1),
         )
-    if args.skip_first_test:
+    if settings.skip_first_test:
         run.record.results["standard"] = None
     else:
         run.record.results["standard"] = _evaluate(
             run, state.network(run.apply_fn, models.STANDARD), "standard"
         )
     run.record.stage = "linear"
-    phase_two = _phase_two_start(args, state)
+    phase_two = _phase_two_start(settings, state)
     _save_record(run, phase_two, train.LoopPosition())
 
 
-def phase_two_dynamics(args: argparse.Namespace) -> models.Dynamics:
+def phase_two_dynamics(settings: RunSettings) -> models.Dynamics:
     return models.Dynamics(
-        linear=not args.do_standard_second, centering=args.centering
+        linear=not settings.do_standard_second, centering=settings.centering
     )
 
 
 def _phase_two_start(
-    args: argparse.Namespace, end_of_phase_one: train.TrainState
+    settings: RunSettings, end_of_phase_one: train.TrainState
 ) -> train.TrainState:
     """Phase 2's first state: the trained copy starts at θ(t), which stays
     as params0. --do_standard_second in one run (no base model) continues
     phase 1's optimizer, learning rate and momentum, as the original;
     otherwise a fresh optimizer at --second_lr."""
     theta_t = end_of_phase_one.params
-    if args.do_standard_second and not args.base_model_path:
+    if settings.continues_phase_one:
         return end_of_phase_one._replace(params0=theta_t)
     return train.new_train_state(theta_t, theta_t, end_of_phase_one.net_state)
 
 
 def _phase_two_schedule(run: Run) -> optax.Schedule:
-    args = run.args
-    if args.do_standard_second and not args.base_model_path:
+    settings = run.settings
+    if settings.continues_phase_one:
         print(
             "--do_standard_second in one run continues phase 1's optimizer "
             "(its learning-rate schedule and momentum), as the original; "
             "--second_lr is not used"
         )
         return train.phase1_schedule(
-            data.n_batches(len(run.train_x), args.batch_size)
+            data.n_batches(len(run.train_x), settings.batch_size)
         )
-    return train.constant_schedule(args.second_lr)
+    return train.constant_schedule(settings.second_lr)
 
 
 def _phase_two(run: Run) -> None:
     """Training under phase-2 dynamics; evaluation; the final files."""
-    args = run.args
-    dynamics = phase_two_dynamics(args)
+    settings = run.settings
+    dynamics = phase_two_dynamics(settings)
     state = _unpack(run.record.state)
     position = train.LoopPosition.from_record(run.record.position)
-    if args.linear_epochs > 0:
+    if settings.linear_epochs > 0:
         plan = train.PhasePlan(
             "linear",
-            args.linear_epochs,
-            args.loaders[1],
-            args.random_seed,
-            args.batch_size,
+            settings.linear_epochs,
+            settings.loaders[1],
+            settings.random_seed,
+            settings.batch_size,
         )
         steps = train.make_step_fns(
             run.apply_fn,
             dynamics,
-            args.loose_bn_second,
+            settings.loose_bn_second,
             _phase_two_schedule(run),
-            attacks.train_linf(args.eps, args.train_pgd_iters),
+            attacks.train_linf(settings.eps, settings.train_pgd_iters),
             # The original's adversarial update of phase 2 runs batch norm
             # in eval mode, also with --loose_bn_second.
             adversarial_bn_training=False,
@@ -630,21 +724,21 @@ def _phase_two(run: Run) -> None:
             run.train_x,
             run.train_y,
             _hooks(run, "linear", dynamics),
-            _base_key(args, 2),
+            _base_key(settings, 2),
         )
-        if not args.skip_second_test:
+        if not settings.skip_second_test:
             run.record.results["linear"] = _evaluate(
                 run, state.network(run.apply_fn, dynamics), "linear"
             )
-    if args.save_models:
+    if settings.save_models:
         params, lin_params = _checkpoint_trees(state, dynamics)
         _checkpoint(
             run,
-            "parameters_final.pkl",
+            layout.FINAL,
             params,
             lin_params,
             state.net_state,
-            run.meta("final", args.linear_epochs, dynamics),
+            run.meta("final", settings.linear_epochs, dynamics),
         )
     _write_results(run)
     run.record.stage = "done"
@@ -652,21 +746,21 @@ def _phase_two(run: Run) -> None:
     _save_record(run)
 
 
-def _skip_reasons(args: argparse.Namespace) -> dict:
-    """{phase: why its evaluation did not run} for results.json."""
+def _skip_reasons(settings: RunSettings) -> dict:
+    """{phase: why its evaluation did not run} for the results JSON."""
     reasons = {}
-    if args.skip_first_test:
+    if settings.skip_first_test:
         reasons["standard"] = "--skip_first_test"
-    if args.linear_epochs == 0:
+    if settings.linear_epochs == 0:
         reasons["linear"] = "--linear_epochs 0: no phase 2"
-    elif args.skip_second_test:
+    elif settings.skip_second_test:
         reasons["linear"] = "--skip_second_test"
     return reasons
 
 
 def _original_results(results: dict) -> dict:
-    """results.pkl: the original's layout, where an evaluation that did not
-    run is stored as 0 (a phase not evaluated: every accuracy 0)."""
+    """The results pickle: the original's layout, where an evaluation that
+    did not run is stored as 0 (a phase not evaluated: every accuracy 0)."""
     out = {"standard_second": results["standard_second"]}
     for phase in ("standard", "linear"):
         accuracies = results[phase] or {}
@@ -678,22 +772,26 @@ def _original_results(results: dict) -> dict:
 
 
 def _write_results(run: Run) -> None:
-    """results.pkl (the original's layout) and results.json (null where
+    """The results pickle (the original's layout) and JSON (null where
     nothing was measured, with the reasons, the attacks and warnings)."""
-    args = run.args
+    settings = run.settings
     results = run.record.results
-    atomic.atomic_pickle(run.path("results.pkl"), _original_results(results))
+    atomic.atomic_pickle(
+        run.path(layout.RESULTS_PKL), _original_results(results)
+    )
     attacks_run = {
         name: dict(
-            attacks.EVAL_ATTACKS[name](args.eps, args.eval_pgd_iters).kwargs(),
-            eps_255=args.eps if name == "linf" else None,
+            attacks.EVAL_ATTACKS[name](
+                settings.eps, settings.eval_pgd_iters
+            ).kwargs(),
+            eps_255=settings.eps if name == "linf" else None,
             random_start=True,
-            seed=args.random_seed,
+            seed=settings.random_seed,
             keys="fold_in(PRNGKey(seed), batch index)",
         )
-        for name in eval_attack_names(args)
+        for name in settings.attack_names
     }
-    skipped = _skip_reasons(args)
+    skipped = _skip_reasons(settings)
     for name in ("clean", "l2", "linf"):
         if name != "clean" and name not in attacks_run:
             skipped[name] = "not in --eval_attacks"
@@ -705,21 +803,23 @@ def _write_results(run: Run) -> None:
         test_batch_size=TEST_BATCH_SIZE,
         warnings=list(run.record.warnings),
     )
-    atomic.atomic_write_json(run.path("results.json"), record)
+    atomic.atomic_write_json(run.path(layout.RESULTS_JSON), record)
 
 
-def _base_key(args: argparse.Namespace, phase: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.PRNGKey(args.random_seed), phase)
+def _base_key(settings: RunSettings, phase: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.PRNGKey(settings.random_seed), phase)
 
 
 def _evaluate(run: Run, network: models.Network, name: str) -> dict:
     """Clean and PGD accuracies (fractions) on the test set; each
-    evaluation's time goes to log.jsonl."""
-    args = run.args
+    evaluation's time goes to the log."""
+    settings = run.settings
     accuracies = {"clean": None, "l2": None, "linf": None}
-    for attack_name in eval_attack_names(args) or [None]:
+    for attack_name in settings.attack_names or [None]:
         attack = (
-            attacks.EVAL_ATTACKS[attack_name](args.eps, args.eval_pgd_iters)
+            attacks.EVAL_ATTACKS[attack_name](
+                settings.eps, settings.eval_pgd_iters
+            )
             if attack_name
             else None
         )
@@ -729,10 +829,12 @@ def _evaluate(run: Run, network: models.Network, name: str) -> dict:
             run.test_x,
             run.test_y,
             attack=attack,
-            batch_size=TEST_BATCH_SIZE,
-            seed=args.random_seed,
-            progress=not args.no_progress,
-            desc=f"{name} eval {attack_name or 'clean'}",
+            options=evaluation.EvalOptions(
+                batch_size=TEST_BATCH_SIZE,
+                seed=settings.random_seed,
+                progress=settings.progress,
+                desc=f"{name} eval {attack_name or 'clean'}",
+            ),
         )
         seconds = time.perf_counter() - started
         accuracies["clean"] = result.acc_clean

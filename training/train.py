@@ -169,33 +169,16 @@ class StepFns:
     adversarial: StepFn
 
 
-def make_step_fns(
-    apply_fn: Callable,
-    dynamics: models.Dynamics,
-    bn_training: bool,
-    schedule: optax.Schedule,
-    attack: attacks.AttackConfig,
-    adversarial_bn_training: bool | None = None,
-) -> StepFns:
-    """Compiles (lazily, once per batch shape) the two steps of a phase.
-
-    Args:
-      apply_fn: the model's apply.
-      dynamics: how the state's params (around params0) give logits.
-      bn_training: batch statistics in the forward pass and running
-        averages updated; otherwise eval mode and the state never changes.
-      schedule: learning rate as a function of the state's batch counter.
-      attack: the PGD of adversarial batches.
-      adversarial_bn_training: bn_training of the update on the adversarial
-        batch; None means `bn_training`. The original trains phase 2 with
-        `--loose_bn_second` this way: the clean update in training mode,
-        the adversarial update in eval mode.
-    """
+def _sgd_update_fn(
+    apply_fn: Callable, dynamics: models.Dynamics
+) -> Callable[[TrainState, Batch, jax.Array, bool], tuple]:
+    """`update(state, batch, lr, training) -> (state, StepMetrics)`: one
+    SGD update of the state's params on the batch at rate lr, batch norm in
+    training mode (its state updated) or eval mode; the batch counter is
+    left as it is."""
     optimizer = make_optimizer()
-    if adversarial_bn_training is None:
-        adversarial_bn_training = bn_training
 
-    def sgd_update(
+    def update(
         state: TrainState, batch: Batch, lr: jax.Array, training: bool
     ) -> tuple[TrainState, StepMetrics]:
         def loss_fn(
@@ -227,6 +210,35 @@ def make_step_fns(
         )
         return state, StepMetrics(loss, correct_count(logits, batch.labels))
 
+    return update
+
+
+def make_step_fns(
+    apply_fn: Callable,
+    dynamics: models.Dynamics,
+    bn_training: bool,
+    schedule: optax.Schedule,
+    attack: attacks.AttackConfig,
+    adversarial_bn_training: bool | None = None,
+) -> StepFns:
+    """Compiles (lazily, once per batch shape) the two steps of a phase.
+
+    Args:
+      apply_fn: the model's apply.
+      dynamics: how the state's params (around params0) give logits.
+      bn_training: batch statistics in the forward pass and running
+        averages updated; otherwise eval mode and the state never changes.
+      schedule: learning rate as a function of the state's batch counter.
+      attack: the PGD of adversarial batches.
+      adversarial_bn_training: bn_training of the update on the adversarial
+        batch; None means `bn_training`. The original trains phase 2 with
+        `--loose_bn_second` this way: the clean update in training mode,
+        the adversarial update in eval mode.
+    """
+    sgd_update = _sgd_update_fn(apply_fn, dynamics)
+    if adversarial_bn_training is None:
+        adversarial_bn_training = bn_training
+
     def clean(
         state: TrainState, batch: Batch, key: jax.Array
     ) -> tuple[TrainState, StepMetrics]:
@@ -246,7 +258,7 @@ def make_step_fns(
             batch.images,
             batch.labels,
             key,
-            **attack.kwargs(),
+            attack,
         )
         state, metrics = sgd_update(
             state, Batch(adv, batch.labels), lr, adversarial_bn_training
@@ -369,6 +381,23 @@ class Hooks:
     progress: bool = True
 
 
+@dataclasses.dataclass
+class _Phase:
+    """What every epoch of one `run_phase` call shares.
+
+    compiled: the (step kind, batch size) pairs compiled in this process.
+    """
+
+    plan: PhasePlan
+    steps: StepFns
+    images: np.ndarray
+    labels: np.ndarray
+    hooks: Hooks
+    base_key: jax.Array
+    per_epoch: int
+    compiled: set[tuple[str, int]] = dataclasses.field(default_factory=set)
+
+
 def run_phase(
     plan: PhasePlan,
     steps: StepFns,
@@ -388,22 +417,11 @@ def run_phase(
         `hooks.save_state` is then the last good one.
     """
     per_epoch = data.n_batches(len(images), plan.batch_size)
-    compiled = set()  # (step kind, batch size) compiled in this process
+    phase = _Phase(plan, steps, images, labels, hooks, base_key, per_epoch)
     while position.epoch < plan.epochs:
         if position.step == 0:
             hooks.epoch_start(state, position)
-        state = _run_epoch(
-            plan,
-            steps,
-            state,
-            position,
-            images,
-            labels,
-            hooks,
-            base_key,
-            per_epoch,
-            compiled,
-        )
+        state = _run_epoch(phase, state, position)
         record = _epoch_record(plan, position)
         position.epoch += 1
         position.step = 0
@@ -415,24 +433,16 @@ def run_phase(
 
 
 def _run_epoch(
-    plan: PhasePlan,
-    steps: StepFns,
-    state: TrainState,
-    position: LoopPosition,
-    images: np.ndarray,
-    labels: np.ndarray,
-    hooks: Hooks,
-    base_key: jax.Array,
-    per_epoch: int,
-    compiled: set[tuple[str, int]],
+    phase: _Phase, state: TrainState, position: LoopPosition
 ) -> TrainState:
     """Runs the rest of epoch `position.epoch`; returns the state."""
+    plan, hooks, per_epoch = phase.plan, phase.hooks, phase.per_epoch
     adversarial = is_adversarial(plan.loader, position.epoch)
     kind = "adversarial" if adversarial else "clean"
-    step_fn = steps.adversarial if adversarial else steps.clean
+    step_fn = phase.steps.adversarial if adversarial else phase.steps.clean
     batches = data.train_batches(
-        images,
-        labels,
+        phase.images,
+        phase.labels,
         plan.batch_size,
         plan.seed,
         position.epoch,
@@ -442,8 +452,8 @@ def _run_epoch(
     pending = []
     started = time.perf_counter()
     for step, x, y in batches:
-        key = batch_key(base_key, position.epoch, step)
-        if (kind, len(y)) not in compiled:
+        key = batch_key(phase.base_key, position.epoch, step)
+        if (kind, len(y)) not in phase.compiled:
             # A batch that compiles its step is timed alone, so that the
             # epoch's rate can leave compilation out.
             _absorb(plan, position, pending, hooks, started)
@@ -452,7 +462,7 @@ def _run_epoch(
             seconds = _absorb(
                 plan, position, [(metrics, len(y))], hooks, started
             )
-            compiled.add((kind, len(y)))
+            phase.compiled.add((kind, len(y)))
             position.metrics.compile_seconds += seconds
             position.metrics.compile_images += len(y)
             started = time.perf_counter()

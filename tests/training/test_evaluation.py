@@ -32,6 +32,7 @@ def trained(tmp_path_factory):
 def run(trained, dynamics, attack=None, **kwargs):
     """evaluate() of the trained MLP, at lin_params around params."""
     kwargs.setdefault("progress", False)
+    eval_step = kwargs.pop("eval_step", None)
     network = models.Network(
         trained["model"].apply,
         dynamics,
@@ -44,7 +45,8 @@ def run(trained, dynamics, attack=None, **kwargs):
         trained["images"],
         trained["labels"],
         attack=attack,
-        **kwargs,
+        options=evaluation.EvalOptions(**kwargs),
+        eval_step=eval_step,
     )
 
 
@@ -145,8 +147,7 @@ def test_resnet_components_use_eval_mode_batch_norm():
         images,
         np.zeros(6, np.int32),
         attack=None,
-        batch_size=4,
-        progress=False,
+        options=evaluation.EvalOptions(batch_size=4, progress=False),
     )
     want = linearized_logits(model, params, lin_params, state, images)
     components = result.components_clean

@@ -17,10 +17,24 @@ from store import atomic, layout, pickles, resume
 from training import experiment, train
 
 ARGS = run_exp.parse_args([])
+SETTINGS = experiment.RunSettings.from_args(ARGS)
 
 
 def args_with(**changes) -> argparse.Namespace:
     return argparse.Namespace(**dict(vars(ARGS), **changes))
+
+
+def settings_with(**changes) -> experiment.RunSettings:
+    return experiment.RunSettings.from_args(args_with(**changes))
+
+
+def test_settings_keep_every_flag_as_parsed():
+    args = args_with(brand_new=1, eval_attacks="linf,", loaders="AC")
+    settings = experiment.RunSettings.from_args(args)
+    assert settings.flags == vars(args)
+    assert settings.run_flags == experiment.run_flags(args)
+    assert settings.attack_names == ["linf"]
+    assert (settings.loaders, settings.progress) == ("AC", True)
 
 
 def test_run_flags_are_every_flag_but_the_few_that_change_nothing():
@@ -48,7 +62,7 @@ def record(stage, **flag_changes):
     return resume.ResumeRecord(
         stage=stage,
         flags=experiment.run_flags(args_with(**flag_changes)),
-        results=experiment.results_template(ARGS),
+        results=experiment.results_template(SETTINGS),
     )
 
 
@@ -66,9 +80,9 @@ def record(stage, **flag_changes):
     ],
 )
 def test_what_a_folder_lets_a_run_do(tmp_path, saved, flags, expected):
-    args = args_with(save_path=str(tmp_path), **flags)
+    settings = settings_with(save_path=str(tmp_path), **flags)
     saved = None if saved is None else record(saved)
-    assert experiment._plan_start(args, saved) == expected
+    assert experiment._plan_start(settings, saved) == expected
 
 
 @pytest.mark.parametrize(
@@ -80,20 +94,20 @@ def test_what_a_folder_lets_a_run_do(tmp_path, saved, flags, expected):
     ],
 )
 def test_what_a_folder_refuses(tmp_path, saved, flags, named):
-    args = args_with(save_path=str(tmp_path), **flags)
+    settings = settings_with(save_path=str(tmp_path), **flags)
     with pytest.raises(utils.UserError, match=named):
-        experiment._plan_start(args, record(saved))
+        experiment._plan_start(settings, record(saved))
 
 
 def test_files_of_another_run_need_overwrite(tmp_path):
     (tmp_path / "parameters_checkpoint_3.pkl").write_bytes(b"x")
     (tmp_path / "notes.txt").write_bytes(b"mine")
-    args = args_with(save_path=str(tmp_path))
+    settings = settings_with(save_path=str(tmp_path))
     with pytest.raises(utils.UserError, match="parameters_checkpoint_3.pkl"):
-        experiment._plan_start(args, None)
-    args.overwrite = True
-    assert experiment._plan_start(args, None) == "fresh"
-    experiment._remove_previous_run(args)
+        experiment._plan_start(settings, None)
+    settings = settings_with(save_path=str(tmp_path), overwrite=True)
+    assert experiment._plan_start(settings, None) == "fresh"
+    experiment._remove_previous_run(settings)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
@@ -111,9 +125,9 @@ def test_results_pkl_is_the_original_layout_with_zeros():
 
 
 def test_skip_reasons():
-    assert experiment._skip_reasons(ARGS) == {}
+    assert experiment._skip_reasons(SETTINGS) == {}
     assert experiment._skip_reasons(
-        args_with(skip_first_test=True, linear_epochs=0)
+        settings_with(skip_first_test=True, linear_epochs=0)
     ) == {
         "standard": "--skip_first_test",
         "linear": "--linear_epochs 0: no phase 2",
@@ -157,7 +171,7 @@ def test_phase_two_start_continues_phase_one_only_for_standard_second():
     momentum = jax.tree_util.tree_map(lambda x: x + 3.0, end.opt_state)
     end = end._replace(opt_state=momentum)
     one_run = experiment._phase_two_start(
-        args_with(do_standard_second=True), end
+        settings_with(do_standard_second=True), end
     )
     assert int(one_run.step) == 7
     assert utils.tree_equal(one_run.opt_state, end.opt_state)
@@ -166,7 +180,7 @@ def test_phase_two_start_continues_phase_one_only_for_standard_second():
         {},
         {"do_standard_second": True, "base_model_path": "theta_t.pkl"},
     ):
-        fresh = experiment._phase_two_start(args_with(**changes), end)
+        fresh = experiment._phase_two_start(settings_with(**changes), end)
         assert int(fresh.step) == 0
         assert not utils.tree_equal(fresh.opt_state, end.opt_state)
         assert utils.tree_equal(fresh.params, end.params)
@@ -180,7 +194,7 @@ def test_resume_record_round_trip(tmp_path):
     saved = resume.ResumeRecord(
         stage="linear",
         flags=experiment.run_flags(ARGS),
-        results=experiment.results_template(ARGS),
+        results=experiment.results_template(SETTINGS),
         state=experiment._pack(state),
         position=position.as_record(),
         warnings=["w"],
@@ -214,7 +228,7 @@ def test_trim_log_keeps_what_the_resumed_run_will_not_redo(tmp_path):
         "".join(json.dumps(line) + "\n" for line in lines)
     )
     run = experiment.Run(
-        ARGS, str(tmp_path), None, None, None, None, None, None
+        SETTINGS, str(tmp_path), None, None, None, None, None, None
     )
     run.record = resume.ResumeRecord(
         "linear", {}, {}, position=train.LoopPosition(epoch=1).as_record()
@@ -228,7 +242,7 @@ def test_trim_log_keeps_what_the_resumed_run_will_not_redo(tmp_path):
 
 
 def test_divergence_message_says_what_was_saved():
-    run = experiment.Run(ARGS, ".", None, None, None, None, None, None)
+    run = experiment.Run(SETTINGS, ".", None, None, None, None, None, None)
     err = train.Diverged("linear", 0, 10)
     assert "no resume state had been written" in str(
         experiment._divergence_error(run, err)

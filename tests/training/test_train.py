@@ -147,7 +147,7 @@ def test_adversarial_step_updates_twice_around_the_attack(start):
         batch.images,
         batch.labels,
         key,
-        **ATTACK.kwargs(),
+        ATTACK,
     )
     adv_batch = train.Batch(adv, batch.labels)
     (loss2, state2), grads = jax.value_and_grad(
