@@ -14,7 +14,7 @@ without .pkl. The work is ntk/compute.py's; this script parses the flags.
 
     python calculate_kernel.py --model_path saved_models/parameters_final.pkl \
         --dataset_size 500 --class_index all --show_progress
-    python calculate_kernel.py --model_path run/parameters_checkpoint_*.pkl \
+    python calculate_kernel.py --model_path run/*checkpoint_*.pkl \
         --bonus_dir kernels/{name} --class_index all --test_size 500
 """
 

@@ -4,7 +4,7 @@ Writes, with kernel_files.write, the combined kernels of one run at T
 epochs (0, 0.125, 0.25, 0.375, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 4, ...):
 K_t = F_t F_tᵀ, F_t = X (I + log(1 + t)·D) for random features X (N + M,
 64) of ten classes and one random drift D, each file with its cross
-kernel of M test images, in {out}/run/kernels/parameters_checkpoint_{t}/,
+kernel of M test images, in {out}/run/kernels/{stem of checkpoint t}/,
 as calculate_kernel.py --bonus_dir 'kernels/{name}' writes them. Then runs
 `python analyze_kernels.py {out}/run/kernels --out_dir {out}/analysis`
 (every measurement and figure) as a new process and reports its wall

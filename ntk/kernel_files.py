@@ -72,9 +72,9 @@ def parse_class_index(text: str) -> int | str:
 
 def checkpoint_epoch(meta: Mapping, model_path: str) -> int | float | None:
     """The epoch of a checkpoint: its meta['epoch'] (when a finite number),
-    else the e of a file named parameters_checkpoint_{e}.pkl or
-    parameters_checkpoint_linear_{e}.pkl (e may be a fraction, e.g. 0.125),
-    else None.
+    else the e in the name of run_exp.py's checkpoint of epoch e, phase 1
+    or 2 (layout.CHECKPOINT_EPOCH; e may be a fraction, e.g. 0.125), else
+    None.
 
     Returns:
       an int for a whole epoch count, a float for a fraction, or None.
