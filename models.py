@@ -507,7 +507,7 @@ def check_params_fit(
         )
 
 
-def load_checkpoint(
+def load_with_spec(
     path: str,
     *,
     model: str | None = None,

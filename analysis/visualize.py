@@ -63,7 +63,7 @@ def load_model(
 ) -> tuple[dict, models.ModelSpec]:
     """(checkpoint, ModelSpec), --class_index and the parameters' shapes
     checked against the spec."""
-    checkpoint, spec = models.load_checkpoint(
+    checkpoint, spec = models.load_with_spec(
         args.model_path,
         model=args.model,
         width=args.width,

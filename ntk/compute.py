@@ -115,8 +115,8 @@ def _checked_job(args: argparse.Namespace, model_path: str) -> _Job:
 def _load(
     args: argparse.Namespace, model_path: str
 ) -> tuple[dict, models.ModelSpec]:
-    """(checkpoint, spec) of models.load_checkpoint with the flags."""
-    return models.load_checkpoint(
+    """(checkpoint, spec) of models.load_with_spec with the flags."""
+    return models.load_with_spec(
         model_path, model=args.model, width=args.width, dataset=args.dataset
     )
 

@@ -260,7 +260,7 @@ def test_original_and_earlier_mlp_checkpoints_load(tmp_path):
         ["mlp/~/linear_0", "mlp/~/linear_1", "mlp/~/linear_2"],  # earlier
     ):
         path, params = _mlp_checkpoint(tmp_path, names, {})
-        checkpoint, spec = models.load_checkpoint(
+        checkpoint, spec = models.load_with_spec(
             path, model="mlp_skinny", dataset="fashion_mnist"
         )
         assert spec == models.ModelSpec("mlp_skinny", None, "fashion_mnist")
@@ -271,7 +271,7 @@ def test_original_and_earlier_mlp_checkpoints_load(tmp_path):
 def test_other_layer_names_are_refused_with_what_they_are(tmp_path):
     path, _ = _mlp_checkpoint(tmp_path, ["a", "b", "c"], {})
     with pytest.raises(utils.UserError) as info:
-        models.load_checkpoint(
+        models.load_with_spec(
             path, model="mlp_skinny", dataset="fashion_mnist"
         )
     message = str(info.value)

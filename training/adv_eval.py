@@ -82,7 +82,7 @@ def load_model(
     Returns:
         (checkpoint {'params', 'lin_params', 'net_state', 'meta'}, spec).
     """
-    return models.load_checkpoint(
+    return models.load_with_spec(
         settings.model_path,
         model=settings.model,
         width=settings.width,

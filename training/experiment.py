@@ -355,7 +355,7 @@ def _load_base_model(
     """(checkpoint, spec) of --base_model_path, or None."""
     if not settings.base_model_path:
         return None
-    return models.load_checkpoint(
+    return models.load_with_spec(
         settings.base_model_path,
         model=settings.model,
         width=settings.width,

@@ -32,7 +32,7 @@ def test_checkpoints_give_their_recorded_logits():
         ),
     }
     for name, dynamics in cases.items():
-        checkpoint, spec = models.load_checkpoint(_path(name))
+        checkpoint, spec = models.load_with_spec(_path(name))
         assert (spec.model, spec.width, spec.dataset) == (
             "resnet18",
             2,
