@@ -1,0 +1,44 @@
+"""Parameter-free attacks for robust accuracy that reviewers trust: APGD-CE
+and APGD-T (targeted DLR), FAB-T, Square and the standard AutoAttack that
+runs them in turn. Each attack is a traceable function
+
+    attack(logits_fn, images, labels, eps, key, config) -> AttackResult
+
+of a logits function (B, H, W, C) images in [0, 1] -> (B, K) logits; wrap
+it in `jax.jit` with the config closed over. This is a core layer: it
+imports `attacks` and third-party packages only.
+"""
+
+from robust.apgd import APGDConfig, apgd_ce, apgd_t
+from robust.autoattack import (
+    ATTACKS,
+    CODES,
+    ROBUST,
+    AutoAttackConfig,
+    AutoAttackResult,
+    Budget,
+    autoattack,
+    autoattack_traced,
+)
+from robust.common import AttackResult
+from robust.fab import FABConfig, fab_t
+from robust.square import SquareConfig, square
+
+__all__ = [
+    "ATTACKS",
+    "CODES",
+    "ROBUST",
+    "APGDConfig",
+    "AttackResult",
+    "AutoAttackConfig",
+    "AutoAttackResult",
+    "Budget",
+    "FABConfig",
+    "SquareConfig",
+    "apgd_ce",
+    "apgd_t",
+    "autoattack",
+    "autoattack_traced",
+    "fab_t",
+    "square",
+]

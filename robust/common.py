@@ -1,0 +1,131 @@
+"""Parts shared by the attacks of `robust/`: results, per-example keys,
+losses, norms and the target classes of the targeted attacks.
+
+Every attack of the package returns an `AttackResult` and draws its random
+numbers from one key per example (`example_keys`), so that an example's
+draws do not depend on which other examples share its batch: AutoAttack can
+then run a later attack on the still-robust examples alone and get what the
+whole batch would have given them.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+import attacks
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+NORMS = ("linf", "l2")
+
+
+class AttackResult(NamedTuple):
+    """What an attack returns (a pytree, so it leaves `jax.jit` whole).
+
+    adv: (B, H, W, C) images in [0, 1] within eps of the clean ones.
+    success: (B,) bool, True where `adv` is misclassified.
+    """
+
+    adv: jax.Array
+    success: jax.Array
+
+
+def check_norm(norm: str) -> None:
+    """Raises ValueError unless `norm` is 'linf' or 'l2'."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {list(NORMS)}, not {norm!r}")
+
+
+def check_positive(name: str, value: int) -> None:
+    """Raises ValueError unless `value` is an int >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+
+
+def example_keys(key: jax.Array, batch: int) -> jax.Array:
+    """One key per example: `key` itself when it already is a (batch,)
+    array of keys, else `fold_in(key, i)` for example i."""
+    if key.ndim == 1:
+        if key.shape[0] != batch:
+            raise ValueError(f"{key.shape[0]} keys for {batch} examples")
+        return key
+    return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(batch))
+
+
+def fold_keys(keys: jax.Array, data: int | jax.Array) -> jax.Array:
+    """`fold_in(k, data)` for each per-example key k."""
+    return jax.vmap(jax.random.fold_in, (0, None))(keys, data)
+
+
+def per_example(values: jax.Array, like: jax.Array) -> jax.Array:
+    """(B,) `values` reshaped to (B, 1, ..., 1) to broadcast on `like`."""
+    return values.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def norms(delta: jax.Array, norm: str) -> jax.Array:
+    """The L-inf or L2 norm of each example of (B, ...) `delta`, (B,)."""
+    flat = delta.reshape(delta.shape[0], -1)
+    if norm == "linf":
+        return jnp.max(jnp.abs(flat), axis=1)
+    return jnp.sqrt(jnp.sum(jnp.square(flat), axis=1))
+
+
+def random_in_ball(
+    keys: jax.Array, images: jax.Array, radius: jax.Array, norm: str
+) -> jax.Array:
+    """A uniform random point of the radius-ball around each image (one key
+    each; `radius` a scalar or (B,)), clipped to [0, 1]."""
+    radius = jnp.broadcast_to(radius, images.shape[:1])
+
+    def one(key: jax.Array, image: jax.Array, r: jax.Array) -> jax.Array:
+        return attacks.NORMS[norm].random_delta(key, image[None], r)[0]
+
+    delta = jax.vmap(one)(keys, images, radius)
+    return jnp.clip(images + delta, 0.0, 1.0)
+
+
+def project(
+    adv: jax.Array, images: jax.Array, eps: jax.Array, norm: str
+) -> jax.Array:
+    """`adv` moved into the eps-ball around `images`, then into [0, 1]."""
+    delta = attacks.NORMS[norm].project(adv - images, eps)
+    return jnp.clip(images + delta, 0.0, 1.0)
+
+
+def true_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """z_y of each example, (B,)."""
+    return jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+
+
+def misclassified(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """(B,) bool: the top logit is not the label's."""
+    return jnp.argmax(logits, axis=-1) != labels
+
+
+def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """z_y − max_{j≠y} z_j, (B,): negative exactly when misclassified."""
+    return -attacks.LOSSES["margin"](logits, labels)
+
+
+def targets(logits: jax.Array, labels: jax.Array, n: int) -> jax.Array:
+    """(B, n) the n classes other than the label with the highest logits,
+    highest first: the targets of the targeted attacks."""
+    if n > logits.shape[-1] - 1:
+        raise ValueError(
+            f"{n} target classes but only {logits.shape[-1] - 1} wrong ones"
+        )
+    is_true = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
+    ranked = jnp.argsort(-jnp.where(is_true, jnp.inf, logits), axis=-1)
+    return ranked[:, 1 : n + 1]
+
+
+def dlr_targeted(
+    logits: jax.Array, labels: jax.Array, target: jax.Array
+) -> jax.Array:
+    """Targeted difference-of-logits-ratio loss of Croce & Hein (2020),
+    −(z_y − z_t) / (z_π1 − (z_π3 + z_π4) / 2), with π the classes sorted
+    by decreasing logit; (B,), maximised. Needs at least 4 classes."""
+    ranked = jnp.sort(logits, axis=-1)[:, ::-1]
+    scale = ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12
+    return -(true_logit(logits, labels) - true_logit(logits, target)) / scale

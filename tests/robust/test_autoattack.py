@@ -1,0 +1,102 @@
+"""Tests of robust/autoattack.py: robust accuracy at most each single
+attack's, broken_by codes consistent with the attacks and the images, the
+host driver equal to the traced version, and bad settings refused."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import robust
+from robust import common
+from robust.autoattack import stage
+
+SHAPE = (6, 6, 2)
+DIM = int(np.prod(SHAPE))
+EPS = 6 / 255
+CONFIG = robust.AutoAttackConfig(
+    budget=robust.Budget(
+        apgd_iters=20, n_targets=3, fab_iters=20, square_queries=300
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    w1 = jnp.asarray(rng.normal(size=(DIM, 32)) / 4, jnp.float32)
+    w2 = jnp.asarray(rng.normal(size=(32, 10)), jnp.float32)
+    images = jnp.asarray(rng.uniform(0, 1, (48,) + SHAPE), jnp.float32)
+
+    def logits_fn(x):
+        return jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+
+    labels = jnp.argmax(logits_fn(images), -1).at[:4].add(1) % 10
+    result = robust.autoattack(
+        logits_fn, images, labels, EPS, jax.random.key(1), CONFIG
+    )
+    return logits_fn, images, labels, result
+
+
+def test_robust_accuracy_at_most_each_attacks(problem):
+    logits_fn, images, labels, result = problem
+    broken_by = np.asarray(result.broken_by)
+    robust_count = np.sum(broken_by == robust.ROBUST)
+    keys = common.example_keys(jax.random.key(1), len(images))
+    for name in robust.ATTACKS:
+        single = stage(name, CONFIG)(
+            logits_fn,
+            images,
+            labels,
+            EPS,
+            common.fold_keys(keys, robust.CODES[name]),
+        )
+        assert robust_count <= np.sum(~np.asarray(single.success)), name
+    # Examples are broken at every stage of this problem, so it tests them.
+    assert set(np.unique(broken_by)) >= {-1, 0, 1}
+
+
+def test_codes_agree_with_the_images(problem):
+    logits_fn, images, labels, result = problem
+    broken_by = np.asarray(result.broken_by)
+    wrong = np.asarray(jnp.argmax(logits_fn(result.adv), -1) != labels)
+    np.testing.assert_array_equal(wrong, broken_by != robust.ROBUST)
+    np.testing.assert_array_equal(broken_by[:4], robust.CODES["clean"])
+    delta = np.abs(np.asarray(result.adv) - np.asarray(images))
+    assert delta.max() <= EPS + 1e-6
+
+
+def test_driver_equals_traced(problem):
+    logits_fn, images, labels, result = problem
+    traced = jax.jit(
+        lambda x, y, k: robust.autoattack_traced(
+            logits_fn, x, y, EPS, k, CONFIG
+        )
+    )(images, labels, jax.random.key(1))
+    np.testing.assert_array_equal(traced.broken_by, result.broken_by)
+    np.testing.assert_allclose(traced.adv, result.adv, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: robust.AutoAttackConfig(attacks=("apgd-ce", "pgd")),
+        lambda: robust.AutoAttackConfig(attacks=()),
+        lambda: robust.AutoAttackConfig(norm="l2"),
+        lambda: robust.AutoAttackConfig(norm="l1"),
+        lambda: robust.Budget(apgd_iters=0),
+        lambda: robust.Budget(square_queries=-5),
+        lambda: robust.SquareConfig(queries=0),
+        lambda: robust.FABConfig(iters=0),
+    ],
+)
+def test_bad_settings_raise(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_l2_without_square_is_accepted():
+    config = robust.AutoAttackConfig(
+        norm="l2", attacks=("apgd-ce", "apgd-t", "fab-t")
+    )
+    assert config.norm == "l2"
