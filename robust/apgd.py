@@ -230,7 +230,9 @@ def best_of_runs(run: LogitsFn, n_runs: int) -> AttackResult:
         )
 
     first = run(jnp.asarray(0))
-    _, best = jax.lax.while_loop(more, next_run, (jnp.asarray(1), first))
+    _, best = common.bounded_while(
+        more, next_run, (jnp.asarray(1), first), n_runs - 1
+    )
     return best
 
 

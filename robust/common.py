@@ -9,7 +9,7 @@ whole batch would have given them.
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import attacks
 
 LogitsFn = Callable[[jax.Array], jax.Array]
+Carry = TypeVar("Carry")
 NORMS = ("linf", "l2")
 
 
@@ -46,7 +47,8 @@ def check_positive(name: str, value: int) -> None:
 def example_keys(key: jax.Array, batch: int) -> jax.Array:
     """One key per example: `key` itself when it already is a (batch,)
     array of keys, else `fold_in(key, i)` for example i."""
-    if key.ndim == 1:
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if key.ndim == (1 if typed else 2):  # already one key per example
         if key.shape[0] != batch:
             raise ValueError(f"{key.shape[0]} keys for {batch} examples")
         return key
@@ -129,3 +131,27 @@ def dlr_targeted(
     ranked = jnp.sort(logits, axis=-1)[:, ::-1]
     scale = ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12
     return -(true_logit(logits, labels) - true_logit(logits, target)) / scale
+
+
+def bounded_while(
+    more: Callable[[Carry], jax.Array],
+    body: Callable[[Carry], Carry],
+    carry: Carry,
+    most: int,
+) -> Carry:
+    """`jax.lax.while_loop(more, body, carry)` for a loop known to run at
+    most `most` times: a `fori_loop` of `most` steps, each `body` under a
+    `lax.cond` on `more` (a skipped step costs only the test).
+
+    Why not while_loop: with JAX 0.5.3 on the CPU, an executable loaded
+    from the persistent compilation cache runs a while_loop whose trip count
+    depends on data zero times when its body draws random numbers (a fresh
+    compilation is right; loops of static trip count are unaffected).
+    tests/robust/test_common.py reproduces it in a subprocess.
+    """
+    return jax.lax.fori_loop(
+        0,
+        most,
+        lambda _, c: jax.lax.cond(more(c), body, lambda c: c, c),
+        carry,
+    )

@@ -134,7 +134,7 @@ def square(
         adv = jnp.where(common.per_example(keep, adv), new, adv)
         return i + 1, adv, jnp.where(keep, new_score, score)
 
-    _, adv, score = jax.lax.while_loop(
-        more, query, (jnp.asarray(0), adv, score)
+    _, adv, score = common.bounded_while(
+        more, query, (jnp.asarray(0), adv, score), config.queries
     )
     return AttackResult(adv, score < 0)

@@ -5,7 +5,6 @@ by a step function), Square finds adversarial examples that APGD cannot."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import robust
 from robust.square import window_side
@@ -55,14 +54,6 @@ def masked_problem(seed, batch=16):
     return logits_fn, images, labels, eps
 
 
-# KNOWN PROBLEM (docs/autoattack_notes.md): on JAX 0.5.3 CPU, Square's
-# executable loaded from the persistent compilation cache (tests/helpers.py
-# turns it on) gives other, weaker results than the freshly compiled one,
-# same inputs and key: this test passes on a cold cache and fails on a warm
-# one. Not understood yet; non-strict xfail until it is.
-@pytest.mark.xfail(
-    strict=False, reason="Square differs when loaded from the JAX cache"
-)
 def test_square_beats_masked_gradients():
     logits_fn, images, labels, eps = masked_problem(0)
     found = jax.jit(lambda x, y, k: robust.apgd_ce(logits_fn, x, y, eps, k))(

@@ -1,0 +1,66 @@
+"""robust.common.bounded_while: the loop the attacks use instead of
+jax.lax.while_loop, right also when its executable comes from the
+persistent compilation cache (JAX 0.5.3 on the CPU runs a data-dependent
+while_loop whose body draws random numbers zero times when loaded from
+the cache)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from helpers import ROOT
+
+SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp
+    from robust import common
+    from robust.square import square, SquareConfig
+
+    def loop(n, key):
+        def body(c):
+            i, s = c
+            draw = jax.random.randint(jax.random.fold_in(key, i), (), 0, 10)
+            return i + 1, s + draw
+        more = lambda c: c[0] < n
+        start = (jnp.asarray(0), jnp.asarray(0))
+        return common.bounded_while(more, body, start, 64)
+
+    i, s = jax.jit(loop)(jnp.asarray(50), jax.random.key(0))
+    w = jax.random.normal(jax.random.key(1), (16, 10))
+    x = jax.random.uniform(jax.random.key(2), (8, 4, 4, 1))
+    logits = lambda im: im.reshape(8, -1) @ w
+    y = jnp.argmax(logits(x), -1)
+    found = jax.jit(
+        lambda x, y, k: square(logits, x, y, 0.1, k, SquareConfig(200))
+    )(x, y, jax.random.key(3))
+    print(int(i), int(s), int(found.success.sum()), float(found.adv.sum()))
+    """
+)
+
+
+def run_with_cache(cache):
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        PYTHONPATH=ROOT,
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+def test_bounded_while_is_right_from_the_compilation_cache(tmp_path):
+    fresh = run_with_cache(tmp_path / "cache")
+    assert os.listdir(tmp_path / "cache"), "nothing was cached"
+    cached = run_with_cache(tmp_path / "cache")
+    assert fresh[0] == "50"  # the loop ran its 50 steps, then stopped
+    assert cached == fresh
