@@ -167,15 +167,16 @@ ATTACK_CHOICES = ("pgd", *robust.ATTACKS, "autoattack")
 BUDGET_KEYS = tuple(f.name for f in dataclasses.fields(robust.Budget))
 
 
-def budget_item(text: str) -> tuple[str, int]:
+def budget_item(text: str) -> list:
     """An argparse type: one KEY=N of --attack_budget, KEY a field of
-    robust.Budget and N an integer >= 1."""
+    robust.Budget and N an integer >= 1, as [KEY, N] (a list, so that the
+    flags recorded in config.json read back equal)."""
     key, sep, value = text.partition("=")
     if not sep or key not in BUDGET_KEYS:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not KEY=N with KEY one of {', '.join(BUDGET_KEYS)}"
         )
-    return key, positive_int(value)
+    return [key, positive_int(value)]
 
 
 def add_attack_flags(parser: argparse.ArgumentParser, what: str) -> None:

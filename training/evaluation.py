@@ -96,7 +96,7 @@ Attack = attacks.AttackConfig | ParameterFree | None
 
 
 def attack_budget(
-    attack: str, items: list[tuple[str, int]]
+    attack: str, items: list[list]
 ) -> robust.Budget | None:
     """The robust.Budget of --attack_budget (None for --attack pgd).
 
