@@ -8,6 +8,7 @@ names the flag. Choices of models and datasets come from their registries
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import NoReturn
 
 import data
 import models
+import robust
 from utils import UserError, one_line
 
 
@@ -157,6 +159,46 @@ def add_eps_flag(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=4.0,
         help="L∞ radius in 1/255 units (default 4.0)",
+    )
+
+
+# --attack: PGD (the original's) or a parameter-free attack of robust/.
+ATTACK_CHOICES = ("pgd", *robust.ATTACKS, "autoattack")
+BUDGET_KEYS = tuple(f.name for f in dataclasses.fields(robust.Budget))
+
+
+def budget_item(text: str) -> list:
+    """An argparse type: one KEY=N of --attack_budget, KEY a field of
+    robust.Budget and N an integer >= 1, as [KEY, N] (a list, so that the
+    flags recorded in config.json read back equal)."""
+    key, sep, value = text.partition("=")
+    if not sep or key not in BUDGET_KEYS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KEY=N with KEY one of {', '.join(BUDGET_KEYS)}"
+        )
+    return [key, positive_int(value)]
+
+
+def add_attack_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """--attack and --attack_budget; `what` says what the attack measures
+    (for the help)."""
+    parser.add_argument(
+        "--attack",
+        default="pgd",
+        choices=ATTACK_CHOICES,
+        help=f"attack of {what}: pgd (the original's), one parameter-free "
+        "attack, or autoattack (APGD-CE, APGD-T, FAB-T and Square in turn, "
+        "the standard version)",
+    )
+    parser.add_argument(
+        "--attack_budget",
+        nargs="+",
+        type=budget_item,
+        default=[],
+        metavar="KEY=N",
+        help="iterations, restarts and queries of the parameter-free "
+        f"attacks ({', '.join(BUDGET_KEYS)}; default the standard "
+        "version's: 100 iterations, 1 restart, 9 targets, 5000 queries)",
     )
 
 

@@ -28,6 +28,12 @@ with --centering).
 evaluates on example files (as written by
 --save_examples) instead of the test set and also writes
 `transfer_{save_name}.json`, a table of clean and robust accuracy per file.
+
+--attack autoattack (or apgd-ce, apgd-t, fab-t, square) replaces PGD by the
+parameter-free attacks of robust/ at the same radius; --attack_budget sets
+their iterations, restarts and queries. The test results then also hold
+'broken_by', per example the attack that broke it first, and the results
+JSON counts them per source.
 With several files the per-file outputs get the suffix `_{i}` (i = the
 file's position on the command line).
 """
@@ -134,6 +140,14 @@ def _add_data_and_attack_flags(parser: argparse.ArgumentParser) -> None:
         type=cli.positive_int,
         default=1,
         help="random starts per example; the worst counts",
+    )
+    cli.add_attack_flags(parser, "the robust accuracy")
+    parser.add_argument(
+        "--attack_norm",
+        default="linf",
+        choices=("linf", "l2"),
+        help="norm of the attack: linf (radius --eps/255) or l2 (radius "
+        "0.25, the paper's L2 evaluation)",
     )
     cli.add_progress_flag(parser)
 

@@ -121,6 +121,11 @@ def _add_our_flags(p: argparse.ArgumentParser) -> None:
         help="comma-separated subset of "
         f"{','.join(attacks.EVAL_ATTACKS)}; empty: clean accuracy only",
     )
+    cli.add_attack_flags(
+        p,
+        "an extra evaluation after each phase, L∞ at --eps, recorded "
+        "under its own name beside PGD's",
+    )
     p.add_argument(
         "--resume",
         action="store_true",

@@ -21,6 +21,7 @@ import models
 import utils
 from store import atomic, layout, provenance
 from training import evaluation
+from utils import UserError
 
 SHORT_BATCHES = 10
 
@@ -54,6 +55,9 @@ class AdvEvalSettings:
     pgd_iters: int
     attack_loss: str
     restarts: int
+    attack: str
+    attack_budget: list
+    attack_norm: str
     # The outputs.
     bonus_dir: str
     save_name: str
@@ -173,14 +177,32 @@ def _recorded_false(meta: dict, key: str) -> bool:
     return meta.get(key) is not None and not meta[key]
 
 
-def attack_config(settings: AdvEvalSettings) -> attacks.AttackConfig | None:
-    """The PGD-L∞ attack of the flags, or None with --no_adv."""
+def attack_config(settings: AdvEvalSettings) -> evaluation.Attack:
+    """The attack of the flags: PGD (L∞ of radius --eps/255, or with
+    --attack_norm l2 the paper's L2 radius 0.25), a parameter-free attack
+    at the same radius, or None with --no_adv.
+
+    Raises:
+      UserError: flags that do not go together.
+    """
+    budget = evaluation.attack_budget(settings.attack, settings.attack_budget)
     if settings.no_adv:
+        if settings.attack != "pgd":
+            raise UserError(
+                f"--no_adv runs no attack, and --attack {settings.attack} "
+                "asks for one: pass one of them"
+            )
         return None
-    return dataclasses.replace(
-        attacks.eval_linf(settings.eps, settings.pgd_iters),
+    make = {"linf": attacks.eval_linf, "l2": attacks.eval_l2}
+    pgd = dataclasses.replace(
+        make[settings.attack_norm](settings.eps, settings.pgd_iters),
         loss=settings.attack_loss,
         restarts=settings.restarts,
+    )
+    if settings.attack == "pgd":
+        return pgd
+    return evaluation.parameter_free(
+        settings.attack, pgd.eps, settings.attack_norm, budget
     )
 
 
@@ -231,7 +253,7 @@ def output_paths(
 def evaluate_source(
     settings: AdvEvalSettings,
     network: models.Network,
-    attack: attacks.AttackConfig | None,
+    attack: evaluation.Attack,
     eval_step: Callable,
     source: tuple[str, np.ndarray, np.ndarray],
 ) -> tuple[evaluation.EvalResult, np.ndarray, np.ndarray]:
@@ -281,14 +303,24 @@ def write_source_outputs(
 
 
 def attack_record(
-    attack: attacks.AttackConfig | None, settings: AdvEvalSettings
+    attack: evaluation.Attack, settings: AdvEvalSettings
 ) -> dict | None:
     """The attack that ran, for the results files (None with --no_adv)."""
     if attack is None:
         return None
+    eps_255 = settings.eps if settings.attack_norm == "linf" else None
+    if isinstance(attack, evaluation.ParameterFree):
+        return dict(
+            attack.record(),
+            eps_255=eps_255,
+            seed=settings.random_seed,
+            keys="fold_in(fold_in(PRNGKey(seed), batch index), example) "
+            "for each attack",
+        )
     return dict(
         attack.kwargs(),
-        eps_255=settings.eps,
+        name="pgd",
+        eps_255=eps_255,
         seed=settings.random_seed,
         random_start=True,
         keys="fold_in(PRNGKey(seed), batch index)",
@@ -299,7 +331,7 @@ def run_record(
     settings: AdvEvalSettings,
     spec: models.ModelSpec,
     network: models.Network,
-    attack: attacks.AttackConfig | None,
+    attack: evaluation.Attack,
     rows: list[dict],
 ) -> dict:
     """The `results_{save_name}.json` content."""
@@ -398,7 +430,7 @@ def evaluate_checkpoint(settings: AdvEvalSettings) -> None:
 
 def _evaluate_and_write(
     settings: AdvEvalSettings,
-    evaluated: tuple[models.Network, attacks.AttackConfig | None, Callable],
+    evaluated: tuple[models.Network, evaluation.Attack, Callable],
     source: tuple[str, np.ndarray, np.ndarray],
     paths: dict[str, str],
 ) -> dict:
@@ -416,5 +448,7 @@ def _evaluate_and_write(
         "acc_dirty": result.acc_dirty,
         "seconds": time.perf_counter() - started,
     }
+    if result.broken_by is not None:
+        row["broken_by"] = evaluation.broken_by_counts(result.broken_by)
     row.update(write_source_outputs(settings, paths, result, images, labels))
     return row

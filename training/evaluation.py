@@ -1,4 +1,6 @@
-"""Clean and PGD-robust accuracy of a model under given dynamics.
+"""Clean and robust accuracy of a model under given dynamics: under PGD
+(`attacks.AttackConfig`) or a parameter-free attack of `robust/`
+(`ParameterFree`: APGD-CE, APGD-T, FAB-T, Square or AutoAttack).
 
 Shared by `run_exp.py` (the test after each phase) and
 `eval_and_make_adv.py`. The model is a `models.Network`: an `apply_fn`,
@@ -24,6 +26,7 @@ from tqdm import tqdm
 import attacks
 import data
 import models
+import robust
 from store import checkpoints
 from utils import UserError
 
@@ -45,6 +48,10 @@ class EvalResult:
         adv_images: float32 (n, H, W, C) adversarial images in [0, 1], kept
             only when asked for; else None.
         n: number of examples evaluated.
+        broken_by: int (n,) codes of robust.CODES, the parameter-free
+            attack that broke each example first (robust.CODES['clean']:
+            wrong when clean; robust.ROBUST: none did); None under PGD or
+            without an attack.
     """
 
     acc_clean: float
@@ -55,14 +62,105 @@ class EvalResult:
     components_dirty: dict | None
     adv_images: np.ndarray | None
     n: int
+    broken_by: np.ndarray | None = None
 
 
-def make_eval_step(attack: attacks.AttackConfig | None) -> Callable:
+@dataclasses.dataclass(frozen=True)
+class ParameterFree:
+    """A parameter-free attack of `robust/` at one radius.
+
+    Attributes:
+        name: 'autoattack' (the standard version's four attacks in turn)
+            or one of robust.ATTACKS ('apgd-ce', 'apgd-t', 'fab-t',
+            'square').
+        eps: radius in pixel units (L-inf: eps/255; L2: as given).
+        config: the robust.AutoAttackConfig run (norm, budget, attacks).
+    """
+
+    name: str
+    eps: float
+    config: robust.AutoAttackConfig
+
+    def record(self) -> dict:
+        """The attack's settings, for the results files."""
+        return {
+            "name": self.name,
+            "norm": self.config.norm,
+            "eps": self.eps,
+            "attacks": list(self.config.attacks),
+            "budget": dataclasses.asdict(self.config.budget),
+        }
+
+
+Attack = attacks.AttackConfig | ParameterFree | None
+
+
+def attack_budget(
+    attack: str, items: list[list]
+) -> robust.Budget | None:
+    """The robust.Budget of --attack_budget (None for --attack pgd).
+
+    Raises:
+      UserError: a budget given to PGD, or a key given twice.
+    """
+    keys = [key for key, _ in items]
+    if attack == "pgd":
+        if items:
+            raise UserError(
+                "--attack_budget sets the parameter-free attacks: drop it, "
+                "or pass --attack autoattack (or one of its attacks); PGD "
+                "takes --pgd_iters and --restarts"
+            )
+        return None
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise UserError(
+            f"--attack_budget gives {', '.join(twice)} more than once"
+        )
+    return robust.Budget(**dict(items))
+
+
+def parameter_free(
+    name: str, eps: float, norm: str, budget: robust.Budget
+) -> ParameterFree:
+    """The ParameterFree attack `name` ('autoattack' or one of
+    robust.ATTACKS) at radius `eps` (pixel units) in `norm`.
+
+    Raises:
+      UserError: Square (alone or in AutoAttack) in a norm other than
+        L-inf, which it does not support here.
+    """
+    chosen = robust.ATTACKS if name == "autoattack" else (name,)
+    if norm != "linf" and "square" in chosen:
+        what = "includes Square, which " if name == "autoattack" else ""
+        raise UserError(
+            f"--attack {name} {what}supports L-inf only here: pass "
+            "--attack apgd-ce, apgd-t or fab-t for L2, or --attack_norm "
+            "linf"
+        )
+    config = robust.AutoAttackConfig(norm=norm, budget=budget, attacks=chosen)
+    return ParameterFree(name, eps, config)
+
+
+def broken_by_counts(codes: np.ndarray) -> dict[str, int]:
+    """{'clean', each attack of robust.ATTACKS, 'robust'}: how many
+    examples of the int (n,) `codes` each one covers."""
+    names = {code: name for name, code in robust.CODES.items()}
+    names[robust.ROBUST] = "robust"
+    counts = {name: 0 for name in [*robust.CODES, "robust"]}
+    values, numbers = np.unique(codes, return_counts=True)
+    for code, count in zip(values, numbers, strict=True):
+        counts[names[int(code)]] += int(count)
+    return counts
+
+
+def make_eval_step(attack: Attack) -> Callable:
     """A compiled clean-and-adversarial evaluation of one batch.
 
     Args:
-        attack: an `attacks.AttackConfig`, or None for clean only. PGD
-            attacks the network's logits (centered: df; else f + df).
+        attack: an `attacks.AttackConfig` (PGD), a ParameterFree attack, or
+            None for clean only. The attack attacks the network's logits
+            (centered: df; else f + df).
 
     Returns:
         A `jax.jit` function `(network, images, labels, key) -> dict` for a
@@ -70,8 +168,11 @@ def make_eval_step(attack: attacks.AttackConfig | None) -> Callable:
         and a PRNG key, returning 'f_clean', 'df_clean' (B, K) and, with an
         attack, 'adv_images' (B, H, W, C), 'f_adv', 'df_adv' (B, K). Batch
         norm is in eval mode. It compiles once per network structure and
-        batch shape.
+        batch shape. Under a ParameterFree attack the step also returns
+        'broken_by' (B,) and is a host function around compiled parts.
     """
+    if isinstance(attack, ParameterFree):
+        return _parameter_free_step(attack)
 
     def step(
         network: models.Network,
@@ -95,6 +196,53 @@ def make_eval_step(attack: attacks.AttackConfig | None) -> Callable:
         return out
 
     return jax.jit(step)
+
+
+def _network_logits(network: models.Network, images: jax.Array) -> jax.Array:
+    """The logits the network classifies with (batch norm in eval mode)."""
+    return network.logits(images)[0]
+
+
+@jax.jit
+def _parts(
+    network: models.Network, images: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """(f, df) of the network on a batch (see models.Dynamics.parts)."""
+    f, df, _ = network.parts(images)
+    return f, df
+
+
+def _parameter_free_step(attack: ParameterFree) -> Callable:
+    """make_eval_step's step for a ParameterFree attack: the clean parts,
+    robust.autoattack on the batch (the network passed to the compiled
+    attacks as an argument, not baked in), and the adversarial parts."""
+
+    def step(
+        network: models.Network,
+        images: jax.Array,
+        labels: jax.Array,
+        key: jax.Array,
+    ) -> dict[str, jax.Array]:
+        f, df = _parts(network, images)
+        result = robust.autoattack(
+            jax.tree_util.Partial(_network_logits, network),
+            images,
+            labels,
+            attack.eps,
+            key,
+            attack.config,
+        )
+        f_adv, df_adv = _parts(network, result.adv)
+        return {
+            "f_clean": f,
+            "df_clean": df,
+            "adv_images": result.adv,
+            "f_adv": f_adv,
+            "df_adv": df_adv,
+            "broken_by": result.broken_by,
+        }
+
+    return step
 
 
 def _padded(
@@ -216,6 +364,7 @@ class _Gathered:
             components_dirty=components("adv"),
             adv_images=joined.get("adv_images"),
             n=len(labels),
+            broken_by=joined.get("broken_by"),
         )
 
 
@@ -247,7 +396,7 @@ def evaluate(
     images: np.ndarray,
     labels: np.ndarray,
     *,
-    attack: attacks.AttackConfig | None,
+    attack: Attack,
     options: EvalOptions | None = None,
     eval_step: Callable | None = None,
 ) -> EvalResult:
@@ -263,7 +412,8 @@ def evaluate(
         network: the `models.Network` evaluated (batch norm in eval mode).
         images: float32 (N, H, W, C) in [0, 1].
         labels: int (N,).
-        attack: an `attacks.AttackConfig`, or None for clean accuracy only.
+        attack: an `attacks.AttackConfig` (PGD), a ParameterFree attack,
+            or None for clean accuracy only.
         options: an EvalOptions (None: its defaults).
         eval_step: a step from `make_eval_step(attack)` to reuse (and not
             compile again); None makes one.
@@ -335,6 +485,8 @@ def results_record(result: EvalResult) -> dict:
         'components_clean': {'f': (N, K), 'df': (N, K)} float32,
         'components_dirty': the same}. Without an attack (--no_adv) the
         dirty entries are the clean ones, as the original writes them.
+        Under a parameter-free attack also 'broken_by' int (N,) (see
+        EvalResult).
     """
     attacked = result.acc_dirty is not None
     return {
@@ -348,7 +500,7 @@ def results_record(result: EvalResult) -> dict:
         "components_dirty": (
             result.components_dirty if attacked else result.components_clean
         ),
-    }
+    } | ({} if result.broken_by is None else {"broken_by": result.broken_by})
 
 
 def examples_record(

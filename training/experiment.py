@@ -43,6 +43,9 @@ NON_RUN_FLAGS = (
     "save_path",
     "data_path",
 )
+# Flags added after runs were recorded, with the defaults those runs had:
+# a record without them holds these values (so that it can be resumed).
+LATER_FLAGS = {"attack": "pgd", "attack_budget": []}
 # The files run_exp.py writes in --save_path (what --overwrite removes).
 RUN_FILES = (*layout.RUN_FILES, *layout.RUN_GLOBS)
 
@@ -81,6 +84,8 @@ class RunSettings:
     train_pgd_iters: int
     eval_pgd_iters: int
     eval_attacks: str
+    attack: str
+    attack_budget: list
     # Evaluations and files.
     skip_first_test: bool
     skip_second_test: bool
@@ -139,6 +144,7 @@ def validate_flags(settings: RunSettings) -> None:
             f"{', '.join(attacks.EVAL_ATTACKS)}, not "
             f"{settings.eval_attacks!r}"
         )
+    evaluation.attack_budget(settings.attack, settings.attack_budget)
     if settings.resume and settings.overwrite:
         raise UserError(
             "--resume continues the run in --save_path and --overwrite "
@@ -293,14 +299,15 @@ def _plan_start(
         return "fresh"
     if settings.overwrite:
         return "fresh"
-    same = saved.flags == settings.run_flags
+    recorded = {**LATER_FLAGS, **saved.flags}
+    same = recorded == settings.run_flags
     if saved.stage == "done":
         if same:
             return "nothing to do"
         raise UserError(
             f"{folder} holds a finished run with loaders "
             f"{saved.flags.get('loaders')} and other flags "
-            f"({_differences(saved.flags, settings.run_flags)}): pass "
+            f"({_differences(recorded, settings.run_flags)}): pass "
             "--overwrite to replace it, or choose another --save_path"
         )
     if not settings.resume:
@@ -311,7 +318,7 @@ def _plan_start(
     if not same:
         raise UserError(
             f"--resume: {folder} holds a run with other flags "
-            f"({_differences(saved.flags, settings.run_flags)}); repeat its "
+            f"({_differences(recorded, settings.run_flags)}); repeat its "
             "command line exactly, or choose another --save_path"
         )
     return "resume"
@@ -780,16 +787,9 @@ def _write_results(run: Run) -> None:
         run.path(layout.RESULTS_PKL), _original_results(results)
     )
     attacks_run = {
-        name: dict(
-            attacks.EVAL_ATTACKS[name](
-                settings.eps, settings.eval_pgd_iters
-            ).kwargs(),
-            eps_255=settings.eps if name == "linf" else None,
-            random_start=True,
-            seed=settings.random_seed,
-            keys="fold_in(PRNGKey(seed), batch index)",
-        )
-        for name in settings.attack_names
+        name: _attack_record(settings, name, attack)
+        for name, attack in eval_attacks(settings)
+        if name is not None
     }
     skipped = _skip_reasons(settings)
     for name in ("clean", "l2", "linf"):
@@ -810,19 +810,63 @@ def _base_key(settings: RunSettings, phase: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(settings.random_seed), phase)
 
 
+def eval_attacks(
+    settings: RunSettings,
+) -> list[tuple[str | None, evaluation.Attack]]:
+    """(name, attack) of each evaluation of a model: PGD in each norm of
+    --eval_attacks, then with --attack the parameter-free attack in L∞ at
+    --eps under its own name; [(None, None)] for clean accuracy only."""
+    chosen: list[tuple[str | None, evaluation.Attack]] = [
+        (
+            name,
+            attacks.EVAL_ATTACKS[name](settings.eps, settings.eval_pgd_iters),
+        )
+        for name in settings.attack_names
+    ]
+    if settings.attack != "pgd":
+        budget = evaluation.attack_budget(
+            settings.attack, settings.attack_budget
+        )
+        eps = attacks.eval_linf(settings.eps, 1).eps
+        chosen.append(
+            (
+                settings.attack,
+                evaluation.parameter_free(
+                    settings.attack, eps, "linf", budget
+                ),
+            )
+        )
+    return chosen or [(None, None)]
+
+
+def _attack_record(
+    settings: RunSettings, name: str, attack: evaluation.Attack
+) -> dict:
+    """results.json's record of the evaluation attack `name`."""
+    common = dict(seed=settings.random_seed)
+    if isinstance(attack, evaluation.ParameterFree):
+        return dict(
+            attack.record(),
+            eps_255=settings.eps,
+            keys="fold_in(fold_in(PRNGKey(seed), batch index), example) "
+            "for each attack",
+            **common,
+        )
+    return dict(
+        attack.kwargs(),
+        eps_255=settings.eps if name == "linf" else None,
+        random_start=True,
+        keys="fold_in(PRNGKey(seed), batch index)",
+        **common,
+    )
+
+
 def _evaluate(run: Run, network: models.Network, name: str) -> dict:
-    """Clean and PGD accuracies (fractions) on the test set; each
+    """Clean and robust accuracies (fractions) on the test set; each
     evaluation's time goes to the log."""
     settings = run.settings
     accuracies = {"clean": None, "l2": None, "linf": None}
-    for attack_name in settings.attack_names or [None]:
-        attack = (
-            attacks.EVAL_ATTACKS[attack_name](
-                settings.eps, settings.eval_pgd_iters
-            )
-            if attack_name
-            else None
-        )
+    for attack_name, attack in eval_attacks(settings):
         started = time.perf_counter()
         result = evaluation.evaluate(
             network,

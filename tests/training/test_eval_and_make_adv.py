@@ -287,6 +287,25 @@ def bad_inputs(root):
         "eps zero": model + ["--eps", "0"],
         "eps negative": model + ["--eps", "-4"],
         "contradicting model": model + ["--model", "resnet18"],
+        "unknown attack": model + ["--attack", "cw"],
+        "budget zero": model
+        + ["--attack", "autoattack", "--attack_budget", "apgd_iters=0"],
+        "budget unknown key": model
+        + ["--attack", "apgd-ce", "--attack_budget", "steps=10"],
+        "budget with pgd": model + ["--attack_budget", "apgd_iters=10"],
+        "budget key twice": model
+        + [
+            "--attack",
+            "apgd-ce",
+            "--attack_budget",
+            "apgd_iters=10",
+            "apgd_iters=20",
+        ],
+        "autoattack in l2": model
+        + ["--attack", "autoattack", "--attack_norm", "l2"],
+        "square in l2": model + ["--attack", "square", "--attack_norm", "l2"],
+        "no_adv with autoattack": model
+        + ["--no_adv", "--attack", "autoattack"],
     }
 
 
@@ -299,6 +318,14 @@ CASES = (
     "eps zero",
     "eps negative",
     "contradicting model",
+    "unknown attack",
+    "budget zero",
+    "budget unknown key",
+    "budget with pgd",
+    "budget key twice",
+    "autoattack in l2",
+    "square in l2",
+    "no_adv with autoattack",
 )
 
 

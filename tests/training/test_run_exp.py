@@ -785,3 +785,51 @@ def test_bad_input_from_the_command_line_has_no_traceback(tmp_path, data_path):
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "--eps", "finite")
     assert not (tmp_path / "out").exists()
+
+
+def test_attack_adds_an_evaluation_beside_pgd(tmp_path, data_path, capsys):
+    """--attack apgd-ce: each phase's test also runs APGD-CE (L∞ at --eps),
+    recorded under its name beside PGD's, never above it (APGD-CE with 20
+    steps against PGD with 3); results.pkl keeps the original's layout."""
+    save = tmp_path / "aa"
+    flags = phase_one_flags(save, "CC", epochs=1) + [
+        "--attack",
+        "apgd-ce",
+        "--attack_budget",
+        "apgd_iters=20",
+        "--data_path",
+        data_path,
+    ]
+    code, _, err = run_in_process(flags, capsys)
+    assert code == 0, err
+    results = json.loads((save / "results.json").read_text())
+    standard = results["standard"]
+    assert standard["apgd-ce"] <= standard["linf"]
+    record = results["attacks"]["apgd-ce"]
+    assert record["name"] == "apgd-ce" and record["norm"] == "linf"
+    assert record["budget"]["apgd_iters"] == 20
+    assert record["eps_255"] == 4.0
+    assert set(load_pickle(save / "results.pkl")["standard"]) == {
+        "clean",
+        "l2",
+        "linf",
+    }
+
+
+def test_record_made_before_the_attack_flags_still_resumes(
+    tmp_path, data_path, capsys
+):
+    """A finished run whose record predates --attack and --attack_budget
+    counts as made with their defaults: nothing to do, not 'other flags'."""
+    save = tmp_path / "old"
+    flags = phase_one_flags(save, "CC", epochs=1) + ["--data_path", data_path]
+    code, _, err = run_in_process(flags, capsys)
+    assert code == 0, err
+    state_path = save / "train_state.pkl"
+    state = load_pickle(state_path)
+    for name in ("attack", "attack_budget"):
+        del state["flags"][name]
+    atomic.atomic_pickle(state_path, state)
+    code, out, err = run_in_process(flags, capsys)
+    assert code == 0, err
+    assert "nothing to do" in out
