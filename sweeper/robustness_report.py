@@ -96,9 +96,9 @@ def _table_lines(
     )
     budget = (config.get("robustness") or {}).get("budget") or {}
     budget_text = (
-        ", budget " + ", ".join(f"{k} = {v}" for k, v in budget.items())
+        "; budget " + ", ".join(f"{k} = {v}" for k, v in budget.items())
         if budget
-        else " (standard budget)"
+        else "; the standard budget"
     )
     lines = [
         f"AutoAttack (APGD-CE, APGD-T, FAB-T, Square{budget_text}) at "
@@ -266,11 +266,12 @@ def summary_text(
         gaps = models.dropna(subset=["gap"])
         worst = gaps.loc[gaps["gap"].idxmax()]
         apgd = (gaps["pgd"] - gaps["apgd_ce"]).mean()
+        mean = gaps["gap"].mean()
         parts.append(
-            f"AutoAttack's robust accuracy is {gaps['gap'].mean():+.3f} "
-            f"below PGD's on average over {len(gaps)} models (largest "
-            f"{worst['gap']:+.3f}, {model_name(worst)}); APGD-CE alone "
-            f"accounts for {apgd:+.3f} of it."
+            f"AutoAttack's robust accuracy is {abs(mean):.3f} "
+            f"{'below' if mean >= 0 else 'above'} PGD's on average over "
+            f"{len(gaps)} models (largest gap {worst['gap']:+.3f}, "
+            f"{model_name(worst)}); APGD-CE alone is {apgd:+.3f} below PGD."
         )
     if not models.empty:
         flagged = masked(models)
