@@ -12,6 +12,10 @@
   {name}_kernels.csv  a row per kernel of analyze_kernels.py's kernels.csv,
                       with the distance to the run's last kernel, the
                       velocity and the distance between the runs;
+  {name}_robustness.csv  a row per robustness cell (eval_and_make_adv.py
+                      --attack): the attack, eps, clean and robust
+                      accuracy, the broken_by counts; {name}.csv then
+                      has an autoattack column;
   {name}/*.png        the figures (`sweeper.report_figures`);
 then regenerates the report from every preset's committed CSVs, with the
 verdicts of `sweeper.verdicts` (`python report.py` does only that). Files
