@@ -6,6 +6,7 @@ finished sweep."""
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +19,12 @@ import run_exp
 import sweep
 from helpers import ROOT, assert_one_line_error
 from store import atomic
-from sweep_fixtures import tiny_config, write_config
+from sweep_fixtures import (
+    outcome_lines,
+    run_sweep,
+    tiny_config,
+    write_config,
+)
 from sweeper import (
     collect,
     estimate,
@@ -650,18 +656,22 @@ def _attack_flag_missing() -> bool:
         capture_output=True,
         text=True,
     )
-    return "--attack" not in result.stdout
+    return "--attack_budget" not in result.stdout
 
 
 @pytest.mark.slow
-def test_tiny_grid_with_robustness_end_to_end(tiny_local_run, tmp_path):
+def test_tiny_grid_with_robustness_end_to_end(
+    tiny_local_run, sweep_data, tmp_path
+):
+    """The finished tiny grid (a copy) with [robustness] added: only the
+    robustness cells run, and the largest eps brings accuracy to 0."""
     if _attack_flag_missing():
         pytest.skip("eval_and_make_adv.py does not take --attack yet")
-    from sweep_fixtures import run_sweep
-
+    root = tmp_path / "root"
+    shutil.copytree(tiny_local_run["root"], root)
     config = tiny_config(
-        tiny_local_run["root"],
-        os.path.dirname(tiny_local_run["root"]),
+        root,
+        sweep_data,
         robustness={
             "eps_curve": [8, 255],
             "budget": {
@@ -675,6 +685,12 @@ def test_tiny_grid_with_robustness_end_to_end(tiny_local_run, tmp_path):
     path = write_config(tmp_path / "tiny.toml", config)
     result = run_sweep(path, "--local", "2")
     assert result.returncode == 0, result.stdout + result.stderr
+    ran = [
+        cell_id
+        for cell_id, (status, _) in outcome_lines(result.stdout).items()
+        if status == "ok"
+    ]
+    assert ran and all("/robustness/" in cell_id for cell_id in ran)
     the_grid = grid.Grid.load(path)
     for cell in the_grid.cells():
         assert grid.cell_status(cell) == grid.DONE, cell.id
