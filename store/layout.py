@@ -153,3 +153,8 @@ ANALYSIS_MARKER = "analysis.json"  # written last: the analysis is complete
 
 SWEEP_RECORD = "sweep.json"
 SEEDS_ANALYSIS_DIR = "between_seeds"
+# The figure of robust accuracy against eps (sweep.py --aggregate, in the
+# preset's figure folder), and the robustness cells' folder in a phase-2
+# run's (eval_and_make_adv.py --bonus_dir).
+ROBUSTNESS_FIGURE = "robust_accuracy_vs_eps.png"
+ROBUSTNESS_DIR = "robustness"

@@ -10,7 +10,9 @@ they run, what they cost, and the reproduction report (sweep.py).
 - `runners`: running the cells here (`--local`) or on SLURM (`--slurm`);
 - `collect`: the cells' files read into tables;
 - `report_figures`: the figures; `verdicts`: the verdicts on the paper's
-  claims; `report`: `--aggregate` and the markdown report (docs/REPORT.md).
+  claims and the masking diagnostics; `robustness_report`: the report's
+  section on AutoAttack; `report`: `--aggregate` and the markdown report
+  (docs/REPORT.md).
 
 May import: every lower layer (`analysis`, `training`, `ntk`, `store`,
 the core modules, `utils`) and `cli`, never an entry script: the scripts'

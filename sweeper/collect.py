@@ -16,7 +16,7 @@ import pandas as pd
 import models
 import utils
 from store import layout
-from sweeper import grid
+from sweeper import grid, schema
 from sweeper.grid import KernelKey
 
 KEYS = ["seed", "phase1", "t", "phase2", "dynamics"]
@@ -28,6 +28,20 @@ DERIVED = [
     "distance_between",
     "distance_between_seeds",
 ]
+# The robustness table ({name}_robustness.csv): a row per robustness cell.
+ROBUSTNESS_KEYS = KEYS + ["attack", "eps"]
+# Who broke an example first (eval_and_make_adv.py's broken_by counts):
+# wrong when clean, each attack of AutoAttack in turn, robust to all.
+BROKEN_BY = ["clean", "apgd-ce", "apgd-t", "fab-t", "square", "robust"]
+BROKEN = "broken_by_{}"  # its column: broken_by_apgd_ce, ...
+AUTOATTACK_COLUMN = "autoattack"  # of {name}.csv: AutoAttack at attack.eps
+
+
+def broken_column(name: str) -> str:
+    """The robustness table's column of a broken_by count."""
+    return BROKEN.format(name.replace("-", "_"))
+
+
 # Columns of the kernel table: the distance to the same loader's kernel of
 # seed s (same t, class and images), one column per seed of the grid.
 TO_SEED = "distance_to_seed_{}"
@@ -104,6 +118,7 @@ def collect_cells(
     records = records or grid.CellRecords()
     rows, missing = [], []
     phase1_results = {}
+    autoattack = _autoattack(the_grid, records)
     for cell in the_grid.cells():
         if cell.stage == "phase1":
             phase1_results[cell.id] = (
@@ -136,14 +151,111 @@ def collect_cells(
         )
         if the_grid.config["evaluation"] is not None:
             row.update(_eval_numbers(the_grid, cell, records, missing))
+        if autoattack is not None:
+            row[AUTOATTACK_COLUMN] = autoattack.get(cell.id, math.nan)
         phase1 = phase1_results.get(cell.deps[0], (None, ""))
         row.update(_phase1_numbers(cell.deps[0], *phase1))
         row.update(_settings(the_grid, cell, records))
         rows.append(row)
     frame = pd.DataFrame(rows)
+    if autoattack is not None and frame.get(AUTOATTACK_COLUMN) is not None:
+        if frame[AUTOATTACK_COLUMN].isna().all():
+            frame = frame.drop(columns=AUTOATTACK_COLUMN)
     # Image counts are whole numbers: written as such when all are known.
     if "test_images" in frame and frame["test_images"].notna().all():
         frame["test_images"] = frame["test_images"].astype(int)
+    return frame, missing
+
+
+def _autoattack(
+    the_grid: grid.Grid, records: grid.CellRecords
+) -> dict[str, float] | None:
+    """{phase-2 cell id: AutoAttack's robust accuracy at attack.eps} of the
+    robustness cells that ran; None when the grid runs no AutoAttack there
+    (then {name}.csv has no autoattack column, as before the robustness
+    cells)."""
+    r = the_grid.config["robustness"]
+    if r is None or not r["autoattack"]:
+        return None
+    eps = the_grid.config["attack"]["eps"]
+    found = {}
+    for cell in the_grid.cells():
+        if (
+            cell.stage == "robustness"
+            and cell.keys["attack"] == schema.AUTOATTACK
+            and cell.keys["eps"] == eps
+        ):
+            row = _robustness_row(cell, records)
+            if row is not None:
+                found[cell.deps[0]] = row["acc_robust"]
+    return found
+
+
+def _robustness_row(
+    cell: grid.Cell, records: grid.CellRecords
+) -> dict[str, object] | None:
+    """A robustness cell's row of the robustness table from its results
+    json (None when absent): the keys, n, clean and robust accuracy, and
+    the broken_by counts (NaN where the attack records none, e.g. PGD).
+
+    Raises:
+        UserError: naming the cell and the file, when it is damaged.
+    """
+    path = cell.outputs[0]
+    folder = os.path.dirname(path)
+    record = _read_record(records, cell.id, path, folder, ("sources",))
+    if record is None:
+        return None
+    sources = record["sources"]
+    if not (
+        isinstance(sources, list) and sources and isinstance(sources[0], dict)
+    ):
+        raise grid.damaged(cell.id, path, "no 'sources' rows", folder)
+    source = sources[0]
+    broken = source.get("broken_by")
+    if broken is not None and not isinstance(broken, dict):
+        raise grid.damaged(cell.id, path, "'broken_by' not an object", folder)
+    row = {key: cell.keys[key] for key in ROBUSTNESS_KEYS}
+    values = {
+        "n": (source, "n"),
+        "acc_clean": (source, "acc_clean"),
+        "acc_robust": (source, "acc_dirty"),
+    }
+    values.update(
+        {broken_column(b): (broken, b) for b in BROKEN_BY}
+        if broken is not None
+        else {}
+    )
+    row.update(_numbers(cell.id, path, folder, values))
+    for b in BROKEN_BY:
+        row.setdefault(broken_column(b), math.nan)
+    row["cell"] = cell.id
+    return row
+
+
+def collect_robustness(
+    the_grid: grid.Grid, records: grid.CellRecords | None = None
+) -> tuple[pd.DataFrame, list[str]]:
+    """A row per robustness cell with results ({name}_robustness.csv:
+    ROBUSTNESS_KEYS, n, acc_clean, acc_robust, the broken_by counts as
+    broken_by_* columns, the cell id), and the cells without results
+    (missing). An empty table when the grid has no [robustness]."""
+    records = records or grid.CellRecords()
+    rows, missing = [], []
+    for cell in the_grid.cells():
+        if cell.stage != "robustness":
+            continue
+        row = _robustness_row(cell, records)
+        if row is None:
+            missing.append(f"{cell.id}: no results json")
+            continue
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        counts = ["n"] + [broken_column(b) for b in BROKEN_BY]
+        for column in counts:
+            if frame[column].notna().all():
+                frame[column] = frame[column].astype(int)
     return frame, missing
 
 

@@ -4,6 +4,7 @@ dataset registry's split sizes (`data.DATASETS`)."""
 
 import data
 from ntk import kernel_files
+from sweeper import schema
 from sweeper.grid import Cell, Grid
 from training import train
 from utils import UserError
@@ -68,7 +69,46 @@ def cell_seconds(grid: Grid, cell: Cell) -> float:
         return files * rate["kernel_file_s"]
     if cell.stage == "features":
         return rate["features_s"]
+    if cell.stage == "robustness":
+        return robustness_seconds(grid, cell)
     return 0.0
+
+
+# eval_and_make_adv.py --pgd_iters's default (the robustness cells of
+# curve_attack = "pgd" run it).
+PGD_ITERS = 100
+# A query of Square (a forward pass) in PGD steps (a forward and a
+# backward pass, about three forward passes' work).
+SQUARE_QUERY_STEPS = 1 / 3
+
+
+def attack_steps(attack: str, budget: dict) -> float:
+    """PGD-step equivalents per test image of `attack` with `budget`
+    (--attack_budget, over the standard AutoAttack's defaults): an upper
+    bound, as if every image went through every iteration. AutoAttack's is
+    the sum of its four attacks' (each runs only on the images the earlier
+    ones left robust, so the bound holds for a model robust to all)."""
+    b = dict(schema.BUDGET_DEFAULTS, **budget)
+    apgd = b["apgd_iters"] * b["apgd_restarts"]
+    steps = {
+        "pgd": PGD_ITERS,
+        "apgd-ce": apgd,
+        "apgd-t": apgd * b["n_targets"],
+        "fab-t": b["fab_iters"] * b["fab_restarts"] * b["n_targets"],
+        "square": b["square_queries"] * SQUARE_QUERY_STEPS,
+    }
+    if attack == schema.AUTOATTACK:
+        return sum(steps[a] for a in ("apgd-ce", "apgd-t", "fab-t", "square"))
+    return steps[attack]
+
+
+def robustness_seconds(grid: Grid, cell: Cell) -> float:
+    """A robustness cell: its attack's PGD-step equivalents per image
+    (attack_steps) × the test images / throughput.pgd_image_steps_per_s."""
+    r = grid.config["robustness"]
+    images = r["test_size"] or _dataset(grid).n_test
+    steps = attack_steps(cell.keys["attack"], r["budget"])
+    return images * steps / grid.config["throughput"]["pgd_image_steps_per_s"]
 
 
 def estimate(grid: Grid, cells: list) -> dict:

@@ -69,6 +69,12 @@ PHASE1_DIR = "phase1_{}"  # a phase-1 run (its loader), in its seed's
 PHASE2_DIR = "t_{}/phase2_{}_{}"  # (t, loader, dynamics), in phase 1's
 KERNELS_DIR = "kernels"  # of a phase-1 run: a folder per checkpoint
 EVAL_DIR = "eval"  # eval_and_make_adv.py's --bonus_dir
+ROBUSTNESS_DIR = layout.ROBUSTNESS_DIR  # the robustness cells' --bonus_dir
+# --save_name of a robustness cell: its attack and eps (in 1/255).
+ROBUSTNESS_NAME = "{attack}_eps{eps:g}"
+# The stages whose cells run eval_and_make_adv.py (their results json
+# records their flags).
+EVAL_STAGES = ("eval", "robustness")
 ANALYSIS_DIR = "analysis"  # a seed's analyze_kernels.py --out_dir
 LOGS_DIR = "logs"  # {cell id}.log
 SLURM_DIR = "slurm"  # submitit's folders and jobs.json
@@ -134,6 +140,12 @@ CHANGEABLE = {
     "kernels.memory_gb",
     "features.times",
     "analysis.compare",
+    # Axes of the robustness cells: each value names cells of its own.
+    "robustness.times",
+    "robustness.dynamics",
+    "robustness.autoattack",
+    "robustness.eps_curve",
+    "robustness.curve_attack",
     "slurm",
     "throughput",
     "reference",
@@ -304,8 +316,19 @@ FLAG_KEYS = {
 }
 
 
+# The grid key behind a flag of a robustness cell.
+ROBUSTNESS_FLAG_KEYS = {
+    "test_size": "robustness.test_size",
+    "attack": "robustness.curve_attack",
+    "attack_budget": "robustness.budget",
+    "eps": "attack.eps or robustness.eps_curve",
+}
+
+
 def _flag_key(cell: Cell, flag: str) -> str:
     """The grid key behind `flag` of `cell`'s command, or '--flag'."""
+    if cell.stage == "robustness" and flag in ROBUSTNESS_FLAG_KEYS:
+        return ROBUSTNESS_FLAG_KEYS[flag]
     if flag == "test_size":
         return "data.test_size" if cell.run_exp else "evaluation.test_size"
     return FLAG_KEYS.get(flag, f"--{flag}")
@@ -318,7 +341,7 @@ def flags_record(cell: Cell) -> tuple[str, str] | None:
     if cell.run_exp:
         folder = cell.keys["save_path"]
         return os.path.join(folder, layout.CONFIG), folder
-    if cell.stage == "eval":
+    if cell.stage in EVAL_STAGES:
         return cell.outputs[0], os.path.dirname(cell.outputs[0])
     return None
 
@@ -451,6 +474,7 @@ class Grid:
                             out.append(cell)
                             if c["evaluation"] is not None:
                                 out.append(self._eval(cell))
+                            out += self._robustness(cell)
             kernel_cells = []
             if c["kernels"] is not None:
                 for phase1 in runs.values():
@@ -614,6 +638,72 @@ class Grid:
             [self.eval_results(phase2)],
             **keys,
         )
+
+    def robustness_runs(self) -> list[tuple[str, float]]:
+        """(attack, eps in 1/255) of the robustness cells of each model:
+        AutoAttack at attack.eps, then the eps curve (one cell per pair:
+        a curve of AutoAttack shares the cell at attack.eps)."""
+        r = self.config["robustness"]
+        runs = []
+        if r["autoattack"]:
+            runs.append((schema.AUTOATTACK, self.config["attack"]["eps"]))
+        for eps in r["eps_curve"]:
+            if (r["curve_attack"], eps) not in runs:
+                runs.append((r["curve_attack"], eps))
+        return runs
+
+    def robustness_results(self, phase2: Cell, attack: str, eps: float) -> str:
+        """The results json of a phase-2 model's robustness cell."""
+        out_dir = os.path.join(phase2.keys["save_path"], ROBUSTNESS_DIR)
+        name = ROBUSTNESS_NAME.format(attack=attack, eps=eps)
+        return layout.eval_record(out_dir, name)
+
+    def _robustness(self, phase2: Cell) -> list[Cell]:
+        """The robustness cells of a phase-2 cell (none unless it is one
+        of [robustness]'s t and dynamics): eval_and_make_adv.py --attack,
+        its results in the model's robustness/ folder."""
+        r = self.config["robustness"]
+        if (
+            r is None
+            or phase2.keys["t"] not in r["times"]
+            or phase2.keys["dynamics"] != r["dynamics"]
+        ):
+            return []
+        keys = {k: v for k, v in phase2.keys.items() if k != "save_path"}
+        budget = [f"{k}={v}" for k, v in r["budget"].items()]
+        cells = []
+        for attack, eps in self.robustness_runs():
+            name = ROBUSTNESS_NAME.format(attack=attack, eps=eps)
+            args = [
+                "--model_path",
+                os.path.join(phase2.keys["save_path"], layout.FINAL),
+                *EVAL_FLAGS[phase2.keys["dynamics"]],
+                "--bonus_dir",
+                ROBUSTNESS_DIR,
+                "--save_name",
+                name,
+                *self._common(phase2.keys["seed"]),
+                "--eps",
+                f"{eps:g}",
+                "--attack",
+                attack,
+                *(["--attack_budget", *budget] if budget else []),
+            ]
+            if r["test_size"]:
+                args += ["--test_size", r["test_size"]]
+            args.append("--no_progress")
+            cells.append(
+                self._cell(
+                    f"{phase2.id}/{ROBUSTNESS_DIR}/{name}",
+                    "robustness",
+                    "eval_and_make_adv.py",
+                    args,
+                    [phase2.id],
+                    [self.robustness_results(phase2, attack, eps)],
+                    **dict(keys, attack=attack, eps=eps),
+                )
+            )
+        return cells
 
     def kernel_classes(self) -> list:
         """The class indices of the kernel files each kernel cell writes."""

@@ -12,6 +12,10 @@
   {name}_kernels.csv  a row per kernel of analyze_kernels.py's kernels.csv,
                       with the distance to the run's last kernel, the
                       velocity and the distance between the runs;
+  {name}_robustness.csv  a row per robustness cell (eval_and_make_adv.py
+                      --attack): the attack, eps, clean and robust
+                      accuracy, the broken_by counts; {name}.csv then
+                      has an autoattack column;
   {name}/*.png        the figures (`sweeper.report_figures`);
 then regenerates the report from every preset's committed CSVs, with the
 verdicts of `sweeper.verdicts` (`python report.py` does only that). Files
@@ -35,6 +39,7 @@ from store import atomic, layout
 from sweeper import collect, grid, report_figures
 from sweeper.collect import ACCURACIES
 from sweeper.estimate import estimate
+from sweeper.robustness_report import robustness_section
 from sweeper.schema import LOADER_NAMES
 from sweeper.verdicts import (
     PAPER_ROBUST,
@@ -45,6 +50,7 @@ from sweeper.verdicts import (
     claim_one,
     claim_three,
     claim_two,
+    curve_attack,
     main_dynamics,
     stats,
 )
@@ -53,6 +59,8 @@ PRESETS = ("cpu-small", "cpu-resnet", "gpu-fmnist", "paper-cifar10")
 COMMITTED_RESULTS = os.path.join(grid.ROOT, "docs", "results")
 # The paper grid's commands, beside the report's CSVs (write_report).
 COMMANDS_FILE = "paper-cifar10_commands.txt"
+# The figure of robust accuracy against eps, shown in its own section.
+EPS_FIGURE = layout.ROBUSTNESS_FIGURE
 
 
 # --------------------------------------------------------------------------
@@ -92,10 +100,11 @@ def _check_file(flag: str, path: str, given: str | None = None) -> None:
 
 
 def preset_csvs(results_dir: str, name: str) -> dict[str, str]:
-    """{'', '_summary', '_kernels': the path of the preset's CSV}."""
+    """{'', '_summary', '_kernels', '_robustness': the path of the
+    preset's CSV}."""
     return {
         suffix: os.path.join(results_dir, f"{name}{suffix}.csv")
-        for suffix in ("", "_summary", "_kernels")
+        for suffix in ("", "_summary", "_kernels", "_robustness")
     }
 
 
@@ -158,6 +167,10 @@ def aggregate(
     rows, missing = collect.collect_cells(the_grid, records)
     kernel_table, kernel_missing = collect.collect_kernels(the_grid)
     missing += kernel_missing
+    robust_table, robust_missing = collect.collect_robustness(
+        the_grid, records
+    )
+    missing += robust_missing
     if rows.empty:
         raise utils.UserError(
             f"no phase-2 cell of {name} has results under {the_grid.root}: "
@@ -169,7 +182,10 @@ def aggregate(
     atomic.ensure_writable_dir(results_dir)
     with atomic.FolderLock(results_dir, "--results_dir"):
         written = _replace_outputs(
-            the_grid, results_dir, (rows, summary, kernel_table), missing
+            the_grid,
+            results_dir,
+            (rows, summary, kernel_table, robust_table),
+            missing,
         )
     expected = sum(c.stage == "phase2" for c in the_grid.cells())
     print(f"aggregate: {len(rows)} of {expected} phase-2 cells have results")
@@ -184,6 +200,7 @@ def aggregate(
         rows=rows,
         summary=summary,
         kernels=kernel_table,
+        robustness=robust_table,
         missing=missing,
         written=written,
     )
@@ -192,7 +209,7 @@ def aggregate(
 def _replace_outputs(
     the_grid: grid.Grid,
     results_dir: str,
-    frames: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    frames: tuple[pd.DataFrame, ...],
     missing: list,
 ) -> list[str]:
     """Makes the preset's CSVs and figures in a hidden folder of
@@ -200,7 +217,7 @@ def _replace_outputs(
     outputs this run does not make. Call with the folder's lock held.
     Returns the paths written."""
     name = the_grid.name
-    rows, summary, kernel_table = frames
+    rows, summary, kernel_table, robust_table = frames
     staging = os.path.join(results_dir, f".{name}.aggregating")
     shutil.rmtree(staging, ignore_errors=True)  # of a killed aggregation
     os.makedirs(os.path.join(staging, name))
@@ -210,6 +227,8 @@ def _replace_outputs(
         tables = {"": rows, "_summary": summary}
         if not kernel_table.empty:
             tables["_kernels"] = kernel_table
+        if not robust_table.empty:
+            tables["_robustness"] = robust_table
         for suffix, frame in tables.items():
             staged = os.path.join(staging, os.path.basename(csvs[suffix]))
             atomic.atomic_write_text(staged, frame.to_csv(index=False))
@@ -219,6 +238,12 @@ def _replace_outputs(
         figures += report_figures.plot_kernels(kernel_table, staged_figures)
         figures += report_figures.plot_features(
             the_grid, staged_figures, missing
+        )
+        configured = (the_grid.config["robustness"] or {}).get("curve_attack")
+        figures += report_figures.plot_robustness(
+            robust_table,
+            curve_attack(robust_table, configured),
+            staged_figures,
         )
         figure_dir = os.path.join(results_dir, name)
         for staged in figures:
@@ -304,6 +329,14 @@ def _preset_section(
     lines += _accuracy_table(name, rows)
     lines += _reference_lines(c["reference"], rows)
     lines += _figure_lines(os.path.join(results_dir, name), report_dir)
+    if not frames["_robustness"].empty:
+        lines += robustness_section(
+            name,
+            c,
+            (rows, frames["_robustness"]),
+            os.path.join(results_dir, name),
+            report_dir,
+        )
     if kernel_table.empty:
         lines += [
             "Kernel measures: missing (no analyze_kernels.py output was "
@@ -392,7 +425,7 @@ def _figure_lines(figure_dir: str, report_dir: str) -> list[str]:
     for figure in (
         sorted(os.listdir(figure_dir)) if os.path.isdir(figure_dir) else []
     ):
-        if figure.endswith(".png"):
+        if figure.endswith(".png") and figure != EPS_FIGURE:
             rel = os.path.relpath(os.path.join(figure_dir, figure), report_dir)
             lines += [f"![{figure}]({rel})", ""]
     return lines

@@ -253,6 +253,53 @@ def plot_features(the_grid: grid.Grid, out_dir: str, missing: list) -> list:
     return [path]
 
 
+def plot_robustness(
+    robust: pd.DataFrame, attack: str | None, out_dir: str
+) -> list:
+    """robust_accuracy_vs_eps.png: robust accuracy under `attack` (the
+    grid's robustness.curve_attack) against eps on a log axis, a line per
+    {kernel} × {phase 2}, mean ± sd over seeds, a panel per t (the check
+    against gradient masking: it must reach 0 at large eps). Returns the
+    paths written."""
+    if robust.empty or attack is None:
+        return []
+    curve = robust[robust["attack"] == attack]
+    if curve.empty:
+        return []
+    sns.set_theme(style="whitegrid")
+    times = sorted(curve["t"].unique())
+    fig, axes = plt.subplots(
+        1, len(times), figsize=(5.5 * len(times), 4), squeeze=False
+    )
+    for ax, t in zip(axes[0], times, strict=True):
+        frame, style = _labelled(curve[curve["t"] == t])
+        sns.lineplot(
+            data=frame,
+            x="eps",
+            y="acc_robust",
+            markers=True,
+            errorbar="sd",
+            err_style="bars",
+            ax=ax,
+            **style,
+        )
+        eps = sorted(frame["eps"].unique())
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(eps)
+        ax.set_xticklabels([f"{e:g}" for e in eps], fontsize=8)
+        ax.minorticks_off()
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("ε (in 1/255)")
+        ax.set_ylabel(f"{attack} robust accuracy")
+        dynamics = ", ".join(sorted(frame["dynamics"].unique()))
+        ax.set_title(f"{dynamics} phase 2 from θ(t = {layout.format_t(t)})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(out_dir, layout.ROBUSTNESS_FIGURE)
+    _save(fig, path)
+    return [path]
+
+
 def _save(fig: Figure, path: str) -> None:
     """Writes a figure as PNG, atomically."""
     buffer = io.BytesIO()

@@ -40,6 +40,21 @@ DYNAMICS = ("centered", "linearized", "standard")  # of phase 2
 ATTACKS = ("linf", "l2")
 # The stages of a grid's cells (the keys of slurm.timeout_min).
 STAGES = ("phase1", "phase2", "eval", "kernel", "analysis", "features")
+STAGES += ("robustness",)
+# eval_and_make_adv.py --attack: PGD (the paper's), one parameter-free
+# attack, or the standard AutoAttack (the four in turn).
+ROBUST_ATTACKS = ("pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
+AUTOATTACK = "autoattack"
+# eval_and_make_adv.py --attack_budget KEY=N: the keys and the standard
+# AutoAttack's values (its defaults).
+BUDGET_DEFAULTS = {
+    "apgd_iters": 100,
+    "apgd_restarts": 1,
+    "n_targets": 9,
+    "fab_iters": 100,
+    "fab_restarts": 1,
+    "square_queries": 5000,
+}
 STATE_EVERY = 100  # run_exp.py's default --state_every
 REQUIRED = dataclasses.MISSING
 # A key's own check: what is wrong with a well-typed value, or None.
@@ -322,6 +337,66 @@ class Features:
     steps: int = key("signed-gradient steps", 600, minimum=0)
 
 
+def _distinct(value: list) -> str | None:
+    """No value twice (an empty list is allowed)."""
+    if len(set(value)) != len(value):
+        return f"lists a value twice: {value!r}"
+    return None
+
+
+def _budget(table: dict) -> str | None:
+    """--attack_budget's keys, each a positive integer."""
+    for name, value in table.items():
+        if name not in BUDGET_DEFAULTS:
+            return (
+                f".{name} is not a budget key; the keys are "
+                f"{', '.join(BUDGET_DEFAULTS)}"
+            )
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f".{name} must be a positive integer, not {value!r}"
+    return None
+
+
+@section
+class Robustness:
+    """[robustness]: eval_and_make_adv.py --attack on phase-2 models:
+    AutoAttack at attack.eps, and robust accuracy against eps (the check
+    against gradient masking)."""
+
+    times: list[float] | None = _times(
+        "the t of the phase-2 models attacked (default: the last of "
+        "phase2.times)"
+    )
+    dynamics: str = key(
+        "phase-2 dynamics of the models attacked", "centered", choices=DYNAMICS
+    )
+    autoattack: bool = key("AutoAttack at attack.eps on each model", True)
+    eps_curve: list[float] = key(
+        "eps (in 1/255) of the robust-accuracy-against-eps curve; the "
+        "largest should bring accuracy to 0",
+        [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+        minimum=0,
+        above=True,
+        check=_distinct,
+    )
+    curve_attack: str = key(
+        "the attack of the eps curve", "apgd-ce", choices=ROBUST_ATTACKS
+    )
+    test_size: int | None = key(
+        "test subset (0: all; default: evaluation.test_size, else "
+        "data.test_size)",
+        None,
+        minimum=0,
+    )
+    budget: Table = key(
+        "eval_and_make_adv.py --attack_budget (keys "
+        + ", ".join(BUDGET_DEFAULTS)
+        + "; default the standard AutoAttack's)",
+        {},
+        check=_budget,
+    )
+
+
 @section
 class Slurm:
     """[slurm]: the resources of `sweep.py --slurm`'s jobs."""
@@ -379,6 +454,7 @@ SECTIONS: dict[str, type] = {
     "kernels": Kernels,
     "analysis": Analysis,
     "features": Features,
+    "robustness": Robustness,
     "slurm": Slurm,
     "throughput": Throughput,
 }
@@ -387,6 +463,7 @@ OPTIONAL_SECTIONS = (
     "kernels",
     "analysis",
     "features",
+    "robustness",
     "slurm",
     "throughput",
 )
@@ -653,6 +730,7 @@ def _check_combinations(path: str, config: dict) -> None:
     """Refuses combinations no run can make (one UserError line); fills in
     the default times."""
     _check_times(path, config)
+    _check_robustness(path, config)
     _check_sizes(path, config)
     attacks_ = config["attack"]["eval_attacks"]
     if len(set(attacks_)) != len(attacks_):
@@ -699,10 +777,39 @@ def _check_sizes(path: str, config: dict) -> None:
         )
     if config["kernels"] is not None:
         sized += [("kernels.sizes", n) for n in config["kernels"]["sizes"]]
+    if config["robustness"] is not None:
+        sized.append(
+            ("robustness.test_size", config["robustness"]["test_size"])
+        )
     for name, size in sized:
         problem = size and data.subset_size_problem(size, classes)
         if problem:
             raise UserError(f"{path}: {name}: {problem}")
+
+
+def _check_robustness(path: str, config: dict) -> None:
+    """robustness.times are among phase2.times (default: the last),
+    robustness.dynamics among phase2.dynamics; robustness.test_size
+    defaults to the evaluation's (else the data's)."""
+    rob, p2 = config["robustness"], config["phase2"]
+    if rob is None:
+        return
+    if rob["times"] is None:
+        rob["times"] = [max(p2["times"])]
+    for t in rob["times"]:
+        if t not in p2["times"]:
+            raise UserError(
+                f"{path}: robustness.times has t = {layout.format_t(t)}, "
+                f"which is not in phase2.times (no phase-2 model from it)"
+            )
+    if rob["dynamics"] not in p2["dynamics"]:
+        raise UserError(
+            f"{path}: robustness.dynamics is {rob['dynamics']!r}, which is "
+            f"not in phase2.dynamics {p2['dynamics']!r}"
+        )
+    if rob["test_size"] is None:
+        source = config["evaluation"] or config["data"]
+        rob["test_size"] = source["test_size"]
 
 
 def _check_kernels(path: str, config: dict) -> None:

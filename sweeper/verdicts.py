@@ -19,6 +19,16 @@ SETTLE_FRACTION = kernel_analysis.DEFAULT_SETTLE_FRACTION
 ROBUSTNESS_GAIN = 0.05  # claim 2: robust accuracy gained, every seed
 PAPER_ROBUST = 0.761  # claim 3: the abstract's PGD accuracy (CIFAR-10, 4/255)
 PAPER_TOLERANCE = 0.02
+# Gradient masking (issue 20): Square, the score-based attack, breaking
+# more than this fraction of a model's test images that every gradient
+# attack of AutoAttack missed; and the robust accuracy against eps not
+# falling to at most ZERO_ACCURACY at the curve's largest eps.
+SQUARE_FRACTION = 0.01
+ZERO_ACCURACY = 0.01
+# A phase-2 model: the keys of a row of {name}.csv and of the robustness
+# table.
+MODEL = ["seed", "phase1", "t", "phase2", "dynamics"]
+AUTOATTACK = "autoattack"
 
 
 def main_dynamics(rows: pd.DataFrame) -> str:
@@ -26,9 +36,13 @@ def main_dynamics(rows: pd.DataFrame) -> str:
     return "centered" if "centered" in dynamics else dynamics[0]
 
 
-def claim_two(rows: pd.DataFrame) -> dict:
+def claim_two(rows: pd.DataFrame, column: str = "linf") -> dict:
     """Claim 2 on a preset's rows: the adversarial kernel's robust accuracy
     after benign phase 2 against the benign kernel's, at the largest t.
+
+    column: the robust accuracy (run_exp.py's PGD-L∞, or e.g. 'autoattack':
+    then only rows where it was measured count, so t is the largest t
+    attacked).
 
     Returns:
         {'verdict': 'supported' | 'in direction only' (higher in every
@@ -41,12 +55,16 @@ def claim_two(rows: pd.DataFrame) -> dict:
     frame = rows[
         (rows["phase2"] == "C") & (rows["dynamics"] == main_dynamics(rows))
     ]
+    if column != "linf":
+        if column not in frame:
+            return {"verdict": "no data"}
+        frame = frame[frame[column].notna()]
     both = frame.groupby("t")["phase1"].agg(lambda s: {"A", "C"} <= set(s))
     times = sorted(t for t, ok in both.items() if ok)
     if not times:
         return {"verdict": "no data"}
     t = times[-1]
-    at_t = frame[frame["t"] == t].set_index(["seed", "phase1"])["linf"]
+    at_t = frame[frame["t"] == t].set_index(["seed", "phase1"])[column]
     seeds = sorted({s for s, _ in at_t.index})
     gains = {
         s: at_t.get((s, "A"), math.nan) - at_t.get((s, "C"), math.nan)
@@ -66,8 +84,8 @@ def claim_two(rows: pd.DataFrame) -> dict:
         "verdict": verdict,
         "t": t,
         "gains": gains,
-        "adversarial": stats(at[at["phase1"] == "A"]["linf"]),
-        "benign": stats(at[at["phase1"] == "C"]["linf"]),
+        "adversarial": stats(at[at["phase1"] == "A"][column]),
+        "benign": stats(at[at["phase1"] == "C"][column]),
     }
 
 
@@ -190,3 +208,82 @@ def stats(values: Sequence[float]) -> tuple[float, float, int]:
     values = [float(v) for v in values]
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
     return float(np.mean(values)), sd, len(values)
+
+
+# --------------------------------------------------------------------------
+# Robustness under AutoAttack and the masking diagnostics (issue 20)
+# --------------------------------------------------------------------------
+
+
+def pgd_column(rows: pd.DataFrame) -> str:
+    """The PGD accuracy beside AutoAttack's: eval_and_make_adv.py's
+    (eval_linf: the same script, seed and test images) where the grid has
+    its evaluation, else run_exp.py's (linf)."""
+    if "eval_linf" in rows and rows["eval_linf"].notna().any():
+        return "eval_linf"
+    return "linf"
+
+
+def autoattack_models(
+    rows: pd.DataFrame, robust: pd.DataFrame
+) -> pd.DataFrame:
+    """A row per phase-2 model that AutoAttack attacked at the grid's eps:
+    MODEL, n, clean, pgd, apgd_ce (APGD-CE's robust accuracy alone: 1 −
+    (clean + apgd-ce breaks) / n), autoattack, gap (pgd − autoattack),
+    square (the examples only Square broke) and square_fraction (of n)."""
+    columns = MODEL + ["n", "clean", "pgd", "apgd_ce", "autoattack"]
+    columns += ["gap", "square", "square_fraction"]
+    if robust.empty or rows.empty:
+        return pd.DataFrame(columns=columns)
+    eps = float(rows["eps"].iloc[0])
+    aa = robust[(robust["attack"] == AUTOATTACK) & (robust["eps"] == eps)]
+    if aa.empty:
+        return pd.DataFrame(columns=columns)
+    pgd = rows[MODEL + [pgd_column(rows)]].rename(
+        columns={pgd_column(rows): "pgd"}
+    )
+    out = aa.merge(pgd, on=MODEL, how="left")
+    n = out["n"].astype(float)
+    out["clean"] = out["acc_clean"]
+    out["autoattack"] = out["acc_robust"]
+    out["apgd_ce"] = (
+        1 - (out["broken_by_clean"] + out["broken_by_apgd_ce"]) / n
+    )
+    out["gap"] = out["pgd"] - out["autoattack"]
+    out["square"] = out["broken_by_square"]
+    out["square_fraction"] = out["square"] / n
+    return out[columns].sort_values(MODEL).reset_index(drop=True)
+
+
+def masked(models: pd.DataFrame) -> pd.DataFrame:
+    """The models of autoattack_models whose Square-only breaks exceed
+    SQUARE_FRACTION of their test images: a gradient-masking signal."""
+    return models[models["square_fraction"] > SQUARE_FRACTION]
+
+
+def curve_attack(robust: pd.DataFrame, configured: str | None) -> str | None:
+    """The attack of the robust-accuracy-against-eps curve: `configured`
+    (robustness.curve_attack) where the table has it, else the attack with
+    the most eps values (None for an empty table)."""
+    if robust.empty:
+        return None
+    if configured is not None and configured in set(robust["attack"]):
+        return configured
+    counts = robust.groupby("attack")["eps"].nunique()
+    return str(counts.idxmax())
+
+
+def curve_ends(robust: pd.DataFrame, attack: str) -> pd.DataFrame:
+    """Per model, where its curve of `attack` ends: MODEL, eps_max (the
+    largest eps it was attacked at), acc_max (robust accuracy there) and
+    reaches_zero (acc_max ≤ ZERO_ACCURACY)."""
+    curve = robust[robust["attack"] == attack]
+    columns = MODEL + ["eps_max", "acc_max", "reaches_zero"]
+    if curve.empty:
+        return pd.DataFrame(columns=columns)
+    last = curve.loc[curve.groupby(MODEL)["eps"].idxmax()]
+    out = last[MODEL].copy()
+    out["eps_max"] = last["eps"].to_numpy()
+    out["acc_max"] = last["acc_robust"].to_numpy()
+    out["reaches_zero"] = out["acc_max"] <= ZERO_ACCURACY
+    return out.sort_values(MODEL).reset_index(drop=True)
