@@ -95,9 +95,7 @@ class ParameterFree:
 Attack = attacks.AttackConfig | ParameterFree | None
 
 
-def attack_budget(
-    attack: str, items: list[list]
-) -> robust.Budget | None:
+def attack_budget(attack: str, items: list[list]) -> robust.Budget | None:
     """The robust.Budget of --attack_budget (None for --attack pgd).
 
     Raises:
