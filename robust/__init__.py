@@ -5,8 +5,11 @@ runs them in turn. Each attack is a traceable function
     attack(logits_fn, images, labels, eps, key, config) -> AttackResult
 
 of a logits function (B, H, W, C) images in [0, 1] -> (B, K) logits; wrap
-it in `jax.jit` with the config closed over. This is a core layer: it
-imports `attacks` and third-party packages only.
+it in `jax.jit` with the config closed over. `autoattack` runs the
+standard version from the host (each attack on the examples still robust).
+
+May import: `attacks` and third-party packages only (a core layer, beside
+`data`, `models` and `attacks`).
 """
 
 from robust.apgd import APGDConfig, apgd_ce, apgd_t
