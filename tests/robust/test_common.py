@@ -9,7 +9,11 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import numpy as np
+
 from helpers import ROOT
+from robust import common
 
 SCRIPT = textwrap.dedent(
     """
@@ -64,3 +68,18 @@ def test_bounded_while_is_right_from_the_compilation_cache(tmp_path):
     cached = run_with_cache(tmp_path / "cache")
     assert fresh[0] == "50"  # the loop ran its 50 steps, then stopped
     assert cached == fresh
+
+
+def test_example_keys_take_raw_and_typed_keys():
+    """One key per example from a raw PRNGKey (uint32 (2,)), as the scripts
+    make them, or a typed key; (B,) keys are kept as they are."""
+    raw = jax.random.PRNGKey(7)
+    keys = common.example_keys(raw, 3)
+    assert keys.shape == (3, 2)
+    for i in range(3):
+        want = jax.random.fold_in(raw, i)
+        np.testing.assert_array_equal(keys[i], want)
+    assert common.example_keys(keys, 3) is keys
+    typed = common.example_keys(jax.random.key(7), 3)
+    assert typed.shape == (3,)
+    assert common.example_keys(typed, 3) is typed
