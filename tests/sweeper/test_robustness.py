@@ -637,7 +637,8 @@ def test_committed_preset_gets_only_robustness_cells():
     new = with_section.cells()
     assert [(c.id, c.args) for c in new if c.stage != "robustness"] == old
     robust = [c for c in new if c.stage == "robustness"]
-    assert len(robust) == 3 * 2 * 2 * 8
+    # seeds × phase-1 loaders × phase-2 loaders × (AutoAttack + 4 eps)
+    assert len(robust) == 3 * 2 * 2 * (1 + 4)
     fixed = bare.fixed_settings()
     assert {
         k: v for k, v in with_section.fixed_settings().items() if k in fixed
