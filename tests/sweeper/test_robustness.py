@@ -295,6 +295,11 @@ def robust_grid(tmp_path, monkeypatch):
     )
     the_grid = grid.Grid.load(write_config(tmp_path / "rob.toml", config))
     _write_cells(the_grid, the_grid.cells())
+    # The report would also show the committed presets' sections (their
+    # CSVs in docs/results); this grid's report is read alone.
+    monkeypatch.setattr(
+        report, "COMMITTED_RESULTS", str(tmp_path / "no_committed_results")
+    )
     return the_grid, tmp_path
 
 
