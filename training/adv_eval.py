@@ -68,9 +68,7 @@ class AdvEvalSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "AdvEvalSettings":
         """The settings of eval_and_make_adv.py's parsed flags."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "flags"]
-        values = {name: getattr(args, name) for name in names}
-        return cls(**values, flags=dict(vars(args)))
+        return utils.settings_from_flags(cls, args)
 
     @property
     def max_batches(self) -> int | None:
@@ -308,23 +306,12 @@ def attack_record(
     """The attack that ran, for the results files (None with --no_adv)."""
     if attack is None:
         return None
-    eps_255 = settings.eps if settings.attack_norm == "linf" else None
-    if isinstance(attack, evaluation.ParameterFree):
-        return dict(
-            attack.record(),
-            eps_255=eps_255,
-            seed=settings.random_seed,
-            keys="fold_in(fold_in(PRNGKey(seed), batch index), example) "
-            "for each attack",
-        )
-    return dict(
-        attack.kwargs(),
-        name="pgd",
-        eps_255=eps_255,
-        seed=settings.random_seed,
-        random_start=True,
-        keys="fold_in(PRNGKey(seed), batch index)",
+    record = evaluation.attack_record(
+        attack, settings.random_seed, settings.eps
     )
+    if not isinstance(attack, evaluation.ParameterFree):
+        record["name"] = "pgd"
+    return record
 
 
 def run_record(

@@ -95,6 +95,30 @@ class ParameterFree:
 Attack = attacks.AttackConfig | ParameterFree | None
 
 
+def attack_record(
+    attack: attacks.AttackConfig | ParameterFree, seed: int, eps_255: float
+) -> dict:
+    """An evaluation attack's settings for the results files: its own, the
+    --eps it was made from (`eps_255`; None outside L∞, whose radius does not
+    follow it), the seed and how each batch's keys derive from it."""
+    if isinstance(attack, ParameterFree):
+        norm, keys = (
+            attack.config.norm,
+            "fold_in(fold_in(PRNGKey(seed), batch index), example) "
+            "for each attack",
+        )
+        record = dict(attack.record())
+    else:
+        norm, keys = attack.norm, "fold_in(PRNGKey(seed), batch index)"
+        record = dict(attack.kwargs(), random_start=True)
+    return dict(
+        record,
+        eps_255=eps_255 if norm == "linf" else None,
+        seed=seed,
+        keys=keys,
+    )
+
+
 def attack_budget(attack: str, items: list[list]) -> robust.Budget | None:
     """The robust.Budget of --attack_budget (None for --attack pgd).
 

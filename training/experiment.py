@@ -102,9 +102,7 @@ class RunSettings:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RunSettings":
         """The settings of run_exp.py's parsed flags."""
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "flags"]
-        values = {name: getattr(args, name) for name in names}
-        return cls(**values, flags=dict(vars(args)))
+        return utils.settings_from_flags(cls, args)
 
     @property
     def attack_names(self) -> list[str]:
@@ -787,7 +785,9 @@ def _write_results(run: Run) -> None:
         run.path(layout.RESULTS_PKL), _original_results(results)
     )
     attacks_run = {
-        name: _attack_record(settings, name, attack)
+        name: evaluation.attack_record(
+            attack, settings.random_seed, settings.eps
+        )
         for name, attack in eval_attacks(settings)
         if name is not None
     }
@@ -837,28 +837,6 @@ def eval_attacks(
             )
         )
     return chosen or [(None, None)]
-
-
-def _attack_record(
-    settings: RunSettings, name: str, attack: evaluation.Attack
-) -> dict:
-    """results.json's record of the evaluation attack `name`."""
-    common = dict(seed=settings.random_seed)
-    if isinstance(attack, evaluation.ParameterFree):
-        return dict(
-            attack.record(),
-            eps_255=settings.eps,
-            keys="fold_in(fold_in(PRNGKey(seed), batch index), example) "
-            "for each attack",
-            **common,
-        )
-    return dict(
-        attack.kwargs(),
-        eps_255=settings.eps if name == "linf" else None,
-        random_start=True,
-        keys="fold_in(PRNGKey(seed), batch index)",
-        **common,
-    )
 
 
 def _evaluate(run: Run, network: models.Network, name: str) -> dict:
