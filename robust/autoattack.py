@@ -126,24 +126,30 @@ def stage(name: str, config: AutoAttackConfig) -> Callable[..., AttackResult]:
 
 @functools.lru_cache(maxsize=64)
 def _compiled(
-    logits_fn: LogitsFn, name: str, config: AutoAttackConfig
+    name: str, config: AutoAttackConfig
 ) -> Callable[..., AttackResult]:
-    """Attack `name`, jitted, as (images, labels, eps, keys); cached, so a
-    logits_fn passed again reuses its compilations."""
+    """Attack `name`, jitted, as (logits_fn, images, labels, eps, keys) with
+    logits_fn a `jax.tree_util.Partial`: its arrays (a network's parameters)
+    are arguments, not constants, and jit compiles again only for another
+    function or other shapes."""
     attack = stage(name, config)
-    return jax.jit(
-        lambda images, labels, eps, keys: attack(
-            logits_fn, images, labels, eps, keys
-        )
-    )
+    return jax.jit(attack)
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled_wrong(logits_fn: LogitsFn) -> Callable[..., jax.Array]:
-    """(images, labels) -> (B,) misclassified, jitted and cached."""
-    return jax.jit(
-        lambda images, labels: common.misclassified(logits_fn(images), labels)
-    )
+@jax.jit
+def _wrong(
+    logits_fn: jax.tree_util.Partial, images: jax.Array, labels: jax.Array
+) -> jax.Array:
+    """(B,) misclassified, for a logits_fn given as a Partial."""
+    return common.misclassified(logits_fn(images), labels)
+
+
+def _as_partial(logits_fn: LogitsFn) -> jax.tree_util.Partial:
+    """`logits_fn` as a pytree that jit takes as an argument (a Partial
+    already is one; a plain function becomes one without arguments)."""
+    if isinstance(logits_fn, jax.tree_util.Partial):
+        return logits_fn
+    return jax.tree_util.Partial(logits_fn)
 
 
 def _padded_size(count: int, batch: int) -> int:
@@ -160,8 +166,9 @@ def autoattack(
     config: AutoAttackConfig = AutoAttackConfig(),
 ) -> AutoAttackResult:
     """AutoAttack: each attack of `config.attacks`, in order, on the
-    examples still robust. Not traceable (see `autoattack_traced`); pass
-    the same `logits_fn` object again to reuse the compiled attacks.
+    examples still robust. Not traceable (see `autoattack_traced`); a
+    later call with the same function (or a `jax.tree_util.Partial` of it,
+    whose arrays may differ) reuses the compiled attacks.
 
     Args:
         logits_fn: pure function, (B, H, W, C) float32 images -> (B, K)
@@ -180,7 +187,8 @@ def autoattack(
     batch = images.shape[0]
     labels = jnp.asarray(labels)
     keys = common.example_keys(key, batch)
-    wrong = np.asarray(_compiled_wrong(logits_fn)(images, labels))
+    logits_fn = _as_partial(logits_fn)
+    wrong = np.asarray(_wrong(logits_fn, images, labels))
     broken_by = np.where(wrong, CLEAN, ROBUST).astype(np.int32)
     adv = np.array(images)
     first = True
@@ -190,7 +198,8 @@ def autoattack(
             break
         size = _padded_size(todo.size, batch)
         take = np.concatenate([todo, np.full(size - todo.size, todo[0])])
-        result = _compiled(logits_fn, name, config)(
+        result = _compiled(name, config)(
+            logits_fn,
             images[take],
             labels[take],
             jnp.asarray(eps, jnp.float32),
