@@ -126,14 +126,15 @@ def stage(name: str, config: AutoAttackConfig) -> Callable[..., AttackResult]:
 
 @functools.lru_cache(maxsize=64)
 def _compiled(
-    name: str, config: AutoAttackConfig
+    name: str, norm: str, budget: Budget
 ) -> Callable[..., AttackResult]:
     """Attack `name`, jitted, as (logits_fn, images, labels, eps, keys) with
     logits_fn a `jax.tree_util.Partial`: its arrays (a network's parameters)
     are arguments, not constants, and jit compiles again only for another
-    function or other shapes."""
-    attack = stage(name, config)
-    return jax.jit(attack)
+    function or other shapes. Keyed by what the attack depends on, so that
+    sequences sharing an attack share its compilation."""
+    config = AutoAttackConfig(norm=norm, budget=budget, attacks=(name,))
+    return jax.jit(stage(name, config))
 
 
 @jax.jit
@@ -198,7 +199,7 @@ def autoattack(
             break
         size = _padded_size(todo.size, batch)
         take = np.concatenate([todo, np.full(size - todo.size, todo[0])])
-        result = _compiled(name, config)(
+        result = _compiled(name, config.norm, config.budget)(
             logits_fn,
             images[take],
             labels[take],

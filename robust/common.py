@@ -96,8 +96,9 @@ def project(
 
 
 def true_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """z_y of each example, (B,)."""
-    return jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    """z_y of each example, (B,) (`attacks.pick`: no scatter in its
+    gradient)."""
+    return attacks.pick(logits, labels)
 
 
 def misclassified(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -127,9 +128,17 @@ def dlr_targeted(
 ) -> jax.Array:
     """Targeted difference-of-logits-ratio loss of Croce & Hein (2020),
     −(z_y − z_t) / (z_π1 − (z_π3 + z_π4) / 2), with π the classes sorted
-    by decreasing logit; (B,), maximised. Needs at least 4 classes."""
-    ranked = jnp.sort(logits, axis=-1)[:, ::-1]
-    scale = ranked[:, 0] - 0.5 * (ranked[:, 2] + ranked[:, 3]) + 1e-12
+    by decreasing logit; (B,), maximised. Needs at least 4 classes.
+
+    z_π1, z_π3 and z_π4 are picked by their ranks (`attacks.pick`)
+    rather than read off `jnp.sort`: the same numbers and gradient, but
+    sort's gradient is a scatter-add, a loop over every logit on the
+    CPU."""
+    order = jnp.argsort(-logits, axis=-1)
+    first, third, fourth = (
+        attacks.pick(logits, order[:, k]) for k in (0, 2, 3)
+    )
+    scale = first - 0.5 * (third + fourth) + 1e-12
     return -(true_logit(logits, labels) - true_logit(logits, target)) / scale
 
 

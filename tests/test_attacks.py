@@ -451,3 +451,35 @@ def test_config_kwargs_drive_pgd():
         wrong_minus_true(weights, labels)
     )
     np.testing.assert_allclose(adv, expected, atol=1e-6)
+
+
+def test_pick_is_take_along_axis_value_and_gradient():
+    logits = jax.random.normal(jax.random.key(3), (64, 10))
+    classes = jax.random.randint(jax.random.key(4), (64,), 0, 10)
+    weights = jax.random.normal(jax.random.key(5), (64,))
+
+    def gather(z):
+        return jnp.take_along_axis(z, classes[:, None], axis=-1)[:, 0]
+
+    np.testing.assert_array_equal(
+        attacks.pick(logits, classes), gather(logits)
+    )
+    grads = [
+        jax.grad(lambda z, f=f: jnp.sum(weights * f(z)))(logits)
+        for f in (lambda z: attacks.pick(z, classes), gather)
+    ]
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
+def test_losses_have_no_scatter_in_their_gradient():
+    """A scatter in the gradient runs on the CPU as a loop over examples;
+    `pick` exists to avoid it."""
+    logits = jnp.ones((8, 10))
+    labels = jnp.arange(8) % 10
+    for name, loss in attacks.LOSSES.items():
+        hlo = (
+            jax.jit(jax.grad(lambda z, f=loss: jnp.sum(f(z, labels))))
+            .lower(logits)
+            .as_text()
+        )
+        assert "scatter" not in hlo, name
