@@ -4,11 +4,12 @@ the examples that every earlier attack left robust. An example counts as
 robust only if it survives all four.
 
 `autoattack` drives the attacks from the host: before each attack it
-gathers the still-robust examples, pads their number up to a power of two
-(so that few batch shapes are compiled) and runs the attack, compiled, on
-them alone. Every attack draws from one key per example (fold_in of the
-stage's key with the example's index), so what an example gets does not
-depend on which others are still in the batch. `autoattack_traced` is the
+gathers the still-robust examples, pads their number up to one of four
+sizes per doubling (`padded_size`: few batch shapes to compile, little
+padding) and runs the attack, compiled, on them alone. Every attack
+draws from one key per example (fold_in of the stage's key with the
+example's index), so what an example gets does not depend on which others
+are still in the batch. `autoattack_traced` is the
 same sequence in one traceable function, every attack run on the whole
 batch (for use inside `jax.jit`, at the cost of attacking broken examples
 again).
@@ -153,9 +154,17 @@ def _as_partial(logits_fn: LogitsFn) -> jax.tree_util.Partial:
     return jax.tree_util.Partial(logits_fn)
 
 
-def _padded_size(count: int, batch: int) -> int:
-    """The power of two at least `count`, at most `batch`."""
-    return min(batch, 1 << max(count - 1, 0).bit_length())
+def padded_size(count: int, batch: int) -> int:
+    """The batch size an attack of `autoattack` runs `count` examples at:
+    the smallest of 1, 2, 3, 4 and 2^k·(1.25, 1.5, 1.75, 2) for 2^k ≥ 4
+    that is at least `count`, at most `batch`. Four sizes per doubling:
+    few shapes to compile, and at most a quarter of the work padding
+    (a power of two would waste up to half)."""
+    if count <= 4:
+        return min(batch, max(count, 1))
+    below = 1 << (count - 1).bit_length() - 1  # the power of two < count
+    quarter = below // 4
+    return min(batch, below + -(-(count - below) // quarter) * quarter)
 
 
 def autoattack(
@@ -197,7 +206,7 @@ def autoattack(
         todo = np.flatnonzero(broken_by == ROBUST)
         if todo.size == 0:
             break
-        size = _padded_size(todo.size, batch)
+        size = padded_size(todo.size, batch)
         take = np.concatenate([todo, np.full(size - todo.size, todo[0])])
         result = _compiled(name, config.norm, config.budget)(
             logits_fn,

@@ -11,7 +11,8 @@ z_j. The window holds a fraction p of the pixels, s = round(√(p·H·W)),
 with p = p_init halved at iterations 10, 50, 200, 500, 1000, 2000, 4000,
 6000 and 8000 of a 10,000-query budget (rescaled to the budget given). A
 proposal that would change nothing has its signs flipped. Examples stop as
-soon as they are misclassified; the loop stops once all are.
+soon as they are misclassified; the loop stops once all are (tested every
+CHUNK queries).
 """
 
 import dataclasses
@@ -23,6 +24,7 @@ from robust import common
 from robust.common import AttackResult, LogitsFn
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+CHUNK = 50  # queries between two tests whether any example is left
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,17 +126,26 @@ def square(
         return (i < config.queries) & jnp.any(score >= 0)
 
     def query(
-        carry: tuple[jax.Array, jax.Array, jax.Array],
+        _: int, carry: tuple[jax.Array, jax.Array, jax.Array]
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         i, adv, score = carry
         side = window_side(i, config, height * width)
         new = _propose(common.fold_keys(keys, i + 1), adv, images, side, eps)
         new_score = common.margin(logits_fn(new), labels)
-        keep = (new_score < score) & (score >= 0)
+        keep = (new_score < score) & (score >= 0) & (i < config.queries)
         adv = jnp.where(common.per_example(keep, adv), new, adv)
         return i + 1, adv, jnp.where(keep, new_score, score)
 
+    # The test whether any example is left runs once per CHUNK queries: a
+    # query after the last example broke (or past the budget) keeps
+    # nothing, so the result is that of a test before every query, and a
+    # lax.cond (which copies the images it carries) per query cost a fifth
+    # of the time on the CPU.
+    chunk = min(CHUNK, config.queries)
     _, adv, score = common.bounded_while(
-        more, query, (jnp.asarray(0), adv, score), config.queries
+        more,
+        lambda carry: jax.lax.fori_loop(0, chunk, query, carry),
+        (jnp.asarray(0), adv, score),
+        -(-config.queries // chunk),
     )
     return AttackResult(adv, score < 0)

@@ -9,7 +9,7 @@ import pytest
 
 import robust
 from robust import common
-from robust.autoattack import stage
+from robust.autoattack import padded_size, stage
 
 SHAPE = (6, 6, 2)
 DIM = int(np.prod(SHAPE))
@@ -100,3 +100,21 @@ def test_l2_without_square_is_accepted():
         norm="l2", attacks=("apgd-ce", "apgd-t", "fab-t")
     )
     assert config.norm == "l2"
+
+
+def test_padded_size_is_the_smallest_allowed_size():
+    """Against the allowed sizes listed outright: 1 to 4, then 2^k times
+    5/4, 6/4, 7/4 and 8/4 for 2^k >= 4; never above the batch, never more
+    than a quarter of padding."""
+    allowed = sorted(
+        {1, 2, 3, 4}
+        | {(1 << k) * m // 4 for k in range(2, 12) for m in (5, 6, 7, 8)}
+    )
+    for batch in (1, 7, 100, 200, 1000):
+        for count in range(1, batch + 1):
+            size = padded_size(count, batch)
+            expected = min(batch, min(a for a in allowed if a >= count))
+            assert size == expected, (count, batch)
+            assert count <= size <= batch
+            assert size - count < max(count / 4, 1)
+    assert len({padded_size(c, 1024) for c in range(1, 1025)}) == 4 + 4 * 8

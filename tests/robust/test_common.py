@@ -108,3 +108,11 @@ def test_dlr_targeted_is_the_sorted_formula_value_and_gradient():
     np.testing.assert_allclose(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     gradient = jax.jit(jax.grad(lambda z: jnp.sum(ours(z))))
     assert "scatter" not in gradient.lower(logits).as_text()
+
+
+def test_top_classes_is_a_stable_sort_ties_included():
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 4, (200, 10)).astype(np.float32)  # many ties
+    expected = np.argsort(-logits, axis=-1, kind="stable")[:, :5]
+    found = np.stack(common.top_classes(jax.numpy.asarray(logits), 5), -1)
+    np.testing.assert_array_equal(found, expected)

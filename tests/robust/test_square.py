@@ -2,6 +2,8 @@
 the masking check: on a model whose gradients are zero (pixels quantised
 by a step function), Square finds adversarial examples that APGD cannot."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,3 +73,34 @@ def test_square_beats_masked_gradients():
     assert adv.min() >= 0 and adv.max() <= 1
     wrong = np.asarray(jnp.argmax(logits_fn(result.adv), -1) != labels)
     np.testing.assert_array_equal(wrong, result.success)
+
+
+def test_testing_every_chunk_gives_what_testing_every_query_gives(
+    monkeypatch,
+):
+    """Whether any example is left is tested once per CHUNK queries; a
+    query after the last success, or past the budget (130 is not a
+    multiple of the chunk), must change nothing: the same images as with
+    a test before every query (CHUNK = 1). Two problems: one where every
+    example breaks early (the loop ends before the budget) and one where
+    some never do."""
+    square_module = importlib.import_module("robust.square")
+    chunks = (square_module.CHUNK, 1)
+    logits_fn, images, labels, eps = masked_problem(1)
+    for scale, queries in ((4.0, 130), (1.0, 130)):
+        config = robust.SquareConfig(queries=queries)
+        results = []
+        for chunk in chunks:
+            monkeypatch.setattr(square_module, "CHUNK", chunk)
+
+            # A new function each time: jit would reuse the first trace.
+            def run(x, y, k, scale=scale, config=config):
+                return robust.square(logits_fn, x, y, scale * eps, k, config)
+
+            results.append(jax.jit(run)(images, labels, jax.random.key(2)))
+        np.testing.assert_array_equal(results[0].adv, results[1].adv)
+        np.testing.assert_array_equal(results[0].success, results[1].success)
+        if scale > 1:
+            assert np.all(results[0].success)
+        else:
+            assert 0 < np.sum(results[0].success) < len(labels)
