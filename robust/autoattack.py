@@ -9,10 +9,9 @@ sizes per doubling (`padded_size`: few batch shapes to compile, little
 padding) and runs the attack, compiled, on them alone. Every attack
 draws from one key per example (fold_in of the stage's key with the
 example's index), so what an example gets does not depend on which others
-are still in the batch. `autoattack_traced` is the
-same sequence in one traceable function, every attack run on the whole
-batch (for use inside `jax.jit`, at the cost of attacking broken examples
-again).
+are still in the batch. `autoattack_traced` is the same sequence in one
+traceable function, every attack run on the whole batch (for use inside
+`jax.jit`, at the cost of attacking broken examples again).
 """
 
 import dataclasses
