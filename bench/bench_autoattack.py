@@ -42,7 +42,12 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests", "robust"))
 import reference_models as rm  # noqa: E402
 import robust  # noqa: E402
-from robust.autoattack import ATTACKS, AutoAttackConfig, Budget  # noqa: E402
+from robust.autoattack import (  # noqa: E402
+    ATTACKS,
+    AutoAttackConfig,
+    Budget,
+    stage,
+)
 
 # The budgets of the two AutoAttack rows.
 BUDGETS = {
@@ -67,12 +72,11 @@ def ours(logits_fn, x, y, eps):
     is how many attacks of the AutoAttack sequence run (all for the single
     attacks)."""
     key = jax.random.key(0)
+    standard = AutoAttackConfig(budget=BUDGETS["autoattack"])
+    attacks = {name: stage(name, standard) for name in ("apgd-ce", "apgd-t")}
     jitted = {
         name: jax.jit(lambda x, y, k, a=attack: a(logits_fn, x, y, eps, k))
-        for name, attack in [
-            ("apgd-ce", robust.apgd_ce),
-            ("apgd-t", robust.apgd_t),
-        ]
+        for name, attack in attacks.items()
     }
 
     def single(name):
