@@ -19,7 +19,15 @@ steps of the timed epoch, over its seconds; the device's peak is shown where
 known (XLA's default float32 convolutions and products run as TF32 on
 Hopper GPUs, so that is the peak to compare with).
 
+With `--torch_reference`, each phase-1 kind is also timed in PyTorch
+(bench/torch_epochs.py: the same network, update scheme and PGD) in the
+same run, and printed as a row of its own, its FLOP/s from our XLA count
+of the same kind. `--peak_gflops` gives a device's peak where the table
+does not know it (a CPU's: cores × clock × FLOPs per cycle).
+
   .venv/bin/python bench/bench_epochs.py --width 8 --images 512     # CPU
+  .venv/bin/python bench/bench_epochs.py --width 16 --images 256 \
+      --image_shape 28x28x1 --pgd_iters 5 --torch_reference --peak_gflops 166
   python3 bench/bench_epochs.py --width 64 --images 10240 --json out.json
 """
 
@@ -34,16 +42,15 @@ import numpy as np
 
 # The code measured: this checkout's, or BENCH_CODE_DIR's (e.g. an earlier
 # revision unpacked beside it, for a before/after comparison in one run).
-sys.path.insert(
-    0,
-    os.environ.get("BENCH_CODE_DIR")
-    or os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+CODE_DIR = os.environ.get("BENCH_CODE_DIR") or os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
 )
+sys.path.insert(0, CODE_DIR)
 import attacks  # noqa: E402
 import cli  # noqa: E402
 import data  # noqa: E402
 import models  # noqa: E402
-from store import atomic
+from store import atomic  # noqa: E402
 from training import train  # noqa: E402
 
 N_CLASSES = 10
@@ -311,6 +318,17 @@ def add_flags(parser) -> None:
     parser.add_argument(
         "--json", default=None, help="also write the results to this file"
     )
+    parser.add_argument(
+        "--torch_reference",
+        action="store_true",
+        help="also time the phase-1 kinds in PyTorch (bench/torch_epochs.py)",
+    )
+    parser.add_argument(
+        "--peak_gflops",
+        type=cli.number(float, 0, above=True),
+        default=None,
+        help="the device's peak GFLOP/s, where the table does not know it",
+    )
 
 
 def parse_args(argv=None):
@@ -334,7 +352,12 @@ class Setup:
     forward_flops: int
 
 
-def make_setup(width: int, image_shape: str, n_images: int) -> Setup:
+def make_setup(
+    width: int,
+    image_shape: str,
+    n_images: int,
+    peak_gflops: float | None = None,
+) -> Setup:
     shape = IMAGE_SHAPES[image_shape]
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(n_images, *shape)).astype(np.float32)
@@ -342,6 +365,9 @@ def make_setup(width: int, image_shape: str, n_images: int) -> Setup:
     model = models.get_model("resnet18", N_CLASSES, width)
     params, net_state = models.init_model(model, 0, shape)
     device = jax.devices()[0].device_kind
+    peak = device_peak_tflops(device)
+    if peak_gflops is not None:  # one number for every precision
+        peak = (peak_gflops / 1e3,) * 3
     return Setup(
         model,
         params,
@@ -349,7 +375,7 @@ def make_setup(width: int, image_shape: str, n_images: int) -> Setup:
         images,
         labels,
         device,
-        device_peak_tflops(device),
+        peak,
         resnet18_forward_flops(width, shape),
     )
 
@@ -367,7 +393,9 @@ def print_header(setup: Setup, args) -> None:
         f"analytic forward pass: {setup.forward_flops / 1e9:.4f} GFLOP per "
         "image; peak: "
         + (
-            f"{peak[1]:.0f} TFLOP/s dense TF32 ({peak[0]:.0f} FP32, "
+            f"{args.peak_gflops:g} GFLOP/s (--peak_gflops)"
+            if args.peak_gflops
+            else f"{peak[1]:.0f} TFLOP/s dense TF32 ({peak[0]:.0f} FP32, "
             f"{peak[2]:.0f} BF16)"
             if peak
             else "unknown for this device"
@@ -384,13 +412,14 @@ def kind_label(phase: str, adversarial: bool) -> str:
 
 TABLE_HEAD = (
     "| epoch | compile (s) | first epoch (s) | epoch (s) | images/s "
-    "| GFLOP per image (XLA) | × forward | TFLOP/s | % of TF32 peak |\n"
+    "| GFLOP per image (XLA) | × forward | TFLOP/s | % of peak |\n"
     "|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def table_row(result: KindResult, setup: Setup) -> str:
-    """One row of TABLE_HEAD's table."""
+def table_row(result: KindResult, setup: Setup, label: str = "") -> str:
+    """One row of TABLE_HEAD's table (the peak: TF32's on GPUs, or
+    --peak_gflops); `label` follows the kind's name."""
     per_image = result.flops_per_image
     share = (
         f"{100 * result.tflops_per_s / setup.peak[1]:.1f}"
@@ -398,7 +427,7 @@ def table_row(result: KindResult, setup: Setup) -> str:
         else "n/a"
     )
     return (
-        f"| {kind_label(result.phase, result.adversarial)} "
+        f"| {kind_label(result.phase, result.adversarial)}{label} "
         f"| {result.compile_s:.1f} | {result.first_epoch_s:.2f} "
         f"| {result.epoch_s:.2f} | {result.images_per_s:,.0f} "
         f"| {per_image / 1e9:.4f} | {per_image / setup.forward_flops:.1f} "
@@ -406,8 +435,19 @@ def table_row(result: KindResult, setup: Setup) -> str:
     )
 
 
-def results_record(setup: Setup, args, results: list) -> dict:
-    """The run as a JSON-ready dict."""
+def _kind_record(result: KindResult) -> dict:
+    return dict(
+        dataclasses.asdict(result),
+        images_per_s=result.images_per_s,
+        flops_per_image=result.flops_per_image,
+        tflops_per_s=result.tflops_per_s,
+    )
+
+
+def results_record(
+    setup: Setup, args, results: list, reference: list = ()
+) -> dict:
+    """The run as a JSON-ready dict; `reference`: the PyTorch rows."""
     return {
         "device": setup.device,
         "jax": jax.__version__,
@@ -418,14 +458,10 @@ def results_record(setup: Setup, args, results: list) -> dict:
         "pgd_iters": args.pgd_iters,
         "forward_flops_per_image": setup.forward_flops,
         "peak_tflops_fp32_tf32_bf16": setup.peak,
-        "kinds": [
-            dict(
-                dataclasses.asdict(r),
-                images_per_s=r.images_per_s,
-                flops_per_image=r.flops_per_image,
-                tflops_per_s=r.tflops_per_s,
-            )
-            for r in results
+        "code": CODE_DIR,
+        "kinds": [_kind_record(r) for r in results],
+        "torch_reference": [
+            dict(_kind_record(r), torch=torch_version()) for r in reference
         ],
     }
 
@@ -456,19 +492,54 @@ def measure(setup: Setup, args, phase: str, adversarial: bool):
     return result, wired
 
 
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def measure_torch(setup: Setup, args, ours: KindResult) -> KindResult:
+    """The PyTorch reference of a phase-1 kind (bench/torch_epochs.py) on
+    the setup's images, as a KindResult with our XLA FLOPs of the kind
+    (the same network and scheme) and no compile time."""
+    import torch
+    import torch_epochs
+
+    torch.set_num_threads(os.cpu_count())
+    first, second = torch_epochs.epoch_seconds(
+        setup.images,
+        setup.labels,
+        args.width,
+        args.batch_size,
+        ours.adversarial,
+        EPS_255 / 255.0,
+        args.pgd_iters,
+    )
+    return dataclasses.replace(
+        ours, compile_s=0.0, first_epoch_s=first, epoch_s=second
+    )
+
+
 def main(argv=None) -> list:
     args = parse_args(argv)
-    setup = make_setup(args.width, args.image_shape, args.images)
+    setup = make_setup(
+        args.width, args.image_shape, args.images, args.peak_gflops
+    )
     print_header(setup, args)
+    print(f"code: {CODE_DIR}")
     print(TABLE_HEAD)
-    results = []
+    results, reference = [], []
     for phase, adversarial in selected_kinds(args.kinds):
         result, _ = measure(setup, args, phase, adversarial)
         results.append(result)
         print(table_row(result, setup), flush=True)
+        if args.torch_reference and phase == "phase1":
+            reference.append(measure_torch(setup, args, result))
+            label = f", PyTorch {torch_version()}"
+            print(table_row(reference[-1], setup, label), flush=True)
         if args.json:  # after each kind, so a run cut short keeps them
             atomic.atomic_write_json(
-                args.json, results_record(setup, args, results)
+                args.json, results_record(setup, args, results, reference)
             )
     return results
 

@@ -261,6 +261,7 @@ def apgd_ce(
         else the point of highest loss of the first start; and success.
     """
     keys = common.example_keys(key, images.shape[0])
+    logits_fn = attacks.differentiable(logits_fn)
     evaluate = _evaluator(
         logits_fn, lambda z: attacks.LOSSES["ce"](z, labels), labels
     )
@@ -287,6 +288,7 @@ def apgd_t(
     runs from random starts; stops once every example is broken. Needs at
     least 4 classes. Arguments and result as `apgd_ce`'s."""
     keys = common.example_keys(key, images.shape[0])
+    logits_fn = attacks.differentiable(logits_fn)
     clean = logits_fn(images)
     if clean.shape[-1] < 4:
         raise ValueError("the DLR loss needs at least 4 classes")

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+import attacks
 from robust import common
 from robust.apgd import best_of_runs
 from robust.common import AttackResult, LogitsFn
@@ -226,6 +227,7 @@ def fab_t(
         where it lies within eps (success), else the clean image.
     """
     keys = common.example_keys(key, images.shape[0])
+    logits_fn = attacks.differentiable(logits_fn)
     chosen = common.targets(logits_fn(images), labels, config.n_targets)
 
     def run(j: jax.Array) -> AttackResult:

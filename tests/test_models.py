@@ -1,6 +1,8 @@
 """Models: shapes, parameter counts, and the linearization against
 references."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -351,3 +353,163 @@ def test_network_is_a_pytree_of_its_parameters(tiny_resnet):
         images,
     )
     assert logits._cache_size() == 1
+
+
+# models.canonical_conv and canonical_input_gradients: the same numbers as
+# jax.lax's convolution and Haiku's Conv2D, with input gradients that XLA's
+# CPU compiler keeps in the canonical layout inside loops.
+
+CONV_CASES = [
+    # (image (H, W, C), kernel (kh, kw, C, O), strides, padding)
+    ((28, 28, 1), (3, 3, 1, 4), (1, 1), ((1, 1), (1, 1))),
+    ((28, 28, 3), (3, 3, 3, 5), (2, 2), ((0, 1), (0, 1))),  # SAME, even
+    ((7, 7, 4), (3, 3, 4, 6), (2, 2), ((1, 1), (1, 1))),  # SAME, odd
+    ((28, 28, 2), (1, 1, 2, 3), (2, 2), ((0, 0), (0, 0))),  # projection
+    ((9, 6, 2), (3, 2, 2, 3), (2, 1), ((0, 0), (1, 0))),  # VALID-ish
+]
+
+
+def _conv_operands(image, kernel, seed=0):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    x = jax.random.normal(keys[0], (3, *image))
+    w = jax.random.normal(keys[1], kernel)
+    x_dot = jax.random.normal(keys[2], x.shape)
+    w_dot = jax.random.normal(keys[3], w.shape)
+    return x, w, x_dot, w_dot
+
+
+def _lax_conv(x, w, strides, padding):
+    return jax.lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@pytest.mark.parametrize("image,kernel,strides,padding", CONV_CASES)
+def test_canonical_conv_has_lax_convs_values_and_derivatives(
+    image, kernel, strides, padding
+):
+    x, w, x_dot, w_dot = _conv_operands(image, kernel)
+
+    def derivatives(conv):
+        f = lambda x, w: conv(x, w, strides, padding)
+        out = f(x, w)
+        cot = jnp.cos(out)  # a cotangent that is not all ones
+        _, pullback = jax.vjp(f, x, w)
+        _, tangent = jax.jvp(f, (x, w), (x_dot, w_dot))
+        # The images' gradient of a linearization in the weights (PGD
+        # through phase 2's network) and the weights' (its training).
+        tangent_in_w = lambda x, v: jax.jvp(lambda u: f(x, u), (w,), (v,))[1]
+        mixed_x = jax.grad(lambda x: jnp.sum(jnp.sin(tangent_in_w(x, w_dot))))(
+            x
+        )
+        mixed_w = jax.grad(lambda v: jnp.sum(jnp.sin(tangent_in_w(x, v))))(
+            w_dot
+        )
+        return (out, *pullback(cot), tangent, mixed_x, mixed_w)
+
+    got = derivatives(models.canonical_conv)
+    want = derivatives(_lax_conv)
+    for g, w_ in zip(got, want, strict=True):
+        assert g.shape == w_.shape
+        assert_close(g, w_)
+
+
+@pytest.mark.parametrize(
+    "size,kernel,stride,pad,want",
+    [
+        (28, 3, 2, (0, 1), (2, 1)),  # rows 0..27 all seen
+        (28, 1, 2, (0, 0), (0, 1)),  # row 27 seen by no window
+        (7, 3, 2, (1, 1), (1, 1)),
+        (5, 3, 1, (1, 1), (1, 1)),
+        (6, 3, 2, (0, 0), (2, 3)),  # windows at rows 0 and 2: row 5 unseen
+    ],
+)
+def test_input_gradient_padding_by_hand(size, kernel, stride, pad, want):
+    # Dilated cotangent of (out - 1) * stride + 1 rows, padded by (low,
+    # high) and convolved with `kernel` taps, must give `size` rows, the
+    # first output row seeing input row -pad[0]'s window start.
+    assert models.input_gradient_padding(size, kernel, stride, pad) == want
+    out = (size + sum(pad) - kernel) // stride + 1
+    low, high = want
+    assert (out - 1) * stride + 1 + low + high - kernel + 1 == size
+
+
+def _with_canonical(fn, on):
+    return models.with_canonical_input_gradients(fn) if on else fn
+
+
+def test_canonical_input_gradients_change_no_number_of_the_network(
+    tiny_resnet,
+):
+    model, params, state, images = tiny_resnet
+    params2 = axpy(0.01, perturbation(params, 7), params)
+    linear = models.Dynamics(linear=True, centering=True)
+
+    def logits(p, x):
+        return model.apply(p, state, None, x, False)[0]
+
+    def linearized(p, x):
+        return linear.logits(model.apply, params, p, state, x)[0]
+
+    def outputs(on):
+        loss = lambda f: lambda x: jnp.sum(jnp.sin(f(x)))
+        std = _with_canonical(lambda x: logits(params, x), on)
+        lin = _with_canonical(lambda x: linearized(params2, x), on)
+        weights = jax.grad(lambda p: jnp.sum(jnp.sin(linearized(p, images))))
+        return (
+            std(images),
+            jax.grad(loss(std))(images),
+            lin(images),
+            jax.grad(loss(lin))(images),
+            weights(params2),
+        )
+
+    got_all = jax.jit(lambda: outputs(True))()
+    want_all = jax.jit(lambda: outputs(False))()
+    for got, want in zip(got_all, want_all, strict=True):
+        for g, w_ in zip(
+            jax.tree_util.tree_leaves(got),
+            jax.tree_util.tree_leaves(want),
+            strict=True,
+        ):
+            assert_close(g, w_)
+    # Initialisation is Haiku's own under the context too.
+    with models.canonical_input_gradients():
+        again, _ = models.init_model(model, 0, IMAGE_SHAPE)
+    first, _ = models.init_model(model, 0, IMAGE_SHAPE)
+    assert jax.tree_util.tree_all(
+        jax.tree_util.tree_map(
+            lambda a, b: bool(jnp.all(a == b)), again, first
+        )
+    )
+
+
+def _loop_convolutions(model, params, state, images, on):
+    """The dim_labels of every convolution XLA's CPU compiler keeps in a
+    two-step loop of input gradients, and whether any is left as a naive
+    loop ('parallel_convolution'), with canonical gradients on or off."""
+    logits = _with_canonical(
+        lambda x: model.apply(params, state, None, x, False)[0], on
+    )
+
+    def loop(x):
+        step = lambda _, a: a + jax.grad(lambda v: jnp.sum(logits(v)))(a)
+        return jax.lax.fori_loop(0, 2, step, x)
+
+    text = jax.jit(loop).lower(images).compile().as_text()
+    labels = set(re.findall(r"convolution\(.*?dim_labels=(\S+?)[,\s]", text))
+    return labels, "parallel_convolution" in text
+
+
+@pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="a CPU compiler's layouts"
+)
+def test_attack_loops_keep_convolutions_canonical_on_the_cpu(tiny_resnet):
+    model, params, state, images = tiny_resnet
+    labels, naive = _loop_convolutions(model, params, state, images, True)
+    assert labels == {"b01f_01io->b01f"}, labels
+    assert not naive
+    # Without them, XLA leaves the input gradients' convolutions as they
+    # are in the loop body (the slowness this fixes).
+    labels, naive = _loop_convolutions(model, params, state, images, False)
+    assert labels != {"b01f_01io->b01f"}

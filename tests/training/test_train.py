@@ -439,3 +439,73 @@ def test_growing_loss_warns_once(start):
         if warnings:
             recorder_warning = recorder.warnings
     assert "loss grew from" in recorder_warning[0]
+
+
+def _conv_forward(images, is_training):
+    """A strided and a plain 3×3 convolution, batch norm, ReLU, logits:
+    what models.canonical_conv stands in for in a ResNet, small."""
+    x = hk.Conv2D(4, 3, stride=2, with_bias=False)(images)
+    x = jax.nn.relu(hk.BatchNorm(True, True, 0.9)(x, is_training))
+    x = hk.Conv2D(4, 3, with_bias=False)(x)
+    return hk.Linear(N_CLASSES)(jnp.mean(x, axis=(1, 2)))
+
+
+# As models.get_model builds its networks: convolutions through
+# canonical_conv under models.canonical_input_gradients.
+CONV_MODEL = hk.transform_with_state(models._intercepted(_conv_forward))
+
+
+@pytest.mark.parametrize("phase", ["phase1", "phase2c"])
+def test_adversarial_steps_with_canonical_convolutions_match_plain_ones(
+    phase, monkeypatch
+):
+    """Three adversarial steps of a small convolutional network through
+    train's own steps, with the attack's convolutions in the canonical
+    layout (what the attacks do) and plain (the code before them,
+    attacks.differentiable as the identity): losses and parameters match
+    to float32 tolerance."""
+    model = CONV_MODEL
+    shape = (12, 12, 1)
+    params, net_state = models.init_model(model, 0, shape)
+    params = jax.tree_util.tree_map(
+        lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(3), p.shape),
+        params,
+    )
+    rng = np.random.default_rng(0)
+    batches = [
+        train.Batch(
+            jnp.asarray(rng.uniform(size=(8, *shape)).astype(np.float32)),
+            jnp.asarray(rng.integers(0, N_CLASSES, 8).astype(np.int32)),
+        )
+        for _ in range(3)
+    ]
+    if phase == "phase1":
+        dynamics, bn, params0 = models.STANDARD, True, None
+        schedule = train.constant_schedule(0.1)
+    else:
+        dynamics, bn, params0 = models.Dynamics(True, True), False, params
+        schedule = train.constant_schedule(0.01)
+
+    def three_steps():
+        steps = train.make_step_fns(
+            model.apply, dynamics, bn, schedule, attacks.train_linf(16.0, 3)
+        )
+        state = train.new_train_state(params, params0, net_state)
+        losses = []
+        for i, batch in enumerate(batches):
+            state, metrics = steps.adversarial(
+                state, batch, jax.random.PRNGKey(i)
+            )
+            losses.append(metrics.loss)
+        return losses, state.params
+
+    canonical = three_steps()
+    monkeypatch.setattr(attacks, "differentiable", lambda fn: fn)
+    plain = three_steps()
+    assert_close(canonical[0], plain[0])
+    for got, want in zip(
+        jax.tree_util.tree_leaves(canonical[1]),
+        jax.tree_util.tree_leaves(plain[1]),
+        strict=True,
+    ):
+        assert_close(got, want)
