@@ -125,7 +125,7 @@ def _rows(stdout):
     rows = {}
     for line in stdout.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if cells and cells[0] in KIND_LABELS:
+        if cells and cells[0].split(", PyTorch")[0] in KIND_LABELS:
             rows[cells[0]] = cells
     return rows
 
@@ -141,9 +141,15 @@ def test_bench_prints_the_four_rates(tmp_path):
         "8",
         "--json",
         out,
+        "--torch_reference",
+        "--peak_gflops",
+        "100",
         check=True,
     )
     rows = _rows(result.stdout)
+    torch_rows = [k for k in rows if "PyTorch" in k]
+    assert [k.split(", PyTorch")[0] for k in torch_rows] == KIND_LABELS[:2]
+    rows = {k: v for k, v in rows.items() if k not in torch_rows}
     assert list(rows) == KIND_LABELS, result.stdout
     for cells in rows.values():
         assert float(cells[4].replace(",", "")) > 0  # images/s
@@ -154,6 +160,15 @@ def test_bench_prints_the_four_rates(tmp_path):
     for kind in kinds.values():
         assert kind["images"] == 8 and kind["epoch_s"] > 0
         assert kind["images_per_s"] == pytest.approx(8 / kind["epoch_s"])
+    reference = record["torch_reference"]
+    assert [(r["phase"], r["adversarial"]) for r in reference] == [
+        ("phase1", False),
+        ("phase1", True),
+    ]
+    for r in reference:  # our count of the same work, its own seconds
+        ours = kinds[r["phase"], r["adversarial"]]
+        assert r["flops_per_image"] == ours["flops_per_image"]
+        assert r["images_per_s"] == pytest.approx(8 / r["epoch_s"])
     flops = {key: kind["flops_per_image"] for key, kind in kinds.items()}
     forward = record["forward_flops_per_image"]
     # A benign step is a forward and a backward pass, 2 to 4 forwards.
@@ -209,3 +224,38 @@ def test_profile_prints_parts_and_writes_a_trace(tmp_path):
         f for _, _, files in os.walk(trace / "phase2c-adv") for f in files
     ]
     assert any(f.endswith(".xplane.pb") for f in written), written
+
+
+def test_torch_reference_is_our_resnet_in_pytorch():
+    """bench/torch_epochs.py's network has our ResNet-18's parameters
+    (count and per-layer shapes, HWIO against OIHW) and its output size;
+    its PGD stays in the ε-ball and in [0, 1]."""
+    torch = pytest.importorskip("torch")
+    import torch_epochs
+
+    for width, shape in ((4, (28, 28, 1)), (2, (32, 32, 3))):
+        ours, _ = models.init_model(
+            models.get_model("resnet18", 10, width), 0, shape
+        )
+        theirs = torch_epochs.ResNet18(width, shape[-1])
+        count = sum(p.numel() for p in theirs.parameters())
+        assert count == models.count_params(ours)
+        conv_shapes = lambda shapes: sorted(shapes)
+        assert conv_shapes(
+            tuple(int(d) for d in p.shape)
+            for p in theirs.parameters()
+            if p.ndim == 4
+        ) == conv_shapes(
+            (w.shape[3], w.shape[2], w.shape[0], w.shape[1])
+            for layer in ours.values()
+            for w in [layer.get("w")]
+            if w is not None and w.ndim == 4
+        )
+    torch.manual_seed(0)
+    net = torch_epochs.ResNet18(2, 1).eval()
+    x = torch.rand(4, 1, 28, 28)
+    y = torch.tensor([0, 1, 2, 3])
+    assert net(x).shape == (4, 10)
+    adv = torch_epochs.pgd(net, x, y, eps=8 / 255, iters=3)
+    assert float((adv - x).abs().max()) <= 8 / 255 + 1e-6
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1
