@@ -27,6 +27,7 @@ import attacks
 import data
 import models
 import robust
+import utils
 from store import checkpoints
 from utils import UserError
 
@@ -498,6 +499,8 @@ def evaluate(
     gathered = _Gathered(network.dynamics, options.keep_examples)
     pending = None
     for index, (x, y) in bar:
+        # Ctrl-C held back (utils.deferred_interrupts) ends the run here.
+        utils.raise_if_interrupted()
         padded_x, padded_y = _padded(x, y, size)
         out = eval_step(
             network,
