@@ -670,9 +670,14 @@ class Grid:
         ):
             return []
         keys = {k: v for k, v in phase2.keys.items() if k != "save_path"}
-        budget = [f"{k}={v}" for k, v in r["budget"].items()]
         cells = []
         for attack, eps in self.robustness_runs():
+            # The keys its attack reads (eval_and_make_adv.py refuses others).
+            budget = [
+                f"{k}={v}"
+                for k, v in r["budget"].items()
+                if k in schema.budget_keys(attack)
+            ]
             name = ROBUSTNESS_NAME.format(attack=attack, eps=eps)
             args = [
                 "--model_path",
