@@ -189,6 +189,10 @@ ANALYSIS_MARKER = "analysis.json"  # written last: the analysis is complete
 # --------------------------------------------------------------------------
 
 SWEEP_RECORD = "sweep.json"
+# In a preset's figure folder of sweep.py --aggregate's results folder
+# ({results_dir}/{name}/): the config and output root its outputs came
+# from.
+AGGREGATE_RECORD = "aggregated_from.json"
 SEEDS_ANALYSIS_DIR = "between_seeds"
 # The figure of robust accuracy against eps (sweep.py --aggregate, in the
 # preset's figure folder), and the robustness cells' folder in a phase-2
