@@ -169,14 +169,18 @@ BUDGET_KEYS = tuple(f.name for f in dataclasses.fields(robust.Budget))
 
 def budget_item(text: str) -> list:
     """An argparse type: one KEY=N of --attack_budget, KEY a field of
-    robust.Budget and N an integer >= 1, as [KEY, N] (a list, so that the
-    flags recorded in config.json read back equal)."""
+    robust.Budget and N an integer from 1 to the field's bound
+    (robust.BUDGET_LIMITS), as [KEY, N] (a list, so that the flags
+    recorded in config.json read back equal)."""
     key, sep, value = text.partition("=")
     if not sep or key not in BUDGET_KEYS:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not KEY=N with KEY one of {', '.join(BUDGET_KEYS)}"
         )
-    return [key, positive_int(value)]
+    try:
+        return [key, number(int, 1, robust.BUDGET_LIMITS[key])(value)]
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{key}: {err}") from None
 
 
 def add_attack_flags(parser: argparse.ArgumentParser, what: str) -> None:
@@ -198,7 +202,9 @@ def add_attack_flags(parser: argparse.ArgumentParser, what: str) -> None:
         metavar="KEY=N",
         help="iterations, restarts and queries of the parameter-free "
         f"attacks ({', '.join(BUDGET_KEYS)}; default the standard "
-        "version's: 100 iterations, 1 restart, 9 targets, 5000 queries)",
+        "version's: 100 iterations, 1 restart, 9 targets, 5000 queries); "
+        "only the keys --attack reads, each at most a thousand times the "
+        "default (n_targets below the number of classes)",
     )
 
 

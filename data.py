@@ -39,6 +39,8 @@ class Dataset:
     folder: what that class reads under `--data_path` (what a user must put
       there to work offline).
     n_train, n_test: images of its training and test split.
+    smallest_class: (training, test): the images of the smallest class of
+      each split, the most a class-balanced subset can take of each class.
     """
 
     name: str
@@ -48,6 +50,7 @@ class Dataset:
     folder: str
     n_train: int
     n_test: int
+    smallest_class: tuple[int, int]
 
 
 # The registry: add a dataset here (and nowhere else).
@@ -62,6 +65,7 @@ DATASETS: dict[str, Dataset] = {
             "cifar-10-batches-py",
             50000,
             10000,
+            (5000, 1000),
         ),
         Dataset(
             "cifar100",
@@ -71,6 +75,7 @@ DATASETS: dict[str, Dataset] = {
             "cifar-100-python",
             50000,
             10000,
+            (500, 100),
         ),
         Dataset(
             "fashion_mnist",
@@ -80,8 +85,19 @@ DATASETS: dict[str, Dataset] = {
             "FashionMNIST/raw",
             60000,
             10000,
+            (6000, 1000),
         ),
-        Dataset("mnist", 10, (28, 28, 1), "MNIST", "MNIST/raw", 60000, 10000),
+        # MNIST's classes differ in size; digit 5 has the fewest images.
+        Dataset(
+            "mnist",
+            10,
+            (28, 28, 1),
+            "MNIST",
+            "MNIST/raw",
+            60000,
+            10000,
+            (5421, 892),
+        ),
     )
 }
 
@@ -248,6 +264,36 @@ def subset_size_problem(size: int, num_classes: int) -> str | None:
     return None
 
 
+def _too_few(where: str, have: int, per_class: int) -> str:
+    """The words of a subset that asks a class for more images than it
+    has."""
+    return (
+        f"{where} has {have} images, fewer than the {per_class} per class "
+        "asked for: pick a smaller subset size"
+    )
+
+
+def split_size_problem(name: str, size: int, train: bool) -> str | None:
+    """Why `size` cannot be a class-balanced subset of the training (or
+    test) split of dataset `name`, in the words of balanced_subset_indices
+    (not a multiple of the classes; more per class than the split's
+    smallest class has, Dataset.smallest_class), or None."""
+    dataset = get_dataset(name)
+    problem = subset_size_problem(size, dataset.n_classes)
+    if problem:
+        return problem
+    smallest = dataset.smallest_class[0 if train else 1]
+    per_class = size // dataset.n_classes
+    if per_class > smallest:
+        split = "training" if train else "test"
+        return _too_few(
+            f"the smallest class of {name}'s {split} split",
+            smallest,
+            per_class,
+        )
+    return None
+
+
 def seed_problem(seed: int) -> str | None:
     """Why `seed` cannot seed the legacy generator of
     balanced_subset_indices (its words), or None."""
@@ -308,11 +354,7 @@ def _choose_from_class(
     legacy generator `rng`, in drawn order."""
     members = np.flatnonzero(labels == label)
     if len(members) < count:
-        raise UserError(
-            f"class {label} has {len(members)} images, fewer "
-            f"than the {count} per class asked for: pick a "
-            f"smaller subset size"
-        )
+        raise UserError(_too_few(f"class {label}", len(members), count))
     return members[rng.choice(len(members), count, replace=False)]
 
 

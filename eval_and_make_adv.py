@@ -36,6 +36,14 @@ their iterations, restarts and queries. The test results then also hold
 JSON counts them per source.
 With several files the per-file outputs get the suffix `_{i}` (i = the
 file's position on the command line).
+
+Everything is checked before anything is loaded or attacked: --save_name is
+a plain file-name prefix, the attack budget fits the attack and the model,
+and an output folder that holds another evaluation saved under --save_name
+is refused unless --overwrite (which replaces that evaluation's files, all
+of them). The outputs are written as one set once every source is
+evaluated, and the output folder is made only then; Ctrl-C ends the run
+between batches with `interrupted` (exit status 130) and nothing written.
 """
 
 import argparse
@@ -43,6 +51,7 @@ from collections.abc import Sequence
 
 import attacks
 import cli
+import utils
 from store import layout
 from training import adv_eval
 
@@ -60,8 +69,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--save_name",
+        type=cli.file_prefix,
         default=layout.EVAL_SAVE_NAME,
-        help="suffix of the output file names",
+        help="suffix of the output file names (a plain name: --bonus_dir "
+        "chooses the folder)",
     )
     parser.add_argument(
         "--linear",
@@ -97,6 +108,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="write the adversarial examples (with --no_adv: the clean "
         "images)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the evaluation saved in the output folder under "
+        "--save_name (its files, all of them); without it, such a folder "
+        "is refused",
     )
     parser.add_argument(
         "--short",
@@ -153,9 +171,10 @@ def _add_data_and_attack_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    adv_eval.evaluate_checkpoint(
-        adv_eval.AdvEvalSettings.from_args(parse_args(argv))
-    )
+    settings = adv_eval.AdvEvalSettings.from_args(parse_args(argv))
+    # Ctrl-C ends the run between batches, with nothing written.
+    with utils.deferred_interrupts():
+        adv_eval.evaluate_checkpoint(settings)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Runs an experiment grid (a TOML file in configs/): prints its commands,
-runs them here or on SLURM, estimates their GPU-hours, aggregates their
+runs them here or on SLURM, estimates their device hours, aggregates their
 results into docs/results/ and docs/REPORT.md. See README.md, "Sweeps and
 the reproduction report"."""
 
@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+import calculate_kernel
 import cli
 import eval_and_make_adv
 import run_exp
@@ -20,7 +21,34 @@ from utils import UserError
 PARSERS: grid.Parsers = {
     "run_exp.py": run_exp.parse_args,
     "eval_and_make_adv.py": eval_and_make_adv.parse_args,
+    "calculate_kernel.py": calculate_kernel.parse_args,
 }
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """--output_root, and where --aggregate writes."""
+    p.add_argument(
+        "--output_root",
+        default=None,
+        help="use this output root instead of the config's",
+    )
+    p.add_argument(
+        "--results_dir",
+        default=os.path.join(grid.ROOT, "docs", "results"),
+        help="where --aggregate writes (default docs/results)",
+    )
+    p.add_argument(
+        "--report",
+        default=os.path.join(grid.ROOT, "docs", "REPORT.md"),
+        help="the report --aggregate regenerates (default docs/REPORT.md)",
+    )
+    p.add_argument(
+        "--replace_results",
+        action="store_true",
+        help="with --aggregate: replace the results of the grid's name in "
+        "RESULTS_DIR even when they came from another config or output "
+        "root (without it, that is refused)",
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -50,7 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     mode.add_argument(
         "--estimate",
         action="store_true",
-        help="GPU-hours by stage, from the config's [throughput]",
+        help="device hours by stage, from the config's [throughput] (GPU-, "
+        "CPU- or TPU-hours after its device)",
     )
     p.add_argument(
         "--aggregate",
@@ -58,21 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="collect the results into RESULTS_DIR/{name}.csv, a summary, "
         "figures and the report (after running, with a run mode)",
     )
-    p.add_argument(
-        "--output_root",
-        default=None,
-        help="use this output root instead of the config's",
-    )
-    p.add_argument(
-        "--results_dir",
-        default=os.path.join(grid.ROOT, "docs", "results"),
-        help="where --aggregate writes (default docs/results)",
-    )
-    p.add_argument(
-        "--report",
-        default=os.path.join(grid.ROOT, "docs", "REPORT.md"),
-        help="the report --aggregate regenerates (default docs/REPORT.md)",
-    )
+    _add_output_flags(p)
     p.add_argument(
         "--no_wait",
         action="store_true",
@@ -96,10 +111,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         )
     if args.no_wait and not args.slurm:
         raise UserError("--no_wait goes with --slurm")
+    if args.replace_results and not args.aggregate:
+        raise UserError("--replace_results goes with --aggregate")
     for flag in ("output_root", "results_dir", "report"):
         if getattr(args, flag) == "":
             raise UserError(f"--{flag} must not be empty: give a path")
     return args
+
+
+def cell_state(cell: grid.Cell, other: set[str]) -> tuple[str, str]:
+    """(a cell's status, its state as the dry run prints it); `other`: the
+    ids of the cells found made with other flags so far (this one is added
+    when it is, or when it was made from one of them)."""
+    status = grid.cell_status(cell)
+    states = {grid.DONE: "finished", grid.PARTIAL: "to resume"}
+    state = states.get(status, "to run")
+    if status != grid.TODO:
+        # Its files may be another run's: not finished for this grid.
+        try:
+            mismatch = grid.flag_mismatch(cell, PARSERS)
+        except UserError:
+            state = f"damaged: {grid.flags_record(cell)[0]}"
+        else:
+            made_from = [dep for dep in cell.deps if dep in other]
+            if mismatch:
+                state = f"made with other flags: {mismatch}"
+            elif made_from:
+                state = f"made from cells of other flags: {made_from[0]}"
+            if mismatch or made_from:
+                other.add(cell.id)
+    if not cell.available():
+        state = f"{cell.script} not in this checkout"
+    return status, state
 
 
 def dry_run(the_grid: grid.Grid, cells: list) -> None:
@@ -107,22 +150,10 @@ def dry_run(the_grid: grid.Grid, cells: list) -> None:
     state, then the estimate where the config has [throughput]."""
     python = grid.python_display()
     print(f"# {len(cells)} cells of {the_grid.path}; run from {grid.ROOT}")
-    states = {grid.DONE: "finished", grid.PARTIAL: "to resume"}
+    other: set[str] = set()
     for cell in cells:
-        status = grid.cell_status(cell)
+        status, state = cell_state(cell, other)
         needs = f"; needs {', '.join(cell.deps)}" if cell.deps else ""
-        state = states.get(status, "to run")
-        if status != grid.TODO:
-            # Its files may be another run's: not finished for this grid.
-            try:
-                mismatch = grid.flag_mismatch(cell, PARSERS)
-            except UserError:
-                state = f"damaged: {grid.flags_record(cell)[0]}"
-            else:
-                if mismatch:
-                    state = f"made with other flags: {mismatch}"
-        if not cell.available():
-            state = f"{cell.script} not in this checkout"
         print(f"# {cell.id} [{cell.stage}, {state}{needs}]")
         print(cell.command(python, resume=status == grid.PARTIAL))
     if the_grid.config["throughput"] is not None:
@@ -131,12 +162,13 @@ def dry_run(the_grid: grid.Grid, cells: list) -> None:
 
 def print_estimate(the_grid: grid.Grid, cells: list) -> None:
     cost = estimate(the_grid, cells)
+    unit = cost["unit"]
     print(f"# estimate on {cost['device']} ({cost['source']})")
     for stage, (count, hours) in cost["stages"].items():
-        print(f"#   {stage:<9} {count:>5} cells  {hours:9.1f} GPU-hours")
+        print(f"#   {stage:<9} {count:>5} cells  {hours:9.1f} {unit}")
     seeds = len(the_grid.config[""]["seeds"])
     print(
-        f"#   total {cost['total']:.1f} GPU-hours for {seeds} seed(s), "
+        f"#   total {cost['total']:.1f} {unit} for {seeds} seed(s), "
         f"{cost['per_seed']:.1f} per seed"
     )
 
@@ -152,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sweeper import report
 
         # Before any cell runs: where the results will go can be written.
-        report.check_outputs(the_grid.name, args.results_dir, args.report)
+        report.check_outputs(
+            the_grid, args.results_dir, args.report, args.replace_results
+        )
     status = 0
     if args.dry_run:
         dry_run(the_grid, cells)
@@ -182,7 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             status = 1
     if args.aggregate:
-        report.aggregate(the_grid, args.results_dir, args.report, PARSERS)
+        report.aggregate(
+            the_grid,
+            args.results_dir,
+            args.report,
+            PARSERS,
+            replace=args.replace_results,
+        )
     return status
 
 

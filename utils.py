@@ -13,10 +13,13 @@ process at a time (:class:`FolderLock`).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -178,3 +181,47 @@ def settings_from_flags(
     names = [f.name for f in dataclasses.fields(cls) if f.name != "flags"]
     values = {name: getattr(args, name) for name in names}
     return cls(**values, flags=dict(vars(args)))
+
+
+# --------------------------------------------------------------------------
+# Ctrl-C between steps
+# --------------------------------------------------------------------------
+
+# Whether Ctrl-C came while deferred_interrupts held it back.
+_interrupt = {"pending": False}
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Holds Ctrl-C (SIGINT) back while the body runs: it sets a flag
+    instead of raising KeyboardInterrupt wherever the program happens to
+    be (one raised inside a garbage-collection callback, e.g. JAX's, is
+    printed as "Exception ignored" and lost, and the run goes on).
+    `raise_if_interrupted`, called between steps, raises it; so does the
+    end of the body. A second Ctrl-C raises at once. Outside the main
+    thread (where no signal handler can be set) it changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def hold(signum: int, frame: object) -> None:
+        if _interrupt["pending"]:
+            raise KeyboardInterrupt
+        _interrupt["pending"] = True
+
+    _interrupt["pending"] = False
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+        raise_if_interrupted()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupt["pending"] = False
+
+
+def raise_if_interrupted() -> None:
+    """Raises KeyboardInterrupt when Ctrl-C came while deferred_interrupts
+    held it back (a no-op otherwise)."""
+    if _interrupt["pending"]:
+        raise KeyboardInterrupt

@@ -44,6 +44,7 @@ UserError naming both files).
 
 import dataclasses
 import functools
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -65,6 +66,36 @@ DEFAULT_SETTLE_FRACTION = 0.25
 # eigenvalue is at least −PSD_TOLERANCE × its largest in magnitude
 # (float32 rounding of an N×N Gram matrix stays far above).
 PSD_TOLERANCE = 1e-3
+# What each measure of kernels.csv can be, by column name (a regular
+# expression matched whole): (minimum, maximum, whether it must exceed
+# the minimum). Every measure is finite, but the condition number of a
+# singular kernel (infinite); a column matched by none is any finite
+# number.
+MEASURE_RANGES = (
+    (r"distance(_.*)?", 0.0, 1.0, False),  # S of positive semi-definite K
+    (r"top\d+_(mass|label_energy)|.*accuracy", 0.0, 1.0, False),
+    (r"(centered_)?target_alignment", -1.0, 1.0, False),
+    (r"effective_rank|lambda_max|kernel_regression_ridge", 0.0, np.inf, True),
+    (r"condition_number", 1.0, np.inf, False),
+    (r"settle_t|velocity|n", 0.0, np.inf, False),
+)
+
+
+def measure_problem(column: str, value: float) -> str | None:
+    """Why `value` cannot be the measure `column` of a kernel
+    (MEASURE_RANGES; NaN, an empty cell, is no value and fine), or None."""
+    if np.isnan(value):
+        return None
+    if not np.isfinite(value) and column != "condition_number":
+        return "not a finite number"
+    for pattern, low, high, above in MEASURE_RANGES:
+        if re.fullmatch(pattern, column):
+            if (low < value if above else low <= value) and value <= high:
+                return None
+            if high < np.inf:
+                return f"not in [{low:g}, {high:g}]"
+            return f"not {'above' if above else 'at least'} {low:g}"
+    return None
 
 
 # --------------------------------------------------------------------------

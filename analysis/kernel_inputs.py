@@ -9,7 +9,7 @@ arguments name it.
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -17,7 +17,7 @@ from tqdm import tqdm
 from analysis import kernel_analysis
 from analysis.kernel_analysis import Kernel
 from ntk import kernel_files
-from store import layout
+from store import checkpoints, layout
 from utils import UserError
 
 # How kernel files' names end: _{N}.pkl and _class_{c}_{N}.pkl.
@@ -85,6 +85,86 @@ def read_kernel(path: str) -> Kernel:
     return kernel
 
 
+# Flags of a run that differ between replicates: the seed, and the path of
+# the base checkpoint (each seed's own phase-1 run).
+SEED_FLAGS = ("random_seed", "base_model_path")
+
+
+def _identity(spec: Mapping, run: Mapping) -> dict:
+    """What makes a training, from a checkpoint's meta (or what a kernel
+    file records of it: `spec` its model entries, `run` its loaders, seed
+    and flags): {'dataset', 'model', 'width', 'loaders', '--FLAG' ...,
+    'seed'}."""
+    flags = run.get("flags") if isinstance(run.get("flags"), Mapping) else {}
+    identity = {key: spec.get(key) for key in ("dataset", "model", "width")}
+    identity["loaders"] = run.get("loaders")
+    identity.update(
+        (f"--{name}", value)
+        for name, value in sorted(flags.items())
+        if name not in SEED_FLAGS
+    )
+    identity["seed"] = run.get("seed", flags.get("random_seed"))
+    return identity
+
+
+def run_identity(kernels: Sequence[Kernel]) -> dict | None:
+    """The training a run's kernels came from (_identity): as its kernel
+    files record it ('run', written by calculate_kernel.py), else from
+    the meta of its checkpoint when that is still there; None when
+    neither says."""
+    for kernel in kernels:
+        recorded = kernel.file.extras.get("run")
+        if isinstance(recorded, Mapping):
+            return _identity(kernel.file.extras, recorded)
+    for kernel in kernels:
+        relative = kernel.file.extras.get("checkpoint_relpath")
+        if not isinstance(relative, str):
+            continue
+        path = os.path.join(os.path.dirname(kernel.path), relative)
+        if os.path.isfile(path):
+            try:
+                meta = checkpoints.load_checkpoint(path)["meta"]
+            except UserError:
+                continue
+            return _identity(meta, meta)
+    return None
+
+
+def replicate_runs_problem(
+    folders: Sequence[str], runs: Sequence[Sequence[Kernel]]
+) -> str | None:
+    """Why the runs of a --replicates group (their folders and kernels) are
+    not replicates, or None: two runs whose trainings (run_identity)
+    differ in more than the seed, or have the same seed. Runs whose
+    training is not recorded are not compared."""
+    known = [
+        (folder, identity)
+        for folder, kernels in zip(folders, runs, strict=True)
+        if (identity := run_identity(kernels)) is not None
+    ]
+    for i, (a, first) in enumerate(known):
+        for b, second in known[i + 1 :]:
+            differ = [
+                key
+                for key in sorted(set(first) | set(second))
+                if key != "seed" and first.get(key) != second.get(key)
+            ]
+            if differ:
+                key = differ[0]
+                return (
+                    f"--replicates {a} {b}: not runs of one training, "
+                    f"{key} {first.get(key)!r} there, {second.get(key)!r} "
+                    "here: a group holds runs that differ only in their seed"
+                )
+            if first["seed"] is not None and first["seed"] == second["seed"]:
+                return (
+                    f"--replicates {a} {b}: runs of the same seed "
+                    f"{first['seed']} and flags, not replicates: a group "
+                    "holds runs that differ in their seed"
+                )
+    return None
+
+
 # Per --replicates group: its folders and each folder's kernels.
 ReplicateGroup = tuple[list[str], list[list[Kernel]]]
 
@@ -148,6 +228,46 @@ def _check_folders(flag: str, folders: Sequence[str], what: str) -> None:
             raise UserError(f"{flag} {folder} is not a folder: give {what}")
 
 
+def _overlap(a: str, b: str, kernels: tuple[list, list]) -> str | None:
+    """How the run folders `a` and `b` (with their kernels) are one run,
+    compared as real paths: 'one folder', 'b inside a', or 'the same
+    kernel files'; None when they are two runs."""
+    real_a, real_b = os.path.realpath(a), os.path.realpath(b)
+    if real_a == real_b:
+        return "one folder"
+    if os.path.commonpath([real_a, real_b]) in (real_a, real_b):
+        inner, outer = (b, a) if len(real_b) > len(real_a) else (a, b)
+        return f"{inner} is inside {outer}"
+    if {id(k) for k in kernels[0]} & {id(k) for k in kernels[1]}:
+        return "they hold the same kernel files"
+    return None
+
+
+def _check_distinct(
+    flag: str, folders: Sequence[tuple[int, str, list[Kernel]]]
+) -> None:
+    """Raises UserError when two of `folders` ((group, folder, kernels))
+    are one run: within a group (or the two --compare folders) a run
+    would be compared with itself, at distance 0; in two groups it would
+    get the mean of both."""
+    for i, (group_a, a, kernels_a) in enumerate(folders):
+        for group_b, b, kernels_b in folders[i + 1 :]:
+            how = _overlap(a, b, (kernels_a, kernels_b))
+            if how is None:
+                continue
+            if group_a != group_b:
+                raise UserError(
+                    f"{flag}: {a} and {b} are one run ({how}) in two groups: "
+                    "a run belongs to one group; give each group its own "
+                    "runs' kernel folders"
+                )
+            raise UserError(
+                f"{flag} {a} {b}: one run ({how}), compared with itself "
+                "at distance 0: give the kernel folders of different runs"
+                + (", each once" if flag == "--replicates" else "")
+            )
+
+
 def read_all(
     inputs: Sequence[str],
     compare: Sequence[str] | None,
@@ -155,7 +275,14 @@ def read_all(
     progress: bool = True,
 ) -> Inputs:
     """The kernels of the file and folder arguments `inputs`, of the two
-    --compare folders and of the --replicates groups of folders."""
+    --compare folders and of the --replicates groups of folders.
+
+    Raises:
+        UserError: a folder is missing or holds no kernels; two --compare
+            folders, or two --replicates folders of any groups, are one
+            run (_check_distinct); the runs of a group differ in more
+            than their seed (replicate_runs_problem).
+    """
     reader = _Reader(progress)
     for argument in inputs:
         reader.collect(argument)
@@ -163,6 +290,10 @@ def read_all(
     if compare:
         _check_folders("--compare", compare, "the kernel folders of two runs")
         sides = tuple(reader.collect(folder) for folder in compare)
+        _check_distinct(
+            "--compare",
+            [(0, f, k) for f, k in zip(compare, sides, strict=True)],
+        )
     groups = []
     for group in replicates or []:
         _check_folders(
@@ -173,6 +304,18 @@ def read_all(
         groups.append(
             (list(group), [reader.collect(folder) for folder in group])
         )
+    _check_distinct(
+        "--replicates",
+        [
+            (number, folder, kernels)
+            for number, (folders, runs) in enumerate(groups)
+            for folder, kernels in zip(folders, runs, strict=True)
+        ],
+    )
+    for folders, runs in groups:
+        problem = replicate_runs_problem(folders, runs)
+        if problem:
+            raise UserError(problem)
     notes = []
     if reader.skipped:
         notes.append(

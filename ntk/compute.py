@@ -38,6 +38,13 @@ class _Job:
     paths: tuple[str, ...]
     epoch: int | float | None
     phase: str | None
+    run: dict = dataclasses.field(default_factory=dict)
+
+
+# What a kernel file records of its checkpoint's training (its meta's
+# entries, as run_exp.py writes them): the kernels of replicate runs must
+# differ in the seed alone (analyze_kernels.py --replicates).
+RUN_KEYS = ("loaders", "seed", "flags")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +116,7 @@ def _checked_job(args: argparse.Namespace, model_path: str) -> _Job:
         phase=meta.get("phase")
         if isinstance(meta.get("phase"), str)
         else None,
+        run={key: meta[key] for key in RUN_KEYS if key in meta},
     )
 
 
@@ -271,6 +279,7 @@ def _compute(
         implementation=args.implementation,
         random_seed=args.random_seed,
         **spec.as_meta(),
+        **({"run": job.run} if job.run else {}),
     )
     sizes = f"N = {len(chosen.indices)}"
     if chosen.test_images is not None:

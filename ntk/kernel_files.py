@@ -18,9 +18,10 @@ calculate_kernel.py adds how it was computed (model_path, model, width,
 dataset, n_classes, use_linear_params, implementation, random_seed, the
 checkpoint's 'phase' and 'checkpoint_relpath', its path relative to the
 kernel file's folder, which tells which run the kernel belongs to after the
-folders are moved). With --test_size M a file also holds the cross kernel
-'test_kernel' float32 (M, N), entry [a, i] = k(x_test_a, x_i) of the same
-logit (or mean over logits), with 'test_labels' int64 (M,) and
+folders are moved, and 'run', the checkpoint's training as its meta records
+it: {'loaders', 'seed', 'flags'}). With --test_size M a file also holds the
+cross kernel 'test_kernel' float32 (M, N), entry [a, i] = k(x_test_a, x_i)
+of the same logit (or mean over logits), with 'test_labels' int64 (M,) and
 'test_indices' int64 (M,), the test images' positions in the test split.
 
 The original's files hold only 'kernel' and 'labels'. `read` accepts them:

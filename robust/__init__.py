@@ -15,6 +15,8 @@ May import: `attacks` and third-party packages only (a core layer, beside
 from robust.apgd import APGDConfig, apgd_ce, apgd_t
 from robust.autoattack import (
     ATTACKS,
+    BUDGET_LIMITS,
+    BUDGET_USE,
     CODES,
     ROBUST,
     AutoAttackConfig,
@@ -22,6 +24,8 @@ from robust.autoattack import (
     Budget,
     autoattack,
     autoattack_traced,
+    budget_keys,
+    targets_problem,
 )
 from robust.common import AttackResult
 from robust.fab import FABConfig, fab_t
@@ -29,6 +33,8 @@ from robust.square import SquareConfig, square
 
 __all__ = [
     "ATTACKS",
+    "BUDGET_LIMITS",
+    "BUDGET_USE",
     "CODES",
     "ROBUST",
     "APGDConfig",
@@ -42,6 +48,8 @@ __all__ = [
     "apgd_t",
     "autoattack",
     "autoattack_traced",
+    "budget_keys",
     "fab_t",
     "square",
+    "targets_problem",
 ]

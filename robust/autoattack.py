@@ -16,7 +16,7 @@ traceable function, every attack run on the whole batch (for use inside
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -39,23 +39,71 @@ CODES: dict[str, int] = {"clean": CLEAN} | {
 }
 
 
+def _budget_field(default: int, maximum: int) -> int:
+    """A Budget field: its default and its largest value (metadata)."""
+    return dataclasses.field(default=default, metadata={"maximum": maximum})
+
+
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """Iterations, restarts and queries; the defaults are the standard
     version's (APGD-CE 100 steps, 1 start; APGD-T 100 steps for each of 9
     targets; FAB-T 100 steps for each of 9 targets; Square 5,000
-    queries)."""
+    queries). Each field is at most its `maximum` (BUDGET_LIMITS): a
+    thousand times the standard version's iterations, restarts and
+    queries, and 999 targets (n_targets must also stay below the number
+    of classes: `targets_problem`)."""
 
-    apgd_iters: int = 100
-    apgd_restarts: int = 1
-    n_targets: int = 9
-    fab_iters: int = 100
-    fab_restarts: int = 1
-    square_queries: int = 5000
+    apgd_iters: int = _budget_field(100, 100_000)
+    apgd_restarts: int = _budget_field(1, 1_000)
+    n_targets: int = _budget_field(9, 999)
+    fab_iters: int = _budget_field(100, 100_000)
+    fab_restarts: int = _budget_field(1, 1_000)
+    square_queries: int = _budget_field(5000, 5_000_000)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
-            common.check_positive(field.name, getattr(self, field.name))
+            value = getattr(self, field.name)
+            common.check_positive(field.name, value)
+            if value > field.metadata["maximum"]:
+                raise ValueError(
+                    f"{field.name} must be at most "
+                    f"{field.metadata['maximum']}, not {value}"
+                )
+
+
+# The largest value of each Budget field.
+BUDGET_LIMITS: dict[str, int] = {
+    field.name: field.metadata["maximum"]
+    for field in dataclasses.fields(Budget)
+}
+# The Budget fields each attack reads (see `stage`; APGD-T runs once per
+# target, without restarts).
+BUDGET_USE: dict[str, tuple[str, ...]] = {
+    "apgd-ce": ("apgd_iters", "apgd_restarts"),
+    "apgd-t": ("apgd_iters", "n_targets"),
+    "fab-t": ("fab_iters", "fab_restarts", "n_targets"),
+    "square": ("square_queries",),
+}
+
+
+def budget_keys(attacks: Sequence[str]) -> tuple[str, ...]:
+    """The Budget fields that the attacks `attacks` (names of ATTACKS) read,
+    in Budget's order."""
+    used = {key for name in attacks for key in BUDGET_USE[name]}
+    return tuple(f.name for f in dataclasses.fields(Budget) if f.name in used)
+
+
+def targets_problem(n_targets: int, n_classes: int) -> str | None:
+    """Why `n_targets` target classes cannot be drawn for a model of
+    `n_classes` classes (the targets are the wrong classes), or None."""
+    if n_targets > n_classes - 1:
+        return (
+            f"n_targets={n_targets} asks for more target classes than the "
+            f"{n_classes - 1} wrong ones of {n_classes} classes: pass "
+            f"n_targets={n_classes - 1} or fewer"
+        )
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

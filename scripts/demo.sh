@@ -18,10 +18,12 @@ $PY run_exp.py --standard_epochs 3 --linear_epochs 0 --loaders CC --save_models 
 $PY run_exp.py --base_model_path $OUT/phase_1/parameters_checkpoint_2.pkl \
     --loaders CA --linear_epochs 1 --second_lr 0.01 --save_models --centering \
     --save_path $OUT/phase_2 --random_seed 0 "${SMALL[@]}"
-# PGD evaluation of the phase-2 model, keeping its adversarial examples.
+# PGD evaluation of the phase-2 model, keeping its adversarial examples
+# (--overwrite: a second demo replaces the first one's evaluation).
 $PY eval_and_make_adv.py --model_path $OUT/phase_2/parameters_final.pkl \
     --linear --centering --save_examples --bonus_dir test_results \
-    --random_seed 0 --data_path "$DATA" --test_size 200 --pgd_iters 10
+    --random_seed 0 --data_path "$DATA" --test_size 200 --pgd_iters 10 \
+    --overwrite
 # Per-class kernels of θ(2) on 100 training images, and feature images of
 # class 1 (README's figure). They start from the mean of the kernel's images:
 # on the grey start every first-layer channel of this width-4 network is off,

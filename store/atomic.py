@@ -6,6 +6,7 @@ temporary files of a killed process are removed by the next one
 process at a time (:class:`FolderLock`).
 """
 
+import contextlib
 import fcntl
 import json
 import os
@@ -16,7 +17,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, BinaryIO
 
 import jax
@@ -331,6 +332,82 @@ def _atomic_write(
     _fsync_dir(directory)
 
 
+def pickle_writer(obj: object) -> Callable[[IO[bytes]], object]:
+    """A writer for write_file_set: a pickle of ``obj``."""
+    return lambda file: pickle.dump(obj, file, protocol=PICKLE_PROTOCOL)
+
+
+def json_writer(obj: object) -> Callable[[IO[bytes]], object]:
+    """A writer for write_file_set: ``obj`` as atomic_write_json writes
+    it."""
+    text = json_text(obj)
+    return lambda file: file.write(text.encode("utf-8"))
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would create, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def write_file_set(
+    folder: StrPath,
+    writers: Mapping[str, Callable[[IO[bytes]], object]],
+    remove: Sequence[str] = (),
+    before_commit: Callable[[], None] | None = None,
+) -> None:
+    """Writes a set of files so that it appears whole or not at all.
+
+    Each file (a path in ``folder``: its writer) is written to a temporary
+    file first; only when every one is written and ``before_commit()``
+    (e.g. a check for Ctrl-C) has returned are they renamed into place, in
+    the order given (put the file that marks the set complete last), and
+    the files of ``remove`` not in the set deleted (an earlier set the new
+    one replaces). On any failure, KeyboardInterrupt included, the
+    temporary files are removed, and so are the folders this call created
+    (``folder`` and its missing parents): nothing is left behind.
+
+    Raises:
+        UserError: the folder cannot be created or a file cannot be written
+            (e.g. a full disk).
+        Anything else a writer or ``before_commit`` raises, unchanged.
+    """
+    folder = os.fspath(folder)
+    created = _missing_folders(folder)
+    staged: dict[str, str] = {}
+    try:
+        ensure_writable_dir(folder)
+        for path, write_fn in writers.items():
+            fd, staged[path] = _create_temp_file(
+                folder, os.path.basename(path)
+            )
+            with os.fdopen(fd, "wb") as file:
+                write_fn(file)
+                file.flush()
+                os.fsync(file.fileno())
+        if before_commit is not None:
+            before_commit()
+    except BaseException as err:
+        for tmp_path in staged.values():
+            _remove_quietly(tmp_path)
+        for made in created:
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
+        if isinstance(err, OSError):
+            raise _unwritable("cannot write in", folder, err) from None
+        raise
+    for path, tmp_path in staged.items():
+        os.replace(tmp_path, path)
+    for path in remove:
+        if path not in writers:
+            _remove_quietly(path)
+    _fsync_dir(folder)
+
+
 def atomic_write_bytes(path: StrPath, data: bytes) -> None:
     """Atomically replace file ``path`` with the bytes ``data``."""
     _atomic_write(path, lambda file: file.write(data))
@@ -373,10 +450,15 @@ def _json_default(obj: object) -> object:
     raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
 
 
-def atomic_write_json(path: StrPath, obj: object) -> None:
-    """Atomically replace ``path`` with ``obj`` as JSON, indent 2, keys sorted.
+def json_text(obj: object) -> str:
+    """``obj`` as JSON text, indent 2, keys sorted, a line break at the end.
 
     NumPy scalars become Python numbers and arrays (NumPy or JAX) nested lists.
     """
     text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
-    atomic_write_text(path, text + "\n")
+    return text + "\n"
+
+
+def atomic_write_json(path: StrPath, obj: object) -> None:
+    """Atomically replace ``path`` with ``obj`` as JSON (json_text)."""
+    atomic_write_text(path, json_text(obj))

@@ -74,12 +74,21 @@ def output_dir(model_path: str, bonus_dir: str) -> str:
 EVAL_SAVE_NAME = "test_results"  # eval_and_make_adv.py's --save_name
 
 
+# eval_and_make_adv.py's pickles: {'results', 'examples'} -> the name for
+# a suffix (the --save_name, with _{index} when there are several test
+# sets).
+EVAL_PICKLES = {
+    "results": "test_results_{}.pkl",
+    "examples": "adv_examples_{}.pkl",
+}
+
+
 def eval_outputs(out_dir: str, suffix: str) -> dict[str, str]:
     """eval_and_make_adv.py's {'results', 'examples'} pickles for `suffix`
     (the --save_name, with _{index} when there are several test sets)."""
     return {
-        "results": os.path.join(out_dir, f"test_results_{suffix}.pkl"),
-        "examples": os.path.join(out_dir, f"adv_examples_{suffix}.pkl"),
+        kind: os.path.join(out_dir, name.format(suffix))
+        for kind, name in EVAL_PICKLES.items()
     }
 
 
@@ -97,6 +106,34 @@ def eval_record(out_dir: str, save_name: str) -> str:
     """eval_and_make_adv.py's JSON record of its evaluation (accuracies,
     the model and attack) for --save_name `save_name`."""
     return eval_summaries(out_dir, save_name)["results"]
+
+
+def eval_set(out_dir: str, save_name: str) -> list[str]:
+    """The files of `out_dir` (sorted paths) that belong to the evaluation
+    saved there as `save_name`: its JSON files (eval_summaries) and its
+    pickles (eval_outputs), with or without an _{index} suffix; those of
+    `{save_name}_{index}`'s own evaluation, which has its results JSON,
+    apart."""
+    try:
+        names = set(os.listdir(out_dir))
+    except OSError:
+        return []
+    wanted = {
+        os.path.basename(p)
+        for p in eval_summaries(out_dir, save_name).values()
+    }
+    wanted |= {name.format(save_name) for name in EVAL_PICKLES.values()}
+    for pattern in EVAL_PICKLES.values():
+        before, after = pattern.split("{}")
+        indexed = re.compile(
+            re.escape(f"{before}{save_name}_") + r"(\d+)" + re.escape(after)
+        )
+        for name in names:
+            match = indexed.fullmatch(name)
+            own = match and eval_record(out_dir, f"{save_name}_{match[1]}")
+            if match and os.path.basename(own) not in names:
+                wanted.add(name)
+    return sorted(os.path.join(out_dir, name) for name in names & wanted)
 
 
 KERNEL_SAVE_NAME = "saved_kernel"  # calculate_kernel.py's --save_name
@@ -152,6 +189,10 @@ ANALYSIS_MARKER = "analysis.json"  # written last: the analysis is complete
 # --------------------------------------------------------------------------
 
 SWEEP_RECORD = "sweep.json"
+# In a preset's figure folder of sweep.py --aggregate's results folder
+# ({results_dir}/{name}/): the config and output root its outputs came
+# from.
+AGGREGATE_RECORD = "aggregated_from.json"
 SEEDS_ANALYSIS_DIR = "between_seeds"
 # The figure of robust accuracy against eps (sweep.py --aggregate, in the
 # preset's figure folder), and the robustness cells' folder in a phase-2

@@ -15,6 +15,7 @@ import pandas as pd
 
 import models
 import utils
+from analysis import kernel_analysis
 from store import layout
 from sweeper import grid, schema
 from sweeper.grid import KernelKey
@@ -47,11 +48,23 @@ def broken_column(name: str) -> str:
 TO_SEED = "distance_to_seed_{}"
 
 
+# The values of a cell's JSON files: accuracies are fractions, the
+# others (images, iterations, broken_by counts) counts.
+COUNTS = ("n", "test_images", "eval_images", "eval_pgd_iters")
+
+
+def _value_range(column: str) -> tuple[float, float]:
+    """(minimum, maximum) of a column read from a cell's JSON file."""
+    if column in COUNTS or column.startswith(BROKEN.format("")):
+        return 0.0, math.inf
+    return 0.0, 1.0
+
+
 def _value(record: object, *keys: str) -> float:
     """record[k1][k2]... as a float, NaN where absent or None.
 
     Raises:
-        ValueError: the value is there but not a number.
+        ValueError: the value is there but not a finite number.
     """
     for key in keys:
         if not isinstance(record, dict) or record.get(key) is None:
@@ -59,6 +72,8 @@ def _value(record: object, *keys: str) -> float:
         record = record[key]
     if isinstance(record, bool) or not isinstance(record, int | float):
         raise ValueError(f"{'.'.join(keys)} is {record!r}, not a number")
+    if not math.isfinite(record):
+        raise ValueError(f"{'.'.join(keys)} is {record!r}, not finite")
     return float(record)
 
 
@@ -87,11 +102,25 @@ def _numbers(
     cell_id: str, path: str, folder: str, values: Mapping[str, tuple]
 ) -> dict[str, float]:
     """{name: _value(record, *keys)} for values {name: (record, *keys)};
-    a value that is not a number makes the file damaged."""
-    try:
-        return {name: _value(*where) for name, where in values.items()}
-    except ValueError as err:
-        raise grid.damaged(cell_id, path, str(err), folder) from None
+    a value that is not a finite number in its range (_value_range) makes
+    the file damaged."""
+    numbers = {}
+    for name, (record, *keys) in values.items():
+        try:
+            value = _value(record, *keys)
+        except ValueError as err:
+            raise grid.damaged(cell_id, path, str(err), folder) from None
+        low, high = _value_range(name)
+        if not math.isnan(value) and not low <= value <= high:
+            where = f"{'.'.join(keys)} is {value:g}"
+            problem = (
+                f"{where}, not in [{low:g}, {high:g}]"
+                if high < math.inf
+                else f"{where}, below {low:g}"
+            )
+            raise grid.damaged(cell_id, path, problem, folder)
+        numbers[name] = value
+    return numbers
 
 
 # --------------------------------------------------------------------------
@@ -369,9 +398,10 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
         return pd.DataFrame(), missing
     compare = c["analysis"]["compare"] or ["C", "A"]
     expected = _grid_kernels(the_grid)
+    finished = _finished_analyses(the_grid)
     pairs: dict[frozenset, float] = {}
     for seed in c[""]["seeds"]:
-        found = _seed_kernels(the_grid, seed, expected, missing)
+        found = _seed_kernels(the_grid, seed, (expected, finished), missing)
         if found is not None:
             frames.append(found[0])
             pairs.update(found[1])
@@ -379,30 +409,62 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
         return pd.DataFrame(), missing
     seeds = [s for s in c[""]["seeds"]]
     if len(seeds) > 1:
-        pairs.update(_seeds_pairs(the_grid, missing))
+        pairs.update(_seeds_pairs(the_grid, finished, missing))
     table = pd.concat(frames, ignore_index=True)
     _add_derived(table, pairs, compare, seeds)
     return table, missing
 
 
+def _finished_analyses(the_grid: grid.Grid) -> set[str]:
+    """The ids of the grid's analysis cells that are finished by the
+    sweep's own rule (grid.cell_status: every output there, analysis.json,
+    written last, included)."""
+    return {
+        cell.id
+        for cell in the_grid.cells()
+        if cell.stage == "analysis" and grid.cell_status(cell) == grid.DONE
+    }
+
+
+def _unfinished(cell_id: str, out_dir: str, finished: set[str]) -> str | None:
+    """What `missing` says of an analysis cell (its id and --out_dir) that
+    is not finished: the outputs not there; None when it is finished."""
+    if cell_id in finished:
+        return None
+    names = (
+        grid.SEEDS_ANALYSIS_FILES
+        if cell_id.startswith(grid.SEEDS_ANALYSIS_DIR + "/")
+        else grid.ANALYSIS_FILES
+    )
+    absent = [
+        name
+        for name in names
+        if not os.path.lexists(grid.here(os.path.join(out_dir, name)))
+    ]
+    return (
+        f"{cell_id}: no {' or '.join(absent or names)} in {out_dir}: "
+        f"unfinished (analyze_kernels.py writes {layout.ANALYSIS_MARKER} "
+        "last)"
+    )
+
+
 def _seed_kernels(
     the_grid: grid.Grid,
     seed: int,
-    expected: dict[int, set[KernelKey]],
+    known: tuple[dict[int, set[KernelKey]], set[str]],
     missing: list,
 ) -> tuple[pd.DataFrame, dict[frozenset, float]] | None:
     """(the kernel rows, the pairwise distances) of a seed's analysis, or
-    None when its kernels.csv or pairwise.csv is absent; what is absent
-    or lacking is noted in `missing`."""
+    None when it is not finished; `known`: (the kernels the grid expects
+    per seed, the finished analysis cells). What is unfinished or lacking
+    is noted in `missing`."""
+    expected, finished = known
     out_dir = the_grid.analysis_dir(seed)
     cell_id = f"{grid.SEED_DIR.format(seed)}/{grid.ANALYSIS_DIR}"
     paths = {name: os.path.join(out_dir, name) for name in grid.ANALYSIS_FILES}
-    absent = [n for n, p in paths.items() if not os.path.lexists(grid.here(p))]
-    if layout.KERNELS_CSV in absent or layout.PAIRWISE_CSV in absent:
-        missing.append(
-            f"{cell_id}: no {' or '.join(absent)} "
-            f"(analyze_kernels.py output) in {out_dir}"
-        )
+    unfinished = _unfinished(cell_id, out_dir, finished)
+    if unfinished:
+        missing.append(unfinished)
         return None
     table = _read_csv(cell_id, paths[layout.KERNELS_CSV], out_dir, ["path"])
     keys = [grid.kernel_key(seed, p) for p in table["path"]]
@@ -429,23 +491,45 @@ def _seed_kernels(
         and not col.startswith("Unnamed:")  # a written index
         and pd.api.types.is_numeric_dtype(table[col])
     ]
+    _check_measures(table, measures, (cell_id, paths[layout.KERNELS_CSV]))
     pairs = _pair_distances(seed, cell_id, paths[layout.PAIRWISE_CSV], out_dir)
     return table[KERNEL_KEYS + measures], pairs
 
 
-def _seeds_pairs(the_grid: grid.Grid, missing: list) -> dict:
+def _check_measures(
+    table: pd.DataFrame, columns: Sequence[str], where: tuple[str, str]
+) -> None:
+    """Refuses (grid.damaged) a kernels.csv of (cell id, path) `where`
+    whose measure `columns` hold a value no kernel can have
+    (kernel_analysis.measure_problem: a distance outside [0, 1], a rank
+    not above 0, a value that is not finite)."""
+    cell_id, path = where
+    for column in columns:
+        if pd.api.types.is_bool_dtype(table[column]):
+            continue
+        for row, value in enumerate(table[column].to_numpy(float), start=1):
+            problem = kernel_analysis.measure_problem(column, value)
+            if problem:
+                raise grid.damaged(
+                    cell_id,
+                    path,
+                    f"{column} {value:g} in row {row} is {problem}",
+                    os.path.dirname(path),
+                )
+
+
+def _seeds_pairs(
+    the_grid: grid.Grid, finished: set[str], missing: list
+) -> dict:
     """The distances between seeds' kernels from the analysis across seeds
-    (empty, and noted in `missing`, when its replicates.csv is absent)."""
+    (empty, and noted in `missing`, when it is not finished)."""
     out_dir = the_grid.seeds_analysis_dir()
     path = os.path.join(out_dir, layout.REPLICATES_CSV)
     cell_id = f"{grid.SEEDS_ANALYSIS_DIR}/{grid.ANALYSIS_DIR}"
-    if os.path.lexists(grid.here(path)):
+    unfinished = _unfinished(cell_id, out_dir, finished)
+    if unfinished is None:
         return _pair_distances(None, cell_id, path, out_dir)
-    missing.append(
-        f"{cell_id}: no {layout.REPLICATES_CSV} "
-        f"(analyze_kernels.py --replicates output) in "
-        f"{out_dir}: no seed baseline"
-    )
+    missing.append(f"{unfinished}: no seed baseline")
     return {}
 
 
@@ -535,6 +619,9 @@ def _pair_distances(
             "not a number"
         )
         raise grid.damaged(cell_id, path, problem, folder)
+    _check_measures(
+        pd.DataFrame({"distance": distances}), ["distance"], (cell_id, path)
+    )
     pairs = {}
     for a_path, b_path, distance in zip(
         table["a"], table["b"], distances, strict=True

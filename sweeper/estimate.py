@@ -111,9 +111,34 @@ def robustness_seconds(grid: Grid, cell: Cell) -> float:
     return images * steps / grid.config["throughput"]["pgd_image_steps_per_s"]
 
 
+# The unit of the hours of a [throughput].device, by the first of these
+# words its name holds (case aside); "device-hours" for none.
+HOUR_UNITS = (
+    ("tpu", "TPU-hours"),
+    ("cpu", "CPU-hours"),
+    ("gpu", "GPU-hours"),
+    ("nvidia", "GPU-hours"),
+    ("cuda", "GPU-hours"),
+    ("amd instinct", "GPU-hours"),
+)
+
+
+def hours_unit(device: str) -> str:
+    """The unit of the estimate's hours on `device` ([throughput].device):
+    'CPU-hours' for 'CPU, 2 cores', 'GPU-hours' for 'NVIDIA H100 80GB',
+    'TPU-hours', else 'device-hours'."""
+    words = device.lower()
+    for word, unit in HOUR_UNITS:
+        if word in words:
+            return unit
+    return "device-hours"
+
+
 def estimate(grid: Grid, cells: list) -> dict:
-    """Device hours by stage: {stage: (cells, hours)}, plus 'total' and
-    'per_seed'. Raises UserError when the config has no [throughput]."""
+    """Device hours by stage: {stage: (cells, hours)}, plus 'total',
+    'per_seed', the 'device' and 'source' of [throughput] and the 'unit' of
+    the hours (hours_unit). Raises UserError when the config has no
+    [throughput]."""
     if grid.config["throughput"] is None:
         raise UserError(
             f"{grid.path}: --estimate needs a [throughput] section (measured "
@@ -134,4 +159,5 @@ def estimate(grid: Grid, cells: list) -> dict:
         "per_seed": total / seeds,
         "device": grid.config["throughput"]["device"],
         "source": grid.config["throughput"]["source"],
+        "unit": hours_unit(grid.config["throughput"]["device"]),
     }

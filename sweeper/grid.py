@@ -25,11 +25,13 @@ import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
+
 import data
 import utils
 from models import MODELS
 from ntk import kernel_files
-from store import atomic, layout, resume
+from store import atomic, layout, pickles, resume
 from sweeper import schema
 from sweeper.schema import STATE_EVERY
 from training import experiment
@@ -282,10 +284,13 @@ class CellRecords:
         self._records: dict[str, dict | None] = {}
 
     def read(self, cell_id: str, path: str, folder: str) -> dict | None:
-        """read_cell_json(cell_id, path, folder), from memory after the
-        first read of `path`."""
+        """read_cell_json(cell_id, path, folder) (read_kernel_flags for a
+        kernel file), from memory after the first read of `path`."""
         if path not in self._records:
-            self._records[path] = read_cell_json(cell_id, path, folder)
+            read = read_kernel_flags if path.endswith(".pkl") else None
+            self._records[path] = (read or read_cell_json)(
+                cell_id, path, folder
+            )
         return self._records[path]
 
 
@@ -329,21 +334,70 @@ def _flag_key(cell: Cell, flag: str) -> str:
     """The grid key behind `flag` of `cell`'s command, or '--flag'."""
     if cell.stage == "robustness" and flag in ROBUSTNESS_FLAG_KEYS:
         return ROBUSTNESS_FLAG_KEYS[flag]
+    if cell.stage == "kernel":
+        return KERNEL_FLAG_KEYS.get(flag, f"--{flag}")
     if flag == "test_size":
         return "data.test_size" if cell.run_exp else "evaluation.test_size"
     return FLAG_KEYS.get(flag, f"--{flag}")
 
 
+# The grid key behind a flag of a kernel cell.
+KERNEL_FLAG_KEYS = {
+    "random_seed": "kernels.image_seed",
+    "dataset_size": "kernels.sizes",
+    "class_index": "kernels.class_index",
+}
+
+
 def flags_record(cell: Cell) -> tuple[str, str] | None:
     """(the grid path of the file that records the flags a cell's command
     ran with, the folder that holds the cell's files), for run_exp.py cells
-    (config.json) and evaluations (their results json); None for others."""
+    (config.json), evaluations (their results json) and kernel cells (the
+    first of their kernel files that is there); None for others."""
     if cell.run_exp:
         folder = cell.keys["save_path"]
         return os.path.join(folder, layout.CONFIG), folder
     if cell.stage in EVAL_STAGES:
         return cell.outputs[0], os.path.dirname(cell.outputs[0])
+    if cell.stage == "kernel":
+        there = [p for p in cell.outputs if os.path.lexists(here(p))]
+        path = (there or cell.outputs)[0]
+        return path, os.path.dirname(path)
     return None
+
+
+# What a kernel file records of calculate_kernel.py's flags: the flag and
+# the file's entry (--dataset_size: the number of its labels).
+KERNEL_RECORDED = ("random_seed", "use_linear_params", "class_index")
+
+
+def read_kernel_flags(cell_id: str, path: str, folder: str) -> dict | None:
+    """{'flags': the calculate_kernel.py flags that the kernel file at grid
+    path `path` records (KERNEL_RECORDED and dataset_size)}, or None when
+    the file is absent.
+
+    Raises:
+        UserError (`damaged`): the file cannot be read or is not a kernel
+        file.
+    """
+    if not os.path.lexists(here(path)):
+        return None
+    try:
+        record = pickles.safe_load_pickle(here(path))
+    except UserError as err:
+        raise damaged(
+            cell_id, path, utils.one_line(err, 120), folder
+        ) from None
+    if not isinstance(record, dict) or "labels" not in record:
+        raise damaged(cell_id, path, "not a kernel file", folder)
+    flags = {"dataset_size": int(np.size(record["labels"]))}
+    for name in KERNEL_RECORDED:
+        if name in record:  # the original's files record none of them
+            value = record[name]
+            flags[name] = (
+                value.item() if isinstance(value, np.generic) else value
+            )
+    return {"flags": flags}
 
 
 def _same(a: object, b: object) -> bool:
@@ -399,6 +453,8 @@ def flag_mismatch(
     if cell.script not in parsers:
         raise KeyError(f"no parser of {cell.script} to check {cell.id}")
     wanted = vars(parsers[cell.script](list(cell.args)))
+    if cell.stage == "kernel":  # the class of this file ('all': each one)
+        wanted["class_index"] = kernel_key(cell.keys["seed"], path)[3]
     recorded = record["flags"]
     for name in sorted(set(wanted) & set(recorded) - WHERE_FLAGS):
         if not _same(recorded[name], wanted[name]):
@@ -670,9 +726,14 @@ class Grid:
         ):
             return []
         keys = {k: v for k, v in phase2.keys.items() if k != "save_path"}
-        budget = [f"{k}={v}" for k, v in r["budget"].items()]
         cells = []
         for attack, eps in self.robustness_runs():
+            # The keys its attack reads (eval_and_make_adv.py refuses others).
+            budget = [
+                f"{k}={v}"
+                for k, v in r["budget"].items()
+                if k in schema.budget_keys(attack)
+            ]
             name = ROBUSTNESS_NAME.format(attack=attack, eps=eps)
             args = [
                 "--model_path",

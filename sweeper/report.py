@@ -25,6 +25,8 @@ path is checked before anything is written, and a preset's outputs
 replace its earlier ones as a whole.
 """
 
+import contextlib
+import json
 import math
 import os
 import shutil
@@ -108,21 +110,95 @@ def preset_csvs(results_dir: str, name: str) -> dict[str, str]:
     }
 
 
-def check_outputs(name: str, results_dir: str, report_path: str) -> None:
+def check_outputs(
+    the_grid: grid.Grid,
+    results_dir: str,
+    report_path: str,
+    replace: bool = False,
+) -> None:
     """Refuses, before anything is written, outputs `aggregate` could not
     write: a --results_dir (or its figure folder `{name}/`) that is a file
     or cannot be written, a CSV path that is a folder, a --report that is
-    a folder or in a folder that cannot be written.
+    a folder or in a folder that cannot be written; and outputs of another
+    grid under the grid's name (check_source, unless `replace`).
 
     Raises:
         UserError: one line naming the flag and the path.
     """
+    name = the_grid.name
     _check_folder("--results_dir", results_dir)
     figure_dir = os.path.join(results_dir, name)
     _check_folder("--results_dir", figure_dir, results_dir)
     for path in preset_csvs(results_dir, name).values():
         _check_file("--results_dir", path, results_dir)
     _check_report(results_dir, report_path)
+    if not replace:
+        check_source(the_grid, results_dir)
+
+
+def source_record(the_grid: grid.Grid) -> dict[str, str]:
+    """What a preset's outputs record of where they came from
+    (layout.AGGREGATE_RECORD): {'config', 'output_root'}, each relative to
+    the repository when in it."""
+    return {
+        "config": _shown(the_grid.path),
+        "output_root": _shown(grid.here(the_grid.root)),
+    }
+
+
+def _same_source(recorded: object, the_grid: grid.Grid) -> bool:
+    """Whether `recorded` (an AGGREGATE_RECORD's content) names the grid's
+    config and output root, compared as real paths."""
+    if not isinstance(recorded, dict):
+        return False
+    current = source_record(the_grid)
+    for key in current:
+        if not isinstance(recorded.get(key), str):
+            return False
+        was = os.path.realpath(os.path.join(grid.ROOT, recorded[key]))
+        now = os.path.realpath(os.path.join(grid.ROOT, current[key]))
+        if was != now:
+            return False
+    return True
+
+
+def check_source(the_grid: grid.Grid, results_dir: str) -> None:
+    """Refuses to aggregate `the_grid` where `results_dir` holds outputs of
+    its name ({name}.csv, ..., {name}/) that record another config or
+    output root (source_record), or record none.
+
+    Raises:
+        UserError: naming the grid, what the outputs came from and the way
+            out (--replace_results, another name or --results_dir).
+    """
+    name = the_grid.name
+    figure_dir = os.path.join(results_dir, name)
+    made = [p for p in preset_csvs(results_dir, name).values()]
+    if not any(os.path.lexists(p) for p in [*made, figure_dir]):
+        return
+    path = os.path.join(figure_dir, layout.AGGREGATE_RECORD)
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        recorded = None
+    if _same_source(recorded, the_grid):
+        return
+    current = source_record(the_grid)
+    if isinstance(recorded, dict) and set(current) <= set(recorded):
+        was = (
+            f"config {recorded['config']}, output root "
+            f"{recorded['output_root']}"
+        )
+    else:
+        was = f"a grid they do not record (no readable {path})"
+    raise utils.UserError(
+        f"--results_dir {results_dir} holds the results of {name} from "
+        f"{was}, not from config {current['config']}, output root "
+        f"{current['output_root']}: pass --replace_results to replace them "
+        "with this grid's, or give this grid another name or --results_dir "
+        "(nothing was written)"
+    )
 
 
 def _check_report(results_dir: str, report_path: str) -> None:
@@ -138,6 +214,7 @@ def aggregate(
     results_dir: str,
     report_path: str,
     parsers: grid.Parsers,
+    replace: bool = False,
 ) -> dict:
     """Writes the CSVs and figures of `the_grid` into `results_dir`, then
     regenerates the report at `report_path` from every preset's CSVs there.
@@ -148,7 +225,10 @@ def aggregate(
     `parsers`, the entry scripts' parse_args by name; each cell's files
     are read once, for that check and for the tables); a
     damaged file of a cell; no phase-2 cell with results (so that a wrong
-    output root never overwrites committed results).
+    output root never overwrites committed results); outputs of the
+    grid's name made from another config or output root (check_source),
+    unless `replace`; an output root another sweep holds (its lock is
+    held while the cells are read).
 
     The preset's outputs in `results_dir` ({name}.csv, {name}_summary.csv,
     {name}_kernels.csv, the figures {name}/*.png) are replaced as a whole:
@@ -160,17 +240,18 @@ def aggregate(
         'missing': list of str, 'written': list of paths}.
     """
     name = the_grid.name
-    check_outputs(name, results_dir, report_path)
-    the_grid.check_record()
-    records = grid.CellRecords()
-    the_grid.check_cells(the_grid.cells(), parsers, records=records)
-    rows, missing = collect.collect_cells(the_grid, records)
-    kernel_table, kernel_missing = collect.collect_kernels(the_grid)
-    missing += kernel_missing
-    robust_table, robust_missing = collect.collect_robustness(
-        the_grid, records
-    )
-    missing += robust_missing
+    check_outputs(the_grid, results_dir, report_path, replace)
+    with _root_held(the_grid):
+        the_grid.check_record()
+        records = grid.CellRecords()
+        the_grid.check_cells(the_grid.cells(), parsers, records=records)
+        rows, missing = collect.collect_cells(the_grid, records)
+        kernel_table, kernel_missing = collect.collect_kernels(the_grid)
+        missing += kernel_missing
+        robust_table, robust_missing = collect.collect_robustness(
+            the_grid, records
+        )
+        missing += robust_missing
     if rows.empty:
         raise utils.UserError(
             f"no phase-2 cell of {name} has results under {the_grid.root}: "
@@ -204,6 +285,17 @@ def aggregate(
         missing=missing,
         written=written,
     )
+
+
+def _root_held(the_grid: grid.Grid) -> contextlib.AbstractContextManager:
+    """The output root's lock (the one a running sweep holds), while the
+    cells are read: a root in use is refused in one line. Nothing to hold
+    where the root does not exist."""
+    root = grid.here(the_grid.root)
+    # A root no sweep of ours could write in (read-only) holds no lock.
+    if not os.path.isdir(root) or not os.access(root, os.W_OK):
+        return contextlib.nullcontext()
+    return atomic.FolderLock(root, "--output_root")
 
 
 def _replace_outputs(
@@ -248,6 +340,9 @@ def _replace_outputs(
         figure_dir = os.path.join(results_dir, name)
         for staged in figures:
             made[os.path.join(figure_dir, os.path.basename(staged))] = staged
+        record = os.path.join(staged_figures, layout.AGGREGATE_RECORD)
+        atomic.atomic_write_json(record, source_record(the_grid))
+        made[os.path.join(figure_dir, layout.AGGREGATE_RECORD)] = record
         # Everything is made: into place, then away with the earlier run's.
         os.makedirs(figure_dir, exist_ok=True)
         for final, staged in made.items():
@@ -523,7 +618,8 @@ CLAIMS = (
 def _cost_section(
     config_path: str, results_dir: str, report_dir: str
 ) -> list[str]:
-    """The paper grid's commands (a file) and GPU-hours."""
+    """The paper grid's commands (a file) and device hours (in the unit of
+    its [throughput].device)."""
     the_grid = grid.Grid.load(config_path)
     cells = the_grid.cells()
     commands = os.path.join(results_dir, COMMANDS_FILE)
@@ -532,17 +628,18 @@ def _cost_section(
     )
     atomic.atomic_write_text(commands, text)
     cost = estimate(the_grid, cells)
+    unit = cost["unit"]
     rel = os.path.relpath(commands, report_dir)
     lines = [
         f"### {the_grid.name}: commands and cost",
         "",
         f"`python sweep.py {_shown(config_path)} "
         f"--dry_run` prints its {len(cells)} commands (also in "
-        f"[{os.path.basename(commands)}]({rel})). GPU-hours from "
+        f"[{os.path.basename(commands)}]({rel})). {unit} from "
         f"throughput measured on {cost['device']} "
         f"({cost['source']}):",
         "",
-        "| stage | cells | GPU-hours |",
+        f"| stage | cells | {unit} |",
         "|---|---|---|",
     ]
     for stage, (count, hours) in cost["stages"].items():

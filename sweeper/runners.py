@@ -169,11 +169,18 @@ def _copy_stderr(
 
 def _error_line(stderr_tail: bytes) -> str:
     """What a failed command said: its last `error: ...` line (the entry
-    scripts' one-line errors), else its last non-empty line ('' when
-    none)."""
+    scripts' one-line errors), else the exception line of its last
+    traceback (`ValueError: ...`: the first line after the traceback that
+    is not indented, not what follows it, such as JAX's note on the frames
+    it removed), else its last non-empty line ('' when none)."""
     text = stderr_tail.decode(errors="replace").replace("\r", "\n")
-    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    raw = [line.rstrip() for line in text.split("\n") if line.strip()]
+    lines = [line.strip() for line in raw]
     errors = [line for line in lines if line.startswith("error:")]
+    starts = [i for i, line in enumerate(raw) if line.startswith("Traceback")]
+    if not errors and starts:
+        after = raw[starts[-1] + 1 :]
+        errors = [next((x for x in after if not x[0].isspace()), lines[-1])]
     chosen = errors or lines
     return chosen[-1][:300] if chosen else ""
 

@@ -21,6 +21,7 @@ from typing import Any
 import cli
 import data
 import models
+import robust
 from ntk import kernel_files
 from store import layout
 from training import train
@@ -46,14 +47,9 @@ STAGES += ("robustness",)
 ROBUST_ATTACKS = ("pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
 AUTOATTACK = "autoattack"
 # eval_and_make_adv.py --attack_budget KEY=N: the keys and the standard
-# AutoAttack's values (its defaults).
+# AutoAttack's values (its defaults), robust.Budget's.
 BUDGET_DEFAULTS = {
-    "apgd_iters": 100,
-    "apgd_restarts": 1,
-    "n_targets": 9,
-    "fab_iters": 100,
-    "fab_restarts": 1,
-    "square_queries": 5000,
+    field.name: field.default for field in dataclasses.fields(robust.Budget)
 }
 STATE_EVERY = 100  # run_exp.py's default --state_every
 REQUIRED = dataclasses.MISSING
@@ -345,7 +341,8 @@ def _distinct(value: list) -> str | None:
 
 
 def _budget(table: dict) -> str | None:
-    """--attack_budget's keys, each a positive integer."""
+    """--attack_budget's keys, each an integer from 1 to its bound
+    (robust.BUDGET_LIMITS, as cli.budget_item checks them)."""
     for name, value in table.items():
         if name not in BUDGET_DEFAULTS:
             return (
@@ -354,6 +351,9 @@ def _budget(table: dict) -> str | None:
             )
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             return f".{name} must be a positive integer, not {value!r}"
+        problem = number_problem([value], 1, robust.BUDGET_LIMITS[name])
+        if problem:
+            return f".{name} {problem}"
     return None
 
 
@@ -731,6 +731,7 @@ def _check_combinations(path: str, config: dict) -> None:
     the default times."""
     _check_times(path, config)
     _check_robustness(path, config)
+    _check_budget(path, config)
     _check_sizes(path, config)
     attacks_ = config["attack"]["eval_attacks"]
     if len(set(attacks_)) != len(attacks_):
@@ -766,25 +767,70 @@ def _check_times(path: str, config: dict) -> None:
 
 
 def _check_sizes(path: str, config: dict) -> None:
-    """The class-balanced subsets the scripts draw, in their words."""
-    classes = data.n_classes(config["data"]["dataset"])
+    """The class-balanced subsets the scripts draw, of the split each
+    draws from (kernels: the training split), in their words
+    (data.split_size_problem)."""
+    dataset = config["data"]["dataset"]
     sized = [
-        (f"data.{k}", config["data"][k]) for k in ("train_size", "test_size")
+        ("data.train_size", config["data"]["train_size"], True),
+        ("data.test_size", config["data"]["test_size"], False),
     ]
     if config["evaluation"] is not None:
-        sized.append(
-            ("evaluation.test_size", config["evaluation"]["test_size"])
-        )
+        size = config["evaluation"]["test_size"]
+        sized.append(("evaluation.test_size", size, False))
     if config["kernels"] is not None:
-        sized += [("kernels.sizes", n) for n in config["kernels"]["sizes"]]
+        sized += [
+            ("kernels.sizes", n, True) for n in config["kernels"]["sizes"]
+        ]
     if config["robustness"] is not None:
-        sized.append(
-            ("robustness.test_size", config["robustness"]["test_size"])
-        )
-    for name, size in sized:
-        problem = size and data.subset_size_problem(size, classes)
+        size = config["robustness"]["test_size"]
+        sized.append(("robustness.test_size", size, False))
+    for name, size, of_train in sized:
+        problem = size and data.split_size_problem(dataset, size, of_train)
         if problem:
             raise UserError(f"{path}: {name}: {problem}")
+
+
+def robustness_attacks(robustness: dict) -> list[str]:
+    """The --attack of the robustness cells of a [robustness] section:
+    autoattack (when on), then the curve's attack."""
+    chosen = [AUTOATTACK] if robustness["autoattack"] else []
+    curve = robustness["curve_attack"]
+    if robustness["eps_curve"] and curve not in chosen:
+        chosen.append(curve)
+    return chosen
+
+
+def budget_keys(attack: str) -> tuple[str, ...]:
+    """The --attack_budget keys eval_and_make_adv.py --attack `attack`
+    reads (none for PGD)."""
+    if attack == "pgd":
+        return ()
+    chosen = robust.ATTACKS if attack == AUTOATTACK else (attack,)
+    return robust.budget_keys(chosen)
+
+
+def _check_budget(path: str, config: dict) -> None:
+    """robustness.budget as eval_and_make_adv.py checks --attack_budget:
+    every key read by an attack of the robustness cells (each cell gets
+    the keys its attack reads), n_targets below the dataset's classes."""
+    rob = config["robustness"]
+    if rob is None:
+        return
+    read = {k for a in robustness_attacks(rob) for k in budget_keys(a)}
+    for name, value in rob["budget"].items():
+        if name not in read:
+            raise UserError(
+                f"{path}: robustness.budget.{name} is read by none of the "
+                f"robustness attacks ({', '.join(robustness_attacks(rob))}): "
+                "drop it"
+            )
+        classes = data.n_classes(config["data"]["dataset"])
+        problem = name == "n_targets" and robust.targets_problem(
+            value, classes
+        )
+        if problem:
+            raise UserError(f"{path}: robustness.budget.n_targets: {problem}")
 
 
 def _check_robustness(path: str, config: dict) -> None:

@@ -261,3 +261,38 @@ def linearized_logits(model, params0, params, state, images):
 
     linearize = nt_compat.load().linearize
     return np.asarray(jax.jit(linearize(f, params0))(params, images))
+
+
+# --------------------------------------------------------------------------
+# Refusals: nothing written, nothing replaced
+# --------------------------------------------------------------------------
+
+
+def files_snapshot(root) -> dict:
+    """{path relative to `root`: its bytes} of every file under `root`
+    (folders as None, so that an empty folder left behind shows), to
+    compare before and after a refused command."""
+    found = {}
+    for folder, subfolders, names in os.walk(root):
+        for name in subfolders:
+            found[os.path.relpath(os.path.join(folder, name), root)] = None
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                found[os.path.relpath(path, root)] = f.read()
+    return found
+
+
+def write_untrained_checkpoint(path, seed: int = 0, **meta) -> str:
+    """An untrained mlp_skinny for Fashion-MNIST saved at `path` as
+    run_exp.py saves a phase-1 checkpoint (meta: its model entries, phase,
+    epoch, then `meta`); for refusals that come before any data is
+    loaded. Returns the path."""
+    from store import checkpoints
+
+    spec = models.ModelSpec("mlp_skinny", None, "fashion_mnist", 10)
+    model = spec.build()
+    params, state = models.init_model(model, seed, TINY_IMAGE_SHAPE)
+    recorded = dict(spec.as_meta(), phase="standard", epoch=0, **meta)
+    checkpoints.save_checkpoint(path, params, params, state, recorded)
+    return str(path)

@@ -330,6 +330,11 @@ def test_debian_fashion_mnist_installs_offline(tmp_path, monkeypatch, reader):
         assert images.dtype == np.float32
         assert images.min() == 0.0 and images.max() == 1.0
         np.testing.assert_array_equal(np.bincount(labels), [n // 10] * 10)
+        # What the registry says of the split (the grid check reads it).
+        registry = data.DATASETS["fashion_mnist"]
+        assert (registry.n_train if train else registry.n_test) == n
+        smallest = registry.smallest_class[0 if train else 1]
+        assert smallest == np.bincount(labels).min()
     raw = tmp_path / "FashionMNIST" / "raw"
     assert sorted(os.listdir(raw)) == sorted(data._IDX_FILES)
 
@@ -371,6 +376,19 @@ def test_unknown_dataset_lists_choices():
         data.load_split("svhn")
     with pytest.raises(UserError, match="svhn"):
         data.n_classes("svhn")
+
+
+def test_split_size_problem_in_the_scripts_words():
+    """The grid check's refusal of a subset the split cannot give is the
+    class-balanced draw's, but for the class's name."""
+    problem = data.split_size_problem("fashion_mnist", 60010, train=True)
+    labels = np.repeat(np.arange(10), 6000)
+    with pytest.raises(UserError) as info:
+        data.balanced_subset_indices(labels, 60010, 0)
+    assert str(info.value) == "class 0 " + problem.split(" split ", 1)[1]
+    assert data.split_size_problem("fashion_mnist", 60000, True) is None
+    assert "892 images" in data.split_size_problem("mnist", 8930, False)
+    assert "multiple" in data.split_size_problem("cifar100", 50, True)
 
 
 def test_n_classes():

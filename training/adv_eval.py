@@ -62,6 +62,7 @@ class AdvEvalSettings:
     bonus_dir: str
     save_name: str
     save_examples: bool
+    overwrite: bool
     no_progress: bool
     flags: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -175,15 +176,21 @@ def _recorded_false(meta: dict, key: str) -> bool:
     return meta.get(key) is not None and not meta[key]
 
 
-def attack_config(settings: AdvEvalSettings) -> evaluation.Attack:
+def attack_config(
+    settings: AdvEvalSettings, n_classes: int | None = None
+) -> evaluation.Attack:
     """The attack of the flags: PGD (L∞ of radius --eps/255, or with
     --attack_norm l2 the paper's L2 radius 0.25), a parameter-free attack
-    at the same radius, or None with --no_adv.
+    at the same radius, or None with --no_adv. `n_classes`: the model's
+    (None before it is known: the budget's targets are checked then).
 
     Raises:
-      UserError: flags that do not go together.
+      UserError: flags that do not go together, or a budget the attack
+        cannot run (evaluation.attack_budget).
     """
-    budget = evaluation.attack_budget(settings.attack, settings.attack_budget)
+    budget = evaluation.attack_budget(
+        settings.attack, settings.attack_budget, n_classes
+    )
     if settings.no_adv:
         if settings.attack != "pgd":
             raise UserError(
@@ -279,25 +286,25 @@ def evaluate_source(
     return result, images[: result.n], labels[: result.n]
 
 
-def write_source_outputs(
+def source_outputs(
     settings: AdvEvalSettings,
     paths: dict[str, str],
     result: evaluation.EvalResult,
     images: np.ndarray,
     labels: np.ndarray,
-) -> dict[str, str]:
-    """Writes the results pickle (and with --save_examples the examples:
-    adversarial, or with --no_adv the clean images, as the original);
-    returns the files written."""
-    atomic.atomic_pickle(paths["results"], evaluation.results_record(result))
+) -> tuple[dict[str, str], dict[str, object]]:
+    """What one source writes: (its row's file entries, {path: content} of
+    the results pickle and with --save_examples the examples: adversarial,
+    or with --no_adv the clean images, as the original)."""
+    contents = {paths["results"]: evaluation.results_record(result)}
     written = {"results_file": paths["results"]}
     if settings.save_examples:
         examples = images if result.adv_images is None else result.adv_images
-        atomic.atomic_pickle(
-            paths["examples"], evaluation.examples_record(examples, labels)
+        contents[paths["examples"]] = evaluation.examples_record(
+            examples, labels
         )
         written["examples_file"] = paths["examples"]
-    return written
+    return written, contents
 
 
 def attack_record(
@@ -379,50 +386,119 @@ def summary_line(row: dict) -> str:
     return text
 
 
+def output_folder(settings: AdvEvalSettings) -> str:
+    """{dirname(model_path)}/{bonus_dir}, where the outputs go."""
+    return os.path.join(
+        os.path.dirname(settings.model_path), settings.bonus_dir
+    )
+
+
+def check_outputs(settings: AdvEvalSettings, out_dir: str) -> list[str]:
+    """Refuses, before anything is loaded, outputs that could not be
+    written or that would mix with another evaluation's: an output folder
+    that cannot be made or written, or one that holds an evaluation saved
+    under --save_name (unless --overwrite, which replaces it whole).
+
+    Returns:
+        The files of that earlier evaluation (layout.eval_set).
+    """
+    atomic.check_writable_dir(out_dir)
+    earlier = layout.eval_set(out_dir, settings.save_name)
+    if earlier and not settings.overwrite:
+        names = ", ".join(os.path.basename(p) for p in earlier[:3])
+        more = ", ..." if len(earlier) > 3 else ""
+        raise UserError(
+            f"{out_dir} holds another evaluation saved as "
+            f"{settings.save_name!r} ({names}{more}): pass --overwrite to "
+            "replace it, or choose another --save_name or --bonus_dir"
+        )
+    return earlier
+
+
 def evaluate_checkpoint(settings: AdvEvalSettings) -> None:
-    """What eval_and_make_adv.py does: evaluates the checkpoint's model on
-    each source, writes each source's results (and examples), then the
-    results file (and with --test_path the transfer table)."""
+    """What eval_and_make_adv.py does: checks the flags and the output
+    folder, evaluates the checkpoint's model on each source, then writes
+    every source's results (and examples), the results file (and with
+    --test_path the transfer table) as one set (write_outputs)."""
+    out_dir = output_folder(settings)
+    check_outputs(settings, out_dir)
+    # The flags alone, before anything is loaded (with --dataset, the
+    # class count is known already).
+    attack_config(
+        settings,
+        data.n_classes(settings.dataset) if settings.dataset else None,
+    )
     checkpoint, spec = load_model(settings)
     network = choose_network(settings, checkpoint, spec)
-    attack = attack_config(settings)
+    attack = attack_config(settings, spec.n_classes)
     sources = load_sources(settings, spec)
-    out_dir = atomic.ensure_writable_dir(
-        os.path.join(os.path.dirname(settings.model_path), settings.bonus_dir)
-    )
-    atomic.remove_stale_temp_files(out_dir)
     # Only once every input has been checked, so that errors stay one line.
     for line in model_warnings(settings, checkpoint):
         utils.warn(line)
 
     eval_step = evaluation.make_eval_step(attack)
-    rows = []
+    rows, contents = [], {}
     for index, source in enumerate(sources):
         paths = output_paths(out_dir, settings.save_name, index, len(sources))
-        row = _evaluate_and_write(
+        row, outputs = _evaluate_source_row(
             settings, (network, attack, eval_step), source, paths
         )
         rows.append(row)
+        contents.update(outputs)
         print(summary_line(row))
 
     record = run_record(settings, spec, network, attack, rows)
     summaries = layout.eval_summaries(out_dir, settings.save_name)
-    atomic.atomic_write_json(summaries["results"], record)
     if settings.test_path:
-        atomic.atomic_write_json(
-            summaries["transfer"], transfer_record(record)
-        )
+        contents[summaries["transfer"]] = transfer_record(record)
+    contents[summaries["results"]] = record  # last: marks the set whole
+    write_outputs(settings, out_dir, contents)
+    if settings.test_path:
         print(transfer_table(rows))
 
 
-def _evaluate_and_write(
+def write_outputs(
+    settings: AdvEvalSettings, out_dir: str, contents: dict[str, object]
+) -> None:
+    """Writes `contents` ({path: a pickle's dict, or a JSON file's record
+    for .json paths}) as one set (atomic.write_file_set): the folder is
+    made only now, nothing is written when Ctrl-C came (the run ends
+    `interrupted`), and with --overwrite the earlier evaluation's files
+    that this one does not write are removed."""
+    # Again: another run may have written there meanwhile.
+    earlier = check_outputs(settings, out_dir)
+    if os.path.isdir(out_dir):
+        atomic.remove_stale_temp_files(out_dir)
+    writers = {
+        path: (
+            atomic.json_writer(content)
+            if path.endswith(".json")
+            else atomic.pickle_writer(content)
+        )
+        for path, content in contents.items()
+    }
+    atomic.write_file_set(
+        out_dir,
+        writers,
+        remove=earlier,
+        before_commit=utils.raise_if_interrupted,
+    )
+    if earlier:
+        print(
+            f"--overwrite: replaced the {len(earlier)} file(s) of the "
+            f"earlier evaluation saved as {settings.save_name!r}"
+        )
+
+
+def _evaluate_source_row(
     settings: AdvEvalSettings,
     evaluated: tuple[models.Network, evaluation.Attack, Callable],
     source: tuple[str, np.ndarray, np.ndarray],
     paths: dict[str, str],
-) -> dict:
-    """Evaluates (network, attack, eval_step) `evaluated` on one source and
-    writes its files; returns its row of the results file."""
+) -> tuple[dict, dict[str, object]]:
+    """Evaluates (network, attack, eval_step) `evaluated` on one source;
+    returns its row of the results file and its files' contents
+    (source_outputs)."""
     network, attack, eval_step = evaluated
     started = time.perf_counter()
     result, images, labels = evaluate_source(
@@ -437,5 +513,6 @@ def _evaluate_and_write(
     }
     if result.broken_by is not None:
         row["broken_by"] = evaluation.broken_by_counts(result.broken_by)
-    row.update(write_source_outputs(settings, paths, result, images, labels))
-    return row
+    written, outputs = source_outputs(settings, paths, result, images, labels)
+    row.update(written)
+    return row, outputs

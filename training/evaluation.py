@@ -27,6 +27,7 @@ import attacks
 import data
 import models
 import robust
+import utils
 from store import checkpoints
 from utils import UserError
 
@@ -119,11 +120,17 @@ def attack_record(
     )
 
 
-def attack_budget(attack: str, items: list[list]) -> robust.Budget | None:
-    """The robust.Budget of --attack_budget (None for --attack pgd).
+def attack_budget(
+    attack: str, items: list[list], n_classes: int | None = None
+) -> robust.Budget | None:
+    """The robust.Budget of --attack_budget (None for --attack pgd), checked
+    before any work: each key once, read by the attack, and n_targets below
+    `n_classes` (None: not known yet, checked again once it is). The
+    bounds of each number are the parser's (cli.budget_item).
 
     Raises:
-      UserError: a budget given to PGD, or a key given twice.
+      UserError: a budget given to PGD, a key given twice or not read by
+        the attack, or more targets than the model has wrong classes.
     """
     keys = [key for key, _ in items]
     if attack == "pgd":
@@ -139,7 +146,27 @@ def attack_budget(attack: str, items: list[list]) -> robust.Budget | None:
         raise UserError(
             f"--attack_budget gives {', '.join(twice)} more than once"
         )
-    return robust.Budget(**dict(items))
+    used = robust.budget_keys(_attacks_of(attack))
+    unused = [key for key in keys if key not in used]
+    if unused:
+        raise UserError(
+            f"--attack {attack} does not use --attack_budget "
+            f"{unused[0]}: drop it (it reads {', '.join(used)})"
+        )
+    budget = robust.Budget(**dict(items))
+    problem = (
+        n_classes is not None
+        and "n_targets" in used
+        and robust.targets_problem(budget.n_targets, n_classes)
+    )
+    if problem:
+        raise UserError(f"--attack_budget {problem}")
+    return budget
+
+
+def _attacks_of(name: str) -> tuple[str, ...]:
+    """The attacks of robust.ATTACKS that --attack `name` runs."""
+    return robust.ATTACKS if name == "autoattack" else (name,)
 
 
 def parameter_free(
@@ -152,7 +179,7 @@ def parameter_free(
       UserError: Square (alone or in AutoAttack) in a norm other than
         L-inf, which it does not support here.
     """
-    chosen = robust.ATTACKS if name == "autoattack" else (name,)
+    chosen = _attacks_of(name)
     if norm != "linf" and "square" in chosen:
         what = "includes Square, which " if name == "autoattack" else ""
         raise UserError(
@@ -472,6 +499,8 @@ def evaluate(
     gathered = _Gathered(network.dynamics, options.keep_examples)
     pending = None
     for index, (x, y) in bar:
+        # Ctrl-C held back (utils.deferred_interrupts) ends the run here.
+        utils.raise_if_interrupted()
         padded_x, padded_y = _padded(x, y, size)
         out = eval_step(
             network,

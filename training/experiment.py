@@ -142,7 +142,16 @@ def validate_flags(settings: RunSettings) -> None:
             f"{', '.join(attacks.EVAL_ATTACKS)}, not "
             f"{settings.eval_attacks!r}"
         )
-    evaluation.attack_budget(settings.attack, settings.attack_budget)
+    # The class count is known from the flags unless a base model gives
+    # the dataset; _prepare checks the budget again once it is known.
+    known = settings.dataset or (
+        None if settings.base_model_path else models.ModelSpec.dataset
+    )
+    evaluation.attack_budget(
+        settings.attack,
+        settings.attack_budget,
+        data.n_classes(known) if known else None,
+    )
     if settings.resume and settings.overwrite:
         raise UserError(
             "--resume continues the run in --save_path and --overwrite "
@@ -387,6 +396,10 @@ def _prepare(
             width=settings.width,
             dataset=settings.dataset,
         )
+    # Before any data is loaded or any epoch runs.
+    evaluation.attack_budget(
+        settings.attack, settings.attack_budget, spec.n_classes
+    )
     train_x, train_y = data.subset(
         *data.load_split(spec.dataset, settings.data_path, train=True),
         settings.train_size,

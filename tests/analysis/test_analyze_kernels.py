@@ -22,9 +22,11 @@ import utils
 from analysis import kernel_analysis, outputs
 from helpers import (
     assert_one_line_error,
+    files_snapshot,
     load_pickle,
     needs_fashion_mnist,
     run_script,
+    write_untrained_checkpoint,
 )
 from ntk import kernel_files
 from store import atomic
@@ -456,7 +458,9 @@ def test_kernels_of_a_tiny_runs_checkpoints(tmp_path):
 ANGLES = {"r0": (0.1, 0.7, 0.8), "r1": (0.1, 0.5, 0.8), "r2": (0.3, 0.7, 1.0)}
 
 
-def write_angle_run(folder, angles):
+def write_angle_run(folder, angles, **extras):
+    """The kernels of a run at the angles `angles`, one epoch each;
+    `extras`: more entries of every file (e.g. the run it records)."""
     for epoch, theta in enumerate(angles):
         name = f"parameters_checkpoint_{epoch}"
         out = os.path.join(folder, "kernels", name)
@@ -474,6 +478,7 @@ def write_angle_run(folder, angles):
             epoch=epoch,
             phase="standard",
             checkpoint_relpath=os.path.join("..", "..", f"{name}.pkl"),
+            **extras,
         )
 
 
@@ -750,3 +755,102 @@ def test_promise_nothing_is_created_before_the_checks_pass(
     assert sorted(os.listdir(tmp_path)) == (
         ["new", "run"] if case == "under a file" else ["run"]
     )
+
+
+# --------------------------------------------------------------------------
+# Issue 30: the seed baseline cannot be faked
+# --------------------------------------------------------------------------
+
+
+def refused(argv, capsys, watched, *named):
+    """analyze_kernels.py `argv` exits 2 with one `error:` line naming each
+    of `named`, and the files under each folder of `watched` are as they
+    were (no --out_dir made)."""
+    before = [files_snapshot(folder) for folder in watched]
+    code, _, err = run_main(argv, capsys)
+    assert code == 2
+    assert_one_line_error(err, *named)
+    assert [files_snapshot(folder) for folder in watched] == before
+
+
+def test_item8_a_run_paired_with_itself_is_refused(
+    angle_runs, tmp_path, capsys
+):
+    """The same run twice in a --replicates group or in --compare, however
+    it is named (X X, X X/../X, a link to X, a folder and its own
+    subfolder), would be at distance 0 from itself: refused, compared as
+    real paths, before anything is written."""
+    x = angle_runs / "r0" / "kernels"
+    (tmp_path / "link").symlink_to(x)
+    same = {
+        "twice": [x, x],
+        "through ..": [x, x / ".." / "kernels"],
+        "a link": [x, tmp_path / "link"],
+        "its subfolder": [x, x / "parameters_checkpoint_1"],
+    }
+    out = ["--out_dir", tmp_path / "out", "--no_figures", "--no_progress"]
+    for folders in same.values():
+        for flag in (["--replicates"], [x, "--compare"]):
+            argv = [*flag, *folders, *out]
+            refused(argv, capsys, [angle_runs, tmp_path], "one run")
+
+
+def _identity(loaders="CC", seed=0, **flags):
+    """What calculate_kernel.py records of a run (its checkpoint's meta)."""
+    recorded = dict({"eps": 4.0, "loaders": loaders}, **flags)
+    recorded.update(random_seed=seed, base_model_path=f"s{seed}/ckpt.pkl")
+    return {"loaders": loaders, "seed": seed, "flags": recorded}
+
+
+def test_item9_replicates_differ_only_in_their_seed(tmp_path, capsys):
+    """A --replicates group of a benign and an adversarial run, of runs
+    with another flag, or of two runs of one seed is refused, from what
+    the kernel files record of their training or, for files that record
+    none, from their checkpoint's meta; runs that differ in the seed (and
+    the base checkpoint's path) alone are analysed."""
+    angles = ANGLES["r0"]
+    runs = {
+        "benign": {"run": _identity("CC", 0)},
+        "adversarial": {"run": _identity("AC", 1)},
+        "other eps": {"run": _identity("CC", 1, eps=8.0)},
+        "seed 1": {"run": _identity("CC", 1)},
+        "seed 0 again": {"run": _identity("CC", 0)},
+    }
+    for name, extras in runs.items():
+        write_angle_run(str(tmp_path / name), angles, **extras)
+    # A run whose kernel files record nothing: its checkpoints' meta says.
+    write_angle_run(str(tmp_path / "meta"), angles)
+    for epoch in range(len(angles)):
+        write_untrained_checkpoint(
+            tmp_path / "meta" / f"parameters_checkpoint_{epoch}.pkl",
+            **_identity("AC", 2),
+        )
+    out = ["--out_dir", tmp_path / "out", "--no_figures", "--no_progress"]
+    folder = {name: tmp_path / name / "kernels" for name in [*runs, "meta"]}
+    for other, named in (
+        ("adversarial", "loaders 'CC' there, 'AC' here"),
+        ("other eps", "--eps 4.0 there, 8.0 here"),
+        ("seed 0 again", "same seed 0"),
+        ("meta", "loaders 'CC' there, 'AC' here"),
+    ):
+        argv = ["--replicates", folder["benign"], folder[other], *out]
+        refused(argv, capsys, [tmp_path], named, "differ")
+    argv = ["--replicates", folder["benign"], folder["seed 1"], *out]
+    assert run_main(argv, capsys)[0] == 0
+
+
+def test_item10_a_run_belongs_to_one_replicates_group(
+    angle_runs, tmp_path, capsys
+):
+    """A run in two groups (and a group given twice) would get the mean of
+    both groups' distances and duplicate replicates.csv's rows: refused,
+    compared as real paths."""
+    r0, r1, r2 = (angle_runs / run / "kernels" for run in ANGLES)
+    out = ["--out_dir", tmp_path / "out", "--no_figures", "--no_progress"]
+    for second in (
+        [r0, r2],
+        [r0, r1],
+        [r1 / ".." / ".." / "r0" / "kernels", r2],
+    ):
+        argv = ["--replicates", r0, r1, "--replicates", *second, *out]
+        refused(argv, capsys, [angle_runs, tmp_path], "two groups")

@@ -4,13 +4,15 @@ dependencies), their state and the cost estimate; sweep.py --dry_run."""
 import os
 import shlex
 
+import numpy as np
 import pytest
 
 import cli
 import data
 import sweep
 import utils
-from helpers import ROOT, assert_one_line_error
+from helpers import ROOT, assert_one_line_error, files_snapshot
+from ntk import kernel_files
 from store import atomic
 from sweep_fixtures import tiny_config, toml_text, write_config
 from sweeper import estimate, grid, runners, schema
@@ -529,7 +531,8 @@ def test_estimate_by_hand(tiny, capsys):
     total = (phase1 + phase2 + evals + kernel) / 3600
     assert cost["total"] == pytest.approx(total)
     assert run_main(write(config), "--estimate") == 0
-    assert f"total {total:.1f} GPU-hours" in capsys.readouterr().out
+    # The unit follows [throughput].device ("D" names no kind of chip).
+    assert f"total {total:.1f} device-hours" in capsys.readouterr().out
 
 
 def test_estimate_needs_throughput(tiny, capsys):
@@ -847,3 +850,133 @@ def test_promise_damaged_sweep_record_is_one_line(
     )
     assert os.listdir(root) == ["sweep.json"]
     assert not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------
+# Issue 30: cells checked against their files; sizes the data can give
+# --------------------------------------------------------------------------
+
+
+def _write_kernels(the_grid, image_seed):
+    """Every kernel cell's files, as calculate_kernel.py --random_seed
+    `image_seed` writes them (small random PSD kernels), and the
+    analysis cells' outputs."""
+    rng = np.random.default_rng(0)
+    for cell in the_grid.cells():
+        if cell.stage == "kernel":
+            n, classes = cell.keys["size"], the_grid.kernel_classes()
+            features = rng.normal(size=(len(classes), n, 3))
+            for t in cell.keys["times"]:
+                out_dir = grid.here(the_grid.kernel_dir(cell, t))
+                os.makedirs(out_dir, exist_ok=True)
+                kernel_files.write(
+                    out_dir,
+                    "saved_kernel",
+                    kernel_files.Kernels(
+                        kernel_files.ALL_CLASSES,
+                        np.einsum("cni,cmi->cnm", features, features),
+                        np.arange(n) % 10,
+                        np.arange(n),
+                    ),
+                    n_logits=10,
+                    epoch=t,
+                    random_seed=image_seed,
+                    use_linear_params=False,
+                )
+        if cell.stage == "analysis":
+            for path in cell.outputs:
+                atomic.atomic_write_text(grid.here(path), "\n")
+
+
+def test_item14_kernel_cells_checked_against_their_files(
+    tiny, capsys, tmp_path
+):
+    """Kernels made with kernels.image_seed = 0 under a grid that now says
+    5 (its sweep.json removed): --dry_run calls them and the analysis of
+    them made with other flags, never finished; --aggregate and --local
+    refuse the root in one line naming the cell, the flag and the grid key,
+    and write nothing (no sweep.json over the old kernels)."""
+    config, root, write = tiny
+    config["kernels"]["image_seed"] = 5
+    config["phase1"]["times"] = [0, 1]  # two kernels: an analysis cell
+    path = write(config)
+    the_grid = grid.Grid.load(path)
+    _write_kernels(the_grid, image_seed=0)
+    kernel_cell = next(c for c in the_grid.cells() if c.stage == "kernel")
+    analysis_cell = next(c for c in the_grid.cells() if c.stage == "analysis")
+    assert grid.cell_status(kernel_cell) == grid.DONE
+    before = files_snapshot(tmp_path)
+    assert run_main(path, "--dry_run") == 0
+    out = capsys.readouterr().out
+    assert (
+        f"# {kernel_cell.id} [kernel, made with other flags: "
+        "--random_seed 0, not 5" in out
+    )
+    assert (
+        f"# {analysis_cell.id} [analysis, made from cells of other flags: "
+        f"{kernel_cell.id}" in out
+    )
+    results = tmp_path / "results"
+    for mode in (
+        ["--aggregate", "--results_dir", results, "--report", tmp_path / "R"],
+        ["--local", "1"],
+    ):
+        assert run_main(path, *mode) == 2
+        err = capsys.readouterr().err
+        assert_one_line_error(
+            err, kernel_cell.id, "--random_seed 0, not 5", "kernels.image_seed"
+        )
+        assert files_snapshot(tmp_path) == before
+    # The grid that made them finds them finished.
+    config["kernels"]["image_seed"] = 0
+    assert run_main(write(config), "--dry_run") == 0
+    assert f"# {kernel_cell.id} [kernel, finished" in capsys.readouterr().out
+
+
+SIZES = {
+    "data.train_size": (("data", "train_size", 60010), 6000, 6001),
+    "data.test_size": (("data", "test_size", 10010), 1000, 1001),
+    "kernels.sizes": (("kernels", "sizes", [70000]), 6000, 7000),
+    "evaluation.test_size": (("evaluation", "test_size", 20000), 1000, 2000),
+}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_item15_sizes_the_data_cannot_give_refused_by_the_grid_check(
+    tiny, capsys, name
+):
+    """More images per class than Fashion-MNIST's split has (6,000 for
+    training and the kernels, 1,000 for the test): refused by --dry_run in
+    the words of the scripts' own refusal (data.balanced_subset_indices),
+    nothing written."""
+    config, root, write = tiny
+    (section, key, value), have, asked = SIZES[name]
+    _with(config, section, key, value)
+    path = write(config)
+    before = files_snapshot(root.parent)
+    assert run_main(path, "--dry_run") == 2
+    err = capsys.readouterr().err
+    labels = np.repeat(np.arange(10), have)
+    words = _script_refusal(
+        lambda: data.balanced_subset_indices(labels, asked * 10, 0)
+    )
+    # "class 0 has 6000 images, fewer than the 6001 per class asked for:
+    # pick a smaller subset size": the same words but the class's name.
+    assert words.startswith("class 0 has ")
+    assert_one_line_error(err, name, words[len("class 0 ") :])
+    assert files_snapshot(root.parent) == before
+    assert not os.path.exists(root)
+
+
+def test_unit_item_estimate_hours_follow_the_device(tiny, capsys):
+    """--estimate names the hours after [throughput].device: CPU-hours for
+    a CPU (configs/cpu-resnet.toml), GPU-hours for an NVIDIA GPU, else
+    device-hours; never GPU-hours for a CPU."""
+    assert estimate.hours_unit("CPU, 2 cores (JAX 0.5.3)") == "CPU-hours"
+    assert estimate.hours_unit("NVIDIA H100 80GB HBM3") == "GPU-hours"
+    assert estimate.hours_unit("TPU v5e") == "TPU-hours"
+    assert estimate.hours_unit("D") == "device-hours"
+    cpu = os.path.join(ROOT, "configs", "cpu-resnet.toml")
+    assert run_main(cpu, "--estimate") == 0
+    out = capsys.readouterr().out
+    assert "CPU-hours" in out and "GPU-hours" not in out

@@ -4,8 +4,10 @@ into the tidy CSV, the summary over seeds, the kernel table with distances
 and velocities, the figures and the report; the verdicts on the claims."""
 
 import itertools
+import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -16,7 +18,7 @@ import run_exp
 import sweep
 import utils
 from analysis import kernel_analysis as ka
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, files_snapshot
 from store import atomic
 from sweep_fixtures import tiny_config, write_config
 from sweeper import (
@@ -143,6 +145,10 @@ def synthetic(tmp_path):
     pd.DataFrame(seed_rows).to_csv(
         os.path.join(out_dir, "replicates.csv"), index=False
     )
+    # Its other outputs, analysis.json last: the analysis is finished.
+    for name in ("kernels.csv", "pairwise.csv"):
+        atomic.atomic_write_text(os.path.join(out_dir, name), "\n")
+    atomic.atomic_write_json(os.path.join(out_dir, "analysis.json"), {})
     kernels_of["seeds"] = between_seeds
     return the_grid, files, kernels_of, tmp_path
 
@@ -783,6 +789,7 @@ def test_promise_aggregate_replaces_a_presets_outputs_whole(
         "paper-cifar10_commands.txt",
         "synth.csv",
         "synth/accuracy_vs_t_centered.png",
+        "synth/aggregated_from.json",
         "synth/notes.txt",
         "synth_summary.csv",
     ]
@@ -870,3 +877,188 @@ def test_promise_aggregate_refuses_cells_of_other_settings(synthetic, capsys):
     # The same grid aggregates them.
     out, _ = _aggregate(the_grid, tmp_path)
     assert len(out["rows"]) == len(phase2_cells)
+
+
+# --------------------------------------------------------------------------
+# Issue 30: aggregates in range, finished, and from their own grid
+# --------------------------------------------------------------------------
+
+
+def _watched(tmp_path):
+    """The files --aggregate may write (results, report), before/after."""
+    return files_snapshot(tmp_path / "results"), (
+        (tmp_path / "R.md").read_bytes()
+        if (tmp_path / "R.md").exists()
+        else None
+    )
+
+
+def test_item11_another_grid_under_a_presets_name_is_refused(
+    synthetic, capsys
+):
+    """A grid named like one whose results are there, made from another
+    config or output root, is refused before anything is written (the
+    earlier CSVs, figures and report as they were); --replace_results
+    replaces them, and the outputs record their new source. A tiny copy
+    named cpu-small is refused over the committed results."""
+    the_grid, _, _, tmp_path = synthetic
+    _aggregate(the_grid, tmp_path)
+    recorded = json.loads(
+        (tmp_path / "results" / "synth" / "aggregated_from.json").read_text()
+    )
+    assert recorded == report.source_record(the_grid)
+    copy = tmp_path / "copy.toml"
+    copy.write_text(open(the_grid.path).read())
+    before = _watched(tmp_path)
+    for config, more in (
+        (copy, []),
+        (the_grid.path, ["--output_root", tmp_path / "elsewhere"]),
+    ):
+        status, err = _sweep_main(config, "--aggregate", tmp_path, *more)
+        assert status == 2
+        assert_one_line_error(
+            err, "results of synth from", "--replace_results"
+        )
+        assert _watched(tmp_path) == before
+    status, err = _sweep_main(
+        copy, "--aggregate", tmp_path, "--replace_results"
+    )
+    assert status == 0, err
+    recorded = json.loads(
+        (tmp_path / "results" / "synth" / "aggregated_from.json").read_text()
+    )
+    assert recorded["config"] == str(copy)
+    # The committed results record their grid: a copy named cpu-small is
+    # refused over them (here over a copy of docs/results).
+    committed = tmp_path / "committed"
+    shutil.copytree(report.COMMITTED_RESULTS, committed)
+    before = files_snapshot(committed)
+    tiny = grid.Grid.load(
+        write_config(
+            tmp_path / "tiny.toml",
+            dict(tiny_config(tmp_path / "root", "/nowhere"), name="cpu-small"),
+        )
+    )
+    status, err = _sweep_main(
+        tiny.path, "--aggregate", tmp_path, "--results_dir", committed
+    )
+    assert status == 2
+    assert_one_line_error(
+        err, "results of cpu-small from config configs/cpu-small.toml"
+    )
+    assert files_snapshot(committed) == before
+    preset = grid.Grid.load(
+        os.path.join(grid.ROOT, "configs", "cpu-small.toml")
+    )
+    report.check_source(preset, report.COMMITTED_RESULTS)
+
+
+IMPOSSIBLE = {
+    "clean accuracy 17": (
+        lambda g: _phase2(g).outputs[0],
+        lambda p: _set_json(p, ("linear", "clean"), 17.0),
+        "linear.clean is 17, not in [0, 1]",
+    ),
+    "PGD accuracy -3": (
+        lambda g: _phase2(g).outputs[0],
+        lambda p: _set_json(p, ("linear", "linf"), -3),
+        "linear.linf is -3, not in [0, 1]",
+    ),
+    "a NaN accuracy": (
+        lambda g: _phase2(g).outputs[0],
+        lambda p: _set_json(p, ("linear", "l2"), float("nan")),
+        "linear.l2 is nan, not finite",
+    ),
+    "evaluation accuracy 1.5": (
+        lambda g: g.eval_results(_phase2(g)),
+        lambda p: _set_json(p, ("sources", 0, "acc_dirty"), 1.5),
+        "acc_dirty is 1.5, not in [0, 1]",
+    ),
+    "distance_to_first 7.5": (
+        lambda g: os.path.join(g.analysis_dir(0), "kernels.csv"),
+        lambda p: _set_csv(p, "distance_to_first", 7.5),
+        "distance_to_first 7.5 in row 1 is not in [0, 1]",
+    ),
+    "effective_rank -40": (
+        lambda g: os.path.join(g.analysis_dir(1), "kernels.csv"),
+        lambda p: _set_csv(p, "effective_rank", -40),
+        "effective_rank -40 in row 1 is not above 0",
+    ),
+    "an infinite lambda_max": (
+        lambda g: os.path.join(g.analysis_dir(1), "kernels.csv"),
+        lambda p: _set_csv(p, "lambda_max", float("inf")),
+        "lambda_max inf in row 1 is not a finite number",
+    ),
+    "a pairwise distance 1.5": (
+        lambda g: os.path.join(g.analysis_dir(0), "pairwise.csv"),
+        lambda p: _set_csv(p, "distance", 1.5),
+        "distance 1.5 in row 1 is not in [0, 1]",
+    ),
+}
+
+
+def _set_json(path, keys, value):
+    """The JSON file at `path` with record[k1][k2]... = value (NaN written
+    as JSON's NaN)."""
+    with open(path) as f:
+        record = json.load(f)
+    inner = record
+    for key in keys[:-1]:
+        inner = inner[key]
+    inner[keys[-1]] = value
+    _write(path, json.dumps(record))
+
+
+def _set_csv(path, column, value):
+    """The CSV table at `path` with `column` of its first row = value
+    (the others 0.5 when the column is new)."""
+    table = pd.read_csv(path)
+    if column not in table:
+        table[column] = 0.5
+    table.loc[0, column] = value
+    table.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("case", list(IMPOSSIBLE))
+def test_item12_impossible_numbers_refused_by_aggregate(synthetic, case):
+    """An accuracy outside [0, 1] or not finite, a distance outside
+    [0, 1], a rank not above 0, a measure that is not finite: no verdict
+    is decided on them; one line naming the cell, the file and the value,
+    exit status 2, nothing written."""
+    the_grid, _, _, tmp_path = synthetic
+    where, damage, problem = IMPOSSIBLE[case]
+    path = where(the_grid)
+    damage(path)
+    cell_id, _ = _cell_of(the_grid, path)
+    status, err = _sweep_main(the_grid.path, "--aggregate", tmp_path)
+    assert status == 2
+    assert_one_line_error(err, f"{cell_id}: {path} is damaged (", problem)
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "R.md").exists()
+
+
+def test_item13_aggregate_takes_only_finished_analyses_and_respects_the_lock(
+    synthetic,
+):
+    """An analysis without its analysis.json (analyze_kernels.py writes it
+    last) is unfinished, as --dry_run says: listed as missing, its kernels
+    left out. A root another sweep holds is refused in one line, nothing
+    written."""
+    the_grid, _, _, tmp_path = synthetic
+    os.remove(os.path.join(the_grid.analysis_dir(0), "analysis.json"))
+    cell = next(c for c in the_grid.cells() if c.id == "seed_0/analysis")
+    assert grid.cell_status(cell) == grid.TODO
+    root = grid.here(the_grid.root)
+    with atomic.FolderLock(root, "--output_root"):
+        status, err = _sweep_main(the_grid.path, "--aggregate", tmp_path)
+    assert status == 2
+    assert_one_line_error(err, root, "in use by another run", "--output_root")
+    assert not (tmp_path / "results").exists()
+    assert not (tmp_path / "R.md").exists()
+    out, results = _aggregate(the_grid, tmp_path)
+    assert any(
+        line.startswith("seed_0/analysis: no analysis.json")
+        and "unfinished" in line
+        for line in out["missing"]
+    )
+    assert set(pd.read_csv(results / "synth_kernels.csv")["seed"]) == {1}

@@ -710,3 +710,54 @@ def test_tiny_grid_with_robustness_end_to_end(
     assert (
         "Robust accuracy under AutoAttack" in (tmp_path / "R.md").read_text()
     )
+
+
+# --------------------------------------------------------------------------
+# Issue 30: a budget no cell can run is refused by the grid check
+# --------------------------------------------------------------------------
+
+BUDGETS = {
+    "more targets than wrong classes": (
+        {"budget": {"n_targets": 20}},
+        ("robustness.budget.n_targets", "9 wrong ones"),
+    ),
+    "iterations beyond the bound": (
+        {"budget": {"apgd_iters": 10**23 // 10**5}},
+        ("robustness.budget.apgd_iters must be at most 100000",),
+    ),
+    "a key no robustness attack reads": (
+        {"autoattack": False, "budget": {"square_queries": 5}},
+        ("robustness.budget.square_queries is read by none", "apgd-ce"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BUDGETS))
+def test_item3_budget_no_cell_can_run_refused_by_the_grid_check(
+    tmp_path, capsys, case
+):
+    """robustness.budget is checked as eval_and_make_adv.py checks
+    --attack_budget: --dry_run refuses, in one line naming the key, what
+    would make the AutoAttack cells die; nothing written. Each cell gets
+    the keys its attack reads (no n_targets for APGD-CE), and a failed
+    cell without an `error:` line is reported by its exception's line,
+    not by JAX's note that follows it."""
+    keys, named = BUDGETS[case]
+    config = tiny_config(tmp_path / "root", "/nowhere", robustness=keys)
+    path = write_config(tmp_path / "grid.toml", config)
+    assert run_main(path, "--dry_run") == 2
+    assert_one_line_error(capsys.readouterr().err, *named)
+    assert sorted(os.listdir(tmp_path)) == ["grid.toml"]
+    the_grid = _grid(tmp_path, robustness={"budget": {"n_targets": 3}})
+    for cell in the_grid.cells():
+        if cell.stage == "robustness":
+            given = "n_targets=3" in cell.args
+            assert given == (cell.keys["attack"] == "autoattack"), cell.id
+    tail = (
+        'Traceback (most recent call last):\n  File "x.py", line 1\n'
+        "ValueError: 20 target classes but only 9 wrong ones\n"
+        "--------------------\nFor simplicity, JAX has removed its "
+        "internal frames from the traceback of the following exception.\n"
+    )
+    said = runners._error_line(tail.encode())
+    assert said == "ValueError: 20 target classes but only 9 wrong ones"

@@ -14,14 +14,20 @@ import pytest
 import cli
 import data
 import eval_and_make_adv
+import models
+import robust
+import run_exp
 from helpers import (
     ROOT,
     assert_close,
+    assert_one_line_error,
+    files_snapshot,
     linearized_logits,
     needs_neural_tangents,
     require_fashion_mnist,
     run_script,
     train_tiny_mlp,
+    write_untrained_checkpoint,
 )
 from store import atomic, checkpoints
 
@@ -431,27 +437,17 @@ def test_no_adv_save_examples_writes_the_clean_images(workdir, monkeypatch):
     assert not (folder / "transfer_clean.json").exists()
 
 
-@pytest.mark.slow
-def test_killed_mid_attack_leaves_no_output(workdir):
-    """A kill while the attack works leaves no output file, whole or
-    half-written."""
-    root, _ = workdir
-    folder = root / RUN_DIR / "killed"
+def signal_mid_attack(root, bonus_dir, signum):
+    """Runs the script (1,000 test images, 200 PGD steps, batches of 10)
+    with --bonus_dir `bonus_dir`, sends it `signum` once its progress bar
+    shows the second batch done, and returns (exit status, stderr)."""
     command = [
         sys.executable,
         os.path.join(ROOT, "eval_and_make_adv.py"),
         *EXAMPLE_5[:4],
-        "--bonus_dir",
-        "killed",
-        "--save_examples",
-        "--data_path",
-        str(root / "data"),
-        "--test_size",
-        "1000",
-        "--pgd_iters",
-        "200",
-        "--batch_size",
-        "10",
+        *("--bonus_dir", bonus_dir, "--save_examples"),
+        *("--data_path", str(root / "data"), "--test_size", "1000"),
+        *("--pgd_iters", "200", "--batch_size", "10"),
     ]
     process = subprocess.Popen(
         command,
@@ -465,9 +461,203 @@ def test_killed_mid_attack_leaves_no_output(workdir):
         # Wait on what it writes: the progress bar's second finished batch.
         while "2/100" not in seen and process.poll() is None:
             seen += process.stderr.read(1)
-        assert process.poll() is None, f"ended before the kill: {seen[-300:]}"
-        process.send_signal(signal.SIGKILL)
+        assert process.poll() is None, (
+            f"ended before the signal: {seen[-300:]}"
+        )
+        process.send_signal(signum)
+        seen += process.communicate(timeout=600)[1]
     finally:
         process.kill()
         process.wait()
-    assert folder.is_dir() and list(folder.iterdir()) == []
+    return process.returncode, seen
+
+
+@pytest.mark.slow
+def test_killed_mid_attack_leaves_no_output(workdir):
+    """A kill while the attack works leaves no output file, whole or
+    half-written, and no output folder (made only when the outputs are
+    written)."""
+    root, _ = workdir
+    code, _ = signal_mid_attack(root, "killed", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert not (root / RUN_DIR / "killed").exists()
+
+
+# --------------------------------------------------------------------------
+# Issue 30: budgets checked first, output folders exclusive, Ctrl-C
+# --------------------------------------------------------------------------
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("loaded or evaluated before the checks passed")
+
+
+def refused(root, argv, monkeypatch, capsys, *named, stage=data):
+    """Runs the script in `root` and asserts: exit status 2, one `error:`
+    line naming each of `named`, no file of `root` written, changed or
+    removed; `stage` (data: its load_split; models: its load_with_spec)
+    fails the test if the refusal comes after it."""
+    if stage is data:
+        monkeypatch.setattr(data, "load_split", _no_work)
+    else:
+        monkeypatch.setattr(models, "load_with_spec", _no_work)
+    before = files_snapshot(root)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(root, [str(a) for a in argv], monkeypatch)
+    assert exit_info.value.code == 2
+    assert_one_line_error(capsys.readouterr().err, *named)
+    assert files_snapshot(root) == before
+    monkeypatch.undo()
+
+
+@pytest.fixture
+def untrained(tmp_path):
+    """A folder holding run/parameters_final.pkl, an untrained mlp_skinny
+    of Fashion-MNIST; (folder, its --model_path)."""
+    path = write_untrained_checkpoint(
+        tmp_path / "run" / "parameters_final.pkl"
+    )
+    return tmp_path, path
+
+
+@pytest.mark.parametrize("attack", ["apgd-t", "fab-t", "autoattack"])
+def test_item1_n_targets_above_wrong_classes_refused_before_loading(
+    untrained, monkeypatch, capsys, attack
+):
+    """n_targets=20 of a 10-class model (from its checkpoint): refused
+    before any image is loaded, in one line; nothing written (no empty
+    output folder)."""
+    root, model = untrained
+    argv = ["--model_path", model, "--attack", attack, "--bonus_dir", "out"]
+    argv += ["--attack_budget", "n_targets=20"]
+    refused(root, argv, monkeypatch, capsys, "n_targets=20", "9 wrong ones")
+    # Given with --dataset, the class count is known from the flags.
+    argv += ["--dataset", "fashion_mnist"]
+    refused(root, argv, monkeypatch, capsys, "n_targets=20", stage=models)
+
+
+@pytest.mark.parametrize("key", robust.BUDGET_LIMITS)
+def test_item2_budget_numbers_have_an_upper_bound(
+    untrained, monkeypatch, capsys, key
+):
+    """Every --attack_budget number is bounded (robust.BUDGET_LIMITS): one
+    above, or 10^23, is refused when the command line is read, by both
+    scripts; the bound itself is taken."""
+    root, model = untrained
+    limit = robust.BUDGET_LIMITS[key]
+    for value in (limit + 1, 99999999999999999999999):
+        budget = [
+            "--attack",
+            "autoattack",
+            "--attack_budget",
+            f"{key}={value}",
+        ]
+        argv = ["--model_path", model, "--bonus_dir", "out", *budget]
+        named = (key, f"must be at most {limit}")
+        refused(root, argv, monkeypatch, capsys, *named, stage=models)
+        with pytest.raises(cli.UserError, match=f"at most {limit}"):
+            run_exp.parse_args(budget)
+    parsed = run_exp.parse_args(["--attack_budget", f"{key}={limit}"])
+    assert parsed.attack_budget == [[key, limit]]
+    with pytest.raises(ValueError, match="at most"):
+        robust.Budget(**{key: limit + 1})
+
+
+@pytest.mark.parametrize(
+    "attack,key",
+    [("apgd-ce", "square_queries"), ("apgd-t", "apgd_restarts")],
+)
+def test_item4_budget_key_the_attack_does_not_use_refused(
+    untrained, monkeypatch, capsys, attack, key
+):
+    """A budget key --attack does not read (Square's queries for APGD-CE;
+    restarts for APGD-T, which runs once per target) is refused before
+    anything is loaded, naming the key and what the attack reads."""
+    root, model = untrained
+    argv = ["--model_path", model, "--bonus_dir", "out", "--attack", attack]
+    argv += ["--attack_budget", f"{key}=5"]
+    refused(root, argv, monkeypatch, capsys, key, "does not use", stage=models)
+
+
+@pytest.mark.parametrize(
+    "name", ["sub/../../../escaped", "sub/x", "", "../../esc", ".hidden"]
+)
+def test_item5_save_name_is_a_plain_name_checked_before_loading(
+    untrained, monkeypatch, capsys, name
+):
+    """--save_name takes calculate_kernel.py's rule: a plain file-name
+    prefix, refused when the command line is read; nothing written above
+    or below the output folder."""
+    root, model = untrained
+    argv = ["--model_path", model, "--bonus_dir", "s1", "--save_name", name]
+    refused(root, argv, monkeypatch, capsys, "--save_name", stage=models)
+
+
+def _evaluate(root, monkeypatch, *flags):
+    """A short evaluation of the trained MLP into RUN_DIR/shared."""
+    argv = EXAMPLE_5[:4] + ["--bonus_dir", "shared", "--no_progress"]
+    argv += small(root, 20) + ["--batch_size", "10", *flags]
+    run_main(root, argv, monkeypatch)
+    return root / RUN_DIR / "shared"
+
+
+def test_item6_a_folders_evaluation_is_replaced_only_whole(
+    workdir, monkeypatch, capsys, tmp_path
+):
+    """A second evaluation under the same --save_name is refused (the
+    first one's files as they were); with --overwrite it replaces the
+    first one's set whole: its examples and its _0/_1 files are gone."""
+    root, _ = workdir
+    folder = _evaluate(root, monkeypatch, "--save_examples")
+    argv = EXAMPLE_5[:4] + ["--bonus_dir", "shared", "--pgd_iters", "3"]
+    argv += ["--data_path", str(root / "data"), "--test_size", "20"]
+    refused(root, argv, monkeypatch, capsys, "--overwrite", "test_results")
+    _evaluate(root, monkeypatch, "--pgd_iters", "3", "--overwrite")
+    names = sorted(os.listdir(folder))
+    assert names == [
+        "results_test_results.json",
+        "test_results_test_results.pkl",
+    ]
+    record = json.loads((folder / names[0]).read_text())
+    assert record["attack"]["iters"] == 3
+    # Two sources, then one: the _0/_1 files of the first go with it.
+    images, labels = small_test_set(root, 20)
+    source = write_pickle(
+        tmp_path / "a.pkl", evaluation_examples(images, labels)
+    )
+    _evaluate(
+        root,
+        monkeypatch,
+        "--no_adv",
+        "--overwrite",
+        "--test_path",
+        source,
+        source,
+    )
+    assert "test_results_test_results_1.pkl" in os.listdir(folder)
+    _evaluate(
+        root, monkeypatch, "--no_adv", "--overwrite", "--test_path", source
+    )
+    assert sorted(os.listdir(folder)) == [
+        "results_test_results.json",
+        "test_results_test_results.pkl",
+        "transfer_test_results.json",
+    ]
+
+
+def evaluation_examples(images, labels):
+    """An example file's content (eval_and_make_adv.py --save_examples)."""
+    return {"images": data.to_nchw(images), "labels": np.asarray(labels)}
+
+
+@pytest.mark.slow
+def test_item7_ctrl_c_ends_interrupted_with_nothing_written(workdir):
+    """SIGINT while the attack runs: the run ends with `interrupted`, exit
+    status 130, nothing printed as ignored, no output file and no output
+    folder."""
+    root, _ = workdir
+    code, err = signal_mid_attack(root, "interrupted", signal.SIGINT)
+    assert code == 130, err[-2000:]
+    assert err.rstrip().endswith("interrupted")
+    assert "Exception ignored" not in err
+    assert not (root / RUN_DIR / "interrupted").exists()

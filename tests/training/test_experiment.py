@@ -10,9 +10,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cli
+import data
 import models
 import run_exp
 import utils
+from helpers import (
+    assert_one_line_error,
+    files_snapshot,
+    write_untrained_checkpoint,
+)
 from store import atomic, layout, pickles, resume
 from training import experiment, train
 
@@ -255,3 +262,30 @@ def test_divergence_message_says_what_was_saved():
     )
     assert "lower --second_lr" in message
     assert np.char.count(message, "\n") == 0
+
+
+def _no_data(*args, **kwargs):
+    raise AssertionError("data loaded before the budget was checked")
+
+
+def test_item1_n_targets_above_wrong_classes_refused_before_training(
+    tmp_path, capsys, monkeypatch
+):
+    """--attack apgd-t --attack_budget n_targets=20 on 10 classes, known
+    from --dataset or from the base checkpoint: refused in one line before
+    any image is loaded or any epoch runs (so no phase-1 training is
+    lost), nothing written."""
+    base = write_untrained_checkpoint(
+        tmp_path / "base" / "parameters_final.pkl"
+    )
+    monkeypatch.setattr(data, "load_split", _no_data)
+    before = files_snapshot(tmp_path)
+    budget = ["--attack", "apgd-t", "--attack_budget", "n_targets=20"]
+    for given in (["--dataset", "fashion_mnist"], ["--base_model_path", base]):
+        argv = [*budget, *given, "--save_path", str(tmp_path / "out")]
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_cli(lambda argv=argv: run_exp.main(argv))
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert_one_line_error(err, "n_targets=20", "9 wrong ones")
+        assert files_snapshot(tmp_path) == before
