@@ -209,7 +209,9 @@ def plot_features(the_grid: grid.Grid, out_dir: str, missing: list) -> list:
     runs = [
         c
         for c in the_grid.cells()
-        if c.stage == "phase1" and c.keys["seed"] == seed
+        if c.stage == "phase1"
+        and c.keys["seed"] == seed
+        and not grid.is_reordered(c)
     ]
     fig, axes = plt.subplots(
         len(runs),
