@@ -11,7 +11,9 @@
   {name}_summary.csv  mean and standard deviation over seeds;
   {name}_kernels.csv  a row per kernel of analyze_kernels.py's kernels.csv,
                       with the distance to the run's last kernel, the
-                      velocity and the distance between the runs;
+                      velocity, the distance between the runs, to the
+                      same run of each other seed, to the other run of
+                      each other seed, and to the order replicate C′;
   {name}_robustness.csv  a row per robustness cell (eval_and_make_adv.py
                       --attack): the attack, eps, clean and robust
                       accuracy, the broken_by counts; {name}.csv then

@@ -37,18 +37,50 @@ def synthetic(tmp_path):
     """A 2-seed grid (phase 1 C and A, t = 1, 2; phase 2 C and A) whose
     cells' files are written here with seeded random numbers, as the entry
     scripts and analyze_kernels.py lay them out."""
+    return make_synthetic(tmp_path, order_replicate=False)
+
+
+@pytest.fixture
+def synthetic_replicate(tmp_path):
+    """The synthetic grid with phase1.order_replicate: the runs C′ of each
+    seed, their kernels in the seed's analysis."""
+    return make_synthetic(tmp_path, order_replicate=True)
+
+
+def make_synthetic(tmp_path, order_replicate):
+    """The synthetic grid's config and cells' files: (grid, {cell id: its
+    record}, {seed: (kernels.csv rows, {frozenset of two (run, t):
+    distance})} with 'seeds': {(loader, t): distance between seeds} and
+    'cross': {frozenset of two (seed, run, t): distance} of the analysis
+    across seeds, tmp_path). A run is its loader, or grid.REORDERED."""
     root = tmp_path / "root"
     config = tiny_config(
         root,
         "/nowhere",
         name="synth",
         seeds=[0, 1],
-        phase1={"loaders": ["C", "A"], "epochs": 2, "times": [1, 2]},
+        phase1={
+            "loaders": ["C", "A"],
+            "epochs": 2,
+            "times": [1, 2],
+            "order_replicate": order_replicate,
+        },
         kernels={"sizes": [20], "class_index": 0},
         features={"times": [2], "class_index": 0, "n_images": 2},
     )
     the_grid = grid.Grid.load(write_config(tmp_path / "synth.toml", config))
     rng = np.random.default_rng(0)
+    files = _synthetic_cells(the_grid, rng)
+    kernels_of = _synthetic_analyses(the_grid, rng)
+    return the_grid, files, kernels_of, tmp_path
+
+
+def _run_name(cell):
+    return grid.REORDERED if grid.is_reordered(cell) else cell.keys["phase1"]
+
+
+def _synthetic_cells(the_grid, rng):
+    """Writes the cells' files but the analyses'; returns their records."""
     files = {}
     for cell in the_grid.cells():
         if cell.stage == "phase1":
@@ -90,6 +122,11 @@ def synthetic(tmp_path):
                 cell.outputs[0],
                 {"pos_images": rng.uniform(size=(2, 28, 28, 1))},
             )
+    return files
+
+
+def _synthetic_analyses(the_grid, rng):
+    """Writes the analyses' files (kernels_of of make_synthetic)."""
     kernels_of = {}
     all_paths = {}
     for seed in (0, 1):
@@ -103,8 +140,8 @@ def synthetic(tmp_path):
             path = os.path.join(
                 the_grid.kernel_dir(run, t), "saved_kernel_class_0_20.pkl"
             )
-            paths[(run.keys["phase1"], t)] = path
-            all_paths[(seed, run.keys["phase1"], t)] = path
+            paths[(_run_name(run), t)] = path
+            all_paths[(seed, _run_name(run), t)] = path
             row = {"path": path, "epoch": t, "class_index": 0, "n": 20}
             # analyze_kernels.py's time to settle of the run (per class).
             row["settle_t"] = {"C": 2.0, "A": 1.0}[run.keys["phase1"]]
@@ -144,7 +181,20 @@ def synthetic(tmp_path):
         os.path.join(out_dir, "replicates.csv"), index=False
     )
     kernels_of["seeds"] = between_seeds
-    return the_grid, files, kernels_of, tmp_path
+    # Its pairwise.csv: every pair of its kernels (not C′'s), each with
+    # another number than the per-seed analyses' and replicates.csv's for
+    # the same pair, to show which file a distance is read from.
+    cross, pair_rows = {}, []
+    runs = [k for k in all_paths if k[1] != grid.REORDERED]
+    for a, b in itertools.combinations(runs, 2):
+        d = float(rng.uniform())
+        cross[frozenset((a, b))] = d
+        pair_rows.append({"a": all_paths[a], "b": all_paths[b], "distance": d})
+    pd.DataFrame(pair_rows).to_csv(
+        os.path.join(out_dir, "pairwise.csv"), index=False
+    )
+    kernels_of["cross"] = cross
+    return kernels_of
 
 
 def _accuracies(rng):
@@ -248,6 +298,57 @@ def test_kernel_distances_and_velocities(synthetic):
                     seeds
                 )
                 assert math.isnan(at[t][f"distance_to_seed_{seed}"])
+
+
+def test_like_with_like_columns_of_the_aggregate(synthetic_replicate):
+    """The kernel table gains the distances across seeds between the
+    compared runs (from the analysis across seeds' pairwise.csv) and to
+    the order replicate C′ (from the seed's pairwise.csv), as columns after
+    the others; C′'s kernels give no rows, and {name}.csv no columns."""
+    the_grid, _, kernels_of, tmp_path = synthetic_replicate
+    out, results = _aggregate(the_grid, tmp_path)
+    assert out["missing"] == []
+    table = pd.read_csv(results / "synth_kernels.csv")
+    assert len(table) == 8 and set(table["phase1"]) == {"C", "A"}
+    assert list(table.columns[-3:]) == [
+        "cross_distance_to_seed_0",
+        "cross_distance_to_seed_1",
+        "distance_to_reordered",
+    ]
+    for row in table.itertuples():
+        seed, loader, t, other = row.seed, row.phase1, row.t, 1 - row.seed
+        partner = "A" if loader == "C" else "C"
+        key = frozenset(((seed, loader, t), (other, partner, t)))
+        cross = getattr(row, f"cross_distance_to_seed_{other}")
+        assert cross == pytest.approx(kernels_of["cross"][key])
+        assert math.isnan(getattr(row, f"cross_distance_to_seed_{seed}"))
+        # The seed baseline is still replicates.csv's.
+        baseline = getattr(row, f"distance_to_seed_{other}")
+        assert baseline == pytest.approx(kernels_of["seeds"][(loader, t)])
+        _, d = kernels_of[seed]
+        if loader == "C":
+            twin = frozenset((("C", t), (grid.REORDERED, t)))
+            assert row.distance_to_reordered == pytest.approx(d[twin])
+        else:
+            assert math.isnan(row.distance_to_reordered)
+    rows = pd.read_csv(results / "synth.csv")
+    assert not [c for c in rows if "cross" in c or "reordered" in c]
+
+
+def test_like_with_like_columns_need_the_analysis_across_seeds(synthetic):
+    the_grid, _, _, tmp_path = synthetic
+    out, results = _aggregate(the_grid, tmp_path)
+    table = pd.read_csv(results / "synth_kernels.csv")
+    assert "distance_to_reordered" not in table  # no replicate runs
+    assert table["cross_distance_to_seed_0"].notna().any()
+    os.remove(os.path.join(the_grid.seeds_analysis_dir(), "pairwise.csv"))
+    out, results = _aggregate(the_grid, tmp_path)
+    assert any(
+        m.startswith("between_seeds/analysis: no pairwise.csv")
+        for m in out["missing"]
+    )
+    table = pd.read_csv(results / "synth_kernels.csv")
+    assert table["cross_distance_to_seed_0"].isna().all()
 
 
 def test_figures_and_report_written(synthetic):
@@ -469,6 +570,152 @@ def test_claim_one_on_synthetic_kernels():
     single = table[table["seed"] == 0]
     assert verdicts.claim_one(single)["verdict"] == "no data"
     assert verdicts.claim_one(pd.DataFrame())["verdict"] == "no data"
+
+
+# --------------------------------------------------------------------------
+# Claim 1 like with like, on 3×3 kernels written here
+# --------------------------------------------------------------------------
+
+SEED_SHIFT = (0.0, 0.1, 0.2)  # each seed's kernels moved along one axis
+
+
+def _hand_kernels(gap, eps, way, replicate=True):
+    """diag(1, y, z) kernels of seeds 0-2 at t = 0, 1, 2: y is the
+    training's (C goes to −gap, A to +gap, each by way[run][t] of the way),
+    z the seed's (SEED_SHIFT), plus `eps` at t > 0 for the order replicate
+    C′ (grid.REORDERED). Returns (the kernel table as collect builds it
+    from their distances, {key: kernel})."""
+    kernels = {}
+    for seed, shift in enumerate(SEED_SHIFT):
+        for t in (0.0, 1.0, 2.0):
+            runs = {
+                "C": (-gap * way["C"][int(t)], shift),
+                "A": (gap * way["A"][int(t)], shift),
+            }
+            if replicate:
+                runs[grid.REORDERED] = (runs["C"][0], shift + eps * (t > 0))
+            for run, (y, z) in runs.items():
+                kernels[(seed, run, t, 0, 3)] = np.diag([1.0, y, z])
+    pairs = {
+        frozenset((a, b)): ka.kernel_distance(kernels[a], kernels[b])
+        for a, b in itertools.combinations(kernels, 2)
+    }
+    keys = [k for k in kernels if k[1] != grid.REORDERED]
+    table = pd.DataFrame(keys, columns=collect.KERNEL_KEYS)
+    collect._add_derived(table, pairs, ["C", "A"], [0, 1, 2])
+    if replicate:
+        collect._add_reordered(table, pairs)
+    return table, kernels
+
+
+# A settles at t = 1, C at t = 2 (A's rule of settling holds).
+A_FIRST = {"C": (0, 0.3, 1), "A": (0, 1, 1)}
+
+
+def _s(a, b):
+    """S of diag(a), diag(b) by its formula, written out."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return 1 - a @ b / np.sqrt((a @ a) * (b @ b))
+
+
+def test_like_with_like_distances_by_hand():
+    """Each distance and baseline at every t, against the formula of S
+    on the kernels' diagonals."""
+    gap, eps = 0.25, 0.1
+    table, _ = _hand_kernels(gap, eps, A_FIRST)
+    pairs = collect.like_with_like(table)
+    assert set(pairs["comparison"]) == {"across seeds", "same θ(0)"}
+    across = pairs[pairs["comparison"] == "across seeds"]
+    assert len(across) == 3 * 6  # three t, six ordered pairs
+    row = across[(across["t"] == 2) & (across["seed"] == 2)]
+    row = row[row["other"] == 0].iloc[0]
+    # S(C_2, A_0) against max(S(C_2, C_0), S(A_2, A_0)) (equal here).
+    assert row["distance"] == pytest.approx(_s([1, -gap, 0.2], [1, gap, 0]))
+    baseline = _s([1, -gap, 0.2], [1, -gap, 0])
+    assert row["baseline"] == pytest.approx(baseline)
+    assert row["ratio"] == pytest.approx(row["distance"] / baseline)
+    # At t = 0 every run of a seed is θ_s(0): S(C_s, A_s') is the seed
+    # baseline itself.
+    start = across[across["t"] == 0]
+    assert np.allclose(start["ratio"], 1.0)
+    same = pairs[pairs["comparison"] == "same θ(0)"].set_index(["t", "seed"])
+    assert same.loc[(1.0, 1), "distance"] == pytest.approx(
+        _s([1, -0.3 * gap, 0.1], [1, gap, 0.1])
+    )
+    assert same.loc[(1.0, 1), "baseline"] == pytest.approx(
+        _s([1, -0.3 * gap, 0.1], [1, -0.3 * gap, 0.1 + eps])
+    )
+    # At t = 0 both are 0 (one θ(0)): no ratio.
+    assert same.loc[(0.0, 0), "distance"] == 0.0
+    assert math.isnan(same.loc[(0.0, 0), "ratio"])
+    # Without the replicate: the comparison across seeds alone.
+    alone = collect.like_with_like(_hand_kernels(gap, eps, A_FIRST, False)[0])
+    assert set(alone["comparison"]) == {"across seeds"}
+
+
+@pytest.mark.parametrize(
+    "gap, eps, way, replicate, verdict",
+    [
+        (0.25, 0.1, A_FIRST, True, "supported"),
+        (0.04, 0.065, A_FIRST, True, "in direction only"),
+        # Benign and adversarial closer than two seeds' kernels.
+        (0.04, 0.1, A_FIRST, True, "not supported"),
+        (0.25, 0.1, {"C": (0, 1, 1), "A": (0, 0.3, 1)}, True, "not supported"),
+        (0.25, 0.1, A_FIRST, False, "supported"),
+    ],
+)
+def test_like_with_like_verdicts(gap, eps, way, replicate, verdict):
+    table, _ = _hand_kernels(gap, eps, way, replicate)
+    one = verdicts.claim_one_like_with_like(table)
+    assert one["verdict"] == verdict, one
+    ratios = [p["ratio"] for p in one["across"].values()]
+    ratios += [p["ratio"] for p in one["same_start"].values()]
+    assert len(one["across"]) == 6 and one["t"] == 2.0
+    assert len(one["same_start"]) == (3 if replicate else 0)
+    assert one["replicates"] is replicate
+    if verdict == "in direction only":
+        assert min(ratios) > 1 and min(ratios) <= 2
+    pair = one["across"][(0, 1)]
+    assert pair["distance"] == pytest.approx(_s([1, -gap, 0.0], [1, gap, 0.1]))
+
+
+def test_like_with_like_names_where_the_kernels_are_farthest_apart():
+    """The t of the largest mean ratio, with that ratio: here the runs
+    are farthest apart at t = 1, before both settle back."""
+    way = {"C": (0, 1, 0.6), "A": (0, 1.4, 1)}
+    table, _ = _hand_kernels(0.25, 0.1, way)
+    one = verdicts.claim_one_like_with_like(table)
+    pairs = collect.like_with_like(table)
+    for name in ("across seeds", "same θ(0)"):
+        means = pairs[pairs["comparison"] == name].groupby("t")["ratio"].mean()
+        assert one["farthest"][name] == (1.0, pytest.approx(means[1.0]))
+        assert means[1.0] > means[2.0]
+    same_seed = verdicts.claim_one(table)["farthest"]
+    assert same_seed[0] == 1.0
+
+
+def test_like_with_like_without_its_data():
+    table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
+    one = verdicts.claim_one_like_with_like(table[table["seed"] == 0])
+    assert one["verdict"] == "no data"
+    crossless = table.drop(
+        columns=[c for c in table if c.startswith("cross_distance")]
+    )
+    one = verdicts.claim_one_like_with_like(crossless)
+    assert one["verdict"] == "no data" and "pairwise.csv" in one["why"]
+    # A kernel missing at the last t: of C′ (b), or across seeds (a).
+    last = table["t"] == 2.0
+    for column, rows in (
+        ("distance_to_reordered", last),
+        ("cross_distance_to_seed_0", last & (table["seed"] == 1)),
+    ):
+        gappy = table.copy()
+        gappy.loc[rows, column] = math.nan
+        one = verdicts.claim_one_like_with_like(gappy)
+        assert one["verdict"] == "no data", column
+    assert verdicts.claim_one_like_with_like(pd.DataFrame())["verdict"] == (
+        "no data"
+    )
 
 
 # --------------------------------------------------------------------------
