@@ -31,7 +31,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -39,17 +39,19 @@ import cli
 import utils
 from store import atomic, layout
 from sweeper import collect, grid, report_figures
-from sweeper.collect import ACCURACIES
+from sweeper.collect import ACCURACIES, ACROSS_SEEDS, SAME_START
 from sweeper.estimate import estimate
 from sweeper.robustness_report import robustness_section
 from sweeper.schema import LOADER_NAMES
 from sweeper.verdicts import (
+    LIKE_WITH_LIKE_RULE,
     PAPER_ROBUST,
     PAPER_TOLERANCE,
     ROBUSTNESS_GAIN,
     SEED_BASELINE_FACTOR,
     SETTLE_FRACTION,
     claim_one,
+    claim_one_like_with_like,
     claim_three,
     claim_two,
     curve_attack,
@@ -446,16 +448,81 @@ def _mean_text(stats: tuple[float, float, int], unit: str = "seeds") -> str:
     return f"{_fmt(mean, sd)} (n = {count} {unit})"
 
 
+def _farthest_text(farthest: tuple | None, over: str) -> str:
+    """'t = 2 (×1.8, mean over pairs)' of a verdict's farthest (t, mean
+    ratio); over: what the mean is over."""
+    if farthest is None:
+        return "no t with a ratio"
+    t, ratio = farthest
+    return f"t = {layout.format_t(t)} (×{ratio:.1f}, mean over {over})"
+
+
+def _settle_text(settle: dict) -> str:
+    return ", ".join(
+        f"s{seed}: {layout.format_t(d['A'])} vs. {layout.format_t(d['C'])}"
+        for seed, d in settle.items()
+    )
+
+
 def _claim_one_text(one: dict) -> str:
+    """The same-seed rule's text (as before the like-with-like rule), then
+    where the kernels are farthest apart in units of the seed baseline."""
+    return (
+        _same_seed_text(one)
+        + "; farthest apart in units of the seed baseline at "
+        + _farthest_text(one["farthest"], "pairs")
+    )
+
+
+def _like_with_like_text(one: dict) -> str:
+    """The like-with-like verdict's numbers: at the last t each ratio it
+    was decided on, the settle times, where the kernels are farthest apart
+    in units of each baseline."""
+    across = "; ".join(
+        f"C s{a} vs. A s{b}: {p['distance']:.3f} vs. {p['baseline']:.3f} "
+        f"(×{p['ratio']:.1f})"
+        for (a, b), p in one["across"].items()
+    )
+    text = (
+        f"at t = {one['t']:g}, (a) across seeds, S(C_s, A_s′) vs. the "
+        "larger of S(C_s, C_s′) and S(A_s, A_s′), per ordered pair: "
+        f"{across}; "
+    )
+    far = one["farthest"]
+    if one["replicates"]:
+        same = "; ".join(
+            f"s{seed}: {p['distance']:.3f} vs. {p['baseline']:.3f} "
+            f"(×{p['ratio']:.1f})"
+            for seed, p in one["same_start"].items()
+        )
+        text += (
+            "(b) from the same θ(0), S(C_s, A_s) vs. S(C_s, C′_s), per "
+            f"seed: {same}; "
+        )
+        where = (
+            f"(a) {_farthest_text(far[ACROSS_SEEDS], 'pairs')}, (b) "
+            f"{_farthest_text(far[SAME_START], 'seeds')}"
+        )
+    else:
+        text += (
+            "(b) not measured: no replicate runs (phase1.order_replicate), "
+            "so decided on (a) alone; "
+        )
+        where = _farthest_text(far[ACROSS_SEEDS], "pairs")
+    settle = _settle_text(one["settle"])
+    return (
+        f"{text}t settled, adversarial vs. benign run: {settle}; farthest "
+        f"apart in units of the baseline: {where}"
+    )
+
+
+def _same_seed_text(one: dict) -> str:
     pairs = "; ".join(
         f"s{a}–s{b}: {p['between'][0]:.3f}, {p['between'][1]:.3f} vs. "
         f"{p['baseline']:.3f} (×{p['ratio']:.1f})"
         for (a, b), p in one["pairs"].items()
     )
-    settle = ", ".join(
-        f"s{seed}: {layout.format_t(d['A'])} vs. {layout.format_t(d['C'])}"
-        for seed, d in one["settle"].items()
-    )
+    settle = _settle_text(one["settle"])
     return (
         f"at t = {one['t']:g}, benign vs. adversarial kernel "
         f"{_mean_text(one['between'])}, seed baseline "
@@ -482,22 +549,32 @@ def _claim_three_text(three: dict) -> str:
     )
 
 
+def _verdict_text(result: dict, text: Callable[[dict], str]) -> str:
+    """'verdict: numbers' of a claim's result, or why it has no data."""
+    if result["verdict"] == "no data":
+        return result.get("why", "no data")
+    return f"{result['verdict']}: {text(result)}"
+
+
+def claim_one_cell(kernel_table: pd.DataFrame) -> str:
+    """The report's claim-1 cell: the same-seed rule's verdict, then the
+    like-with-like rule's, each labelled."""
+    same = _verdict_text(claim_one(kernel_table), _claim_one_text)
+    like = _verdict_text(
+        claim_one_like_with_like(kernel_table), _like_with_like_text
+    )
+    return f"**same-seed rule**: {same} <br><br> **like with like**: {like}"
+
+
 def _verdict_cells(frames: Mapping[str, pd.DataFrame]) -> list[str]:
     rows, kernel_table = frames["rows"], frames["_kernels"]
     if rows.empty:
         return ["not run"] * 3
-    results = (
-        (claim_one(kernel_table), _claim_one_text),
-        (claim_two(rows), _claim_two_text),
-        (claim_three(rows), _claim_three_text),
-    )
-    cells = []
-    for result, text in results:
-        if result["verdict"] == "no data":
-            cells.append(result.get("why", "no data"))
-        else:
-            cells.append(f"{result['verdict']}: {text(result)}")
-    return cells
+    return [
+        claim_one_cell(kernel_table),
+        _verdict_text(claim_two(rows), _claim_two_text),
+        _verdict_text(claim_three(rows), _claim_three_text),
+    ]
 
 
 CLAIMS = (
@@ -637,16 +714,20 @@ def _claims_lines(
         "kernels of the largest N, all kernels on the same images in every "
         "seed.",
         "",
-        "- **Claim 1** holds when (a) at the last t, in every pair of seeds "
-        "(s, s′), the distance between the benign and the adversarial "
-        "kernel of the same seed is, in each of s and s′, more than "
-        f"**{SEED_BASELINE_FACTOR:g}×** the seed baseline: the distance "
-        "between the kernels of s and s′ of the same training (the larger "
-        "of benign's and adversarial's); and (b) in every seed the "
-        "adversarial run settles no later than the benign run. A run "
+        "- **Claim 1** (same-seed rule) holds when (a) at the last t, in "
+        "every pair of seeds (s, s′), the distance between the benign and "
+        "the adversarial kernel of the same seed is, in each of s and s′, "
+        f"more than **{SEED_BASELINE_FACTOR:g}×** the seed baseline: the "
+        "distance between the kernels of s and s′ of the same training "
+        "(the larger of benign's and adversarial's); and (b) in every seed "
+        "the adversarial run settles no later than the benign run. A run "
         "settles at the first t after which its kernel stays within "
         f"**{SETTLE_FRACTION:g}** of its first kernel's distance to its "
         "last kernel. It needs two or more seeds.",
+        f"- {LIKE_WITH_LIKE_RULE} Each claim-1 cell gives both verdicts, "
+        "each with the t where the benign and adversarial kernels are "
+        "farthest apart in units of its baseline (the t of the largest "
+        "mean ratio, and that ratio).",
         "- **Claim 2** holds when, at the largest t, the adversarial "
         "kernel's PGD-L∞ accuracy after benign phase 2 exceeds the benign "
         f"kernel's by more than **{ROBUSTNESS_GAIN:g}** in every seed "

@@ -367,6 +367,8 @@ def test_figures_and_report_written(synthetic):
     assert two["verdict"] in ("supported", "not supported")
     assert f"{two['verdict']}: PGD-L∞ at t = 2" in text
     assert "## synth" in text and "16 of 16 phase-2 cells" in text
+    assert f"- {verdicts.LIKE_WITH_LIKE_RULE} " in text
+    assert "- **Claim 1** (same-seed rule) holds when" in text
     for preset in report.PRESETS:
         assert f"## {preset}" in text
 
@@ -692,6 +694,52 @@ def test_like_with_like_names_where_the_kernels_are_farthest_apart():
         assert means[1.0] > means[2.0]
     same_seed = verdicts.claim_one(table)["farthest"]
     assert same_seed[0] == 1.0
+
+
+def test_claim_one_cell_gives_both_rules_labelled():
+    table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
+    cell = report.claim_one_cell(table)
+    same, like = cell.split(" <br><br> ")
+    one = verdicts.claim_one(table)
+    assert same.startswith(
+        f"**same-seed rule**: {one['verdict']}: at t = 2, benign vs. "
+    )
+    t, ratio = one["farthest"]
+    assert same.endswith(
+        "farthest apart in units of the seed baseline at "
+        f"t = {t:g} (×{ratio:.1f}, mean over pairs)"
+    )
+    like_one = verdicts.claim_one_like_with_like(table)
+    pair = like_one["across"][(1, 0)]
+    assert like.startswith("**like with like**: supported: at t = 2, (a) ")
+    assert (
+        f"C s1 vs. A s0: {pair['distance']:.3f} vs. {pair['baseline']:.3f} "
+        f"(×{pair['ratio']:.1f})"
+    ) in like
+    seed = like_one["same_start"][2]
+    assert f"s2: {seed['distance']:.3f} vs. {seed['baseline']:.3f}" in like
+    assert "t settled, adversarial vs. benign run: s0: 1 vs. 2" in like
+    (ta, ra), (tb, rb) = (
+        like_one["farthest"][k] for k in like_one["farthest"]
+    )
+    assert (
+        f"farthest apart in units of the baseline: (a) t = {ta:g} "
+        f"(×{ra:.1f}, mean over pairs), (b) t = {tb:g} (×{rb:.1f}, mean over "
+        "seeds)"
+    ) in like
+    assert "|" not in cell and "\n" not in cell
+    alone = report.claim_one_cell(_hand_kernels(0.25, 0.1, A_FIRST, False)[0])
+    assert "(b) not measured" in alone and "decided on (a) alone" in alone
+
+
+def test_like_with_like_rule_is_stated_verbatim():
+    """The rule as README and the report state it, word for word."""
+    words = " ".join(verdicts.LIKE_WITH_LIKE_RULE.split())
+    with open(os.path.join(grid.ROOT, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    assert words in readme
+    assert words.startswith("Claim 1, like with like, holds when every ")
+    assert "more than 2× a baseline" in words
 
 
 def test_like_with_like_without_its_data():
