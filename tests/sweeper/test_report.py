@@ -742,6 +742,54 @@ def test_like_with_like_rule_is_stated_verbatim():
     assert "more than 2× a baseline" in words
 
 
+def test_kernel_figure_draws_the_baselines_at_every_t(tmp_path):
+    """The third panel: each benign-vs-adversarial distance beside its
+    baseline at every t, in one colour, the baselines dashed."""
+    table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
+    data, palette = report_figures.distance_lines(table)
+    pairs = collect.like_with_like(table)
+    lines = dict(list(data.groupby("line")))
+    start = pairs[pairs["comparison"] == "same θ(0)"].dropna(subset="baseline")
+    across = pairs[pairs["comparison"] == "across seeds"]
+    want = {
+        "S(C_s, A_s), same seed": ("benign vs. adversarial", 9),
+        "S(C_s, C′_s), same θ(0), another order": ("baseline", len(start)),
+        "S(C_s, A_s′), across seeds": ("benign vs. adversarial", 18),
+        "max(S(C_s, C_s′), S(A_s, A_s′)), seeds of one training": (
+            "baseline",
+            18,
+        ),
+    }
+    assert {k: (v["role"].iloc[0], len(v)) for k, v in lines.items()} == want
+    assert sorted(set(lines["S(C_s, A_s′), across seeds"]["t"])) == [0, 1, 2]
+    assert np.allclose(
+        np.sort(lines["S(C_s, C′_s), same θ(0), another order"]["distance"]),
+        np.sort(start["baseline"]),
+    )
+    assert np.allclose(
+        np.sort(lines["S(C_s, A_s′), across seeds"]["distance"]),
+        np.sort(across["distance"]),
+    )
+    assert (
+        palette["S(C_s, A_s′), across seeds"]
+        == palette["max(S(C_s, C_s′), S(A_s, A_s′)), seeds of one training"]
+    )
+    (path,) = report_figures.plot_kernels(table, str(tmp_path))
+    assert open(path, "rb").read()[:8] == PNG_MAGIC
+    # A table of before the like-with-like columns: each training's seed
+    # baseline, as before.
+    old = table.drop(
+        columns=collect.like_with_like_columns(table), errors="ignore"
+    )
+    data, _ = report_figures.distance_lines(old)
+    assert set(data["line"]) == {
+        "S(C_s, A_s), same seed",
+        "benign vs. other seeds",
+        "adversarial vs. other seeds",
+    }
+    assert report_figures.plot_kernels(old, str(tmp_path))
+
+
 def test_like_with_like_without_its_data():
     table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
     one = verdicts.claim_one_like_with_like(table[table["seed"] == 0])
