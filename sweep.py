@@ -85,6 +85,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --slurm: seconds between looks at the queue (default 10)",
     )
     p.add_argument(
+        "--only",
+        choices=sorted(grid.ONLY),
+        default=None,
+        help="only a part of the grid: kernels = the phase-1, kernel and "
+        "analysis cells (run, printed or estimated), and with --aggregate "
+        "only {name}_kernels.csv, its figure and the report, the other "
+        "results left as they are",
+    )
+    p.add_argument(
         "--no_progress", action="store_true", help="no progress bar"
     )
     args = p.parse_args(argv)
@@ -145,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     the_grid = grid.Grid.load(args.config, args.output_root)
     cells = the_grid.cells()
+    if args.only:
+        cells = the_grid.only_cells(cells, args.only)
     running = args.local is not None or args.slurm
     if running or args.dry_run or args.estimate:
         grid.check_output_root(args.config, the_grid.root)
@@ -152,7 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sweeper import report
 
         # Before any cell runs: where the results will go can be written.
-        report.check_outputs(the_grid.name, args.results_dir, args.report)
+        check = (
+            report.check_kernel_outputs if args.only else report.check_outputs
+        )
+        check(the_grid.name, args.results_dir, args.report)
     status = 0
     if args.dry_run:
         dry_run(the_grid, cells)
@@ -182,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             status = 1
     if args.aggregate:
-        report.aggregate(the_grid, args.results_dir, args.report, PARSERS)
+        gather = report.aggregate_kernels if args.only else report.aggregate
+        gather(the_grid, args.results_dir, args.report, PARSERS)
     return status
 
 

@@ -55,6 +55,10 @@ EVAL_FLAGS = {
 # --bonus_dir. Both write the same files.
 KERNEL_CHECKPOINTS_PER_CALL = None
 DONE, PARTIAL, TODO = "done", "partial", "todo"
+# sweep.py --only PART: a part of a grid, the stages of its cells, and the
+# sections it needs.
+ONLY = {"kernels": ("phase1", "kernel", "analysis")}
+ONLY_NEEDS = {"kernels": ("kernels", "analysis")}
 # What parses an entry script's command line: script name -> its
 # parse_args (sweep.py passes run_exp.py's and eval_and_make_adv.py's, so
 # that the library imports no entry script).
@@ -517,6 +521,22 @@ class Grid:
         ):
             out.append(self._seeds_analysis(every_kernel_cell))
         return out
+
+    def only_cells(self, cells: Sequence[Cell], part: str) -> list[Cell]:
+        """The cells of `cells` in `part` of the grid (ONLY: sweep.py
+        --only), in order.
+
+        Raises:
+            UserError: the grid has no such part (a section it needs is
+            absent).
+        """
+        absent = [s for s in ONLY_NEEDS[part] if self.config[s] is None]
+        if absent:
+            raise UserError(
+                f"{self.path}: --only {part} refreshes the {part} and their "
+                f"analysis, but the grid has no [{absent[0]}] section"
+            )
+        return [cell for cell in cells if cell.stage in ONLY[part]]
 
     def _phase2_cells(self, phase1: Cell) -> list[Cell]:
         """The phase-2 cells of a phase-1 cell, each followed by its

@@ -210,6 +210,108 @@ def aggregate(
     )
 
 
+def check_kernel_outputs(
+    name: str, results_dir: str, report_path: str
+) -> None:
+    """What aggregate_kernels needs, refused before anything runs or is
+    written: its outputs writable ({name}_kernels.csv, the figure folder,
+    the report), and the preset's earlier aggregation in `results_dir`
+    ({name}.csv: the results whose kernel part it refreshes).
+
+    Raises:
+        UserError: one line naming the flag and the path.
+    """
+    _check_folder("--results_dir", results_dir)
+    figure_dir = os.path.join(results_dir, name)
+    _check_folder("--results_dir", figure_dir, results_dir)
+    csvs = preset_csvs(results_dir, name)
+    _check_file("--results_dir", csvs["_kernels"], results_dir)
+    _check_report(results_dir, report_path)
+    if not os.path.isfile(csvs[""]):
+        raise utils.UserError(
+            f"--aggregate --only kernels refreshes the kernel part of "
+            f"results aggregated before, but --results_dir {results_dir} "
+            f"has no {name}.csv: aggregate the whole grid (--aggregate "
+            "without --only)"
+        )
+
+
+def aggregate_kernels(
+    the_grid: grid.Grid,
+    results_dir: str,
+    report_path: str,
+    parsers: grid.Parsers,
+) -> dict:
+    """`sweep.py CONFIG --aggregate --only kernels`: rewrites only the
+    kernel part of a preset's results in `results_dir` ({name}_kernels.csv
+    and {name}/kernel_dynamics.png) from the grid's phase-1, kernel and
+    analysis cells, then regenerates the report (whose claim-1 cell is
+    all that they change); every other file of the preset stays as it is.
+
+    Refuses (UserError, nothing written) what would leave the results
+    ambiguous: no earlier aggregation of the preset (check_kernel_outputs),
+    an output root of other settings, any kernel or analysis of the grid
+    missing, kernels of other seeds than the aggregated rows'.
+
+    Returns:
+        {'kernels': DataFrame, 'written': list of paths}.
+    """
+    name = the_grid.name
+    check_kernel_outputs(name, results_dir, report_path)
+    the_grid.check_record()
+    cells = the_grid.only_cells(the_grid.cells(), "kernels")
+    the_grid.check_cells(cells, parsers)
+    kernel_table, missing = collect.collect_kernels(the_grid)
+    if missing or kernel_table.empty:
+        why = missing[0] if missing else "no kernel analysis"
+        raise utils.UserError(
+            f"--only kernels: the kernel part of {name} is incomplete under "
+            f"{the_grid.root} ({len(missing)} missing, e.g. {why}); nothing "
+            f"was written: run `sweep.py {the_grid.path} --local N --only "
+            "kernels` first"
+        )
+    csvs = preset_csvs(results_dir, name)
+    aggregated = set(pd.read_csv(csvs[""])["seed"])
+    if set(kernel_table["seed"]) != aggregated:
+        raise utils.UserError(
+            f"--only kernels: the kernels of {name} are of seeds "
+            f"{sorted(set(kernel_table['seed']))} but {csvs['']} of seeds "
+            f"{sorted(aggregated)}; nothing was written: aggregate the "
+            "whole grid (--aggregate without --only)"
+        )
+    with atomic.FolderLock(results_dir, "--results_dir"):
+        written = _replace_kernel_outputs(name, results_dir, kernel_table)
+    for path in written:
+        print(f"wrote {path}")
+    extra = {} if name in PRESETS else {name: the_grid.path}
+    write_report(results_dir, report_path, extra=extra)
+    print(f"wrote {report_path}")
+    return {"kernels": kernel_table, "written": written}
+
+
+def _replace_kernel_outputs(
+    name: str, results_dir: str, kernel_table: pd.DataFrame
+) -> list[str]:
+    """Makes {name}_kernels.csv and the kernel figure in a hidden folder
+    of `results_dir`, then moves them into place. Call with the folder's
+    lock held. Returns the paths written."""
+    staging = os.path.join(results_dir, f".{name}.kernels")
+    shutil.rmtree(staging, ignore_errors=True)  # of a killed aggregation
+    os.makedirs(staging)
+    try:
+        csv = preset_csvs(results_dir, name)["_kernels"]
+        staged_csv = os.path.join(staging, os.path.basename(csv))
+        atomic.atomic_write_text(staged_csv, kernel_table.to_csv(index=False))
+        (staged_figure,) = report_figures.plot_kernels(kernel_table, staging)
+        figure = os.path.join(results_dir, name, layout.KERNEL_FIGURE)
+        os.makedirs(os.path.dirname(figure), exist_ok=True)
+        os.replace(staged_figure, figure)
+        os.replace(staged_csv, csv)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [csv, figure]
+
+
 def _replace_outputs(
     the_grid: grid.Grid,
     results_dir: str,

@@ -173,7 +173,7 @@ def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
     ax.set_ylabel("distance between kernels")
     ax.set_title("benign vs. adversarial, beside their baselines", fontsize=9)
     fig.tight_layout()
-    path = os.path.join(out_dir, "kernel_dynamics.png")
+    path = os.path.join(out_dir, layout.KERNEL_FIGURE)
     _save(fig, path)
     return [path]
 

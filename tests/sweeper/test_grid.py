@@ -643,6 +643,65 @@ def test_order_replicate_goes_to_slurm_with_its_stage(tiny, monkeypatch):
     assert kernel_ids.index(kernel) == phase1_ids.index(twin)
 
 
+# --------------------------------------------------------------------------
+# sweep.py --only kernels
+# --------------------------------------------------------------------------
+
+
+def test_only_kernels_prints_estimates_and_runs_their_cells(
+    tiny, capsys, monkeypatch
+):
+    config, _, write = tiny
+    config["throughput"] = dict(THROUGHPUT)
+    the_grid = replicate_grid(config, write)
+    path = the_grid.path
+    part = [c for c in the_grid.cells() if c.stage in grid.ONLY["kernels"]]
+    assert {c.stage for c in part} == {"phase1", "kernel", "analysis"}
+    assert the_grid.only_cells(the_grid.cells(), "kernels") == part
+    assert run_main(path, "--dry_run", "--only", "kernels") == 0
+    out = capsys.readouterr().out
+    printed = [
+        line[2:].split(" [")[0]
+        for line in out.splitlines()
+        if line.startswith("# ") and " [" in line
+    ]
+    assert printed == [c.id for c in part]
+    assert "phase2" not in out and "features" not in out
+    cost = estimate.estimate(the_grid, part)
+    assert set(cost["stages"]) == {"phase1", "kernel", "analysis"}
+    ran = []
+
+    def fake(cell, env=None, on_start=None):
+        ran.append(cell.id)
+        return runners.Outcome(cell.id, runners.OK)
+
+    monkeypatch.setattr(runners, "prepare_data", lambda the_grid: None)
+    monkeypatch.setattr(runners, "execute_cell", fake)
+    assert run_main(path, "--local", "1", "--only", "kernels") == 0
+    assert sorted(ran) == sorted(c.id for c in part)
+
+
+@pytest.mark.parametrize(
+    "change, argv, named",
+    [
+        ({}, ["--dry_run", "--only", "plots"], "--only"),
+        ({"analysis": None}, ["--dry_run", "--only", "kernels"], "[analysis]"),
+        (
+            {"analysis": None, "kernels": None},
+            ["--local", "1", "--only", "kernels"],
+            "[kernels]",
+        ),
+    ],
+)
+def test_only_refusals(tiny, capsys, change, argv, named):
+    config, root, write = tiny
+    for section in change:
+        config.pop(section)
+    assert run_main(write(config), *argv) == 2
+    assert_one_line_error(capsys.readouterr().err, named)
+    assert not os.path.exists(root)
+
+
 def test_kernel_cells_in_the_several_path_form(tiny, monkeypatch):
     """KERNEL_CHECKPOINTS_PER_CALL = None (the default): one
     calculate_kernel.py call per phase-1 run and size, writing the same

@@ -351,6 +351,86 @@ def test_like_with_like_columns_need_the_analysis_across_seeds(synthetic):
     assert table["cross_distance_to_seed_0"].isna().all()
 
 
+def _files(folder):
+    """{path relative to folder: bytes} of every file under it."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_aggregate_only_kernels_rewrites_the_kernel_part_alone(
+    synthetic_replicate,
+):
+    """After a whole aggregation, the kernels' analyses change (here one
+    distance across seeds): --aggregate --only kernels rewrites the kernel
+    table, its figure and the report's claim-1 cell; every other file and
+    line stays byte for byte."""
+    the_grid, _, kernels_of, tmp_path = synthetic_replicate
+    _, results = _aggregate(the_grid, tmp_path)
+    before, report_before = _files(results), (tmp_path / "R.md").read_text()
+    pairwise = os.path.join(the_grid.seeds_analysis_dir(), "pairwise.csv")
+    table = pd.read_csv(pairwise)
+    cross = table["a"].str.contains("seed_0/phase1_C/") & table[
+        "b"
+    ].str.contains("seed_1/phase1_A/")
+    table.loc[table.index[cross][0], "distance"] = 0.123456
+    table.to_csv(pairwise, index=False)
+    status, err = _sweep_main(
+        the_grid.path, "--aggregate", tmp_path, "--only", "kernels"
+    )
+    assert status == 0, err
+    after = _files(results)
+    changed = sorted(k for k in after if after[k] != before.get(k))
+    assert changed == ["synth/kernel_dynamics.png", "synth_kernels.csv"]
+    assert set(after) == set(before)
+    kernels = pd.read_csv(results / "synth_kernels.csv")
+    assert 0.123456 in kernels.filter(like="cross_distance").to_numpy()
+    lines_before = report_before.splitlines()
+    lines_after = (tmp_path / "R.md").read_text().splitlines()
+    assert len(lines_before) == len(lines_after)
+    differ = [
+        i
+        for i, (a, b) in enumerate(zip(lines_before, lines_after, strict=True))
+        if a != b
+    ]
+    assert len(differ) == 1
+    cells = lines_after[differ[0]].split(" | ")
+    assert cells[0] == "| 1" and "**like with like**" in cells[-1]
+    assert lines_before[differ[0]].split(" | ")[:-1] == cells[:-1]
+
+
+def test_aggregate_only_kernels_refuses_what_is_ambiguous(synthetic):
+    the_grid, _, _, tmp_path = synthetic
+    # No earlier aggregation of the preset in --results_dir.
+    status, err = _sweep_main(
+        the_grid.path, "--aggregate", tmp_path, "--only", "kernels"
+    )
+    assert status == 2
+    assert_one_line_error(err, "has no synth.csv", "without --only")
+    assert not (tmp_path / "results").exists()
+    _, results = _aggregate(the_grid, tmp_path)
+    before = _files(results), (tmp_path / "R.md").read_bytes()
+    # Kernels of other seeds than the aggregated rows'.
+    rows = pd.read_csv(results / "synth.csv")
+    rows[rows["seed"] == 0].to_csv(results / "synth.csv", index=False)
+    status, err = _sweep_main(
+        the_grid.path, "--aggregate", tmp_path, "--only", "kernels"
+    )
+    assert status == 2
+    assert_one_line_error(err, "of seeds [0, 1]", "of seeds [0]")
+    (results / "synth.csv").write_bytes(before[0]["synth.csv"])
+    # A kernel analysis missing: no half-refreshed table.
+    os.remove(os.path.join(the_grid.analysis_dir(1), "pairwise.csv"))
+    status, err = _sweep_main(
+        the_grid.path, "--aggregate", tmp_path, "--only", "kernels"
+    )
+    assert status == 2
+    assert_one_line_error(err, "incomplete", "seed_1/analysis: no pairwise")
+    assert (_files(results), (tmp_path / "R.md").read_bytes()) == before
+
+
 def test_figures_and_report_written(synthetic):
     the_grid, _, _, tmp_path = synthetic
     out, results = _aggregate(the_grid, tmp_path)
