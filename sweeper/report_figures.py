@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from store import atomic, checkpoints, layout  # noqa: E402
 from sweeper import grid  # noqa: E402
@@ -130,7 +131,7 @@ def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
     sns.set_theme(style="whitegrid")
     means = class_means(kernel_table)
     frame, style = _labelled(means)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
     for ax, (column, label) in zip(
         axes[:2],
         [
@@ -163,12 +164,13 @@ def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
             palette=palette,
             style="role",
             style_order=[DISTANCE, BASELINE],
+            dashes={DISTANCE: "", BASELINE: (4, 2)},
             marker="o",
             errorbar="sd",
             err_style="bars",
             ax=ax,
         )
-        ax.legend(fontsize=6.5)
+        _line_legend(ax, data, palette)
     _log_t_axis(ax, frame["t"])
     ax.set_ylabel("distance between kernels")
     ax.set_title("benign vs. adversarial, beside their baselines", fontsize=9)
@@ -180,6 +182,31 @@ def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
 
 # The roles of distance_lines' lines (solid and dashed).
 DISTANCE, BASELINE = "benign vs. adversarial", "baseline"
+
+
+def _line_legend(ax: Axes, data: pd.DataFrame, palette: dict) -> None:
+    """One legend entry per line of distance_lines, in its colour, dashed
+    for a baseline, below the panel (the lines would hide under it)."""
+    roles = data.drop_duplicates("line").set_index("line")["role"]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colour,
+            marker="o",
+            linestyle="--" if roles[label] == BASELINE else "-",
+            label=f"{label} ({roles[label]})",
+        )
+        for label, colour in palette.items()
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        fontsize=7,
+        handlelength=3.5,
+        frameon=False,
+    )
 
 
 def distance_lines(

@@ -588,10 +588,9 @@ def test_order_replicate_resumes_and_is_checked_against_its_flags(tiny):
         the_grid.check_cells(the_grid.cells(), sweep.PARSERS)
 
 
-def test_order_replicate_runs_locally_after_nothing(tiny, monkeypatch):
-    """run_local runs C′ and its kernels, each after what it needs."""
-    config, _, write = tiny
-    the_grid = replicate_grid(config, write)
+def fake_local_runs(monkeypatch) -> list:
+    """Cells run here 'run' by noting their ids in the list returned
+    (no command runs, no dataset is read)."""
     ran = []
 
     def fake(cell, env=None, on_start=None):
@@ -600,6 +599,14 @@ def test_order_replicate_runs_locally_after_nothing(tiny, monkeypatch):
 
     monkeypatch.setattr(runners, "prepare_data", lambda the_grid: None)
     monkeypatch.setattr(runners, "execute_cell", fake)
+    return ran
+
+
+def test_order_replicate_runs_locally_after_nothing(tiny, monkeypatch):
+    """run_local runs C′ and its kernels, each after what it needs."""
+    config, _, write = tiny
+    the_grid = replicate_grid(config, write)
+    ran = fake_local_runs(monkeypatch)
     runners.run_local(the_grid, the_grid.cells(), 1, echo=lambda line: None)
     twin = "seed_0/phase1_C_reordered"
     assert twin in ran
@@ -669,14 +676,7 @@ def test_only_kernels_prints_estimates_and_runs_their_cells(
     assert "phase2" not in out and "features" not in out
     cost = estimate.estimate(the_grid, part)
     assert set(cost["stages"]) == {"phase1", "kernel", "analysis"}
-    ran = []
-
-    def fake(cell, env=None, on_start=None):
-        ran.append(cell.id)
-        return runners.Outcome(cell.id, runners.OK)
-
-    monkeypatch.setattr(runners, "prepare_data", lambda the_grid: None)
-    monkeypatch.setattr(runners, "execute_cell", fake)
+    ran = fake_local_runs(monkeypatch)
     assert run_main(path, "--local", "1", "--only", "kernels") == 0
     assert sorted(ran) == sorted(c.id for c in part)
 

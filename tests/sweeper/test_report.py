@@ -152,14 +152,8 @@ def _synthetic_analyses(the_grid, rng):
         pd.DataFrame(rows).to_csv(
             os.path.join(out_dir, "kernels.csv"), index=False
         )
-        distances = {}
-        pair_rows = []
-        for a, b in itertools.combinations(paths, 2):
-            d = float(rng.uniform())
-            distances[frozenset((a, b))] = d
-            pair_rows.append({"a": paths[a], "b": paths[b], "distance": d})
-        pd.DataFrame(pair_rows).to_csv(
-            os.path.join(out_dir, "pairwise.csv"), index=False
+        distances = _write_pairs(
+            paths, list(paths), rng, os.path.join(out_dir, "pairwise.csv")
         )
         atomic.atomic_write_json(os.path.join(out_dir, "analysis.json"), {})
         kernels_of[seed] = (rows, distances)
@@ -184,17 +178,24 @@ def _synthetic_analyses(the_grid, rng):
     # Its pairwise.csv: every pair of its kernels (not C′'s), each with
     # another number than the per-seed analyses' and replicates.csv's for
     # the same pair, to show which file a distance is read from.
-    cross, pair_rows = {}, []
     runs = [k for k in all_paths if k[1] != grid.REORDERED]
-    for a, b in itertools.combinations(runs, 2):
-        d = float(rng.uniform())
-        cross[frozenset((a, b))] = d
-        pair_rows.append({"a": all_paths[a], "b": all_paths[b], "distance": d})
-    pd.DataFrame(pair_rows).to_csv(
-        os.path.join(out_dir, "pairwise.csv"), index=False
+    kernels_of["cross"] = _write_pairs(
+        all_paths, runs, rng, os.path.join(out_dir, "pairwise.csv")
     )
-    kernels_of["cross"] = cross
     return kernels_of
+
+
+def _write_pairs(paths, keys, rng, path):
+    """A pairwise.csv at `path` of every pair of `keys` (their files
+    paths[key]) at random distances; returns {frozenset of two keys:
+    distance}."""
+    distances, rows = {}, []
+    for a, b in itertools.combinations(keys, 2):
+        d = float(rng.uniform())
+        distances[frozenset((a, b))] = d
+        rows.append({"a": paths[a], "b": paths[b], "distance": d})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return distances
 
 
 def _accuracies(rng):
