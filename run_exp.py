@@ -76,11 +76,8 @@ def _add_original_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no evaluation after phase 2",
     )
-    cli.add_seed_flag(
-        p,
-        "initialisation, subsets, evaluation attacks; also the data "
-        "order and training attacks unless --order_seed is given",
-    )
+    cli.add_seed_flag(p, "initialisation, subsets, attacks; see --order_seed")
+
     p.add_argument(
         "--base_model_path",
         default="",

@@ -97,6 +97,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no_progress", action="store_true", help="no progress bar"
     )
     args = p.parse_args(argv)
+    _check_args(args)
+    return args
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuses flags that do not make a command together."""
     modes = (args.dry_run, args.local is not None, args.slurm, args.estimate)
     if not any(modes) and not args.aggregate:
         raise UserError(
@@ -108,7 +114,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for flag in ("output_root", "results_dir", "report"):
         if getattr(args, flag) == "":
             raise UserError(f"--{flag} must not be empty: give a path")
-    return args
 
 
 def dry_run(the_grid: grid.Grid, cells: list) -> None:
