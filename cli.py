@@ -122,6 +122,18 @@ def add_seed_flag(parser: argparse.ArgumentParser, help: str) -> None:
     )
 
 
+def add_order_seed_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """--order_seed: an int in --random_seed's range, default None (the
+    entry script puts --random_seed's value in its place, so that a run
+    without the flag records the seed it used)."""
+    parser.add_argument(
+        "--order_seed",
+        type=number(int, 0, data.MAX_LEGACY_SEED),
+        default=None,
+        help=f"{help} (0 to {data.MAX_LEGACY_SEED}; default --random_seed)",
+    )
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """--model and --width, defaulting to the checkpoint's (None here)."""
     parser.add_argument(

@@ -15,7 +15,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = cli.ArgumentParser(description=__doc__)
     _add_original_flags(p)
     _add_our_flags(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.order_seed is None:
+        args.order_seed = args.random_seed
+    return args
 
 
 def _add_original_flags(p: argparse.ArgumentParser) -> None:
@@ -73,7 +76,8 @@ def _add_original_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no evaluation after phase 2",
     )
-    cli.add_seed_flag(p, "initialisation, subsets, data order, attacks")
+    cli.add_seed_flag(p, "initialisation, subsets, attacks; see --order_seed")
+
     p.add_argument(
         "--base_model_path",
         default="",
@@ -111,6 +115,12 @@ def _add_our_flags(p: argparse.ArgumentParser) -> None:
         type=cli.positive_int,
         default=None,
         help="class-balanced test subset (default all)",
+    )
+    cli.add_order_seed_flag(
+        p,
+        "seed of the data order and of the training attacks' random starts "
+        "in both phases; the initialisation and the subsets stay "
+        "--random_seed's",
     )
     p.add_argument("--batch_size", type=cli.positive_int, default=128)
     p.add_argument("--train_pgd_iters", type=cli.positive_int, default=20)

@@ -100,9 +100,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="with --slurm: seconds between looks at the queue (default 10)",
     )
     p.add_argument(
+        "--only",
+        choices=sorted(grid.ONLY),
+        default=None,
+        help="only a part of the grid: kernels = the phase-1, kernel and "
+        "analysis cells (run, printed or estimated), and with --aggregate "
+        "only {name}_kernels.csv, its figure and the report, the other "
+        "results left as they are",
+    )
+    p.add_argument(
         "--no_progress", action="store_true", help="no progress bar"
     )
     args = p.parse_args(argv)
+    _check_args(args)
+    return args
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuses flags that do not make a command together."""
     modes = (args.dry_run, args.local is not None, args.slurm, args.estimate)
     if not any(modes) and not args.aggregate:
         raise UserError(
@@ -116,7 +131,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for flag in ("output_root", "results_dir", "report"):
         if getattr(args, flag) == "":
             raise UserError(f"--{flag} must not be empty: give a path")
-    return args
 
 
 def cell_state(cell: grid.Cell, other: set[str]) -> tuple[str, str]:
@@ -177,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     the_grid = grid.Grid.load(args.config, args.output_root)
     cells = the_grid.cells()
+    if args.only:
+        cells = the_grid.only_cells(cells, args.only)
     running = args.local is not None or args.slurm
     if running or args.dry_run or args.estimate:
         grid.check_output_root(args.config, the_grid.root)
@@ -184,9 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sweeper import report
 
         # Before any cell runs: where the results will go can be written.
-        report.check_outputs(
-            the_grid, args.results_dir, args.report, args.replace_results
-        )
+        if args.only:
+            report.check_kernel_outputs(
+                the_grid, args.results_dir, args.report, args.replace_results
+            )
+        else:
+            report.check_outputs(
+                the_grid, args.results_dir, args.report, args.replace_results
+            )
     status = 0
     if args.dry_run:
         dry_run(the_grid, cells)
@@ -216,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             status = 1
     if args.aggregate:
-        report.aggregate(
+        gather = report.aggregate_kernels if args.only else report.aggregate
+        gather(
             the_grid,
             args.results_dir,
             args.report,

@@ -14,6 +14,8 @@ regression.
   not positive semi-definite within PSD_TOLERANCE (psd_violation) are
   refused by analyze_kernels.py.
 * Kernel velocity v(t) = S(K_t, K_{t+Δ}) / Δ, Δ in epochs (velocities).
+* A distance in units of a baseline distance (distance_ratio): claim 1's
+  comparisons of trainings against seeds or data orders.
 * Time to settle: the first t after which S(K_t', K_T) ≤ f · S(K_0, K_T)
   for every t' ≥ t (settle_time).
 * Distance between seeds: the mean S between a kernel and the kernels of
@@ -72,7 +74,12 @@ PSD_TOLERANCE = 1e-3
 # singular kernel (infinite); a column matched by none is any finite
 # number.
 MEASURE_RANGES = (
-    (r"distance(_.*)?", 0.0, 1.0, False),  # S of positive semi-definite K
+    (
+        r"(cross_)?distance(_.*)?",
+        0.0,
+        1.0,
+        False,
+    ),  # S of positive semi-definite K
     (r"top\d+_(mass|label_energy)|.*accuracy", 0.0, 1.0, False),
     (r"(centered_)?target_alignment", -1.0, 1.0, False),
     (r"effective_rank|lambda_max|kernel_regression_ridge", 0.0, np.inf, True),
@@ -96,6 +103,11 @@ def measure_problem(column: str, value: float) -> str | None:
                 return f"not in [{low:g}, {high:g}]"
             return f"not {'above' if above else 'at least'} {low:g}"
     return None
+
+
+# Distances this small are zero but for rounding: the kernel files of one
+# checkpoint, computed twice, lie about 1e-15 apart.
+ROUNDING_DISTANCE = 1e-12
 
 
 # --------------------------------------------------------------------------
@@ -183,6 +195,23 @@ def velocities(
             for i in range(len(steps))
         ]
     )
+
+
+def distance_ratio(distance: float, baseline: float) -> float:
+    """A distance between kernels in units of a baseline distance:
+    distance / baseline.
+
+    Returns:
+      the ratio; NaN where either is NaN, or where the baseline is zero
+      but for rounding (≤ ROUNDING_DISTANCE: two kernels of one θ, as at
+      t = 0, where the runs of one seed all start from θ(0)), so that no
+      ratio of rounding errors counts.
+    """
+    if np.isnan(distance) or np.isnan(baseline):
+        return float("nan")
+    if baseline <= ROUNDING_DISTANCE:
+        return float("nan")
+    return float(distance) / float(baseline)
 
 
 def settle_time(

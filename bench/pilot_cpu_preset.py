@@ -19,7 +19,7 @@ per candidate:
 
 Keys of a candidate: train_size, test_size (run_exp.py's evaluation),
 eps, phase1_epochs, phase2_epochs, t (the largest t; default
-phase1_epochs), train_pgd_iters, model.
+phase1_epochs), train_pgd_iters, model, width, phase2_lr.
 """
 
 import argparse
@@ -49,6 +49,8 @@ KEYS = {
     "t": (float, None),
     "train_pgd_iters": (int, ("attack", "train_pgd_iters")),
     "model": (str, ("model", "name")),
+    "width": (int, ("model", "width")),
+    "phase2_lr": (float, ("phase2", "lr")),
 }
 
 
@@ -74,7 +76,14 @@ def candidate_config(base: dict, cand: dict) -> dict:
     c["phase2"]["times"] = [t]
     c["phase2"]["loaders"] = ["C", "A"]
     c["phase2"]["dynamics"] = ["centered"]
-    for section in ("evaluation", "kernels", "analysis", "features"):
+    c["phase1"].pop("order_replicate", None)
+    for section in (
+        "evaluation",
+        "kernels",
+        "analysis",
+        "features",
+        "robustness",
+    ):
         c[section] = None
     return c
 

@@ -198,4 +198,7 @@ SEEDS_ANALYSIS_DIR = "between_seeds"
 # preset's figure folder), and the robustness cells' folder in a phase-2
 # run's (eval_and_make_adv.py --bonus_dir).
 ROBUSTNESS_FIGURE = "robust_accuracy_vs_eps.png"
+# The figure of the kernels' dynamics (sweep.py --aggregate, in the
+# preset's figure folder; what --aggregate --only kernels rewrites).
+KERNEL_FIGURE = "kernel_dynamics.png"
 ROBUSTNESS_DIR = "robustness"

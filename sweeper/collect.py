@@ -46,6 +46,14 @@ def broken_column(name: str) -> str:
 # Columns of the kernel table: the distance to the same loader's kernel of
 # seed s (same t, class and images), one column per seed of the grid.
 TO_SEED = "distance_to_seed_{}"
+# Claim 1 like with like. The distance to the other compared run's kernel
+# of seed s (a row of C: S(C_s', A_s); same t, class and images), one
+# column per seed of the grid; and, in the rows of the replicated loader
+# (schema.ORDER_REPLICATE_LOADER), the distance to the order replicate's
+# kernel of the same seed, S(C_s, C′_s) (grids with
+# phase1.order_replicate).
+CROSS_TO_SEED = "cross_distance_to_seed_{}"
+TO_REORDERED = "distance_to_reordered"
 
 
 # The values of a cell's JSON files: accuracies are fractions, the
@@ -381,7 +389,12 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
     and distance_between (to the other run of analysis.compare at the same
     t). From the analysis across seeds (between_seeds/replicates.csv):
     distance_to_seed_{s} (to the same loader's kernel of seed s at the same
-    t) and distance_between_seeds (their mean over the other seeds).
+    t) and distance_between_seeds (their mean over the other seeds); from
+    its pairwise.csv, cross_distance_to_seed_{s} (to the other compared
+    run's kernel of seed s at the same t: S(C_s', A_s) in a row of
+    C_s'). With phase1.order_replicate, distance_to_reordered (in the rows
+    of C: S(C_s, C′_s), from the seed's pairwise.csv); the order
+    replicate's kernels give no rows of their own.
 
     Returns:
         (DataFrame, missing): an absent file, or a kernel of the grid that
@@ -410,8 +423,14 @@ def collect_kernels(the_grid: grid.Grid) -> tuple:
     seeds = [s for s in c[""]["seeds"]]
     if len(seeds) > 1:
         pairs.update(_seeds_pairs(the_grid, finished, missing))
+        # The pairs across seeds and trainings, S(C_s, A_s'), from the same
+        # analysis; a pair read already keeps the distance read first.
+        for key, distance in _cross_pairs(the_grid, finished, missing).items():
+            pairs.setdefault(key, distance)
     table = pd.concat(frames, ignore_index=True)
     _add_derived(table, pairs, compare, seeds)
+    if c["phase1"]["order_replicate"]:
+        _add_reordered(table, pairs)
     return table, missing
 
 
@@ -480,8 +499,10 @@ def _seed_kernels(
             f"kernel(s) of the grid, e.g. {_key_text(lacking[0])} "
             f"(remove {out_dir} and run the sweep again to remake it)"
         )
-    table = table[[k is not None for k in keys]].copy()
-    keyed = [k for k in keys if k is not None]
+    # The order replicate's kernels give distances (pairs), not rows.
+    kept = [k is not None and k[1] != grid.REORDERED for k in keys]
+    table = table[kept].copy()
+    keyed = [k for k, keep in zip(keys, kept, strict=True) if keep]
     for i, name in enumerate(KERNEL_KEYS):
         table[name] = [k[i] for k in keyed]
     measures = [
@@ -531,6 +552,33 @@ def _seeds_pairs(
         return _pair_distances(None, cell_id, path, out_dir)
     missing.append(f"{unfinished}: no seed baseline")
     return {}
+
+
+def _cross_pairs(
+    the_grid: grid.Grid, finished: set[str], missing: list
+) -> dict:
+    """The distances between kernels of different seeds and different
+    phase-1 runs (S(C_s, A_s')) from the pairwise.csv of the analysis
+    across seeds, which pairs all its kernels of a class (empty, and noted
+    in `missing`, when the analysis is not finished or the file is
+    absent)."""
+    out_dir = the_grid.seeds_analysis_dir()
+    path = os.path.join(out_dir, layout.PAIRWISE_CSV)
+    cell_id = f"{grid.SEEDS_ANALYSIS_DIR}/{grid.ANALYSIS_DIR}"
+    if _unfinished(cell_id, out_dir, finished) is not None:
+        return {}  # _seeds_pairs notes it
+    if not os.path.lexists(grid.here(path)):
+        missing.append(
+            f"{cell_id}: no {layout.PAIRWISE_CSV} in {out_dir}: no "
+            "distances across seeds between the compared runs"
+        )
+        return {}
+    pairs = _pair_distances(None, cell_id, path, out_dir)
+    return {
+        key: distance
+        for key, distance in pairs.items()
+        if len({k[0] for k in key}) == 2 and len({k[1] for k in key}) == 2
+    }
 
 
 def _grid_kernels(the_grid: grid.Grid) -> dict[int, set[KernelKey]]:
@@ -638,8 +686,8 @@ def _add_derived(
     compare: Sequence[str],
     seeds: Sequence[int],
 ) -> None:
-    """Adds DERIVED and TO_SEED columns to `table` (in place) from
-    `pairs`."""
+    """Adds DERIVED, TO_SEED and CROSS_TO_SEED columns to `table` (in
+    place) from `pairs`."""
     for name in DERIVED:
         table[name] = math.nan
     if len(seeds) > 1:
@@ -683,18 +731,75 @@ def _add_derived(
                 table.loc[index, "distance_between_seeds"] = float(
                     np.mean(found)
                 )
+    if len(seeds) > 1:
+        _add_like_with_like(table, pairs, compare, seeds)
+
+
+def _add_like_with_like(
+    table: pd.DataFrame,
+    pairs: Mapping[frozenset, float],
+    compare: Sequence[str],
+    seeds: Sequence[int],
+) -> None:
+    """Adds the CROSS_TO_SEED columns (in place): in a row of one of the
+    compared runs, the distance to the other compared run's kernel of each
+    other seed at the same t, class and size (NaN for its own seed, and in
+    the rows of runs not compared)."""
+    for other in seeds:
+        table[CROSS_TO_SEED.format(other)] = math.nan
+    keys = [tuple(k) for k in table[KERNEL_KEYS].itertuples(index=False)]
+    for index, key in zip(table.index, keys, strict=True):
+        seed, phase1, t, class_index, n = key
+        if phase1 not in compare:
+            continue
+        partner = compare[1 - compare.index(phase1)]
+        for other in seeds:
+            if other != seed:
+                twin = (other, partner, t, class_index, n)
+                table.loc[index, CROSS_TO_SEED.format(other)] = pairs.get(
+                    frozenset((key, twin)), math.nan
+                )
+
+
+def _add_reordered(
+    table: pd.DataFrame, pairs: Mapping[frozenset, float]
+) -> None:
+    """Adds the TO_REORDERED column (in place): in the rows of the
+    replicated loader, the distance to the order replicate's kernel of the
+    same seed, t, class and size (NaN elsewhere)."""
+    table[TO_REORDERED] = math.nan
+    keys = [tuple(k) for k in table[KERNEL_KEYS].itertuples(index=False)]
+    for index, key in zip(table.index, keys, strict=True):
+        seed, phase1, t, class_index, n = key
+        if phase1 == schema.ORDER_REPLICATE_LOADER:
+            twin = (seed, grid.REORDERED, t, class_index, n)
+            table.loc[index, TO_REORDERED] = pairs.get(
+                frozenset((key, twin)), math.nan
+            )
+
+
+def like_with_like_columns(table: pd.DataFrame) -> list[str]:
+    """The kernel table's columns of claim 1 like with like: CROSS_TO_SEED
+    and TO_REORDERED."""
+    prefix = CROSS_TO_SEED.format("")
+    return [c for c in table.columns if c.startswith(prefix)] + [
+        c for c in table.columns if c == TO_REORDERED
+    ]
 
 
 def join_kernels(
     rows: pd.DataFrame, kernel_table: pd.DataFrame
 ) -> pd.DataFrame:
     """`rows` with kernel_* columns: the measures of θ(t) of each row's
-    phase-1 run at the largest kernel size, averaged over classes."""
+    phase-1 run at the largest kernel size, averaged over classes (not the
+    like-with-like distances, which compare runs: the kernel table has
+    them)."""
     if rows.empty or kernel_table.empty:
         return rows
     largest = kernel_table.groupby(["seed", "phase1"])["n"].transform("max")
     table = kernel_table[kernel_table["n"] == largest]
-    measures = [c for c in table.columns if c not in KERNEL_KEYS]
+    skip = set(KERNEL_KEYS) | set(like_with_like_columns(table))
+    measures = [c for c in table.columns if c not in skip]
     means = table.groupby(["seed", "phase1", "t"])[measures].mean()
     means["n"] = table.groupby(["seed", "phase1", "t"])["n"].first()
     means = means.add_prefix("kernel_").reset_index()
@@ -733,6 +838,101 @@ def class_means(kernel_table: pd.DataFrame) -> pd.DataFrame:
     largest = kernel_table.groupby(["seed", "phase1"])["n"].transform("max")
     table = kernel_table[kernel_table["n"] == largest]
     columns = [c for c in DERIVED if c in table] + seed_columns(table)
+    columns += like_with_like_columns(table)
     return table.groupby(["seed", "phase1", "t"], as_index=False)[columns].agg(
         lambda values: values.mean(skipna=False)
     )
+
+
+# Claim 1 like with like: its two comparisons, the columns of their table
+# (like_with_like) and the benign and adversarial runs compared.
+ACROSS_SEEDS = "across seeds"
+SAME_START = "same θ(0)"
+LIKE_WITH_LIKE = ["comparison", "t", "seed", "other", "distance"]
+LIKE_WITH_LIKE += ["baseline", "ratio"]
+BENIGN, ADVERSARIAL = "C", "A"
+
+
+def like_with_like(kernel_table: pd.DataFrame) -> pd.DataFrame:
+    """Claim 1's benign-vs-adversarial distances beside a baseline that
+    differs from them only in the training compared, at every t (class
+    means of the largest N, class_means):
+
+    * ACROSS_SEEDS, a row per t and ordered pair of seeds s ≠ s' (seed,
+      other): distance S(C_s, A_s') (CROSS_TO_SEED), baseline the larger
+      of S(C_s, C_s') and S(A_s, A_s') (TO_SEED);
+    * SAME_START, a row per t and seed s (other = s), in grids with the
+      order replicate (a TO_REORDERED column): distance S(C_s, A_s)
+      (distance_between), baseline S(C_s, C′_s).
+
+    ratio is kernel_analysis.distance_ratio(distance, baseline). NaN
+    where a kernel is missing. Columns LIKE_WITH_LIKE; empty without the
+    columns (a grid of one seed, without the replicate).
+    """
+    if kernel_table.empty:
+        return pd.DataFrame(columns=LIKE_WITH_LIKE)
+    means = class_means(kernel_table).set_index(["seed", "phase1", "t"])
+    seeds = sorted(set(means.index.get_level_values("seed")))
+    rows = []
+    for t in sorted(set(means.index.get_level_values("t"))):
+        if len(seeds) > 1 and CROSS_TO_SEED.format(seeds[0]) in means:
+            rows += _across_rows(means, seeds, t)
+        if TO_REORDERED in means:
+            rows += _same_start_rows(means, seeds, t)
+    frame = pd.DataFrame(rows, columns=LIKE_WITH_LIKE)
+    frame["ratio"] = [
+        kernel_analysis.distance_ratio(d, b)
+        for d, b in zip(frame["distance"], frame["baseline"], strict=True)
+    ]
+    return frame
+
+
+def _at(means: pd.DataFrame, key: tuple, column: str) -> float:
+    """means[column] at (seed, phase1, t), NaN where absent."""
+    if column not in means or key not in means.index:
+        return math.nan
+    return float(means.at[key, column])
+
+
+def _across_rows(means: pd.DataFrame, seeds: list, t: float) -> list:
+    """like_with_like's ACROSS_SEEDS rows at t (ratio left to fill)."""
+    rows = []
+    for seed in seeds:
+        for other in seeds:
+            if other == seed:
+                continue
+            baselines = [
+                _at(means, (seed, loader, t), TO_SEED.format(other))
+                for loader in (BENIGN, ADVERSARIAL)
+            ]
+            cross = CROSS_TO_SEED.format(other)
+            rows.append(
+                [
+                    ACROSS_SEEDS,
+                    t,
+                    seed,
+                    other,
+                    _at(means, (seed, BENIGN, t), cross),
+                    max(baselines)
+                    if not np.isnan(baselines).any()
+                    else math.nan,
+                    math.nan,
+                ]
+            )
+    return rows
+
+
+def _same_start_rows(means: pd.DataFrame, seeds: list, t: float) -> list:
+    """like_with_like's SAME_START rows at t (ratio left to fill)."""
+    return [
+        [
+            SAME_START,
+            t,
+            seed,
+            seed,
+            _at(means, (seed, BENIGN, t), "distance_between"),
+            _at(means, (seed, BENIGN, t), TO_REORDERED),
+            math.nan,
+        ]
+        for seed in seeds
+    ]

@@ -57,6 +57,10 @@ EVAL_FLAGS = {
 # --bonus_dir. Both write the same files.
 KERNEL_CHECKPOINTS_PER_CALL = None
 DONE, PARTIAL, TODO = "done", "partial", "todo"
+# sweep.py --only PART: a part of a grid, the stages of its cells, and the
+# sections it needs.
+ONLY = {"kernels": ("phase1", "kernel", "analysis")}
+ONLY_NEEDS = {"kernels": ("kernels", "analysis")}
 # What parses an entry script's command line: script name -> its
 # parse_args (sweep.py passes run_exp.py's and eval_and_make_adv.py's, so
 # that the library imports no entry script).
@@ -68,6 +72,11 @@ Parsers = Mapping[str, Callable[[list[str]], argparse.Namespace]]
 
 SEED_DIR = "seed_{}"  # a seed's cells
 PHASE1_DIR = "phase1_{}"  # a phase-1 run (its loader), in its seed's
+# The order replicate C′_s of phase1.order_replicate: phase 1 of the
+# benign run from the same θ_s(0) with another --order_seed, in its seed's.
+# Its name in kernel keys ('C_reordered') and its folder.
+REORDERED = f"{schema.ORDER_REPLICATE_LOADER}_reordered"
+REORDERED_DIR = PHASE1_DIR.format(REORDERED)
 PHASE2_DIR = "t_{}/phase2_{}_{}"  # (t, loader, dynamics), in phase 1's
 KERNELS_DIR = "kernels"  # of a phase-1 run: a folder per checkpoint
 EVAL_DIR = "eval"  # eval_and_make_adv.py's --bonus_dir
@@ -95,7 +104,7 @@ KERNEL_FILE = re.compile(
     r"(?:"
     + SEED_DIR.format(r"(?P<seed>\d+)")
     + r"/)?"
-    + PHASE1_DIR.format(r"(?P<phase1>[CAF])")
+    + PHASE1_DIR.format(rf"(?P<phase1>[CAF]|{re.escape(REORDERED)})")
     + "/"
     + KERNELS_DIR
     + "/"
@@ -104,7 +113,8 @@ KERNEL_FILE = re.compile(
     + re.escape(layout.KERNEL_SAVE_NAME)
     + r"(?:_class_(?P<class_index>\d+))?_(?P<n>\d+)\.pkl$"
 )
-# A kernel file's (seed, phase1, t, class_index, n).
+# A kernel file's (seed, phase1, t, class_index, n); phase1 is the loader,
+# or REORDERED for the order replicate C′.
 KernelKey = tuple[int, str, float, int, int]
 
 
@@ -133,6 +143,8 @@ CHANGEABLE = {
     "phase1.loaders",
     "phase1.times",
     "phase1.state_every",
+    # An axis: true adds the replicate runs' cells.
+    "phase1.order_replicate",
     "phase2.state_every",
     "phase2.loaders",
     "phase2.dynamics",
@@ -216,6 +228,12 @@ class Cell:
     def available(self) -> bool:
         """Whether its entry script is in this checkout."""
         return os.path.exists(os.path.join(ROOT, self.script))
+
+
+def is_reordered(cell: Cell) -> bool:
+    """Whether `cell` is the order replicate's (its phase-1 run, or a
+    cell of that run: keys with an order_seed)."""
+    return "order_seed" in cell.keys
 
 
 def here(path: str) -> str:
@@ -316,6 +334,7 @@ FLAG_KEYS = {
     "model": "model.name",
     "width": "model.width",
     "random_seed": "seeds",
+    "order_seed": "phase1.order_replicate",
     "pgd_iters": "evaluation.pgd_iters",
     "save_examples": "evaluation.save_examples",
 }
@@ -523,17 +542,12 @@ class Grid:
                 phase1 = self._phase1(seed, loader)
                 runs[loader] = phase1
                 out.append(phase1)
-                for t in c["phase2"]["times"]:
-                    for p2 in c["phase2"]["loaders"]:
-                        for dynamics in c["phase2"]["dynamics"]:
-                            cell = self._phase2(phase1, t, p2, dynamics)
-                            out.append(cell)
-                            if c["evaluation"] is not None:
-                                out.append(self._eval(cell))
-                            out += self._robustness(cell)
+                out += self._phase2_cells(phase1)
+            replicate = self._order_replicate(seed)
+            out += replicate
             kernel_cells = []
             if c["kernels"] is not None:
-                for phase1 in runs.values():
+                for phase1 in [*runs.values(), *replicate]:
                     kernel_cells += self._kernels(phase1)
                 out += kernel_cells
             # The analysis compares kernels: it needs two of them (two times,
@@ -541,13 +555,19 @@ class Grid:
             if (
                 c["analysis"] is not None
                 and kernel_cells
-                and (len(c["kernels"]["times"]) > 1 or len(runs) > 1)
+                and (
+                    len(c["kernels"]["times"]) > 1
+                    or len(runs) + len(replicate) > 1
+                )
             ):
-                out.append(self._analysis(seed, runs, kernel_cells))
+                out.append(self._analysis(seed, runs, replicate, kernel_cells))
             if c["features"] is not None:
                 for phase1 in runs.values():
                     out += self._features(phase1, kernel_cells)
-            every_kernel_cell += kernel_cells
+            # The seed baseline compares runs of one training: not C′.
+            every_kernel_cell += [
+                cell for cell in kernel_cells if not is_reordered(cell)
+            ]
         # The seed baseline of the kernel distances: every phase-1 run's
         # kernels against the same loader's of the other seeds.
         if (
@@ -557,6 +577,51 @@ class Grid:
         ):
             out.append(self._seeds_analysis(every_kernel_cell))
         return out
+
+    def only_cells(self, cells: Sequence[Cell], part: str) -> list[Cell]:
+        """The cells of `cells` in `part` of the grid (ONLY: sweep.py
+        --only), in order.
+
+        Raises:
+            UserError: the grid has no such part (a section it needs is
+            absent).
+        """
+        absent = [s for s in ONLY_NEEDS[part] if self.config[s] is None]
+        if absent:
+            raise UserError(
+                f"{self.path}: --only {part} refreshes the {part} and their "
+                f"analysis, but the grid has no [{absent[0]}] section"
+            )
+        return [cell for cell in cells if cell.stage in ONLY[part]]
+
+    def _phase2_cells(self, phase1: Cell) -> list[Cell]:
+        """The phase-2 cells of a phase-1 cell, each followed by its
+        evaluation and robustness cells."""
+        c = self.config
+        out = []
+        for t in c["phase2"]["times"]:
+            for p2 in c["phase2"]["loaders"]:
+                for dynamics in c["phase2"]["dynamics"]:
+                    cell = self._phase2(phase1, t, p2, dynamics)
+                    out.append(cell)
+                    if c["evaluation"] is not None:
+                        out.append(self._eval(cell))
+                    out += self._robustness(cell)
+        return out
+
+    def _order_replicate(self, seed: int) -> list[Cell]:
+        """[the phase-1 cell of C′_s] with phase1.order_replicate, else []:
+        the benign run of seed s (the same --random_seed, so the same θ(0)
+        and training images) with --order_seed s + ORDER_SEED_OFFSET, in
+        REORDERED_DIR. It has kernels, no phase 2 and no feature images."""
+        if not self.config["phase1"]["order_replicate"]:
+            return []
+        order_seed = seed + schema.ORDER_SEED_OFFSET
+        return [
+            self._phase1(
+                seed, schema.ORDER_REPLICATE_LOADER, order_seed=order_seed
+            )
+        ]
 
     def _common(self, seed: int) -> list[str | int]:
         d = self.config["data"]
@@ -585,9 +650,17 @@ class Grid:
             args += ["--state_every", state_every]
         return args + ["--no_progress"]
 
-    def _phase1(self, seed: int, loader: str) -> Cell:
+    def _phase1(
+        self, seed: int, loader: str, order_seed: int | None = None
+    ) -> Cell:
+        """The phase-1 cell of `loader` in `seed`; with `order_seed`, the
+        order replicate (run_exp.py --order_seed, in REORDERED_DIR, its
+        keys holding order_seed)."""
         c = self.config
-        cell_id = f"{SEED_DIR.format(seed)}/{PHASE1_DIR.format(loader)}"
+        folder = PHASE1_DIR.format(loader)
+        if order_seed is not None:
+            folder = REORDERED_DIR
+        cell_id = f"{SEED_DIR.format(seed)}/{folder}"
         save = self._path(cell_id)
         m = c["model"]
         args = [
@@ -608,6 +681,10 @@ class Grid:
             c["data"]["dataset"],
             *self._run_flags(seed, "phase1"),
         ]
+        keys = {}
+        if order_seed is not None:
+            args[-1:-1] = ["--order_seed", order_seed]  # before --no_progress
+            keys["order_seed"] = order_seed
         return self._cell(
             cell_id,
             "phase1",
@@ -618,6 +695,7 @@ class Grid:
             seed=seed,
             phase1=loader,
             save_path=save,
+            **keys,
         )
 
     def checkpoint(self, phase1: Cell, t: float) -> str:
@@ -843,15 +921,22 @@ class Grid:
         return self._path(SEED_DIR.format(seed), ANALYSIS_DIR)
 
     def _analysis(
-        self, seed: int, runs: dict[str, Cell], kernel_cells: list[Cell]
+        self,
+        seed: int,
+        runs: dict[str, Cell],
+        replicate: list[Cell],
+        kernel_cells: list[Cell],
     ) -> Cell:
+        """analyze_kernels.py on the seed's runs' kernels (and the order
+        replicate's, so that pairwise.csv holds S(C_s, C′_s)), comparing
+        analysis.compare's two runs."""
         compare = self.config["analysis"]["compare"]
         if compare is None and {"C", "A"} <= set(runs):
             compare = ["C", "A"]
         out_dir = self.analysis_dir(seed)
         args = [
             os.path.join(cell.keys["save_path"], KERNELS_DIR)
-            for cell in runs.values()
+            for cell in [*runs.values(), *replicate]
         ]
         args += ["--out_dir", out_dir]
         if compare:
@@ -918,8 +1003,7 @@ class Grid:
             needs = [
                 c.id
                 for c in kernel_cells
-                if c.keys["phase1"] == phase1.keys["phase1"]
-                and c.keys["seed"] == phase1.keys["seed"]
+                if c.keys["save_path"] == phase1.keys["save_path"]
                 and t in c.keys["times"]
                 and c.keys["size"] == f["size"]
             ]

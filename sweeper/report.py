@@ -11,7 +11,9 @@
   {name}_summary.csv  mean and standard deviation over seeds;
   {name}_kernels.csv  a row per kernel of analyze_kernels.py's kernels.csv,
                       with the distance to the run's last kernel, the
-                      velocity and the distance between the runs;
+                      velocity, the distance between the runs, to the
+                      same run of each other seed, to the other run of
+                      each other seed, and to the order replicate C′;
   {name}_robustness.csv  a row per robustness cell (eval_and_make_adv.py
                       --attack): the attack, eps, clean and robust
                       accuracy, the broken_by counts; {name}.csv then
@@ -31,7 +33,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -39,17 +41,19 @@ import cli
 import utils
 from store import atomic, layout
 from sweeper import collect, grid, report_figures
-from sweeper.collect import ACCURACIES
+from sweeper.collect import ACCURACIES, ACROSS_SEEDS, SAME_START
 from sweeper.estimate import estimate
 from sweeper.robustness_report import robustness_section
 from sweeper.schema import LOADER_NAMES
 from sweeper.verdicts import (
+    LIKE_WITH_LIKE_RULE,
     PAPER_ROBUST,
     PAPER_TOLERANCE,
     ROBUSTNESS_GAIN,
     SEED_BASELINE_FACTOR,
     SETTLE_FRACTION,
     claim_one,
+    claim_one_like_with_like,
     claim_three,
     claim_two,
     curve_attack,
@@ -298,6 +302,119 @@ def _root_held(the_grid: grid.Grid) -> contextlib.AbstractContextManager:
     return atomic.FolderLock(root, "--output_root")
 
 
+def check_kernel_outputs(
+    the_grid: grid.Grid,
+    results_dir: str,
+    report_path: str,
+    replace: bool = False,
+) -> None:
+    """What aggregate_kernels needs, refused before anything runs or is
+    written: its outputs writable ({name}_kernels.csv, the figure folder,
+    the report), the preset's earlier aggregation in `results_dir`
+    ({name}.csv: the results whose kernel part it refreshes), made from
+    this grid's config and output root (check_source, unless `replace`).
+
+    Raises:
+        UserError: one line naming the flag and the path.
+    """
+    name = the_grid.name
+    _check_folder("--results_dir", results_dir)
+    figure_dir = os.path.join(results_dir, name)
+    _check_folder("--results_dir", figure_dir, results_dir)
+    csvs = preset_csvs(results_dir, name)
+    _check_file("--results_dir", csvs["_kernels"], results_dir)
+    _check_report(results_dir, report_path)
+    if not os.path.isfile(csvs[""]):
+        raise utils.UserError(
+            f"--aggregate --only kernels refreshes the kernel part of "
+            f"results aggregated before, but --results_dir {results_dir} "
+            f"has no {name}.csv: aggregate the whole grid (--aggregate "
+            "without --only)"
+        )
+    if not replace:
+        check_source(the_grid, results_dir)
+
+
+def aggregate_kernels(
+    the_grid: grid.Grid,
+    results_dir: str,
+    report_path: str,
+    parsers: grid.Parsers,
+    replace: bool = False,
+) -> dict:
+    """`sweep.py CONFIG --aggregate --only kernels`: rewrites only the
+    kernel part of a preset's results in `results_dir` ({name}_kernels.csv
+    and {name}/kernel_dynamics.png) from the grid's phase-1, kernel and
+    analysis cells, then regenerates the report (whose claim-1 cell is
+    all that they change); every other file of the preset stays as it is.
+    The output root's lock is held while its cells are read; `replace`
+    as aggregate's.
+
+    Refuses (UserError, nothing written) what would leave the results
+    ambiguous: no earlier aggregation of the preset (check_kernel_outputs),
+    an output root of other settings, any kernel or analysis of the grid
+    missing, kernels of other seeds than the aggregated rows'.
+
+    Returns:
+        {'kernels': DataFrame, 'written': list of paths}.
+    """
+    name = the_grid.name
+    check_kernel_outputs(the_grid, results_dir, report_path, replace)
+    with _root_held(the_grid):
+        the_grid.check_record()
+        cells = the_grid.only_cells(the_grid.cells(), "kernels")
+        the_grid.check_cells(cells, parsers)
+        kernel_table, missing = collect.collect_kernels(the_grid)
+    if missing or kernel_table.empty:
+        why = missing[0] if missing else "no kernel analysis"
+        raise utils.UserError(
+            f"--only kernels: the kernel part of {name} is incomplete under "
+            f"{the_grid.root} ({len(missing)} missing, e.g. {why}); nothing "
+            f"was written: run `sweep.py {the_grid.path} --local N --only "
+            "kernels` first"
+        )
+    csvs = preset_csvs(results_dir, name)
+    aggregated = set(pd.read_csv(csvs[""])["seed"])
+    if set(kernel_table["seed"]) != aggregated:
+        raise utils.UserError(
+            f"--only kernels: the kernels of {name} are of seeds "
+            f"{sorted(set(kernel_table['seed']))} but {csvs['']} of seeds "
+            f"{sorted(aggregated)}; nothing was written: aggregate the "
+            "whole grid (--aggregate without --only)"
+        )
+    with atomic.FolderLock(results_dir, "--results_dir"):
+        written = _replace_kernel_outputs(name, results_dir, kernel_table)
+    for path in written:
+        print(f"wrote {path}")
+    extra = {} if name in PRESETS else {name: the_grid.path}
+    write_report(results_dir, report_path, extra=extra)
+    print(f"wrote {report_path}")
+    return {"kernels": kernel_table, "written": written}
+
+
+def _replace_kernel_outputs(
+    name: str, results_dir: str, kernel_table: pd.DataFrame
+) -> list[str]:
+    """Makes {name}_kernels.csv and the kernel figure in a hidden folder
+    of `results_dir`, then moves them into place. Call with the folder's
+    lock held. Returns the paths written."""
+    staging = os.path.join(results_dir, f".{name}.kernels")
+    shutil.rmtree(staging, ignore_errors=True)  # of a killed aggregation
+    os.makedirs(staging)
+    try:
+        csv = preset_csvs(results_dir, name)["_kernels"]
+        staged_csv = os.path.join(staging, os.path.basename(csv))
+        atomic.atomic_write_text(staged_csv, kernel_table.to_csv(index=False))
+        (staged_figure,) = report_figures.plot_kernels(kernel_table, staging)
+        figure = os.path.join(results_dir, name, layout.KERNEL_FIGURE)
+        os.makedirs(os.path.dirname(figure), exist_ok=True)
+        os.replace(staged_figure, figure)
+        os.replace(staged_csv, csv)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [csv, figure]
+
+
 def _replace_outputs(
     the_grid: grid.Grid,
     results_dir: str,
@@ -539,16 +656,81 @@ def _mean_text(stats: tuple[float, float, int], unit: str = "seeds") -> str:
     return f"{_fmt(mean, sd)} (n = {count} {unit})"
 
 
+def _farthest_text(farthest: tuple | None, over: str) -> str:
+    """'t = 2 (×1.8, mean over pairs)' of a verdict's farthest (t, mean
+    ratio); over: what the mean is over."""
+    if farthest is None:
+        return "no t with a ratio"
+    t, ratio = farthest
+    return f"t = {layout.format_t(t)} (×{ratio:.1f}, mean over {over})"
+
+
+def _settle_text(settle: dict) -> str:
+    return ", ".join(
+        f"s{seed}: {layout.format_t(d['A'])} vs. {layout.format_t(d['C'])}"
+        for seed, d in settle.items()
+    )
+
+
 def _claim_one_text(one: dict) -> str:
+    """The same-seed rule's text (as before the like-with-like rule), then
+    where the kernels are farthest apart in units of the seed baseline."""
+    return (
+        _same_seed_text(one)
+        + "; farthest apart in units of the seed baseline at "
+        + _farthest_text(one["farthest"], "pairs")
+    )
+
+
+def _like_with_like_text(one: dict) -> str:
+    """The like-with-like verdict's numbers: at the last t each ratio it
+    was decided on, the settle times, where the kernels are farthest apart
+    in units of each baseline."""
+    across = "; ".join(
+        f"C s{a} vs. A s{b}: {p['distance']:.3f} vs. {p['baseline']:.3f} "
+        f"(×{p['ratio']:.1f})"
+        for (a, b), p in one["across"].items()
+    )
+    text = (
+        f"at t = {one['t']:g}, (a) across seeds, S(C_s, A_s′) vs. the "
+        "larger of S(C_s, C_s′) and S(A_s, A_s′), per ordered pair: "
+        f"{across}; "
+    )
+    far = one["farthest"]
+    if one["replicates"]:
+        same = "; ".join(
+            f"s{seed}: {p['distance']:.3f} vs. {p['baseline']:.3f} "
+            f"(×{p['ratio']:.1f})"
+            for seed, p in one["same_start"].items()
+        )
+        text += (
+            "(b) from the same θ(0), S(C_s, A_s) vs. S(C_s, C′_s), per "
+            f"seed: {same}; "
+        )
+        where = (
+            f"(a) {_farthest_text(far[ACROSS_SEEDS], 'pairs')}, (b) "
+            f"{_farthest_text(far[SAME_START], 'seeds')}"
+        )
+    else:
+        text += (
+            "(b) not measured: no replicate runs (phase1.order_replicate), "
+            "so decided on (a) alone; "
+        )
+        where = _farthest_text(far[ACROSS_SEEDS], "pairs")
+    settle = _settle_text(one["settle"])
+    return (
+        f"{text}t settled, adversarial vs. benign run: {settle}; farthest "
+        f"apart in units of the baseline: {where}"
+    )
+
+
+def _same_seed_text(one: dict) -> str:
     pairs = "; ".join(
         f"s{a}–s{b}: {p['between'][0]:.3f}, {p['between'][1]:.3f} vs. "
         f"{p['baseline']:.3f} (×{p['ratio']:.1f})"
         for (a, b), p in one["pairs"].items()
     )
-    settle = ", ".join(
-        f"s{seed}: {layout.format_t(d['A'])} vs. {layout.format_t(d['C'])}"
-        for seed, d in one["settle"].items()
-    )
+    settle = _settle_text(one["settle"])
     return (
         f"at t = {one['t']:g}, benign vs. adversarial kernel "
         f"{_mean_text(one['between'])}, seed baseline "
@@ -575,22 +757,32 @@ def _claim_three_text(three: dict) -> str:
     )
 
 
+def _verdict_text(result: dict, text: Callable[[dict], str]) -> str:
+    """'verdict: numbers' of a claim's result, or why it has no data."""
+    if result["verdict"] == "no data":
+        return result.get("why", "no data")
+    return f"{result['verdict']}: {text(result)}"
+
+
+def claim_one_cell(kernel_table: pd.DataFrame) -> str:
+    """The report's claim-1 cell: the same-seed rule's verdict, then the
+    like-with-like rule's, each labelled."""
+    same = _verdict_text(claim_one(kernel_table), _claim_one_text)
+    like = _verdict_text(
+        claim_one_like_with_like(kernel_table), _like_with_like_text
+    )
+    return f"**same-seed rule**: {same} <br><br> **like with like**: {like}"
+
+
 def _verdict_cells(frames: Mapping[str, pd.DataFrame]) -> list[str]:
     rows, kernel_table = frames["rows"], frames["_kernels"]
     if rows.empty:
         return ["not run"] * 3
-    results = (
-        (claim_one(kernel_table), _claim_one_text),
-        (claim_two(rows), _claim_two_text),
-        (claim_three(rows), _claim_three_text),
-    )
-    cells = []
-    for result, text in results:
-        if result["verdict"] == "no data":
-            cells.append(result.get("why", "no data"))
-        else:
-            cells.append(f"{result['verdict']}: {text(result)}")
-    return cells
+    return [
+        claim_one_cell(kernel_table),
+        _verdict_text(claim_two(rows), _claim_two_text),
+        _verdict_text(claim_three(rows), _claim_three_text),
+    ]
 
 
 CLAIMS = (
@@ -732,16 +924,20 @@ def _claims_lines(
         "kernels of the largest N, all kernels on the same images in every "
         "seed.",
         "",
-        "- **Claim 1** holds when (a) at the last t, in every pair of seeds "
-        "(s, s′), the distance between the benign and the adversarial "
-        "kernel of the same seed is, in each of s and s′, more than "
-        f"**{SEED_BASELINE_FACTOR:g}×** the seed baseline: the distance "
-        "between the kernels of s and s′ of the same training (the larger "
-        "of benign's and adversarial's); and (b) in every seed the "
-        "adversarial run settles no later than the benign run. A run "
+        "- **Claim 1** (same-seed rule) holds when (a) at the last t, in "
+        "every pair of seeds (s, s′), the distance between the benign and "
+        "the adversarial kernel of the same seed is, in each of s and s′, "
+        f"more than **{SEED_BASELINE_FACTOR:g}×** the seed baseline: the "
+        "distance between the kernels of s and s′ of the same training "
+        "(the larger of benign's and adversarial's); and (b) in every seed "
+        "the adversarial run settles no later than the benign run. A run "
         "settles at the first t after which its kernel stays within "
         f"**{SETTLE_FRACTION:g}** of its first kernel's distance to its "
         "last kernel. It needs two or more seeds.",
+        f"- {LIKE_WITH_LIKE_RULE} Each claim-1 cell gives both verdicts, "
+        "each with the t where the benign and adversarial kernels are "
+        "farthest apart in units of its baseline (the t of the largest "
+        "mean ratio, and that ratio).",
         "- **Claim 2** holds when, at the largest t, the adversarial "
         "kernel's PGD-L∞ accuracy after benign phase 2 exceeds the benign "
         f"kernel's by more than **{ROBUSTNESS_GAIN:g}** in every seed "

@@ -17,10 +17,17 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from store import atomic, checkpoints, layout  # noqa: E402
 from sweeper import grid  # noqa: E402
-from sweeper.collect import ACCURACIES, class_means  # noqa: E402
+from sweeper.collect import (  # noqa: E402
+    ACCURACIES,
+    ACROSS_SEEDS,
+    SAME_START,
+    class_means,
+    like_with_like,
+)
 from sweeper.schema import (  # noqa: E402
     LOADER_NAMES,
     PHASE1_LOADERS,
@@ -115,17 +122,16 @@ def plot_accuracy(rows: pd.DataFrame, out_dir: str) -> list:
 
 
 def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
-    """kernel_dynamics.png: velocity, distance to the run's last kernel, and
-    the distance between the two compared runs beside the seed baseline
-    (each run's kernel against the same training's of the other seeds),
-    against t (mean ± sd over seeds, averaged over classes). Returns the
-    paths written."""
+    """kernel_dynamics.png: velocity, distance to the run's last kernel,
+    and the distances between the benign and adversarial kernels beside
+    their baselines (distance_lines), against t (mean ± sd over seeds or
+    pairs of seeds, averaged over classes). Returns the paths written."""
     if kernel_table.empty:
         return []
     sns.set_theme(style="whitegrid")
     means = class_means(kernel_table)
     frame, style = _labelled(means)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
     for ax, (column, label) in zip(
         axes[:2],
         [
@@ -146,29 +152,7 @@ def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
         )
         _log_t_axis(ax, frame["t"])
         ax.set_ylabel(label)
-    # The distance between the runs (one line: it is the same from either
-    # run), and each training's distance between seeds.
-    between = means.dropna(subset=["distance_between"])
-    between = between.drop_duplicates(["seed", "t"]).assign(
-        line="benign vs. adversarial (same seed)",
-        distance=lambda f: f["distance_between"],
-    )
-    lines = [between]
-    if "distance_between_seeds" in means:
-        for loader in PHASE1_LOADERS:
-            seeds = means[
-                (means["phase1"] == loader)
-                & means["distance_between_seeds"].notna()
-            ]
-            if len(seeds):
-                lines.append(
-                    seeds.assign(
-                        line=f"seed baseline: {LOADER_NAMES[loader]} "
-                        "vs. other seeds",
-                        distance=seeds["distance_between_seeds"],
-                    )
-                )
-    data = pd.concat(lines, ignore_index=True)
+    data, palette = distance_lines(kernel_table)
     ax = axes[2]
     if len(data):
         sns.lineplot(
@@ -176,19 +160,129 @@ def plot_kernels(kernel_table: pd.DataFrame, out_dir: str) -> list:
             x="t",
             y="distance",
             hue="line",
-            style="line",
+            hue_order=list(palette),
+            palette=palette,
+            style="role",
+            style_order=[DISTANCE, BASELINE],
+            dashes={DISTANCE: "", BASELINE: (4, 2)},
             marker="o",
             errorbar="sd",
             err_style="bars",
             ax=ax,
         )
-        ax.legend(fontsize=7)
+        _line_legend(ax, data, palette)
     _log_t_axis(ax, frame["t"])
     ax.set_ylabel("distance between kernels")
+    ax.set_title("benign vs. adversarial, beside their baselines", fontsize=9)
     fig.tight_layout()
-    path = os.path.join(out_dir, "kernel_dynamics.png")
+    path = os.path.join(out_dir, layout.KERNEL_FIGURE)
     _save(fig, path)
     return [path]
+
+
+# The roles of distance_lines' lines (solid and dashed).
+DISTANCE, BASELINE = "benign vs. adversarial", "baseline"
+
+
+def _line_legend(ax: Axes, data: pd.DataFrame, palette: dict) -> None:
+    """One legend entry per line of distance_lines, in its colour, dashed
+    for a baseline, below the panel (the lines would hide under it)."""
+    roles = data.drop_duplicates("line").set_index("line")["role"]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=colour,
+            marker="o",
+            linestyle="--" if roles[label] == BASELINE else "-",
+            label=f"{label} ({roles[label]})",
+        )
+        for label, colour in palette.items()
+    ]
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        fontsize=7,
+        handlelength=3.5,
+        frameon=False,
+    )
+
+
+def distance_lines(
+    kernel_table: pd.DataFrame,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The third panel's lines: a row per (line, t, seed or ordered pair
+    of seeds) with columns t, distance, line (its label), role (DISTANCE
+    or BASELINE), and {label: colour}, a distance and its baselines in one
+    colour:
+
+    * S(C_s, A_s), the same seed's (the compared runs' distance_between),
+      beside S(C_s, C′_s) from the same θ(0) with the order replicate;
+    * S(C_s, A_s′) across seeds beside the larger of S(C_s, C_s′) and
+      S(A_s, A_s′) (collect.like_with_like), the baseline of both rules;
+      without distances across seeds, each training's distance between
+      seeds (distance_between_seeds) as before them.
+    """
+    means = class_means(kernel_table)
+    pairs = like_with_like(kernel_table)
+    colours = sns.color_palette()
+    lines, palette = [], {}
+
+    def add(
+        label: str, role: str, t: pd.Series, values: pd.Series, colour: Any
+    ) -> None:
+        part = pd.DataFrame({"t": list(t), "distance": list(values)})
+        part = part.dropna()
+        if len(part):
+            lines.append(part.assign(line=label, role=role))
+            palette[label] = colour
+
+    same = means.dropna(subset=["distance_between"])
+    same = same.drop_duplicates(["seed", "t"])
+    add(
+        "S(C_s, A_s), same seed",
+        DISTANCE,
+        same["t"],
+        same["distance_between"],
+        colours[0],
+    )
+    start = pairs[pairs["comparison"] == SAME_START]
+    add(
+        "S(C_s, C′_s), same θ(0), another order",
+        BASELINE,
+        start["t"],
+        start["baseline"],
+        colours[0],
+    )
+    across = pairs[pairs["comparison"] == ACROSS_SEEDS]
+    add(
+        "S(C_s, A_s′), across seeds",
+        DISTANCE,
+        across["t"],
+        across["distance"],
+        colours[1],
+    )
+    add(
+        "max(S(C_s, C_s′), S(A_s, A_s′)), seeds of one training",
+        BASELINE,
+        across["t"],
+        across["baseline"],
+        colours[1],
+    )
+    if across["distance"].isna().all() and "distance_between_seeds" in means:
+        for i, loader in enumerate(PHASE1_LOADERS):
+            seeds = means[means["phase1"] == loader]
+            add(
+                f"{LOADER_NAMES[loader]} vs. other seeds",
+                BASELINE,
+                seeds["t"],
+                seeds["distance_between_seeds"],
+                colours[2 + i],
+            )
+    if not lines:
+        return pd.DataFrame(columns=["t", "distance", "line", "role"]), {}
+    return pd.concat(lines, ignore_index=True), palette
 
 
 def _image(hwc: npt.ArrayLike) -> np.ndarray:
@@ -209,7 +303,9 @@ def plot_features(the_grid: grid.Grid, out_dir: str, missing: list) -> list:
     runs = [
         c
         for c in the_grid.cells()
-        if c.stage == "phase1" and c.keys["seed"] == seed
+        if c.stage == "phase1"
+        and c.keys["seed"] == seed
+        and not grid.is_reordered(c)
     ]
     fig, axes = plt.subplots(
         len(runs),

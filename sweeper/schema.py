@@ -52,6 +52,11 @@ BUDGET_DEFAULTS = {
     field.name: field.default for field in dataclasses.fields(robust.Budget)
 }
 STATE_EVERY = 100  # run_exp.py's default --state_every
+# phase1.order_replicate: the benign run C′_s of seed s trains from θ_s(0)
+# with run_exp.py --order_seed s + ORDER_SEED_OFFSET (another data order
+# and other attack noise).
+ORDER_SEED_OFFSET = 1000
+ORDER_REPLICATE_LOADER = "C"
 REQUIRED = dataclasses.MISSING
 # A key's own check: what is wrong with a well-typed value, or None.
 Check = Callable[[Any], str | None]
@@ -241,6 +246,13 @@ class Phase1:
         "kernel times t (default: the paper's saved)"
     )
     state_every: int = key(STATE_EVERY_MEANING, STATE_EVERY, minimum=1)
+    order_replicate: bool = key(
+        "per seed s, one more benign run C′_s from θ_s(0) with --order_seed "
+        f"s + {ORDER_SEED_OFFSET} (another data order and attack noise), "
+        "its kernels beside the others': claim 1's baseline from the same "
+        "θ(0)",
+        False,
+    )
 
 
 @section
@@ -737,6 +749,7 @@ def _check_combinations(path: str, config: dict) -> None:
     if len(set(attacks_)) != len(attacks_):
         raise UserError(f"{path}: attack.eval_attacks lists an attack twice")
     _check_kernels(path, config)
+    _check_order_replicate(path, config)
     _check_features(path, config)
     _check_slurm(path, config["slurm"])
 
@@ -891,6 +904,33 @@ def _check_kernels(path: str, config: dict) -> None:
             raise UserError(
                 f"{path}: analysis.compare names {loader}, which is not "
                 f"in phase1.loaders"
+            )
+
+
+def _check_order_replicate(path: str, config: dict) -> None:
+    """phase1.order_replicate needs the benign runs it replicates and the
+    kernels it is for; every seed's --order_seed (s + ORDER_SEED_OFFSET)
+    is in the seeds' range."""
+    if not config["phase1"]["order_replicate"]:
+        return
+    if ORDER_REPLICATE_LOADER not in config["phase1"]["loaders"]:
+        raise UserError(
+            f"{path}: phase1.order_replicate replicates the benign runs, but "
+            f"phase1.loaders has no {ORDER_REPLICATE_LOADER}"
+        )
+    if config["kernels"] is None:
+        raise UserError(
+            f"{path}: phase1.order_replicate needs a [kernels] section (the "
+            "replicate runs are there for their kernels)"
+        )
+    highest = data.MAX_LEGACY_SEED - ORDER_SEED_OFFSET
+    for seed in config[""]["seeds"]:
+        if seed > highest:
+            raise UserError(
+                f"{path}: seeds has {seed}, whose replicate run would take "
+                f"--order_seed {seed + ORDER_SEED_OFFSET}, above "
+                f"{data.MAX_LEGACY_SEED}: with phase1.order_replicate pick "
+                f"seeds up to {highest}"
             )
 
 

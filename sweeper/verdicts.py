@@ -9,13 +9,40 @@ import numpy as np
 import pandas as pd
 
 from analysis import kernel_analysis
-from sweeper.collect import TO_SEED, class_means, seed_columns
+from sweeper.collect import (
+    ACROSS_SEEDS,
+    SAME_START,
+    TO_REORDERED,
+    TO_SEED,
+    class_means,
+    like_with_like,
+    seed_columns,
+)
 
 # Claim 1: the distance between the benign and adversarial kernels over
 # the distance between two seeds' kernels of the same training, and the
 # fraction of kernel_analysis.settle_time.
 SEED_BASELINE_FACTOR = 2.0
 SETTLE_FRACTION = kernel_analysis.DEFAULT_SETTLE_FRACTION
+# Claim 1 like with like: each benign-vs-adversarial distance against a
+# baseline that differs from it only in the training compared; the rule,
+# as README and the report state it.
+LIKE_WITH_LIKE_FACTOR = 2.0
+LIKE_WITH_LIKE_RULE = (
+    "Claim 1, like with like, holds when every benign-vs-adversarial "
+    "distance at the last t is more than "
+    f"{LIKE_WITH_LIKE_FACTOR:g}× a baseline that differs from it only in "
+    "the training compared: (a) across seeds, for every ordered pair of "
+    "seeds s ≠ s′, S(C_s, A_s′) against the larger of S(C_s, C_s′) and "
+    "S(A_s, A_s′); (b) from the same θ(0), in every seed s, S(C_s, A_s) "
+    "against S(C_s, C′_s), where C′_s is a benign run from θ_s(0) with "
+    "another data order and attack noise (`--order_seed`); and in every "
+    "seed the adversarial run settles no later than the benign run (as in "
+    "today's rule). It is 'in direction only' when every such ratio "
+    f"exceeds 1 but not all exceed {LIKE_WITH_LIKE_FACTOR:g} (and the "
+    "settle condition holds). A grid without replicate runs is decided on "
+    "(a) alone, and the verdict says so."
+)
 ROBUSTNESS_GAIN = 0.05  # claim 2: robust accuracy gained, every seed
 PAPER_ROBUST = 0.761  # claim 3: the abstract's PGD accuracy (CIFAR-10, 4/255)
 PAPER_TOLERANCE = 0.02
@@ -122,8 +149,82 @@ def claim_three(rows: pd.DataFrame) -> dict:
     }
 
 
+def _claim_one_frame(kernel_table: pd.DataFrame) -> tuple:
+    """(class means, seeds, None) of a kernel table that claim 1 can be
+    decided on, else (None, None, the 'no data' result)."""
+    if kernel_table.empty or "distance_between" not in kernel_table:
+        return None, None, {"verdict": "no data", "why": "no kernel analysis"}
+    frame = class_means(kernel_table)
+    if not {"A", "C"} <= set(frame["phase1"]):
+        why = "needs kernels of C and A"
+        return None, None, {"verdict": "no data", "why": why}
+    seeds = sorted(frame["seed"].unique())
+    if len(seeds) < 2 or not seed_columns(frame):
+        why = "no seed baseline (one seed)"
+        return None, None, {"verdict": "no data", "why": why}
+    if frame[seed_columns(frame)].isna().all().all():
+        why = "no seed baseline (no analysis across seeds)"
+        return None, None, {"verdict": "no data", "why": why}
+    return frame, seeds, None
+
+
+def _same_seed_pairs(frame: pd.DataFrame, seeds: list, t: float) -> tuple:
+    """The same-seed rule at t: ({s: S(C_s, A_s)}, {(s, s'): {'between':
+    (d_s, d_s'), 'baseline', 'ratio'}}) (claim_one)."""
+    at = frame[frame["t"] == t].set_index(["seed", "phase1"])
+    between = {
+        s: at["distance_between"].get((s, "A"), math.nan) for s in seeds
+    }
+    pairs = {}
+    for i, a in enumerate(seeds):
+        for b in seeds[i + 1 :]:
+            both = [
+                at[TO_SEED.format(b)].get((a, loader), math.nan)
+                for loader in ("C", "A")
+            ]
+            baseline = math.nan if any(map(math.isnan, both)) else max(both)
+            pair_between = (between[a], between[b])
+            pairs[(a, b)] = {
+                "between": pair_between,
+                "baseline": baseline,
+                "ratio": min(pair_between) / baseline
+                if baseline > 0
+                else math.inf,
+            }
+    return between, pairs
+
+
+def _settle_times(frame: pd.DataFrame, seeds: list) -> dict:
+    """{seed: {'C', 'A': the run's kernel_analysis.settle_time at
+    SETTLE_FRACTION of its class-mean distance to its last kernel}}."""
+    settle = {}
+    for seed in seeds:
+        settle[seed] = {}
+        for loader in ("C", "A"):
+            run = frame[
+                (frame["seed"] == seed) & (frame["phase1"] == loader)
+            ].sort_values("t")
+            settle[seed][loader] = kernel_analysis.settle_time(
+                run["t"], run["distance_to_final"], SETTLE_FRACTION
+            )
+    return settle
+
+
+def _farthest(ratios: pd.Series) -> tuple[float, float] | None:
+    """(t, mean ratio) of the t whose mean ratio (over pairs or seeds,
+    finite ratios only) is the largest, of `ratios` indexed by t; None
+    when no t has a finite ratio."""
+    finite = ratios[np.isfinite(ratios.astype(float))]
+    if finite.empty:
+        return None
+    means = finite.groupby(level=0).mean()
+    t = float(means.idxmax())
+    return t, float(means[t])
+
+
 def claim_one(kernel_table: pd.DataFrame) -> dict:
-    """Claim 1 on a preset's kernel table (class means of the largest N).
+    """Claim 1 on a preset's kernel table (class means of the largest N),
+    by the same-seed rule.
 
     Holds when (a) in every pair of seeds (s, s'), at the last t, the
     distance between the benign and the adversarial kernel is, in each of
@@ -138,52 +239,15 @@ def claim_one(kernel_table: pd.DataFrame) -> dict:
         {'verdict': 'supported' | 'not supported' | 'no data', 'why' (for
         'no data'), 't', 'pairs': {(s, s'): {'between': (d_s, d_s'),
         'baseline', 'ratio'}}, 'settle': {s: {'A', 'C'}}, 'between' and
-        'baseline': (mean, sd, count)}.
+        'baseline': (mean, sd, count), 'farthest': (t, mean over pairs of
+        'ratio') at the t where it is largest, or None}.
     """
-    if kernel_table.empty or "distance_between" not in kernel_table:
-        return {"verdict": "no data", "why": "no kernel analysis"}
-    frame = class_means(kernel_table)
-    if not {"A", "C"} <= set(frame["phase1"]):
-        return {"verdict": "no data", "why": "needs kernels of C and A"}
-    seeds = sorted(frame["seed"].unique())
-    if len(seeds) < 2 or not seed_columns(frame):
-        return {"verdict": "no data", "why": "no seed baseline (one seed)"}
-    if frame[seed_columns(frame)].isna().all().all():
-        return {
-            "verdict": "no data",
-            "why": "no seed baseline (no analysis across seeds)",
-        }
+    frame, seeds, no_data = _claim_one_frame(kernel_table)
+    if no_data:
+        return no_data
     t = frame["t"].max()
-    last = frame[frame["t"] == t].set_index(["seed", "phase1"])
-    between = {
-        s: last["distance_between"].get((s, "A"), math.nan) for s in seeds
-    }
-    pairs = {}
-    for i, a in enumerate(seeds):
-        for b in seeds[i + 1 :]:
-            both = [
-                last[TO_SEED.format(b)].get((a, loader), math.nan)
-                for loader in ("C", "A")
-            ]
-            baseline = math.nan if any(map(math.isnan, both)) else max(both)
-            pair_between = (between[a], between[b])
-            pairs[(a, b)] = {
-                "between": pair_between,
-                "baseline": baseline,
-                "ratio": min(pair_between) / baseline
-                if baseline > 0
-                else math.inf,
-            }
-    settle = {}
-    for seed in seeds:
-        settle[seed] = {}
-        for loader in ("C", "A"):
-            run = frame[
-                (frame["seed"] == seed) & (frame["phase1"] == loader)
-            ].sort_values("t")
-            settle[seed][loader] = kernel_analysis.settle_time(
-                run["t"], run["distance_to_final"], SETTLE_FRACTION
-            )
+    between, pairs = _same_seed_pairs(frame, seeds, t)
+    settle = _settle_times(frame, seeds)
     values = [
         v for p in pairs.values() for v in (*p["between"], p["baseline"])
     ]
@@ -193,6 +257,12 @@ def claim_one(kernel_table: pd.DataFrame) -> dict:
     far = all(p["ratio"] > SEED_BASELINE_FACTOR for p in pairs.values())
     rapid = all(d["A"] <= d["C"] for d in settle.values())
     baselines = [p["baseline"] for p in pairs.values()]
+    every_t = [
+        (time, p["ratio"])
+        for time in sorted(frame["t"].unique())
+        for p in _same_seed_pairs(frame, seeds, time)[1].values()
+    ]
+    ratios = pd.Series([r for _, r in every_t], [x for x, _ in every_t])
     return {
         "verdict": "supported" if far and rapid else "not supported",
         "t": t,
@@ -200,6 +270,80 @@ def claim_one(kernel_table: pd.DataFrame) -> dict:
         "settle": settle,
         "between": stats(list(between.values())),
         "baseline": stats(baselines),
+        "farthest": _farthest(ratios),
+    }
+
+
+def claim_one_like_with_like(kernel_table: pd.DataFrame) -> dict:
+    """Claim 1 like with like (LIKE_WITH_LIKE_RULE) on a preset's kernel
+    table, from collect.like_with_like's distances and baselines (class
+    means of the largest N) and the settle times of claim_one.
+
+    Returns:
+        {'verdict': 'supported' | 'in direction only' | 'not supported' |
+        'no data', 'why' (for 'no data'), 't' (the last), 'across':
+        {(s, s'): {'distance', 'baseline', 'ratio'}} at t, 'same_start':
+        {s: {...}} at t (empty without replicate runs), 'replicates':
+        whether the grid has them, 'settle': {s: {'A', 'C'}}, 'farthest':
+        {ACROSS_SEEDS, SAME_START: (t, mean ratio) where it is largest, or
+        None}}.
+    """
+    frame, seeds, no_data = _claim_one_frame(kernel_table)
+    if no_data:
+        return no_data
+    table = like_with_like(kernel_table)
+    replicates = (
+        TO_REORDERED in kernel_table
+        and kernel_table[TO_REORDERED].notna().any()
+    )
+    comparisons = [ACROSS_SEEDS] + ([SAME_START] if replicates else [])
+    table = table[table["comparison"].isin(comparisons)]
+    t = frame["t"].max()
+    last = table[table["t"] == t]
+    decided = {
+        name: {
+            (row.seed, row.other) if name == ACROSS_SEEDS else row.seed: {
+                "distance": row.distance,
+                "baseline": row.baseline,
+                "ratio": row.ratio,
+            }
+            for row in last[last["comparison"] == name].itertuples()
+        }
+        for name in comparisons
+    }
+    across = table[table["comparison"] == ACROSS_SEEDS]
+    if across["distance"].isna().all():
+        why = (
+            "no distances between the benign and adversarial kernels of "
+            "different seeds (the analysis across seeds' pairwise.csv)"
+        )
+        return {"verdict": "no data", "why": why}
+    settle = _settle_times(frame, seeds)
+    ratios = [v["ratio"] for d in decided.values() for v in d.values()]
+    values = ratios + [v for d in settle.values() for v in d.values()]
+    if any(math.isnan(v) for v in values):
+        return {"verdict": "no data", "why": "kernels missing at some t"}
+    rapid = all(d["A"] <= d["C"] for d in settle.values())
+    if rapid and all(r > LIKE_WITH_LIKE_FACTOR for r in ratios):
+        verdict = "supported"
+    elif rapid and all(r > 1 for r in ratios):
+        verdict = "in direction only"
+    else:
+        verdict = "not supported"
+    farthest = {
+        name: _farthest(
+            table[table["comparison"] == name].set_index("t")["ratio"]
+        )
+        for name in comparisons
+    }
+    return {
+        "verdict": verdict,
+        "t": t,
+        "across": decided[ACROSS_SEEDS],
+        "same_start": decided.get(SAME_START, {}),
+        "replicates": bool(replicates),
+        "settle": settle,
+        "farthest": farthest,
     }
 
 

@@ -91,6 +91,15 @@ def test_shared_flags_take_their_choices_from_the_registries():
         parser.parse_args(["--random_seed", str(2**32)])
 
 
+def test_order_seed_flag_has_the_seed_range_and_no_default_of_its_own():
+    parser = cli.ArgumentParser()
+    cli.add_order_seed_flag(parser, "data order")
+    assert parser.parse_args([]).order_seed is None
+    assert parser.parse_args(["--order_seed", "1002"]).order_seed == 1002
+    with pytest.raises(cli.UserError, match="at most 4294967295"):
+        parser.parse_args(["--order_seed", str(2**32)])
+
+
 def test_run_cli_user_error_exits_2_without_traceback():
     code = (
         "import cli, utils\n"

@@ -46,6 +46,9 @@ NON_RUN_FLAGS = (
 # Flags added after runs were recorded, with the defaults those runs had:
 # a record without them holds these values (so that it can be resumed).
 LATER_FLAGS = {"attack": "pgd", "attack_budget": []}
+# Flags added later whose default is another flag's value: a record
+# without them holds that flag's value (--order_seed: --random_seed).
+LATER_FLAGS_FROM = {"order_seed": "random_seed"}
 # The files run_exp.py writes in --save_path (what --overwrite removes).
 RUN_FILES = (*layout.RUN_FILES, *layout.RUN_GLOBS)
 
@@ -70,6 +73,7 @@ class RunSettings:
     train_size: int | None
     test_size: int | None
     random_seed: int
+    order_seed: int
     batch_size: int
     # The two phases.
     standard_epochs: int
@@ -163,6 +167,16 @@ def run_flags(args: argparse.Namespace) -> dict:
     """The flags that define what a run computes: every flag but
     NON_RUN_FLAGS."""
     return _without_non_run_flags(vars(args))
+
+
+def recorded_flags(flags: dict) -> dict:
+    """The run flags a record holds, those added after it was written
+    filled in with the values its run had (LATER_FLAGS, LATER_FLAGS_FROM)."""
+    recorded = {**LATER_FLAGS, **flags}
+    for name, source in LATER_FLAGS_FROM.items():
+        if name not in recorded and source in recorded:
+            recorded[name] = recorded[source]
+    return recorded
 
 
 def _without_non_run_flags(flags: dict) -> dict:
@@ -306,7 +320,7 @@ def _plan_start(
         return "fresh"
     if settings.overwrite:
         return "fresh"
-    recorded = {**LATER_FLAGS, **saved.flags}
+    recorded = recorded_flags(saved.flags)
     same = recorded == settings.run_flags
     if saved.stage == "done":
         if same:
@@ -645,7 +659,7 @@ def _phase_one(run: Run, base: tuple[dict, models.ModelSpec] | None) -> None:
             "standard",
             settings.standard_epochs,
             settings.loaders[0],
-            settings.random_seed,
+            settings.order_seed,
             settings.batch_size,
         )
         per_epoch = data.n_batches(len(run.train_x), settings.batch_size)
@@ -721,7 +735,7 @@ def _phase_two(run: Run) -> None:
             "linear",
             settings.linear_epochs,
             settings.loaders[1],
-            settings.random_seed,
+            settings.order_seed,
             settings.batch_size,
         )
         steps = train.make_step_fns(
@@ -820,7 +834,9 @@ def _write_results(run: Run) -> None:
 
 
 def _base_key(settings: RunSettings, phase: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.PRNGKey(settings.random_seed), phase)
+    """The key the training attacks' keys of `phase` (1 or 2) derive from:
+    --order_seed's (--random_seed's unless given)."""
+    return jax.random.fold_in(jax.random.PRNGKey(settings.order_seed), phase)
 
 
 def eval_attacks(

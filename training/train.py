@@ -334,7 +334,8 @@ class PhasePlan:
     name: 'standard' or 'linear' (used in logs and the resume file).
     epochs: number of epochs.
     loader: 'C', 'A' or 'F'.
-    seed: the run's seed (data order and attack keys).
+    seed: the seed of the data order and the attack keys (run_exp.py's
+      --order_seed).
     batch_size: training batch size.
     """
 

@@ -92,6 +92,25 @@ def test_settle_time_hand_cases():
     assert math.isnan(ka.settle_time([], [], 0.25))
 
 
+def test_distance_ratio_hand_cases():
+    """A distance in units of a baseline; undefined (NaN) where the
+    baseline is zero but for rounding, as for two kernels of one θ(0)."""
+    assert ka.distance_ratio(0.3, 0.1) == pytest.approx(3.0)
+    assert ka.distance_ratio(0.0, 0.2) == 0.0
+    # Two files of one checkpoint: S = 1e-15 on either side, no ratio.
+    assert math.isnan(ka.distance_ratio(1.1e-15, 0.0))
+    assert math.isnan(ka.distance_ratio(0.0, 1e-13))
+    assert math.isnan(ka.distance_ratio(math.nan, 0.1))
+    assert math.isnan(ka.distance_ratio(0.1, math.nan))
+    # The ratio of two kernels' distances, computed from the kernels.
+    a, b, c = np.diag([1.0, 0.0]), np.diag([1.0, 1.0]), np.diag([2.0, 1.0])
+    ratio = ka.distance_ratio(
+        ka.kernel_distance(a, b), ka.kernel_distance(c, b)
+    )
+    want = (1 - 1 / math.sqrt(2)) / (1 - 3 / math.sqrt(10))
+    assert ratio == pytest.approx(want)
+
+
 def test_polar_hand_case():
     """K_0 = diag(1, 0), K_1 = I, K_2 = diag(0, 1): ‖K_1 − K_0‖ = 1,
     ‖K_2 − K_0‖ = √2; cos(K_1, K_0) = 1/√2, cos(K_2, K_0) = 0."""

@@ -450,6 +450,260 @@ def test_analysis_compares_benign_and_adversarial(tiny):
     assert "between_seeds/analysis" not in [c.id for c in the_grid.cells()]
 
 
+# --------------------------------------------------------------------------
+# phase1.order_replicate: the benign run C′_s from θ_s(0), another order
+# --------------------------------------------------------------------------
+
+
+def replicate_grid(config, write, **phase1):
+    """The tiny grid with C and A in seeds 0 and 1, phase 2 from t = 1,
+    kernels at t = 0.5 and 1, and phase1.order_replicate (or `phase1`)."""
+    config["phase1"].update(
+        loaders=["C", "A"], times=[0.5, 1], order_replicate=True, **phase1
+    )
+    config["phase2"]["times"] = [1]
+    config["seeds"] = [0, 1]
+    config["features"] = {"times": [1], "class_index": 0}
+    return grid.Grid.load(write(config))
+
+
+def test_order_replicate_is_c_again_with_another_order_seed(tiny):
+    config, root, write = tiny
+    cells = {c.id: c for c in replicate_grid(config, write).cells()}
+    for seed in (0, 1):
+        s = f"seed_{seed}"
+        twin, benign = cells[f"{s}/phase1_C_reordered"], cells[f"{s}/phase1_C"]
+        save = f"{root}/{s}/phase1_C_reordered"
+        want = list(benign.argv())
+        want[want.index(benign.keys["save_path"])] = save
+        want[-1:-1] = ["--order_seed", str(seed + 1000)]
+        assert twin.argv() == want
+        assert twin.stage == "phase1" and twin.deps == ()
+        assert twin.keys == dict(
+            seed=seed, phase1="C", save_path=save, order_seed=seed + 1000
+        )
+        assert grid.is_reordered(twin) and not grid.is_reordered(benign)
+        # Its kernels: the same t, sizes and images as the other runs'.
+        kernel = cells[f"{s}/phase1_C_reordered/kernels/n_20_from_t_0.5"]
+        other = cells[f"{s}/phase1_C/kernels/n_20_from_t_0.5"]
+        assert kernel.deps == (twin.id,)
+        assert kernel.args == tuple(
+            a.replace("phase1_C/", "phase1_C_reordered/") for a in other.args
+        )
+        assert [grid.kernel_key(None, p) for p in kernel.outputs] == [
+            (seed, "C_reordered", t, c, 20)
+            for t in (0.5, 1)
+            for c in range(10)
+        ]
+        # The seed's analysis reads them too; nothing else does.
+        analysis = cells[f"{s}/analysis"]
+        assert f"{save}/kernels" in analysis.args
+        assert kernel.id in analysis.deps
+        assert not [c for c in cells if c.startswith(f"{twin.id}/t_")]
+        assert not [c for c in cells if c.startswith(f"{twin.id}/features")]
+        assert cells[f"{s}/phase1_C/features/t_1"].deps == (other.id,)
+    between = cells["between_seeds/analysis"]
+    assert not [a for a in between.args if "reordered" in a]
+    assert not [d for d in between.deps if "reordered" in d]
+
+
+def test_order_replicate_off_leaves_every_cell_as_it_was(tiny):
+    config, _, write = tiny
+    without = replicate_grid(config, write).cells()
+    config["phase1"]["order_replicate"] = False
+    off = grid.Grid.load(write(config)).cells()
+    del config["phase1"]["order_replicate"]
+    absent = grid.Grid.load(write(config)).cells()
+    assert off == absent
+    # The seeds' analyses read C′'s kernels too.
+    assert [c for c in without if not grid.is_reordered(c)] != off
+    assert {c.id for c in without} - {c.id for c in off} == {
+        f"seed_{s}/phase1_C_reordered{rest}"
+        for s in (0, 1)
+        for rest in ("", "/kernels/n_20_from_t_0.5")
+    }
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"loaders": ["A"]}, "phase1.loaders has no C"),
+        ({"kernels": None}, "needs a [kernels] section"),
+        ({"seeds": [2**32 - 1000]}, "--order_seed 4294967296"),
+    ],
+)
+def test_order_replicate_refusals(tiny, capsys, change, named):
+    config, _, write = tiny
+    config["phase1"]["order_replicate"] = True
+    config["phase1"].update(change.get("loaders") and change or {})
+    if "kernels" in change:
+        del config["kernels"], config["analysis"]
+    config["seeds"] = change.get("seeds", config["seeds"])
+    assert run_main(write(config), "--dry_run") == 2
+    assert_one_line_error(capsys.readouterr().err, "order_replicate", named)
+
+
+def test_order_replicate_in_dry_run_estimate_and_record(tiny, capsys):
+    config, root, write = tiny
+    config["throughput"] = dict(THROUGHPUT)
+    the_grid = replicate_grid(config, write)
+    cells = the_grid.cells()
+    assert run_main(write(config), "--dry_run") == 0
+    out = capsys.readouterr().out
+    assert "# seed_1/phase1_C_reordered [phase1, to run]" in out
+    assert "--order_seed 1001" in out
+    # Costed as a benign phase-1 run and its kernel files.
+    cost = estimate.estimate(the_grid, cells)
+    config["phase1"]["order_replicate"] = False
+    plain = grid.Grid.load(write(config))
+    base = estimate.estimate(plain, plain.cells())
+    benign = 300 / 600 + 100 * 5 * 2 / 1000
+    count, hours = cost["stages"]["phase1"]
+    assert count == base["stages"]["phase1"][0] + 2
+    assert hours == pytest.approx(
+        base["stages"]["phase1"][1] + 2 * benign / 3600
+    )
+    kernel_hours = cost["stages"]["kernel"][1] - base["stages"]["kernel"][1]
+    assert kernel_hours == pytest.approx(2 * 2 * 10 * 2.0 / 3600)
+    # An axis: switching it on over an existing sweep adds its cells.
+    plain.write_record()
+    replicate_grid(config, write).check_record()
+
+
+def test_order_replicate_resumes_and_is_checked_against_its_flags(tiny):
+    config, _, write = tiny
+    the_grid = replicate_grid(config, write)
+    twin = [c for c in the_grid.cells() if grid.is_reordered(c)][0]
+    save = twin.keys["save_path"]
+    os.makedirs(save)
+    atomic.atomic_pickle(f"{save}/train_state.pkl", {"stage": "standard"})
+    assert grid.cell_status(twin) == grid.PARTIAL
+    assert twin.argv(resume=True)[-1] == "--resume"
+    flags = vars(sweep.PARSERS["run_exp.py"](list(twin.args)))
+    assert flags["order_seed"] == 1000 and flags["random_seed"] == 0
+    atomic.atomic_write_json(f"{save}/config.json", {"flags": flags})
+    the_grid.check_cells(the_grid.cells(), sweep.PARSERS)
+    atomic.atomic_write_json(
+        f"{save}/config.json", {"flags": dict(flags, order_seed=0)}
+    )
+    with pytest.raises(utils.UserError, match="phase1.order_replicate"):
+        the_grid.check_cells(the_grid.cells(), sweep.PARSERS)
+
+
+def fake_local_runs(monkeypatch) -> list:
+    """Cells run here 'run' by noting their ids in the list returned
+    (no command runs, no dataset is read)."""
+    ran = []
+
+    def fake(cell, env=None, on_start=None):
+        ran.append(cell.id)
+        return runners.Outcome(cell.id, runners.OK)
+
+    monkeypatch.setattr(runners, "prepare_data", lambda the_grid: None)
+    monkeypatch.setattr(runners, "execute_cell", fake)
+    return ran
+
+
+def test_order_replicate_runs_locally_after_nothing(tiny, monkeypatch):
+    """run_local runs C′ and its kernels, each after what it needs."""
+    config, _, write = tiny
+    the_grid = replicate_grid(config, write)
+    ran = fake_local_runs(monkeypatch)
+    runners.run_local(the_grid, the_grid.cells(), 1, echo=lambda line: None)
+    twin = "seed_0/phase1_C_reordered"
+    assert twin in ran
+    assert ran.index(twin) < ran.index(f"{twin}/kernels/n_20_from_t_0.5")
+    assert ran.index(f"{twin}/kernels/n_20_from_t_0.5") < ran.index(
+        "seed_0/analysis"
+    )
+
+
+def test_order_replicate_goes_to_slurm_with_its_stage(tiny, monkeypatch):
+    config, _, write = tiny
+    the_grid = replicate_grid(config, write)
+    submitted = []
+
+    class Executor:
+        folder = "slurm"
+
+        def update_parameters(self, **params):
+            self.dependency = params.get("dependency")
+
+        def map_array(self, fn, cells, roots):
+            array = str(100 + len(submitted))
+            submitted.append(([c.id for c in cells], self.dependency, array))
+            return [
+                type("Job", (), {"job_id": f"{array}_{i}"})
+                for i in range(len(cells))
+            ]
+
+    monkeypatch.setattr(runners, "prepare_data", lambda the_grid: None)
+    monkeypatch.setattr(runners, "_executor", lambda the_grid: Executor())
+    runners.run_slurm(
+        the_grid, the_grid.cells(), wait=False, echo=lambda line: None
+    )
+    twin = "seed_1/phase1_C_reordered"
+    kernel = f"{twin}/kernels/n_20_from_t_0.5"
+    phase1_ids, dependency, phase1_array = submitted[0]
+    assert twin in phase1_ids and dependency is None
+    # Each kernel cell after its own phase-1 task, C′'s included.
+    kernel_ids, dependency, _ = [s for s in submitted if kernel in s[0]][0]
+    assert dependency == f"aftercorr:{phase1_array}"
+    assert kernel_ids.index(kernel) == phase1_ids.index(twin)
+
+
+# --------------------------------------------------------------------------
+# sweep.py --only kernels
+# --------------------------------------------------------------------------
+
+
+def test_only_kernels_prints_estimates_and_runs_their_cells(
+    tiny, capsys, monkeypatch
+):
+    config, _, write = tiny
+    config["throughput"] = dict(THROUGHPUT)
+    the_grid = replicate_grid(config, write)
+    path = the_grid.path
+    part = [c for c in the_grid.cells() if c.stage in grid.ONLY["kernels"]]
+    assert {c.stage for c in part} == {"phase1", "kernel", "analysis"}
+    assert the_grid.only_cells(the_grid.cells(), "kernels") == part
+    assert run_main(path, "--dry_run", "--only", "kernels") == 0
+    out = capsys.readouterr().out
+    printed = [
+        line[2:].split(" [")[0]
+        for line in out.splitlines()
+        if line.startswith("# ") and " [" in line
+    ]
+    assert printed == [c.id for c in part]
+    assert "phase2" not in out and "features" not in out
+    cost = estimate.estimate(the_grid, part)
+    assert set(cost["stages"]) == {"phase1", "kernel", "analysis"}
+    ran = fake_local_runs(monkeypatch)
+    assert run_main(path, "--local", "1", "--only", "kernels") == 0
+    assert sorted(ran) == sorted(c.id for c in part)
+
+
+@pytest.mark.parametrize(
+    "change, argv, named",
+    [
+        ({}, ["--dry_run", "--only", "plots"], "--only"),
+        ({"analysis": None}, ["--dry_run", "--only", "kernels"], "[analysis]"),
+        (
+            {"analysis": None, "kernels": None},
+            ["--local", "1", "--only", "kernels"],
+            "[kernels]",
+        ),
+    ],
+)
+def test_only_refusals(tiny, capsys, change, argv, named):
+    config, root, write = tiny
+    for section in change:
+        config.pop(section)
+    assert run_main(write(config), *argv) == 2
+    assert_one_line_error(capsys.readouterr().err, named)
+    assert not os.path.exists(root)
+
+
 def test_kernel_cells_in_the_several_path_form(tiny, monkeypatch):
     """KERNEL_CHECKPOINTS_PER_CALL = None (the default): one
     calculate_kernel.py call per phase-1 run and size, writing the same

@@ -39,18 +39,50 @@ def synthetic(tmp_path):
     """A 2-seed grid (phase 1 C and A, t = 1, 2; phase 2 C and A) whose
     cells' files are written here with seeded random numbers, as the entry
     scripts and analyze_kernels.py lay them out."""
+    return make_synthetic(tmp_path, order_replicate=False)
+
+
+@pytest.fixture
+def synthetic_replicate(tmp_path):
+    """The synthetic grid with phase1.order_replicate: the runs C′ of each
+    seed, their kernels in the seed's analysis."""
+    return make_synthetic(tmp_path, order_replicate=True)
+
+
+def make_synthetic(tmp_path, order_replicate):
+    """The synthetic grid's config and cells' files: (grid, {cell id: its
+    record}, {seed: (kernels.csv rows, {frozenset of two (run, t):
+    distance})} with 'seeds': {(loader, t): distance between seeds} and
+    'cross': {frozenset of two (seed, run, t): distance} of the analysis
+    across seeds, tmp_path). A run is its loader, or grid.REORDERED."""
     root = tmp_path / "root"
     config = tiny_config(
         root,
         "/nowhere",
         name="synth",
         seeds=[0, 1],
-        phase1={"loaders": ["C", "A"], "epochs": 2, "times": [1, 2]},
+        phase1={
+            "loaders": ["C", "A"],
+            "epochs": 2,
+            "times": [1, 2],
+            "order_replicate": order_replicate,
+        },
         kernels={"sizes": [20], "class_index": 0},
         features={"times": [2], "class_index": 0, "n_images": 2},
     )
     the_grid = grid.Grid.load(write_config(tmp_path / "synth.toml", config))
     rng = np.random.default_rng(0)
+    files = _synthetic_cells(the_grid, rng)
+    kernels_of = _synthetic_analyses(the_grid, rng)
+    return the_grid, files, kernels_of, tmp_path
+
+
+def _run_name(cell):
+    return grid.REORDERED if grid.is_reordered(cell) else cell.keys["phase1"]
+
+
+def _synthetic_cells(the_grid, rng):
+    """Writes the cells' files but the analyses'; returns their records."""
     files = {}
     for cell in the_grid.cells():
         if cell.stage == "phase1":
@@ -92,6 +124,11 @@ def synthetic(tmp_path):
                 cell.outputs[0],
                 {"pos_images": rng.uniform(size=(2, 28, 28, 1))},
             )
+    return files
+
+
+def _synthetic_analyses(the_grid, rng):
+    """Writes the analyses' files (kernels_of of make_synthetic)."""
     kernels_of = {}
     all_paths = {}
     for seed in (0, 1):
@@ -105,8 +142,8 @@ def synthetic(tmp_path):
             path = os.path.join(
                 the_grid.kernel_dir(run, t), "saved_kernel_class_0_20.pkl"
             )
-            paths[(run.keys["phase1"], t)] = path
-            all_paths[(seed, run.keys["phase1"], t)] = path
+            paths[(_run_name(run), t)] = path
+            all_paths[(seed, _run_name(run), t)] = path
             row = {"path": path, "epoch": t, "class_index": 0, "n": 20}
             # analyze_kernels.py's time to settle of the run (per class).
             row["settle_t"] = {"C": 2.0, "A": 1.0}[run.keys["phase1"]]
@@ -117,14 +154,8 @@ def synthetic(tmp_path):
         pd.DataFrame(rows).to_csv(
             os.path.join(out_dir, "kernels.csv"), index=False
         )
-        distances = {}
-        pair_rows = []
-        for a, b in itertools.combinations(paths, 2):
-            d = float(rng.uniform())
-            distances[frozenset((a, b))] = d
-            pair_rows.append({"a": paths[a], "b": paths[b], "distance": d})
-        pd.DataFrame(pair_rows).to_csv(
-            os.path.join(out_dir, "pairwise.csv"), index=False
+        distances = _write_pairs(
+            paths, list(paths), rng, os.path.join(out_dir, "pairwise.csv")
         )
         atomic.atomic_write_json(os.path.join(out_dir, "analysis.json"), {})
         kernels_of[seed] = (rows, distances)
@@ -150,7 +181,27 @@ def synthetic(tmp_path):
         atomic.atomic_write_text(os.path.join(out_dir, name), "\n")
     atomic.atomic_write_json(os.path.join(out_dir, "analysis.json"), {})
     kernels_of["seeds"] = between_seeds
-    return the_grid, files, kernels_of, tmp_path
+    # Its pairwise.csv: every pair of its kernels (not C′'s), each with
+    # another number than the per-seed analyses' and replicates.csv's for
+    # the same pair, to show which file a distance is read from.
+    runs = [k for k in all_paths if k[1] != grid.REORDERED]
+    kernels_of["cross"] = _write_pairs(
+        all_paths, runs, rng, os.path.join(out_dir, "pairwise.csv")
+    )
+    return kernels_of
+
+
+def _write_pairs(paths, keys, rng, path):
+    """A pairwise.csv at `path` of every pair of `keys` (their files
+    paths[key]) at random distances; returns {frozenset of two keys:
+    distance}."""
+    distances, rows = {}, []
+    for a, b in itertools.combinations(keys, 2):
+        d = float(rng.uniform())
+        distances[frozenset((a, b))] = d
+        rows.append({"a": paths[a], "b": paths[b], "distance": d})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return distances
 
 
 def _accuracies(rng):
@@ -256,6 +307,137 @@ def test_kernel_distances_and_velocities(synthetic):
                 assert math.isnan(at[t][f"distance_to_seed_{seed}"])
 
 
+def test_like_with_like_columns_of_the_aggregate(synthetic_replicate):
+    """The kernel table gains the distances across seeds between the
+    compared runs (from the analysis across seeds' pairwise.csv) and to
+    the order replicate C′ (from the seed's pairwise.csv), as columns after
+    the others; C′'s kernels give no rows, and {name}.csv no columns."""
+    the_grid, _, kernels_of, tmp_path = synthetic_replicate
+    out, results = _aggregate(the_grid, tmp_path)
+    assert out["missing"] == []
+    table = pd.read_csv(results / "synth_kernels.csv")
+    assert len(table) == 8 and set(table["phase1"]) == {"C", "A"}
+    assert list(table.columns[-3:]) == [
+        "cross_distance_to_seed_0",
+        "cross_distance_to_seed_1",
+        "distance_to_reordered",
+    ]
+    for row in table.itertuples():
+        seed, loader, t, other = row.seed, row.phase1, row.t, 1 - row.seed
+        partner = "A" if loader == "C" else "C"
+        key = frozenset(((seed, loader, t), (other, partner, t)))
+        cross = getattr(row, f"cross_distance_to_seed_{other}")
+        assert cross == pytest.approx(kernels_of["cross"][key])
+        assert math.isnan(getattr(row, f"cross_distance_to_seed_{seed}"))
+        # The seed baseline is still replicates.csv's.
+        baseline = getattr(row, f"distance_to_seed_{other}")
+        assert baseline == pytest.approx(kernels_of["seeds"][(loader, t)])
+        _, d = kernels_of[seed]
+        if loader == "C":
+            twin = frozenset((("C", t), (grid.REORDERED, t)))
+            assert row.distance_to_reordered == pytest.approx(d[twin])
+        else:
+            assert math.isnan(row.distance_to_reordered)
+    rows = pd.read_csv(results / "synth.csv")
+    assert not [c for c in rows if "cross" in c or "reordered" in c]
+
+
+def test_like_with_like_columns_need_the_analysis_across_seeds(synthetic):
+    the_grid, _, _, tmp_path = synthetic
+    out, results = _aggregate(the_grid, tmp_path)
+    table = pd.read_csv(results / "synth_kernels.csv")
+    assert "distance_to_reordered" not in table  # no replicate runs
+    assert table["cross_distance_to_seed_0"].notna().any()
+    os.remove(os.path.join(the_grid.seeds_analysis_dir(), "pairwise.csv"))
+    out, results = _aggregate(the_grid, tmp_path)
+    assert any(
+        m.startswith("between_seeds/analysis: no pairwise.csv")
+        for m in out["missing"]
+    )
+    table = pd.read_csv(results / "synth_kernels.csv")
+    assert table["cross_distance_to_seed_0"].isna().all()
+
+
+def _files(folder):
+    """{path relative to folder: bytes} of every file under it."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_aggregate_only_kernels_rewrites_the_kernel_part_alone(
+    synthetic_replicate,
+):
+    """After a whole aggregation, the kernels' analyses change (here one
+    distance across seeds): --aggregate --only kernels rewrites the kernel
+    table, its figure and the report's claim-1 cell; every other file and
+    line stays byte for byte."""
+    the_grid, _, kernels_of, tmp_path = synthetic_replicate
+    _, results = _aggregate(the_grid, tmp_path)
+    before, report_before = _files(results), (tmp_path / "R.md").read_text()
+    pairwise = os.path.join(the_grid.seeds_analysis_dir(), "pairwise.csv")
+    table = pd.read_csv(pairwise)
+    cross = table["a"].str.contains("seed_0/phase1_C/") & table[
+        "b"
+    ].str.contains("seed_1/phase1_A/")
+    table.loc[table.index[cross][0], "distance"] = 0.123456
+    table.to_csv(pairwise, index=False)
+    status, err = _sweep_main(
+        the_grid.path, "--aggregate", tmp_path, "--only", "kernels"
+    )
+    assert status == 0, err
+    after = _files(results)
+    changed = sorted(k for k in after if after[k] != before.get(k))
+    assert changed == ["synth/kernel_dynamics.png", "synth_kernels.csv"]
+    assert set(after) == set(before)
+    kernels = pd.read_csv(results / "synth_kernels.csv")
+    assert 0.123456 in kernels.filter(like="cross_distance").to_numpy()
+    lines_before = report_before.splitlines()
+    lines_after = (tmp_path / "R.md").read_text().splitlines()
+    assert len(lines_before) == len(lines_after)
+    differ = [
+        i
+        for i, (a, b) in enumerate(zip(lines_before, lines_after, strict=True))
+        if a != b
+    ]
+    assert len(differ) == 1
+    cells = lines_after[differ[0]].split(" | ")
+    assert cells[0] == "| 1" and "**like with like**" in cells[-1]
+    assert lines_before[differ[0]].split(" | ")[:-1] == cells[:-1]
+
+
+def test_aggregate_only_kernels_refuses_what_is_ambiguous(synthetic):
+    the_grid, _, _, tmp_path = synthetic
+    # No earlier aggregation of the preset in --results_dir.
+    status, err = _sweep_main(
+        the_grid.path, "--aggregate", tmp_path, "--only", "kernels"
+    )
+    assert status == 2
+    assert_one_line_error(err, "has no synth.csv", "without --only")
+    assert not (tmp_path / "results").exists()
+    _, results = _aggregate(the_grid, tmp_path)
+    before = _files(results), (tmp_path / "R.md").read_bytes()
+    # Kernels of other seeds than the aggregated rows'.
+    rows = pd.read_csv(results / "synth.csv")
+    rows[rows["seed"] == 0].to_csv(results / "synth.csv", index=False)
+    status, err = _sweep_main(
+        the_grid.path, "--aggregate", tmp_path, "--only", "kernels"
+    )
+    assert status == 2
+    assert_one_line_error(err, "of seeds [0, 1]", "of seeds [0]")
+    (results / "synth.csv").write_bytes(before[0]["synth.csv"])
+    # A kernel analysis missing: no half-refreshed table.
+    os.remove(os.path.join(the_grid.analysis_dir(1), "pairwise.csv"))
+    status, err = _sweep_main(
+        the_grid.path, "--aggregate", tmp_path, "--only", "kernels"
+    )
+    assert status == 2
+    assert_one_line_error(err, "incomplete", "seed_1/analysis: no pairwise")
+    assert (_files(results), (tmp_path / "R.md").read_bytes()) == before
+
+
 def test_figures_and_report_written(synthetic):
     the_grid, _, _, tmp_path = synthetic
     out, results = _aggregate(the_grid, tmp_path)
@@ -272,6 +454,8 @@ def test_figures_and_report_written(synthetic):
     assert two["verdict"] in ("supported", "not supported")
     assert f"{two['verdict']}: PGD-L∞ at t = 2" in text
     assert "## synth" in text and "16 of 16 phase-2 cells" in text
+    assert f"- {verdicts.LIKE_WITH_LIKE_RULE} " in text
+    assert "- **Claim 1** (same-seed rule) holds when" in text
     for preset in report.PRESETS:
         assert f"## {preset}" in text
 
@@ -475,6 +659,246 @@ def test_claim_one_on_synthetic_kernels():
     single = table[table["seed"] == 0]
     assert verdicts.claim_one(single)["verdict"] == "no data"
     assert verdicts.claim_one(pd.DataFrame())["verdict"] == "no data"
+
+
+# --------------------------------------------------------------------------
+# Claim 1 like with like, on 3×3 kernels written here
+# --------------------------------------------------------------------------
+
+SEED_SHIFT = (0.0, 0.1, 0.2)  # each seed's kernels moved along one axis
+
+
+def _hand_kernels(gap, eps, way, replicate=True):
+    """diag(1, y, z) kernels of seeds 0-2 at t = 0, 1, 2: y is the
+    training's (C goes to −gap, A to +gap, each by way[run][t] of the way),
+    z the seed's (SEED_SHIFT), plus `eps` at t > 0 for the order replicate
+    C′ (grid.REORDERED). Returns (the kernel table as collect builds it
+    from their distances, {key: kernel})."""
+    kernels = {}
+    for seed, shift in enumerate(SEED_SHIFT):
+        for t in (0.0, 1.0, 2.0):
+            runs = {
+                "C": (-gap * way["C"][int(t)], shift),
+                "A": (gap * way["A"][int(t)], shift),
+            }
+            if replicate:
+                runs[grid.REORDERED] = (runs["C"][0], shift + eps * (t > 0))
+            for run, (y, z) in runs.items():
+                kernels[(seed, run, t, 0, 3)] = np.diag([1.0, y, z])
+    pairs = {
+        frozenset((a, b)): ka.kernel_distance(kernels[a], kernels[b])
+        for a, b in itertools.combinations(kernels, 2)
+    }
+    keys = [k for k in kernels if k[1] != grid.REORDERED]
+    table = pd.DataFrame(keys, columns=collect.KERNEL_KEYS)
+    collect._add_derived(table, pairs, ["C", "A"], [0, 1, 2])
+    if replicate:
+        collect._add_reordered(table, pairs)
+    return table, kernels
+
+
+# A settles at t = 1, C at t = 2 (A's rule of settling holds).
+A_FIRST = {"C": (0, 0.3, 1), "A": (0, 1, 1)}
+
+
+def _s(a, b):
+    """S of diag(a), diag(b) by its formula, written out."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return 1 - a @ b / np.sqrt((a @ a) * (b @ b))
+
+
+def test_like_with_like_distances_by_hand():
+    """Each distance and baseline at every t, against the formula of S
+    on the kernels' diagonals."""
+    gap, eps = 0.25, 0.1
+    table, _ = _hand_kernels(gap, eps, A_FIRST)
+    pairs = collect.like_with_like(table)
+    assert set(pairs["comparison"]) == {"across seeds", "same θ(0)"}
+    across = pairs[pairs["comparison"] == "across seeds"]
+    assert len(across) == 3 * 6  # three t, six ordered pairs
+    row = across[(across["t"] == 2) & (across["seed"] == 2)]
+    row = row[row["other"] == 0].iloc[0]
+    # S(C_2, A_0) against max(S(C_2, C_0), S(A_2, A_0)) (equal here).
+    assert row["distance"] == pytest.approx(_s([1, -gap, 0.2], [1, gap, 0]))
+    baseline = _s([1, -gap, 0.2], [1, -gap, 0])
+    assert row["baseline"] == pytest.approx(baseline)
+    assert row["ratio"] == pytest.approx(row["distance"] / baseline)
+    # At t = 0 every run of a seed is θ_s(0): S(C_s, A_s') is the seed
+    # baseline itself.
+    start = across[across["t"] == 0]
+    assert np.allclose(start["ratio"], 1.0)
+    same = pairs[pairs["comparison"] == "same θ(0)"].set_index(["t", "seed"])
+    assert same.loc[(1.0, 1), "distance"] == pytest.approx(
+        _s([1, -0.3 * gap, 0.1], [1, gap, 0.1])
+    )
+    assert same.loc[(1.0, 1), "baseline"] == pytest.approx(
+        _s([1, -0.3 * gap, 0.1], [1, -0.3 * gap, 0.1 + eps])
+    )
+    # At t = 0 both are 0 (one θ(0)): no ratio.
+    assert same.loc[(0.0, 0), "distance"] == 0.0
+    assert math.isnan(same.loc[(0.0, 0), "ratio"])
+    # Without the replicate: the comparison across seeds alone.
+    alone = collect.like_with_like(_hand_kernels(gap, eps, A_FIRST, False)[0])
+    assert set(alone["comparison"]) == {"across seeds"}
+
+
+@pytest.mark.parametrize(
+    "gap, eps, way, replicate, verdict",
+    [
+        (0.25, 0.1, A_FIRST, True, "supported"),
+        (0.04, 0.065, A_FIRST, True, "in direction only"),
+        # Benign and adversarial closer than two seeds' kernels.
+        (0.04, 0.1, A_FIRST, True, "not supported"),
+        (0.25, 0.1, {"C": (0, 1, 1), "A": (0, 0.3, 1)}, True, "not supported"),
+        (0.25, 0.1, A_FIRST, False, "supported"),
+    ],
+)
+def test_like_with_like_verdicts(gap, eps, way, replicate, verdict):
+    table, _ = _hand_kernels(gap, eps, way, replicate)
+    one = verdicts.claim_one_like_with_like(table)
+    assert one["verdict"] == verdict, one
+    ratios = [p["ratio"] for p in one["across"].values()]
+    ratios += [p["ratio"] for p in one["same_start"].values()]
+    assert len(one["across"]) == 6 and one["t"] == 2.0
+    assert len(one["same_start"]) == (3 if replicate else 0)
+    assert one["replicates"] is replicate
+    if verdict == "in direction only":
+        assert min(ratios) > 1 and min(ratios) <= 2
+    pair = one["across"][(0, 1)]
+    assert pair["distance"] == pytest.approx(_s([1, -gap, 0.0], [1, gap, 0.1]))
+
+
+def test_like_with_like_names_where_the_kernels_are_farthest_apart():
+    """The t of the largest mean ratio, with that ratio: here the runs
+    are farthest apart at t = 1, before both settle back."""
+    way = {"C": (0, 1, 0.6), "A": (0, 1.4, 1)}
+    table, _ = _hand_kernels(0.25, 0.1, way)
+    one = verdicts.claim_one_like_with_like(table)
+    pairs = collect.like_with_like(table)
+    for name in ("across seeds", "same θ(0)"):
+        means = pairs[pairs["comparison"] == name].groupby("t")["ratio"].mean()
+        assert one["farthest"][name] == (1.0, pytest.approx(means[1.0]))
+        assert means[1.0] > means[2.0]
+    same_seed = verdicts.claim_one(table)["farthest"]
+    assert same_seed[0] == 1.0
+
+
+def test_claim_one_cell_gives_both_rules_labelled():
+    table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
+    cell = report.claim_one_cell(table)
+    same, like = cell.split(" <br><br> ")
+    one = verdicts.claim_one(table)
+    assert same.startswith(
+        f"**same-seed rule**: {one['verdict']}: at t = 2, benign vs. "
+    )
+    t, ratio = one["farthest"]
+    assert same.endswith(
+        "farthest apart in units of the seed baseline at "
+        f"t = {t:g} (×{ratio:.1f}, mean over pairs)"
+    )
+    like_one = verdicts.claim_one_like_with_like(table)
+    pair = like_one["across"][(1, 0)]
+    assert like.startswith("**like with like**: supported: at t = 2, (a) ")
+    assert (
+        f"C s1 vs. A s0: {pair['distance']:.3f} vs. {pair['baseline']:.3f} "
+        f"(×{pair['ratio']:.1f})"
+    ) in like
+    seed = like_one["same_start"][2]
+    assert f"s2: {seed['distance']:.3f} vs. {seed['baseline']:.3f}" in like
+    assert "t settled, adversarial vs. benign run: s0: 1 vs. 2" in like
+    (ta, ra), (tb, rb) = (
+        like_one["farthest"][k] for k in like_one["farthest"]
+    )
+    assert (
+        f"farthest apart in units of the baseline: (a) t = {ta:g} "
+        f"(×{ra:.1f}, mean over pairs), (b) t = {tb:g} (×{rb:.1f}, mean over "
+        "seeds)"
+    ) in like
+    assert "|" not in cell and "\n" not in cell
+    alone = report.claim_one_cell(_hand_kernels(0.25, 0.1, A_FIRST, False)[0])
+    assert "(b) not measured" in alone and "decided on (a) alone" in alone
+
+
+def test_like_with_like_rule_is_stated_verbatim():
+    """The rule as README and the report state it, word for word."""
+    words = " ".join(verdicts.LIKE_WITH_LIKE_RULE.split())
+    with open(os.path.join(grid.ROOT, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    assert words in readme
+    assert words.startswith("Claim 1, like with like, holds when every ")
+    assert "more than 2× a baseline" in words
+
+
+def test_kernel_figure_draws_the_baselines_at_every_t(tmp_path):
+    """The third panel: each benign-vs-adversarial distance beside its
+    baseline at every t, in one colour, the baselines dashed."""
+    table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
+    data, palette = report_figures.distance_lines(table)
+    pairs = collect.like_with_like(table)
+    lines = dict(list(data.groupby("line")))
+    start = pairs[pairs["comparison"] == "same θ(0)"].dropna(subset="baseline")
+    across = pairs[pairs["comparison"] == "across seeds"]
+    want = {
+        "S(C_s, A_s), same seed": ("benign vs. adversarial", 9),
+        "S(C_s, C′_s), same θ(0), another order": ("baseline", len(start)),
+        "S(C_s, A_s′), across seeds": ("benign vs. adversarial", 18),
+        "max(S(C_s, C_s′), S(A_s, A_s′)), seeds of one training": (
+            "baseline",
+            18,
+        ),
+    }
+    assert {k: (v["role"].iloc[0], len(v)) for k, v in lines.items()} == want
+    assert sorted(set(lines["S(C_s, A_s′), across seeds"]["t"])) == [0, 1, 2]
+    assert np.allclose(
+        np.sort(lines["S(C_s, C′_s), same θ(0), another order"]["distance"]),
+        np.sort(start["baseline"]),
+    )
+    assert np.allclose(
+        np.sort(lines["S(C_s, A_s′), across seeds"]["distance"]),
+        np.sort(across["distance"]),
+    )
+    assert (
+        palette["S(C_s, A_s′), across seeds"]
+        == palette["max(S(C_s, C_s′), S(A_s, A_s′)), seeds of one training"]
+    )
+    (path,) = report_figures.plot_kernels(table, str(tmp_path))
+    assert open(path, "rb").read()[:8] == PNG_MAGIC
+    # A table of before the like-with-like columns: each training's seed
+    # baseline, as before.
+    old = table.drop(
+        columns=collect.like_with_like_columns(table), errors="ignore"
+    )
+    data, _ = report_figures.distance_lines(old)
+    assert set(data["line"]) == {
+        "S(C_s, A_s), same seed",
+        "benign vs. other seeds",
+        "adversarial vs. other seeds",
+    }
+    assert report_figures.plot_kernels(old, str(tmp_path))
+
+
+def test_like_with_like_without_its_data():
+    table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
+    one = verdicts.claim_one_like_with_like(table[table["seed"] == 0])
+    assert one["verdict"] == "no data"
+    crossless = table.drop(
+        columns=[c for c in table if c.startswith("cross_distance")]
+    )
+    one = verdicts.claim_one_like_with_like(crossless)
+    assert one["verdict"] == "no data" and "pairwise.csv" in one["why"]
+    # A kernel missing at the last t: of C′ (b), or across seeds (a).
+    last = table["t"] == 2.0
+    for column, rows in (
+        ("distance_to_reordered", last),
+        ("cross_distance_to_seed_0", last & (table["seed"] == 1)),
+    ):
+        gappy = table.copy()
+        gappy.loc[rows, column] = math.nan
+        one = verdicts.claim_one_like_with_like(gappy)
+        assert one["verdict"] == "no data", column
+    assert verdicts.claim_one_like_with_like(pd.DataFrame())["verdict"] == (
+        "no data"
+    )
 
 
 # --------------------------------------------------------------------------

@@ -106,6 +106,42 @@ def test_what_a_folder_refuses(tmp_path, saved, flags, named):
         experiment._plan_start(settings, record(saved))
 
 
+def test_order_seed_defaults_to_the_random_seed():
+    assert run_exp.parse_args([]).order_seed == 0
+    assert run_exp.parse_args(["--random_seed", "3"]).order_seed == 3
+    given = run_exp.parse_args(["--random_seed", "3", "--order_seed", "7"])
+    assert (given.random_seed, given.order_seed) == (3, 7)
+    with pytest.raises(utils.UserError, match="--order_seed"):
+        run_exp.parse_args(["--order_seed", "-1"])
+
+
+def test_order_seed_sets_the_attack_keys_not_the_evaluation_seed():
+    same = settings_with(random_seed=3, order_seed=3)
+    other = settings_with(random_seed=3, order_seed=4)
+    for phase in (1, 2):
+        key = experiment._base_key(same, phase)
+        assert not np.array_equal(key, experiment._base_key(other, phase))
+        want = jax.random.fold_in(jax.random.PRNGKey(4), phase)
+        assert np.array_equal(experiment._base_key(other, phase), want)
+
+
+def test_record_without_order_seed_has_the_random_seed_in_its_place(
+    tmp_path,
+):
+    """A run recorded before --order_seed existed used --random_seed for
+    its data order: it counts as made with --order_seed = --random_seed."""
+    old = record("done", random_seed=5, order_seed=5)
+    del old.flags["order_seed"]
+    assert experiment.recorded_flags(old.flags)["order_seed"] == 5
+    settings = settings_with(
+        save_path=str(tmp_path), random_seed=5, order_seed=5
+    )
+    assert experiment._plan_start(settings, old) == "nothing to do"
+    other = settings_with(save_path=str(tmp_path), random_seed=5, order_seed=6)
+    with pytest.raises(utils.UserError, match="--order_seed 5 there, 6"):
+        experiment._plan_start(other, old)
+
+
 def test_files_of_another_run_need_overwrite(tmp_path):
     (tmp_path / "parameters_checkpoint_3.pkl").write_bytes(b"x")
     (tmp_path / "notes.txt").write_bytes(b"mine")

@@ -833,3 +833,62 @@ def test_record_made_before_the_attack_flags_still_resumes(
     code, out, err = run_in_process(flags, capsys)
     assert code == 0, err
     assert "nothing to do" in out
+
+
+def test_order_seed_changes_the_data_order_not_the_initialisation(
+    tmp_path, data_path, capsys
+):
+    """--order_seed equal to --random_seed is the run without it, file for
+    file; another --order_seed keeps θ(0) (and the subsets) but changes
+    θ(1): the data order is its own (test_experiment.py tests the seed of
+    the attack keys)."""
+    saved = {}
+    for name, order_seed in (("default", None), ("same", 0), ("other", 1000)):
+        save = tmp_path / name
+        flags = phase_one_flags(save, "CC", epochs=1) + ["--skip_first_test"]
+        if order_seed is not None:
+            flags += ["--order_seed", order_seed]
+        code, _, err = run_in_process(
+            [*flags, "--data_path", data_path], capsys
+        )
+        assert code == 0, err
+        saved[name] = {
+            t: load_pickle(save / f"parameters_checkpoint_{t}.pkl")
+            for t in (0, 1)
+        }
+        config = json.loads((save / "config.json").read_text())
+        assert config["flags"]["order_seed"] == (order_seed or 0)
+    for t in (0, 1):
+        for key in ("params", "net_state"):
+            assert utils.tree_equal(
+                saved["default"][t][key], saved["same"][t][key]
+            )
+    assert utils.tree_equal(
+        saved["default"][0]["params"], saved["other"][0]["params"]
+    )
+    assert not utils.tree_equal(
+        saved["default"][1]["params"], saved["other"][1]["params"]
+    )
+    assert saved["same"][1]["meta"]["flags"]["order_seed"] == 0
+
+
+def test_record_made_before_the_order_seed_still_resumes(
+    tmp_path, data_path, capsys
+):
+    """A record without order_seed counts as made with --order_seed =
+    --random_seed: the same command finds nothing to do; another
+    --order_seed is another run."""
+    save = tmp_path / "old"
+    flags = phase_one_flags(save, "CC", epochs=1)
+    flags += ["--skip_first_test", "--data_path", data_path]
+    code, _, err = run_in_process(flags, capsys)
+    assert code == 0, err
+    state_path = save / "train_state.pkl"
+    state = load_pickle(state_path)
+    del state["flags"]["order_seed"]
+    atomic.atomic_pickle(state_path, state)
+    code, out, err = run_in_process(flags, capsys)
+    assert code == 0, err
+    assert "nothing to do" in out
+    code, _, err = run_in_process(flags + ["--order_seed", "3"], capsys)
+    assert code == 2 and "--order_seed 0 there, 3 here" in err
