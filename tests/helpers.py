@@ -296,3 +296,27 @@ def write_untrained_checkpoint(path, seed: int = 0, **meta) -> str:
     recorded = dict(spec.as_meta(), phase="standard", epoch=0, **meta)
     checkpoints.save_checkpoint(path, params, params, state, recorded)
     return str(path)
+
+
+def assert_plain_tree(tree) -> None:
+    """`tree` is made of plain dicts of np.ndarray only (what a checkpoint
+    holds, readable without Haiku or JAX)."""
+    assert type(tree) is dict
+    for value in tree.values():
+        if isinstance(value, dict):
+            assert_plain_tree(value)
+        else:
+            assert type(value) is np.ndarray
+
+
+def cifar_rows(images):
+    """NHWC uint8 -> the CIFAR file layout: one row of R, G, B planes."""
+    return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+
+
+def write_idx(path, array):
+    """Big-endian idx file of uint8: magic 0x0000080D with D dimensions."""
+    header = np.array([0x0800 + array.ndim, *array.shape], dtype=">i4")
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(array.astype(np.uint8).tobytes())

@@ -410,23 +410,6 @@ def test_pickles_that_are_not_kernel_files(tmp_path):
     assert not isinstance(error.value, kernel_files.NotAKernelFile)
 
 
-@pytest.mark.parametrize(
-    "name, expected",
-    [
-        ("saved_kernel_500.pkl", True),
-        ("saved_kernel_class_3_500.pkl", True),
-        ("k_20.pkl", True),
-        ("parameters_checkpoint_20.pkl", False),
-        ("parameters_checkpoint_linear_3.pkl", False),
-        ("parameters_final.pkl", False),
-        ("results.pkl", False),
-        ("saved_kernel_500.json", False),
-    ],
-)
-def test_kernel_file_names(name, expected):
-    assert layout.is_kernel_file(name) is expected
-
-
 def test_checkpoint_folder_follows_the_relative_path(tmp_path):
     folder = tmp_path / "run" / "kernels" / "parameters_checkpoint_2"
     folder.mkdir(parents=True)
