@@ -1,6 +1,8 @@
-"""Shared by the kernel tests: small perturbed networks, and independent
-reference per-class kernels J_c J_cᵀ from `jax.jacrev` of the flattened
-parameters, in float64."""
+"""Shared by the kernel tests: small perturbed networks (two of them built
+once per session), and independent reference per-class kernels J_c J_cᵀ
+from `jax.jacrev` of the flattened parameters, in float64."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -58,3 +60,19 @@ def reference_kernels(apply_fn, trees, state, images):
 def relative_error(got, want):
     """‖got − want‖_F / ‖want‖_F."""
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+N_IMAGES = 7
+N_CLASSES = 3
+
+
+@functools.cache
+def resnet():
+    """network() of a ResNet-18 of width 2 on 7 images 16×16×3, 3 logits."""
+    return network("resnet18", N_CLASSES, (16, 16, 3), N_IMAGES)
+
+
+@functools.cache
+def mlp():
+    """network() of mlp_skinny on 7 images 6×6×1, 3 logits."""
+    return network("mlp_skinny", N_CLASSES, (6, 6, 1), N_IMAGES)

@@ -1,6 +1,6 @@
 """jacobians: the layer survey, convolution windows, factored and explicit
-block Jacobians against jax.jacrev (the cost model is tested with
-kernels)."""
+block Jacobians against jax.jacrev, their Gram in full precision (the cost
+model is tested with planner)."""
 
 import functools
 
@@ -188,3 +188,16 @@ def test_split_and_merge_params_round_trip():
     assert jax.tree_util.tree_structure(
         merged
     ) == jax.tree_util.tree_structure(dict(params))
+
+
+def test_gram_is_full_precision():
+    rng = np.random.default_rng(0)
+    j1 = rng.normal(size=(2, 3, 50)).astype(np.float32)
+    j2 = rng.normal(size=(2, 4, 50)).astype(np.float32)
+    want = np.einsum("gip,gjp->gij", j1.astype(np.float64), j2)
+    blocks = [
+        jacobians.BlockJacobian({"layer": {"w": jnp.asarray(j)}}, {}, {})
+        for j in (j1, j2)
+    ]
+    got = np.asarray(jacobians.gram(*blocks, {}))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
