@@ -1,15 +1,17 @@
 """Test set-up: importing helpers first sets the environment (JAX on the
 CPU, a shared compilation cache, the repository root on sys.path) before any
 test module imports JAX. Fixtures that several test modules share are
-session fixtures here, made once per run: the sweep tests' tiny grid and its
-one run, and a small Haiku model with batch norm."""
+fixtures here: the sweep tests' tiny grid, its one run (once per session)
+and the robustness grid written by hand; a small Haiku model with batch
+norm (once per session)."""
 
 import haiku as hk
 import jax
 import pytest
+from robust_cells import robust_grid  # noqa: F401
 
 import helpers  # noqa: F401
-from sweep_fixtures import sweep_data, tiny_local_run  # noqa: F401
+from sweep_fixtures import sweep_data, tiny, tiny_local_run  # noqa: F401
 
 
 def _mlp_with_batch_norm(images, is_training):

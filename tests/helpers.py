@@ -320,3 +320,6 @@ def write_idx(path, array):
     with open(path, "wb") as f:
         f.write(header.tobytes())
         f.write(array.astype(np.uint8).tobytes())
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the first bytes of every PNG file

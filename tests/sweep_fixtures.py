@@ -1,13 +1,16 @@
 """The tiny grid of the sweep tests (mlp_skinny on 300 Fashion-MNIST
-images, one epoch) as a config file, and one local run of it shared by the
-test modules of a session."""
+images, one epoch) as a config file, sweep.py's main run in-process, and
+one local run of the grid shared by the test modules of a session."""
 
 import json
 import os
 
 import pytest
 
+import cli
+import sweep
 from helpers import require_fashion_mnist, run_script
+from sweeper import grid
 
 
 def toml_text(config: dict) -> str:
@@ -133,3 +136,50 @@ def tiny_local_run(tmp_path_factory, sweep_data):
     )
     result = run_sweep(config, "--local", "2")
     return {"config": config, "root": root, "result": result}
+
+
+# A [throughput] section: made-up rates of a device 'D'.
+THROUGHPUT = {
+    "device": "D",
+    "source": "S",
+    "phase1_benign_images_per_s": 600.0,
+    "phase1_adversarial_images_per_s": 100.0,
+    "phase2_benign_images_per_s": 50.0,
+    "phase2_adversarial_images_per_s": 30.0,
+    "pgd_image_steps_per_s": 1000.0,
+    "kernel_file_s": 2.0,
+}
+
+
+def sweep_main(*argv):
+    """sweep.py's main in this process, as its entry point runs it;
+    returns the exit status."""
+    try:
+        status = cli.run_cli(lambda: sweep.main([str(a) for a in argv]))
+    except SystemExit as exit_:
+        return exit_.code
+    return status
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """The tiny grid's config (a dict), its root and a writer."""
+    root = tmp_path / "root"
+    config = tiny_config(root, "/nowhere/data")
+
+    def write(cfg=None, text=None):
+        path = tmp_path / "grid.toml"
+        if text is not None:
+            path.write_text(text)
+            return str(path)
+        return write_config(path, cfg or config)
+
+    return config, root, write
+
+
+def tiny_grid(tmp_path, **changes):
+    """The tiny grid (data in a folder that does not exist) with
+    `changes` (see tiny_config), its file in tmp_path."""
+    config = tiny_config(tmp_path / "root", "/nowhere/data", **changes)
+    path = write_config(tmp_path / "grid.toml", config)
+    return grid.Grid.load(path)

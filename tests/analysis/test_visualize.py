@@ -17,6 +17,7 @@ import models
 import visualize_ntk_features
 from analysis import feature_figures, features
 from helpers import (
+    PNG_SIGNATURE,
     legacy_balanced_indices,
     load_pickle,
     require_fashion_mnist,
@@ -28,7 +29,6 @@ CLASS_INDEX = 3
 SIZE = 20  # two images of each of the ten classes
 N_IMAGES = 2
 STEPS = 4
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")

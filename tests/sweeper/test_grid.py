@@ -14,36 +14,14 @@ import utils
 from helpers import ROOT, assert_one_line_error, files_snapshot
 from ntk import kernel_files
 from store import atomic
-from sweep_fixtures import tiny_config, toml_text, write_config
+from sweep_fixtures import (
+    THROUGHPUT,
+    sweep_main,
+    toml_text,
+)
 from sweeper import estimate, grid, runners, schema
 
 PRESETS = ("cpu-small", "cpu-resnet", "gpu-fmnist", "paper-cifar10")
-
-
-def run_main(*argv):
-    """sweep.py's main in this process, as its entry point runs it;
-    returns the exit status."""
-    try:
-        status = cli.run_cli(lambda: sweep.main([str(a) for a in argv]))
-    except SystemExit as exit_:
-        return exit_.code
-    return status
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    """The tiny grid's config (a dict), its root and a writer."""
-    root = tmp_path / "root"
-    config = tiny_config(root, "/nowhere/data")
-
-    def write(cfg=None, text=None):
-        path = tmp_path / "grid.toml"
-        if text is not None:
-            path.write_text(text)
-            return str(path)
-        return write_config(path, cfg or config)
-
-    return config, root, write
 
 
 # --------------------------------------------------------------------------
@@ -78,54 +56,13 @@ def test_cpu_presets_decide_claim_one(name):
     assert image_seeds == {"0"}
 
 
-def test_paper_preset_is_the_paper_grid():
-    c = schema.load_config(os.path.join(ROOT, "configs", "paper-cifar10.toml"))
-    assert c["data"]["dataset"] == "cifar10"
-    assert c["attack"]["eps"] == 4.0
-    assert c["phase1"]["epochs"] == 101 and c["phase2"]["epochs"] == 100
-    assert c["phase1"]["loaders"] == ["C", "A"]
-    assert c["phase2"]["loaders"] == ["C", "A"]
-    # Default t: all of the paper's, since 101 epochs save every one.
-    assert c["phase1"]["times"] == [float(t) for t in schema.PAPER_TIMES]
-    assert c["kernels"]["sizes"] == [500]
-
-
-def test_saved_times_are_run_exps_checkpoints():
-    assert schema.saved_times(0) == [0.0]
-    assert schema.saved_times(1) == [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1]
-    assert schema.saved_times(3) == [
-        0,
-        0.125,
-        0.25,
-        0.375,
-        0.5,
-        0.75,
-        1,
-        1.5,
-        2,
-        2.5,
-        3,
-    ]
-
-
-def test_default_times_are_the_papers_that_phase1_saves(tiny):
-    config, _, write = tiny
-    config["phase1"] = {"loaders": ["C"], "epochs": 3}
-    c = schema.load_config(write(config))
-    want = [0, 0.125, 0.25, 0.375, 0.5, 0.75, 1, 1.5, 2, 2.5, 3]
-    assert c["phase1"]["times"] == want
-    assert c["phase2"]["times"] == want and c["kernels"]["times"] == want
-    assert c["phase2"]["dynamics"] == ["centered"]
-    assert c["phase2"]["lr"] == 0.01
-
-
 # --------------------------------------------------------------------------
 # Bad input: one line naming the key, exit 2, nothing written
 # --------------------------------------------------------------------------
 
 
 def _refused(write_args, capsys, root, *named):
-    status = run_main(write_args, "--dry_run")
+    status = sweep_main(write_args, "--dry_run")
     err = capsys.readouterr().err
     assert status == 2
     assert_one_line_error(err, *named)
@@ -219,7 +156,7 @@ def test_unwritable_output_root_refused(tiny, capsys):
 
 def test_no_mode_refused(tiny, capsys):
     _, _, write = tiny
-    status = run_main(write())
+    status = sweep_main(write())
     assert status == 2
     assert_one_line_error(capsys.readouterr().err, "--dry_run", "--local")
 
@@ -539,7 +476,7 @@ def test_order_replicate_refusals(tiny, capsys, change, named):
     if "kernels" in change:
         del config["kernels"], config["analysis"]
     config["seeds"] = change.get("seeds", config["seeds"])
-    assert run_main(write(config), "--dry_run") == 2
+    assert sweep_main(write(config), "--dry_run") == 2
     assert_one_line_error(capsys.readouterr().err, "order_replicate", named)
 
 
@@ -548,7 +485,7 @@ def test_order_replicate_in_dry_run_estimate_and_record(tiny, capsys):
     config["throughput"] = dict(THROUGHPUT)
     the_grid = replicate_grid(config, write)
     cells = the_grid.cells()
-    assert run_main(write(config), "--dry_run") == 0
+    assert sweep_main(write(config), "--dry_run") == 0
     out = capsys.readouterr().out
     assert "# seed_1/phase1_C_reordered [phase1, to run]" in out
     assert "--order_seed 1001" in out
@@ -667,7 +604,7 @@ def test_only_kernels_prints_estimates_and_runs_their_cells(
     part = [c for c in the_grid.cells() if c.stage in grid.ONLY["kernels"]]
     assert {c.stage for c in part} == {"phase1", "kernel", "analysis"}
     assert the_grid.only_cells(the_grid.cells(), "kernels") == part
-    assert run_main(path, "--dry_run", "--only", "kernels") == 0
+    assert sweep_main(path, "--dry_run", "--only", "kernels") == 0
     out = capsys.readouterr().out
     printed = [
         line[2:].split(" [")[0]
@@ -679,7 +616,7 @@ def test_only_kernels_prints_estimates_and_runs_their_cells(
     cost = estimate.estimate(the_grid, part)
     assert set(cost["stages"]) == {"phase1", "kernel", "analysis"}
     ran = fake_local_runs(monkeypatch)
-    assert run_main(path, "--local", "1", "--only", "kernels") == 0
+    assert sweep_main(path, "--local", "1", "--only", "kernels") == 0
     assert sorted(ran) == sorted(c.id for c in part)
 
 
@@ -699,7 +636,7 @@ def test_only_refusals(tiny, capsys, change, argv, named):
     config, root, write = tiny
     for section in change:
         config.pop(section)
-    assert run_main(write(config), *argv) == 2
+    assert sweep_main(write(config), *argv) == 2
     assert_one_line_error(capsys.readouterr().err, named)
     assert not os.path.exists(root)
 
@@ -756,43 +693,13 @@ def test_cell_status_from_the_files(tiny, tmp_path):
 def test_dry_run_prints_every_command(tiny, capsys):
     config, root, write = tiny
     path = write(config)
-    assert run_main(path, "--dry_run") == 0
+    assert sweep_main(path, "--dry_run") == 0
     out = capsys.readouterr().out.splitlines()
     commands = [line for line in out if not line.startswith("#")]
     cells = grid.Grid.load(path).cells()
     assert commands == [c.command(grid.python_display()) for c in cells]
     assert shlex.split(commands[0])[1:] == cells[0].argv()
     assert not os.path.exists(root)
-
-
-def test_estimate_by_hand(tiny, capsys):
-    config, _, write = tiny
-    config["phase1"]["loaders"] = ["C", "A"]
-    config["phase2"] = {"loaders": ["A"], "epochs": 3}
-    config["throughput"] = dict(THROUGHPUT)
-    the_grid = grid.Grid.load(write(config))
-    cost = estimate.estimate(the_grid, the_grid.cells())
-    # 300 training images, 100 test images, 5 PGD steps x 2 attacks.
-    run_eval = 100 * 5 * 2 / 1000
-    phase1 = (300 / 600 + run_eval) + (300 / 100 + run_eval)
-    phase2 = 2 * (3 * 300 / 30 + run_eval)
-    evals = 2 * (100 * 5 / 1000)
-    kernel = 2 * 10 * 2.0  # two runs, class 'all': 10 files each
-    assert cost["stages"]["phase1"] == (2, pytest.approx(phase1 / 3600))
-    assert cost["stages"]["phase2"] == (2, pytest.approx(phase2 / 3600))
-    assert cost["stages"]["eval"] == (2, pytest.approx(evals / 3600))
-    assert cost["stages"]["kernel"] == (2, pytest.approx(kernel / 3600))
-    total = (phase1 + phase2 + evals + kernel) / 3600
-    assert cost["total"] == pytest.approx(total)
-    assert run_main(write(config), "--estimate") == 0
-    # The unit follows [throughput].device ("D" names no kind of chip).
-    assert f"total {total:.1f} device-hours" in capsys.readouterr().out
-
-
-def test_estimate_needs_throughput(tiny, capsys):
-    _, _, write = tiny
-    assert run_main(write(), "--estimate") == 2
-    assert_one_line_error(capsys.readouterr().err, "[throughput]")
 
 
 def test_output_root_of_another_sweep_refused(tiny, capsys):
@@ -806,49 +713,15 @@ def test_output_root_of_another_sweep_refused(tiny, capsys):
     config["phase2"]["lr"] = 0.5
     with pytest.raises(utils.UserError, match="phase2.lr"):
         grid.Grid.load(write(config)).check_record()
-    status = run_main(write(config), "--local", "1")
+    status = sweep_main(write(config), "--local", "1")
     assert status == 2
     assert_one_line_error(capsys.readouterr().err, "phase2.lr", "0.01")
-
-
-def test_worker_environment_pins_one_gpu_each(monkeypatch):
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/somewhere")
-    envs = [runners.worker_env(s, 2, ["3", "5"], "r") for s in range(2)]
-    assert envs == [
-        {"CUDA_VISIBLE_DEVICES": "3"},
-        {"CUDA_VISIBLE_DEVICES": "5"},
-    ]
-    shared = runners.worker_env(2, 3, ["3", "5"], "r")
-    assert shared["CUDA_VISIBLE_DEVICES"] == "3"
-    assert shared["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
-    assert runners.worker_env(0, 2, [], "r") == {}
-    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
-    assert runners.worker_env(0, 1, [], "r") == {
-        "JAX_COMPILATION_CACHE_DIR": os.path.join(ROOT, "r", "jax_cache")
-    }
-
-
-def test_visible_gpus_from_the_environment(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2")
-    assert runners.visible_gpus() == ["0", "2"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert runners.visible_gpus() == []
 
 
 # --------------------------------------------------------------------------
 # Promises of sweep.py (README.md, "Promises of sweep.py")
 # --------------------------------------------------------------------------
 
-THROUGHPUT = {
-    "device": "D",
-    "source": "S",
-    "phase1_benign_images_per_s": 600.0,
-    "phase1_adversarial_images_per_s": 100.0,
-    "phase2_benign_images_per_s": 50.0,
-    "phase2_adversarial_images_per_s": 30.0,
-    "pgd_image_steps_per_s": 1000.0,
-    "kernel_file_s": 2.0,
-}
 REFERENCE = {
     "phase1": "C",
     "t": 1.0,
@@ -917,7 +790,7 @@ def test_promise_grid_numbers_checked_like_cli(
     minimum, maximum, above = rule
     problem = cli.number_problem(value, minimum, maximum, above=above)
     assert problem  # the scripts' own rule refuses it
-    status = run_main(write(text=text), "--local", "1")
+    status = sweep_main(write(text=text), "--local", "1")
     assert status == 2
     name = f"{section}.{key}" if section else key
     assert_one_line_error(capsys.readouterr().err, f"{name} {problem}")
@@ -929,7 +802,7 @@ def test_promise_grid_numbers_checked_like_cli_in_tables(tiny, capsys):
     config, root, write = tiny
     config["slurm"]["additional"] = {"exclusive": True, "nodes": 1.5}
     text = toml_text(config).replace("nodes = 1.5", "nodes = nan")
-    assert run_main(write(text=text), "--dry_run") == 2
+    assert sweep_main(write(text=text), "--dry_run") == 2
     assert_one_line_error(
         capsys.readouterr().err, "slurm.additional.nodes must be finite"
     )
@@ -962,7 +835,7 @@ def test_promise_grid_refuses_what_the_scripts_refuse(
     subsets with)."""
     config, root, write = tiny
     _with(config, section, key, value)
-    assert run_main(write(config), "--dry_run") == 2
+    assert sweep_main(write(config), "--dry_run") == 2
     name = f"{section}.{key}" if section else key
     assert_one_line_error(capsys.readouterr().err, f"{name}: {words()}")
     assert not os.path.exists(root)
@@ -976,13 +849,6 @@ def _subset(size, seed):
     )
 
 
-def test_promise_grid_refuses_what_the_scripts_refuse_the_seed_limit():
-    """The grid's limit is the scripts': 2**32 - 1 is taken by both."""
-    labels = [c for c in range(10) for _ in range(3)]
-    assert len(data.balanced_subset_indices(labels, 20, 2**32 - 1)) == 20
-    assert schema._seeds([0, 2**32 - 1]) is None
-
-
 def test_promise_huge_epochs_planned_lazily(tiny, capsys):
     """phase1.epochs = 10**8: the saved t are never listed; the dry run
     prints every command, and an unsaved t is refused in a short line."""
@@ -990,13 +856,13 @@ def test_promise_huge_epochs_planned_lazily(tiny, capsys):
     config["phase1"]["epochs"] = 100_000_000
     config["phase2"]["times"] = [1, 99_999_999]
     config["kernels"]["times"] = [0.125, 100_000_000]
-    assert run_main(write(config), "--dry_run") == 0
+    assert sweep_main(write(config), "--dry_run") == 0
     out = capsys.readouterr().out
     assert "--standard_epochs 100000000 " in out
     assert "parameters_checkpoint_99999999.pkl" in out
     assert not os.path.exists(root)
     config["phase2"]["times"] = [2.5, 99_999_999.5]
-    assert run_main(write(config), "--dry_run") == 2
+    assert sweep_main(write(config), "--dry_run") == 2
     err = capsys.readouterr().err
     assert_one_line_error(
         err,
@@ -1043,7 +909,7 @@ def test_promise_grid_names_are_plain_and_values_typed(
         else:
             config[section] = value
     results = tmp_path / "results"
-    status = run_main(
+    status = sweep_main(
         write(config),
         "--aggregate",
         "--results_dir",
@@ -1061,7 +927,7 @@ def test_promise_grid_names_are_plain_and_values_typed_flags(tiny, capsys):
     _, root, write = tiny
     path = write()
     for flag in ("--output_root", "--results_dir", "--report"):
-        assert run_main(path, "--dry_run", flag, "") == 2
+        assert sweep_main(path, "--dry_run", flag, "") == 2
         assert_one_line_error(capsys.readouterr().err, f"{flag} must not")
     assert not os.path.exists(root)
 
@@ -1088,7 +954,7 @@ def test_promise_damaged_sweep_record_is_one_line(
     record = root / "sweep.json"
     damage(record)
     args = ["--local", "1"] if mode == "--local" else ["--aggregate"]
-    status = run_main(
+    status = sweep_main(
         write(config),
         *args,
         "--results_dir",
@@ -1160,7 +1026,7 @@ def test_item14_kernel_cells_checked_against_their_files(
     analysis_cell = next(c for c in the_grid.cells() if c.stage == "analysis")
     assert grid.cell_status(kernel_cell) == grid.DONE
     before = files_snapshot(tmp_path)
-    assert run_main(path, "--dry_run") == 0
+    assert sweep_main(path, "--dry_run") == 0
     out = capsys.readouterr().out
     assert (
         f"# {kernel_cell.id} [kernel, made with other flags: "
@@ -1175,7 +1041,7 @@ def test_item14_kernel_cells_checked_against_their_files(
         ["--aggregate", "--results_dir", results, "--report", tmp_path / "R"],
         ["--local", "1"],
     ):
-        assert run_main(path, *mode) == 2
+        assert sweep_main(path, *mode) == 2
         err = capsys.readouterr().err
         assert_one_line_error(
             err, kernel_cell.id, "--random_seed 0, not 5", "kernels.image_seed"
@@ -1183,7 +1049,7 @@ def test_item14_kernel_cells_checked_against_their_files(
         assert files_snapshot(tmp_path) == before
     # The grid that made them finds them finished.
     config["kernels"]["image_seed"] = 0
-    assert run_main(write(config), "--dry_run") == 0
+    assert sweep_main(write(config), "--dry_run") == 0
     assert f"# {kernel_cell.id} [kernel, finished" in capsys.readouterr().out
 
 
@@ -1208,7 +1074,7 @@ def test_item15_sizes_the_data_cannot_give_refused_by_the_grid_check(
     _with(config, section, key, value)
     path = write(config)
     before = files_snapshot(root.parent)
-    assert run_main(path, "--dry_run") == 2
+    assert sweep_main(path, "--dry_run") == 2
     err = capsys.readouterr().err
     labels = np.repeat(np.arange(10), have)
     words = _script_refusal(
@@ -1220,17 +1086,3 @@ def test_item15_sizes_the_data_cannot_give_refused_by_the_grid_check(
     assert_one_line_error(err, name, words[len("class 0 ") :])
     assert files_snapshot(root.parent) == before
     assert not os.path.exists(root)
-
-
-def test_unit_item_estimate_hours_follow_the_device(tiny, capsys):
-    """--estimate names the hours after [throughput].device: CPU-hours for
-    a CPU (configs/cpu-resnet.toml), GPU-hours for an NVIDIA GPU, else
-    device-hours; never GPU-hours for a CPU."""
-    assert estimate.hours_unit("CPU, 2 cores (JAX 0.5.3)") == "CPU-hours"
-    assert estimate.hours_unit("NVIDIA H100 80GB HBM3") == "GPU-hours"
-    assert estimate.hours_unit("TPU v5e") == "TPU-hours"
-    assert estimate.hours_unit("D") == "device-hours"
-    cpu = os.path.join(ROOT, "configs", "cpu-resnet.toml")
-    assert run_main(cpu, "--estimate") == 0
-    out = capsys.readouterr().out
-    assert "CPU-hours" in out and "GPU-hours" not in out

@@ -12,17 +12,16 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from kernel_tables import A_FIRST, hand_kernels
 
 import eval_and_make_adv
 import run_exp
 import sweep
 import utils
-from analysis import kernel_analysis as ka
-from helpers import assert_one_line_error, files_snapshot
+from helpers import PNG_SIGNATURE, assert_one_line_error, files_snapshot
 from store import atomic
 from sweep_fixtures import tiny_config, write_config
 from sweeper import (
-    collect,
     estimate,
     grid,
     report,
@@ -30,7 +29,6 @@ from sweeper import (
     verdicts,
 )
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MEASURES = ("top10_mass", "effective_rank", "lambda_max")
 
 
@@ -447,7 +445,7 @@ def test_figures_and_report_written(synthetic):
         "features.png",
     ):
         path = results / "synth" / name
-        assert path.read_bytes()[:8] == PNG_MAGIC, name
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, name
     text = (tmp_path / "R.md").read_text()
     rows = pd.read_csv(results / "synth.csv")
     two = verdicts.claim_two(rows)
@@ -531,260 +529,12 @@ def test_report_without_results(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Verdicts
+# Claim 1's cell of the report, on 3×3 kernels written here
 # --------------------------------------------------------------------------
-
-
-def _rows(linf_a, linf_c, dataset="fashion_mnist", eps=8.0):
-    """Rows of two seeds at t = 1 and 3, benign and adversarial kernel,
-    benign and adversarial phase 2; PGD-L∞ accuracy at t = 3 per kernel."""
-    rows = []
-    for seed, t, p1, p2 in itertools.product((0, 1), (1.0, 3.0), "CA", "CA"):
-        linf = {"A": linf_a, "C": linf_c}[p1][seed] if t == 3.0 else 0.1
-        rows.append(
-            dict(
-                seed=seed,
-                phase1=p1,
-                t=t,
-                phase2=p2,
-                dynamics="centered",
-                clean=0.9,
-                linf=linf,
-                l2=0.5,
-                dataset=dataset,
-                eps=eps,
-            )
-        )
-    return pd.DataFrame(rows)
-
-
-def test_claim_two_verdicts():
-    two = verdicts.claim_two(_rows((0.80, 0.84), (0.39, 0.30)))
-    assert two["verdict"] == "supported" and two["t"] == 3.0
-    assert two["gains"] == {
-        0: pytest.approx(0.41),
-        1: pytest.approx(0.54),
-    }
-    assert two["adversarial"][0] == pytest.approx(0.82)
-    # A gain below 0.05 in one seed is not enough; higher in every seed is
-    # "in direction only"; lower in one seed is not supported.
-    two = verdicts.claim_two(_rows((0.80, 0.33), (0.39, 0.30)))
-    assert two["verdict"] == "in direction only"
-    two = verdicts.claim_two(_rows((0.80, 0.29), (0.39, 0.30)))
-    assert two["verdict"] == "not supported"
-    assert verdicts.claim_two(pd.DataFrame())["verdict"] == "no data"
-
-
-def test_claim_three_verdicts():
-    three = verdicts.claim_three(_rows((0.80, 0.84), (0.3, 0.3)))
-    assert three["verdict"].startswith("not tested")
-    assert three["robust"][0] == pytest.approx(0.82)
-    cifar = _rows((0.75, 0.76), (0.3, 0.3), "cifar10", 4.0)
-    assert verdicts.claim_three(cifar)["verdict"] == "supported"
-    low = _rows((0.70, 0.71), (0.3, 0.3), "cifar10", 4.0)
-    assert verdicts.claim_three(low)["verdict"] == "not supported"
-
-
-def _synthetic_kernels(seed_noise, speeds, times=(0.0, 1.0, 2.0, 4.0)):
-    """The class-0 kernels (N = 8) of three seeds' benign and adversarial
-    runs: each run goes from a common start K_s to its training's end
-    (K_C or K_A) by t · speed of the way (capped at all of it), plus a
-    per-seed perturbation of relative size `seed_noise`, as report's
-    kernel table holds them: the derived columns computed from the
-    kernels' pairwise distances."""
-    rng = np.random.default_rng(7)
-
-    def unit_psd():
-        m = rng.normal(size=(8, 8))
-        k = m @ m.T
-        return k / np.linalg.norm(k)
-
-    start, ends = unit_psd(), {"C": unit_psd(), "A": unit_psd()}
-    kernels = {}
-    for seed in (0, 1, 2):
-        noise = unit_psd()
-        for loader in "CA":
-            for t in times:
-                w = min(1.0, t * speeds[loader])
-                kernels[(seed, loader, t, 0, 8)] = (
-                    (1 - w) * start + w * ends[loader] + seed_noise * noise
-                )
-    keys = list(kernels)
-    pairs = {
-        frozenset((a, b)): ka.kernel_distance(kernels[a], kernels[b])
-        for a, b in itertools.combinations(keys, 2)
-    }
-    table = pd.DataFrame(keys, columns=collect.KERNEL_KEYS)
-    collect._add_derived(table, pairs, ["C", "A"], [0, 1, 2])
-    return table, kernels
-
-
-def test_claim_one_on_synthetic_kernels():
-    """Claim 1 holds where the adversarial kernel reaches its own end by
-    t = 1 and seeds barely differ; fails where the seeds differ as much as
-    the trainings, or where the adversarial kernel settles last."""
-    fast_a = {"A": 1.0, "C": 0.25}
-    table, kernels = _synthetic_kernels(0.02, fast_a)
-    one = verdicts.claim_one(table)
-    assert one["verdict"] == "supported", one
-    assert one["t"] == 4.0
-    assert set(one["pairs"]) == {(0, 1), (0, 2), (1, 2)}
-    # The numbers it was decided on are the kernels' distances.
-    pair = one["pairs"][(0, 2)]
-    d = ka.kernel_distance
-    assert pair["between"][0] == pytest.approx(
-        d(kernels[(0, "C", 4.0, 0, 8)], kernels[(0, "A", 4.0, 0, 8)])
-    )
-    assert pair["baseline"] == pytest.approx(
-        max(
-            d(kernels[(0, p, 4.0, 0, 8)], kernels[(2, p, 4.0, 0, 8)])
-            for p in "CA"
-        )
-    )
-    assert one["settle"][1] == {"A": 1.0, "C": 4.0}
-    # Seeds as far apart as the trainings: the baseline swallows the gap.
-    noisy = verdicts.claim_one(_synthetic_kernels(2.0, fast_a)[0])
-    assert noisy["verdict"] == "not supported"
-    assert all(
-        p["ratio"] < verdicts.SEED_BASELINE_FACTOR
-        for p in noisy["pairs"].values()
-    )
-    # The adversarial kernel settles after the benign one.
-    slow = verdicts.claim_one(
-        _synthetic_kernels(0.02, {"A": 0.25, "C": 1.0})[0]
-    )
-    assert slow["verdict"] == "not supported"
-    assert slow["settle"][0] == {"A": 4.0, "C": 1.0}
-    # One seed has no baseline; no kernels, no data.
-    single = table[table["seed"] == 0]
-    assert verdicts.claim_one(single)["verdict"] == "no data"
-    assert verdicts.claim_one(pd.DataFrame())["verdict"] == "no data"
-
-
-# --------------------------------------------------------------------------
-# Claim 1 like with like, on 3×3 kernels written here
-# --------------------------------------------------------------------------
-
-SEED_SHIFT = (0.0, 0.1, 0.2)  # each seed's kernels moved along one axis
-
-
-def _hand_kernels(gap, eps, way, replicate=True):
-    """diag(1, y, z) kernels of seeds 0-2 at t = 0, 1, 2: y is the
-    training's (C goes to −gap, A to +gap, each by way[run][t] of the way),
-    z the seed's (SEED_SHIFT), plus `eps` at t > 0 for the order replicate
-    C′ (grid.REORDERED). Returns (the kernel table as collect builds it
-    from their distances, {key: kernel})."""
-    kernels = {}
-    for seed, shift in enumerate(SEED_SHIFT):
-        for t in (0.0, 1.0, 2.0):
-            runs = {
-                "C": (-gap * way["C"][int(t)], shift),
-                "A": (gap * way["A"][int(t)], shift),
-            }
-            if replicate:
-                runs[grid.REORDERED] = (runs["C"][0], shift + eps * (t > 0))
-            for run, (y, z) in runs.items():
-                kernels[(seed, run, t, 0, 3)] = np.diag([1.0, y, z])
-    pairs = {
-        frozenset((a, b)): ka.kernel_distance(kernels[a], kernels[b])
-        for a, b in itertools.combinations(kernels, 2)
-    }
-    keys = [k for k in kernels if k[1] != grid.REORDERED]
-    table = pd.DataFrame(keys, columns=collect.KERNEL_KEYS)
-    collect._add_derived(table, pairs, ["C", "A"], [0, 1, 2])
-    if replicate:
-        collect._add_reordered(table, pairs)
-    return table, kernels
-
-
-# A settles at t = 1, C at t = 2 (A's rule of settling holds).
-A_FIRST = {"C": (0, 0.3, 1), "A": (0, 1, 1)}
-
-
-def _s(a, b):
-    """S of diag(a), diag(b) by its formula, written out."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return 1 - a @ b / np.sqrt((a @ a) * (b @ b))
-
-
-def test_like_with_like_distances_by_hand():
-    """Each distance and baseline at every t, against the formula of S
-    on the kernels' diagonals."""
-    gap, eps = 0.25, 0.1
-    table, _ = _hand_kernels(gap, eps, A_FIRST)
-    pairs = collect.like_with_like(table)
-    assert set(pairs["comparison"]) == {"across seeds", "same θ(0)"}
-    across = pairs[pairs["comparison"] == "across seeds"]
-    assert len(across) == 3 * 6  # three t, six ordered pairs
-    row = across[(across["t"] == 2) & (across["seed"] == 2)]
-    row = row[row["other"] == 0].iloc[0]
-    # S(C_2, A_0) against max(S(C_2, C_0), S(A_2, A_0)) (equal here).
-    assert row["distance"] == pytest.approx(_s([1, -gap, 0.2], [1, gap, 0]))
-    baseline = _s([1, -gap, 0.2], [1, -gap, 0])
-    assert row["baseline"] == pytest.approx(baseline)
-    assert row["ratio"] == pytest.approx(row["distance"] / baseline)
-    # At t = 0 every run of a seed is θ_s(0): S(C_s, A_s') is the seed
-    # baseline itself.
-    start = across[across["t"] == 0]
-    assert np.allclose(start["ratio"], 1.0)
-    same = pairs[pairs["comparison"] == "same θ(0)"].set_index(["t", "seed"])
-    assert same.loc[(1.0, 1), "distance"] == pytest.approx(
-        _s([1, -0.3 * gap, 0.1], [1, gap, 0.1])
-    )
-    assert same.loc[(1.0, 1), "baseline"] == pytest.approx(
-        _s([1, -0.3 * gap, 0.1], [1, -0.3 * gap, 0.1 + eps])
-    )
-    # At t = 0 both are 0 (one θ(0)): no ratio.
-    assert same.loc[(0.0, 0), "distance"] == 0.0
-    assert math.isnan(same.loc[(0.0, 0), "ratio"])
-    # Without the replicate: the comparison across seeds alone.
-    alone = collect.like_with_like(_hand_kernels(gap, eps, A_FIRST, False)[0])
-    assert set(alone["comparison"]) == {"across seeds"}
-
-
-@pytest.mark.parametrize(
-    "gap, eps, way, replicate, verdict",
-    [
-        (0.25, 0.1, A_FIRST, True, "supported"),
-        (0.04, 0.065, A_FIRST, True, "in direction only"),
-        # Benign and adversarial closer than two seeds' kernels.
-        (0.04, 0.1, A_FIRST, True, "not supported"),
-        (0.25, 0.1, {"C": (0, 1, 1), "A": (0, 0.3, 1)}, True, "not supported"),
-        (0.25, 0.1, A_FIRST, False, "supported"),
-    ],
-)
-def test_like_with_like_verdicts(gap, eps, way, replicate, verdict):
-    table, _ = _hand_kernels(gap, eps, way, replicate)
-    one = verdicts.claim_one_like_with_like(table)
-    assert one["verdict"] == verdict, one
-    ratios = [p["ratio"] for p in one["across"].values()]
-    ratios += [p["ratio"] for p in one["same_start"].values()]
-    assert len(one["across"]) == 6 and one["t"] == 2.0
-    assert len(one["same_start"]) == (3 if replicate else 0)
-    assert one["replicates"] is replicate
-    if verdict == "in direction only":
-        assert min(ratios) > 1 and min(ratios) <= 2
-    pair = one["across"][(0, 1)]
-    assert pair["distance"] == pytest.approx(_s([1, -gap, 0.0], [1, gap, 0.1]))
-
-
-def test_like_with_like_names_where_the_kernels_are_farthest_apart():
-    """The t of the largest mean ratio, with that ratio: here the runs
-    are farthest apart at t = 1, before both settle back."""
-    way = {"C": (0, 1, 0.6), "A": (0, 1.4, 1)}
-    table, _ = _hand_kernels(0.25, 0.1, way)
-    one = verdicts.claim_one_like_with_like(table)
-    pairs = collect.like_with_like(table)
-    for name in ("across seeds", "same θ(0)"):
-        means = pairs[pairs["comparison"] == name].groupby("t")["ratio"].mean()
-        assert one["farthest"][name] == (1.0, pytest.approx(means[1.0]))
-        assert means[1.0] > means[2.0]
-    same_seed = verdicts.claim_one(table)["farthest"]
-    assert same_seed[0] == 1.0
 
 
 def test_claim_one_cell_gives_both_rules_labelled():
-    table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
+    table, _ = hand_kernels(0.25, 0.1, A_FIRST)
     cell = report.claim_one_cell(table)
     same, like = cell.split(" <br><br> ")
     one = verdicts.claim_one(table)
@@ -815,90 +565,8 @@ def test_claim_one_cell_gives_both_rules_labelled():
         "seeds)"
     ) in like
     assert "|" not in cell and "\n" not in cell
-    alone = report.claim_one_cell(_hand_kernels(0.25, 0.1, A_FIRST, False)[0])
+    alone = report.claim_one_cell(hand_kernels(0.25, 0.1, A_FIRST, False)[0])
     assert "(b) not measured" in alone and "decided on (a) alone" in alone
-
-
-def test_like_with_like_rule_is_stated_verbatim():
-    """The rule as README and the report state it, word for word."""
-    words = " ".join(verdicts.LIKE_WITH_LIKE_RULE.split())
-    with open(os.path.join(grid.ROOT, "README.md")) as f:
-        readme = " ".join(f.read().split())
-    assert words in readme
-    assert words.startswith("Claim 1, like with like, holds when every ")
-    assert "more than 2× a baseline" in words
-
-
-def test_kernel_figure_draws_the_baselines_at_every_t(tmp_path):
-    """The third panel: each benign-vs-adversarial distance beside its
-    baseline at every t, in one colour, the baselines dashed."""
-    table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
-    data, palette = report_figures.distance_lines(table)
-    pairs = collect.like_with_like(table)
-    lines = dict(list(data.groupby("line")))
-    start = pairs[pairs["comparison"] == "same θ(0)"].dropna(subset="baseline")
-    across = pairs[pairs["comparison"] == "across seeds"]
-    want = {
-        "S(C_s, A_s), same seed": ("benign vs. adversarial", 9),
-        "S(C_s, C′_s), same θ(0), another order": ("baseline", len(start)),
-        "S(C_s, A_s′), across seeds": ("benign vs. adversarial", 18),
-        "max(S(C_s, C_s′), S(A_s, A_s′)), seeds of one training": (
-            "baseline",
-            18,
-        ),
-    }
-    assert {k: (v["role"].iloc[0], len(v)) for k, v in lines.items()} == want
-    assert sorted(set(lines["S(C_s, A_s′), across seeds"]["t"])) == [0, 1, 2]
-    assert np.allclose(
-        np.sort(lines["S(C_s, C′_s), same θ(0), another order"]["distance"]),
-        np.sort(start["baseline"]),
-    )
-    assert np.allclose(
-        np.sort(lines["S(C_s, A_s′), across seeds"]["distance"]),
-        np.sort(across["distance"]),
-    )
-    assert (
-        palette["S(C_s, A_s′), across seeds"]
-        == palette["max(S(C_s, C_s′), S(A_s, A_s′)), seeds of one training"]
-    )
-    (path,) = report_figures.plot_kernels(table, str(tmp_path))
-    assert open(path, "rb").read()[:8] == PNG_MAGIC
-    # A table of before the like-with-like columns: each training's seed
-    # baseline, as before.
-    old = table.drop(
-        columns=collect.like_with_like_columns(table), errors="ignore"
-    )
-    data, _ = report_figures.distance_lines(old)
-    assert set(data["line"]) == {
-        "S(C_s, A_s), same seed",
-        "benign vs. other seeds",
-        "adversarial vs. other seeds",
-    }
-    assert report_figures.plot_kernels(old, str(tmp_path))
-
-
-def test_like_with_like_without_its_data():
-    table, _ = _hand_kernels(0.25, 0.1, A_FIRST)
-    one = verdicts.claim_one_like_with_like(table[table["seed"] == 0])
-    assert one["verdict"] == "no data"
-    crossless = table.drop(
-        columns=[c for c in table if c.startswith("cross_distance")]
-    )
-    one = verdicts.claim_one_like_with_like(crossless)
-    assert one["verdict"] == "no data" and "pairwise.csv" in one["why"]
-    # A kernel missing at the last t: of C′ (b), or across seeds (a).
-    last = table["t"] == 2.0
-    for column, rows in (
-        ("distance_to_reordered", last),
-        ("cross_distance_to_seed_0", last & (table["seed"] == 1)),
-    ):
-        gappy = table.copy()
-        gappy.loc[rows, column] = math.nan
-        one = verdicts.claim_one_like_with_like(gappy)
-        assert one["verdict"] == "no data", column
-    assert verdicts.claim_one_like_with_like(pd.DataFrame())["verdict"] == (
-        "no data"
-    )
 
 
 # --------------------------------------------------------------------------
@@ -1183,7 +851,9 @@ def test_promise_aggregate_replaces_a_presets_outputs_whole(
     assert "synth_kernels.csv" in first
     assert "synth/kernel_dynamics.png" in first
     assert "synth/features.png" in first
-    (results / "synth" / "from_an_older_version.png").write_bytes(PNG_MAGIC)
+    (results / "synth" / "from_an_older_version.png").write_bytes(
+        PNG_SIGNATURE
+    )
     (results / "synth" / "notes.txt").write_text("mine")
     # A failure half-way: nothing of the earlier outputs changes.
     contents = {p: (results / p).read_bytes() for p in _outputs(results)}

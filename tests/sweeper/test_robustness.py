@@ -4,7 +4,6 @@ autoattack column, the report's section "Robust accuracy under
 AutoAttack" with its masking verdicts, and adding the section to a
 finished sweep."""
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -12,62 +11,31 @@ import sys
 
 import pandas as pd
 import pytest
+from robust_cells import (
+    BROKEN,
+    PARSERS,
+    ROBUSTNESS,
+    aggregate,
+    write_cells,
+)
 
-import cli
-import eval_and_make_adv
-import run_exp
 import sweep
 from helpers import ROOT, assert_one_line_error
-from store import atomic
 from sweep_fixtures import (
     outcome_lines,
     run_sweep,
+    sweep_main,
     tiny_config,
+    tiny_grid,
     write_config,
 )
 from sweeper import (
-    collect,
-    estimate,
     grid,
     report,
-    robustness_report,
     runners,
     schema,
     verdicts,
 )
-
-ROBUSTNESS = {"eps_curve": [8, 64], "budget": {"apgd_iters": 10}}
-
-
-def _eval_parse(argv):
-    """eval_and_make_adv.py's parse_args; until it takes --attack and
-    --attack_budget (issue 20, in parallel), those two are parsed here."""
-    if "attack" in vars(eval_and_make_adv.parse_args(["--model_path", "m"])):
-        return eval_and_make_adv.parse_args(argv)
-    extra = argparse.ArgumentParser()
-    extra.add_argument("--attack", default="pgd")
-    extra.add_argument("--attack_budget", nargs="+", default=[])
-    known, rest = extra.parse_known_args(list(argv))
-    args = eval_and_make_adv.parse_args(rest)
-    args.attack, args.attack_budget = known.attack, known.attack_budget
-    return args
-
-
-PARSERS = dict(sweep.PARSERS, **{"eval_and_make_adv.py": _eval_parse})
-
-
-def run_main(*argv):
-    try:
-        return cli.run_cli(lambda: sweep.main([str(a) for a in argv]))
-    except SystemExit as exit_:
-        return exit_.code
-
-
-def _grid(tmp_path, **changes):
-    config = tiny_config(tmp_path / "root", "/nowhere/data", **changes)
-    path = write_config(tmp_path / "grid.toml", config)
-    return grid.Grid.load(path)
-
 
 # --------------------------------------------------------------------------
 # Cells
@@ -75,7 +43,7 @@ def _grid(tmp_path, **changes):
 
 
 def test_robustness_cells_are_the_exact_commands(tmp_path):
-    the_grid = _grid(tmp_path, robustness=ROBUSTNESS)
+    the_grid = tiny_grid(tmp_path, robustness=ROBUSTNESS)
     cells = the_grid.cells()
     robust = [c for c in cells if c.stage == "robustness"]
     phase2 = {c.id: c for c in cells if c.stage == "phase2"}
@@ -128,7 +96,7 @@ def test_robustness_cells_are_the_exact_commands(tmp_path):
 
 
 def test_robustness_defaults_and_times(tmp_path):
-    the_grid = _grid(
+    the_grid = tiny_grid(
         tmp_path,
         phase1={"loaders": ["C"], "epochs": 2, "times": [1, 2]},
         robustness={"autoattack": False, "eps_curve": [4]},
@@ -144,7 +112,7 @@ def test_robustness_defaults_and_times(tmp_path):
     ]
     assert "--attack_budget" not in robust[0].args
     # An AutoAttack curve shares the cell at attack.eps.
-    the_grid = _grid(
+    the_grid = tiny_grid(
         tmp_path,
         robustness={"eps_curve": [8, 16], "curve_attack": "autoattack"},
     )
@@ -157,7 +125,7 @@ def test_robustness_defaults_and_times(tmp_path):
 
 
 def test_no_section_no_robustness_cells(tmp_path):
-    the_grid = _grid(tmp_path)
+    the_grid = tiny_grid(tmp_path)
     assert the_grid.config["robustness"] is None
     assert not [c for c in the_grid.cells() if c.stage == "robustness"]
 
@@ -200,184 +168,19 @@ def test_bad_robustness_config_is_one_line(tmp_path, capsys, case):
     keys, words = BAD[case]
     config = tiny_config(tmp_path / "root", "/nowhere", robustness=keys)
     path = write_config(tmp_path / "grid.toml", config)
-    assert run_main(path, "--dry_run") == 2
+    assert sweep_main(path, "--dry_run") == 2
     assert_one_line_error(capsys.readouterr().err, words)
     assert not (tmp_path / "root").exists()
-
-
-def test_estimate_of_robustness_cells(tmp_path):
-    throughput = {
-        "device": "cpu",
-        "source": "test",
-        "phase1_benign_images_per_s": 600.0,
-        "phase1_adversarial_images_per_s": 100.0,
-        "phase2_benign_images_per_s": 300.0,
-        "phase2_adversarial_images_per_s": 30.0,
-        "pgd_image_steps_per_s": 1000.0,
-        "kernel_file_s": 2.0,
-    }
-    the_grid = _grid(tmp_path, robustness=ROBUSTNESS, throughput=throughput)
-    cells = the_grid.cells()
-    cost = estimate.estimate(the_grid, cells)
-    # Per image: AutoAttack with apgd_iters = 10: APGD-CE 10, APGD-T 9 x 10,
-    # FAB-T 9 x 100, Square 5000 / 3; APGD-CE alone 10.
-    autoattack = 10 + 90 + 900 + 5000 / 3
-    per_model = 100 * (autoattack + 10 + 10) / 1000
-    assert cost["stages"]["robustness"] == (
-        6,
-        pytest.approx(2 * per_model / 3600),
-    )
 
 
 # --------------------------------------------------------------------------
 # Aggregation
 # --------------------------------------------------------------------------
 
-# Hand-made results: (seed, phase1, phase2) -> PGD (eval_linf) and the
-# AutoAttack broken_by counts of 100 images (clean, apgd-ce, apgd-t, fab-t,
-# square, robust).
-PGD = {
-    (0, "C", "C"): 0.30,
-    (0, "C", "A"): 0.50,
-    (1, "C", "C"): 0.32,
-    (1, "C", "A"): 0.52,
-    (0, "A", "C"): 0.60,
-    (0, "A", "A"): 0.70,
-    (1, "A", "C"): 0.64,
-    (1, "A", "A"): 0.72,
-}
-BROKEN = {
-    (0, "C", "C"): (20, 52, 2, 0, 0, 26),
-    (0, "C", "A"): (25, 26, 1, 0, 1, 47),
-    (1, "C", "C"): (20, 50, 2, 0, 0, 28),
-    (1, "C", "A"): (25, 25, 1, 1, 0, 48),
-    (0, "A", "C"): (10, 30, 3, 0, 0, 57),
-    # Seed 1's adversarial kernel: Square alone broke 5 of 100 (masking).
-    (0, "A", "A"): (15, 15, 2, 0, 1, 67),
-    (1, "A", "C"): (10, 28, 2, 1, 5, 54),
-    (1, "A", "A"): (15, 14, 1, 0, 0, 70),
-}
-# APGD-CE's curve: robust accuracy at eps 8 and 64; seed 1's A -> C model
-# does not reach 0.
-CURVE = {key: (0.5, 0.0) for key in BROKEN}
-CURVE[(1, "A", "C")] = (0.6, 0.2)
-
-
-def _write_results(path, acc_clean, acc_robust, n=100, broken=None):
-    source = {
-        "source": "test set",
-        "n": n,
-        "acc_clean": acc_clean,
-        "acc_dirty": acc_robust,
-        "seconds": 1.0,
-        "results_file": "",
-    }
-    if broken is not None:
-        source["broken_by"] = dict(zip(collect.BROKEN_BY, broken, strict=True))
-    return source
-
-
-@pytest.fixture
-def robust_grid(tmp_path, monkeypatch):
-    """A 2-seed grid (phase 1 C and A at t = 1, phase 2 C and A, robustness
-    with eps_curve [8, 64]) whose cells' files are written here by hand, as
-    run_exp.py and eval_and_make_adv.py lay them out (the robustness cells'
-    results as eval_and_make_adv.py --attack documents them)."""
-    config = tiny_config(
-        tmp_path / "root",
-        "/nowhere",
-        name="rob",
-        seeds=[0, 1],
-        phase1={"loaders": ["C", "A"], "epochs": 1, "times": [1]},
-        kernels=None,
-        analysis=None,
-        robustness={"eps_curve": [8, 64]},
-    )
-    the_grid = grid.Grid.load(write_config(tmp_path / "rob.toml", config))
-    _write_cells(the_grid, the_grid.cells())
-    # The report would also show the committed presets' sections (their
-    # CSVs in docs/results); this grid's report is read alone.
-    monkeypatch.setattr(
-        report, "COMMITTED_RESULTS", str(tmp_path / "no_committed_results")
-    )
-    return the_grid, tmp_path
-
-
-def _write_cells(the_grid, cells):
-    for cell in cells:
-        key = (
-            cell.keys.get("seed"),
-            cell.keys.get("phase1"),
-            cell.keys.get("phase2"),
-        )
-        if cell.stage == "phase1":
-            atomic.atomic_write_json(
-                cell.outputs[0],
-                {"standard": {"clean": 0.9, "linf": 0.1, "l2": 0.2}},
-            )
-            _config_json(cell)
-        elif cell.stage == "phase2":
-            record = {"linear": {"clean": 0.8, "linf": 0.4, "l2": 0.5}}
-            atomic.atomic_write_json(cell.outputs[0], record)
-            _config_json(cell)
-        elif cell.stage == "eval":
-            source = _write_results(None, 0.85, PGD[key])
-            _eval_json(cell, source, {"iters": 5})
-        elif cell.stage == "robustness":
-            attack, eps = cell.keys["attack"], cell.keys["eps"]
-            if attack == "autoattack":
-                b = BROKEN[key]
-                robust = b[-1] / 100
-                source = _write_results(None, 1 - b[0] / 100, robust, 100, b)
-            else:
-                acc = CURVE[key][0 if eps == 8 else 1]
-                source = _write_results(None, 0.8, acc, 100, None)
-                source["broken_by"] = {
-                    "clean": 20,
-                    "apgd-ce": 80 - round(acc * 100),
-                    "apgd-t": 0,
-                    "fab-t": 0,
-                    "square": 0,
-                    "robust": round(acc * 100),
-                }
-            _eval_json(cell, source, {"name": attack, "eps_255": eps})
-
-
-def _config_json(cell):
-    folder = cell.keys["save_path"]
-    atomic.atomic_write_json(
-        os.path.join(folder, "config.json"),
-        {
-            "flags": vars(run_exp.parse_args(cell.args)),
-            "test_images": 100,
-            "environment": {"jax": "0.5.3", "device_kind": "cpu"},
-        },
-    )
-    # A finished run_exp.py run.
-    atomic.atomic_pickle(
-        os.path.join(folder, "train_state.pkl"), {"stage": "done"}
-    )
-
-
-def _eval_json(cell, source, attack):
-    flags = vars(_eval_parse(cell.args))
-    atomic.atomic_write_json(
-        cell.outputs[0],
-        {"flags": flags, "attack": attack, "sources": [source]},
-    )
-
-
-def _aggregate(the_grid, tmp_path):
-    results = tmp_path / "results"
-    out = report.aggregate(
-        the_grid, str(results), str(tmp_path / "R.md"), PARSERS
-    )
-    return out, results
-
 
 def test_robustness_csv_and_autoattack_column(robust_grid):
     the_grid, tmp_path = robust_grid
-    out, results = _aggregate(the_grid, tmp_path)
+    out, results = aggregate(the_grid, tmp_path)
     assert out["missing"] == []
     table = pd.read_csv(results / "rob_robustness.csv")
     assert list(table.columns[:10]) == [
@@ -438,7 +241,7 @@ def test_without_robustness_data_the_outputs_are_as_before(robust_grid):
     for cell in the_grid.cells():
         if cell.stage == "robustness":
             os.remove(cell.outputs[0])
-    out, results = _aggregate(the_grid, tmp_path)
+    out, results = aggregate(the_grid, tmp_path)
     with_section = {
         p: (results / p).read_bytes() for p in ("rob.csv", "rob_summary.csv")
     }
@@ -451,7 +254,7 @@ def test_without_robustness_data_the_outputs_are_as_before(robust_grid):
     config = grid.schema.load_config(the_grid.path)
     config["robustness"] = None
     bare = grid.Grid(the_grid.path, config, the_grid.root)
-    _aggregate(bare, tmp_path)
+    aggregate(bare, tmp_path)
     assert with_section == {
         p: (results / p).read_bytes() for p in with_section
     }
@@ -461,121 +264,6 @@ def test_without_robustness_data_the_outputs_are_as_before(robust_grid):
 # --------------------------------------------------------------------------
 # The report's section and its verdicts
 # --------------------------------------------------------------------------
-
-
-def _frames(robust_grid):
-    the_grid, tmp_path = robust_grid
-    out, results = _aggregate(the_grid, tmp_path)
-    rows = pd.read_csv(results / "rob.csv")
-    robust = pd.read_csv(results / "rob_robustness.csv")
-    return rows, robust, (tmp_path / "R.md").read_text()
-
-
-def test_autoattack_models_by_hand(robust_grid):
-    rows, robust, _ = _frames(robust_grid)
-    models = verdicts.autoattack_models(rows, robust)
-    assert len(models) == 8
-    m = models.set_index(["seed", "phase1", "phase2"])
-    # s0 C->C: PGD 0.30; APGD-CE alone 1 - (20 + 52) / 100; AutoAttack 26.
-    assert m.loc[(0, "C", "C"), "pgd"] == pytest.approx(0.30)
-    assert m.loc[(0, "C", "C"), "apgd_ce"] == pytest.approx(0.28)
-    assert m.loc[(0, "C", "C"), "autoattack"] == pytest.approx(0.26)
-    assert m.loc[(0, "C", "C"), "gap"] == pytest.approx(0.04)
-    assert m.loc[(1, "A", "C"), "square_fraction"] == pytest.approx(0.05)
-    # Masking: 5 of 100 > 1 %; 1 of 100 is not more than 1 %.
-    flagged = verdicts.masked(models)
-    assert [(r.seed, r.phase1, r.phase2) for r in flagged.itertuples()] == [
-        (1, "A", "C")
-    ]
-    ends = verdicts.curve_ends(robust, "apgd-ce")
-    assert len(ends) == 8 and (ends["eps_max"] == 64).all()
-    short = ends[~ends["reaches_zero"]]
-    assert [(r.seed, r.phase1, r.phase2) for r in short.itertuples()] == [
-        (1, "A", "C")
-    ]
-    assert short["acc_max"].iloc[0] == pytest.approx(0.2)
-
-
-def test_claim_two_under_autoattack_by_hand(robust_grid):
-    rows, robust, _ = _frames(robust_grid)
-    models = verdicts.autoattack_models(rows, robust)
-    two = robustness_report.claim_two_under_autoattack(rows, models)
-    # PGD (eval_linf) after benign phase 2: A 0.60, 0.64 vs. C 0.30, 0.32.
-    assert two["pgd"]["verdict"] == "supported"
-    assert two["pgd"]["gains"] == {
-        0: pytest.approx(0.30),
-        1: pytest.approx(0.32),
-    }
-    # AutoAttack: A 0.57, 0.54 vs. C 0.26, 0.28.
-    assert two["autoattack"]["verdict"] == "supported"
-    assert two["autoattack"]["gains"] == {
-        0: pytest.approx(0.31),
-        1: pytest.approx(0.26),
-    }
-    assert two["survives"] is True
-    # AutoAttack finds the adversarial kernel's models as weak: it fails.
-    weaker = models.copy()
-    weaker.loc[weaker["phase1"] == "A", "autoattack"] = 0.28
-    two = robustness_report.claim_two_under_autoattack(rows, weaker)
-    assert two["autoattack"]["verdict"] == "not supported"
-    assert two["survives"] is False
-
-
-def test_report_section_by_hand(robust_grid):
-    rows, robust, text = _frames(robust_grid)
-    section = text[text.index("### Robust accuracy under AutoAttack") :]
-    # (a) the table: A kernel, benign phase 2: PGD 0.60, 0.64; APGD-CE
-    # 0.60, 0.62; AutoAttack 0.57, 0.54; gap 0.03, 0.10.
-    line = next(
-        x
-        for x in section.splitlines()
-        if x.startswith("| 1 | adversarial (A) | benign (C)")
-    )
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[3] == "2"
-    assert cells[5] == "0.620 ± 0.028"
-    assert cells[6] == "0.610 ± 0.014"
-    assert cells[7] == "0.555 ± 0.021"
-    assert cells[8] == "0.065 ± 0.049"
-    assert cells[9] == "s0: 0.600 / 0.600 / 0.570; s1: 0.640 / 0.620 / 0.540"
-    assert "claim 2 survives AutoAttack" in section
-    assert "gain per seed s0: +0.310, s1: +0.260" in section
-    # (b) the diagnostics, a row per model.
-    assert "](results/rob/robust_accuracy_vs_eps.png)" in section
-    flagged = next(x for x in section.splitlines() if "| s1 A→C t=1 |" in x)
-    assert "0.200 at 64/255 | **no** | 5 of 100 **masking**" in flagged
-    clean = next(x for x in section.splitlines() if "| s0 C→A t=1 |" in x)
-    assert "0.000 at 64/255 | yes | 1 of 100 |" in clean
-    # (c) the paragraph, from the numbers.
-    paragraph = next(
-        x for x in section.splitlines() if x.startswith("**What they show")
-    )
-    gaps = [PGD[k] - BROKEN[k][-1] / 100 for k in PGD]
-    assert f"is {sum(gaps) / len(gaps):.3f} below PGD's" in paragraph
-    assert "in 1 of 8 models (s1 A→C t=1): a gradient-masking signal" in (
-        paragraph
-    )
-    assert "reaches 0 (at most 0.01) at ε = 64/255 in 7 of 8 models" in (
-        paragraph
-    )
-    assert "not in s1 A→C t=1 (0.200)" in paragraph
-    assert "Claim 2 survives AutoAttack." in paragraph
-    # The figure is linked in the section only.
-    assert text.count("robust_accuracy_vs_eps.png)") == 1
-
-
-def test_report_without_masking(robust_grid):
-    """Square-only breaks at most 1 % and every curve at 0: the paragraph
-    says there is no masking signal."""
-    rows, robust, _ = _frames(robust_grid)
-    robust.loc[robust["broken_by_square"] == 5, "broken_by_square"] = 1
-    robust.loc[robust["attack"] == "apgd-ce", "acc_robust"] = 0.0
-    models = verdicts.autoattack_models(rows, robust)
-    ends = verdicts.curve_ends(robust, "apgd-ce")
-    assert verdicts.masked(models).empty and ends["reaches_zero"].all()
-    text = robustness_report.summary_text(models, ends, rows)
-    assert "no masking signal there" in text
-    assert "in 8 of 8 models." in text
 
 
 # --------------------------------------------------------------------------
@@ -597,7 +285,7 @@ def test_adding_the_section_runs_only_the_new_cells(
     # Its settings are unchanged: the record and the cells are accepted.
     the_grid.check_record()
     the_grid.check_cells(the_grid.cells(), PARSERS)
-    assert run_main(the_grid.path, "--dry_run") == 0
+    assert sweep_main(the_grid.path, "--dry_run") == 0
     out = capsys.readouterr().out
     states = {
         line.split(" [")[0][2:]: line.split(" [")[1].split(",")[1].strip()
@@ -612,12 +300,12 @@ def test_adding_the_section_runs_only_the_new_cells(
 
     def fake_execute(cell, env=None, on_start=None):
         ran.append(cell.id)
-        _write_cells(the_grid, [cell])
+        write_cells(the_grid, [cell])
         return runners.Outcome(cell.id, runners.OK)
 
     monkeypatch.setattr(runners, "execute_cell", fake_execute)
     monkeypatch.setattr(runners, "prepare_data", lambda the_grid: None)
-    assert run_main(the_grid.path, "--local", "1") == 0
+    assert sweep_main(the_grid.path, "--local", "1") == 0
     robust = [c.id for c in the_grid.cells() if c.stage == "robustness"]
     assert sorted(ran) == sorted(robust)
     # The record now holds the section; changing an axis of it adds cells.
@@ -745,10 +433,10 @@ def test_item3_budget_no_cell_can_run_refused_by_the_grid_check(
     keys, named = BUDGETS[case]
     config = tiny_config(tmp_path / "root", "/nowhere", robustness=keys)
     path = write_config(tmp_path / "grid.toml", config)
-    assert run_main(path, "--dry_run") == 2
+    assert sweep_main(path, "--dry_run") == 2
     assert_one_line_error(capsys.readouterr().err, *named)
     assert sorted(os.listdir(tmp_path)) == ["grid.toml"]
-    the_grid = _grid(tmp_path, robustness={"budget": {"n_targets": 3}})
+    the_grid = tiny_grid(tmp_path, robustness={"budget": {"n_targets": 3}})
     for cell in the_grid.cells():
         if cell.stage == "robustness":
             given = "n_targets=3" in cell.args

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pandas as pd
@@ -31,7 +30,7 @@ from sweep_fixtures import (
     tiny_config,
     write_config,
 )
-from sweeper import grid, report, runners
+from sweeper import grid, report
 
 pytestmark = pytest.mark.slow
 
@@ -239,42 +238,6 @@ def test_interrupted_cell_resumes(tiny_local_run, sweep_data, tmp_path):
 # One sweep per output root; cells report their own errors and die with
 # their sweep
 # --------------------------------------------------------------------------
-
-
-def test_promise_failed_cell_reports_its_own_error(tmp_path):
-    """Another process appends an error line to the cell's log after the
-    cell's own: the cell is reported with its own `error:` line."""
-    log = tmp_path / "logs" / "cell.log"
-    script = tmp_path / "fails.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import sys
-            print("error: the cell's own failure", file=sys.stderr, flush=True)
-            print("output after it", flush=True)
-            with open({str(log)!r}, "a") as other:
-                other.write("error: another process's line\\n")
-            sys.exit(2)
-            """
-        )
-    )
-    cell = grid.Cell(
-        id="cell",
-        stage="analysis",
-        script=str(script),
-        args=(),
-        deps=(),
-        outputs=(str(tmp_path / "never_written"),),
-        keys={},
-        log=str(log),
-    )
-    outcome = runners.execute_cell(cell)
-    assert outcome.status == runners.FAILED
-    assert outcome.message == "exit 2: error: the cell's own failure"
-    text = log.read_text()
-    assert text.startswith("# ") and str(script) in text.splitlines()[0]
-    for line in ("the cell's own failure", "output after", "another process"):
-        assert line in text
 
 
 def _small_grid(tmp_path, sweep_data):
