@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from kernel_objects import direct_distance
 
 import analyze_kernels
 import cli
@@ -129,10 +130,6 @@ def run_main(argv, capsys):
 def kernel_matrix(path):
     """The file's kernel as a notebook reads it, float64."""
     return load_pickle(path)["kernel"].astype(np.float64)
-
-
-def direct_distance(a, b):
-    return 1 - np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b))
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from kernel_objects import direct_distance, kernel, psd
 
 from analysis import kernel_analysis as ka
-from ntk.kernel_files import COMBINED, KernelFile
+from ntk.kernel_files import COMBINED
 from utils import UserError
-
-
-def psd(n, seed, rank=None):
-    """A random positive semi-definite float64 (n, n) of rank `rank`."""
-    factor = np.random.default_rng(seed).normal(size=(n, rank or n))
-    return factor @ factor.T
-
-
-def direct_distance(a, b):
-    """1 − ⟨a, b⟩_F / (‖a‖_F ‖b‖_F), elementwise sums."""
-    return 1 - np.sum(a * b) / np.sqrt(np.sum(a * a) * np.sum(b * b))
-
 
 # --------------------------------------------------------------------------
 # Distance, velocity, polar trajectory
@@ -332,23 +321,6 @@ def test_regression_accuracy_on_separable_data():
 # --------------------------------------------------------------------------
 # Sets of kernel files
 # --------------------------------------------------------------------------
-
-
-def kernel(path, epoch, class_index=0, run="run", indices=(0, 1, 2), seed=0):
-    matrix = psd(len(indices), seed)
-    file = KernelFile(
-        kernel=matrix,
-        labels=np.arange(len(indices)) % 2,
-        indices=np.asarray(indices),
-        class_index=class_index,
-        use_linear_params=False,
-        epoch=epoch,
-        random_seed=0,
-        indices_recomputed=False,
-        path=path,
-        extras={"phase": "standard"},
-    )
-    return ka.Kernel(file, run, 2)
 
 
 def test_series_are_sorted_and_checked():
