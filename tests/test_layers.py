@@ -153,6 +153,32 @@ def test_package_docstrings_say_what_they_may_import():
         assert doc and "May import" in doc, f"{unit}/__init__.py"
 
 
+def _package_modules():
+    """(package, module) of every module of every package, its __init__
+    (re-exports and the package's docstring) aside."""
+    return [
+        tuple(relpath[: -len(".py")].split(os.sep))
+        for relpath in _sources()
+        if os.sep in relpath and not relpath.endswith("__init__.py")
+    ]
+
+
+def test_every_package_module_has_its_test_file():
+    """README's "a file per module": tests/<package>/test_<module>.py, which
+    tests the module's public functions directly."""
+    missing = [
+        f"{package}/{module}.py: tests/{package}/test_{module}.py"
+        for package, module in _package_modules()
+        if not os.path.isfile(
+            os.path.join(ROOT, "tests", package, f"test_{module}.py")
+        )
+    ]
+    assert not missing, "modules without their test file:\n" + "\n".join(
+        missing
+    )
+    assert ("store", "layout") in _package_modules()  # the rule sees them
+
+
 def test_file_names_have_one_owner():
     problems = []
     for relpath in _sources():
