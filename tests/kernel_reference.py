@@ -40,20 +40,44 @@ def network(name, n_classes, image_shape, n_images, width=2):
     return model.apply, params, lin_params, state, images
 
 
+# One compiled Jacobian per model and parameter structure, shared by the
+# tests of a session: (apply_fn, treedef, leaf shapes) -> jitted function.
+_JACOBIANS = {}
+
+
+def _jacobian_fn(apply_fn, tree):
+    """jit of (flat θs (T, P), state, images (N, ...)) -> (T, N, K, P): each
+    image's Jacobian of its K logits by jax.jacrev of the flat θ."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    key = (apply_fn, treedef, tuple((x.shape, x.dtype) for x in leaves))
+    if key not in _JACOBIANS:
+        unravel = ravel_pytree(tree)[1]
+
+        def one_image(theta, state, image):  # (K, P)
+            return jax.jacrev(
+                lambda t: apply_fn(
+                    unravel(t), state, None, image[None], False
+                )[0][0]
+            )(theta)
+
+        each_image = jax.vmap(one_image, in_axes=(None, None, 0))
+        _JACOBIANS[key] = jax.jit(
+            jax.vmap(each_image, in_axes=(0, None, None))
+        )
+    return _JACOBIANS[key]
+
+
 def reference_kernels(apply_fn, trees, state, images):
-    """[(K, N, N) for each parameter tree in `trees`]: K_c = J_c J_cᵀ from
-    the full Jacobian of the flat θ, batch norm in eval mode (one
-    compilation for all trees)."""
-    flats, unravel = zip(*map(ravel_pytree, trees), strict=True)
-
-    @jax.jit
-    @jax.vmap
-    def jacobian(theta):  # (N, K, P)
-        return jax.jacrev(
-            lambda t: apply_fn(unravel[0](t), state, None, images, False)[0]
-        )(theta)
-
-    jacobians = np.asarray(jacobian(jnp.stack(flats)), np.float64)
+    """[(K, N, N) for each parameter tree in `trees`]: K_c = J_c J_cᵀ in
+    float64, J_c (N, P) the rows of each image's Jacobian of logit c with
+    respect to the flat θ by jax.jacrev, batch norm in eval mode (so the
+    images do not interact). One compilation per model, parameter
+    structure and image count, whatever the trees' values."""
+    flats = jnp.stack([ravel_pytree(tree)[0] for tree in trees])
+    jacobian = _jacobian_fn(apply_fn, trees[0])
+    jacobians = np.asarray(
+        jacobian(flats, state, jnp.asarray(images)), np.float64
+    )
     return [np.einsum("ikp,jkp->kij", j, j) for j in jacobians]
 
 
