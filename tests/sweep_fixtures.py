@@ -9,7 +9,7 @@ import pytest
 
 import cli
 import sweep
-from helpers import require_fashion_mnist, run_script
+from helpers import run_script
 from sweeper import grid
 
 
@@ -115,15 +115,7 @@ def run_sweep(*args, check=False):
 
 
 @pytest.fixture(scope="session")
-def sweep_data(tmp_path_factory):
-    """A data folder the sweep tests share (Fashion-MNIST is decompressed
-    into it once)."""
-    require_fashion_mnist()
-    return tmp_path_factory.mktemp("sweep_data")
-
-
-@pytest.fixture(scope="session")
-def tiny_local_run(tmp_path_factory, sweep_data):
+def tiny_local_run(tmp_path_factory, fashion_data):
     """The tiny grid run to completion here with 2 workers.
 
     Returns:
@@ -132,7 +124,7 @@ def tiny_local_run(tmp_path_factory, sweep_data):
     folder = tmp_path_factory.mktemp("tiny_local")
     root = os.path.join(folder, "root")
     config = write_config(
-        os.path.join(folder, "tiny.toml"), tiny_config(root, sweep_data)
+        os.path.join(folder, "tiny.toml"), tiny_config(root, fashion_data)
     )
     result = run_sweep(config, "--local", "2")
     return {"config": config, "root": root, "result": result}

@@ -15,7 +15,6 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from kernel_objects import direct_distance
 
 import analyze_kernels
 import cli
@@ -29,6 +28,7 @@ from helpers import (
     run_script,
     write_untrained_checkpoint,
 )
+from kernel_objects import direct_distance
 from ntk import kernel_files
 from store import atomic
 from sweeper import grid
@@ -404,11 +404,11 @@ def test_script_error_has_no_traceback(tmp_path):
 
 @pytest.mark.slow
 @needs_fashion_mnist
-def test_kernels_of_a_tiny_runs_checkpoints(tmp_path):
+def test_kernels_of_a_tiny_runs_checkpoints(tmp_path, fashion_data):
     """run_exp.py --constant_save (one epoch: checkpoints 0, 0.125, ...,
     0.75, 1), calculate_kernel.py over all of them in one process with
     cross kernels, then analyze_kernels.py over the kernel folder."""
-    data_path, save = tmp_path / "data", tmp_path / "run"
+    data_path, save = fashion_data, tmp_path / "run"
     run_script(
         "run_exp.py",
         *("--standard_epochs", 1, "--linear_epochs", 0, "--constant_save"),

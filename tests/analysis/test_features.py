@@ -14,7 +14,6 @@ import pytest
 import data
 import models
 from analysis import features
-from helpers import require_fashion_mnist
 from ntk.kernel_files import KernelFile
 from utils import UserError
 
@@ -502,15 +501,12 @@ BN_EPS = 1e-5  # models.CifarResNet18's batch norm
 
 
 @pytest.fixture(scope="module")
-def resnet(tmp_path_factory):
+def resnet(fashion_data):
     """resnet18 of width 4 at its seed-0 initialisation, batch-norm
     statistics of 256 Fashion-MNIST training images, random last-layer
     weights (Haiku starts them at zero), and its kernel of logit 1 on one
     image of each class."""
-    require_fashion_mnist()
-    images, labels = data.load_split(
-        "fashion_mnist", str(tmp_path_factory.mktemp("data"))
-    )
+    images, labels = data.load_split("fashion_mnist", str(fashion_data))
     model = models.get_model("resnet18", 10, RESNET_WIDTH)
     params, state = models.init_model(model, 0, images.shape[1:])
     # One training-mode pass: the zero-debiased averages become the batch's

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from kernel_objects import direct_distance, kernel, psd
 
 from analysis import kernel_analysis as ka
+from kernel_objects import direct_distance, kernel, psd
 from ntk.kernel_files import COMBINED
 from utils import UserError
 

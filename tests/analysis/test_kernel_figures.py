@@ -7,10 +7,10 @@ import io
 import matplotlib.image
 import pandas as pd
 import pytest
-from kernel_objects import small_analysis
 
 from analysis import kernel_figures, tables
 from helpers import PNG_SIGNATURE
+from kernel_objects import small_analysis
 
 
 def _drawn(png):

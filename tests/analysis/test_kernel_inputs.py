@@ -4,9 +4,9 @@ written here with kernel_files.write."""
 
 import numpy as np
 import pytest
-from kernel_objects import psd, write_kernel_file
 
 from analysis import kernel_inputs
+from kernel_objects import psd, write_kernel_file
 from store import atomic
 from utils import UserError
 

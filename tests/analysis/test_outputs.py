@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from kernel_objects import small_analysis
 
 import analyze_kernels
 from analysis import outputs
+from kernel_objects import small_analysis
 from store import layout
 from utils import UserError
 

@@ -6,10 +6,10 @@ import os
 
 import pandas as pd
 import pytest
-from kernel_objects import direct_distance, psd, write_kernel_file
 
 import analyze_kernels
 from analysis import pipeline
+from kernel_objects import direct_distance, psd, write_kernel_file
 from store import layout
 from utils import UserError
 

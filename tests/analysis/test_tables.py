@@ -6,10 +6,10 @@ import os
 
 import numpy as np
 import pytest
-from kernel_objects import direct_distance, kernel
 
 from analysis import kernel_analysis as ka
 from analysis import tables
+from kernel_objects import direct_distance, kernel
 
 
 def _at_lin_params(k):

@@ -19,7 +19,6 @@ from helpers import (
     PNG_SIGNATURE,
     legacy_balanced_indices,
     load_pickle,
-    require_fashion_mnist,
     run_script,
 )
 from store import atomic, checkpoints
@@ -31,15 +30,14 @@ STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, fashion_data):
     """A checkpoint of an untrained MLP and the kernel of logit CLASS_INDEX.
 
     Returns a dict of paths: 'root', 'data', 'checkpoint', 'kernel' (in a
     folder of its own, so that the checkpoint's folder holds no output).
     """
-    require_fashion_mnist()
     root = tmp_path_factory.mktemp("visualize")
-    data_path = str(root / "data")
+    data_path = str(fashion_data)
     images, labels = data.load_split("fashion_mnist", data_path)
     spec = models.ModelSpec("mlp_skinny", 64, "fashion_mnist", 10)
     params, state = models.init_model(spec.build(), 0, images.shape[1:])

@@ -34,11 +34,11 @@ pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, fashion_data):
     """A checkpoint (lin_params ≠ params, running statistics set) and the
     training split it is evaluated on."""
     root = tmp_path_factory.mktemp("kernel")
-    data_path = str(root / "data")
+    data_path = str(fashion_data)
     images, labels = data.load_split("fashion_mnist", data_path)
     model = SPEC.build()
     params, state = models.init_model(model, 0, images.shape[1:])

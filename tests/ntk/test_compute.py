@@ -34,7 +34,9 @@ def _checkpoints(folder, count):
     ]
 
 
-def test_a_kernel_is_j_jt_of_the_balanced_subset(tmp_path, sweep_data, capsys):
+def test_a_kernel_is_j_jt_of_the_balanced_subset(
+    tmp_path, fashion_data, capsys
+):
     (path,) = _checkpoints(tmp_path, 1)
     compute_kernels(
         "--model_path",
@@ -44,7 +46,7 @@ def test_a_kernel_is_j_jt_of_the_balanced_subset(tmp_path, sweep_data, capsys):
         "--class_index",
         0,
         "--data_path",
-        sweep_data,
+        fashion_data,
         "--bonus_dir",
         "k",
         "--random_seed",
@@ -54,7 +56,7 @@ def test_a_kernel_is_j_jt_of_the_balanced_subset(tmp_path, sweep_data, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("kernel (rows): 10 images")
     assert out[1].startswith(f"wrote {written}: N = 10, ")
-    images, labels = data.load_split("fashion_mnist", str(sweep_data))
+    images, labels = data.load_split("fashion_mnist", str(fashion_data))
     indices = legacy_balanced_indices(labels, 10, 10, 3)
     checkpoint = checkpoints.load_checkpoint(path)
     spec = models.ModelSpec("mlp_skinny", None, "fashion_mnist", 10)

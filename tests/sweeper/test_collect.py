@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from kernel_tables import A_FIRST, hand_kernels, s_of_diagonals
 
+from kernel_tables import A_FIRST, hand_kernels, s_of_diagonals
 from sweeper import collect
 
 

@@ -4,9 +4,9 @@ rates, worked out by hand, and the unit the hours are named in."""
 import os
 
 import pytest
-from robust_cells import ROBUSTNESS
 
 from helpers import ROOT, assert_one_line_error
+from robust_cells import ROBUSTNESS
 from sweep_fixtures import THROUGHPUT, sweep_main, tiny_grid
 from sweeper import estimate, grid
 

@@ -12,13 +12,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from kernel_tables import A_FIRST, hand_kernels
 
 import eval_and_make_adv
 import run_exp
 import sweep
 import utils
 from helpers import PNG_SIGNATURE, assert_one_line_error, files_snapshot
+from kernel_tables import A_FIRST, hand_kernels
 from store import atomic
 from sweep_fixtures import tiny_config, write_config
 from sweeper import (

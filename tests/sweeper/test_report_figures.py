@@ -5,9 +5,9 @@ import os
 
 import numpy as np
 import pandas as pd
-from kernel_tables import A_FIRST, hand_kernels
 
 from helpers import PNG_SIGNATURE
+from kernel_tables import A_FIRST, hand_kernels
 from sweeper import collect, report_figures
 
 

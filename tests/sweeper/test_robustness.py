@@ -11,6 +11,9 @@ import sys
 
 import pandas as pd
 import pytest
+
+import sweep
+from helpers import ROOT, assert_one_line_error
 from robust_cells import (
     BROKEN,
     PARSERS,
@@ -18,9 +21,6 @@ from robust_cells import (
     aggregate,
     write_cells,
 )
-
-import sweep
-from helpers import ROOT, assert_one_line_error
 from sweep_fixtures import (
     outcome_lines,
     run_sweep,
@@ -355,7 +355,7 @@ def _attack_flag_missing() -> bool:
 
 @pytest.mark.slow
 def test_tiny_grid_with_robustness_end_to_end(
-    tiny_local_run, sweep_data, tmp_path
+    tiny_local_run, fashion_data, tmp_path
 ):
     """The finished tiny grid (a copy) with [robustness] added: only the
     robustness cells run, and the largest eps brings accuracy to 0."""
@@ -365,7 +365,7 @@ def test_tiny_grid_with_robustness_end_to_end(
     shutil.copytree(tiny_local_run["root"], root)
     config = tiny_config(
         root,
-        sweep_data,
+        fashion_data,
         robustness={
             "eps_curve": [8, 255],
             "budget": {

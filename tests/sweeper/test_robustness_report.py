@@ -4,12 +4,12 @@ robustness grid whose every number is written by hand (robust_cells)."""
 
 import pandas as pd
 import pytest
+
 from robust_cells import (
     BROKEN,
     PGD,
     frames,
 )
-
 from sweeper import robustness_report, verdicts
 
 

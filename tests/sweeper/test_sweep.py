@@ -146,7 +146,7 @@ def _copy_run(source_dir, target_dir):
 
 
 def test_failed_cell_reported_and_independent_cells_go_on(
-    tiny_local_run, sweep_data, tmp_path
+    tiny_local_run, fashion_data, tmp_path
 ):
     """θ(1) damaged: phase 2 from θ(1) fails (reported with its log) and its
     evaluation is not run; phase 2 from θ(0.5) and its evaluation run."""
@@ -163,7 +163,7 @@ def test_failed_cell_reported_and_independent_cells_go_on(
         tmp_path / "grid.toml",
         tiny_config(
             root,
-            sweep_data,
+            fashion_data,
             phase1={"times": [0.5, 1]},
             phase2={"loaders": ["C"]},
             kernels=None,
@@ -188,12 +188,12 @@ def test_failed_cell_reported_and_independent_cells_go_on(
     assert lines[t1 + "/eval"] == ("blocked", f"needs {t1}, which is failed")
 
 
-def test_interrupted_cell_resumes(tiny_local_run, sweep_data, tmp_path):
+def test_interrupted_cell_resumes(tiny_local_run, fashion_data, tmp_path):
     """Ctrl-C while phase 1 runs stops it; the re-run resumes it with
     --resume and ends with the same results and parameters as the
     uninterrupted run."""
     assert tiny_local_run["result"].returncode == 0
-    config, _ = _small_grid(tmp_path, sweep_data)
+    config, _ = _small_grid(tmp_path, fashion_data)
     cells = grid.Grid.load(config).cells()
     phase1 = cells[0]
     state = os.path.join(phase1.keys["save_path"], "train_state.pkl")
@@ -240,12 +240,12 @@ def test_interrupted_cell_resumes(tiny_local_run, sweep_data, tmp_path):
 # --------------------------------------------------------------------------
 
 
-def _small_grid(tmp_path, sweep_data):
+def _small_grid(tmp_path, fashion_data):
     """(config file, root) of the tiny grid's phase 1 and one phase 2."""
     root = tmp_path / "root"
     config = tiny_config(
         root,
-        sweep_data,
+        fashion_data,
         phase2={"loaders": ["C"]},
         evaluation=None,
         kernels=None,
@@ -360,11 +360,11 @@ def _files(root):
     return found
 
 
-def test_promise_sweep_holds_a_lock_on_its_output_root(sweep_data, tmp_path):
+def test_promise_sweep_holds_a_lock_on_its_output_root(fashion_data, tmp_path):
     """While a sweep runs (frozen, with its running cell, so that nothing
     moves), a second sweep on its output root is refused at once with one
     line naming the holder, and writes nothing."""
-    config, root = _small_grid(tmp_path, sweep_data)
+    config, root = _small_grid(tmp_path, fashion_data)
     first = _start_sweep(config)
     cell = None
     try:
@@ -394,11 +394,11 @@ def test_promise_sweep_holds_a_lock_on_its_output_root(sweep_data, tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_promise_cells_die_with_the_sweep(sweep_data, tmp_path, signum):
+def test_promise_cells_die_with_the_sweep(fashion_data, tmp_path, signum):
     """SIGTERM or SIGKILL to a sweep takes its running cell with it (the
     cell frozen first, so it cannot end by itself); the next run finds no
     process holding the cell's folder or the root."""
-    config, root = _small_grid(tmp_path, sweep_data)
+    config, root = _small_grid(tmp_path, fashion_data)
     sweep = _start_sweep(config)
     cell = None
     try:

@@ -10,10 +10,10 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from kernel_tables import A_FIRST, hand_kernels, s_of_diagonals
-from robust_cells import frames
 
 from analysis import kernel_analysis as ka
+from kernel_tables import A_FIRST, hand_kernels, s_of_diagonals
+from robust_cells import frames
 from sweeper import collect, grid, verdicts
 
 

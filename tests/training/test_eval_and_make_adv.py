@@ -24,9 +24,7 @@ from helpers import (
     files_snapshot,
     linearized_logits,
     needs_neural_tangents,
-    require_fashion_mnist,
     run_script,
-    train_tiny_mlp,
     write_untrained_checkpoint,
 )
 from store import atomic, checkpoints
@@ -48,12 +46,13 @@ EXAMPLE_5 = [
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A folder holding RUN_DIR/parameters_final.pkl and data/; also the
-    trained model (see train_tiny_mlp) as `workdir.trained`."""
-    require_fashion_mnist()
+def workdir(tmp_path_factory, fashion_data, tiny_mlp):
+    """A folder holding RUN_DIR/parameters_final.pkl and data/ (a link to
+    the session's data folder); also the trained model (see
+    train_tiny_mlp) as `workdir.trained`."""
     root = tmp_path_factory.mktemp("work")
-    trained = train_tiny_mlp(str(root / "data"))
+    os.symlink(fashion_data, root / "data")
+    trained = tiny_mlp
     checkpoints.save_checkpoint(
         root / RUN_DIR / "parameters_final.pkl",
         trained["params"],

@@ -15,7 +15,7 @@ import cli
 import data
 import eval_and_make_adv
 import robust
-from helpers import ROOT, require_fashion_mnist, train_tiny_mlp
+from helpers import ROOT
 from store import checkpoints
 
 # A budget that keeps each run to seconds; PGD gets fewer steps than
@@ -36,12 +36,12 @@ FIXTURES = os.path.join(ROOT, "tests", "fixtures", "pre_packages")
 
 
 @pytest.fixture(scope="module")
-def checkpoints_dir(tmp_path_factory):
+def checkpoints_dir(tmp_path_factory, fashion_data, tiny_mlp):
     """{'mlp': path, 'resnet_phase1': path, 'resnet_phase2': path} and the
-    data folder, all in one temporary folder."""
-    require_fashion_mnist()
+    data folder (a link to the session's), all in one temporary folder."""
     root = tmp_path_factory.mktemp("attacks")
-    trained = train_tiny_mlp(str(root / "data"))
+    os.symlink(fashion_data, root / "data")
+    trained = tiny_mlp
     paths = {"mlp": str(root / "mlp" / "parameters_final.pkl")}
     checkpoints.save_checkpoint(
         paths["mlp"],

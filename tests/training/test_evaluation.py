@@ -15,8 +15,6 @@ from helpers import (
     assert_close,
     linearized_logits,
     needs_neural_tangents,
-    require_fashion_mnist,
-    train_tiny_mlp,
 )
 from store import atomic, checkpoints
 from training import evaluation
@@ -24,9 +22,8 @@ from utils import UserError
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    require_fashion_mnist()
-    return train_tiny_mlp(str(tmp_path_factory.mktemp("data")))
+def trained(tiny_mlp):
+    return tiny_mlp
 
 
 def run(trained, dynamics, attack=None, **kwargs):

@@ -77,8 +77,8 @@ def run_in_process(argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
+def data_path(fashion_data):
+    return fashion_data
 
 
 def phase_one_flags(save, loaders, epochs=3):
