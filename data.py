@@ -23,8 +23,13 @@ from utils import UserError
 if TYPE_CHECKING:  # imported where used: torch is slow to import
     import torchvision.datasets
 
-# Looked up, not imported: torch is slow to import.
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+# Looked up, not imported: torch is slow to import. With NTK_NUMPY_READERS
+# set, datafiles' readers serve even where torchvision is installed (the
+# test suite sets it: the same arrays, without torch's seconds of import in
+# every process; tests/test_data.py tests both readers).
+HAS_TORCHVISION = importlib.util.find_spec(
+    "torchvision"
+) is not None and not os.environ.get("NTK_NUMPY_READERS")
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 

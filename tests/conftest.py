@@ -11,3 +11,10 @@ import helpers  # noqa: F401 (first: it sets JAX's environment)
 from robust_cells import robust_grid  # noqa: F401
 from session_fixtures import bn_model, fashion_data, tiny_mlp  # noqa: F401
 from sweep_fixtures import tiny, tiny_local_run  # noqa: F401
+
+
+def pytest_collection_modifyitems(items):
+    """Marks `quick` (pytest.ini) every test that is not marked `slow`."""
+    for item in items:
+        if item.get_closest_marker("slow") is None:
+            item.add_marker("quick")

@@ -36,6 +36,8 @@ def reader(request, monkeypatch):
     if request.param == "torchvision":
         if tv_datasets is None:
             pytest.skip("torchvision is not installed (the JAX 0.11 stack)")
+        # Whatever NTK_NUMPY_READERS says (helpers sets it for the suite).
+        monkeypatch.setattr(data, "HAS_TORCHVISION", True)
     else:
         monkeypatch.setattr(data, "HAS_TORCHVISION", False)
     return request.param
@@ -318,6 +320,7 @@ def test_readers_agree_on_fashion_mnist(tmp_path, monkeypatch):
     if tv_datasets is None:
         pytest.skip("torchvision is not installed (the JAX 0.11 stack)")
     _no_network(monkeypatch, "FashionMNIST")
+    monkeypatch.setattr(data, "HAS_TORCHVISION", True)
     for train in (True, False):
         by_torchvision = data.load_split("fashion_mnist", str(tmp_path), train)
         with monkeypatch.context() as patch:

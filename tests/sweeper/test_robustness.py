@@ -6,12 +6,11 @@ finished sweep."""
 
 import os
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
+import eval_and_make_adv
 import sweep
 from helpers import ROOT, assert_one_line_error
 from robust_cells import (
@@ -344,13 +343,8 @@ def test_committed_preset_gets_only_robustness_cells():
 
 
 def _attack_flag_missing() -> bool:
-    result = subprocess.run(
-        [sys.executable, "eval_and_make_adv.py", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    return "--attack_budget" not in result.stdout
+    args = eval_and_make_adv.parse_args(["--model_path", "m"])
+    return "attack_budget" not in vars(args)
 
 
 @pytest.mark.slow
