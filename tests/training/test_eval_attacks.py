@@ -33,6 +33,7 @@ DYNAMICS = {
     "centered": ["--linear", "--centering"],
 }
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "pre_packages")
+TEST_SIZE = 30  # three test images of each class
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,7 @@ def run(root, argv, monkeypatch):
     return cli.run_cli(lambda: eval_and_make_adv.main(argv))
 
 
-def evaluate(root, model_path, flags, name, monkeypatch, test_size=60):
+def evaluate(root, model_path, flags, name, monkeypatch, test_size=TEST_SIZE):
     """Runs the script; returns (results JSON, test-results pickle)."""
     argv = [
         "--model_path",
@@ -91,7 +92,7 @@ def evaluate(root, model_path, flags, name, monkeypatch, test_size=60):
     return record, results
 
 
-def subset_labels(root, test_size=60):
+def subset_labels(root, test_size=TEST_SIZE):
     """The labels of the script's class-balanced test subset."""
     split = data.load_split("fashion_mnist", str(root / "data"), train=False)
     return data.subset(*split, test_size, 0)[1]
