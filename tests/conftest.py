@@ -14,7 +14,8 @@ from sweep_fixtures import tiny, tiny_local_run  # noqa: F401
 
 
 def pytest_collection_modifyitems(items):
-    """Marks `quick` (pytest.ini) every test that is not marked `slow`."""
+    """Marks `quick` (pytest.ini) every test marked neither `slow` nor
+    `medium`."""
     for item in items:
-        if item.get_closest_marker("slow") is None:
+        if not any(item.get_closest_marker(m) for m in ("slow", "medium")):
             item.add_marker("quick")

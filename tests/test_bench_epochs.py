@@ -52,6 +52,7 @@ def forward_flops_from_parameters(width, image_shape):
     return 2 * macs
 
 
+@pytest.mark.medium
 @pytest.mark.parametrize(
     "width, shape", [(4, (32, 32, 3)), (2, (28, 28, 1)), (64, (32, 32, 3))]
 )

@@ -97,6 +97,7 @@ def test_resnet_logits_zero_at_init_and_shape():
     np.testing.assert_array_equal(np.asarray(logits), 0.0)
 
 
+@pytest.mark.medium
 def test_resnet_has_no_max_pool_and_keeps_resolution(tiny_resnet):
     model, params, state, images = tiny_resnet
     jaxpr = jax.make_jaxpr(
@@ -141,6 +142,7 @@ def axpy(a, x, y):
     return jax.tree_util.tree_map(lambda xi, yi: a * xi + yi, x, y)
 
 
+@pytest.mark.medium
 def test_linearization_error_falls_quadratically(tiny_resnet):
     model, params, state, images = tiny_resnet
     with enable_x64():
@@ -438,6 +440,7 @@ def _with_canonical(fn, on):
     return models.with_canonical_input_gradients(fn) if on else fn
 
 
+@pytest.mark.medium
 def test_canonical_input_gradients_change_no_number_of_the_network(
     tiny_resnet,
 ):

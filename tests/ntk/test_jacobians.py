@@ -55,6 +55,7 @@ def block_jacobian(factored_kind, rows, classes):
     return fn(params, state, images[rows], jnp.asarray(classes, jnp.int32))
 
 
+@pytest.mark.medium
 def test_survey_finds_every_weight_layer():
     apply_fn, params, state, _ = resnet()
     survey = jacobians.survey(apply_fn, params, state, IMAGE_SHAPE)
@@ -137,6 +138,7 @@ def test_windows_reproduce_the_convolution(
     np.testing.assert_allclose(got, want.reshape(-1, 5), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.medium
 @pytest.mark.parametrize("factored_kind", ["all", "none"])
 def test_block_gram_matches_reference(factored_kind):
     """Gram of two overlapping blocks, every layer factored or none, equals

@@ -89,6 +89,7 @@ def last_layer_kernels(apply_fn, params, state, images, layer):
     )[0]
 
 
+@pytest.mark.medium
 def test_networks_are_not_trivial(references):
     """Not the last layer's kernel alone; lin_params and the running
     statistics matter."""

@@ -80,6 +80,7 @@ def random_ten_class_problem(seed, batch=16):
     return logits_fn, images, labels
 
 
+@pytest.mark.medium
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
 @pytest.mark.parametrize("attack", [robust.apgd_ce, robust.apgd_t])
 def test_stays_in_ball_and_box_and_flags_true_successes(attack, norm, eps):

@@ -38,6 +38,7 @@ def problem():
     return logits_fn, images, labels, result
 
 
+@pytest.mark.medium
 def test_robust_accuracy_at_most_each_attacks(problem):
     logits_fn, images, labels, result = problem
     broken_by = np.asarray(result.broken_by)
@@ -66,6 +67,7 @@ def test_codes_agree_with_the_images(problem):
     assert delta.max() <= EPS + 1e-6
 
 
+@pytest.mark.medium
 def test_driver_equals_traced(problem):
     logits_fn, images, labels, result = problem
     traced = jax.jit(

@@ -86,6 +86,7 @@ def test_each_row_runs_the_same_budget_on_both_sides(model, row):
     assert square.n_queries == budget.square_queries
 
 
+@pytest.mark.medium
 @needs_fashion_mnist
 def test_script_end_to_end():
     result = run_script(

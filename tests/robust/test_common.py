@@ -11,6 +11,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 from helpers import ROOT
 from robust import common
@@ -62,6 +63,7 @@ def run_with_cache(cache):
     return done.stdout.split()
 
 
+@pytest.mark.medium
 def test_bounded_while_is_right_from_the_compilation_cache(tmp_path):
     fresh = run_with_cache(tmp_path / "cache")
     assert os.listdir(tmp_path / "cache"), "nothing was cached"

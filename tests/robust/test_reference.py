@@ -48,6 +48,7 @@ def torch_count(model, attack, x, y):
         return int((model(adv).argmax(1).numpy() != y).sum())
 
 
+@pytest.mark.medium
 def test_logits_agree(twins):
     logits_fn, model, x, _ = twins
     with torch.no_grad():
@@ -55,6 +56,7 @@ def test_logits_agree(twins):
     np.testing.assert_allclose(theirs, logits_fn(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.medium
 def test_apgd_ce_breaks_as_many_as_the_reference(twins):
     logits_fn, model, x, y = twins
     attack = jax.jit(lambda x, y, k: robust.apgd_ce(logits_fn, x, y, EPS, k))
@@ -76,6 +78,7 @@ def test_apgd_ce_breaks_as_many_as_the_reference(twins):
     assert min(ours) >= max(theirs) - SEED_SPREAD, (ours, theirs)
 
 
+@pytest.mark.medium
 def test_apgd_t_breaks_as_many_as_the_reference(twins):
     logits_fn, model, x, y = twins
     attack = jax.jit(lambda x, y, k: robust.apgd_t(logits_fn, x, y, EPS, k))

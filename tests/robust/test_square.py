@@ -7,6 +7,7 @@ import importlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import robust
 from robust.square import window_side
@@ -75,6 +76,7 @@ def test_square_beats_masked_gradients():
     np.testing.assert_array_equal(wrong, result.success)
 
 
+@pytest.mark.medium
 def test_testing_every_chunk_gives_what_testing_every_query_gives(
     monkeypatch,
 ):

@@ -9,6 +9,7 @@ import pickle
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import models
 from helpers import ROOT
@@ -21,6 +22,7 @@ def _path(name):
     return os.path.join(FIXTURES, name)
 
 
+@pytest.mark.medium
 def test_checkpoints_give_their_recorded_logits():
     images = jnp.asarray(np.load(_path("images.npy")))
     with open(_path("expected_logits.json")) as f:

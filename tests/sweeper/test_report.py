@@ -910,6 +910,7 @@ def _other_eps(the_grid, tmp_path, eps=4.0):
     return grid.Grid.load(str(path), the_grid.root)
 
 
+@pytest.mark.medium
 def test_promise_aggregate_refuses_cells_of_other_settings(synthetic, capsys):
     """--aggregate --output_root R with a config whose eps is not that of
     R's cells: refused from each cell's recorded flags (config.json), and

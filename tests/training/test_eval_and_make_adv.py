@@ -115,6 +115,7 @@ def example5(workdir):
     )
 
 
+@pytest.mark.medium
 def test_example_5_results_file(example5):
     results, _, _ = example5
     assert set(results) == {

@@ -94,6 +94,7 @@ def steps_for(dynamics=models.STANDARD, bn=True, adv_bn=None, lr=0.1):
     )
 
 
+@pytest.mark.medium
 def test_clean_steps_are_sgd_with_momentum(start):
     params, state = start
     steps = steps_for()
@@ -455,6 +456,7 @@ def _conv_forward(images, is_training):
 CONV_MODEL = hk.transform_with_state(models._intercepted(_conv_forward))
 
 
+@pytest.mark.medium
 @pytest.mark.parametrize("phase", ["phase1", "phase2c"])
 def test_adversarial_steps_with_canonical_convolutions_match_plain_ones(
     phase, monkeypatch
