@@ -3,21 +3,20 @@ parse time, the flags several scripts share, and running a script's main.
 
 Every number a script takes is parsed by `number`, so a NaN, an infinity or
 a value out of range is refused before anything runs, with one line that
-names the flag. Choices of models and datasets come from their registries
-(`models.MODELS`, `data.DATASETS`).
+names the flag. Choices of models, datasets and attacks come from their
+registries (`models.MODELS`, `data.DATASETS`, `attacks.registry`).
 """
 
 import argparse
-import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+import attacks
 import data
 import models
-import robust
 from utils import UserError, one_line
 
 
@@ -174,37 +173,66 @@ def add_eps_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# --attack: PGD (the original's) or a parameter-free attack of robust/.
-ATTACK_CHOICES = ("pgd", *robust.ATTACKS, "autoattack")
-BUDGET_KEYS = tuple(f.name for f in dataclasses.fields(robust.Budget))
+# --attack's choices and --attack_budget's keys: the registry's.
+ATTACK_CHOICES = attacks.names()
+BUDGET_KEYS = tuple(attacks.budget_fields())
 
 
 def budget_item(text: str) -> list:
-    """An argparse type: one KEY=N of --attack_budget, KEY a field of
-    robust.Budget and N an integer from 1 to the field's bound
-    (robust.BUDGET_LIMITS), as [KEY, N] (a list, so that the flags
-    recorded in config.json read back equal)."""
+    """An argparse type: one KEY=N of --attack_budget, KEY a budget field
+    of the registered attacks and N an integer from 1 to the field's
+    maximum, as [KEY, N] (a list, so that the flags recorded in
+    config.json read back equal)."""
     key, sep, value = text.partition("=")
     if not sep or key not in BUDGET_KEYS:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not KEY=N with KEY one of {', '.join(BUDGET_KEYS)}"
         )
+    maximum = attacks.budget_fields()[key].maximum
     try:
-        return [key, number(int, 1, robust.BUDGET_LIMITS[key])(value)]
+        return [key, number(int, 1, maximum)(value)]
     except argparse.ArgumentTypeError as err:
         raise argparse.ArgumentTypeError(f"{key}: {err}") from None
+
+
+def and_list(words: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    if len(words) < 2:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _budget_help() -> str:
+    """--attack_budget's help: the keys, defaults and bounds."""
+    fields = attacks.budget_fields().values()
+    classes = [f.name for f in fields if f.classes_problem is not None]
+    return (
+        "iterations, restarts and queries of the parameter-free attacks ("
+        + ", ".join(f"{f.name}={f.default}" for f in fields)
+        + ": the standard version's); only the keys --attack reads, each "
+        + "at most "
+        + ", ".join(f"{f.maximum}" for f in fields)
+        + " in that order"
+        + (
+            f" ({and_list(classes)} below the number of classes)"
+            if classes
+            else ""
+        )
+    )
 
 
 def add_attack_flags(parser: argparse.ArgumentParser, what: str) -> None:
     """--attack and --attack_budget; `what` says what the attack measures
     (for the help)."""
+    standard = attacks.AUTOATTACK
     parser.add_argument(
         "--attack",
-        default="pgd",
+        default=attacks.PGD.name,
         choices=ATTACK_CHOICES,
-        help=f"attack of {what}: pgd (the original's), one parameter-free "
-        "attack, or autoattack (APGD-CE, APGD-T, FAB-T and Square in turn, "
-        "the standard version)",
+        help=f"attack of {what}: {attacks.PGD.name} (the original's), one "
+        f"parameter-free attack, or {standard.name} ("
+        f"{and_list([a.title for a in standard.members])} in turn, the "
+        "standard version)",
     )
     parser.add_argument(
         "--attack_budget",
@@ -212,11 +240,7 @@ def add_attack_flags(parser: argparse.ArgumentParser, what: str) -> None:
         type=budget_item,
         default=[],
         metavar="KEY=N",
-        help="iterations, restarts and queries of the parameter-free "
-        f"attacks ({', '.join(BUDGET_KEYS)}; default the standard "
-        "version's: 100 iterations, 1 restart, 9 targets, 5000 queries); "
-        "only the keys --attack reads, each at most a thousand times the "
-        "default (n_targets below the number of classes)",
+        help=_budget_help(),
     )
 
 

@@ -30,7 +30,7 @@ evaluates on example files (as written by
 `transfer_{save_name}.json`, a table of clean and robust accuracy per file.
 
 --attack autoattack (or apgd-ce, apgd-t, fab-t, square) replaces PGD by the
-parameter-free attacks of robust/ at the same radius; --attack_budget sets
+parameter-free attacks of attacks/ at the same radius; --attack_budget sets
 their iterations, restarts and queries. The test results then also hold
 'broken_by', per example the attack that broke it first, and the results
 JSON counts them per source.

@@ -18,10 +18,10 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+import attacks
 import cli
 import data
 import models
-import robust
 from ntk import kernel_files
 from store import layout
 from training import train
@@ -38,18 +38,21 @@ LOADER_NAMES = {
     "F": "benign, then adversarial",
 }
 DYNAMICS = ("centered", "linearized", "standard")  # of phase 2
-ATTACKS = ("linf", "l2")
+# run_exp.py --eval_attacks: PGD in each norm (attacks.EVAL_ATTACKS).
+ATTACKS = tuple(attacks.EVAL_ATTACKS)
 # The stages of a grid's cells (the keys of slurm.timeout_min).
 STAGES = ("phase1", "phase2", "eval", "kernel", "analysis", "features")
 STAGES += ("robustness",)
-# eval_and_make_adv.py --attack: PGD (the paper's), one parameter-free
-# attack, or the standard AutoAttack (the four in turn).
-ROBUST_ATTACKS = ("pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
-AUTOATTACK = "autoattack"
-# eval_and_make_adv.py --attack_budget KEY=N: the keys and the standard
-# AutoAttack's values (its defaults), robust.Budget's.
+# eval_and_make_adv.py --attack: every registered attack (PGD, the
+# parameter-free ones, AutoAttack); robustness.autoattack runs the
+# standard AutoAttack, and the eps curve APGD-CE by default.
+ROBUST_ATTACKS = attacks.names()
+AUTOATTACK = attacks.AUTOATTACK.name
+CURVE_ATTACK = attacks.APGD_CE.name
+# eval_and_make_adv.py --attack_budget KEY=N: the registry's budget fields
+# and their defaults (the standard AutoAttack's).
 BUDGET_DEFAULTS = {
-    field.name: field.default for field in dataclasses.fields(robust.Budget)
+    name: field.default for name, field in attacks.budget_fields().items()
 }
 STATE_EVERY = 100  # run_exp.py's default --state_every
 # phase1.order_replicate: the benign run C′_s of seed s trains from θ_s(0)
@@ -354,7 +357,7 @@ def _distinct(value: list) -> str | None:
 
 def _budget(table: dict) -> str | None:
     """--attack_budget's keys, each an integer from 1 to its bound
-    (robust.BUDGET_LIMITS, as cli.budget_item checks them)."""
+    (its BudgetField's maximum, as cli.budget_item checks them)."""
     for name, value in table.items():
         if name not in BUDGET_DEFAULTS:
             return (
@@ -363,7 +366,8 @@ def _budget(table: dict) -> str | None:
             )
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             return f".{name} must be a positive integer, not {value!r}"
-        problem = number_problem([value], 1, robust.BUDGET_LIMITS[name])
+        maximum = attacks.budget_fields()[name].maximum
+        problem = number_problem([value], 1, maximum)
         if problem:
             return f".{name} {problem}"
     return None
@@ -392,7 +396,7 @@ class Robustness:
         check=_distinct,
     )
     curve_attack: str = key(
-        "the attack of the eps curve", "apgd-ce", choices=ROBUST_ATTACKS
+        "the attack of the eps curve", CURVE_ATTACK, choices=ROBUST_ATTACKS
     )
     test_size: int | None = key(
         "test subset (0: all; default: evaluation.test_size, else "
@@ -807,7 +811,7 @@ def _check_sizes(path: str, config: dict) -> None:
 def robustness_attacks(robustness: dict) -> list[str]:
     """The --attack of the robustness cells of a [robustness] section:
     autoattack (when on), then the curve's attack."""
-    chosen = [AUTOATTACK] if robustness["autoattack"] else []
+    chosen = [AUTOATTACK] if robustness[AUTOATTACK] else []
     curve = robustness["curve_attack"]
     if robustness["eps_curve"] and curve not in chosen:
         chosen.append(curve)
@@ -817,16 +821,14 @@ def robustness_attacks(robustness: dict) -> list[str]:
 def budget_keys(attack: str) -> tuple[str, ...]:
     """The --attack_budget keys eval_and_make_adv.py --attack `attack`
     reads (none for PGD)."""
-    if attack == "pgd":
-        return ()
-    chosen = robust.ATTACKS if attack == AUTOATTACK else (attack,)
-    return robust.budget_keys(chosen)
+    return attacks.get(attack).budget_keys()
 
 
 def _check_budget(path: str, config: dict) -> None:
     """robustness.budget as eval_and_make_adv.py checks --attack_budget:
     every key read by an attack of the robustness cells (each cell gets
-    the keys its attack reads), n_targets below the dataset's classes."""
+    the keys its attack reads), each value one the dataset's classes can
+    run (its field's classes_problem: n_targets below them)."""
     rob = config["robustness"]
     if rob is None:
         return
@@ -839,11 +841,10 @@ def _check_budget(path: str, config: dict) -> None:
                 "drop it"
             )
         classes = data.n_classes(config["data"]["dataset"])
-        problem = name == "n_targets" and robust.targets_problem(
-            value, classes
-        )
+        check = attacks.budget_fields()[name].classes_problem
+        problem = check and check(value, classes)
         if problem:
-            raise UserError(f"{path}: robustness.budget.n_targets: {problem}")
+            raise UserError(f"{path}: robustness.budget.{name}: {problem}")
 
 
 def _check_robustness(path: str, config: dict) -> None:

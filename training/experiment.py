@@ -45,7 +45,7 @@ NON_RUN_FLAGS = (
 )
 # Flags added after runs were recorded, with the defaults those runs had:
 # a record without them holds these values (so that it can be resumed).
-LATER_FLAGS = {"attack": "pgd", "attack_budget": []}
+LATER_FLAGS = {"attack": attacks.PGD.name, "attack_budget": []}
 # Flags added later whose default is another flag's value: a record
 # without them holds that flag's value (--order_seed: --random_seed).
 LATER_FLAGS_FROM = {"order_seed": "random_seed"}
@@ -151,7 +151,7 @@ def validate_flags(settings: RunSettings) -> None:
     known = settings.dataset or (
         None if settings.base_model_path else models.ModelSpec.dataset
     )
-    evaluation.attack_budget(
+    attacks.check_budget(
         settings.attack,
         settings.attack_budget,
         data.n_classes(known) if known else None,
@@ -411,7 +411,7 @@ def _prepare(
             dataset=settings.dataset,
         )
     # Before any data is loaded or any epoch runs.
-    evaluation.attack_budget(
+    attacks.check_budget(
         settings.attack, settings.attack_budget, spec.n_classes
     )
     train_x, train_y = data.subset(
@@ -852,17 +852,13 @@ def eval_attacks(
         )
         for name in settings.attack_names
     ]
-    if settings.attack != "pgd":
-        budget = evaluation.attack_budget(
-            settings.attack, settings.attack_budget
-        )
+    if settings.attack != attacks.PGD.name:
+        budget = attacks.check_budget(settings.attack, settings.attack_budget)
         eps = attacks.eval_linf(settings.eps, 1).eps
         chosen.append(
             (
                 settings.attack,
-                evaluation.parameter_free(
-                    settings.attack, eps, "linf", budget
-                ),
+                attacks.parameter_free(settings.attack, eps, "linf", budget),
             )
         )
     return chosen or [(None, None)]

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
+import attacks
 import cli
 import data
 import eval_and_make_adv
 import models
-import robust
 import run_exp
 from helpers import (
     ROOT,
@@ -536,15 +536,15 @@ def test_item1_n_targets_above_wrong_classes_refused_before_loading(
     refused(root, argv, monkeypatch, capsys, "n_targets=20", stage=models)
 
 
-@pytest.mark.parametrize("key", robust.BUDGET_LIMITS)
+@pytest.mark.parametrize("key", attacks.budget_fields())
 def test_item2_budget_numbers_have_an_upper_bound(
     untrained, monkeypatch, capsys, key
 ):
-    """Every --attack_budget number is bounded (robust.BUDGET_LIMITS): one
+    """Every --attack_budget number is bounded (its field's maximum): one
     above, or 10^23, is refused when the command line is read, by both
     scripts; the bound itself is taken."""
     root, model = untrained
-    limit = robust.BUDGET_LIMITS[key]
+    limit = attacks.budget_fields()[key].maximum
     for value in (limit + 1, 99999999999999999999999):
         budget = [
             "--attack",
@@ -560,7 +560,7 @@ def test_item2_budget_numbers_have_an_upper_bound(
     parsed = run_exp.parse_args(["--attack_budget", f"{key}={limit}"])
     assert parsed.attack_budget == [[key, limit]]
     with pytest.raises(ValueError, match="at most"):
-        robust.Budget(**{key: limit + 1})
+        attacks.Budget(**{key: limit + 1})
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """AutoAttack (Croce & Hein, ICML 2020), standard version: APGD-CE, then
 targeted APGD on the DLR loss, targeted FAB and Square, each run only on
 the examples that every earlier attack left robust. An example counts as
-robust only if it survives all four.
+robust only if it survives all four. Registered as `AUTOATTACK`
+(`attacks.registry.sequence`); the driver runs any registered attack with
+a result code, alone or in a sequence (`AutoAttackConfig.attacks`).
 
 `autoattack` drives the attacks from the host: before each attack it
 gathers the still-robust examples, pads their number up to one of four
@@ -16,94 +18,34 @@ traceable function, every attack run on the whole batch (for use inside
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robust import common
-from robust.apgd import APGDConfig, apgd_ce, apgd_t
-from robust.common import AttackResult, LogitsFn
-from robust.fab import FABConfig, fab_t
-from robust.square import SquareConfig, square
+from attacks import common, registry
+from attacks.apgd import APGD_CE, APGD_T
+from attacks.common import AttackResult, LogitsFn
+from attacks.fab import FAB_T
+from attacks.registry import CLEAN, ROBUST, Budget
+from attacks.square import SQUARE
 
-# broken_by codes: the index of the attack that broke an example first;
-# ROBUST (-1) where none did, CLEAN (0) where the clean image is wrong.
-ROBUST = -1
-CLEAN = 0
-ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
-CODES: dict[str, int] = {"clean": CLEAN} | {
-    name: code for code, name in enumerate(ATTACKS, start=1)
-}
-
-
-def _budget_field(default: int, maximum: int) -> int:
-    """A Budget field: its default and its largest value (metadata)."""
-    return dataclasses.field(default=default, metadata={"maximum": maximum})
+# The standard version's attacks, in turn (`--attack autoattack`). Each
+# draws from its examples' keys folded with its result code.
+AUTOATTACK = registry.register(
+    registry.sequence(
+        "autoattack", "AutoAttack", (APGD_CE, APGD_T, FAB_T, SQUARE)
+    )
+)
+STANDARD = tuple(attack.name for attack in AUTOATTACK.members)
 
 
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """Iterations, restarts and queries; the defaults are the standard
-    version's (APGD-CE 100 steps, 1 start; APGD-T 100 steps for each of 9
-    targets; FAB-T 100 steps for each of 9 targets; Square 5,000
-    queries). Each field is at most its `maximum` (BUDGET_LIMITS): a
-    thousand times the standard version's iterations, restarts and
-    queries, and 999 targets (n_targets must also stay below the number
-    of classes: `targets_problem`)."""
-
-    apgd_iters: int = _budget_field(100, 100_000)
-    apgd_restarts: int = _budget_field(1, 1_000)
-    n_targets: int = _budget_field(9, 999)
-    fab_iters: int = _budget_field(100, 100_000)
-    fab_restarts: int = _budget_field(1, 1_000)
-    square_queries: int = _budget_field(5000, 5_000_000)
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            common.check_positive(field.name, value)
-            if value > field.metadata["maximum"]:
-                raise ValueError(
-                    f"{field.name} must be at most "
-                    f"{field.metadata['maximum']}, not {value}"
-                )
-
-
-# The largest value of each Budget field.
-BUDGET_LIMITS: dict[str, int] = {
-    field.name: field.metadata["maximum"]
-    for field in dataclasses.fields(Budget)
-}
-# The Budget fields each attack reads (see `stage`; APGD-T runs once per
-# target, without restarts).
-BUDGET_USE: dict[str, tuple[str, ...]] = {
-    "apgd-ce": ("apgd_iters", "apgd_restarts"),
-    "apgd-t": ("apgd_iters", "n_targets"),
-    "fab-t": ("fab_iters", "fab_restarts", "n_targets"),
-    "square": ("square_queries",),
-}
-
-
-def budget_keys(attacks: Sequence[str]) -> tuple[str, ...]:
-    """The Budget fields that the attacks `attacks` (names of ATTACKS) read,
-    in Budget's order."""
-    used = {key for name in attacks for key in BUDGET_USE[name]}
-    return tuple(f.name for f in dataclasses.fields(Budget) if f.name in used)
-
-
-def targets_problem(n_targets: int, n_classes: int) -> str | None:
-    """Why `n_targets` target classes cannot be drawn for a model of
-    `n_classes` classes (the targets are the wrong classes), or None."""
-    if n_targets > n_classes - 1:
-        return (
-            f"n_targets={n_targets} asks for more target classes than the "
-            f"{n_classes - 1} wrong ones of {n_classes} classes: pass "
-            f"n_targets={n_classes - 1} or fewer"
-        )
-    return None
+def runnable() -> tuple[str, ...]:
+    """The attacks the driver can run in turn: every registered attack
+    with a `make` and a result code."""
+    return tuple(a.name for a in registry.coded() if a.make is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,65 +53,62 @@ class AutoAttackConfig:
     """What `autoattack` runs.
 
     Attributes:
-        norm: 'linf' or 'l2' ('l2' only without 'square', which is L-inf
-            only here).
+        norm: 'linf' or 'l2', supported by every attack of `attacks` (not
+            'l2' with 'square', which is L-inf only here).
         budget: iterations, restarts and queries.
-        attacks: the attacks, in order, a sub-sequence of ATTACKS.
+        attacks: the attacks, in order, names of `runnable()` (default
+            STANDARD).
     """
 
     norm: str = "linf"
-    budget: Budget = Budget()
-    attacks: tuple[str, ...] = ATTACKS
+    budget: Budget = dataclasses.field(default_factory=Budget)
+    attacks: tuple[str, ...] = STANDARD
 
     def __post_init__(self) -> None:
         common.check_norm(self.norm)
-        unknown = [name for name in self.attacks if name not in ATTACKS]
+        known = runnable()
+        unknown = [name for name in self.attacks if name not in known]
         if unknown or not self.attacks:
             raise ValueError(
-                f"attacks must be a non-empty sub-sequence of {ATTACKS}, "
+                f"attacks must be a non-empty sequence of {known}, "
                 f"not {self.attacks}"
             )
-        if self.norm != "linf" and "square" in self.attacks:
-            raise ValueError(
-                "square supports norm 'linf' only; drop it from attacks "
-                "for norm 'l2'"
-            )
+        for name in self.attacks:
+            norms = registry.get(name).norms
+            if self.norm not in norms:
+                raise ValueError(
+                    f"{name} supports norm {' or '.join(map(repr, norms))} "
+                    f"only; drop it from attacks for norm {self.norm!r}"
+                )
 
 
 class AutoAttackResult(NamedTuple):
     """adv: (B, H, W, C) images, each the first attack's success, else the
     first attack's (APGD-CE's highest-loss) point. broken_by: (B,) int32
-    codes, CODES' values or ROBUST."""
+    codes: the attacks' (attacks.registry), CLEAN or ROBUST."""
 
     adv: jax.Array
     broken_by: jax.Array
 
 
 def stage(name: str, config: AutoAttackConfig) -> Callable[..., AttackResult]:
-    """The attack `name` of AutoAttack with the budget of `config`, as a
-    function (logits_fn, images, labels, eps, key) -> AttackResult."""
-    b, norm = config.budget, config.norm
-    apgd = APGDConfig(
-        norm=norm,
-        iters=b.apgd_iters,
-        restarts=b.apgd_restarts,
-        n_targets=b.n_targets,
-    )
-    attack, settings = {
-        "apgd-ce": (apgd_ce, apgd),
-        "apgd-t": (apgd_t, dataclasses.replace(apgd, restarts=1)),
-        "fab-t": (
-            fab_t,
-            FABConfig(
-                norm=norm,
-                iters=b.fab_iters,
-                restarts=b.fab_restarts,
-                n_targets=b.n_targets,
-            ),
-        ),
-        "square": (square, SquareConfig(queries=b.square_queries)),
-    }[name]
-    return functools.partial(attack, config=settings)
+    """The attack `name` with the norm and budget of `config`, as a
+    function (logits_fn, images, labels, eps, key) -> AttackResult (its
+    registry entry's `make`, eps an argument: it may be traced)."""
+    make = registry.get(name).make
+
+    def attack(
+        logits_fn: LogitsFn,
+        images: jax.Array,
+        labels: jax.Array,
+        eps: float | jax.Array,
+        key: jax.Array,
+    ) -> AttackResult:
+        run = make(config.budget, config.norm, eps)
+        return run(logits_fn, images, labels, key)
+
+    attack.__name__ = name.replace("-", "_")  # jit's name for it
+    return attack
 
 
 @functools.lru_cache(maxsize=64)
@@ -239,7 +178,8 @@ def autoattack(
 
     Returns:
         AutoAttackResult: the adversarial images and, per example, the
-        code of the attack that broke it first (CODES) or ROBUST.
+        code of the attack that broke it first (attacks.registry) or
+        ROBUST.
     """
     batch = images.shape[0]
     labels = jnp.asarray(labels)
@@ -260,13 +200,13 @@ def autoattack(
             images[take],
             labels[take],
             jnp.asarray(eps, jnp.float32),
-            common.fold_keys(keys, CODES[name])[take],
+            common.fold_keys(keys, registry.get(name).code)[take],
         )
         success = np.asarray(result.success)[: todo.size]
         new = np.asarray(result.adv)[: todo.size]
         keep = np.ones_like(success) if first else success
         adv[todo[keep]] = new[keep]
-        broken_by[todo[success]] = CODES[name]
+        broken_by[todo[success]] = registry.get(name).code
         first = False
     return AutoAttackResult(jnp.asarray(adv), jnp.asarray(broken_by))
 
@@ -289,11 +229,15 @@ def autoattack_traced(
     adv = images
     for index, name in enumerate(config.attacks):
         result = stage(name, config)(
-            logits_fn, images, labels, eps, common.fold_keys(keys, CODES[name])
+            logits_fn,
+            images,
+            labels,
+            eps,
+            common.fold_keys(keys, registry.get(name).code),
         )
         robust = broken_by == ROBUST
         new = robust & result.success
         keep = robust if index == 0 else new
         adv = jnp.where(common.per_example(keep, adv), result.adv, adv)
-        broken_by = jnp.where(new, CODES[name], broken_by)
+        broken_by = jnp.where(new, registry.get(name).code, broken_by)
     return AutoAttackResult(adv, broken_by)

@@ -1,4 +1,4 @@
-"""Tests of robust/autoattack.py: robust accuracy at most each single
+"""Tests of attacks/autoattack.py: robust accuracy at most each single
 attack's, broken_by codes consistent with the attacks and the images, the
 host driver equal to the traced version, and bad settings refused."""
 
@@ -7,15 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import robust
-from robust import common
-from robust.autoattack import padded_size, stage
+import attacks
+from attacks import common
+from attacks.autoattack import padded_size, stage
 
 SHAPE = (6, 6, 2)
 DIM = int(np.prod(SHAPE))
 EPS = 6 / 255
-CONFIG = robust.AutoAttackConfig(
-    budget=robust.Budget(
+CONFIG = attacks.AutoAttackConfig(
+    budget=attacks.Budget(
         apgd_iters=20, n_targets=3, fab_iters=20, square_queries=300
     )
 )
@@ -32,7 +32,7 @@ def problem():
         return jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
 
     labels = jnp.argmax(logits_fn(images), -1).at[:4].add(1) % 10
-    result = robust.autoattack(
+    result = attacks.autoattack(
         logits_fn, images, labels, EPS, jax.random.key(1), CONFIG
     )
     return logits_fn, images, labels, result
@@ -41,15 +41,15 @@ def problem():
 def test_robust_accuracy_at_most_each_attacks(problem):
     logits_fn, images, labels, result = problem
     broken_by = np.asarray(result.broken_by)
-    robust_count = np.sum(broken_by == robust.ROBUST)
+    robust_count = np.sum(broken_by == attacks.ROBUST)
     keys = common.example_keys(jax.random.key(1), len(images))
-    for name in robust.ATTACKS:
+    for name in attacks.STANDARD:
         single = stage(name, CONFIG)(
             logits_fn,
             images,
             labels,
             EPS,
-            common.fold_keys(keys, robust.CODES[name]),
+            common.fold_keys(keys, attacks.get(name).code),
         )
         assert robust_count <= np.sum(~np.asarray(single.success)), name
     # Examples are broken at every stage of this problem, so it tests them.
@@ -60,8 +60,8 @@ def test_codes_agree_with_the_images(problem):
     logits_fn, images, labels, result = problem
     broken_by = np.asarray(result.broken_by)
     wrong = np.asarray(jnp.argmax(logits_fn(result.adv), -1) != labels)
-    np.testing.assert_array_equal(wrong, broken_by != robust.ROBUST)
-    np.testing.assert_array_equal(broken_by[:4], robust.CODES["clean"])
+    np.testing.assert_array_equal(wrong, broken_by != attacks.ROBUST)
+    np.testing.assert_array_equal(broken_by[:4], attacks.CLEAN)
     delta = np.abs(np.asarray(result.adv) - np.asarray(images))
     assert delta.max() <= EPS + 1e-6
 
@@ -69,7 +69,7 @@ def test_codes_agree_with_the_images(problem):
 def test_driver_equals_traced(problem):
     logits_fn, images, labels, result = problem
     traced = jax.jit(
-        lambda x, y, k: robust.autoattack_traced(
+        lambda x, y, k: attacks.autoattack_traced(
             logits_fn, x, y, EPS, k, CONFIG
         )
     )(images, labels, jax.random.key(1))
@@ -80,14 +80,14 @@ def test_driver_equals_traced(problem):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: robust.AutoAttackConfig(attacks=("apgd-ce", "pgd")),
-        lambda: robust.AutoAttackConfig(attacks=()),
-        lambda: robust.AutoAttackConfig(norm="l2"),
-        lambda: robust.AutoAttackConfig(norm="l1"),
-        lambda: robust.Budget(apgd_iters=0),
-        lambda: robust.Budget(square_queries=-5),
-        lambda: robust.SquareConfig(queries=0),
-        lambda: robust.FABConfig(iters=0),
+        lambda: attacks.AutoAttackConfig(attacks=("apgd-ce", "pgd")),
+        lambda: attacks.AutoAttackConfig(attacks=()),
+        lambda: attacks.AutoAttackConfig(norm="l2"),
+        lambda: attacks.AutoAttackConfig(norm="l1"),
+        lambda: attacks.Budget(apgd_iters=0),
+        lambda: attacks.Budget(square_queries=-5),
+        lambda: attacks.SquareConfig(queries=0),
+        lambda: attacks.FABConfig(iters=0),
     ],
 )
 def test_bad_settings_raise(make):
@@ -96,7 +96,7 @@ def test_bad_settings_raise(make):
 
 
 def test_l2_without_square_is_accepted():
-    config = robust.AutoAttackConfig(
+    config = attacks.AutoAttackConfig(
         norm="l2", attacks=("apgd-ce", "apgd-t", "fab-t")
     )
     assert config.norm == "l2"

@@ -1,4 +1,4 @@
-"""Tests of robust/fab.py: the box-constrained projection against a linear
+"""Tests of attacks/fab.py: the box-constrained projection against a linear
 program, and FAB-T on a linear model, whose smallest adversarial
 perturbation is known in closed form."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.optimize import linprog
 
-import robust
-from robust import fab
+import attacks
+from attacks import fab
 
 
 def box_problem(seed, batch=6, dim=12):
@@ -105,10 +105,10 @@ def test_fab_finds_the_smallest_linear_perturbation(norm):
     images = jnp.asarray(x.reshape((batch,) + shape), jnp.float32)
     labels = jnp.zeros(batch, jnp.int32)
     assert not np.any(np.argmax(logits_fn(images), -1))
-    config = robust.FABConfig(norm=norm, n_targets=1)
+    config = attacks.FABConfig(norm=norm, n_targets=1)
     for factor, expected in [(1.01, True), (0.99, False)]:
         eps = jnp.asarray(factor * distance, jnp.float32)
-        result = robust.fab_t(
+        result = attacks.fab_t(
             logits_fn, images, labels, eps, jax.random.key(0), config
         )
         assert np.all(np.asarray(result.success) == expected), factor

@@ -11,12 +11,15 @@ ours equalled the reference's. The assertion allows one image, the least
 spread that rounding in a different framework could explain.
 """
 
+import os
+import sys
+
 import jax
 import numpy as np
 import pytest
 
-import robust
-from helpers import needs_fashion_mnist
+import attacks
+from helpers import ROOT, needs_fashion_mnist
 
 torch = pytest.importorskip(
     "torch", reason="torch is not installed (the JAX 0.11 stack has none)"
@@ -25,6 +28,7 @@ torchattacks = pytest.importorskip(
     "torchattacks",
     reason="torchattacks is not installed (requirements-nodeps.txt)",
 )
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 import reference_models as rm  # noqa: E402
 
 pytestmark = needs_fashion_mnist
@@ -57,7 +61,7 @@ def test_logits_agree(twins):
 
 def test_apgd_ce_breaks_as_many_as_the_reference(twins):
     logits_fn, model, x, y = twins
-    attack = jax.jit(lambda x, y, k: robust.apgd_ce(logits_fn, x, y, EPS, k))
+    attack = jax.jit(lambda x, y, k: attacks.apgd_ce(logits_fn, x, y, EPS, k))
     ours = [
         rm.count_wrong(logits_fn, attack(x, y, jax.random.key(s)).adv, y)
         for s in range(3)
@@ -78,7 +82,7 @@ def test_apgd_ce_breaks_as_many_as_the_reference(twins):
 
 def test_apgd_t_breaks_as_many_as_the_reference(twins):
     logits_fn, model, x, y = twins
-    attack = jax.jit(lambda x, y, k: robust.apgd_t(logits_fn, x, y, EPS, k))
+    attack = jax.jit(lambda x, y, k: attacks.apgd_t(logits_fn, x, y, EPS, k))
     ours = [
         rm.count_wrong(logits_fn, attack(x, y, jax.random.key(s)).adv, y)
         for s in range(2)

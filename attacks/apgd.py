@@ -14,20 +14,22 @@ and α = 0.75 (P projects onto the eps-ball and [0, 1]).
 DLR loss, once per target among the top `n_targets` wrong classes of the
 clean logits. An example counts as broken as soon as any iterate is
 misclassified; that iterate is returned. Both are traceable (wrap them in
-`jax.jit`, config closed over; eps may be traced).
+`jax.jit`, config closed over; eps may be traced). Registered as `APGD_CE`
+and `APGD_T` (`attacks.registry`), with their budget fields.
 """
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import attacks
-from robust import common
-from robust.common import AttackResult, LogitsFn
+from attacks import common, registry
+from attacks.common import AttackResult, LogitsFn
+from attacks.pgd import LOSSES, NORMS, differentiable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,7 @@ class APGDConfig:
     def __post_init__(self) -> None:
         common.check_norm(self.norm)
         for name in ("iters", "restarts", "n_targets"):
-            common.check_positive(name, getattr(self, name))
+            registry.check_positive(name, getattr(self, name))
 
 
 def checkpoints(iters: int) -> list[int]:
@@ -136,7 +138,7 @@ def _step(
 ) -> _State:
     """Step k (from 0) of APGD, and the checkpoint test after it."""
     s = state
-    ascent = attacks.NORMS[config.norm].ascent
+    ascent = NORMS[config.norm].ascent
     z = common.project(
         s.x + ascent(s.grad, common.per_example(s.step, s.x)),
         images,
@@ -261,10 +263,8 @@ def apgd_ce(
         else the point of highest loss of the first start; and success.
     """
     keys = common.example_keys(key, images.shape[0])
-    logits_fn = attacks.differentiable(logits_fn)
-    evaluate = _evaluator(
-        logits_fn, lambda z: attacks.LOSSES["ce"](z, labels), labels
-    )
+    logits_fn = differentiable(logits_fn)
+    evaluate = _evaluator(logits_fn, lambda z: LOSSES["ce"](z, labels), labels)
 
     def run(j: jax.Array) -> AttackResult:
         start = common.random_in_ball(
@@ -288,7 +288,7 @@ def apgd_t(
     runs from random starts; stops once every example is broken. Needs at
     least 4 classes. Arguments and result as `apgd_ce`'s."""
     keys = common.example_keys(key, images.shape[0])
-    logits_fn = attacks.differentiable(logits_fn)
+    logits_fn = differentiable(logits_fn)
     clean = logits_fn(images)
     if clean.shape[-1] < 4:
         raise ValueError("the DLR loss needs at least 4 classes")
@@ -307,3 +307,69 @@ def apgd_t(
         return _run(evaluate, images, eps, start, config)
 
     return best_of_runs(run, config.n_targets * config.restarts)
+
+
+# The budget fields of APGD: a thousand times the standard version's
+# steps and restarts at most, and up to 999 targets (fewer than the
+# model's classes: common.targets_problem). FAB-T reads N_TARGETS too.
+APGD_ITERS = registry.BudgetField("apgd_iters", 100, 100_000)
+APGD_RESTARTS = registry.BudgetField("apgd_restarts", 1, 1_000)
+N_TARGETS = registry.BudgetField(
+    "n_targets", 9, 999, classes_problem=common.targets_problem
+)
+
+
+def _config(budget: registry.Budget, norm: str) -> APGDConfig:
+    """The APGDConfig of `budget` in `norm`."""
+    return APGDConfig(
+        norm=norm,
+        iters=budget.apgd_iters,
+        restarts=budget.apgd_restarts,
+        n_targets=budget.n_targets,
+    )
+
+
+def _make_ce(
+    budget: registry.Budget, norm: str, eps: float | jax.Array
+) -> Callable[..., AttackResult]:
+    """APGD-CE of `budget`: (logits_fn, images, labels, key) -> result."""
+    config = _config(budget, norm)
+    return lambda logits_fn, images, labels, key: apgd_ce(
+        logits_fn, images, labels, eps, key, config
+    )
+
+
+def _make_t(
+    budget: registry.Budget, norm: str, eps: float | jax.Array
+) -> Callable[..., AttackResult]:
+    """APGD-T of `budget`, one run per target (no restarts)."""
+    config = dataclasses.replace(_config(budget, norm), restarts=1)
+    return lambda logits_fn, images, labels, key: apgd_t(
+        logits_fn, images, labels, eps, key, config
+    )
+
+
+APGD_CE = registry.register(
+    registry.Attack(
+        name="apgd-ce",
+        title="APGD-CE",
+        norms=common.NORMS,
+        cost=lambda b: b.apgd_iters * b.apgd_restarts,
+        make=_make_ce,
+        code=1,
+        budget=(APGD_ITERS, APGD_RESTARTS),
+    )
+)
+# APGD-T's cost counts apgd_restarts too, as the estimate always has,
+# though it runs one start per target: an upper bound.
+APGD_T = registry.register(
+    registry.Attack(
+        name="apgd-t",
+        title="APGD-T",
+        norms=common.NORMS,
+        cost=lambda b: b.apgd_iters * b.apgd_restarts * b.n_targets,
+        make=_make_t,
+        code=2,
+        budget=(APGD_ITERS, N_TARGETS),
+    )
+)

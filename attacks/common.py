@@ -1,4 +1,4 @@
-"""Parts shared by the attacks of `robust/`: results, per-example keys,
+"""Parts shared by the parameter-free attacks: results, per-example keys,
 losses, norms and the target classes of the targeted attacks.
 
 Every attack of the package returns an `AttackResult` and draws its random
@@ -14,11 +14,12 @@ from typing import NamedTuple, TypeVar
 import jax
 import jax.numpy as jnp
 
-import attacks
+from attacks.pgd import LOSSES, pick
+from attacks.pgd import NORMS as PARTS
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 Carry = TypeVar("Carry")
-NORMS = ("linf", "l2")
+NORMS = tuple(PARTS)  # the norms, by name
 
 
 class AttackResult(NamedTuple):
@@ -36,12 +37,6 @@ def check_norm(norm: str) -> None:
     """Raises ValueError unless `norm` is 'linf' or 'l2'."""
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {list(NORMS)}, not {norm!r}")
-
-
-def check_positive(name: str, value: int) -> None:
-    """Raises ValueError unless `value` is an int >= 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, not {value!r}")
 
 
 def example_keys(key: jax.Array, batch: int) -> jax.Array:
@@ -81,7 +76,7 @@ def random_in_ball(
     radius = jnp.broadcast_to(radius, images.shape[:1])
 
     def one(key: jax.Array, image: jax.Array, r: jax.Array) -> jax.Array:
-        return attacks.NORMS[norm].random_delta(key, image[None], r)[0]
+        return PARTS[norm].random_delta(key, image[None], r)[0]
 
     delta = jax.vmap(one)(keys, images, radius)
     return jnp.clip(images + delta, 0.0, 1.0)
@@ -91,14 +86,14 @@ def project(
     adv: jax.Array, images: jax.Array, eps: jax.Array, norm: str
 ) -> jax.Array:
     """`adv` moved into the eps-ball around `images`, then into [0, 1]."""
-    delta = attacks.NORMS[norm].project(adv - images, eps)
+    delta = PARTS[norm].project(adv - images, eps)
     return jnp.clip(images + delta, 0.0, 1.0)
 
 
 def true_logit(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """z_y of each example, (B,) (`attacks.pick`: no scatter in its
+    """z_y of each example, (B,) (`pick`: no scatter in its
     gradient)."""
-    return attacks.pick(logits, labels)
+    return pick(logits, labels)
 
 
 def misclassified(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -108,7 +103,7 @@ def misclassified(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """z_y − max_{j≠y} z_j, (B,): negative exactly when misclassified."""
-    return -attacks.LOSSES["margin"](logits, labels)
+    return -LOSSES["margin"](logits, labels)
 
 
 def targets(logits: jax.Array, labels: jax.Array, n: int) -> jax.Array:
@@ -121,6 +116,18 @@ def targets(logits: jax.Array, labels: jax.Array, n: int) -> jax.Array:
     is_true = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
     ranked = jnp.argsort(-jnp.where(is_true, jnp.inf, logits), axis=-1)
     return ranked[:, 1 : n + 1]
+
+
+def targets_problem(n_targets: int, n_classes: int) -> str | None:
+    """Why `n_targets` target classes cannot be drawn for a model of
+    `n_classes` classes (the targets are the wrong classes), or None."""
+    if n_targets > n_classes - 1:
+        return (
+            f"n_targets={n_targets} asks for more target classes than the "
+            f"{n_classes - 1} wrong ones of {n_classes} classes: pass "
+            f"n_targets={n_classes - 1} or fewer"
+        )
+    return None
 
 
 def top_classes(logits: jax.Array, n: int) -> list[jax.Array]:
@@ -145,12 +152,10 @@ def dlr_targeted(
     by decreasing logit; (B,), maximised. Needs at least 4 classes.
 
     z_π1, z_π3 and z_π4 are picked by their classes (`top_classes`,
-    `attacks.pick`) rather than read off `jnp.sort`: the same numbers and
+    `pick`) rather than read off `jnp.sort`: the same numbers and
     gradient, but a sort costs more than the rest of the loss on the CPU
     and its gradient is a scatter-add, a loop over every logit there."""
-    first, _, third, fourth = (
-        attacks.pick(logits, c) for c in top_classes(logits, 4)
-    )
+    first, _, third, fourth = (pick(logits, c) for c in top_classes(logits, 4))
     scale = first - 0.5 * (third + fourth) + 1e-12
     return -(true_logit(logits, labels) - true_logit(logits, target)) / scale
 
@@ -169,7 +174,7 @@ def bounded_while(
     from the persistent compilation cache runs a while_loop whose trip count
     depends on data zero times when its body draws random numbers (a fresh
     compilation is right; loops of static trip count are unaffected).
-    tests/robust/test_common.py reproduces it in a subprocess.
+    tests/attacks/test_common.py reproduces it in a subprocess.
     """
     return jax.lax.fori_loop(
         0,

@@ -1,4 +1,4 @@
-"""Tests of robust/apgd.py: the paper's checkpoints, the analytic worst
+"""Tests of attacks/apgd.py: the paper's checkpoints, the analytic worst
 case of a linear model, the eps-ball and the box, keys, bad settings."""
 
 import jax
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import robust
-from robust import apgd
+import attacks
+from attacks import apgd
 
 SHAPE = (4, 4, 3)
 DIM = int(np.prod(SHAPE))
@@ -43,7 +43,7 @@ def unbreakable_linear_problem(seed, batch=8, margin=2.0):
 def test_linf_reaches_the_linear_worst_case():
     logits_fn, images, labels, toward = unbreakable_linear_problem(0)
     eps = 4 / 255
-    result = jax.jit(lambda x, y, k: robust.apgd_ce(logits_fn, x, y, eps, k))(
+    result = jax.jit(lambda x, y, k: attacks.apgd_ce(logits_fn, x, y, eps, k))(
         images, labels, jax.random.key(0)
     )
     assert not np.any(result.success)
@@ -54,9 +54,9 @@ def test_linf_reaches_the_linear_worst_case():
 def test_l2_reaches_the_linear_worst_case():
     logits_fn, images, labels, toward = unbreakable_linear_problem(1)
     eps = 0.25
-    config = robust.APGDConfig(norm="l2")
+    config = attacks.APGDConfig(norm="l2")
     result = jax.jit(
-        lambda x, y, k: robust.apgd_ce(logits_fn, x, y, eps, k, config)
+        lambda x, y, k: attacks.apgd_ce(logits_fn, x, y, eps, k, config)
     )(images, labels, jax.random.key(1))
     # The worst case is images + eps · toward / ‖toward‖; radial projection
     # only approaches it (as PGD does): 100 steps end within 2e-4 of it, and
@@ -81,10 +81,10 @@ def random_ten_class_problem(seed, batch=16):
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
-@pytest.mark.parametrize("attack", [robust.apgd_ce, robust.apgd_t])
+@pytest.mark.parametrize("attack", [attacks.apgd_ce, attacks.apgd_t])
 def test_stays_in_ball_and_box_and_flags_true_successes(attack, norm, eps):
     logits_fn, images, labels = random_ten_class_problem(2)
-    config = robust.APGDConfig(norm=norm, iters=10, restarts=2, n_targets=3)
+    config = attacks.APGDConfig(norm=norm, iters=10, restarts=2, n_targets=3)
     result = jax.jit(lambda x, y, k: attack(logits_fn, x, y, eps, k, config))(
         images, labels, jax.random.key(3)
     )
@@ -104,9 +104,9 @@ def test_stays_in_ball_and_box_and_flags_true_successes(attack, norm, eps):
 
 def test_same_key_same_result_and_per_example_keys():
     logits_fn, images, labels = random_ten_class_problem(4)
-    config = robust.APGDConfig(iters=5)
+    config = attacks.APGDConfig(iters=5)
     run = jax.jit(
-        lambda x, y, k: robust.apgd_ce(logits_fn, x, y, 8 / 255, k, config)
+        lambda x, y, k: attacks.apgd_ce(logits_fn, x, y, 8 / 255, k, config)
     )
     first = run(images, labels, jax.random.key(5))
     again = run(images, labels, jax.random.key(5))
@@ -131,13 +131,13 @@ def test_same_key_same_result_and_per_example_keys():
 )
 def test_bad_settings_raise(settings):
     with pytest.raises(ValueError):
-        robust.APGDConfig(**settings)
+        attacks.APGDConfig(**settings)
 
 
 def test_too_many_targets_raise():
     logits_fn, images, labels = random_ten_class_problem(6)
-    config = robust.APGDConfig(n_targets=10)
+    config = attacks.APGDConfig(n_targets=10)
     with pytest.raises(ValueError, match="target"):
-        robust.apgd_t(
+        attacks.apgd_t(
             logits_fn, images, labels, 0.1, jax.random.key(0), config
         )

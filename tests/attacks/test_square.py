@@ -1,4 +1,4 @@
-"""Tests of robust/square.py: the p schedule, the eps-ball and the box, and
+"""Tests of attacks/square.py: the p schedule, the eps-ball and the box, and
 the masking check: on a model whose gradients are zero (pixels quantised
 by a step function), Square finds adversarial examples that APGD cannot."""
 
@@ -8,21 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import robust
-from robust.square import window_side
+import attacks
+from attacks.square import window_side
 
 SHAPE = (8, 8, 3)
 DIM = int(np.prod(SHAPE))
 
 
 def test_window_shrinks_on_the_schedule():
-    config = robust.SquareConfig(queries=10000, p_init=0.8)
+    config = attacks.SquareConfig(queries=10000, p_init=0.8)
     side = lambda i: int(window_side(jnp.asarray(i), config, 1024))
     assert side(0) == side(10) == round(np.sqrt(0.8 * 1024))
     assert side(11) == round(np.sqrt(0.4 * 1024))
     assert side(9999) == round(np.sqrt(0.8 / 512 * 1024))
     # A budget of 5,000 follows the same schedule at twice the pace.
-    half = robust.SquareConfig(queries=5000)
+    half = attacks.SquareConfig(queries=5000)
     assert int(window_side(jnp.asarray(6), half, 1024)) == side(12)
 
 
@@ -58,13 +58,13 @@ def masked_problem(seed, batch=16):
 
 def test_square_beats_masked_gradients():
     logits_fn, images, labels, eps = masked_problem(0)
-    found = jax.jit(lambda x, y, k: robust.apgd_ce(logits_fn, x, y, eps, k))(
+    found = jax.jit(lambda x, y, k: attacks.apgd_ce(logits_fn, x, y, eps, k))(
         images, labels, jax.random.key(0)
     ).success
     assert not np.any(found)
     result = jax.jit(
-        lambda x, y, k: robust.square(
-            logits_fn, x, y, eps, k, robust.SquareConfig(queries=2000)
+        lambda x, y, k: attacks.square(
+            logits_fn, x, y, eps, k, attacks.SquareConfig(queries=2000)
         )
     )(images, labels, jax.random.key(0))
     assert np.mean(result.success) >= 0.5, result.success
@@ -84,18 +84,18 @@ def test_testing_every_chunk_gives_what_testing_every_query_gives(
     a test before every query (CHUNK = 1). Two problems: one where every
     example breaks early (the loop ends before the budget) and one where
     some never do."""
-    square_module = importlib.import_module("robust.square")
+    square_module = importlib.import_module("attacks.square")
     chunks = (square_module.CHUNK, 1)
     logits_fn, images, labels, eps = masked_problem(1)
     for scale, queries in ((4.0, 130), (1.0, 130)):
-        config = robust.SquareConfig(queries=queries)
+        config = attacks.SquareConfig(queries=queries)
         results = []
         for chunk in chunks:
             monkeypatch.setattr(square_module, "CHUNK", chunk)
 
             # A new function each time: jit would reuse the first trace.
             def run(x, y, k, scale=scale, config=config):
-                return robust.square(logits_fn, x, y, scale * eps, k, config)
+                return attacks.square(logits_fn, x, y, scale * eps, k, config)
 
             results.append(jax.jit(run)(images, labels, jax.random.key(2)))
         np.testing.assert_array_equal(results[0].adv, results[1].adv)

@@ -1,4 +1,5 @@
-"""Projected gradient descent (PGD) attacks in the L-infinity and L2 norms.
+"""Projected gradient descent (PGD), the original's attack, in the
+L-infinity and L2 norms: for training and for evaluation.
 
 An attack is built from small parts: a norm (its random start inside the
 eps-ball, its ascent step and its projection back onto the ball), a loss to
@@ -14,7 +15,9 @@ Registries, one place each to extend: `NORMS` (name -> Norm), `LOSSES`
 (name -> per-example loss) and `EVAL_ATTACKS` (the attacks a run is
 evaluated with: name -> AttackConfig factory). The paper's settings are the
 `AttackConfig`s made by `train_linf`, `eval_linf` and `eval_l2`; pass one
-to `pgd(logits_fn, images, labels, key, config)`.
+to `pgd(logits_fn, images, labels, key, config)`. Registered as `PGD`
+(`attacks.registry`): `--attack pgd`, whose numbers are the scripts' PGD
+flags (an AttackConfig), not a budget.
 """
 
 import dataclasses
@@ -24,6 +27,13 @@ import jax
 import jax.numpy as jnp
 
 import models
+from attacks import registry
+
+# Steps of the paper's training and test attacks (run_exp.py's
+# --train_pgd_iters and --eval_pgd_iters, eval_and_make_adv.py's
+# --pgd_iters, and a grid's, default to them).
+TRAIN_ITERS = 20
+EVAL_ITERS = 100
 
 
 def _per_example(values: jax.Array, like: jax.Array) -> jax.Array:
@@ -51,12 +61,14 @@ class Norm:
       the eps-ball around the origin, one per example.
     ascent(grad, step_size) -> (B, ...) the step up the loss.
     project(delta, eps) -> (B, ...) delta moved back into the eps-ball.
+    title: the norm in prose ('L-inf').
     """
 
     name: str
     random_delta: Callable[[jax.Array, jax.Array, float], jax.Array]
     ascent: Callable[[jax.Array, float], jax.Array]
     project: Callable[[jax.Array, float], jax.Array]
+    title: str
 
 
 def _linf_random_delta(
@@ -85,6 +97,7 @@ LINF = Norm(
     _linf_random_delta,
     ascent=lambda grad, step_size: step_size * jnp.sign(grad),
     project=lambda delta, eps: jnp.clip(delta, -eps, eps),
+    title="L-inf",
 )
 # A zero gradient gives no step rather than a division by zero.
 L2 = Norm(
@@ -96,6 +109,7 @@ L2 = Norm(
     project=lambda delta, eps: (
         delta * jnp.minimum(1.0, eps / _nonzero(_l2_norms(delta)))
     ),
+    title="L2",
 )
 NORMS: dict[str, Norm] = {norm.name: norm for norm in (LINF, L2)}
 
@@ -193,17 +207,17 @@ def _linf(eps_255: float, iters: int) -> AttackConfig:
     )
 
 
-def train_linf(eps_255: float, iters: int = 20) -> AttackConfig:
+def train_linf(eps_255: float, iters: int = TRAIN_ITERS) -> AttackConfig:
     """The attack of adversarial training: L-inf, eps_255 / 255, 20 steps."""
     return _linf(eps_255, iters)
 
 
-def eval_linf(eps_255: float, iters: int = 100) -> AttackConfig:
+def eval_linf(eps_255: float, iters: int = EVAL_ITERS) -> AttackConfig:
     """The L-inf test attack: eps_255 / 255, 100 steps of 2 * eps / 100."""
     return _linf(eps_255, iters)
 
 
-def eval_l2(eps_255: float, iters: int = 100) -> AttackConfig:
+def eval_l2(eps_255: float, iters: int = EVAL_ITERS) -> AttackConfig:
     """The L2 test attack: eps = 0.25, step 0.01 (eps_255 is not used: the
     paper's L2 radius does not follow --eps)."""
     del eps_255
@@ -315,3 +329,15 @@ def pgd(
     )
     best_adv, _, _ = jax.lax.fori_loop(0, attack.restarts, restart, first)
     return jax.lax.stop_gradient(best_adv)
+
+
+# --attack pgd. Its cost is that of eval_and_make_adv.py's default
+# --pgd_iters, which a grid's robustness cells of PGD run.
+PGD = registry.register(
+    registry.Attack(
+        name="pgd",
+        title="PGD",
+        norms=tuple(NORMS),
+        cost=lambda budget: EVAL_ITERS,
+    )
+)

@@ -1,5 +1,5 @@
-"""Tests of attacks.py: known answers on linear models, the eps-ball and the
-[0, 1] box, a trained MLP, keys, restarts and compilation."""
+"""Tests of attacks/pgd.py: known answers on linear models, the eps-ball
+and the [0, 1] box, a trained MLP, keys, restarts and compilation."""
 
 import dataclasses
 
@@ -10,6 +10,7 @@ import optax
 import pytest
 
 import attacks
+from attacks.pgd import _is_better
 from training import train
 
 SHAPE = (4, 4, 3)
@@ -361,7 +362,7 @@ def test_misclassified_beats_a_higher_loss():
     loss = jnp.asarray([0.8, 2.0, 0.5, 0.5])
     best_wrong = jnp.asarray([False, True, True, False])
     best_loss = jnp.asarray([0.9, 0.1, 0.4, 0.6])
-    better = attacks._is_better(wrong, loss, best_wrong, best_loss)
+    better = _is_better(wrong, loss, best_wrong, best_loss)
     np.testing.assert_array_equal(better, [True, False, True, False])
 
 

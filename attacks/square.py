@@ -12,16 +12,18 @@ with p = p_init halved at iterations 10, 50, 200, 500, 1000, 2000, 4000,
 6000 and 8000 of a 10,000-query budget (rescaled to the budget given). A
 proposal that would change nothing has its signs flipped. Examples stop as
 soon as they are misclassified; the loop stops once all are (tested every
-CHUNK queries).
+CHUNK queries). Registered as `SQUARE` (`attacks.registry`), L-inf only.
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from robust import common
-from robust.common import AttackResult, LogitsFn
+from attacks import common, registry
+from attacks.common import AttackResult, LogitsFn
+from attacks.pgd import LINF
 
 HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 CHUNK = 50  # queries between two tests whether any example is left
@@ -41,7 +43,7 @@ class SquareConfig:
     p_init: float = 0.8
 
     def __post_init__(self) -> None:
-        common.check_positive("queries", self.queries)
+        registry.check_positive("queries", self.queries)
         if not 0.0 < self.p_init <= 1.0:
             raise ValueError(f"p_init must be in (0, 1], not {self.p_init}")
 
@@ -105,7 +107,7 @@ def square(
     """The L-inf Square attack, `config.queries` queries per example.
 
     Args:
-        logits_fn, images, labels, key: as `robust.apgd.apgd_ce`'s.
+        logits_fn, images, labels, key: as `attacks.apgd.apgd_ce`'s.
         eps: L-inf radius in pixel units.
         config: queries and p_init.
 
@@ -149,3 +151,35 @@ def square(
         -(-config.queries // chunk),
     )
     return AttackResult(adv, score < 0)
+
+
+# Square's budget field: at most a thousand times the standard queries.
+SQUARE_QUERIES = registry.BudgetField("square_queries", 5000, 5_000_000)
+# A query (a forward pass) in PGD steps (a forward and a backward pass,
+# about three forward passes' work), for the cost estimate.
+QUERY_STEPS = 1 / 3
+
+
+def _make(
+    budget: registry.Budget, norm: str, eps: float | jax.Array
+) -> Callable[..., AttackResult]:
+    """Square of `budget` (L-inf: `norm` is checked by the driver)."""
+    del norm
+    config = SquareConfig(queries=budget.square_queries)
+    return lambda logits_fn, images, labels, key: square(
+        logits_fn, images, labels, eps, key, config
+    )
+
+
+SQUARE = registry.register(
+    registry.Attack(
+        name="square",
+        title="Square",
+        norms=(LINF.name,),
+        cost=lambda b: b.square_queries * QUERY_STEPS,
+        make=_make,
+        code=4,
+        budget=(SQUARE_QUERIES,),
+        gradient_free=True,
+    )
+)

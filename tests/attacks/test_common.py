@@ -1,4 +1,4 @@
-"""robust.common.bounded_while: the loop the attacks use instead of
+"""attacks.common.bounded_while: the loop the attacks use instead of
 jax.lax.while_loop, right also when its executable comes from the
 persistent compilation cache (JAX 0.5.3 on the CPU runs a data-dependent
 while_loop whose body draws random numbers zero times when loaded from
@@ -12,14 +12,14 @@ import textwrap
 import jax
 import numpy as np
 
+from attacks import common
 from helpers import ROOT
-from robust import common
 
 SCRIPT = textwrap.dedent(
     """
     import jax, jax.numpy as jnp
-    from robust import common
-    from robust.square import square, SquareConfig
+    from attacks import common
+    from attacks.square import square, SquareConfig
 
     def loop(n, key):
         def body(c):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-import robust
+import attacks
 from helpers import ROOT, needs_fashion_mnist, run_script
 
 torch = pytest.importorskip(
@@ -64,7 +64,7 @@ def test_reference_at_ten_steps_is_torchattacks_own(model):
 
 def test_reference_at_the_standard_budget_differs_only_in_steps(model):
     budget = bench.BUDGETS["autoattack"]
-    assert budget == robust.Budget()
+    assert budget == attacks.Budget()
     ours = bench.reference_stages(model, EPS, budget)
     for mine, theirs in zip(ours, own_standard(model), strict=True):
         name, got = settings(mine)

@@ -18,18 +18,20 @@ An example counts as broken only where the closest point found lies
 within eps. `fab_t` runs FAB once per target among the top `n_targets`
 wrong classes of the clean logits (from the clean image first, from random
 points near it on further restarts). Traceable, like the other attacks.
+Registered as `FAB_T` (`attacks.registry`), with its budget fields.
 """
 
 import dataclasses
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-import attacks
-from robust import common
-from robust.apgd import best_of_runs
-from robust.common import AttackResult, LogitsFn
+from attacks import common, registry
+from attacks.apgd import N_TARGETS, best_of_runs
+from attacks.common import AttackResult, LogitsFn
+from attacks.pgd import differentiable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,7 @@ class FABConfig:
     def __post_init__(self) -> None:
         common.check_norm(self.norm)
         for name in ("iters", "restarts", "n_targets"):
-            common.check_positive(name, getattr(self, name))
+            registry.check_positive(name, getattr(self, name))
 
 
 def project_onto_plane(
@@ -218,7 +220,7 @@ def fab_t(
     eps/2-ball); stops once every example is broken.
 
     Args:
-        logits_fn, images, labels, key: as `robust.apgd.apgd_ce`'s.
+        logits_fn, images, labels, key: as `attacks.apgd.apgd_ce`'s.
         eps: an example is broken only by a point within eps.
         config: norm, iterations, restarts and FAB's alpha_max, eta, beta.
 
@@ -227,7 +229,7 @@ def fab_t(
         where it lies within eps (success), else the clean image.
     """
     keys = common.example_keys(key, images.shape[0])
-    logits_fn = attacks.differentiable(logits_fn)
+    logits_fn = differentiable(logits_fn)
     chosen = common.targets(logits_fn(images), labels, config.n_targets)
 
     def run(j: jax.Array) -> AttackResult:
@@ -248,3 +250,37 @@ def fab_t(
         return AttackResult(adv, success)
 
     return best_of_runs(run, config.n_targets * config.restarts)
+
+
+# The budget fields of FAB-T (and apgd.N_TARGETS): at most a thousand
+# times the standard version's steps and restarts.
+FAB_ITERS = registry.BudgetField("fab_iters", 100, 100_000)
+FAB_RESTARTS = registry.BudgetField("fab_restarts", 1, 1_000)
+
+
+def _make(
+    budget: registry.Budget, norm: str, eps: float | jax.Array
+) -> Callable[..., AttackResult]:
+    """FAB-T of `budget`: (logits_fn, images, labels, key) -> result."""
+    config = FABConfig(
+        norm=norm,
+        iters=budget.fab_iters,
+        restarts=budget.fab_restarts,
+        n_targets=budget.n_targets,
+    )
+    return lambda logits_fn, images, labels, key: fab_t(
+        logits_fn, images, labels, eps, key, config
+    )
+
+
+FAB_T = registry.register(
+    registry.Attack(
+        name="fab-t",
+        title="FAB-T",
+        norms=common.NORMS,
+        cost=lambda b: b.fab_iters * b.fab_restarts * b.n_targets,
+        make=_make,
+        code=3,
+        budget=(FAB_ITERS, FAB_RESTARTS, N_TARGETS),
+    )
+)
