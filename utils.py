@@ -12,15 +12,13 @@ temporary files of a killed process are removed by the next one
 process at a time (:class:`FolderLock`).
 """
 
-import argparse
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -167,20 +165,6 @@ def unflatten_like(template: PyTree, leaves: Sequence[np.ndarray]) -> PyTree:
 def warn(message: str) -> None:
     """One `warning: ...` line on stderr."""
     print(f"warning: {one_line(message, limit=1000)}", file=sys.stderr)
-
-
-Settings = TypeVar("Settings")
-
-
-def settings_from_flags(
-    cls: type[Settings], args: argparse.Namespace
-) -> Settings:
-    """The frozen dataclass `cls` of a script's settings from its parsed
-    flags: each field the flag of the same name, and `flags` every flag as
-    parsed (what the results files record)."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "flags"]
-    values = {name: getattr(args, name) for name in names}
-    return cls(**values, flags=dict(vars(args)))
 
 
 # --------------------------------------------------------------------------

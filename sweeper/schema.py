@@ -22,6 +22,7 @@ import attacks
 import cli
 import data
 import models
+from cli import eval_and_make_adv, run_exp
 from ntk import kernel_files
 from store import layout
 from training import train
@@ -54,7 +55,12 @@ CURVE_ATTACK = attacks.APGD_CE.name
 BUDGET_DEFAULTS = {
     name: field.default for name, field in attacks.budget_fields().items()
 }
-STATE_EVERY = 100  # run_exp.py's default --state_every
+# The scripts' defaults that a grid's keys default to, named once: read
+# from the scripts' own parsers (cli.run_exp, cli.eval_and_make_adv).
+RUN_EXP = run_exp.parser()
+EVAL_AND_MAKE_ADV = eval_and_make_adv.parser()
+# The cells pass --state_every only where it differs from run_exp.py's.
+STATE_EVERY = RUN_EXP.get_default("state_every")
 # phase1.order_replicate: the benign run C′_s of seed s trains from θ_s(0)
 # with run_exp.py --order_seed s + ORDER_SEED_OFFSET (another data order
 # and other attack noise).
@@ -222,7 +228,9 @@ class Data:
     """[data]: the dataset and its subsets."""
 
     dataset: str = key("dataset", choices=tuple(sorted(data.DATASETS)))
-    data_path: str = key("dataset folder", "./data", check=_path)
+    data_path: str = key(
+        "dataset folder", RUN_EXP.get_default("data_path"), check=_path
+    )
     train_size: int = key("training subset (0: all)", 0, minimum=0)
     test_size: int = key("test subset (0: all)", 0, minimum=0)
 
@@ -232,7 +240,7 @@ class Model:
     """[model]: the network."""
 
     name: str = key("network", choices=tuple(models.MODELS))
-    width: int = key("ResNet width", 64, minimum=1)
+    width: int = key("ResNet width", models.DEFAULT_WIDTH, minimum=1)
 
 
 @section
@@ -271,7 +279,9 @@ class Phase2:
         "phase-2 dynamics", ["centered"], distinct=True, choices=DYNAMICS
     )
     epochs: int = key("phase-2 epochs", minimum=1)
-    lr: float = _positive("phase-2 learning rate", 0.01)
+    lr: float = _positive(
+        "phase-2 learning rate", RUN_EXP.get_default("second_lr")
+    )
     times: list[float] | None = _times("the t of θ(t) phase 2 starts from")
     state_every: int = key(STATE_EVERY_MEANING, STATE_EVERY, minimum=1)
 
@@ -280,10 +290,16 @@ class Phase2:
 class Attack:
     """[attack]: the adversary of training and of run_exp's evaluation."""
 
-    eps: float = _positive("L-inf radius in 1/255", 4.0)
-    train_pgd_iters: int = key("PGD steps in training", 20, minimum=1)
+    eps: float = _positive("L-inf radius in 1/255", RUN_EXP.get_default("eps"))
+    train_pgd_iters: int = key(
+        "PGD steps in training",
+        RUN_EXP.get_default("train_pgd_iters"),
+        minimum=1,
+    )
     eval_pgd_iters: int = key(
-        "PGD steps in run_exp's evaluation", 100, minimum=1
+        "PGD steps in run_exp's evaluation",
+        RUN_EXP.get_default("eval_pgd_iters"),
+        minimum=1,
     )
     eval_attacks: list[str] = key(
         "attacks of run_exp's evaluation", list(ATTACKS), choices=ATTACKS
@@ -295,7 +311,9 @@ class Evaluation:
     """[evaluation]: eval_and_make_adv.py on each phase-2 model."""
 
     test_size: int = key("test subset (0: all)", 0, minimum=0)
-    pgd_iters: int = key("PGD steps", 100, minimum=1)
+    pgd_iters: int = key(
+        "PGD steps", EVAL_AND_MAKE_ADV.get_default("pgd_iters"), minimum=1
+    )
     save_examples: bool = key("write the adversarial examples", False)
 
 

@@ -1,8 +1,9 @@
 """The plan of the code (README, "Where to change what"): modules in layers,
-each importing only lower layers and its own package, bench/ importing
-nothing of tests/; one owner for the file names the scripts exchange and
-one for the attacks' names, budget fields and codes (the attack
-registry); short functions with few parameters.
+each importing only lower layers and its own package, no entry script
+importing another, bench/ importing nothing of tests/; one owner for the
+file names the scripts exchange and one for the attacks' names, budget
+fields and codes (the attack registry); libraries that take typed
+settings, never the parsed flags; short functions with few parameters.
 
 Read from the source with `ast`, so the rules hold for imports inside
 functions too."""
@@ -29,7 +30,8 @@ LAYERS = {
     "cli": 5,
     "sweeper": 6,
 }
-PACKAGES = ("store", "attacks", "ntk", "training", "analysis", "sweeper")
+PACKAGES = ("store", "attacks", "ntk", "training", "analysis", "cli")
+PACKAGES += ("sweeper",)
 ENTRY_SCRIPTS = (
     "run_exp",
     "eval_and_make_adv",
@@ -105,10 +107,10 @@ def _import_problem(unit, target):
     """Why `unit` may not import `target`, or None."""
     if target == unit:
         return None
-    if unit in ENTRY_SCRIPTS:
-        return None  # the top layer: sweep.py hands the grid the parsers
     if target in ENTRY_SCRIPTS:
-        return "an entry script"
+        return "an entry script"  # their shared parsers live in cli/
+    if unit in ENTRY_SCRIPTS:
+        return None  # the top layer
     if LAYERS[target] > LAYERS[unit]:
         return "a higher layer"
     if LAYERS[target] == LAYERS[unit]:
@@ -148,7 +150,9 @@ def test_the_rule_catches_what_it_should():
     assert _import_problem("models", "data") is None
     assert _import_problem("data", "models") == "a module of the same layer"
     assert _import_problem("sweep", "sweeper") is None
-    assert _import_problem("sweep", "run_exp") is None
+    assert _import_problem("sweep", "run_exp") == "an entry script"
+    assert _import_problem("sweep", "cli") is None
+    assert _import_problem("cli", "training") is None
     assert _import_problem("attacks", "models") is None
     assert _import_problem("models", "attacks") == "a module of the same layer"
     assert _import_problem("analysis", "ntk") is None
@@ -269,6 +273,42 @@ def test_the_bench_rule_catches_what_it_should():
         'import helpers\nimport run_exp\nos.path.join(ROOT, "tests")\n'
     )
     assert len(_bench_problems("b.py", tree, {"helpers"})) == 3
+
+
+# --------------------------------------------------------------------------
+# Typed settings below the entry scripts
+# --------------------------------------------------------------------------
+
+
+def _namespace_parameters(tree):
+    """(line, function) of each parameter annotated argparse.Namespace."""
+    for node in _functions(tree):
+        args = node.args
+        for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs):
+            note = arg.annotation
+            if (
+                isinstance(note, ast.Attribute)
+                and note.attr == "Namespace"
+                and isinstance(note.value, ast.Name)
+                and note.value.id == "argparse"
+            ):
+                yield node.lineno, node.name
+
+
+def test_libraries_take_settings_not_parsed_flags():
+    """Only the entry scripts and cli/ (which turns flags into settings)
+    handle an argparse.Namespace; every library takes its settings."""
+    problems = []
+    for relpath in _sources():
+        if _unit(relpath) in (*ENTRY_SCRIPTS, "cli"):
+            continue
+        _, tree = _tree(relpath)
+        for line, name in _namespace_parameters(tree):
+            problems.append(f"{relpath}:{line} {name}")
+    assert not problems, (
+        "argparse.Namespace parameters below the entry scripts (take a "
+        "settings dataclass; cli.settings makes it):\n" + "\n".join(problems)
+    )
 
 
 # --------------------------------------------------------------------------

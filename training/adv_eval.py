@@ -7,7 +7,6 @@ adversarial examples, and the files that record them (named by
 `AdvEvalSettings` of its flags.
 """
 
-import argparse
 import dataclasses
 import os
 import time
@@ -65,11 +64,6 @@ class AdvEvalSettings:
     overwrite: bool
     no_progress: bool
     flags: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "AdvEvalSettings":
-        """The settings of eval_and_make_adv.py's parsed flags."""
-        return utils.settings_from_flags(cls, args)
 
     @property
     def max_batches(self) -> int | None:

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
 
     import attacks
     import cli
-    import eval_and_make_adv, run_exp
+    from cli import eval_and_make_adv, run_exp
     from sweep_fixtures import tiny_config, write_config
     from sweeper import collect, estimate, grid, schema
 

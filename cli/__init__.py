@@ -1,23 +1,34 @@
 """Command lines of the entry scripts: one-line errors, numbers checked at
-parse time, the flags several scripts share, and running a script's main.
+parse time, the flags several scripts share, turning parsed flags into a
+library's settings (`settings`), and running a script's main.
 
 Every number a script takes is parsed by `number`, so a NaN, an infinity or
 a value out of range is refused before anything runs, with one line that
 names the flag. Choices of models, datasets and attacks come from their
 registries (`models.MODELS`, `data.DATASETS`, `attacks.registry`).
+
+The parsers of the scripts whose command lines a sweep reads are modules
+here, named after their scripts (`cli.run_exp`, `cli.eval_and_make_adv`,
+`cli.calculate_kernel`): the script and `sweep.py` both import them.
+
+May import: every layer below it (the core, `ntk`, `training`,
+`analysis`, `store`, `utils`); never an entry script.
 """
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import attacks
 import data
 import models
 from utils import UserError, one_line
+
+Settings = TypeVar("Settings")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -242,6 +253,18 @@ def add_attack_flags(parser: argparse.ArgumentParser, what: str) -> None:
         metavar="KEY=N",
         help=_budget_help(),
     )
+
+
+def settings(cls: type[Settings], args: argparse.Namespace) -> Settings:
+    """The frozen dataclass `cls` of a library's settings from a script's
+    parsed flags: each field the flag of the same name, and a field
+    `flags`, where `cls` has one, every flag as parsed (what the results
+    files record)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {name: getattr(args, name) for name in names if name != "flags"}
+    if "flags" in names:
+        values["flags"] = dict(vars(args))
+    return cls(**values)
 
 
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:
