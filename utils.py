@@ -162,6 +162,14 @@ def unflatten_like(template: PyTree, leaves: Sequence[np.ndarray]) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, restored)
 
 
+def word_list(words: Sequence[str], last: str = "and") -> str:
+    """The words in prose: 'a', 'a and b', 'a, b and c' (`last` joins the
+    last two: 'and', 'or')."""
+    if len(words) < 2:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
 def warn(message: str) -> None:
     """One `warning: ...` line on stderr."""
     print(f"warning: {one_line(message, limit=1000)}", file=sys.stderr)

@@ -10,7 +10,7 @@ from attacks import registry
 from attacks.autoattack import AUTOATTACK, AutoAttackConfig
 from attacks.pgd import NORMS, PGD
 from attacks.registry import Budget
-from utils import UserError
+from utils import UserError, word_list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +38,6 @@ class ParameterFree:
             "attacks": list(self.config.attacks),
             "budget": dict(self.config.budget),
         }
-
-
-def _either(names: list[str]) -> str:
-    """'a', 'a or b', 'a, b or c'."""
-    if len(names) < 2:
-        return "".join(names)
-    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def check_budget(
@@ -108,7 +101,7 @@ def _norm_problem(name: str, norm: str) -> str | None:
         if a.make is not None and norm in a.norms
     ]
     instead = (
-        f"--attack {_either(others)} for {NORMS[norm].title}, or "
+        f"--attack {word_list(others, 'or')} for {NORMS[norm].title}, or "
         if others
         else ""
     )

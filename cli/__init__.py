@@ -20,13 +20,13 @@ import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NoReturn, TypeVar
 
 import attacks
 import data
 import models
-from utils import UserError, one_line
+from utils import UserError, one_line, word_list
 
 Settings = TypeVar("Settings")
 
@@ -206,13 +206,6 @@ def budget_item(text: str) -> list:
         raise argparse.ArgumentTypeError(f"{key}: {err}") from None
 
 
-def and_list(words: Sequence[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    if len(words) < 2:
-        return "".join(words)
-    return f"{', '.join(words[:-1])} and {words[-1]}"
-
-
 def _budget_help() -> str:
     """--attack_budget's help: the keys, defaults and bounds."""
     fields = attacks.budget_fields().values()
@@ -225,7 +218,7 @@ def _budget_help() -> str:
         + ", ".join(f"{f.maximum}" for f in fields)
         + " in that order"
         + (
-            f" ({and_list(classes)} below the number of classes)"
+            f" ({word_list(classes)} below the number of classes)"
             if classes
             else ""
         )
@@ -242,7 +235,7 @@ def add_attack_flags(parser: argparse.ArgumentParser, what: str) -> None:
         choices=ATTACK_CHOICES,
         help=f"attack of {what}: {attacks.PGD.name} (the original's), one "
         f"parameter-free attack, or {standard.name} ("
-        f"{and_list([a.title for a in standard.members])} in turn, the "
+        f"{word_list([a.title for a in standard.members])} in turn, the "
         "standard version)",
     )
     parser.add_argument(

@@ -11,7 +11,7 @@ import os
 
 import pandas as pd
 
-import cli
+import utils
 from store import layout
 from sweeper.schema import LOADER_NAMES
 from sweeper.verdicts import (
@@ -41,7 +41,7 @@ EPS_FIGURE = layout.ROBUSTNESS_FIGURE
 # 'APGD-CE' (its first attack, alone) and 'Square' (its score-based one).
 AA = AUTOATTACK.title
 ALONE = FIRST.title
-SCORE = cli.and_list([a.title for a in SCORE_BASED])
+SCORE = utils.word_list([a.title for a in SCORE_BASED])
 
 
 def _fmt(mean: float, sd: float = math.nan) -> str:
@@ -218,7 +218,7 @@ def _masking_lines(
         f"robust accuracy against ε under {attack or 'the curve attack'} "
         "must reach 0: a model passes when its accuracy at the curve's "
         f"largest ε is at most {ZERO_ACCURACY:g}; (2) {SCORE}-only breaks "
-        f"(examples that {cli.and_list([a.title for a in GRADIENT])} all "
+        f"(examples that {utils.word_list([a.title for a in GRADIENT])} all "
         f"missed and the score-based {SCORE} broke) above "
         f"{SQUARE_FRACTION:.0%} of the test images are a masking signal; "
         f"(3) PGD − {AA} is how much PGD overstates robust accuracy.",

@@ -81,9 +81,8 @@ def _python_files(folder):
     ]
 
 
-def _imported_units(tree):
-    """(line, unit) of each project module the tree imports."""
-    known = set(LAYERS) | set(ENTRY_SCRIPTS)
+def _imports(tree):
+    """(line, module name) of each absolute import of the tree."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -92,9 +91,16 @@ def _imported_units(tree):
         else:
             continue
         for name in names:
-            top = name.split(".")[0]
-            if top in known:
-                yield node.lineno, top
+            yield node.lineno, name
+
+
+def _imported_units(tree):
+    """(line, unit) of each project module the tree imports."""
+    known = set(LAYERS) | set(ENTRY_SCRIPTS)
+    for line, name in _imports(tree):
+        top = name.split(".")[0]
+        if top in known:
+            yield line, top
 
 
 def _tree(relpath):
@@ -239,18 +245,11 @@ def _test_modules():
 def _bench_problems(relpath, tree, test_modules):
     """Why the bench module `relpath` reaches into tests/ or an entry
     script: an import of either, or a path naming the tests folder."""
-    problems = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names = [node.module or ""]
-        else:
-            names = []
-        for name in names:
-            top = name.split(".")[0]
-            if top in test_modules or top in ENTRY_SCRIPTS:
-                problems.append(f"{relpath}:{node.lineno} imports {name}")
+    problems = [
+        f"{relpath}:{line} imports {name}"
+        for line, name in _imports(tree)
+        if name.split(".")[0] in (*test_modules, *ENTRY_SCRIPTS)
+    ]
     for line, text in _string_literals(tree):
         if text == "tests":
             problems.append(f"{relpath}:{line} names the tests folder")

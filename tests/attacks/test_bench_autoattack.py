@@ -5,23 +5,12 @@ standard-budget one differs from that only in the steps, and both match
 the `Budget` our side of the same row runs. Also the script end to end on
 a few images."""
 
-import os
-import sys
-
 import pytest
 
 import attacks
-from helpers import ROOT, needs_fashion_mnist, run_script
+from helpers import needs_fashion_mnist, reference_side, run_script
 
-torch = pytest.importorskip(
-    "torch", reason="torch is not installed (the JAX 0.11 stack has none)"
-)
-torchattacks = pytest.importorskip(
-    "torchattacks",
-    reason="torchattacks is not installed (requirements-nodeps.txt)",
-)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import bench_autoattack as bench  # noqa: E402
+torch, torchattacks, bench = reference_side("bench_autoattack")
 
 EPS = 4 / 255
 

@@ -11,25 +11,14 @@ ours equalled the reference's. The assertion allows one image, the least
 spread that rounding in a different framework could explain.
 """
 
-import os
-import sys
-
 import jax
 import numpy as np
 import pytest
 
 import attacks
-from helpers import ROOT, needs_fashion_mnist
+from helpers import needs_fashion_mnist, reference_side
 
-torch = pytest.importorskip(
-    "torch", reason="torch is not installed (the JAX 0.11 stack has none)"
-)
-torchattacks = pytest.importorskip(
-    "torchattacks",
-    reason="torchattacks is not installed (requirements-nodeps.txt)",
-)
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-import reference_models as rm  # noqa: E402
+torch, torchattacks, rm = reference_side("reference_models")
 
 pytestmark = needs_fashion_mnist
 SEED_SPREAD = 1
