@@ -57,8 +57,12 @@ def test_presets_load(name):
     assert the_grid.name == name
     assert the_grid.config["phase2"]["dynamics"] == ["centered"]
     stages = {cell.stage for cell in the_grid.cells()}
-    # Robustness cells only where the preset has a [robustness] section.
-    unused = set() if the_grid.config["robustness"] else {"robustness"}
+    # Robustness and feature cells only where the preset has the section.
+    unused = {
+        section
+        for section in ("robustness", "features")
+        if not the_grid.config[section]
+    }
     assert stages == set(schema.STAGES) - unused
 
 
