@@ -9,7 +9,8 @@ seconds of each. XLA flags come from the environment, so the same command
 measures them:
 
   .venv/bin/python bench/bench_attack_loop.py --width 16
-  XLA_FLAGS=--xla_cpu_use_xnnpack=true .venv/bin/python bench/bench_attack_loop.py
+  XLA_FLAGS=--xla_cpu_use_xnnpack=true \
+      .venv/bin/python bench/bench_attack_loop.py
 """
 
 import os
@@ -117,9 +118,8 @@ def main(argv=None) -> list:
     step = jax.jit(jax.grad(train_loss))
     first, best = timed(lambda: step(params))
     rows.append(("network", "parameter gradient (BN training)", first, best))
-    print(
-        f"| network | parameter gradient, BN training | {first:.1f} | {best:.3f} |"
-    )
+    label = "| network | parameter gradient, BN training |"
+    print(f"{label} {first:.1f} | {best:.3f} |")
     return rows
 
 
