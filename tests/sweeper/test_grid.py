@@ -840,7 +840,7 @@ def test_visible_gpus_from_the_environment(monkeypatch):
 
 
 # --------------------------------------------------------------------------
-# Promises of sweep.py (README.md, "Promises of sweep.py")
+# Promises of sweep.py (docs/sweep.md, "Promises of sweep.py")
 # --------------------------------------------------------------------------
 
 THROUGHPUT = {
