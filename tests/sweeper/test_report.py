@@ -1486,3 +1486,10 @@ def test_item13_aggregate_takes_only_finished_analyses_and_respects_the_lock(
         for line in out["missing"]
     )
     assert set(pd.read_csv(results / "synth_kernels.csv")["seed"]) == {1}
+
+
+def test_t_ticks_read_fractions_of_an_epoch_as_fractions():
+    labels = [
+        report_figures._t_label(t) for t in (0, 0.125, 0.25, 0.375, 1, 2.5)
+    ]
+    assert labels == ["0", "1/8", "1/4", "0.375", "1", "2.5"]
