@@ -801,7 +801,7 @@ def test_claim_one_cell_gives_both_rules_labelled():
     assert like.startswith("**like with like**: supported: at t = 2, (a) ")
     assert (
         f"C s1 vs. A s0: {pair['distance']:.3f} vs. {pair['baseline']:.3f} "
-        f"(×{pair['ratio']:.1f})"
+        f"(×{pair['ratio']:.2f})"  # two decimals: 1.98 is not 2.0
     ) in like
     seed = like_one["same_start"][2]
     assert f"s2: {seed['distance']:.3f} vs. {seed['baseline']:.3f}" in like
