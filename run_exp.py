@@ -1,5 +1,5 @@
 """Phase 1 (standard training), then phase 2 (training with the kernel of
-θ(t) frozen), then clean and PGD test accuracies. See README.md.
+θ(t) frozen), then clean and PGD test accuracies. See docs/run_exp.md.
 
 The flags are cli/run_exp.py's; the work is training/experiment.py's."""
 

@@ -1,7 +1,6 @@
 """Runs an experiment grid (a TOML file in configs/): prints its commands,
 runs them here or on SLURM, estimates their device hours, aggregates their
-results into docs/results/ and docs/REPORT.md. See README.md, "Sweeps and
-the reproduction report"."""
+results into docs/results/ and docs/REPORT.md. See docs/sweep.md."""
 
 import argparse
 import os

@@ -12,7 +12,8 @@ from training import experiment
 
 DESCRIPTION = (
     "Phase 1 (standard training), then phase 2 (training with the kernel "
-    "of\nθ(t) frozen), then clean and PGD test accuracies. See README.md."
+    "of\nθ(t) frozen), then clean and PGD test accuracies. See "
+    "docs/run_exp.md."
 )
 
 

@@ -45,7 +45,15 @@ def _phase1_seconds(grid: Grid, cell: Cell, train_images: int) -> float:
 
 
 def cell_seconds(grid: Grid, cell: Cell) -> float:
-    """Estimated device seconds of `cell` from the config's [throughput]."""
+    """Estimated device seconds of `cell` from the config's [throughput]:
+    its work at the measured rates (work_seconds) and its start-up
+    (`cell_start_s`, each cell a new process)."""
+    start = grid.config["throughput"].get("cell_start_s", 0.0)
+    return work_seconds(grid, cell) + start
+
+
+def work_seconds(grid: Grid, cell: Cell) -> float:
+    """Device seconds of `cell`'s work at the config's [throughput] rates."""
     c = grid.config
     rate = c["throughput"]
     d = c["data"]

@@ -1,8 +1,8 @@
 """The experiment grid of a sweep: its cells, their state, and the
 output root's layout and record.
 
-A grid is a TOML file (see `configs/` and README.md, "Sweeps and the
-reproduction report"), read by `sweeper.schema`. Its cells are the
+A grid is a TOML file (see `configs/` and docs/sweep.md, "Sweeps and
+the reproduction report"), read by `sweeper.schema`. Its cells are the
 entry-script commands a user would type: phase 1 (`run_exp.py`), phase 2
 from each saved θ(t) (`run_exp.py --base_model_path`), the evaluation of
 each phase-2 model (`eval_and_make_adv.py`), the kernels of θ(t)

@@ -461,6 +461,11 @@ class Throughput:
     )
     kernel_file_s: float = key("seconds per per-class kernel file", minimum=0)
     features_s: float = key("seconds per feature-image cell", 0.0, minimum=0)
+    cell_start_s: float = key(
+        "seconds of each cell's start-up (Python, JAX, data, compilation)",
+        0.0,
+        minimum=0,
+    )
 
 
 @section

@@ -29,7 +29,7 @@ SEED_BASELINE_FACTOR = 2.0
 SETTLE_FRACTION = kernel_analysis.DEFAULT_SETTLE_FRACTION
 # Claim 1 like with like: each benign-vs-adversarial distance against a
 # baseline that differs from it only in the training compared; the rule,
-# as README and the report state it.
+# as docs/sweep.md and the report state it.
 LIKE_WITH_LIKE_FACTOR = 2.0
 LIKE_WITH_LIKE_RULE = (
     "Claim 1, like with like, holds when every benign-vs-adversarial "

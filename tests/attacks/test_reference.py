@@ -3,7 +3,7 @@ APGD (CE) and APGDT (targeted DLR, 9 targets) and ours, on the same
 models (a small MLP and a tiny CNN, same weights in Haiku and PyTorch),
 the same Fashion-MNIST images and the same eps.
 
-Seed spread, measured (README, "Parameter-free attacks"): at these
+Seed spread, measured (docs/attacks.md, "Parameter-free attacks"): at these
 settings (100 steps, 1 start, eps 2/255 and 4/255, 200 test images) five
 seeds of each
 implementation broke exactly the same number of images (spread 0), and

@@ -57,8 +57,12 @@ def test_presets_load(name):
     assert the_grid.name == name
     assert the_grid.config["phase2"]["dynamics"] == ["centered"]
     stages = {cell.stage for cell in the_grid.cells()}
-    # Robustness cells only where the preset has a [robustness] section.
-    unused = set() if the_grid.config["robustness"] else {"robustness"}
+    # Robustness and feature cells only where the preset has the section.
+    unused = {
+        section
+        for section in ("robustness", "features")
+        if not the_grid.config[section]
+    }
     assert stages == set(schema.STAGES) - unused
 
 
@@ -789,6 +793,27 @@ def test_estimate_by_hand(tiny, capsys):
     assert f"total {total:.1f} device-hours" in capsys.readouterr().out
 
 
+def test_estimate_adds_each_cells_start_up(tiny):
+    """throughput.cell_start_s: every cell (a new process) costs that many
+    seconds more, analysis cells too."""
+    config, _, write = tiny
+    config["throughput"] = dict(THROUGHPUT)
+    the_grid = grid.Grid.load(write(config))
+    cells = the_grid.cells()
+    without = estimate.estimate(the_grid, cells)
+    config["throughput"]["cell_start_s"] = 30.0
+    started = grid.Grid.load(write(config))
+    with_start = estimate.estimate(started, started.cells())
+    for stage, (count, hours) in without["stages"].items():
+        assert with_start["stages"][stage] == (
+            count,
+            pytest.approx(hours + count * 30.0 / 3600),
+        )
+    assert with_start["total"] == pytest.approx(
+        without["total"] + len(cells) * 30.0 / 3600
+    )
+
+
 def test_estimate_needs_throughput(tiny, capsys):
     _, _, write = tiny
     assert run_main(write(), "--estimate") == 2
@@ -836,7 +861,7 @@ def test_visible_gpus_from_the_environment(monkeypatch):
 
 
 # --------------------------------------------------------------------------
-# Promises of sweep.py (README.md, "Promises of sweep.py")
+# Promises of sweep.py (docs/sweep.md, "Promises of sweep.py")
 # --------------------------------------------------------------------------
 
 THROUGHPUT = {

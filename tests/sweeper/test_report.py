@@ -801,7 +801,7 @@ def test_claim_one_cell_gives_both_rules_labelled():
     assert like.startswith("**like with like**: supported: at t = 2, (a) ")
     assert (
         f"C s1 vs. A s0: {pair['distance']:.3f} vs. {pair['baseline']:.3f} "
-        f"(×{pair['ratio']:.1f})"
+        f"(×{pair['ratio']:.2f})"  # two decimals: 1.98 is not 2.0
     ) in like
     seed = like_one["same_start"][2]
     assert f"s2: {seed['distance']:.3f} vs. {seed['baseline']:.3f}" in like
@@ -820,11 +820,11 @@ def test_claim_one_cell_gives_both_rules_labelled():
 
 
 def test_like_with_like_rule_is_stated_verbatim():
-    """The rule as README and the report state it, word for word."""
+    """The rule as docs/sweep.md and the report state it, word for word."""
     words = " ".join(verdicts.LIKE_WITH_LIKE_RULE.split())
-    with open(os.path.join(grid.ROOT, "README.md")) as f:
-        readme = " ".join(f.read().split())
-    assert words in readme
+    with open(os.path.join(grid.ROOT, "docs", "sweep.md")) as f:
+        page = " ".join(f.read().split())
+    assert words in page
     assert words.startswith("Claim 1, like with like, holds when every ")
     assert "more than 2× a baseline" in words
 
@@ -902,7 +902,7 @@ def test_like_with_like_without_its_data():
 
 
 # --------------------------------------------------------------------------
-# Promises of sweep.py (README.md, "Promises of sweep.py")
+# Promises of sweep.py (docs/sweep.md, "Promises of sweep.py")
 # --------------------------------------------------------------------------
 
 
@@ -1486,6 +1486,13 @@ def test_item13_aggregate_takes_only_finished_analyses_and_respects_the_lock(
         for line in out["missing"]
     )
     assert set(pd.read_csv(results / "synth_kernels.csv")["seed"]) == {1}
+
+
+def test_t_ticks_read_fractions_of_an_epoch_as_fractions():
+    labels = [
+        report_figures._t_label(t) for t in (0, 0.125, 0.25, 0.375, 1, 2.5)
+    ]
+    assert labels == ["0", "1/8", "1/4", "0.375", "1", "2.5"]
 
 
 def test_the_committed_results_give_the_committed_report(tmp_path):

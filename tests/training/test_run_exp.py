@@ -1,8 +1,9 @@
 """run_exp.py end to end on a few hundred Fashion-MNIST images.
 
 The paper's four example command lines run with size flags added; a narrow
-network keeps compile and run times small. The tests of README's promises
-("Promises of run_exp.py") are named after them: test_promise_*.
+network keeps compile and run times small. The tests of the promises of
+docs/run_exp.md ("Promises of run_exp.py") are named after them:
+test_promise_*.
 """
 
 import json
