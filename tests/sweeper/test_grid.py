@@ -57,10 +57,13 @@ def test_presets_load(name):
     assert the_grid.name == name
     assert the_grid.config["phase2"]["dynamics"] == ["centered"]
     stages = {cell.stage for cell in the_grid.cells()}
-    # Robustness and feature cells only where the preset has the section.
+    # Evaluation, robustness and feature cells only where the preset has
+    # the section (the stage of [evaluation]'s cells is eval).
+    sections = {"evaluation": "eval", "robustness": "robustness"}
+    sections["features"] = "features"
     unused = {
-        section
-        for section in ("robustness", "features")
+        stage
+        for section, stage in sections.items()
         if not the_grid.config[section]
     }
     assert stages == set(schema.STAGES) - unused
