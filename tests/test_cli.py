@@ -2,6 +2,7 @@
 registries, one-line errors and exit statuses."""
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -169,3 +170,45 @@ def test_attack_flags_read_the_attack_registry():
     with pytest.raises(argparse.ArgumentTypeError, match="KEY=N"):
         cli.budget_item("steps=3")
     assert "APGD-CE, APGD-T, FAB-T and Square in turn" in text
+
+
+def test_the_script_parsers_make_the_libraries_settings():
+    """cli.run_exp, cli.eval_and_make_adv and cli.calculate_kernel parse
+    their scripts' flags (sweep.py reads cells with the same parsers) and
+    make the typed settings their libraries take, every flag recorded."""
+    from cli import calculate_kernel, eval_and_make_adv, run_exp
+    from ntk import compute
+    from training import adv_eval, experiment
+
+    args = run_exp.parse_args(["--random_seed", "3"])
+    settings = run_exp.settings(args)
+    assert isinstance(settings, experiment.RunSettings)
+    assert (settings.order_seed, settings.flags) == (3, vars(args))
+    assert run_exp.parser().get_default("train_pgd_iters") == (
+        attacks.TRAIN_ITERS
+    )
+    args = eval_and_make_adv.parse_args(
+        ["--model_path", "m", "--test_path", ""]
+    )
+    settings = eval_and_make_adv.settings(args)
+    assert isinstance(settings, adv_eval.AdvEvalSettings)
+    assert settings.test_path is None and settings.flags == vars(args)
+    args = calculate_kernel.parse_args(["--model_path", "a", "b"])
+    settings = calculate_kernel.settings(args)
+    assert isinstance(settings, compute.KernelSettings)
+    assert settings.model_path == ["a", "b"]
+
+
+def test_settings_take_the_fields_of_the_dataclass_only():
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        a: int
+
+    @dataclasses.dataclass(frozen=True)
+    class Recorded:
+        a: int
+        flags: dict
+
+    args = argparse.Namespace(a=1, b=2)
+    assert cli.settings(Plain, args) == Plain(1)
+    assert cli.settings(Recorded, args) == Recorded(1, {"a": 1, "b": 2})
