@@ -4,7 +4,7 @@ Distances between kernels, velocities and polar trajectories over a run's
 epochs, spectra, alignment with the labels and kernel regression accuracy
 (analysis/kernel_analysis.py has the formulas), as CSV tables, one JSON
 file and seaborn figures in --out_dir (analysis/pipeline.py does the
-work; this script parses and checks the flags).
+work; this script parses and checks the flags, into its AnalysisSettings).
 
     python analyze_kernels.py run/kernels --out_dir run/analysis
     python analyze_kernels.py runs/CC/kernels runs/AC/kernels \\
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     with threadpoolctl.threadpool_limits(args.blas_threads, user_api="blas"):
         check_flags(args)
-        pipeline.analyse(args)
+        pipeline.analyse(cli.settings(pipeline.AnalysisSettings, args))
 
 
 if __name__ == "__main__":

@@ -349,7 +349,7 @@ class ModelEntry:
     forward: (n_classes, width) -> the Haiku forward function
       `(images, is_training) -> logits`.
     has_width: whether `--width` means something for it.
-    description: one line for README and --help.
+    description: one line for docs/ and --help.
     """
 
     forward: Callable[[int, int | None], Callable]

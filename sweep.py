@@ -1,23 +1,21 @@
 """Runs an experiment grid (a TOML file in configs/): prints its commands,
 runs them here or on SLURM, estimates their device hours, aggregates their
-results into docs/results/ and docs/REPORT.md. See README.md, "Sweeps and
-the reproduction report"."""
+results into docs/results/ and docs/REPORT.md. See docs/sweep.md."""
 
 import argparse
 import os
 import sys
 from collections.abc import Sequence
 
-import calculate_kernel
 import cli
-import eval_and_make_adv
-import run_exp
+from cli import calculate_kernel, eval_and_make_adv, run_exp
 from sweeper import grid, runners
 from sweeper.estimate import estimate
 from utils import UserError
 
-# The parsers of the scripts whose cells record their flags: a cell's
-# files are checked against its command parsed by its script's parser.
+# The parsers of the scripts whose cells record their flags (cli's): a
+# cell's files are checked against its command parsed by its script's
+# parser.
 PARSERS: grid.Parsers = {
     "run_exp.py": run_exp.parse_args,
     "eval_and_make_adv.py": eval_and_make_adv.parse_args,

@@ -12,15 +12,13 @@ temporary files of a killed process are removed by the next one
 process at a time (:class:`FolderLock`).
 """
 
-import argparse
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -164,23 +162,17 @@ def unflatten_like(template: PyTree, leaves: Sequence[np.ndarray]) -> PyTree:
     return jax.tree_util.tree_unflatten(treedef, restored)
 
 
+def word_list(words: Sequence[str], last: str = "and") -> str:
+    """The words in prose: 'a', 'a and b', 'a, b and c' (`last` joins the
+    last two: 'and', 'or')."""
+    if len(words) < 2:
+        return "".join(words)
+    return f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
 def warn(message: str) -> None:
     """One `warning: ...` line on stderr."""
     print(f"warning: {one_line(message, limit=1000)}", file=sys.stderr)
-
-
-Settings = TypeVar("Settings")
-
-
-def settings_from_flags(
-    cls: type[Settings], args: argparse.Namespace
-) -> Settings:
-    """The frozen dataclass `cls` of a script's settings from its parsed
-    flags: each field the flag of the same name, and `flags` every flag as
-    parsed (what the results files record)."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "flags"]
-    values = {name: getattr(args, name) for name in names}
-    return cls(**values, flags=dict(vars(args)))
 
 
 # --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ code, whose images are then recomputed with the original's rule and
 and the numbers behind them; see `features.FeatureImages.as_record`) and a
 PNG grid of the same name. Before the loop it warns (one `warning:` line)
 when most pixels of the start image cannot move. analysis/visualize.py
-does the work; this script parses the flags.
+does the work; this script parses the flags into its FeatureSettings.
 
     python visualize_ntk_features.py --class_index 3 --dataset_size 500 \
         --model_path saved_models/parameters_final.pkl
@@ -128,7 +128,8 @@ def _start(text: str) -> features.Start:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    visualize.visualize(parse_args(argv))
+    args = parse_args(argv)
+    visualize.visualize(cli.settings(visualize.FeatureSettings, args))
 
 
 if __name__ == "__main__":

@@ -85,9 +85,22 @@ def read_kernel(path: str) -> Kernel:
     return kernel
 
 
-# Flags of a run that differ between replicates: the seed, and the path of
-# the base checkpoint (each seed's own phase-1 run).
-SEED_FLAGS = ("random_seed", "base_model_path")
+# Flags of a run that differ between replicates: the seed, the seed of the
+# data order (run_exp.py's --order_seed, by default the seed), and the path
+# of the base checkpoint (each seed's own phase-1 run). What replicates
+# share instead is the order seed's offset from the seed (0 by default; the
+# sweep's order replicates C′ have ORDER_SEED_OFFSET).
+SEED_FLAGS = ("random_seed", "order_seed", "base_model_path")
+
+
+def _order_offset(flags: Mapping) -> int | None:
+    """--order_seed − --random_seed of a run's flags (0 where the run
+    predates --order_seed), None where they are not integers."""
+    seed = flags.get("random_seed")
+    order = flags.get("order_seed", seed)
+    if isinstance(seed, int) and isinstance(order, int):
+        return order - seed
+    return None
 
 
 def _identity(spec: Mapping, run: Mapping) -> dict:
@@ -103,6 +116,7 @@ def _identity(spec: Mapping, run: Mapping) -> dict:
         for name, value in sorted(flags.items())
         if name not in SEED_FLAGS
     )
+    identity["order_seed − random_seed"] = _order_offset(flags)
     identity["seed"] = run.get("seed", flags.get("random_seed"))
     return identity
 

@@ -5,7 +5,6 @@ The CSV tables (`csv_texts`), analysis.json (`report`) and the figures
 when every output is there: analysis.json (layout.ANALYSIS_MARKER) last.
 """
 
-import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -71,8 +70,10 @@ def records(table: pd.DataFrame) -> list[dict]:
     ]
 
 
-def report(analysis: Analysis, args: argparse.Namespace) -> dict:
-    """The content of analysis.json; `args` analyze_kernels.py's flags."""
+def report(analysis: Analysis, flags: Mapping[str, Any]) -> dict:
+    """The content of analysis.json; `flags` analyze_kernels.py's, as
+    parsed (recorded as they are; 'compare' and 'replicates' name the
+    folders compared)."""
     labels = analysis.labels
     kernel_entries = [
         dict(
@@ -101,7 +102,7 @@ def report(analysis: Analysis, args: argparse.Namespace) -> dict:
         series=series_entries,
         notes=analysis.notes,
         command=sys.argv,
-        flags=vars(args),
+        flags=dict(flags),
         ridge_grid=dict(
             exponents=list(kernel_analysis.RIDGE_EXPONENTS),
             scale="mean of the kernel's diagonal",
@@ -110,14 +111,14 @@ def report(analysis: Analysis, args: argparse.Namespace) -> dict:
     )
     if analysis.compare is not None:
         content["compare"] = dict(
-            run_a=args.compare[0],
-            run_b=args.compare[1],
+            run_a=flags["compare"][0],
+            run_b=flags["compare"][1],
             rows=records(analysis.compare),
         )
     content = plain(content)
     if analysis.replicates is not None:
         content["replicates"] = dict(
-            groups=args.replicates, rows=records(analysis.replicates)
+            groups=flags["replicates"], rows=records(analysis.replicates)
         )
     return content
 

@@ -1,4 +1,5 @@
-"""analyze_kernels.py's work, once its flags are parsed and checked.
+"""analyze_kernels.py's work, for its `AnalysisSettings` (the script
+makes them from its flags, parsed and checked).
 
 Reads the kernel files (kernel_inputs), checks that some can be compared,
 measures each kernel and each series (kernel_analysis), builds the tables
@@ -6,7 +7,7 @@ measures each kernel and each series (kernel_analysis), builds the tables
 --out_dir is created only once every output is ready to be written.
 """
 
-import argparse
+import dataclasses
 from collections.abc import Sequence
 
 from tqdm import tqdm
@@ -16,6 +17,37 @@ from analysis.kernel_analysis import Kernel, SeriesKey
 from analysis.tables import Analysis
 from store import atomic, layout
 from utils import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisSettings:
+    """What analyze_kernels.py analyses: its flags, typed (each field the
+    flag of the same name; see analyze_kernels.py --help).
+
+    inputs: kernel files, or folders searched for them.
+    compare: two folders whose kernels are compared epoch by epoch, or
+        None. replicates: groups of folders of runs that differ only in
+        their seed, or None.
+    out_dir: where the tables, analysis.json and figures go.
+    top_k, polar_k, settle_fraction, random_seed: the measures'
+        (kernel_analysis).
+    no_figures: tables and JSON only. no_progress: no progress bar.
+    flags: every flag as parsed, recorded in analysis.json.
+    """
+
+    inputs: list[str]
+    out_dir: str
+    compare: list[str] | None = None
+    replicates: list[list[str]] | None = None
+    top_k: list[int] = dataclasses.field(
+        default_factory=lambda: list(kernel_analysis.DEFAULT_TOP_K)
+    )
+    polar_k: int = kernel_analysis.DEFAULT_POLAR_K
+    settle_fraction: float = kernel_analysis.DEFAULT_SETTLE_FRACTION
+    random_seed: int = 0
+    no_figures: bool = False
+    no_progress: bool = False
+    flags: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 def _comparable(
@@ -77,29 +109,29 @@ def _series_notes(
 
 
 def _measured(
-    args: argparse.Namespace,
+    settings: AnalysisSettings,
     inputs: kernel_inputs.Inputs,
     comparable: tuple[dict[SeriesKey, list[Kernel]], list[list[int]]],
     matched: list[tuple[Kernel, Kernel]] | None,
 ) -> Analysis:
     """Every measure and table of `inputs`, `comparable` their series and
-    comparable sets, `matched` the --compare pairs; `args` gives --top_k,
-    --random_seed, --polar_k, --settle_fraction, --no_progress and
-    --out_dir (checked, not created)."""
+    comparable sets, `matched` the --compare pairs; `settings` gives
+    top_k, random_seed, polar_k, settle_fraction, no_progress and out_dir
+    (checked, not created)."""
     kernels, notes = inputs.kernels, inputs.notes
     groups, sets = comparable
     replicate_rows, between_seeds = tables.replicates_table(inputs.replicates)
     # Created only when the outputs are ready to be written.
-    atomic.check_writable_dir(args.out_dir)
+    atomic.check_writable_dir(settings.out_dir)
     measures = [
-        kernel_analysis.measure(kernel, args.top_k, args.random_seed)
+        kernel_analysis.measure(kernel, settings.top_k, settings.random_seed)
         for kernel in tqdm(
-            kernels, desc="kernels", unit="file", disable=args.no_progress
+            kernels, desc="kernels", unit="file", disable=settings.no_progress
         )
     ]
     series_measures = {
         key: kernel_analysis.series_measures(
-            members, args.polar_k, args.settle_fraction
+            members, settings.polar_k, settings.settle_fraction
         )
         for key, members in groups.items()
         if len(members) > 1
@@ -124,29 +156,31 @@ def _measured(
     )
 
 
-def analyse(args: argparse.Namespace) -> None:
-    """Reads, measures and writes the kernels of analyze_kernels.py's
-    arguments `args` (parsed and checked), printing its notes and a line
-    naming what it wrote."""
+def analyse(settings: AnalysisSettings) -> None:
+    """Reads, measures and writes the kernels of `settings`, printing its
+    notes and a line naming what it wrote."""
     inputs = kernel_inputs.read_all(
-        args.inputs, args.compare, args.replicates, not args.no_progress
+        settings.inputs,
+        settings.compare,
+        settings.replicates,
+        not settings.no_progress,
     )
     kernels = inputs.kernels
     comparable = _comparable(kernels)
     matched = _compared(inputs.sides, inputs.notes)
-    analysis = _measured(args, inputs, comparable, matched)
+    analysis = _measured(settings, inputs, comparable, matched)
     texts = outputs.csv_texts(analysis)
-    content = outputs.report(analysis, args)
+    content = outputs.report(analysis, settings.flags)
     pngs = (
         {}
-        if args.no_figures
-        else outputs.figures(analysis, args.compare, args.polar_k)
+        if settings.no_figures
+        else outputs.figures(analysis, settings.compare, settings.polar_k)
     )
-    written = outputs.write(args.out_dir, texts, content, pngs)
+    written = outputs.write(settings.out_dir, texts, content, pngs)
     for note in analysis.notes:
         print(f"note: {note}")
     print(
         f"analysed {len(kernels)} kernel(s), {len(analysis.pairwise)} "
         f"pair(s), {len(analysis.series_measures)} series; wrote "
-        f"{', '.join(written)} in {args.out_dir}"
+        f"{', '.join(written)} in {settings.out_dir}"
     )

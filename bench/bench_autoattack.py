@@ -1,8 +1,8 @@
-"""Speed of our attacks (robust/) against the reference's (torchattacks
+"""Speed of our attacks (attacks/) against the reference's (torchattacks
 3.5.1), in images/s on the same CPU, the same model, the same images and
 the same budget.
 
-A small MLP or a tiny CNN (tests/robust/reference_models.py: the same
+A small MLP or a tiny CNN (bench/reference_models.py: the same
 weights in Haiku and PyTorch) is trained briefly on Fashion-MNIST; then on
 `--images` test images at `--eps`, ours and the reference's, each
 `--repeats` times (ours: the first call compiles; the time reported is the
@@ -18,7 +18,7 @@ best of the others, with the first call's printed apart):
                   `AutoAttack(version="standard")` runs: it leaves APGD,
                   APGDT and FAB at their class defaults of 10 steps, not
                   the standard 100 (`reference_stages` builds both, and
-                  tests/robust/test_bench_autoattack.py checks that they
+                  tests/attacks/test_bench_autoattack.py checks that they
                   equal torchattacks' own at 10 steps).
 
 Also printed: how many images each broke (ours must break at least as
@@ -39,15 +39,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests", "robust"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import attacks  # noqa: E402
 import reference_models as rm  # noqa: E402
-import robust  # noqa: E402
-from robust.autoattack import (  # noqa: E402
-    ATTACKS,
-    AutoAttackConfig,
-    Budget,
-    stage,
-)
+from attacks import STANDARD, AutoAttackConfig, Budget  # noqa: E402
+from attacks.autoattack import stage  # noqa: E402
 
 # The budgets of the two AutoAttack rows.
 BUDGETS = {
@@ -73,10 +69,10 @@ def ours(logits_fn, x, y, eps):
     attacks)."""
     key = jax.random.key(0)
     standard = AutoAttackConfig(budget=BUDGETS["autoattack"])
-    attacks = {name: stage(name, standard) for name in ("apgd-ce", "apgd-t")}
+    alone = {name: stage(name, standard) for name in ("apgd-ce", "apgd-t")}
     jitted = {
         name: jax.jit(lambda x, y, k, a=attack: a(logits_fn, x, y, eps, k))
-        for name, attack in attacks.items()
+        for name, attack in alone.items()
     }
 
     def single(name):
@@ -84,9 +80,9 @@ def ours(logits_fn, x, y, eps):
         return rm.count_wrong(logits_fn, result.adv, y)
 
     def auto(budget, stages):
-        config = AutoAttackConfig(budget=budget, attacks=ATTACKS[:stages])
-        result = robust.autoattack(logits_fn, x, y, eps, key, config)
-        return int(np.sum(np.asarray(result.broken_by) != robust.ROBUST))
+        config = AutoAttackConfig(budget=budget, attacks=STANDARD[:stages])
+        result = attacks.autoattack(logits_fn, x, y, eps, key, config)
+        return int(np.sum(np.asarray(result.broken_by) != attacks.ROBUST))
 
     runs = {name: lambda _, n=name: lambda: single(n) for name in jitted}
     for name, budget in BUDGETS.items():
@@ -154,12 +150,12 @@ def reference(model, x, y, eps):
 def print_stages(name, mine, theirs, repeats):
     """The time of each stage of AutoAttack row `name`, ours and theirs."""
     before = [0.0, 0.0]
-    for stages in range(1, len(ATTACKS) + 1):
+    for stages in range(1, len(STANDARD) + 1):
         times = [
             timed(runs[name](stages), repeats)[1] for runs in (mine, theirs)
         ]
         print(
-            f"{'':>13}stage {ATTACKS[stages - 1]:<8} ours "
+            f"{'':>13}stage {STANDARD[stages - 1]:<8} ours "
             f"{times[0] - before[0]:6.2f} s, reference "
             f"{times[1] - before[1]:6.2f} s"
         )
@@ -203,9 +199,9 @@ def main():
         reference(model, x, y, args.eps),
     )
     for name in args.attacks.split(","):
-        first, best, broken = timed(mine[name](len(ATTACKS)), args.repeats)
+        first, best, broken = timed(mine[name](len(STANDARD)), args.repeats)
         _, ref_best, ref_broken = timed(
-            theirs[name](len(ATTACKS)), args.repeats
+            theirs[name](len(STANDARD)), args.repeats
         )
         print(
             f"{name:>13}: ours {args.images / best:8.1f} images/s "

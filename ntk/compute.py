@@ -1,7 +1,8 @@
 """calculate_kernel.py's work: checking its checkpoints and outputs,
 choosing the images, computing each checkpoint's kernels and writing them.
 
-`compute_kernels(args)` takes calculate_kernel.py's parsed flags. Every
+`compute_kernels(settings)` takes a `KernelSettings` (calculate_kernel.py
+makes it from its flags: cli.calculate_kernel). Every
 check (checkpoints, class index, sizes, colliding outputs, writable
 folders) passes before any folder is created or any kernel computed. The
 data are loaded once per dataset and the block functions compiled once per
@@ -9,7 +10,6 @@ model (a block schedule kept across checkpoints); the plan is printed for
 the first checkpoint of each model.
 """
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -25,6 +25,42 @@ from utils import UserError
 
 # In --bonus_dir: the checkpoint's file name without .pkl.
 NAME = "{name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSettings:
+    """What calculate_kernel.py computes: its flags, typed (each field the
+    flag of the same name; see calculate_kernel.py --help).
+
+    model_path: the checkpoints; their kernels go to
+        {dirname(path)}/{bonus_dir} ({NAME} in bonus_dir: the checkpoint's
+        file name without .pkl), named after save_name, class_index and
+        dataset_size (layout.kernel_file).
+    dataset_size, test_size, random_seed: the class-balanced images N of
+        the training split (and M of the test split, None: none).
+    class_index: logit c, kernel_files.COMBINED (-1) or ALL_CLASSES.
+    model, width, dataset: override the checkpoint's spec (None: its own).
+    use_linear_params: the kernel at lin_params instead of params.
+    implementation, block_size, memory_gb: how blocks are computed
+        (ntk.kernels); show_progress None: when stderr is a terminal.
+    """
+
+    model_path: list[str]
+    dataset_size: int
+    save_name: str
+    class_index: int | str
+    bonus_dir: str
+    data_path: str
+    random_seed: int
+    test_size: int | None = None
+    model: str | None = None
+    width: int | None = None
+    dataset: str | None = None
+    use_linear_params: bool = False
+    implementation: str = kernels.DEFAULT_IMPLEMENTATION
+    block_size: int | None = None
+    memory_gb: float = kernels.DEFAULT_MEMORY_GB
+    show_progress: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,38 +100,40 @@ class _Images:
     test_indices: np.ndarray | None = None
 
 
-def compute_kernels(args: argparse.Namespace) -> None:
-    """calculate_kernel.py's work for its parsed flags: checks every
+def compute_kernels(settings: KernelSettings) -> None:
+    """calculate_kernel.py's work for its `settings`: checks every
     checkpoint, flag and output folder first (UserError naming the fix),
     then computes and writes each checkpoint's kernels in turn, one line
     per file.
     """
-    kernels.require_implementation(args.implementation)
-    jobs = [_checked_job(args, path) for path in args.model_path]
-    _refuse_collisions(jobs, args.bonus_dir)
+    kernels.require_implementation(settings.implementation)
+    jobs = [_checked_job(settings, path) for path in settings.model_path]
+    _refuse_collisions(jobs, settings.bonus_dir)
     for job in jobs:
         atomic.check_writable_dir(job.out_dir)
     images = {}
     for job in jobs:
         if job.spec.dataset not in images:
-            images[job.spec.dataset] = _subsets(args, job.spec)
+            images[job.spec.dataset] = _subsets(settings, job.spec)
     # Every check passed: the folders are created now, not before.
     for job in jobs:
         atomic.ensure_writable_dir(job.out_dir)
     schedules = {}
     for job in jobs:
-        _compute(args, job, images[job.spec.dataset], schedules)
+        _compute(settings, job, images[job.spec.dataset], schedules)
 
 
-def _checked_job(args: argparse.Namespace, model_path: str) -> _Job:
+def _checked_job(settings: KernelSettings, model_path: str) -> _Job:
     """Loads and checks one checkpoint (then lets it go: it is loaded again
     when its turn comes, so that many checkpoints never share memory)."""
-    checkpoint, spec = _load(args, model_path)
-    classes = kernels.kernel_classes(args.class_index, spec.n_classes)
-    if args.class_index != kernel_files.ALL_CLASSES:
-        classes = (args.class_index,)
+    checkpoint, spec = _load(settings, model_path)
+    classes = kernels.kernel_classes(settings.class_index, spec.n_classes)
+    if settings.class_index != kernel_files.ALL_CLASSES:
+        classes = (settings.class_index,)
     stem = os.path.splitext(os.path.basename(model_path))[0]
-    out_dir = layout.output_dir(model_path, args.bonus_dir.replace(NAME, stem))
+    out_dir = layout.output_dir(
+        model_path, settings.bonus_dir.replace(NAME, stem)
+    )
     meta = checkpoint["meta"]
     return _Job(
         model_path=model_path,
@@ -105,9 +143,9 @@ def _checked_job(args: argparse.Namespace, model_path: str) -> _Job:
             os.path.join(
                 out_dir,
                 layout.kernel_file(
-                    args.save_name,
+                    settings.save_name,
                     None if c == kernel_files.COMBINED else c,
-                    args.dataset_size,
+                    settings.dataset_size,
                 ),
             )
             for c in classes
@@ -121,11 +159,14 @@ def _checked_job(args: argparse.Namespace, model_path: str) -> _Job:
 
 
 def _load(
-    args: argparse.Namespace, model_path: str
+    settings: KernelSettings, model_path: str
 ) -> tuple[dict, models.ModelSpec]:
     """(checkpoint, spec) of models.load_with_spec with the flags."""
     return models.load_with_spec(
-        model_path, model=args.model, width=args.width, dataset=args.dataset
+        model_path,
+        model=settings.model,
+        width=settings.width,
+        dataset=settings.dataset,
     )
 
 
@@ -170,25 +211,29 @@ def _refuse_collisions(jobs: list[_Job], bonus_dir: str) -> None:
             )
 
 
-def _subsets(args: argparse.Namespace, spec: models.ModelSpec) -> _Images:
+def _subsets(settings: KernelSettings, spec: models.ModelSpec) -> _Images:
     """The class-balanced training images (and test images with
     --test_size) of the spec's dataset."""
     train_images, train_labels = data.load_split(
-        spec.dataset, args.data_path, train=True
+        spec.dataset, settings.data_path, train=True
     )
     indices = _balanced(
-        train_labels, args.dataset_size, args.random_seed, spec, "dataset"
+        train_labels,
+        settings.dataset_size,
+        settings.random_seed,
+        spec,
+        "dataset",
     )
     chosen = _Images(
         train_images[indices], train_labels[indices].astype(np.int64), indices
     )
-    if args.test_size is None:
+    if settings.test_size is None:
         return chosen
     test_images, test_labels = data.load_split(
-        spec.dataset, args.data_path, train=False
+        spec.dataset, settings.data_path, train=False
     )
     test_indices = _balanced(
-        test_labels, args.test_size, args.random_seed, spec, "test"
+        test_labels, settings.test_size, settings.random_seed, spec, "test"
     )
     return dataclasses.replace(
         chosen,
@@ -220,38 +265,40 @@ def _balanced(
 
 
 def _compute(
-    args: argparse.Namespace, job: _Job, chosen: _Images, schedules: dict
+    settings: KernelSettings, job: _Job, chosen: _Images, schedules: dict
 ) -> None:
     """The kernels of one checkpoint, written; one line per file.
 
     `schedules` keeps one block schedule (with its compiled functions) per
     model spec across checkpoints; the plan is printed the first time.
     """
-    checkpoint, spec = _load(args, job.model_path)
+    checkpoint, spec = _load(settings, job.model_path)
     first = spec not in schedules
     if first:
         apply_fn = spec.build().apply
         schedules[spec] = (
             apply_fn,
-            kernels.block_schedule(apply_fn, args.implementation),
+            kernels.block_schedule(apply_fn, settings.implementation),
         )
     apply_fn, schedule = schedules[spec]
-    params = checkpoint["lin_params" if args.use_linear_params else "params"]
+    params = checkpoint[
+        "lin_params" if settings.use_linear_params else "params"
+    ]
     kernel_fn = kernels.ntk_fn(
         kernels.Network(apply_fn, params, checkpoint["net_state"]),
-        args.implementation,
+        settings.implementation,
         kernels.KernelOptions(
-            class_index=args.class_index,
-            block_size=args.block_size,
-            memory_gb=args.memory_gb,
-            show_progress=_show_progress(args.show_progress),
+            class_index=settings.class_index,
+            block_size=settings.block_size,
+            memory_gb=settings.memory_gb,
+            show_progress=_show_progress(settings.show_progress),
         ),
         schedule=schedule,
         log=print if first else None,
     )
     started = time.perf_counter()
     computed = kernel_files.Kernels(
-        args.class_index,
+        settings.class_index,
         kernel_fn(chosen.images),
         chosen.labels,
         chosen.indices,
@@ -266,7 +313,7 @@ def _compute(
     seconds = time.perf_counter() - started
     paths = kernel_files.write(
         job.out_dir,
-        args.save_name,
+        settings.save_name,
         computed,
         n_logits=spec.n_classes,
         epoch=job.epoch,
@@ -275,9 +322,9 @@ def _compute(
         checkpoint_relpath=os.path.relpath(
             os.path.abspath(job.model_path), os.path.abspath(job.out_dir)
         ),
-        use_linear_params=args.use_linear_params,
-        implementation=args.implementation,
-        random_seed=args.random_seed,
+        use_linear_params=settings.use_linear_params,
+        implementation=settings.implementation,
+        random_seed=settings.random_seed,
         **spec.as_meta(),
         **({"run": job.run} if job.run else {}),
     )

@@ -25,7 +25,7 @@ $PY eval_and_make_adv.py --model_path $OUT/phase_2/parameters_final.pkl \
     --random_seed 0 --data_path "$DATA" --test_size 200 --pgd_iters 10 \
     --overwrite
 # Per-class kernels of θ(2) on 100 training images, and feature images of
-# class 1 (README's figure). They start from the mean of the kernel's images:
+# class 1 (the figure of docs/visualize_ntk_features.md). They start from the mean of the kernel's images:
 # on the grey start every first-layer channel of this width-4 network is off,
 # so no pixel inside the image could move (the script warns of this).
 $PY calculate_kernel.py --model_path $OUT/phase_1/parameters_checkpoint_2.pkl \

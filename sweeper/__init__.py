@@ -16,6 +16,8 @@ they run, what they cost, and the reproduction report (sweep.py).
 
 May import: every lower layer (`analysis`, `training`, `ntk`, `store`,
 the core modules, `utils`) and `cli`, never an entry script: the scripts'
-parsers that the flag check needs come from `sweep.py` (`grid.Parsers`).
+parsers that the flag check needs come from `sweep.py` (`grid.Parsers`,
+cli's), the attacks' names, budget fields and codes from the attack
+registry (`attacks`).
 Nothing imports it but the entry scripts `sweep.py` and `report.py`.
 """

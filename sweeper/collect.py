@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+import attacks
 import models
 import utils
 from analysis import kernel_analysis
@@ -21,7 +22,8 @@ from sweeper import grid, schema
 from sweeper.grid import KernelKey
 
 KEYS = ["seed", "phase1", "t", "phase2", "dynamics"]
-ACCURACIES = ["clean", "linf", "l2"]
+# run_exp.py's accuracies: clean, and PGD's of each --eval_attacks.
+ACCURACIES = ["clean", *schema.ATTACKS]
 KERNEL_KEYS = ["seed", "phase1", "t", "class_index", "n"]
 DERIVED = [
     "distance_to_final",
@@ -31,16 +33,24 @@ DERIVED = [
 ]
 # The robustness table ({name}_robustness.csv): a row per robustness cell.
 ROBUSTNESS_KEYS = KEYS + ["attack", "eps"]
-# Who broke an example first (eval_and_make_adv.py's broken_by counts):
-# wrong when clean, each attack of AutoAttack in turn, robust to all.
-BROKEN_BY = ["clean", "apgd-ce", "apgd-t", "fab-t", "square", "robust"]
+# Who broke an example first (eval_and_make_adv.py's broken_by counts,
+# by name): wrong when clean, each attack with a result code (by code),
+# robust to all (attacks.registry.outcomes).
+BROKEN_BY = list(attacks.outcomes())
 BROKEN = "broken_by_{}"  # its column: broken_by_apgd_ce, ...
-AUTOATTACK_COLUMN = "autoattack"  # of {name}.csv: AutoAttack at attack.eps
+# Of {name}.csv: AutoAttack at attack.eps, named after the attack.
+AUTOATTACK_COLUMN = schema.AUTOATTACK
+
+
+def column(name: str) -> str:
+    """A table's column named after an attack: 'apgd-ce' -> 'apgd_ce'."""
+    return name.replace("-", "_")
 
 
 def broken_column(name: str) -> str:
-    """The robustness table's column of a broken_by count."""
-    return BROKEN.format(name.replace("-", "_"))
+    """The robustness table's column of a broken_by count (of an outcome
+    of attacks.outcomes())."""
+    return BROKEN.format(column(name))
 
 
 # Columns of the kernel table: the distance to the same loader's kernel of
@@ -212,7 +222,7 @@ def _autoattack(
     (then {name}.csv has no autoattack column, as before the robustness
     cells)."""
     r = the_grid.config["robustness"]
-    if r is None or not r["autoattack"]:
+    if r is None or not r[schema.AUTOATTACK]:
         return None
     eps = the_grid.config["attack"]["eps"]
     found = {}

@@ -2,9 +2,9 @@
 from the config's [throughput], measured images per second, and the
 dataset registry's split sizes (`data.DATASETS`)."""
 
+import attacks
 import data
 from ntk import kernel_files
-from sweeper import schema
 from sweeper.grid import Cell, Grid
 from training import train
 from utils import UserError
@@ -45,7 +45,15 @@ def _phase1_seconds(grid: Grid, cell: Cell, train_images: int) -> float:
 
 
 def cell_seconds(grid: Grid, cell: Cell) -> float:
-    """Estimated device seconds of `cell` from the config's [throughput]."""
+    """Estimated device seconds of `cell` from the config's [throughput]:
+    its work at the measured rates (work_seconds) and its start-up
+    (`cell_start_s`, each cell a new process)."""
+    start = grid.config["throughput"].get("cell_start_s", 0.0)
+    return work_seconds(grid, cell) + start
+
+
+def work_seconds(grid: Grid, cell: Cell) -> float:
+    """Device seconds of `cell`'s work at the config's [throughput] rates."""
     c = grid.config
     rate = c["throughput"]
     d = c["data"]
@@ -74,32 +82,15 @@ def cell_seconds(grid: Grid, cell: Cell) -> float:
     return 0.0
 
 
-# eval_and_make_adv.py --pgd_iters's default (the robustness cells of
-# curve_attack = "pgd" run it).
-PGD_ITERS = 100
-# A query of Square (a forward pass) in PGD steps (a forward and a
-# backward pass, about three forward passes' work).
-SQUARE_QUERY_STEPS = 1 / 3
-
-
 def attack_steps(attack: str, budget: dict) -> float:
     """PGD-step equivalents per test image of `attack` with `budget`
-    (--attack_budget, over the standard AutoAttack's defaults): an upper
-    bound, as if every image went through every iteration. AutoAttack's is
-    the sum of its four attacks' (each runs only on the images the earlier
-    ones left robust, so the bound holds for a model robust to all)."""
-    b = dict(schema.BUDGET_DEFAULTS, **budget)
-    apgd = b["apgd_iters"] * b["apgd_restarts"]
-    steps = {
-        "pgd": PGD_ITERS,
-        "apgd-ce": apgd,
-        "apgd-t": apgd * b["n_targets"],
-        "fab-t": b["fab_iters"] * b["fab_restarts"] * b["n_targets"],
-        "square": b["square_queries"] * SQUARE_QUERY_STEPS,
-    }
-    if attack == schema.AUTOATTACK:
-        return sum(steps[a] for a in ("apgd-ce", "apgd-t", "fab-t", "square"))
-    return steps[attack]
+    (--attack_budget, over the standard AutoAttack's defaults): its
+    registry entry's cost, an upper bound, as if every image went through
+    every iteration. AutoAttack's is the sum of its attacks' (each runs
+    only on the images the earlier ones left robust, so the bound holds
+    for a model robust to all); PGD's is at eval_and_make_adv.py's
+    default --pgd_iters, which its robustness cells run."""
+    return attacks.get(attack).cost(attacks.Budget(**budget))
 
 
 def robustness_seconds(grid: Grid, cell: Cell) -> float:

@@ -1,8 +1,8 @@
 """The experiment grid of a sweep: its cells, their state, and the
 output root's layout and record.
 
-A grid is a TOML file (see `configs/` and README.md, "Sweeps and the
-reproduction report"), read by `sweeper.schema`. Its cells are the
+A grid is a TOML file (see `configs/` and docs/sweep.md, "Sweeps and
+the reproduction report"), read by `sweeper.schema`. Its cells are the
 entry-script commands a user would type: phase 1 (`run_exp.py`), phase 2
 from each saved θ(t) (`run_exp.py --base_model_path`), the evaluation of
 each phase-2 model (`eval_and_make_adv.py`), the kernels of θ(t)
@@ -62,8 +62,8 @@ DONE, PARTIAL, TODO = "done", "partial", "todo"
 ONLY = {"kernels": ("phase1", "kernel", "analysis")}
 ONLY_NEEDS = {"kernels": ("kernels", "analysis")}
 # What parses an entry script's command line: script name -> its
-# parse_args (sweep.py passes run_exp.py's and eval_and_make_adv.py's, so
-# that the library imports no entry script).
+# parse_args (sweep.py passes cli.run_exp's, cli.eval_and_make_adv's and
+# cli.calculate_kernel's).
 Parsers = Mapping[str, Callable[[list[str]], argparse.Namespace]]
 
 # --------------------------------------------------------------------------
@@ -157,7 +157,7 @@ CHANGEABLE = {
     # Axes of the robustness cells: each value names cells of its own.
     "robustness.times",
     "robustness.dynamics",
-    "robustness.autoattack",
+    f"robustness.{schema.AUTOATTACK}",
     "robustness.eps_curve",
     "robustness.curve_attack",
     "slurm",
@@ -779,7 +779,7 @@ class Grid:
         a curve of AutoAttack shares the cell at attack.eps)."""
         r = self.config["robustness"]
         runs = []
-        if r["autoattack"]:
+        if r[schema.AUTOATTACK]:
             runs.append((schema.AUTOATTACK, self.config["attack"]["eps"]))
         for eps in r["eps_curve"]:
             if (r["curve_attack"], eps) not in runs:

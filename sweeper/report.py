@@ -688,7 +688,7 @@ def _like_with_like_text(one: dict) -> str:
     in units of each baseline."""
     across = "; ".join(
         f"C s{a} vs. A s{b}: {p['distance']:.3f} vs. {p['baseline']:.3f} "
-        f"(×{p['ratio']:.1f})"
+        f"(×{p['ratio']:.2f})"
         for (a, b), p in one["across"].items()
     )
     text = (
@@ -700,7 +700,7 @@ def _like_with_like_text(one: dict) -> str:
     if one["replicates"]:
         same = "; ".join(
             f"s{seed}: {p['distance']:.3f} vs. {p['baseline']:.3f} "
-            f"(×{p['ratio']:.1f})"
+            f"(×{p['ratio']:.2f})"
             for seed, p in one["same_start"].items()
         )
         text += (

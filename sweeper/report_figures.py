@@ -35,6 +35,15 @@ from sweeper.schema import (  # noqa: E402
 )
 
 
+def _t_label(t: float) -> str:
+    """A t tick's label: a fraction of an epoch as 1/k ('1/8', the short
+    form that keeps 0.125 and 0.25 apart on a log axis), else as in file
+    names ('2', '2.5')."""
+    if 0 < t < 1 and float(1 / t).is_integer():
+        return f"1/{int(1 / t)}"
+    return layout.format_t(t)
+
+
 def _log_t_axis(ax: Axes, times: Iterable[float]) -> None:
     """A logarithmic t axis that keeps t = 0 (linear below the smallest
     positive t), ticked at the grid's t."""
@@ -43,7 +52,7 @@ def _log_t_axis(ax: Axes, times: Iterable[float]) -> None:
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
     ax.set_xticks(times)
     ax.set_xticklabels(
-        [layout.format_t(t) for t in times],
+        [_t_label(t) for t in times],
         rotation=90 if len(times) > 8 else 0,
         fontsize=8,
     )

@@ -11,10 +11,20 @@ import os
 
 import pandas as pd
 
+import utils
 from store import layout
 from sweeper.schema import LOADER_NAMES
 from sweeper.verdicts import (
+    AUTOATTACK,
+    AUTOATTACK_COLUMN,
+    FIRST,
+    FIRST_COLUMN,
+    GRADIENT,
     MODEL,
+    PGD_COLUMN,
+    SCORE_BASED,
+    SCORE_COLUMN,
+    SCORE_FRACTION_COLUMN,
     SQUARE_FRACTION,
     ZERO_ACCURACY,
     autoattack_models,
@@ -27,6 +37,11 @@ from sweeper.verdicts import (
 )
 
 EPS_FIGURE = layout.ROBUSTNESS_FIGURE
+# The attacks in prose, from their registry entries: 'AutoAttack',
+# 'APGD-CE' (its first attack, alone) and 'Square' (its score-based one).
+AA = AUTOATTACK.title
+ALONE = FIRST.title
+SCORE = utils.word_list([a.title for a in SCORE_BASED])
 
 
 def _fmt(mean: float, sd: float = math.nan) -> str:
@@ -66,7 +81,7 @@ def robustness_section(
     configured = (config.get("robustness") or {}).get("curve_attack")
     attack = curve_attack(robust, configured)
     ends = curve_ends(robust, attack) if attack else pd.DataFrame()
-    lines = ["### Robust accuracy under AutoAttack", ""]
+    lines = [f"### Robust accuracy under {AA}", ""]
     lines += _table_lines(name, config, rows, models)
     two = _claim_two_lines(rows, models)
     lines += two
@@ -83,14 +98,14 @@ def _table_lines(
     eps = config["attack"]["eps"]
     if models.empty:
         return [
-            f"AutoAttack at ε = {eps:g}/255: no results in "
-            f"`{name}_robustness.csv` (robustness.autoattack off, or its "
-            "cells not run).",
+            f"{AA} at ε = {eps:g}/255: no results in "
+            f"`{name}_robustness.csv` (robustness.{AUTOATTACK.name} off, or "
+            "its cells not run).",
             "",
         ]
     pgd = (
         "eval_and_make_adv.py's PGD (same script, seed and test images "
-        "as AutoAttack's when robustness.test_size is the evaluation's)"
+        f"as {AA}'s when robustness.test_size is the evaluation's)"
         if pgd_column(rows) == "eval_linf"
         else "run_exp.py's PGD-L∞ after phase 2"
     )
@@ -100,27 +115,26 @@ def _table_lines(
         if budget
         else "; the standard budget"
     )
+    titles = ", ".join(a.title for a in AUTOATTACK.members)
     lines = [
-        f"AutoAttack (APGD-CE, APGD-T, FAB-T, Square{budget_text}) at "
+        f"{AA} ({titles}{budget_text}) at "
         f"ε = {eps:g}/255 on {int(models['n'].iloc[0])} test images "
-        f"(`{name}_robustness.csv`), beside {pgd} and APGD-CE alone (the "
-        "examples AutoAttack's first attack broke). Mean ± sample standard "
-        "deviation over n seeds; per seed PGD / APGD-CE / AutoAttack.",
+        f"(`{name}_robustness.csv`), beside {pgd} and {ALONE} alone (the "
+        f"examples {AA}'s first attack broke). Mean ± sample standard "
+        f"deviation over n seeds; per seed PGD / {ALONE} / {AA}.",
         "",
-        "| t | kernel (phase 1) | phase 2 | n | clean | PGD | APGD-CE | "
-        "AutoAttack | PGD − AutoAttack | per seed |",
+        f"| t | kernel (phase 1) | phase 2 | n | clean | PGD | {ALONE} | "
+        f"{AA} | PGD − {AA} | per seed |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (t, p1, p2), group in models.groupby(["t", "phase1", "phase2"]):
         per_seed = "; ".join(
-            f"s{int(r['seed'])}: {_fmt(r['pgd'])} / {_fmt(r['apgd_ce'])} / "
-            f"{_fmt(r['autoattack'])}"
+            f"s{int(r['seed'])}: {_fmt(r[PGD_COLUMN])} / "
+            f"{_fmt(r[FIRST_COLUMN])} / {_fmt(r[AUTOATTACK_COLUMN])}"
             for _, r in group.iterrows()
         )
-        cells = [
-            _stat_text(group[c])
-            for c in ("clean", "pgd", "apgd_ce", "autoattack", "gap")
-        ]
+        shown = (PGD_COLUMN, FIRST_COLUMN, AUTOATTACK_COLUMN, "gap")
+        cells = [_stat_text(group[c]) for c in ("clean", *shown)]
         lines.append(
             f"| {layout.format_t(float(t))} | {LOADER_NAMES[p1]} ({p1}) | "
             f"{LOADER_NAMES[p2]} ({p2}) | {group['seed'].nunique()} | "
@@ -132,11 +146,11 @@ def _table_lines(
 
 
 def _with_autoattack(rows: pd.DataFrame, models: pd.DataFrame) -> tuple:
-    """(rows of the models AutoAttack attacked, with an autoattack column,
+    """(rows of the models AutoAttack attacked, with an AutoAttack column,
     the PGD column beside it)."""
     column = pgd_column(rows)
-    keep = models[MODEL + ["autoattack"]]
-    frame = rows.drop(columns=["autoattack"], errors="ignore")
+    keep = models[MODEL + [AUTOATTACK_COLUMN]]
+    frame = rows.drop(columns=[AUTOATTACK_COLUMN], errors="ignore")
     return frame.merge(keep, on=MODEL, how="inner"), column
 
 
@@ -144,18 +158,18 @@ def claim_two_under_autoattack(
     rows: pd.DataFrame, models: pd.DataFrame
 ) -> dict:
     """Claim 2's rule (verdicts.claim_two) on the models AutoAttack
-    attacked: {'pgd': with PGD, 'autoattack': with AutoAttack, 'survives':
-    True / False (PGD supported it and AutoAttack does / does not) or
-    None (PGD did not support it)}."""
+    attacked: {PGD_COLUMN: with PGD, AUTOATTACK_COLUMN: with AutoAttack,
+    'survives': True / False (PGD supported it and AutoAttack does / does
+    not) or None (PGD did not support it)}."""
     if models.empty:
-        return {"pgd": {"verdict": "no data"}, "autoattack": {}}
+        return {PGD_COLUMN: {"verdict": "no data"}, AUTOATTACK_COLUMN: {}}
     frame, column = _with_autoattack(rows, models)
     pgd = claim_two(frame, column)
-    aa = claim_two(frame, "autoattack")
+    aa = claim_two(frame, AUTOATTACK_COLUMN)
     survives = None
     if pgd["verdict"] == "supported":
         survives = aa["verdict"] == "supported"
-    return {"pgd": pgd, "autoattack": aa, "survives": survives}
+    return {PGD_COLUMN: pgd, AUTOATTACK_COLUMN: aa, "survives": survives}
 
 
 def _gains(two: dict) -> str:
@@ -165,22 +179,22 @@ def _gains(two: dict) -> str:
 def _claim_two_lines(rows: pd.DataFrame, models: pd.DataFrame) -> list[str]:
     """Claim 2 recomputed with AutoAttack, beside PGD on the same models."""
     result = claim_two_under_autoattack(rows, models)
-    pgd, aa = result["pgd"], result["autoattack"]
+    pgd, aa = result[PGD_COLUMN], result[AUTOATTACK_COLUMN]
     if pgd["verdict"] == "no data" or aa.get("verdict") == "no data":
         return [
-            "**Claim 2 under AutoAttack**: no data (needs AutoAttack on "
+            f"**Claim 2 under {AA}**: no data (needs {AA} on "
             "benign phase 2 from both kernels at one t).",
             "",
         ]
     if result["survives"] is True:
-        head = "survives AutoAttack"
+        head = f"survives {AA}"
     elif result["survives"] is False:
-        head = "does not survive AutoAttack"
+        head = f"does not survive {AA}"
     else:
-        head = f"is {aa['verdict']} under AutoAttack"
+        head = f"is {aa['verdict']} under {AA}"
     return [
-        f"**Claim 2 under AutoAttack** (the rule of claim 2 on the models "
-        f"AutoAttack attacked): claim 2 {head}. AutoAttack at t = "
+        f"**Claim 2 under {AA}** (the rule of claim 2 on the models "
+        f"{AA} attacked): claim 2 {head}. {AA} at t = "
         f"{aa['t']:g}: {aa['verdict']}, adversarial kernel "
         f"{_fmt(*aa['adversarial'][:2])} vs. benign "
         f"{_fmt(*aa['benign'][:2])} (n = {aa['adversarial'][2]} seeds), "
@@ -203,11 +217,11 @@ def _masking_lines(
         "**Masking diagnostics.** Rules, stated before the numbers: (1) "
         f"robust accuracy against ε under {attack or 'the curve attack'} "
         "must reach 0: a model passes when its accuracy at the curve's "
-        f"largest ε is at most {ZERO_ACCURACY:g}; (2) Square-only breaks "
-        "(examples that APGD-CE, APGD-T and FAB-T all missed and the "
-        "score-based Square broke) above "
+        f"largest ε is at most {ZERO_ACCURACY:g}; (2) {SCORE}-only breaks "
+        f"(examples that {utils.word_list([a.title for a in GRADIENT])} all "
+        f"missed and the score-based {SCORE} broke) above "
         f"{SQUARE_FRACTION:.0%} of the test images are a masking signal; "
-        "(3) PGD − AutoAttack is how much PGD overstates robust accuracy.",
+        f"(3) PGD − {AA} is how much PGD overstates robust accuracy.",
         "",
     ]
     figure = os.path.join(figure_dir, EPS_FIGURE)
@@ -219,7 +233,7 @@ def _masking_lines(
         return lines
     lines += [
         "| model (seed, phase 1→2, t) | accuracy at largest ε | reaches 0 "
-        "| Square-only (of n) | PGD − AutoAttack |",
+        f"| {SCORE}-only (of n) | PGD − {AA} |",
         "|---|---|---|---|---|",
     ]
     for _, m in table.iterrows():
@@ -228,17 +242,17 @@ def _masking_lines(
         else:
             at_max = f"{m['acc_max']:.3f} at {m['eps_max']:g}/255"
             zero = "yes" if m["reaches_zero"] else "**no**"
-        if pd.isna(m.get("square")):
-            square = "–"
+        if pd.isna(m.get(SCORE_COLUMN)):
+            score = "–"
         else:
             flag = (
                 " **masking**"
-                if m["square_fraction"] > SQUARE_FRACTION
+                if m[SCORE_FRACTION_COLUMN] > SQUARE_FRACTION
                 else ""
             )
-            square = f"{int(m['square'])} of {int(m['n'])}{flag}"
+            score = f"{int(m[SCORE_COLUMN])} of {int(m['n'])}{flag}"
         lines.append(
-            f"| {model_name(m)} | {at_max} | {zero} | {square} | "
+            f"| {model_name(m)} | {at_max} | {zero} | {score} | "
             f"{_fmt(m['gap']) if pd.notna(m.get('gap')) else '–'} |"
         )
     lines.append("")
@@ -265,27 +279,28 @@ def summary_text(
     if not models.empty and models["gap"].notna().any():
         gaps = models.dropna(subset=["gap"])
         worst = gaps.loc[gaps["gap"].idxmax()]
-        apgd = (gaps["pgd"] - gaps["apgd_ce"]).mean()
+        alone = (gaps[PGD_COLUMN] - gaps[FIRST_COLUMN]).mean()
         mean = gaps["gap"].mean()
         parts.append(
-            f"AutoAttack's robust accuracy is {abs(mean):.3f} "
+            f"{AA}'s robust accuracy is {abs(mean):.3f} "
             f"{'below' if mean >= 0 else 'above'} PGD's on average over "
             f"{len(gaps)} models (largest gap {worst['gap']:+.3f}, "
-            f"{model_name(worst)}); APGD-CE alone is {apgd:+.3f} below PGD."
+            f"{model_name(worst)}); {ALONE} alone is {alone:+.3f} below PGD."
         )
     if not models.empty:
         flagged = masked(models)
         if flagged.empty:
             parts.append(
-                f"Square broke at most {SQUARE_FRACTION:.0%} of the test "
+                f"{SCORE} broke at most {SQUARE_FRACTION:.0%} of the test "
                 f"images that the gradient attacks missed in all "
                 f"{len(models)} models (at most "
-                f"{int(models['square'].max())}): no masking signal there."
+                f"{int(models[SCORE_COLUMN].max())}): no masking signal "
+                "there."
             )
         else:
             names = ", ".join(model_name(m) for _, m in flagged.iterrows())
             parts.append(
-                f"Square broke more than {SQUARE_FRACTION:.0%} of the test "
+                f"{SCORE} broke more than {SQUARE_FRACTION:.0%} of the test "
                 f"images that every gradient attack missed in "
                 f"{len(flagged)} of {len(models)} models ({names}): a "
                 "gradient-masking signal."
@@ -293,11 +308,11 @@ def summary_text(
     parts += _curve_text(ends)
     two = claim_two_under_autoattack(rows, models)
     if two.get("survives") is True:
-        parts.append("Claim 2 survives AutoAttack.")
+        parts.append(f"Claim 2 survives {AA}.")
     elif two.get("survives") is False:
         parts.append(
             "Claim 2, supported under PGD, is "
-            f"{two['autoattack']['verdict']} under AutoAttack."
+            f"{two[AUTOATTACK_COLUMN]['verdict']} under {AA}."
         )
     return " ".join(parts) if parts else "No robustness results yet."
 

@@ -18,10 +18,11 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+import attacks
 import cli
 import data
 import models
-import robust
+from cli import eval_and_make_adv, run_exp
 from ntk import kernel_files
 from store import layout
 from training import train
@@ -38,20 +39,28 @@ LOADER_NAMES = {
     "F": "benign, then adversarial",
 }
 DYNAMICS = ("centered", "linearized", "standard")  # of phase 2
-ATTACKS = ("linf", "l2")
+# run_exp.py --eval_attacks: PGD in each norm (attacks.EVAL_ATTACKS).
+ATTACKS = tuple(attacks.EVAL_ATTACKS)
 # The stages of a grid's cells (the keys of slurm.timeout_min).
 STAGES = ("phase1", "phase2", "eval", "kernel", "analysis", "features")
 STAGES += ("robustness",)
-# eval_and_make_adv.py --attack: PGD (the paper's), one parameter-free
-# attack, or the standard AutoAttack (the four in turn).
-ROBUST_ATTACKS = ("pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
-AUTOATTACK = "autoattack"
-# eval_and_make_adv.py --attack_budget KEY=N: the keys and the standard
-# AutoAttack's values (its defaults), robust.Budget's.
+# eval_and_make_adv.py --attack: every registered attack (PGD, the
+# parameter-free ones, AutoAttack); robustness.autoattack runs the
+# standard AutoAttack, and the eps curve APGD-CE by default.
+ROBUST_ATTACKS = attacks.names()
+AUTOATTACK = attacks.AUTOATTACK.name
+CURVE_ATTACK = attacks.APGD_CE.name
+# eval_and_make_adv.py --attack_budget KEY=N: the registry's budget fields
+# and their defaults (the standard AutoAttack's).
 BUDGET_DEFAULTS = {
-    field.name: field.default for field in dataclasses.fields(robust.Budget)
+    name: field.default for name, field in attacks.budget_fields().items()
 }
-STATE_EVERY = 100  # run_exp.py's default --state_every
+# The scripts' defaults that a grid's keys default to, named once: read
+# from the scripts' own parsers (cli.run_exp, cli.eval_and_make_adv).
+RUN_EXP = run_exp.parser()
+EVAL_AND_MAKE_ADV = eval_and_make_adv.parser()
+# The cells pass --state_every only where it differs from run_exp.py's.
+STATE_EVERY = RUN_EXP.get_default("state_every")
 # phase1.order_replicate: the benign run C′_s of seed s trains from θ_s(0)
 # with run_exp.py --order_seed s + ORDER_SEED_OFFSET (another data order
 # and other attack noise).
@@ -219,7 +228,9 @@ class Data:
     """[data]: the dataset and its subsets."""
 
     dataset: str = key("dataset", choices=tuple(sorted(data.DATASETS)))
-    data_path: str = key("dataset folder", "./data", check=_path)
+    data_path: str = key(
+        "dataset folder", RUN_EXP.get_default("data_path"), check=_path
+    )
     train_size: int = key("training subset (0: all)", 0, minimum=0)
     test_size: int = key("test subset (0: all)", 0, minimum=0)
 
@@ -229,7 +240,7 @@ class Model:
     """[model]: the network."""
 
     name: str = key("network", choices=tuple(models.MODELS))
-    width: int = key("ResNet width", 64, minimum=1)
+    width: int = key("ResNet width", models.DEFAULT_WIDTH, minimum=1)
 
 
 @section
@@ -268,7 +279,9 @@ class Phase2:
         "phase-2 dynamics", ["centered"], distinct=True, choices=DYNAMICS
     )
     epochs: int = key("phase-2 epochs", minimum=1)
-    lr: float = _positive("phase-2 learning rate", 0.01)
+    lr: float = _positive(
+        "phase-2 learning rate", RUN_EXP.get_default("second_lr")
+    )
     times: list[float] | None = _times("the t of θ(t) phase 2 starts from")
     state_every: int = key(STATE_EVERY_MEANING, STATE_EVERY, minimum=1)
 
@@ -277,10 +290,16 @@ class Phase2:
 class Attack:
     """[attack]: the adversary of training and of run_exp's evaluation."""
 
-    eps: float = _positive("L-inf radius in 1/255", 4.0)
-    train_pgd_iters: int = key("PGD steps in training", 20, minimum=1)
+    eps: float = _positive("L-inf radius in 1/255", RUN_EXP.get_default("eps"))
+    train_pgd_iters: int = key(
+        "PGD steps in training",
+        RUN_EXP.get_default("train_pgd_iters"),
+        minimum=1,
+    )
     eval_pgd_iters: int = key(
-        "PGD steps in run_exp's evaluation", 100, minimum=1
+        "PGD steps in run_exp's evaluation",
+        RUN_EXP.get_default("eval_pgd_iters"),
+        minimum=1,
     )
     eval_attacks: list[str] = key(
         "attacks of run_exp's evaluation", list(ATTACKS), choices=ATTACKS
@@ -292,7 +311,9 @@ class Evaluation:
     """[evaluation]: eval_and_make_adv.py on each phase-2 model."""
 
     test_size: int = key("test subset (0: all)", 0, minimum=0)
-    pgd_iters: int = key("PGD steps", 100, minimum=1)
+    pgd_iters: int = key(
+        "PGD steps", EVAL_AND_MAKE_ADV.get_default("pgd_iters"), minimum=1
+    )
     save_examples: bool = key("write the adversarial examples", False)
 
 
@@ -354,7 +375,7 @@ def _distinct(value: list) -> str | None:
 
 def _budget(table: dict) -> str | None:
     """--attack_budget's keys, each an integer from 1 to its bound
-    (robust.BUDGET_LIMITS, as cli.budget_item checks them)."""
+    (its BudgetField's maximum, as cli.budget_item checks them)."""
     for name, value in table.items():
         if name not in BUDGET_DEFAULTS:
             return (
@@ -363,7 +384,8 @@ def _budget(table: dict) -> str | None:
             )
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             return f".{name} must be a positive integer, not {value!r}"
-        problem = number_problem([value], 1, robust.BUDGET_LIMITS[name])
+        maximum = attacks.budget_fields()[name].maximum
+        problem = number_problem([value], 1, maximum)
         if problem:
             return f".{name} {problem}"
     return None
@@ -392,7 +414,7 @@ class Robustness:
         check=_distinct,
     )
     curve_attack: str = key(
-        "the attack of the eps curve", "apgd-ce", choices=ROBUST_ATTACKS
+        "the attack of the eps curve", CURVE_ATTACK, choices=ROBUST_ATTACKS
     )
     test_size: int | None = key(
         "test subset (0: all; default: evaluation.test_size, else "
@@ -439,6 +461,11 @@ class Throughput:
     )
     kernel_file_s: float = key("seconds per per-class kernel file", minimum=0)
     features_s: float = key("seconds per feature-image cell", 0.0, minimum=0)
+    cell_start_s: float = key(
+        "seconds of each cell's start-up (Python, JAX, data, compilation)",
+        0.0,
+        minimum=0,
+    )
 
 
 @section
@@ -807,7 +834,7 @@ def _check_sizes(path: str, config: dict) -> None:
 def robustness_attacks(robustness: dict) -> list[str]:
     """The --attack of the robustness cells of a [robustness] section:
     autoattack (when on), then the curve's attack."""
-    chosen = [AUTOATTACK] if robustness["autoattack"] else []
+    chosen = [AUTOATTACK] if robustness[AUTOATTACK] else []
     curve = robustness["curve_attack"]
     if robustness["eps_curve"] and curve not in chosen:
         chosen.append(curve)
@@ -817,16 +844,14 @@ def robustness_attacks(robustness: dict) -> list[str]:
 def budget_keys(attack: str) -> tuple[str, ...]:
     """The --attack_budget keys eval_and_make_adv.py --attack `attack`
     reads (none for PGD)."""
-    if attack == "pgd":
-        return ()
-    chosen = robust.ATTACKS if attack == AUTOATTACK else (attack,)
-    return robust.budget_keys(chosen)
+    return attacks.get(attack).budget_keys()
 
 
 def _check_budget(path: str, config: dict) -> None:
     """robustness.budget as eval_and_make_adv.py checks --attack_budget:
     every key read by an attack of the robustness cells (each cell gets
-    the keys its attack reads), n_targets below the dataset's classes."""
+    the keys its attack reads), each value one the dataset's classes can
+    run (its field's classes_problem: n_targets below them)."""
     rob = config["robustness"]
     if rob is None:
         return
@@ -839,11 +864,10 @@ def _check_budget(path: str, config: dict) -> None:
                 "drop it"
             )
         classes = data.n_classes(config["data"]["dataset"])
-        problem = name == "n_targets" and robust.targets_problem(
-            value, classes
-        )
+        check = attacks.budget_fields()[name].classes_problem
+        problem = check and check(value, classes)
         if problem:
-            raise UserError(f"{path}: robustness.budget.n_targets: {problem}")
+            raise UserError(f"{path}: robustness.budget.{name}: {problem}")
 
 
 def _check_robustness(path: str, config: dict) -> None:

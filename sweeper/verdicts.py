@@ -8,13 +8,16 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+import attacks
 from analysis import kernel_analysis
 from sweeper.collect import (
     ACROSS_SEEDS,
     SAME_START,
     TO_REORDERED,
     TO_SEED,
+    broken_column,
     class_means,
+    column,
     like_with_like,
     seed_columns,
 )
@@ -26,7 +29,7 @@ SEED_BASELINE_FACTOR = 2.0
 SETTLE_FRACTION = kernel_analysis.DEFAULT_SETTLE_FRACTION
 # Claim 1 like with like: each benign-vs-adversarial distance against a
 # baseline that differs from it only in the training compared; the rule,
-# as README and the report state it.
+# as docs/sweep.md and the report state it.
 LIKE_WITH_LIKE_FACTOR = 2.0
 LIKE_WITH_LIKE_RULE = (
     "Claim 1, like with like, holds when every benign-vs-adversarial "
@@ -55,7 +58,20 @@ ZERO_ACCURACY = 0.01
 # A phase-2 model: the keys of a row of {name}.csv and of the robustness
 # table.
 MODEL = ["seed", "phase1", "t", "phase2", "dynamics"]
-AUTOATTACK = "autoattack"
+# AutoAttack's attacks as its diagnostics read them (attacks.registry):
+# the first alone (APGD-CE), the gradient attacks (APGD-CE, APGD-T,
+# FAB-T) and the score-based ones (Square), which read logits only.
+AUTOATTACK = attacks.AUTOATTACK
+FIRST = AUTOATTACK.members[0]
+GRADIENT = tuple(a for a in AUTOATTACK.members if not a.gradient_free)
+SCORE_BASED = tuple(a for a in AUTOATTACK.members if a.gradient_free)
+# The columns of autoattack_models: PGD's accuracy, the first attack's
+# alone, AutoAttack's, and the examples only the score-based ones broke.
+PGD_COLUMN = attacks.PGD.name
+FIRST_COLUMN = column(FIRST.name)
+AUTOATTACK_COLUMN = AUTOATTACK.name
+SCORE_COLUMN = "_".join(column(a.name) for a in SCORE_BASED)
+SCORE_FRACTION_COLUMN = f"{SCORE_COLUMN}_fraction"
 
 
 def main_dynamics(rows: pd.DataFrame) -> str:
@@ -67,7 +83,7 @@ def claim_two(rows: pd.DataFrame, column: str = "linf") -> dict:
     """Claim 2 on a preset's rows: the adversarial kernel's robust accuracy
     after benign phase 2 against the benign kernel's, at the largest t.
 
-    column: the robust accuracy (run_exp.py's PGD-L∞, or e.g. 'autoattack':
+    column: the robust accuracy (run_exp.py's PGD-L∞, or e.g. AutoAttack's:
     then only rows where it was measured count, so t is the largest t
     attacked).
 
@@ -372,37 +388,39 @@ def autoattack_models(
     rows: pd.DataFrame, robust: pd.DataFrame
 ) -> pd.DataFrame:
     """A row per phase-2 model that AutoAttack attacked at the grid's eps:
-    MODEL, n, clean, pgd, apgd_ce (APGD-CE's robust accuracy alone: 1 −
-    (clean + apgd-ce breaks) / n), autoattack, gap (pgd − autoattack),
-    square (the examples only Square broke) and square_fraction (of n)."""
-    columns = MODEL + ["n", "clean", "pgd", "apgd_ce", "autoattack"]
-    columns += ["gap", "square", "square_fraction"]
+    MODEL, n, clean, PGD_COLUMN (PGD's accuracy), FIRST_COLUMN (the first
+    attack's robust accuracy alone, APGD-CE's: 1 − (clean + its breaks) /
+    n), AUTOATTACK_COLUMN, gap (PGD − AutoAttack), SCORE_COLUMN (the
+    examples only the score-based attacks broke, Square's) and
+    SCORE_FRACTION_COLUMN (of n)."""
+    columns = MODEL + ["n", "clean", PGD_COLUMN, FIRST_COLUMN]
+    columns += [AUTOATTACK_COLUMN, "gap", SCORE_COLUMN, SCORE_FRACTION_COLUMN]
     if robust.empty or rows.empty:
         return pd.DataFrame(columns=columns)
     eps = float(rows["eps"].iloc[0])
-    aa = robust[(robust["attack"] == AUTOATTACK) & (robust["eps"] == eps)]
+    aa = robust[(robust["attack"] == AUTOATTACK.name) & (robust["eps"] == eps)]
     if aa.empty:
         return pd.DataFrame(columns=columns)
     pgd = rows[MODEL + [pgd_column(rows)]].rename(
-        columns={pgd_column(rows): "pgd"}
+        columns={pgd_column(rows): PGD_COLUMN}
     )
     out = aa.merge(pgd, on=MODEL, how="left")
     n = out["n"].astype(float)
     out["clean"] = out["acc_clean"]
-    out["autoattack"] = out["acc_robust"]
-    out["apgd_ce"] = (
-        1 - (out["broken_by_clean"] + out["broken_by_apgd_ce"]) / n
-    )
-    out["gap"] = out["pgd"] - out["autoattack"]
-    out["square"] = out["broken_by_square"]
-    out["square_fraction"] = out["square"] / n
+    out[AUTOATTACK_COLUMN] = out["acc_robust"]
+    breaks = out[broken_column(attacks.registry.CLEAN_NAME)]
+    out[FIRST_COLUMN] = 1 - (breaks + out[broken_column(FIRST.name)]) / n
+    out["gap"] = out[PGD_COLUMN] - out[AUTOATTACK_COLUMN]
+    out[SCORE_COLUMN] = sum(out[broken_column(a.name)] for a in SCORE_BASED)
+    out[SCORE_FRACTION_COLUMN] = out[SCORE_COLUMN] / n
     return out[columns].sort_values(MODEL).reset_index(drop=True)
 
 
 def masked(models: pd.DataFrame) -> pd.DataFrame:
-    """The models of autoattack_models whose Square-only breaks exceed
-    SQUARE_FRACTION of their test images: a gradient-masking signal."""
-    return models[models["square_fraction"] > SQUARE_FRACTION]
+    """The models of autoattack_models whose score-based-only breaks
+    exceed SQUARE_FRACTION of their test images: a gradient-masking
+    signal."""
+    return models[models[SCORE_FRACTION_COLUMN] > SQUARE_FRACTION]
 
 
 def curve_attack(robust: pd.DataFrame, configured: str | None) -> str | None:

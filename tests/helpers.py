@@ -5,6 +5,7 @@ each network only once), the Fashion-MNIST skip, entry scripts run as
 subprocesses, pickles read the way a notebook reads them, the one-line error
 check, the original's class-balanced draw, and a small trained MLP."""
 
+import importlib
 import os
 import pickle
 import subprocess
@@ -64,6 +65,25 @@ needs_neural_tangents = pytest.mark.skipif(
     NT_UNAVAILABLE is not None,
     reason=f"{NT_UNAVAILABLE} (the JAX 0.11 stack has none)",
 )
+
+
+def reference_side(bench_module: str) -> tuple:
+    """(torch, torchattacks, bench/`bench_module`) for the tests against
+    the reference implementation of the attacks; skips the calling module
+    where torch or torchattacks is missing (the JAX 0.11 stack has
+    neither). bench/ shares its reference models with the tests
+    (bench/reference_models.py)."""
+    torch = pytest.importorskip(
+        "torch", reason="torch is not installed (the JAX 0.11 stack has none)"
+    )
+    torchattacks = pytest.importorskip(
+        "torchattacks",
+        reason="torchattacks is not installed (requirements-nodeps.txt)",
+    )
+    bench = os.path.join(ROOT, "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    return torch, torchattacks, importlib.import_module(bench_module)
 
 
 def kernel_implementations(names) -> list:

@@ -1,12 +1,15 @@
 """Tests for cli: numbers checked at parse time, shared flags from the
 registries, one-line errors and exit statuses."""
 
+import argparse
+import dataclasses
 import os
 import subprocess
 import sys
 
 import pytest
 
+import attacks
 import cli
 import data
 import models
@@ -141,3 +144,44 @@ def test_parse_errors_are_one_line(capsys):
         cli.run_cli(main)
     assert info.value.code == 2
     assert_one_line_error(capsys.readouterr().err, "--eps", "finite")
+
+
+def test_attack_flags_read_the_attack_registry():
+    """--attack's choices and --attack_budget's keys, defaults and bounds
+    are the registry's (attacks.names(), attacks.budget_fields())."""
+    parser = cli.ArgumentParser()
+    cli.add_attack_flags(parser, "the test")
+    assert cli.ATTACK_CHOICES == attacks.names()
+    args = parser.parse_args([])
+    assert (args.attack, args.attack_budget) == (attacks.PGD.name, [])
+    args = parser.parse_args(
+        ["--attack", "fab-t", "--attack_budget", "fab_iters=7"]
+    )
+    assert (args.attack, args.attack_budget) == ("fab-t", [["fab_iters", 7]])
+    text = " ".join(parser.format_help().split())
+    for name, field in attacks.budget_fields().items():
+        assert f"{name}={field.default}" in text
+        assert cli.budget_item(f"{name}={field.maximum}") == [
+            name,
+            field.maximum,
+        ]
+        with pytest.raises(argparse.ArgumentTypeError, match="at most"):
+            cli.budget_item(f"{name}={field.maximum + 1}")
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=N"):
+        cli.budget_item("steps=3")
+    assert "APGD-CE, APGD-T, FAB-T and Square in turn" in text
+
+
+def test_settings_take_the_fields_of_the_dataclass_only():
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        a: int
+
+    @dataclasses.dataclass(frozen=True)
+    class Recorded:
+        a: int
+        flags: dict
+
+    args = argparse.Namespace(a=1, b=2)
+    assert cli.settings(Plain, args) == Plain(1)
+    assert cli.settings(Recorded, args) == Recorded(1, {"a": 1, "b": 2})

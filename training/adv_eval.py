@@ -7,7 +7,6 @@ adversarial examples, and the files that record them (named by
 `AdvEvalSettings` of its flags.
 """
 
-import argparse
 import dataclasses
 import os
 import time
@@ -65,11 +64,6 @@ class AdvEvalSettings:
     overwrite: bool
     no_progress: bool
     flags: dict = dataclasses.field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "AdvEvalSettings":
-        """The settings of eval_and_make_adv.py's parsed flags."""
-        return utils.settings_from_flags(cls, args)
 
     @property
     def max_batches(self) -> int | None:
@@ -186,27 +180,27 @@ def attack_config(
 
     Raises:
       UserError: flags that do not go together, or a budget the attack
-        cannot run (evaluation.attack_budget).
+        cannot run (attacks.check_budget).
     """
-    budget = evaluation.attack_budget(
+    budget = attacks.check_budget(
         settings.attack, settings.attack_budget, n_classes
     )
     if settings.no_adv:
-        if settings.attack != "pgd":
+        if settings.attack != attacks.PGD.name:
             raise UserError(
                 f"--no_adv runs no attack, and --attack {settings.attack} "
                 "asks for one: pass one of them"
             )
         return None
-    make = {"linf": attacks.eval_linf, "l2": attacks.eval_l2}
+    make = attacks.EVAL_ATTACKS[settings.attack_norm]
     pgd = dataclasses.replace(
-        make[settings.attack_norm](settings.eps, settings.pgd_iters),
+        make(settings.eps, settings.pgd_iters),
         loss=settings.attack_loss,
         restarts=settings.restarts,
     )
-    if settings.attack == "pgd":
+    if settings.attack == attacks.PGD.name:
         return pgd
-    return evaluation.parameter_free(
+    return attacks.parameter_free(
         settings.attack, pgd.eps, settings.attack_norm, budget
     )
 
@@ -316,8 +310,8 @@ def attack_record(
     record = evaluation.attack_record(
         attack, settings.random_seed, settings.eps
     )
-    if not isinstance(attack, evaluation.ParameterFree):
-        record["name"] = "pgd"
+    if not isinstance(attack, attacks.ParameterFree):
+        record["name"] = attacks.PGD.name
     return record
 
 
@@ -512,7 +506,7 @@ def _evaluate_source_row(
         "seconds": time.perf_counter() - started,
     }
     if result.broken_by is not None:
-        row["broken_by"] = evaluation.broken_by_counts(result.broken_by)
+        row["broken_by"] = attacks.count_codes(result.broken_by)
     written, outputs = source_outputs(settings, paths, result, images, labels)
     row.update(written)
     return row, outputs

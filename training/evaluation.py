@@ -1,6 +1,7 @@
 """Clean and robust accuracy of a model under given dynamics: under PGD
-(`attacks.AttackConfig`) or a parameter-free attack of `robust/`
-(`ParameterFree`: APGD-CE, APGD-T, FAB-T, Square or AutoAttack).
+(`attacks.AttackConfig`) or a parameter-free attack
+(`attacks.ParameterFree`: APGD-CE, APGD-T, FAB-T, Square, AutoAttack or
+any other the registry holds).
 
 Shared by `run_exp.py` (the test after each phase) and
 `eval_and_make_adv.py`. The model is a `models.Network`: an `apply_fn`,
@@ -26,7 +27,6 @@ from tqdm import tqdm
 import attacks
 import data
 import models
-import robust
 import utils
 from store import checkpoints
 from utils import UserError
@@ -49,10 +49,10 @@ class EvalResult:
         adv_images: float32 (n, H, W, C) adversarial images in [0, 1], kept
             only when asked for; else None.
         n: number of examples evaluated.
-        broken_by: int (n,) codes of robust.CODES, the parameter-free
-            attack that broke each example first (robust.CODES['clean']:
-            wrong when clean; robust.ROBUST: none did); None under PGD or
-            without an attack.
+        broken_by: int (n,) result codes (attacks.registry): the
+            parameter-free attack that broke each example first
+            (attacks.CLEAN: wrong when clean; attacks.ROBUST: none did);
+            None under PGD or without an attack.
     """
 
     acc_clean: float
@@ -66,43 +66,18 @@ class EvalResult:
     broken_by: np.ndarray | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class ParameterFree:
-    """A parameter-free attack of `robust/` at one radius.
-
-    Attributes:
-        name: 'autoattack' (the standard version's four attacks in turn)
-            or one of robust.ATTACKS ('apgd-ce', 'apgd-t', 'fab-t',
-            'square').
-        eps: radius in pixel units (L-inf: eps/255; L2: as given).
-        config: the robust.AutoAttackConfig run (norm, budget, attacks).
-    """
-
-    name: str
-    eps: float
-    config: robust.AutoAttackConfig
-
-    def record(self) -> dict:
-        """The attack's settings, for the results files."""
-        return {
-            "name": self.name,
-            "norm": self.config.norm,
-            "eps": self.eps,
-            "attacks": list(self.config.attacks),
-            "budget": dataclasses.asdict(self.config.budget),
-        }
-
-
-Attack = attacks.AttackConfig | ParameterFree | None
+Attack = attacks.AttackConfig | attacks.ParameterFree | None
 
 
 def attack_record(
-    attack: attacks.AttackConfig | ParameterFree, seed: int, eps_255: float
+    attack: attacks.AttackConfig | attacks.ParameterFree,
+    seed: int,
+    eps_255: float,
 ) -> dict:
     """An evaluation attack's settings for the results files: its own, the
     --eps it was made from (`eps_255`; None outside L∞, whose radius does not
     follow it), the seed and how each batch's keys derive from it."""
-    if isinstance(attack, ParameterFree):
+    if isinstance(attack, attacks.ParameterFree):
         norm, keys = (
             attack.config.norm,
             "fold_in(fold_in(PRNGKey(seed), batch index), example) "
@@ -120,96 +95,14 @@ def attack_record(
     )
 
 
-def attack_budget(
-    attack: str, items: list[list], n_classes: int | None = None
-) -> robust.Budget | None:
-    """The robust.Budget of --attack_budget (None for --attack pgd), checked
-    before any work: each key once, read by the attack, and n_targets below
-    `n_classes` (None: not known yet, checked again once it is). The
-    bounds of each number are the parser's (cli.budget_item).
-
-    Raises:
-      UserError: a budget given to PGD, a key given twice or not read by
-        the attack, or more targets than the model has wrong classes.
-    """
-    keys = [key for key, _ in items]
-    if attack == "pgd":
-        if items:
-            raise UserError(
-                "--attack_budget sets the parameter-free attacks: drop it, "
-                "or pass --attack autoattack (or one of its attacks); PGD "
-                "takes --pgd_iters and --restarts"
-            )
-        return None
-    twice = sorted({key for key in keys if keys.count(key) > 1})
-    if twice:
-        raise UserError(
-            f"--attack_budget gives {', '.join(twice)} more than once"
-        )
-    used = robust.budget_keys(_attacks_of(attack))
-    unused = [key for key in keys if key not in used]
-    if unused:
-        raise UserError(
-            f"--attack {attack} does not use --attack_budget "
-            f"{unused[0]}: drop it (it reads {', '.join(used)})"
-        )
-    budget = robust.Budget(**dict(items))
-    problem = (
-        n_classes is not None
-        and "n_targets" in used
-        and robust.targets_problem(budget.n_targets, n_classes)
-    )
-    if problem:
-        raise UserError(f"--attack_budget {problem}")
-    return budget
-
-
-def _attacks_of(name: str) -> tuple[str, ...]:
-    """The attacks of robust.ATTACKS that --attack `name` runs."""
-    return robust.ATTACKS if name == "autoattack" else (name,)
-
-
-def parameter_free(
-    name: str, eps: float, norm: str, budget: robust.Budget
-) -> ParameterFree:
-    """The ParameterFree attack `name` ('autoattack' or one of
-    robust.ATTACKS) at radius `eps` (pixel units) in `norm`.
-
-    Raises:
-      UserError: Square (alone or in AutoAttack) in a norm other than
-        L-inf, which it does not support here.
-    """
-    chosen = _attacks_of(name)
-    if norm != "linf" and "square" in chosen:
-        what = "includes Square, which " if name == "autoattack" else ""
-        raise UserError(
-            f"--attack {name} {what}supports L-inf only here: pass "
-            "--attack apgd-ce, apgd-t or fab-t for L2, or --attack_norm "
-            "linf"
-        )
-    config = robust.AutoAttackConfig(norm=norm, budget=budget, attacks=chosen)
-    return ParameterFree(name, eps, config)
-
-
-def broken_by_counts(codes: np.ndarray) -> dict[str, int]:
-    """{'clean', each attack of robust.ATTACKS, 'robust'}: how many
-    examples of the int (n,) `codes` each one covers."""
-    names = {code: name for name, code in robust.CODES.items()}
-    names[robust.ROBUST] = "robust"
-    counts = {name: 0 for name in [*robust.CODES, "robust"]}
-    values, numbers = np.unique(codes, return_counts=True)
-    for code, count in zip(values, numbers, strict=True):
-        counts[names[int(code)]] += int(count)
-    return counts
-
-
 def make_eval_step(attack: Attack) -> Callable:
     """A compiled clean-and-adversarial evaluation of one batch.
 
     Args:
-        attack: an `attacks.AttackConfig` (PGD), a ParameterFree attack, or
-            None for clean only. The attack attacks the network's logits
-            (centered: df; else f + df).
+        attack: an `attacks.AttackConfig` (PGD), an
+            `attacks.ParameterFree` attack, or None for clean only. The
+            attack attacks the network's logits (centered: df; else
+            f + df).
 
     Returns:
         A `jax.jit` function `(network, images, labels, key) -> dict` for a
@@ -220,7 +113,7 @@ def make_eval_step(attack: Attack) -> Callable:
         batch shape. Under a ParameterFree attack the step also returns
         'broken_by' (B,) and is a host function around compiled parts.
     """
-    if isinstance(attack, ParameterFree):
+    if isinstance(attack, attacks.ParameterFree):
         return _parameter_free_step(attack)
 
     def step(
@@ -261,9 +154,9 @@ def _parts(
     return f, df
 
 
-def _parameter_free_step(attack: ParameterFree) -> Callable:
+def _parameter_free_step(attack: attacks.ParameterFree) -> Callable:
     """make_eval_step's step for a ParameterFree attack: the clean parts,
-    robust.autoattack on the batch (the network passed to the compiled
+    attacks.autoattack on the batch (the network passed to the compiled
     attacks as an argument, not baked in), and the adversarial parts."""
 
     def step(
@@ -273,7 +166,7 @@ def _parameter_free_step(attack: ParameterFree) -> Callable:
         key: jax.Array,
     ) -> dict[str, jax.Array]:
         f, df = _parts(network, images)
-        result = robust.autoattack(
+        result = attacks.autoattack(
             jax.tree_util.Partial(_network_logits, network),
             images,
             labels,
@@ -461,8 +354,8 @@ def evaluate(
         network: the `models.Network` evaluated (batch norm in eval mode).
         images: float32 (N, H, W, C) in [0, 1].
         labels: int (N,).
-        attack: an `attacks.AttackConfig` (PGD), a ParameterFree attack,
-            or None for clean accuracy only.
+        attack: an `attacks.AttackConfig` (PGD), an
+            `attacks.ParameterFree` attack, or None for clean accuracy only.
         options: an EvalOptions (None: its defaults).
         eval_step: a step from `make_eval_step(attack)` to reuse (and not
             compile again); None makes one.

@@ -11,7 +11,6 @@ epoch checkpoints (layout.checkpoint). While a run works in the folder it
 holds its lock (`.lock`), so a second run there is refused.
 """
 
-import argparse
 import dataclasses
 import glob
 import json
@@ -45,7 +44,7 @@ NON_RUN_FLAGS = (
 )
 # Flags added after runs were recorded, with the defaults those runs had:
 # a record without them holds these values (so that it can be resumed).
-LATER_FLAGS = {"attack": "pgd", "attack_budget": []}
+LATER_FLAGS = {"attack": attacks.PGD.name, "attack_budget": []}
 # Flags added later whose default is another flag's value: a record
 # without them holds that flag's value (--order_seed: --random_seed).
 LATER_FLAGS_FROM = {"order_seed": "random_seed"}
@@ -58,8 +57,9 @@ class RunSettings:
     """The settings of one run: run_exp.py's flags, typed.
 
     Each field is the flag of the same name (see run_exp.py --help);
-    `flags` is every flag as parsed (vars of the Namespace), which the run
-    records (config.json, the resume file, checkpoint meta) as it is.
+    `flags` is every flag as parsed ({name: value}), which the run records
+    (config.json, the resume file, checkpoint meta) as it is. The entry
+    script makes it from the command line (cli.experiment.settings).
     """
 
     # Where.
@@ -103,11 +103,6 @@ class RunSettings:
     no_progress: bool
     flags: dict = dataclasses.field(default_factory=dict, repr=False)
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "RunSettings":
-        """The settings of run_exp.py's parsed flags."""
-        return utils.settings_from_flags(cls, args)
-
     @property
     def attack_names(self) -> list[str]:
         """The names of --eval_attacks, in order."""
@@ -120,7 +115,7 @@ class RunSettings:
     @property
     def run_flags(self) -> dict:
         """The recorded flags that define what the run computes."""
-        return _without_non_run_flags(self.flags)
+        return run_flags(self.flags)
 
     @property
     def continues_phase_one(self) -> bool:
@@ -151,7 +146,7 @@ def validate_flags(settings: RunSettings) -> None:
     known = settings.dataset or (
         None if settings.base_model_path else models.ModelSpec.dataset
     )
-    evaluation.attack_budget(
+    attacks.check_budget(
         settings.attack,
         settings.attack_budget,
         data.n_classes(known) if known else None,
@@ -163,10 +158,14 @@ def validate_flags(settings: RunSettings) -> None:
         )
 
 
-def run_flags(args: argparse.Namespace) -> dict:
-    """The flags that define what a run computes: every flag but
-    NON_RUN_FLAGS."""
-    return _without_non_run_flags(vars(args))
+def run_flags(flags: dict) -> dict:
+    """The flags that define what a run computes, of every flag `flags`
+    ({name: value}): all but NON_RUN_FLAGS, by name."""
+    return {
+        name: value
+        for name, value in sorted(flags.items())
+        if name not in NON_RUN_FLAGS
+    }
 
 
 def recorded_flags(flags: dict) -> dict:
@@ -177,14 +176,6 @@ def recorded_flags(flags: dict) -> dict:
         if name not in recorded and source in recorded:
             recorded[name] = recorded[source]
     return recorded
-
-
-def _without_non_run_flags(flags: dict) -> dict:
-    return {
-        name: value
-        for name, value in sorted(flags.items())
-        if name not in NON_RUN_FLAGS
-    }
 
 
 def results_template(settings: RunSettings) -> dict:
@@ -230,10 +221,9 @@ class Run:
         )
 
 
-def run_experiment(args: argparse.Namespace) -> dict:
-    """Runs (or resumes) the experiment of run_exp.py's parsed flags
-    `args`; returns the results."""
-    settings = RunSettings.from_args(args)
+def run_experiment(settings: RunSettings) -> dict:
+    """Runs (or resumes) the experiment of run_exp.py's `settings`;
+    returns the results."""
     validate_flags(settings)
     # A first look, before anything is loaded or written; decided again
     # under the folder's lock below.
@@ -411,7 +401,7 @@ def _prepare(
             dataset=settings.dataset,
         )
     # Before any data is loaded or any epoch runs.
-    evaluation.attack_budget(
+    attacks.check_budget(
         settings.attack, settings.attack_budget, spec.n_classes
     )
     train_x, train_y = data.subset(
@@ -852,17 +842,13 @@ def eval_attacks(
         )
         for name in settings.attack_names
     ]
-    if settings.attack != "pgd":
-        budget = evaluation.attack_budget(
-            settings.attack, settings.attack_budget
-        )
+    if settings.attack != attacks.PGD.name:
+        budget = attacks.check_budget(settings.attack, settings.attack_budget)
         eps = attacks.eval_linf(settings.eps, 1).eps
         chosen.append(
             (
                 settings.attack,
-                evaluation.parameter_free(
-                    settings.attack, eps, "linf", budget
-                ),
+                attacks.parameter_free(settings.attack, eps, "linf", budget),
             )
         )
     return chosen or [(None, None)]

@@ -812,6 +812,13 @@ def test_item9_replicates_differ_only_in_their_seed(tmp_path, capsys):
         "other eps": {"run": _identity("CC", 1, eps=8.0)},
         "seed 1": {"run": _identity("CC", 1)},
         "seed 0 again": {"run": _identity("CC", 0)},
+        # run_exp.py records --order_seed, the seed by default: runs of
+        # seeds 0 and 1 then differ in it too, and are replicates; an order
+        # replicate (order seed = seed + 1000) is a replicate of its kind.
+        "seed 0 ordered": {"run": _identity("CC", 0, order_seed=0)},
+        "seed 1 ordered": {"run": _identity("CC", 1, order_seed=1)},
+        "seed 1 reordered": {"run": _identity("CC", 1, order_seed=1001)},
+        "seed 2 reordered": {"run": _identity("CC", 2, order_seed=1002)},
     }
     for name, extras in runs.items():
         write_angle_run(str(tmp_path / name), angles, **extras)
@@ -824,16 +831,24 @@ def test_item9_replicates_differ_only_in_their_seed(tmp_path, capsys):
         )
     out = ["--out_dir", tmp_path / "out", "--no_figures", "--no_progress"]
     folder = {name: tmp_path / name / "kernels" for name in [*runs, "meta"]}
-    for other, named in (
-        ("adversarial", "loaders 'CC' there, 'AC' here"),
-        ("other eps", "--eps 4.0 there, 8.0 here"),
-        ("seed 0 again", "same seed 0"),
-        ("meta", "loaders 'CC' there, 'AC' here"),
+    for first, other, named in (
+        ("benign", "adversarial", "loaders 'CC' there, 'AC' here"),
+        ("benign", "other eps", "--eps 4.0 there, 8.0 here"),
+        ("benign", "seed 0 again", "same seed 0"),
+        ("benign", "meta", "loaders 'CC' there, 'AC' here"),
+        ("seed 0 ordered", "seed 1 reordered", "order_seed − random_seed"),
     ):
-        argv = ["--replicates", folder["benign"], folder[other], *out]
+        argv = ["--replicates", folder[first], folder[other], *out]
         refused(argv, capsys, [tmp_path], named, "differ")
-    argv = ["--replicates", folder["benign"], folder["seed 1"], *out]
-    assert run_main(argv, capsys)[0] == 0
+    for pair in (
+        ("benign", "seed 1"),
+        ("seed 0 ordered", "seed 1 ordered"),
+        ("benign", "seed 1 ordered"),  # a record made before --order_seed
+        ("seed 1 reordered", "seed 2 reordered"),
+    ):
+        argv = ["--replicates", *(folder[name] for name in pair), *out]
+        argv[-3] = tmp_path / f"out_{pair[0]}_{pair[1]}"
+        assert run_main(argv, capsys)[0] == 0, pair
 
 
 def test_item10_a_run_belongs_to_one_replicates_group(

@@ -61,6 +61,27 @@ def test_estimate_by_hand(tiny, capsys):
     assert f"total {total:.1f} device-hours" in capsys.readouterr().out
 
 
+def test_estimate_adds_each_cells_start_up(tiny):
+    """throughput.cell_start_s: every cell (a new process) costs that many
+    seconds more, analysis cells too."""
+    config, _, write = tiny
+    config["throughput"] = dict(THROUGHPUT)
+    the_grid = grid.Grid.load(write(config))
+    cells = the_grid.cells()
+    without = estimate.estimate(the_grid, cells)
+    config["throughput"]["cell_start_s"] = 30.0
+    started = grid.Grid.load(write(config))
+    with_start = estimate.estimate(started, started.cells())
+    for stage, (count, hours) in without["stages"].items():
+        assert with_start["stages"][stage] == (
+            count,
+            pytest.approx(hours + count * 30.0 / 3600),
+        )
+    assert with_start["total"] == pytest.approx(
+        without["total"] + len(cells) * 30.0 / 3600
+    )
+
+
 def test_estimate_needs_throughput(tiny, capsys):
     _, _, write = tiny
     assert sweep_main(write(), "--estimate") == 2

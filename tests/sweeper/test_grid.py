@@ -35,8 +35,15 @@ def test_presets_load(name):
     assert the_grid.name == name
     assert the_grid.config["phase2"]["dynamics"] == ["centered"]
     stages = {cell.stage for cell in the_grid.cells()}
-    # Robustness cells only where the preset has a [robustness] section.
-    unused = set() if the_grid.config["robustness"] else {"robustness"}
+    # Evaluation, robustness and feature cells only where the preset has
+    # the section (the stage of [evaluation]'s cells is eval).
+    sections = {"evaluation": "eval", "robustness": "robustness"}
+    sections["features"] = "features"
+    unused = {
+        stage
+        for section, stage in sections.items()
+        if not the_grid.config[section]
+    }
     assert stages == set(schema.STAGES) - unused
 
 
@@ -719,7 +726,7 @@ def test_output_root_of_another_sweep_refused(tiny, capsys):
 
 
 # --------------------------------------------------------------------------
-# Promises of sweep.py (README.md, "Promises of sweep.py")
+# Promises of sweep.py (docs/sweep.md, "Promises of sweep.py")
 # --------------------------------------------------------------------------
 
 REFERENCE = {

@@ -551,7 +551,7 @@ def test_claim_one_cell_gives_both_rules_labelled():
     assert like.startswith("**like with like**: supported: at t = 2, (a) ")
     assert (
         f"C s1 vs. A s0: {pair['distance']:.3f} vs. {pair['baseline']:.3f} "
-        f"(×{pair['ratio']:.1f})"
+        f"(×{pair['ratio']:.2f})"  # two decimals: 1.98 is not 2.0
     ) in like
     seed = like_one["same_start"][2]
     assert f"s2: {seed['distance']:.3f} vs. {seed['baseline']:.3f}" in like
@@ -570,7 +570,7 @@ def test_claim_one_cell_gives_both_rules_labelled():
 
 
 # --------------------------------------------------------------------------
-# Promises of sweep.py (README.md, "Promises of sweep.py")
+# Promises of sweep.py (docs/sweep.md, "Promises of sweep.py")
 # --------------------------------------------------------------------------
 
 
@@ -1157,3 +1157,19 @@ def test_item13_aggregate_takes_only_finished_analyses_and_respects_the_lock(
         for line in out["missing"]
     )
     assert set(pd.read_csv(results / "synth_kernels.csv")["seed"]) == {1}
+
+
+def test_the_committed_results_give_the_committed_report(tmp_path):
+    """docs/REPORT.md is generated from docs/results/*.csv and the presets'
+    configs, never by hand: regenerated from the committed CSVs with
+    today's attack registry, verdicts and columns, it reads word for word
+    as committed (its figure links aside: they are relative to where the
+    report is written). So the stored results read as they did before
+    the attacks had one registry (issue 31)."""
+    path = tmp_path / "REPORT.md"
+    text = report.write_report(report.COMMITTED_RESULTS, str(path))
+    shown = os.path.relpath(report.COMMITTED_RESULTS, tmp_path)
+    text = text.replace(f"]({shown}/", "](results/")
+    committed = os.path.join(grid.ROOT, "docs", "REPORT.md")
+    with open(committed, encoding="utf-8") as f:
+        assert text == f.read()

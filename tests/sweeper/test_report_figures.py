@@ -80,3 +80,10 @@ def test_accuracy_figure_per_dynamics(tmp_path):
     for path in paths:
         assert open(path, "rb").read()[:8] == PNG_SIGNATURE
     assert report_figures.plot_accuracy(rows.iloc[:0], str(tmp_path)) == []
+
+
+def test_t_ticks_read_fractions_of_an_epoch_as_fractions():
+    labels = [
+        report_figures._t_label(t) for t in (0, 0.125, 0.25, 0.375, 1, 2.5)
+    ]
+    assert labels == ["0", "1/8", "1/4", "0.375", "1", "2.5"]

@@ -443,3 +443,27 @@ def test_item3_budget_no_cell_can_run_refused_by_the_grid_check(
     )
     said = runners._error_line(tail.encode())
     assert said == "ValueError: 20 target classes but only 9 wrong ones"
+
+
+def test_grid_keys_named_after_the_registry_and_the_scripts():
+    """robustness.autoattack is the key of the attack of that name; the
+    keys that default to a script's default read it from its parser."""
+    import dataclasses
+
+    import attacks
+    from cli import eval_and_make_adv as eval_flags
+    from cli import run_exp as run_flags
+
+    keys = {f.name: f for f in dataclasses.fields(schema.Robustness)}
+    assert schema.AUTOATTACK == attacks.AUTOATTACK.name in keys
+    assert keys["curve_attack"].default == attacks.APGD_CE.name
+    run_parser, eval_parser = run_flags.parser(), eval_flags.parser()
+    defaults = {
+        (schema.Phase1, "state_every"): run_parser.get_default("state_every"),
+        (schema.Phase2, "lr"): run_parser.get_default("second_lr"),
+        (schema.Attack, "eps"): run_parser.get_default("eps"),
+        (schema.Evaluation, "pgd_iters"): eval_parser.get_default("pgd_iters"),
+    }
+    for (section, name), default in defaults.items():
+        field = {f.name: f for f in dataclasses.fields(section)}[name]
+        assert field.default == default, name

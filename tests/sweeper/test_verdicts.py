@@ -187,11 +187,11 @@ def test_like_with_like_names_where_the_kernels_are_farthest_apart():
 
 
 def test_like_with_like_rule_is_stated_verbatim():
-    """The rule as README and the report state it, word for word."""
+    """The rule as docs/sweep.md and the report state it, word for word."""
     words = " ".join(verdicts.LIKE_WITH_LIKE_RULE.split())
-    with open(os.path.join(grid.ROOT, "README.md")) as f:
-        readme = " ".join(f.read().split())
-    assert words in readme
+    with open(os.path.join(grid.ROOT, "docs", "sweep.md")) as f:
+        page = " ".join(f.read().split())
+    assert words in page
     assert words.startswith("Claim 1, like with like, holds when every ")
     assert "more than 2× a baseline" in words
 

@@ -1,7 +1,7 @@
 """training.adv_eval, eval_and_make_adv.py's library, part by part on an
 untrained MLP and records made here: the settings of the flags, what is
 evaluated, the warnings, the attack, the outputs and their refusals (the
-whole evaluation runs in test_eval_and_make_adv.py)."""
+whole evaluation runs in test_eval_and_make_adv_script.py)."""
 
 import dataclasses
 import os

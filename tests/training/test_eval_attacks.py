@@ -1,4 +1,4 @@
-"""eval_and_make_adv.py --attack: the parameter-free attacks of robust/ on
+"""eval_and_make_adv.py --attack: the parameter-free attacks of attacks/ on
 real checkpoints (a small trained MLP, and the ResNet-18 checkpoints of
 tests/fixtures/pre_packages) under every dynamics. AutoAttack's robust
 accuracy must not exceed PGD's on the same images, and its per-example
@@ -11,10 +11,10 @@ import shutil
 import numpy as np
 import pytest
 
+import attacks
 import cli
 import data
 import eval_and_make_adv
-import robust
 from helpers import ROOT
 from store import checkpoints
 
@@ -109,9 +109,9 @@ def check_consistent(record, results, labels):
     assert counts["robust"] / row["n"] == pytest.approx(row["acc_dirty"])
     assert counts["clean"] / row["n"] == pytest.approx(1 - row["acc_clean"])
     right = results["predictions_dirty"] == labels
-    assert np.array_equal(right, codes == robust.ROBUST)
+    assert np.array_equal(right, codes == attacks.ROBUST)
     wrong_clean = results["predictions_clean"] != labels
-    assert np.array_equal(wrong_clean, codes == robust.CODES["clean"])
+    assert np.array_equal(wrong_clean, codes == attacks.CLEAN)
 
 
 @pytest.mark.slow
@@ -146,7 +146,7 @@ def test_autoattack_is_at_most_pgd(
     assert aa_row["acc_clean"] == pgd_row["acc_clean"]
     assert aa_row["acc_dirty"] <= pgd_row["acc_dirty"]
     assert aa["attack"]["name"] == "autoattack"
-    assert aa["attack"]["attacks"] == list(robust.ATTACKS)
+    assert aa["attack"]["attacks"] == list(attacks.STANDARD)
     assert aa["attack"]["budget"]["apgd_iters"] == 20
     assert pgd["attack"]["name"] == "pgd" and "broken_by" not in pgd_row
     check_consistent(aa, results, subset_labels(root))

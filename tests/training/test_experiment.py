@@ -24,7 +24,7 @@ from store import atomic, layout, pickles, resume
 from training import experiment, train
 
 ARGS = run_exp.parse_args([])
-SETTINGS = experiment.RunSettings.from_args(ARGS)
+SETTINGS = run_exp.settings(ARGS)
 
 
 def args_with(**changes) -> argparse.Namespace:
@@ -32,23 +32,23 @@ def args_with(**changes) -> argparse.Namespace:
 
 
 def settings_with(**changes) -> experiment.RunSettings:
-    return experiment.RunSettings.from_args(args_with(**changes))
+    return run_exp.settings(args_with(**changes))
 
 
 def test_settings_keep_every_flag_as_parsed():
     args = args_with(brand_new=1, eval_attacks="linf,", loaders="AC")
-    settings = experiment.RunSettings.from_args(args)
+    settings = run_exp.settings(args)
     assert settings.flags == vars(args)
-    assert settings.run_flags == experiment.run_flags(args)
+    assert settings.run_flags == experiment.run_flags(vars(args))
     assert settings.attack_names == ["linf"]
     assert (settings.loaders, settings.progress) == ("AC", True)
 
 
 def test_run_flags_are_every_flag_but_the_few_that_change_nothing():
-    flags = experiment.run_flags(ARGS)
+    flags = experiment.run_flags(vars(ARGS))
     assert set(flags) == set(vars(ARGS)) - set(experiment.NON_RUN_FLAGS)
     # A flag added to the parser tomorrow is part of the run by default.
-    assert "brand_new" in experiment.run_flags(args_with(brand_new=1))
+    assert "brand_new" in experiment.run_flags(vars(args_with(brand_new=1)))
     for name in (
         "resume",
         "overwrite",
@@ -60,7 +60,9 @@ def test_run_flags_are_every_flag_but_the_few_that_change_nothing():
         assert name not in flags
     # A folder moved elsewhere, or data read from another copy, resumes.
     assert (
-        experiment.run_flags(args_with(save_path="/moved", data_path="/copy"))
+        experiment.run_flags(
+            vars(args_with(save_path="/moved", data_path="/copy"))
+        )
         == flags
     )
 
@@ -68,7 +70,7 @@ def test_run_flags_are_every_flag_but_the_few_that_change_nothing():
 def record(stage, **flag_changes):
     return resume.ResumeRecord(
         stage=stage,
-        flags=experiment.run_flags(args_with(**flag_changes)),
+        flags=experiment.run_flags(vars(args_with(**flag_changes))),
         results=experiment.results_template(SETTINGS),
     )
 
@@ -236,7 +238,7 @@ def test_resume_record_round_trip(tmp_path):
     position.metrics.loss_sum = 1.5
     saved = resume.ResumeRecord(
         stage="linear",
-        flags=experiment.run_flags(ARGS),
+        flags=experiment.run_flags(vars(ARGS)),
         results=experiment.results_template(SETTINGS),
         state=experiment._pack(state),
         position=position.as_record(),
