@@ -1,7 +1,8 @@
 """ntk.compute, calculate_kernel.py's work, called directly: a kernel
 written for an untrained MLP against J Jᵀ from jax.jacrev, and the checks
 that refuse colliding outputs before anything is loaded or created (the
-script's own flags and messages are tested in test_calculate_kernel_script.py)."""
+script's own flags and messages are tested in
+test_calculate_kernel_script.py)."""
 
 import os
 
