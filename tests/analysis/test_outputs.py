@@ -54,7 +54,7 @@ def test_csv_texts_are_the_tables_that_exist(analysis):
 
 def test_report_is_strict_json_with_every_kernel(analysis):
     args = analyze_kernels.parse_args(["a", "b", "--out_dir", "o"])
-    content = outputs.report(analysis, args)
+    content = outputs.report(analysis, vars(args))
     text = json.dumps(content, allow_nan=False)
     assert json.loads(text)["flags"]["out_dir"] == "o"
     assert [k["path"] for k in content["kernels"]] == ["a", "b"]

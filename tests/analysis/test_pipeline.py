@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import analyze_kernels
+import cli
 from analysis import pipeline
 from kernel_objects import direct_distance, psd, write_kernel_file
 from store import layout
@@ -20,7 +21,7 @@ def analyse(*argv):
         [*map(str, argv), "--top_k", "2", "--polar_k", "2", "--no_progress"]
     )
     analyze_kernels.check_flags(args)
-    pipeline.analyse(args)
+    pipeline.analyse(cli.settings(pipeline.AnalysisSettings, args))
 
 
 def test_a_series_analysed_by_its_formulas(tmp_path, capsys):

@@ -9,19 +9,20 @@ import os
 import numpy as np
 import pytest
 
-import eval_and_make_adv
+import attacks
 import models
 import utils
+from cli import eval_and_make_adv
 from helpers import write_untrained_checkpoint
 from store import checkpoints, layout
-from training import adv_eval, evaluation
+from training import adv_eval
 from utils import UserError
 
 
 def settings(*argv):
     """AdvEvalSettings of eval_and_make_adv.py's flags `argv`."""
     args = eval_and_make_adv.parse_args(["--model_path", "r/p.pkl", *argv])
-    return adv_eval.AdvEvalSettings.from_args(args)
+    return eval_and_make_adv.settings(args)
 
 
 def test_settings_are_the_flags_typed():
@@ -127,7 +128,7 @@ def test_the_attack_of_the_flags():
     assert record["name"] == "pgd"
     assert adv_eval.attack_record(None, settings()) is None
     free = adv_eval.attack_config(settings("--attack", "square"))
-    assert isinstance(free, evaluation.ParameterFree)
+    assert isinstance(free, attacks.ParameterFree)
     with pytest.raises(UserError, match="--no_adv runs no attack"):
         adv_eval.attack_config(settings("--no_adv", "--attack", "square"))
 
