@@ -262,15 +262,142 @@ def with_canonical_input_gradients(fn: Callable) -> Callable:
     return wrapped
 
 
+# Batch norm in training mode with a shorter derivative, on the CPU.
+#
+# Haiku's batch norm takes the batch's mean μ = mean(x) and variance
+# σ² = mean(x²) − μ² over all axes but the channels'. JAX differentiates
+# that formula as written, and its transpose costs XLA's CPU backend more
+# passes over the activations (reductions lowered as reduce-window trees,
+# recomputed elementwise chains) than the textbook derivative.
+# `batch_norm_train` computes the same outputs with a custom JVP in the
+# normalised input x̂ = (x − μ)·r, r = rsqrt(σ² + eps), inv = scale·r:
+#
+#   ẏ = inv·ẋ + (offset' − inv·mean(ẋ)) + x̂·(scale' − inv·mean(x̂·ẋ))
+#
+# (μ' = mean(ẋ), σ²' = 2·mean(x̂·ẋ)/r): two reductions forward, and two in
+# its transpose (Σȳ and Σx̂·ȳ, each shared by a parameter's gradient and
+# the input's). The numbers differ from Haiku's by float32 rounding. It is
+# a custom JVP, not a VJP, so forward mode (phase 2's linearization in
+# training mode) and vmap keep working. A fwd+bwd pass of a width-16
+# ResNet-18 in training mode runs about 5 % faster with it on the CPU
+# (BENCHMARKS.md); on GPUs nothing changes.
+
+
+def _batch_statistics(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Haiku's (mean, variance) of `x` (..., C) over all axes but the
+    last, each shaped (1, ..., 1, C)."""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes, keepdims=True)
+    mean_of_squares = jnp.mean(jnp.square(x), axes, keepdims=True)
+    return mean, mean_of_squares - jnp.square(mean)
+
+
+def _inverse_std(var: jax.Array, eps: float) -> jax.Array:
+    return jax.lax.rsqrt(var + jax.lax.convert_element_type(eps, var.dtype))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def batch_norm_train(
+    x: jax.Array, scale: jax.Array, offset: jax.Array, eps: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """hk.BatchNorm's training-mode output (x − μ)·scale·r + offset of
+    `x` (..., C), with `scale` and `offset` (1, ..., 1, C), and the batch's
+    (mean, variance), (1, ..., 1, C), for the running averages; derivative
+    rules as in the notes above."""
+    mean, var = _batch_statistics(x)
+    return (x - mean) * (scale * _inverse_std(var, eps)) + offset, mean, var
+
+
+def _batch_norm_train_jvp(
+    eps: float,
+    primals: tuple[jax.Array, jax.Array, jax.Array],
+    tangents: tuple[jax.Array, jax.Array, jax.Array],
+) -> tuple[tuple, tuple]:
+    x, scale, offset = primals
+    x_dot, scale_dot, offset_dot = tangents
+    mean, var = _batch_statistics(x)
+    rstd = _inverse_std(var, eps)
+    inv = scale * rstd
+    out = (x - mean) * inv + offset
+    x_hat = (x - mean) * rstd
+    axes = tuple(range(x.ndim - 1))
+    mean_dot = jnp.mean(x_dot, axes, keepdims=True)
+    moment_dot = jnp.mean(x_hat * x_dot, axes, keepdims=True)
+    out_dot = (
+        inv * x_dot
+        + (offset_dot - inv * mean_dot)
+        + x_hat * (scale_dot - inv * moment_dot)
+    )
+    return (out, mean, var), (out_dot, mean_dot, 2 * moment_dot / rstd)
+
+
+batch_norm_train.defjvp(_batch_norm_train_jvp)
+
+
+def _is_plain_batch_norm(module: hk.Module, args: tuple) -> bool:
+    """Whether `module(*args)` is an hk.BatchNorm call in training mode
+    that batch_norm_train can stand in for: its own scale and offset,
+    channels last, statistics over all other axes of this device's batch."""
+    inputs = args[0] if args else None
+    return (
+        type(module) is hk.BatchNorm
+        and 2 <= len(args) <= 3
+        and args[1] is True
+        and (len(args) < 3 or args[2] is False)  # test_local_stats
+        and getattr(inputs, "ndim", 0) >= 2
+        and module.create_scale
+        and module.create_offset
+        and module.channel_index in (-1, inputs.ndim - 1)
+        and module.axis is None
+        and module.cross_replica_axis is None
+    )
+
+
+def _batch_norm_interceptor(
+    next_fun: Callable, args: tuple, kwargs: dict, context: Any
+) -> Any:
+    """Haiku method interceptor: BatchNorm calls in training mode (outside
+    `init`) through batch_norm_train, with the module's own parameters and
+    running averages; everything else untouched."""
+    if (
+        context.method_name != "__call__"
+        or kwargs
+        or hk.running_init()
+        or not _is_plain_batch_norm(context.module, args)
+    ):
+        return next_fun(*args, **kwargs)
+    module, inputs = context.module, args[0]
+    shape = (1,) * (inputs.ndim - 1) + inputs.shape[-1:]
+    scale = hk.get_parameter("scale", shape, inputs.dtype, module.scale_init)
+    offset = hk.get_parameter(
+        "offset", shape, inputs.dtype, module.offset_init
+    )
+    out, mean, var = batch_norm_train(inputs, scale, offset, module.eps)
+    module.mean_ema(mean)
+    module.var_ema(var)
+    return out
+
+
+def shorter_batch_norm_derivatives() -> bool:
+    """Whether models traced now run batch norm in training mode through
+    `batch_norm_train`: on the CPU, where it was measured to help."""
+    return jax.default_backend() == "cpu"
+
+
 def _intercepted(forward: Callable) -> Callable:
     """`forward` with its convolutions through canonical_conv while
-    `canonical_input_gradients` is on."""
+    `canonical_input_gradients` is on, and its batch norms in training
+    mode through batch_norm_train on the CPU."""
 
     @functools.wraps(forward)
     def run(images: jax.Array, is_training: bool) -> jax.Array:
-        if not _CANONICAL_CONVS.get():
-            return forward(images, is_training)
-        with hk.intercept_methods(_conv_interceptor):
+        with contextlib.ExitStack() as stack:
+            if _CANONICAL_CONVS.get():
+                stack.enter_context(hk.intercept_methods(_conv_interceptor))
+            if is_training is True and shorter_batch_norm_derivatives():
+                stack.enter_context(
+                    hk.intercept_methods(_batch_norm_interceptor)
+                )
             return forward(images, is_training)
 
     return run

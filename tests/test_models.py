@@ -516,3 +516,99 @@ def test_attack_loops_keep_convolutions_canonical_on_the_cpu(tiny_resnet):
     # are in the loop body (the slowness this fixes).
     labels, naive = _loop_convolutions(model, params, state, images, False)
     assert labels != {"b01f_01io->b01f"}
+
+
+# models.batch_norm_train: hk.BatchNorm's training-mode numbers, with a
+# shorter derivative; the ResNet runs through it on the CPU.
+
+
+def _haiku_batch_norm(x, scale, offset, eps):
+    """hk.BatchNorm's training-mode formula, differentiated by JAX."""
+    mean = jnp.mean(x, (0, 1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(x), (0, 1, 2), keepdims=True) - jnp.square(mean)
+    out = (x - mean) * (scale * jax.lax.rsqrt(var + eps)) + offset
+    return out, mean, var
+
+
+def test_batch_norm_train_has_haikus_values_and_derivatives():
+    keys = jax.random.split(jax.random.PRNGKey(0), 6)
+    # Channels with an offset mean and unequal spreads, as after a conv.
+    x = 2.0 + jax.random.normal(keys[0], (4, 5, 5, 3)) * jnp.array([1, 3, 0.5])
+    scale = 1.0 + 0.1 * jax.random.normal(keys[1], (1, 1, 1, 3))
+    offset = 0.1 * jax.random.normal(keys[2], (1, 1, 1, 3))
+    tangents = (
+        jax.random.normal(keys[3], x.shape),
+        jax.random.normal(keys[4], scale.shape),
+        jax.random.normal(keys[5], offset.shape),
+    )
+
+    def derivatives(bn):
+        f = lambda *a: bn(*a, 1e-5)
+        primals = (x, scale, offset)
+        outs = f(*primals)
+        _, pullback = jax.vjp(lambda *a: f(*a)[0], *primals)
+        _, tangent = jax.jvp(f, primals, tangents)
+        # Reverse over forward mode (phase 2's training in training mode).
+        mixed = jax.grad(
+            lambda *a: jnp.sum(jnp.sin(jax.jvp(f, a, tangents)[1][0])),
+            argnums=(0, 1, 2),
+        )(*primals)
+        return (*outs, *pullback(jnp.cos(outs[0])), *tangent, *mixed)
+
+    got = derivatives(models.batch_norm_train)
+    want = derivatives(_haiku_batch_norm)
+    for g, w_ in zip(got, want, strict=True):
+        assert g.shape == w_.shape
+        assert_close(g, w_)
+
+
+def test_shorter_batch_norm_derivatives_change_no_number_of_the_network(
+    tiny_resnet, monkeypatch
+):
+    """Training-mode logits, new state, parameter gradient and a forward-
+    mode tangent of the ResNet with and without batch_norm_train: equal to
+    float32 tolerance; names and shapes of parameters and state unchanged;
+    eval mode untouched (the same program)."""
+    model, params, state, images = tiny_resnet
+    direction = perturbation(params, 5)
+
+    def outputs():
+        def loss(p):
+            logits, new_state = model.apply(p, state, None, images, True)
+            return jnp.sum(jnp.sin(logits)), (logits, new_state)
+
+        (_, (logits, new_state)), grads = jax.value_and_grad(
+            loss, has_aux=True
+        )(params)
+        _, tangent = jax.jvp(
+            lambda p: model.apply(p, state, None, images, True)[0],
+            (params,),
+            (direction,),
+        )
+        return logits, new_state, grads, tangent
+
+    def eval_text():
+        return (
+            jax.jit(lambda p: model.apply(p, state, None, images, False)[0])
+            .lower(params)
+            .as_text()
+        )
+
+    monkeypatch.setattr(models, "shorter_batch_norm_derivatives", lambda: True)
+    got_all, got_eval = jax.jit(outputs)(), eval_text()
+    monkeypatch.setattr(
+        models, "shorter_batch_norm_derivatives", lambda: False
+    )
+    want_all, want_eval = jax.jit(outputs)(), eval_text()
+    assert got_eval == want_eval
+    for got, want in zip(got_all, want_all, strict=True):
+        assert jax.tree_util.tree_structure(got) == (
+            jax.tree_util.tree_structure(want)
+        )
+        for g, w_ in zip(
+            jax.tree_util.tree_leaves(got),
+            jax.tree_util.tree_leaves(want),
+            strict=True,
+        ):
+            assert g.shape == w_.shape
+            assert_close(g, w_)

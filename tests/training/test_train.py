@@ -94,7 +94,6 @@ def steps_for(dynamics=models.STANDARD, bn=True, adv_bn=None, lr=0.1):
     )
 
 
-@pytest.mark.medium
 def test_clean_steps_are_sgd_with_momentum(start):
     params, state = start
     steps = steps_for()
@@ -456,16 +455,10 @@ def _conv_forward(images, is_training):
 CONV_MODEL = hk.transform_with_state(models._intercepted(_conv_forward))
 
 
-@pytest.mark.medium
-@pytest.mark.parametrize("phase", ["phase1", "phase2c"])
-def test_adversarial_steps_with_canonical_convolutions_match_plain_ones(
-    phase, monkeypatch
-):
-    """Three adversarial steps of a small convolutional network through
-    train's own steps, with the attack's convolutions in the canonical
-    layout (what the attacks do) and plain (the code before them,
-    attacks.differentiable as the identity): losses and parameters match
-    to float32 tolerance."""
+def _three_adversarial_steps(phase, bn):
+    """A function running three adversarial steps of CONV_MODEL through
+    train's own steps (phase 1, or centered phase 2 from its start), batch
+    norm in training mode or not: (losses, final params)."""
     model = CONV_MODEL
     shape = (12, 12, 1)
     params, net_state = models.init_model(model, 0, shape)
@@ -482,10 +475,10 @@ def test_adversarial_steps_with_canonical_convolutions_match_plain_ones(
         for _ in range(3)
     ]
     if phase == "phase1":
-        dynamics, bn, params0 = models.STANDARD, True, None
+        dynamics, params0 = models.STANDARD, None
         schedule = train.constant_schedule(0.1)
     else:
-        dynamics, bn, params0 = models.Dynamics(True, True), False, params
+        dynamics, params0 = models.Dynamics(True, True), params
         schedule = train.constant_schedule(0.01)
 
     def three_steps():
@@ -501,13 +494,51 @@ def test_adversarial_steps_with_canonical_convolutions_match_plain_ones(
             losses.append(metrics.loss)
         return losses, state.params
 
-    canonical = three_steps()
-    monkeypatch.setattr(attacks, "differentiable", lambda fn: fn)
-    plain = three_steps()
-    assert_close(canonical[0], plain[0])
-    for got, want in zip(
-        jax.tree_util.tree_leaves(canonical[1]),
-        jax.tree_util.tree_leaves(plain[1]),
+    return three_steps
+
+
+def _assert_same_steps(got, want):
+    assert_close(got[0], want[0])
+    for g, w in zip(
+        jax.tree_util.tree_leaves(got[1]),
+        jax.tree_util.tree_leaves(want[1]),
         strict=True,
     ):
-        assert_close(got, want)
+        assert_close(g, w)
+
+
+@pytest.mark.medium
+@pytest.mark.parametrize("phase,bn", [("phase1", True), ("phase2c", False)])
+def test_adversarial_steps_with_canonical_convolutions_match_plain_ones(
+    phase, bn, monkeypatch
+):
+    """Three adversarial steps of a small convolutional network through
+    train's own steps, with the attack's convolutions in the canonical
+    layout (what the attacks do) and plain (the code before them,
+    attacks.differentiable as the identity): losses and parameters match
+    to float32 tolerance."""
+    three_steps = _three_adversarial_steps(phase, bn)
+    canonical = three_steps()
+    monkeypatch.setattr(attacks, "differentiable", lambda fn: fn)
+    _assert_same_steps(canonical, three_steps())
+
+
+@pytest.mark.medium
+@pytest.mark.parametrize(
+    "phase,bn", [("phase1", True), ("phase2c", True), ("phase2c", False)]
+)
+def test_adversarial_steps_with_shorter_batch_norm_derivatives_match(
+    phase, bn, monkeypatch
+):
+    """The same three adversarial steps with batch norm in training mode
+    through models.batch_norm_train (the CPU's default) and through
+    Haiku's own (phase 2 in training mode is --loose_bn_second's clean
+    update: a JVP through batch norm, then its gradient): losses and
+    parameters match to float32 tolerance."""
+    three_steps = _three_adversarial_steps(phase, bn)
+    monkeypatch.setattr(models, "shorter_batch_norm_derivatives", lambda: True)
+    shorter = three_steps()
+    monkeypatch.setattr(
+        models, "shorter_batch_norm_derivatives", lambda: False
+    )
+    _assert_same_steps(shorter, three_steps())
