@@ -94,6 +94,7 @@ def steps_for(dynamics=models.STANDARD, bn=True, adv_bn=None, lr=0.1):
     )
 
 
+@pytest.mark.medium
 def test_clean_steps_are_sgd_with_momentum(start):
     params, state = start
     steps = steps_for()
