@@ -562,6 +562,7 @@ def test_batch_norm_train_has_haikus_values_and_derivatives():
         assert_close(g, w_)
 
 
+@pytest.mark.medium
 def test_shorter_batch_norm_derivatives_change_no_number_of_the_network(
     tiny_resnet, monkeypatch
 ):
