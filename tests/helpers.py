@@ -27,18 +27,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # both readers and that they agree) without importing torch (3 to 4 s) in
 # each process.
 os.environ.setdefault("NTK_NUMPY_READERS", "1")
-# The tests' programs are small: compiling is most of their time, and LLVM's
-# optimisation of the CPU code most of compiling. The same HLO, without
-# LLVM's expensive passes: a cold suite's compile-heavy files a third
-# faster (docs/testing.md). XLA_FLAGS that set the level already win.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = " ".join(
-        [
-            os.environ.get("XLA_FLAGS", ""),
-            "--xla_backend_optimization_level=0",
-            "--xla_llvm_disable_expensive_passes=true",
-        ]
-    ).strip()
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
