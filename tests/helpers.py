@@ -138,6 +138,17 @@ def load_pickle(path):
         return pickle.load(file)
 
 
+def assert_original_defaults(args, defaults: dict) -> None:
+    """The parsed flags `args` hold the original's `defaults` (SPEC), and
+    --model and --dataset, None (a checkpoint's own), resolve to the
+    original's resnet18 on cifar10."""
+    assert {k: getattr(args, k) for k in defaults} == defaults
+    spec = models.resolve_spec(
+        {}, model=args.model, width=args.width, dataset=args.dataset
+    )
+    assert (spec.model, spec.dataset) == ("resnet18", "cifar10")
+
+
 def assert_one_line_error(stderr: str, *named: str) -> None:
     """stderr is one `error: ...` line, without a traceback, naming each
     string of `named`."""

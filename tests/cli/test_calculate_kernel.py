@@ -4,8 +4,8 @@ KernelSettings it makes for ntk.compute."""
 
 import pytest
 
-import models
 from cli import calculate_kernel
+from helpers import assert_original_defaults
 from ntk import compute
 from utils import UserError
 
@@ -21,15 +21,7 @@ ORIGINAL_DEFAULTS = {
 
 def test_the_original_flags_and_defaults():
     args = calculate_kernel.parse_args(["--model_path", "a"])
-    assert {k: getattr(args, k) for k in ORIGINAL_DEFAULTS} == (
-        ORIGINAL_DEFAULTS
-    )
-    # --model and --dataset default to None: a checkpoint's own, else the
-    # original's resnet18 on cifar10.
-    spec = models.resolve_spec(
-        {}, model=args.model, width=args.width, dataset=args.dataset
-    )
-    assert (spec.model, spec.dataset) == ("resnet18", "cifar10")
+    assert_original_defaults(args, ORIGINAL_DEFAULTS)
 
 
 @pytest.mark.parametrize(

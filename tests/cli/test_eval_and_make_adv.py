@@ -4,8 +4,8 @@ file-name parts checked at parse time, and the AdvEvalSettings it makes."""
 
 import pytest
 
-import models
 from cli import eval_and_make_adv
+from helpers import assert_original_defaults
 from training import adv_eval
 from utils import UserError
 
@@ -25,15 +25,7 @@ ORIGINAL_DEFAULTS = {
 
 def test_the_original_flags_and_defaults():
     args = eval_and_make_adv.parse_args(["--model_path", "m"])
-    assert {k: getattr(args, k) for k in ORIGINAL_DEFAULTS} == (
-        ORIGINAL_DEFAULTS
-    )
-    # --model and --dataset default to None: a checkpoint's own, else the
-    # original's resnet18 on cifar10.
-    spec = models.resolve_spec(
-        {}, model=args.model, width=args.width, dataset=args.dataset
-    )
-    assert (spec.model, spec.dataset) == ("resnet18", "cifar10")
+    assert_original_defaults(args, ORIGINAL_DEFAULTS)
 
 
 def test_model_path_is_required():

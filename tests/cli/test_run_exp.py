@@ -5,8 +5,8 @@ makes for training.experiment."""
 import pytest
 
 import attacks
-import models
 from cli import run_exp
+from helpers import assert_original_defaults
 from training import experiment
 from utils import UserError
 
@@ -30,15 +30,7 @@ ORIGINAL_DEFAULTS = {
 
 def test_the_original_flags_and_defaults():
     args = run_exp.parse_args([])
-    assert {k: getattr(args, k) for k in ORIGINAL_DEFAULTS} == (
-        ORIGINAL_DEFAULTS
-    )
-    # --model and --dataset default to None: a checkpoint's own, else the
-    # original's resnet18 on cifar10.
-    spec = models.resolve_spec(
-        {}, model=args.model, width=args.width, dataset=args.dataset
-    )
-    assert (spec.model, spec.dataset) == ("resnet18", "cifar10")
+    assert_original_defaults(args, ORIGINAL_DEFAULTS)
     assert run_exp.parser().get_default("train_pgd_iters") == (
         attacks.TRAIN_ITERS
     )
