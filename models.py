@@ -296,6 +296,16 @@ def _inverse_std(var: jax.Array, eps: float) -> jax.Array:
     return jax.lax.rsqrt(var + jax.lax.convert_element_type(eps, var.dtype))
 
 
+def _normalised(
+    x: jax.Array, scale: jax.Array, offset: jax.Array, eps: float
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """(x − μ)·(scale·r) + offset, μ, σ² and r = rsqrt(σ² + eps): the
+    primal of batch_norm_train, which its JVP rule computes too."""
+    mean, var = _batch_statistics(x)
+    rstd = _inverse_std(var, eps)
+    return (x - mean) * (scale * rstd) + offset, mean, var, rstd
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
 def batch_norm_train(
     x: jax.Array, scale: jax.Array, offset: jax.Array, eps: float
@@ -304,8 +314,8 @@ def batch_norm_train(
     `x` (..., C), with `scale` and `offset` (1, ..., 1, C), and the batch's
     (mean, variance), (1, ..., 1, C), for the running averages; derivative
     rules as in the notes above."""
-    mean, var = _batch_statistics(x)
-    return (x - mean) * (scale * _inverse_std(var, eps)) + offset, mean, var
+    out, mean, var, _ = _normalised(x, scale, offset, eps)
+    return out, mean, var
 
 
 def _batch_norm_train_jvp(
@@ -315,10 +325,8 @@ def _batch_norm_train_jvp(
 ) -> tuple[tuple, tuple]:
     x, scale, offset = primals
     x_dot, scale_dot, offset_dot = tangents
-    mean, var = _batch_statistics(x)
-    rstd = _inverse_std(var, eps)
+    out, mean, var, rstd = _normalised(x, scale, offset, eps)
     inv = scale * rstd
-    out = (x - mean) * inv + offset
     x_hat = (x - mean) * rstd
     axes = tuple(range(x.ndim - 1))
     mean_dot = jnp.mean(x_dot, axes, keepdims=True)

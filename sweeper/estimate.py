@@ -48,8 +48,7 @@ def cell_seconds(grid: Grid, cell: Cell) -> float:
     """Estimated device seconds of `cell` from the config's [throughput]:
     its work at the measured rates (work_seconds) and its start-up
     (`cell_start_s`, each cell a new process)."""
-    start = grid.config["throughput"].get("cell_start_s", 0.0)
-    return work_seconds(grid, cell) + start
+    return work_seconds(grid, cell) + grid.config["throughput"]["cell_start_s"]
 
 
 def work_seconds(grid: Grid, cell: Cell) -> float:
