@@ -148,29 +148,29 @@ def figures(
     series = analysis.series_table
     table = analysis.kernel_table
     drawn = {
-        "distance_heatmap.png": kernel_figures.distance_heatmaps(
+        layout.DISTANCE_HEATMAP_PNG: kernel_figures.distance_heatmaps(
             analysis.heatmaps
         )
     }
     if len(series):
-        drawn["overview.png"] = kernel_figures.overview(
+        drawn[layout.OVERVIEW_PNG] = kernel_figures.overview(
             series, table, analysis.compare, *run_names(compare)
         )
-        drawn["velocity.png"] = kernel_figures.velocity(series)
-        drawn["polar.png"] = kernel_figures.polar(series, polar_k)
-    drawn["eigenvalue_decay.png"] = kernel_figures.eigenvalue_decay(
+        drawn[layout.VELOCITY_PNG] = kernel_figures.velocity(series)
+        drawn[layout.POLAR_PNG] = kernel_figures.polar(series, polar_k)
+    drawn[layout.EIGENVALUE_DECAY_PNG] = kernel_figures.eigenvalue_decay(
         tables.decay_curves(analysis)
     )
     if table["epoch"].notna().any():
-        drawn["alignment.png"] = kernel_figures.alignment(table)
+        drawn[layout.ALIGNMENT_PNG] = kernel_figures.alignment(table)
     if "kernel_regression_accuracy" in table and len(
         table.dropna(subset=["epoch", "kernel_regression_accuracy"])
     ):
-        drawn["kernel_regression.png"] = kernel_figures.regression_accuracy(
-            table
+        drawn[layout.KERNEL_REGRESSION_PNG] = (
+            kernel_figures.regression_accuracy(table)
         )
     if analysis.compare is not None:
-        drawn["compare.png"] = kernel_figures.compare(
+        drawn[layout.COMPARE_PNG] = kernel_figures.compare(
             analysis.compare, *run_names(compare)
         )
     return drawn
@@ -181,15 +181,15 @@ def figures(
 # --------------------------------------------------------------------------
 
 
-def _remove_marker(marker: str) -> None:
-    """Removes the previous analysis.json, if any."""
+def _remove_previous(path: str) -> None:
+    """Removes an output of the previous analysis, if it is there."""
     try:
-        os.remove(marker)
+        os.remove(path)
     except FileNotFoundError:
         pass
     except OSError as err:
         raise UserError(
-            f"cannot replace {marker}: {err.strerror or err}; fix its "
+            f"cannot replace {path}: {err.strerror or err}; fix its "
             "permissions or choose another --out_dir"
         ) from None
 
@@ -201,19 +201,27 @@ def write(
     pngs: Mapping[str, bytes],
 ) -> list[str]:
     """Writes the outputs so that the folder counts as finished only when
-    every one of them is there: the previous analysis.json first removed,
-    then the figures `pngs`, the other tables `texts`, the tables a sweep
-    checks, and analysis.json (`content`) last. A write that fails (a full
-    disk) leaves no analysis.json, so the sweep runs the analysis again.
-    Returns the names written, in the order of the message that lists
-    them."""
+    every one of them is there, and holds only this analysis's: under the
+    folder's lock (atomic.FolderLock: a second analysis writing there at
+    the same time is refused), the previous analysis.json first removed,
+    then the tables and figures of an earlier analysis that this one does
+    not write (a compare.csv of an earlier --compare), then the figures
+    `pngs`, the other tables `texts`, the tables a sweep checks, and
+    analysis.json (`content`) last. Other files in the folder are left as
+    they are. A write that fails (a full disk) leaves no analysis.json, so
+    the sweep runs the analysis again. Returns the names written, in the
+    order of the message that lists them."""
     atomic.ensure_writable_dir(out_dir)
-    marker = os.path.join(out_dir, layout.ANALYSIS_MARKER)
-    _remove_marker(marker)
-    for name, png in pngs.items():
-        atomic.atomic_write_bytes(os.path.join(out_dir, name), png)
-    order = sorted(texts, key=lambda name: name in CHECKED_TABLES)
-    for name in order:
-        atomic.atomic_write_text(os.path.join(out_dir, name), texts[name])
-    atomic.atomic_write_json(marker, content)
+    with atomic.FolderLock(out_dir, "--out_dir"):
+        marker = os.path.join(out_dir, layout.ANALYSIS_MARKER)
+        _remove_previous(marker)
+        for name in (*layout.ANALYSIS_TABLES, *layout.ANALYSIS_FIGURES):
+            if name not in texts and name not in pngs:
+                _remove_previous(os.path.join(out_dir, name))
+        for name, png in pngs.items():
+            atomic.atomic_write_bytes(os.path.join(out_dir, name), png)
+        order = sorted(texts, key=lambda name: name in CHECKED_TABLES)
+        for name in order:
+            atomic.atomic_write_text(os.path.join(out_dir, name), texts[name])
+        atomic.atomic_write_json(marker, content)
     return [*pngs, *texts, layout.ANALYSIS_MARKER]

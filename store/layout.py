@@ -183,6 +183,32 @@ SERIES_CSV = "series.csv"
 REPLICATES_CSV = "replicates.csv"
 COMPARE_CSV = "compare.csv"  # with --compare
 ANALYSIS_MARKER = "analysis.json"  # written last: the analysis is complete
+ANALYSIS_TABLES = (
+    KERNELS_CSV,
+    PAIRWISE_CSV,
+    SERIES_CSV,
+    REPLICATES_CSV,
+    COMPARE_CSV,
+)
+# The figures (analysis/outputs.py draws those that have data).
+DISTANCE_HEATMAP_PNG = "distance_heatmap.png"
+OVERVIEW_PNG = "overview.png"
+VELOCITY_PNG = "velocity.png"
+POLAR_PNG = "polar.png"
+EIGENVALUE_DECAY_PNG = "eigenvalue_decay.png"
+ALIGNMENT_PNG = "alignment.png"
+KERNEL_REGRESSION_PNG = "kernel_regression.png"
+COMPARE_PNG = "compare.png"  # with --compare
+ANALYSIS_FIGURES = (
+    DISTANCE_HEATMAP_PNG,
+    OVERVIEW_PNG,
+    VELOCITY_PNG,
+    POLAR_PNG,
+    EIGENVALUE_DECAY_PNG,
+    ALIGNMENT_PNG,
+    KERNEL_REGRESSION_PNG,
+    COMPARE_PNG,
+)
 
 # --------------------------------------------------------------------------
 # A sweep's output root (sweep.py)

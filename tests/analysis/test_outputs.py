@@ -13,7 +13,7 @@ import pytest
 import analyze_kernels
 from analysis import outputs
 from kernel_objects import small_analysis
-from store import layout
+from store import atomic, layout
 from utils import UserError
 
 
@@ -92,3 +92,50 @@ def test_a_failed_write_leaves_no_marker(tmp_path):
     with pytest.raises(UserError, match="f.png"):
         outputs.write(str(out), {}, {"new": True}, {"f.png": b"png"})
     assert not (out / layout.ANALYSIS_MARKER).exists()
+
+
+def test_write_removes_an_earlier_analysiss_outputs_and_nothing_else(
+    tmp_path,
+):
+    out = tmp_path / "out"
+    earlier = {layout.KERNELS_CSV: "old\n", layout.COMPARE_CSV: "old\n"}
+    outputs.write(
+        str(out), earlier, {"old": True}, {layout.COMPARE_PNG: b"old"}
+    )
+    (out / "notes.txt").write_text("mine")
+    (out / "compare_by_hand.png").write_bytes(b"mine")
+    written = outputs.write(
+        str(out),
+        {layout.KERNELS_CSV: "new\n"},
+        {"new": True},
+        {layout.POLAR_PNG: b"new"},
+    )
+    assert sorted(os.listdir(out)) == sorted(
+        [*written, "notes.txt", "compare_by_hand.png"]
+    )
+    assert (out / layout.KERNELS_CSV).read_text() == "new\n"
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_write_is_refused_while_another_run_writes_there(tmp_path):
+    out = tmp_path / "out"
+    outputs.write(str(out), {layout.KERNELS_CSV: "old\n"}, {"old": 1}, {})
+    with atomic.FolderLock(str(out), "--out_dir"):
+        with pytest.raises(
+            UserError, match="in use by another run.*--out_dir"
+        ):
+            outputs.write(
+                str(out), {layout.KERNELS_CSV: "new\n"}, {"new": 1}, {}
+            )
+        # nothing of the earlier analysis was touched
+        assert (out / layout.KERNELS_CSV).read_text() == "old\n"
+        assert json.loads((out / layout.ANALYSIS_MARKER).read_text()) == {
+            "old": 1
+        }
+    assert not (out / atomic.FolderLock.NAME).exists()
+
+
+def test_every_figure_drawn_has_a_name_in_layout(analysis):
+    drawn = outputs.figures(analysis, None, 2)
+    assert drawn and set(drawn) <= set(layout.ANALYSIS_FIGURES)
+    assert set(outputs.csv_texts(analysis)) <= set(layout.ANALYSIS_TABLES)
