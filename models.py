@@ -509,10 +509,18 @@ def get_model(
     `width` is the first ResNet stage's channel count (64 in the paper); the
     MLPs ignore it.
     """
+    return hk.transform_with_state(forward_function(name, n_classes, width))
+
+
+def forward_function(
+    name: str, n_classes: int, width: int | None = DEFAULT_WIDTH
+) -> Callable:
+    """The Haiku forward function `(images, is_training) -> logits` of
+    model `name` that get_model transforms (its convolutions and batch
+    norms wired as `_intercepted` says), for code that wraps it further."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {list(MODELS)}")
-    forward = _intercepted(MODELS[name].forward(n_classes, width))
-    return hk.transform_with_state(forward)
+    return _intercepted(MODELS[name].forward(n_classes, width))
 
 
 def init_model(

@@ -351,9 +351,9 @@ def torch_convs_step(setup, args):
     import torch_convs
 
     torch.set_num_threads(os.cpu_count())
-    # models' own wrapping (batch_norm_train on the CPU) under ours
-    forward = models._intercepted(
-        models.MODELS["resnet18"].forward(bench_epochs.N_CLASSES, args.width)
+    # get_model's forward (batch_norm_train on the CPU) under ours
+    forward = models.forward_function(
+        "resnet18", bench_epochs.N_CLASSES, args.width
     )
     model = hk.transform_with_state(torch_convs.torch_conv_forward(forward))
     wired = bench_epochs.wire(

@@ -3,6 +3,7 @@ references."""
 
 import re
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,6 +72,33 @@ def test_mlp_parameter_count(name, hidden):
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown model"):
         models.get_model("vgg", 10)
+    with pytest.raises(ValueError, match="unknown model"):
+        models.forward_function("vgg", 10)
+
+
+def test_forward_function_is_what_get_model_transforms():
+    """Transformed again, forward_function gives get_model's parameters
+    and, in training mode (batch_norm_train on the CPU), its outputs."""
+    model = models.get_model("resnet18", 10, width=2)
+    again = hk.transform_with_state(
+        models.forward_function("resnet18", 10, width=2)
+    )
+    params, state = models.init_model(model, 0, IMAGE_SHAPE)
+    params_again, _ = models.init_model(again, 0, IMAGE_SHAPE)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, params_again
+    )
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, *IMAGE_SHAPE))
+    for training in (True, False):
+        out, new_state = model.apply(params, state, None, x, training)
+        out_again, state_again = again.apply(params, state, None, x, training)
+        np.testing.assert_array_equal(out, out_again)
+        for a, b in zip(
+            jax.tree.leaves(new_state),
+            jax.tree.leaves(state_again),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.fixture(scope="module")
