@@ -76,6 +76,7 @@ def test_unknown_model_is_refused():
         models.forward_function("vgg", 10)
 
 
+@pytest.mark.medium
 def test_forward_function_is_what_get_model_transforms():
     """Transformed again, forward_function gives get_model's parameters
     and, in training mode (batch_norm_train on the CPU), its outputs."""
