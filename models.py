@@ -210,12 +210,12 @@ def _is_plain_conv2d(module: hk.Module, inputs: Any) -> bool:
     )
 
 
-def _conv_interceptor(
-    next_fun: Callable, args: tuple, kwargs: dict, context: Any
-) -> Any:
-    """Haiku method interceptor: plain Conv2D calls (outside `init`, which
-    creates the parameters Haiku's way) through canonical_conv, with the
-    module's own parameter `w`; everything else untouched."""
+def plain_conv2d_call(args: tuple, kwargs: dict, context: Any) -> tuple | None:
+    """For a Haiku method interceptor: (images, kernel, strides, padding)
+    of a plain Conv2D call (`_is_plain_conv2d`, outside `init`, which
+    creates the parameters Haiku's way), the kernel the module's own
+    parameter `w` and the padding explicit ((low, high) per spatial
+    dimension); None for any other call."""
     inputs = args[0] if args else None
     if (
         context.method_name != "__call__"
@@ -224,7 +224,7 @@ def _conv_interceptor(
         or hk.running_init()
         or not _is_plain_conv2d(context.module, inputs)
     ):
-        return next_fun(*args, **kwargs)
+        return None
     module = context.module
     w_shape = (*module.kernel_shape, inputs.shape[-1], module.output_channels)
     w = hk.get_parameter("w", w_shape, inputs.dtype)
@@ -234,7 +234,18 @@ def _conv_interceptor(
             inputs.shape[1:3], module.kernel_shape, module.stride, padding
         )
     padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return canonical_conv(inputs, w, tuple(module.stride), padding)
+    return inputs, w, tuple(module.stride), padding
+
+
+def _conv_interceptor(
+    next_fun: Callable, args: tuple, kwargs: dict, context: Any
+) -> Any:
+    """Haiku method interceptor: plain Conv2D calls through canonical_conv
+    (plain_conv2d_call); everything else untouched."""
+    call = plain_conv2d_call(args, kwargs, context)
+    if call is None:
+        return next_fun(*args, **kwargs)
+    return canonical_conv(*call)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ forward function with its plain Conv2D calls through it.
 """
 
 import functools
+import time
 import warnings
 
 import haiku as hk
@@ -22,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from torch.nn import functional
+
+import models  # bench_convolutions puts the measured code on sys.path
 
 # XLA hands a callback read-only arrays; PyTorch only reads them here.
 warnings.filterwarnings(
@@ -59,12 +62,31 @@ def _nhwc(t: torch.Tensor) -> np.ndarray:
     return t.permute(0, 2, 3, 1).contiguous().numpy()
 
 
+# Seconds spent in the host callbacks since the last reset (a list, so the
+# bench can reset it): the callbacks' share of a step.
+HOST_SECONDS = [0.0]
+
+
+def _timed(host):
+    @functools.wraps(host)
+    def run(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return host(*args, **kwargs)
+        finally:
+            HOST_SECONDS[0] += time.perf_counter() - started
+
+    return run
+
+
+@_timed
 def _forward_host(x, w, strides, padding):
     with torch.no_grad():
         images, pads = _padded(_nchw(x), padding)
         return _nhwc(functional.conv2d(images, _oihw(w), None, strides, pads))
 
 
+@_timed
 def _backward_host(x, w, g, strides, padding, need_images):
     with torch.no_grad():
         images, pads = _padded(_nchw(x), padding)
@@ -134,28 +156,12 @@ torch_conv.defvjp(_torch_conv_fwd, _torch_conv_bwd)
 
 
 def _interceptor(next_fun, args, kwargs, context):
-    """Plain hk.Conv2D calls (bias-free, NHWC, outside init) through
-    torch_conv with the module's own kernel."""
-    module = context.module
-    if (
-        context.method_name != "__call__"
-        or kwargs
-        or len(args) != 1
-        or hk.running_init()
-        or type(module) is not hk.Conv2D
-        or module.with_bias
-    ):
+    """Plain hk.Conv2D calls (models.plain_conv2d_call) through torch_conv
+    with the module's own kernel."""
+    call = models.plain_conv2d_call(args, kwargs, context)
+    if call is None:
         return next_fun(*args, **kwargs)
-    inputs = args[0]
-    w_shape = (*module.kernel_shape, inputs.shape[-1], module.output_channels)
-    w = hk.get_parameter("w", w_shape, inputs.dtype)
-    padding = module.padding
-    if isinstance(padding, str):
-        padding = jax.lax.padtype_to_pads(
-            inputs.shape[1:3], module.kernel_shape, module.stride, padding
-        )
-    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return torch_conv(inputs, w, tuple(module.stride), padding)
+    return torch_conv(*call)
 
 
 def torch_conv_forward(forward):
