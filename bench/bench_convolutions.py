@@ -34,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_epochs  # noqa: E402  (puts the measured code on sys.path)
+import bench_attack_loop  # noqa: E402  (they put the measured code on sys.path)
+import bench_epochs  # noqa: E402
+import profile_epochs  # noqa: E402
 
 import cli  # noqa: E402
 import models  # noqa: E402
@@ -45,14 +47,15 @@ NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 
 def best_ms(fn, *args, repeats=15):
     """Best milliseconds of `fn(*args)` over `repeats` calls, each blocked
-    until done, after one call (which compiles)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - started)
-    return 1e3 * min(times)
+    until done, after one call (which compiles): bench_attack_loop.timed."""
+    return 1e3 * bench_attack_loop.timed(lambda: fn(*args), repeats)[1]
+
+
+def conv(x, w, strides, padding):
+    """The network's convolution: NHWC images, HWIO kernel."""
+    return jax.lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=NHWC_HWIO
+    )
 
 
 def _eqns(jaxpr):
@@ -96,19 +99,14 @@ def xla_parts(x, w, strides, padding):
     """Jitted (forward, image gradient, kernel gradient) of one
     convolution, as functions of (x, w, cotangent)."""
 
-    def conv(x, w):
-        return jax.lax.conv_general_dilated(
-            x, w, strides, padding, dimension_numbers=NHWC_HWIO
-        )
-
     def d_images(x, w, g):
-        return jax.vjp(lambda a: conv(a, w), x)[1](g)[0]
+        return jax.vjp(lambda a: conv(a, w, strides, padding), x)[1](g)[0]
 
     def d_kernel(x, w, g):
-        return jax.vjp(lambda k: conv(x, k), w)[1](g)[0]
+        return jax.vjp(lambda k: conv(x, k, strides, padding), w)[1](g)[0]
 
     return (
-        jax.jit(lambda x, w, g: conv(x, w)),
+        jax.jit(lambda x, w, g: conv(x, w, strides, padding)),
         jax.jit(d_images),
         jax.jit(d_kernel),
     )
@@ -166,7 +164,8 @@ def time_convolutions(convs, repeats, torch_too):
         x = jnp.asarray(rng.uniform(size=x_shape).astype(np.float32))
         w = jnp.asarray(0.1 * rng.normal(size=w_shape).astype(np.float32))
         f, di, dk = xla_parts(x, w, strides, padding)
-        g = jnp.asarray(rng.normal(size=f(x, w, None).shape), jnp.float32)
+        out = jax.eval_shape(f, x, w, None)  # traced, not compiled
+        g = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
         row = {
             "images": x_shape,
             "kernel": w_shape,
@@ -201,26 +200,19 @@ def kernel_gradient_ways(x_shape, w_shape):
     ways, as jitted functions of (x, g)."""
     height, breadth = x_shape[1:3]
     pad = ((1, 1), (1, 1))
-
-    def conv(x, w):
-        return jax.lax.conv_general_dilated(
-            x, w, (1, 1), pad, dimension_numbers=NHWC_HWIO
-        )
-
     zero = jnp.zeros(w_shape, jnp.float32)
 
     def jax_vjp(x, g):
-        return jax.vjp(lambda k: conv(x, k), zero)[1](g)[0]
+        return jax.vjp(lambda k: conv(x, k, (1, 1), pad), zero)[1](g)[0]
 
     def transposed(x, g):
         # images (C, H, W, B) and cotangent (H, W, B, O): XLA's canonical
         # convolution, the batch contracted as the feature dimension
-        out = jax.lax.conv_general_dilated(
+        out = conv(
             jnp.transpose(x, (3, 1, 2, 0)),
             jnp.transpose(g, (1, 2, 0, 3)),
             (1, 1),
             pad,
-            dimension_numbers=NHWC_HWIO,
         )
         return jnp.transpose(out, (1, 2, 0, 3))
 
@@ -278,39 +270,25 @@ def whole_steps(setup, args):
     """{name: ms}: train's clean step (one SGD update, batch norm in
     training mode) and one PGD iteration's image gradient (eval mode),
     ours; PyTorch's update and 1-step PGD when asked."""
-    wired = bench_epochs.wire(
-        "phase1",
-        True,
-        setup.model.apply,
-        setup.params,
-        setup.net_state,
-        setup.images,
-        setup.labels,
-        args.batch_size,
-        1,
-    )
+    wired = bench_epochs.wire_setup(setup, "phase1", True, args.batch_size, 1)
     state = wired.state
     x, y = wired.batch
-
-    def image_gradient(params, net_state, x, y):
-        def loss(images):
-            logits = setup.model.apply(params, net_state, None, images, False)
-            return jnp.sum(
-                -jax.nn.log_softmax(logits[0])[jnp.arange(len(y)), y]
-            )
-
-        return jax.grad(loss)(x)
-
+    name = "PGD iteration: input gradient"
+    image_gradient = profile_epochs.part_functions(
+        "phase1", setup.model.apply, wired.attack
+    )[name]
     steps = {
         "SGD update": best_ms(
             wired.clean_step, *wired.step_args, repeats=args.repeats
         ),
         "PGD iteration": best_ms(
-            jax.jit(image_gradient),
+            image_gradient,
             state.params,
+            state.params0,
             state.net_state,
             x,
             y,
+            wired.key,
             repeats=args.repeats,
         ),
     }
@@ -357,16 +335,8 @@ def torch_convs_step(setup, args):
         "resnet18", bench_epochs.N_CLASSES, args.width
     )
     model = hk.transform_with_state(torch_convs.torch_conv_forward(forward))
-    wired = bench_epochs.wire(
-        "phase1",
-        False,
-        model.apply,
-        setup.params,
-        setup.net_state,
-        setup.images,
-        setup.labels,
-        args.batch_size,
-        1,
+    wired = bench_epochs.wire_setup(
+        setup, "phase1", False, args.batch_size, 1, model.apply
     )
     jax.block_until_ready(wired.clean_step(*wired.step_args))  # compiles
     timed = []  # (step seconds, seconds in the callbacks) of each call

@@ -473,18 +473,33 @@ def selected_kinds(kinds) -> list:
     return [KINDS[KIND_NAMES.index(k)] for k in kinds]
 
 
-def measure(setup: Setup, args, phase: str, adversarial: bool):
-    """(KindResult, Wired) of one kind on the setup."""
-    wired = wire(
+def wire_setup(
+    setup: Setup,
+    phase: str,
+    adversarial: bool,
+    batch_size: int,
+    pgd_iters: int,
+    apply_fn=None,
+) -> Wired:
+    """`wire` on the setup's parameters, images and labels, through the
+    setup's model or `apply_fn` (another apply of the same parameters)."""
+    return wire(
         phase,
         adversarial,
-        setup.model.apply,
+        apply_fn or setup.model.apply,
         setup.params,
         setup.net_state,
         setup.images,
         setup.labels,
-        args.batch_size,
-        args.pgd_iters,
+        batch_size,
+        pgd_iters,
+    )
+
+
+def measure(setup: Setup, args, phase: str, adversarial: bool):
+    """(KindResult, Wired) of one kind on the setup."""
+    wired = wire_setup(
+        setup, phase, adversarial, args.batch_size, args.pgd_iters
     )
     result = run_kind(
         phase, adversarial, wired, setup.model.apply, len(setup.images)

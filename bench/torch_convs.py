@@ -106,7 +106,7 @@ def _backward_host(x, w, g, strides, padding, need_images):
         d_kernel = d_kernel.permute(2, 3, 1, 0).contiguous().numpy()
         if not need_images:
             return (d_kernel,)
-        if pads == [0, 0] and images.shape[2:] != x.shape[1:3]:
+        if images.shape[2:] != x.shape[1:3]:  # padded by _padded
             (top, bottom), (left, right) = padding
             d_images = d_images[
                 :,
@@ -117,17 +117,18 @@ def _backward_host(x, w, g, strides, padding, need_images):
         return _nhwc(d_images), d_kernel
 
 
-def _output_shape(x, w, strides, padding) -> tuple:
-    size = [
-        (x.shape[1 + i] + sum(padding[i]) - w.shape[i]) // strides[i] + 1
-        for i in range(2)
-    ]
-    return (x.shape[0], *size, w.shape[3])
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def torch_conv(x, w, strides, padding):
-    out = jax.ShapeDtypeStruct(_output_shape(x, w, strides, padding), x.dtype)
+    out = jax.eval_shape(
+        functools.partial(
+            jax.lax.conv_general_dilated,
+            window_strides=strides,
+            padding=padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        ),
+        x,
+        w,
+    )
     host = functools.partial(_forward_host, strides=strides, padding=padding)
     return jax.pure_callback(host, out, x, w)
 
